@@ -1,0 +1,31 @@
+# Two commands do all the set-up: `make test` and `make demo`.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project's metadata changed (or the torch pin did).
+$(STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install '$(TORCH)'
+	$(PY) -m pip install -e '.[test,spark]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,25 @@
+"""The ``ccmb`` command line: a click group whose sub-commands live in sibling modules.
+
+CLI modules are composition roots: they may wire ``ccmb``, ``models`` and ``ccmb_bench`` together,
+while library modules keep the one-way flow ccmb -> models -> ccmb_bench.
+"""
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .common import setup_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ccmb")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """ccmb: the CCMB data toolkit (Zero corpus, downstream datasets, shards, training)."""
+    setup_logging(verbose)
+
+
+# Sub-commands: one module each; register them here.
+from .shards import shards_group  # noqa: E402
+
+main.add_command(shards_group)

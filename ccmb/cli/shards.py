@@ -1,0 +1,37 @@
+"""``ccmb shards``: inspect a shard set (finalize its manifest, list it)."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from .. import shards as fmt
+
+
+@click.group("shards")
+def shards_group() -> None:
+    """Inspect and finalize shard sets in the ccmb format (see docs/formats.md)."""
+
+
+@shards_group.command("finalize")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+def finalize_cmd(shard_dir: str) -> None:
+    """Write sizes.json and manifest.json for the NNNNN.tar files in SHARD_DIR."""
+    manifest = fmt.finalize_shard_set(shard_dir, command=shlex.join(sys.argv))
+    click.echo(f"{len(manifest['shards'])} shards, {manifest['total_samples']} samples")
+
+
+@shards_group.command("ls")
+@click.argument("shard_dir", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls_cmd(shard_dir: str, as_json: bool) -> None:
+    """List the shards of SHARD_DIR with their sample counts."""
+    rows = {p.name: fmt.count_tar_samples(p) for p in fmt.list_shards(shard_dir)}
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for name, n in rows.items():
+        click.echo(f"{name}\t{n}")
+    click.echo(f"total\t{sum(rows.values())}")

@@ -1,0 +1,37 @@
+"""The one place ccmb starts a Spark session: web UI off, driver bound to 127.0.0.1 by default."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Optional
+
+logger = logging.getLogger(__name__)
+
+
+def get_spark_session(master: Optional[str] = None, app_name: str = "ccmb",
+                      conf: Optional[Dict[str, Any]] = None):
+    """Return (or create) a SparkSession.
+
+    ``master`` defaults to ``$CCMB_SPARK_MASTER`` or ``local[*]``. On a cluster pass the cluster's
+    master and, in ``conf``, ``spark.driver.bindAddress``/``spark.driver.host`` for your network; the
+    loopback defaults below are for local mode. The web UI stays off unless ``conf`` turns it on.
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("pyspark is not installed: pip install 'ccmb[spark]' (needs Java 11+)") from exc
+    master = master or os.environ.get("CCMB_SPARK_MASTER", "local[*]")
+    settings: Dict[str, Any] = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": "8",
+    }
+    if master.startswith("local"):
+        settings.update({"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"})
+    settings.update(conf or {})
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for k, v in settings.items():
+        builder = builder.config(k, str(v))
+    session = builder.getOrCreate()
+    logger.info("spark session %s on %s", app_name, master)
+    return session
