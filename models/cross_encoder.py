@@ -1,0 +1,130 @@
+"""The R2D2 cross encoders: BERT-layout layers with self-attention, cross-attention and a feed-forward block.
+
+Parameter names follow the official checkpoints (``encoder.layer.N.attention.self.query`` ...,
+``crossattention.*``, ``intermediate.dense``, ``output.{dense,LayerNorm}``). The official modules also carry a BERT
+embedding layer that is never applied (the input goes straight into layer 0); it is not built here, and its
+checkpoint keys are in the loader's ignorable set. Attention uses ``torch.nn.functional.scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _QKV(nn.Module):
+    def __init__(self, width: int, kv_width: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(kv_width, width)
+        self.value = nn.Linear(kv_width, width)
+
+
+class _DenseNorm(nn.Module):
+    """``dense`` then dropout, residual add, post ``LayerNorm`` (BERT's SelfOutput / Output)."""
+
+    def __init__(self, in_width: int, width: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden)) + residual)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Multi-head attention from ``hidden`` to ``context`` (``context=None``: self-attention), post-LN."""
+
+    def __init__(self, width: int, kv_width: int, heads: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_dropout = dropout
+        self.self = _QKV(width, kv_width)
+        self.output = _DenseNorm(width, width, eps, dropout)
+
+    def forward(self, hidden: torch.Tensor, context: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``mask``: bool [B, Lk] (True = attend) over the keys, or None for all keys."""
+        context = hidden if context is None else context
+        b, lq, width = hidden.shape
+        lk = context.shape[1]
+        h = self.heads
+        q = self.self.query(hidden).view(b, lq, h, -1).transpose(1, 2)
+        k = self.self.key(context).view(b, lk, h, -1).transpose(1, 2)
+        v = self.self.value(context).view(b, lk, h, -1).transpose(1, 2)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, lq, width)
+        return self.output(out, hidden)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, width: int, mlp: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, mlp)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(hidden))  # BERT "gelu" = exact erf GELU
+
+
+class CrossLayer(nn.Module):
+    """Self-attention -> cross-attention to the other modality -> feed-forward (all post-LN)."""
+
+    def __init__(self, width: int, kv_width: int, heads: int, mlp: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.attention = CrossAttentionBlock(width, width, heads, eps, dropout)
+        self.crossattention = CrossAttentionBlock(width, kv_width, heads, eps, dropout)
+        self.intermediate = _Intermediate(width, mlp)
+        self.output = _DenseNorm(mlp, width, eps, dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
+                context_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        hidden = self.attention(hidden, None, mask)
+        hidden = self.crossattention(hidden, context, context_mask)
+        return self.output(self.intermediate(hidden), hidden)
+
+
+class _LayerStack(nn.Module):
+    def __init__(self, layers: int, **kwargs) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(CrossLayer(**kwargs) for _ in range(layers))
+
+
+class CrossEncoder(nn.Module):
+    """A stack of :class:`CrossLayer` (``encoder.layer.N``) that fuses one modality with the other.
+
+    ``forward(hidden, mask, context, context_mask)`` returns the last hidden state [B, L, width]; masks are
+    [B, L] / [B, Lc] with 1 = token, 0 = padding (None = no padding).
+    """
+
+    def __init__(self, layers: int, width: int, kv_width: int, heads: int, mlp: int,
+                 eps: float = 1e-12, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = _LayerStack(layers, width=width, kv_width=kv_width, heads=heads, mlp=mlp,
+                                   eps=eps, dropout=dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
+                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mask = None if mask is None else mask.to(torch.bool)
+        context_mask = None if context_mask is None else context_mask.to(torch.bool)
+        for layer in self.encoder.layer:
+            hidden = layer(hidden, mask, context, context_mask)
+        return hidden
+
+
+def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT initialisation: Linear/Embedding ~ N(0, std), zero bias, LayerNorm = (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,260 @@
+"""R2D2 and PRD2: CLIP ViT image encoder + BERT text encoder + projections (+ two cross encoders for R2D2).
+
+Submodule names equal the official checkpoint prefixes: ``visual_encoder`` (transformers' CLIPVisionModel),
+``text_encoder`` (BertModel with pooler), ``vision_proj``, ``text_proj``, ``temp``, and for R2D2
+``text_joint_layer``, ``img_joint_layer`` (:class:`~models.cross_encoder.CrossEncoder`), ``img_joint_proj``,
+``itm_head``, ``itm_head_i``.
+
+Inference API shared by the benchmark harness and the trainer: :meth:`R2D2Model.encode_image`,
+:meth:`~R2D2Model.encode_text`, :meth:`~R2D2Model.itm_logits`, :meth:`~R2D2Model.match_prob`,
+:meth:`~R2D2Model.rank`, the batched encoders and :meth:`~R2D2Model.save_pretrained`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
+
+from models.config import CONFIG_FILE, R2D2Config
+from models.cross_encoder import CrossEncoder, init_bert_weights
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+NO_SCORE = -100.0  # score of pairs outside the top-k pre-ranking (as the official evaluation)
+
+
+class NoCrossEncoderError(RuntimeError):
+    """Raised by the fine-grained ranking methods of a PRD2 model (it has no cross encoders)."""
+
+
+def clip_vision_config(cfg: R2D2Config) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp, num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        num_channels=3, hidden_act=cfg.vision_act, layer_norm_eps=cfg.vision_eps, attention_dropout=0.0,
+    )
+
+
+def bert_config(cfg: R2D2Config) -> BertConfig:
+    return BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads, intermediate_size=cfg.text_mlp, hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=cfg.max_position, type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.text_eps, pad_token_id=0,
+    )
+
+
+class R2D2Model(nn.Module):
+    """R2D2 (``config.joint_layers > 0``) or PRD2 (no cross encoders). Build with :func:`models.build_model`
+    or :func:`models.load_model`."""
+
+    def __init__(self, config: R2D2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.visual_encoder = CLIPVisionModel(clip_vision_config(config))
+        self.text_encoder = BertModel(bert_config(config), add_pooling_layer=True)
+        self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)
+        self.text_proj = nn.Linear(config.text_width, config.embed_dim)
+        self.temp = nn.Parameter(torch.full((), float(config.temp_init)))
+        if config.has_cross_encoders:
+            common = dict(layers=config.joint_layers, width=config.text_width, heads=config.text_heads,
+                          mlp=config.text_mlp, eps=config.text_eps, dropout=config.dropout)
+            self.text_joint_layer = CrossEncoder(kv_width=config.vision_width, **common)
+            self.img_joint_layer = CrossEncoder(kv_width=config.text_width, **common)
+            self.img_joint_proj = nn.Linear(config.vision_width, config.text_width)
+            self.itm_head = nn.Linear(config.text_width, 2)
+            self.itm_head_i = nn.Linear(config.text_width, 2)
+        self._init_own_weights()
+
+    def _init_own_weights(self) -> None:
+        """Initialise the modules that are not transformers models (BERT style, std 0.02)."""
+        own = [self.vision_proj, self.text_proj]
+        if self.has_cross_encoders:
+            own += [self.text_joint_layer, self.img_joint_layer, self.img_joint_proj, self.itm_head, self.itm_head_i]
+        for module in own:
+            init_bert_weights(module)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def has_cross_encoders(self) -> bool:
+        return self.config.has_cross_encoders
+
+    @property
+    def device(self) -> torch.device:
+        return self.temp.device
+
+    def _require_cross(self, what: str) -> None:
+        if not self.has_cross_encoders:
+            raise NoCrossEncoderError(
+                f"{what}() needs the cross encoders, but model {self.config.name!r} is a PRD2 dual encoder "
+                "(joint_layers=0); rank PRD2 by the cosine similarity image_embeds @ text_embeds.T instead")
+
+    # ------------------------------------------------------------------ encoders
+    def encode_image(self, pixel_values: torch.Tensor, return_hidden: bool = False):
+        """Normalised image embeddings [N, D]; with ``return_hidden`` also the last hidden state [N, 1+P, Wv]
+        of the ViT (before ``post_layernorm``, which R2D2 never applies)."""
+        dtype = self.visual_encoder.embeddings.patch_embedding.weight.dtype
+        hidden = self.visual_encoder(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
+        embeds = F.normalize(self.vision_proj(hidden[:, 0]), dim=-1)
+        return (embeds, hidden) if return_hidden else embeds
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, return_hidden: bool = False):
+        """Normalised text embeddings [N, D]; with ``return_hidden`` also the BERT last hidden state [N, L, Wt]."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                token_type_ids=torch.zeros_like(input_ids))
+        hidden = out.last_hidden_state
+        embeds = F.normalize(self.text_proj(hidden[:, 0]), dim=-1)
+        return (embeds, hidden) if return_hidden else embeds
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Both encoders: ``image_embeds``, ``image_hidden``, ``text_embeds``, ``text_hidden``."""
+        image_embeds, image_hidden = self.encode_image(pixel_values, return_hidden=True)
+        text_embeds, text_hidden = self.encode_text(input_ids, attention_mask, return_hidden=True)
+        return {"image_embeds": image_embeds, "image_hidden": image_hidden,
+                "text_embeds": text_embeds, "text_hidden": text_hidden}
+
+    @torch.no_grad()
+    def encode_images_batched(self, pixel_values: Union[torch.Tensor, Iterable[torch.Tensor]],
+                              batch_size: int = 64, hidden_device: Union[str, torch.device] = "cpu",
+                              hidden_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode many images in batches: ``pixel_values`` is one tensor [N,3,H,W] (split into ``batch_size``)
+        or an iterable of such batches. Returns ``(embeds [N,D], hidden [N,1+P,Wv])`` on ``hidden_device``
+        (hidden cast to ``hidden_dtype`` if given, e.g. ``torch.float16`` to halve memory)."""
+        batches = pixel_values.split(batch_size) if isinstance(pixel_values, torch.Tensor) else pixel_values
+        embeds, hidden = [], []
+        for batch in batches:
+            e, h = self.encode_image(batch, return_hidden=True)
+            embeds.append(e.float().to(hidden_device))
+            hidden.append(h.to(hidden_device, hidden_dtype or h.dtype))
+        if not embeds:
+            raise ValueError("encode_images_batched: no images")
+        return torch.cat(embeds), torch.cat(hidden)
+
+    @torch.no_grad()
+    def encode_texts_batched(self, input_ids: Union[torch.Tensor, Iterable[Tuple[torch.Tensor, torch.Tensor]]],
+                             attention_mask: Optional[torch.Tensor] = None, batch_size: int = 256,
+                             hidden_device: Union[str, torch.device] = "cpu",
+                             hidden_dtype: Optional[torch.dtype] = None
+                             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode many texts in batches: tensors ``input_ids``/``attention_mask`` [N,L], or an iterable of
+        ``(input_ids, attention_mask)`` batches (lengths may differ; hidden states are right-padded).
+        Returns ``(embeds [N,D], hidden [N,L,Wt], mask [N,L])`` on ``hidden_device``."""
+        if isinstance(input_ids, torch.Tensor):
+            if attention_mask is None:
+                raise ValueError("encode_texts_batched: attention_mask is required with an input_ids tensor")
+            batches = zip(input_ids.split(batch_size), attention_mask.split(batch_size))
+        else:
+            batches = input_ids
+        embeds, hidden, masks = [], [], []
+        for ids, mask in batches:
+            e, h = self.encode_text(ids, mask, return_hidden=True)
+            embeds.append(e.float().to(hidden_device))
+            hidden.append(h.to(hidden_device, hidden_dtype or h.dtype))
+            masks.append(mask.to(hidden_device))
+        if not embeds:
+            raise ValueError("encode_texts_batched: no texts")
+        length = max(h.shape[1] for h in hidden)
+        hidden = [F.pad(h, (0, 0, 0, length - h.shape[1])) for h in hidden]
+        masks = [F.pad(m, (0, length - m.shape[1])) for m in masks]
+        return torch.cat(embeds), torch.cat(hidden), torch.cat(masks)
+
+    # ------------------------------------------------------------------ cross encoders
+    def itm_logits(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor,
+                   text_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Match logits of aligned pairs (row n of each input is one pair): ``(text_side [N,2], image_side [N,2])``
+        from ``itm_head(text_joint_layer(...)[:, 0])`` and ``itm_head_i(img_joint_layer(...)[:, 0])``."""
+        self._require_cross("itm_logits")
+        text_out = self.text_joint_layer(text_hidden, text_mask, image_hidden, None)
+        image_out = self.img_joint_layer(self.img_joint_proj(image_hidden), None, text_hidden, text_mask)
+        return self.itm_head(text_out[:, 0]), self.itm_head_i(image_out[:, 0])
+
+    def match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor,
+                   text_mask: torch.Tensor) -> torch.Tensor:
+        """Match probability [N] of aligned pairs: the mean of the two cross encoders' softmax[:, 1]."""
+        self._require_cross("match_prob")
+        text_logits, image_logits = self.itm_logits(image_hidden, text_hidden, text_mask)
+        return (text_logits.float().softmax(-1)[:, 1] + image_logits.float().softmax(-1)[:, 1]) / 2
+
+    @torch.no_grad()
+    def pair_match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor, text_mask: torch.Tensor,
+                        image_index: torch.Tensor, text_index: torch.Tensor,
+                        pair_batch_size: int = 256) -> torch.Tensor:
+        """Match probability of the pairs ``(image_index[n], text_index[n])``, computed in chunks of
+        ``pair_batch_size`` pairs (hidden states may live on the CPU; chunks move to the model's device).
+        Each chunk is cut to its longest text, which changes nothing but the cost."""
+        self._require_cross("pair_match_prob")
+        probs = torch.empty(len(image_index), dtype=torch.float32)
+        src = image_hidden.device
+        for start in range(0, len(image_index), pair_batch_size):
+            ii = image_index[start:start + pair_batch_size].to(src)
+            jj = text_index[start:start + pair_batch_size].to(text_hidden.device)
+            mask = text_mask[jj]
+            length = int(mask.sum(1).max().item()) if mask.numel() else 0
+            length = max(length, 1)
+            probs[start:start + len(ii)] = self.match_prob(
+                image_hidden[ii].to(self.device), text_hidden[jj, :length].to(self.device),
+                mask[:, :length].to(self.device)).float().cpu()
+        return probs
+
+    @torch.no_grad()
+    def rank(self, image_embeds: torch.Tensor, image_hidden: torch.Tensor, text_embeds: torch.Tensor,
+             text_hidden: torch.Tensor, text_mask: torch.Tensor, top_k: Optional[int] = None,
+             pair_batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The official two-stage ranking. Returns ``(i2t_scores [Ni,Nt], t2i_scores [Nt,Ni])`` (float32, CPU):
+        for each query the ``top_k`` candidates by cosine similarity score ``match_prob + cosine``, all others
+        -100. Each distinct (image, text) pair is scored once, pairs from both directions together, in
+        batches of ``pair_batch_size`` through the cross encoders."""
+        self._require_cross("rank")
+        k = int(top_k or self.config.top_k)
+        sims = image_embeds.float().cpu() @ text_embeds.float().cpu().T  # [Ni, Nt]
+        ni, nt = sims.shape
+        ki, kt = min(k, nt), min(k, ni)
+        i2t_idx = sims.topk(ki, dim=1).indices  # [Ni, ki] texts per image
+        t2i_idx = sims.topk(kt, dim=0).indices.T  # [Nt, kt] images per text
+        img_a = torch.arange(ni).repeat_interleave(ki)
+        txt_a = i2t_idx.reshape(-1)
+        txt_b = torch.arange(nt).repeat_interleave(kt)
+        img_b = t2i_idx.reshape(-1)
+        flat = torch.cat([img_a * nt + txt_a, img_b * nt + txt_b])
+        unique, inverse = torch.unique(flat, return_inverse=True)  # sorted: pairs grouped by image
+        probs = self.pair_match_prob(image_hidden, text_hidden, text_mask, unique // nt, unique % nt,
+                                     pair_batch_size=pair_batch_size)[inverse]
+        i2t = torch.full((ni, nt), NO_SCORE)
+        i2t[img_a, txt_a] = probs[: len(img_a)] + sims[img_a, txt_a]
+        t2i = torch.full((nt, ni), NO_SCORE)
+        t2i[txt_b, img_b] = probs[len(img_a):] + sims[img_b, txt_b]
+        return i2t, t2i
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: Union[str, os.PathLike]) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``; load it back with
+        ``models.load_model(directory)``."""
+        from safetensors.torch import save_file
+
+        from ccmb.atomic import commit, temp_path_for, write_json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        target = directory / WEIGHTS_FILE
+        tmp = temp_path_for(target)
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt", "family": self.config.family})
+            commit(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        write_json(directory / CONFIG_FILE, self.config.to_dict())
+        log.info("saved %s (%s) to %s", self.config.name, self.config.family, directory)
+        return directory
