@@ -54,8 +54,14 @@ def is_ignorable_key(key: str) -> bool:
 
 
 def _fmt(keys: List[str]) -> str:
+    """Keys grouped by top-level module, then the first few in full."""
+    groups: Dict[str, int] = {}
+    for k in keys:
+        top = k.split(".")[0].split(":")[0]
+        groups[top] = groups.get(top, 0) + 1
     more = f" ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
+    summary = ", ".join(f"{top} ({n})" for top, n in groups.items())
+    return f"[{summary}] " + ", ".join(keys[:_SHOW]) + more
 
 
 def build_model(config: ConfigLike, device: Union[str, torch.device] = "cpu") -> R2D2Model:
