@@ -1,0 +1,1 @@
+"""The Zero corpus pipeline: download, filter, dedup, build final shards."""
