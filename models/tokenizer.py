@@ -45,7 +45,7 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"], max_length: int = MAX_T
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{path}: neither vocab.txt nor tokenizer.json found")
         tok = BertTokenizerFast.from_pretrained(str(path), model_max_length=max_length)
-        expected = None
+        expected, tokens = None, []
     elif vocab.is_file():
         tokens = vocab.read_text(encoding="utf-8").splitlines()
         # pass the vocabulary as a dict: in transformers 5 ``vocab_file=`` is silently ignored (5-token vocab)
@@ -57,9 +57,11 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"], max_length: int = MAX_T
     if expected is not None and tok.vocab_size != expected:
         raise ValueError(f"{vocab}: tokenizer has {tok.vocab_size} tokens but the file has {expected} lines "
                          "(duplicate or malformed entries?)")
-    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    known = set(tokens) if expected is not None else set(tok.get_vocab())
+    missing = [t for t in SPECIAL_TOKENS if t not in known]
     if missing:
-        raise ValueError(f"{vocab}: special tokens {missing} are not in the vocabulary")
+        raise ValueError(f"{vocab if expected is not None else path}: special tokens {missing} are not in the "
+                         "vocabulary")
     log.debug("tokenizer from %s: %d tokens, max_length %d", path, tok.vocab_size, max_length)
     return tok
 

@@ -1,0 +1,134 @@
+"""The model API: build, save/load round trip, PRD2 behaviour, configs, training-side methods."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import models
+from models.config import R2D2Config
+
+
+def _inputs(cfg, n_img=3, n_txt=4, length=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n_img, 3, cfg.image_size, cfg.image_size, generator=g)
+    ids = torch.randint(5, cfg.vocab_size, (n_txt, length), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones(n_txt, length, dtype=torch.long)
+    for i in range(n_txt):
+        mask[i, 2 + i:] = 0
+    ids[mask == 0] = 0
+    return pixels, ids, mask
+
+
+def test_shipped_configs_and_families():
+    names = models.list_configs()
+    for name in ["r2d2-vitl14", "r2d2-vitb16", "prd2-vitl14", "r2d2-tiny", "prd2-tiny"]:
+        assert name in names
+        cfg = models.get_config(name)
+        assert cfg.name == name and cfg.family == name.split("-")[0]
+    big = models.get_config("r2d2-vitl14")
+    assert (big.vision_width, big.vision_layers, big.vision_heads, big.vision_mlp) == (1024, 24, 16, 4096)
+    assert (big.text_width, big.vocab_size, big.max_position, big.joint_layers) == (768, 21128, 512, 6)
+    assert big.temp_init == pytest.approx(0.07) and big.max_text_len == 64
+
+
+def test_config_errors_name_the_source(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"image_size": 32, "patch_sise": 8}))
+    with pytest.raises(models.ConfigError, match=r"bad.json.*patch_sise"):
+        models.get_config(bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "image_size": 32,\n  oops\n}')
+    with pytest.raises(models.ConfigError, match=r"broken.json:3"):
+        models.get_config(broken)
+    with pytest.raises(models.ConfigError, match="unknown config"):
+        models.get_config("r2d2-vitz99")
+    with pytest.raises(models.ConfigError, match="multiple of patch_size"):
+        R2D2Config(image_size=30, patch_size=8)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = models.build_model("r2d2-tiny").eval()
+    with torch.no_grad():
+        model.temp.fill_(0.05)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = models.load_model(tmp_path / "ckpt")
+    assert loaded.config == model.config and loaded.load_report.ok and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    pixels, ids, mask = _inputs(model.config)
+    with torch.no_grad():
+        a = model.encode_image(pixels)
+        b = loaded.encode_image(pixels)
+    assert torch.equal(a, b)
+    # a config plus a bare safetensors file works too
+    again = models.load_model("r2d2-tiny", tmp_path / "ckpt" / "model.safetensors")
+    assert float(again.temp.detach()) == pytest.approx(0.05)
+
+
+def test_load_model_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(models.CheckpointError, match="no weights given"):
+        models.load_model("r2d2-tiny")
+    (tmp_path / "config.json").write_text(json.dumps(models.get_config("r2d2-tiny").to_dict()))
+    with pytest.raises(models.CheckpointError, match="no model.safetensors"):
+        models.load_model(tmp_path)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(models.CheckpointError, match="junk.pth"):
+        models.load_model("r2d2-tiny", junk)
+
+
+def test_prd2_has_no_cross_encoders():
+    model = models.build_model("prd2-tiny").eval()
+    assert not model.has_cross_encoders and not hasattr(model, "itm_head")
+    pixels, ids, mask = _inputs(model.config)
+    with torch.no_grad():
+        ie, ih = model.encode_image(pixels, return_hidden=True)
+        te, th = model.encode_text(ids, mask, return_hidden=True)
+    assert torch.allclose(ie.norm(dim=-1), torch.ones(len(ie)), atol=1e-5)
+    for call in (lambda: model.rank(ie, ih, te, th, mask), lambda: model.match_prob(ih[:1], th[:1], mask[:1]),
+                 lambda: model.itm_logits(ih[:1], th[:1], mask[:1])):
+        with pytest.raises(models.NoCrossEncoderError, match="PRD2"):
+            call()
+
+
+def test_training_step_reaches_every_parameter():
+    model = models.build_model("r2d2-tiny").train()
+    pixels, ids, mask = _inputs(model.config, n_img=4, n_txt=4)
+    out = model(pixels, ids, mask)
+    logits = out["image_embeds"] @ out["text_embeds"].T / model.temp
+    itc = torch.nn.functional.cross_entropy(logits, torch.arange(4))
+    t_logits, i_logits = model.itm_logits(out["image_hidden"], out["text_hidden"], mask)
+    itm = torch.nn.functional.cross_entropy(t_logits, torch.ones(4, dtype=torch.long)) + \
+        torch.nn.functional.cross_entropy(i_logits, torch.ones(4, dtype=torch.long))
+    (itc + itm).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None
+               and not n.startswith(("visual_encoder.post_layernorm", "text_encoder.pooler"))
+               and "token_type" not in n]
+    assert no_grad == []
+
+
+def test_rank_is_independent_of_chunking_and_padding():
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny").eval()
+    pixels, ids, mask = _inputs(model.config, n_img=6, n_txt=5)
+    with torch.no_grad():
+        ie, ih = model.encode_image(pixels, return_hidden=True)
+        te, th = model.encode_text(ids, mask, return_hidden=True)
+        # padded to 64 tokens as the official code does: same scores
+        ids64 = torch.nn.functional.pad(ids, (0, 64 - ids.shape[1]))
+        mask64 = torch.nn.functional.pad(mask, (0, 64 - mask.shape[1]))
+        te64, th64 = model.encode_text(ids64, mask64, return_hidden=True)
+    a = model.rank(ie, ih, te, th, mask, top_k=4, pair_batch_size=3)
+    b = model.rank(ie, ih, te64, th64, mask64, top_k=4, pair_batch_size=1000)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-5)
+    i2t, t2i = a
+    assert i2t.shape == (6, 5) and t2i.shape == (5, 6)
+    assert ((i2t > -100).sum(1) == 4).all() and ((t2i > -100).sum(1) == 4).all()
+    # the scored candidates are exactly the top-4 by cosine
+    sims = ie @ te.T
+    assert torch.equal((i2t > -100), torch.zeros_like(sims, dtype=torch.bool).scatter(1, sims.topk(4).indices, True))
