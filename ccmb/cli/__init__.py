@@ -23,3 +23,5 @@ def main(verbose: int) -> None:
 from .shards import shards_group  # noqa: E402
 
 main.add_command(shards_group)
+from .datasets import datasets_group  # noqa: E402
+main.add_command(datasets_group)

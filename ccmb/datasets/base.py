@@ -1,0 +1,117 @@
+"""Errors, line reading and the parse log shared by every downstream-dataset parser.
+
+Annotation files come with quirks (UTF-8 BOM, CRLF line ends, blank lines, malformed lines, duplicate
+ids). Parsers read them through :func:`iter_lines` and report problems through a :class:`ParseLog`:
+strict by default (the first malformed line raises :class:`DatasetFormatError` naming ``file:line``),
+or lenient (the line is skipped and recorded, so ``verify`` can list every problem).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+BOM = b"\xef\xbb\xbf"
+
+
+class DatasetError(ValueError):
+    """Base class of the errors raised by ``ccmb.datasets``."""
+
+
+class DatasetFormatError(DatasetError):
+    """A malformed annotation line/item; the message starts with ``file:line``."""
+
+    def __init__(self, path: PathLike, line: Optional[int], message: str) -> None:
+        self.path, self.line, self.reason = str(path), line, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class UnknownDatasetError(DatasetError):
+    """A dataset name that is not registered; the message lists the known names."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The data root (or a file of its layout) is missing; the message prints the expected layout."""
+
+
+class MissingImageError(DatasetError, FileNotFoundError):
+    """An image referenced by the annotations is missing; the message names its path."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(f"missing image: {path}" + (f" ({detail})" if detail else ""))
+
+
+@dataclass
+class ParseLog:
+    """What a parser met besides good lines.
+
+    ``skipped``: malformed lines (``file:line: reason``), only filled when ``lenient``; ``duplicates``:
+    repeated ids that were dropped (the first occurrence wins); ``empty``: lines/captions with empty text.
+    """
+
+    lenient: bool = False
+    skipped: List[str] = field(default_factory=list)
+    duplicates: List[str] = field(default_factory=list)
+    empty: List[str] = field(default_factory=list)
+
+    def bad(self, path: PathLike, line: Optional[int], message: str) -> None:
+        """A malformed line: raise (strict) or record it (lenient)."""
+        err = DatasetFormatError(path, line, message)
+        if not self.lenient:
+            raise err
+        self.skipped.append(str(err))
+
+    def duplicate(self, path: PathLike, line: Optional[int], what: str) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        self.duplicates.append(f"{where}: duplicate {what} (first occurrence kept)")
+
+    def empty_text(self, path: PathLike, line: Optional[int], what: str = "empty text") -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        self.empty.append(f"{where}: {what} (skipped)")
+
+    def counts(self) -> dict:
+        return {"skipped_lines": len(self.skipped), "duplicates": len(self.duplicates),
+                "empty_texts": len(self.empty)}
+
+
+def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple[int, str]]:
+    """Yield ``(line_number, text)`` for the non-blank lines of a UTF-8 file.
+
+    A leading BOM and CR/LF line ends are removed; a line that is not UTF-8 is reported through ``log``
+    (strict: raised) and skipped. Line numbers are 1-based and count blank lines.
+    """
+    log = log or ParseLog()
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM):]
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                log.bad(path, number, f"not UTF-8: {exc}")
+                continue
+            yield number, text
+
+
+def read_text(path: PathLike) -> str:
+    """A whole UTF-8 file (BOM removed, universal newlines)."""
+    with open(path, "r", encoding="utf-8-sig", newline=None) as fh:
+        return fh.read()
+
+
+def first_existing(candidates: Sequence[Path], *, kind: str = "file") -> Optional[Path]:
+    """The first candidate that exists as a ``kind`` ("file" or "dir")."""
+    for c in candidates:
+        if (kind == "dir" and c.is_dir()) or (kind == "file" and c.is_file()):
+            return c
+    return None

@@ -1,0 +1,1 @@
+"""One parser per annotation format, shared by the datasets that use it."""

@@ -1,0 +1,101 @@
+"""The R2D2 JSON-lines format (ICM, IQM, ICR, IQR).
+
+One JSON object per line: ``{"text": ..., "image_path": ..., "label": 0|1}`` (``label`` only in the
+matching sets). ``image_path`` is relative; only its basename names the file in the flat
+``IQR_IQM_ICR_ICM_images/`` folder.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from ..base import ParseLog, PathLike, iter_lines
+
+
+@dataclass
+class R2D2Row:
+    line: int
+    text: str
+    image: str  # basename
+    label: Optional[int]
+
+
+def image_basename(image_path: str) -> str:
+    return posixpath.basename(image_path.replace("\\", "/").strip())
+
+
+def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List[R2D2Row]:
+    """Rows of an R2D2 annotation file; malformed lines go to ``log`` (file:line)."""
+    rows: List[R2D2Row] = []
+    for number, line in iter_lines(path, log):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            log.bad(path, number, f"invalid JSON: {exc.msg}")
+            continue
+        if not isinstance(obj, dict):
+            log.bad(path, number, "expected a JSON object")
+            continue
+        text, image_path = obj.get("text"), obj.get("image_path")
+        if not isinstance(text, str):
+            log.bad(path, number, "missing or non-string 'text'")
+            continue
+        if not isinstance(image_path, str) or not image_basename(image_path):
+            log.bad(path, number, "missing or empty 'image_path'")
+            continue
+        label: Optional[int] = None
+        if with_label:
+            raw = obj.get("label")
+            if raw in (0, 1, "0", "1") and not isinstance(raw, bool):
+                label = int(raw)
+            else:
+                log.bad(path, number, f"'label' must be 0 or 1, got {raw!r}")
+                continue
+        text = text.strip()
+        if not text:
+            log.empty_text(path, number)
+            continue
+        rows.append(R2D2Row(number, text, image_basename(image_path), label))
+    return rows
+
+
+def retrieval_ground_truth(rows: List[R2D2Row], path: PathLike,
+                           log: ParseLog) -> Tuple[List[str], List[str], List[List[int]]]:
+    """(image_ids, texts, text_to_images). Identical texts are merged into one query with every image
+    they were paired with; a repeated (text, image) line is a duplicate."""
+    images: Dict[str, int] = {}
+    texts: Dict[str, int] = {}
+    t2i: List[List[int]] = []
+    for r in rows:
+        i = images.setdefault(r.image, len(images))
+        t = texts.get(r.text)
+        if t is None:
+            t = texts[r.text] = len(t2i)
+            t2i.append([])
+        if i in t2i[t]:
+            log.duplicate(path, r.line, f"pair (text, {r.image})")
+            continue
+        t2i[t].append(i)
+    return list(images), list(texts), t2i
+
+
+def matching_pairs(rows: List[R2D2Row], path: PathLike,
+                   log: ParseLog) -> Tuple[List[str], List[int], List[str], List[int]]:
+    """(image_ids, pair_images, pair_texts, labels); a repeated (text, image) pair is a duplicate."""
+    images: Dict[str, int] = {}
+    seen: set = set()
+    pair_images: List[int] = []
+    pair_texts: List[str] = []
+    labels: List[int] = []
+    for r in rows:
+        key = (r.text, r.image)
+        if key in seen:
+            log.duplicate(path, r.line, f"pair (text, {r.image})")
+            continue
+        seen.add(key)
+        pair_images.append(images.setdefault(r.image, len(images)))
+        pair_texts.append(r.text)
+        labels.append(int(r.label or 0))
+    return list(images), pair_images, pair_texts, labels

@@ -1,0 +1,68 @@
+"""Check a downstream set: every line parses, every referenced image exists and decodes.
+
+Problems (exit non-zero in the CLI): malformed lines (``file:line: reason``), missing images, images
+that do not decode, a missing root or file. Warnings: duplicate ids, empty texts, texts without a
+positive image, images without text.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..images import ImageDecodeError, decode_image
+from .base import DatasetError, MissingImageError, PathLike
+from .registry import load_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetReport:
+    name: str
+    split: str
+    problems: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    summary: Dict[str, Any] = field(default_factory=dict)
+    images_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "split": self.split, "ok": self.ok, "images_checked": self.images_checked,
+                "problems": self.problems, "warnings": self.warnings, "summary": self.summary}
+
+
+def verify_dataset(name: str, root: PathLike, split: Optional[str] = None, *, decode: bool = True,
+                   progress: bool = False, **params: Any) -> DatasetReport:
+    """Parse leniently, then check every image; returns every problem found (not just the first)."""
+    try:
+        data = load_dataset(name, root, split, lenient=True, **params)
+    except (DatasetError, OSError) as exc:
+        return DatasetReport(name, split or "", problems=[str(exc)])
+    report = DatasetReport(data.name, data.split, summary=data.summary())
+    report.problems.extend(data.malformed)
+    report.warnings.extend(data.duplicates + data.empty)
+    s = report.summary
+    if s.get("texts_without_image"):
+        report.warnings.append(f"{s['texts_without_image']} texts have no positive image (hidden labels?)")
+    if s.get("images_without_text"):
+        report.warnings.append(f"{s['images_without_text']} images have no text")
+    indices = range(len(data.image_ids))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"verify {data.name}", unit="img")
+    for i in indices:
+        report.images_checked += 1
+        if not data.images.exists(data.image_ids[i]):
+            report.problems.append(f"missing image: {data.image_path(i)}")
+            continue
+        if decode:
+            try:
+                decode_image(data.image_bytes(i), mode=None, source=data.image_path(i))
+            except (ImageDecodeError, MissingImageError) as exc:
+                report.problems.append(str(exc))
+    return report
