@@ -1,0 +1,192 @@
+"""``ccmb filter``: drop samples by image size, aspect ratio, text length, Chinese share and a blocklist.
+
+Rules (each switchable; a dropped row gets the FIRST failing rule, checked in this order):
+
+=====================  =====================================================================
+``not_downloaded``     the download produced no sample (parquet ``status`` is not ``success``)
+``unknown_size``       no width/height in the parquet while a size rule is on
+``too_small``          short side of the ORIGINAL image < ``min_side`` (default 200 px)
+``aspect_ratio``       long side > ``max_ratio`` x short side (default 3)
+``text_too_short``     text shorter than ``min_text_len`` characters (default 2; empty text too)
+``text_too_long``      text longer than ``max_text_len`` characters (default 512)
+``low_chinese_share``  CJK ideographs < ``min_chinese_share`` x text length (default 0.3)
+``blocklist``          a blocklist term occurs in any text (case-insensitive substring)
+=====================  =====================================================================
+
+Sizes are ``original_width``/``original_height`` (the image before img2dataset resized it), falling
+back to ``width``/``height``. The text is ``caption`` (the download's primary text), falling back to
+``title``; ``text_field`` picks another column. Lengths count Unicode code points after trimming
+whitespace. The metadata work runs in-process on pyarrow compute, shard by shard (constant memory per
+shard), or on Spark (``engine="spark"``, :mod:`ccmb.corpus.engine_spark`) with the same results.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .table import (DECISION_SCHEMA, ENGINES, REASON_NOT_DOWNLOADED, CurationError, Summary,
+                    list_parquets, read_shard_metadata, sort_by_key, write_decisions)
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+#: Whitespace trimmed from texts (ASCII whitespace and the ideographic space U+3000).
+TRIM_CHARS = " \t\n\r\f\v\u3000"
+#: CJK ideographs: Unified Ideographs and Extension A. RE2 and Java both read ``\x{...}``.
+CJK_CLASS = r"[\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}]"
+NON_CJK_CLASS = r"[^\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}]"
+TEXT_COLUMNS = ("caption", "title", "content", "query")
+REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
+
+REASONS = ("not_downloaded", "unknown_size", "too_small", "aspect_ratio", "text_too_short",
+           "text_too_long", "low_chinese_share", "blocklist")
+
+
+@dataclass
+class FilterConfig:
+    """Thresholds of :func:`filter_samples`; 0 (or None) switches a rule off."""
+
+    min_side: int = 200
+    max_ratio: float = 3.0
+    min_text_len: int = 2
+    max_text_len: int = 512
+    min_chinese_share: float = 0.3
+    blocklist: List[str] = field(default_factory=list)
+    text_field: str = "caption"
+
+    def __post_init__(self) -> None:
+        if self.text_field not in TEXT_COLUMNS:
+            raise ValueError(f"text_field must be one of {TEXT_COLUMNS}, got {self.text_field!r}")
+        self.blocklist = sorted({t.strip().lower() for t in self.blocklist if t and t.strip()})
+
+    @property
+    def size_rules(self) -> bool:
+        return bool(self.min_side) or bool(self.max_ratio)
+
+    def blocklist_regex(self) -> Optional[str]:
+        """One alternation of the escaped terms; the same pattern works in RE2 (pyarrow) and Java (Spark)."""
+        if not self.blocklist:
+            return None
+        return "|".join(escape_regex(t) for t in self.blocklist)
+
+
+def escape_regex(term: str) -> str:
+    """Escape regex metacharacters only (valid in both RE2 and Java regex syntax)."""
+    return "".join("\\" + ch if ch in REGEX_SPECIAL else ch for ch in term)
+
+
+def read_blocklist(path: PathLike) -> List[str]:
+    """Terms of a blocklist file: one per line, UTF-8; blank lines and lines starting with ``#`` skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CurationError(f"{path}: blocklist file not found") from None
+    except UnicodeDecodeError as exc:
+        raise CurationError(f"{path}: blocklist is not UTF-8: {exc}") from exc
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+FILTER_COLUMNS = ["key", "status", "width", "height", "original_width", "original_height", *TEXT_COLUMNS]
+
+
+def _text(table: pa.Table, config: FilterConfig):
+    text = table.column(config.text_field)
+    if config.text_field == "caption":
+        text = pc.coalesce(text, table.column("title"))
+    return pc.utf8_trim(text, characters=TRIM_CHARS)
+
+
+def filter_reasons(table: pa.Table, config: FilterConfig) -> pa.Array:
+    """The drop reason of every row of a metadata table (null = kept), with pyarrow compute."""
+    n = table.num_rows
+    if n == 0:
+        return pa.array([], pa.string())
+    conds, values = [], []
+
+    def rule(cond, reason: str) -> None:
+        conds.append(pc.fill_null(cond, False))
+        values.append(reason)
+
+    rule(pc.not_equal(pc.fill_null(table.column("status"), ""), "success"), REASON_NOT_DOWNLOADED)
+    if config.size_rules:
+        w = pc.cast(pc.coalesce(table.column("original_width"), table.column("width")), pa.float64())
+        h = pc.cast(pc.coalesce(table.column("original_height"), table.column("height")), pa.float64())
+        rule(pc.or_(pc.is_null(w), pc.is_null(h)), "unknown_size")
+        short, long_ = pc.min_element_wise(w, h), pc.max_element_wise(w, h)
+        if config.min_side:
+            rule(pc.less(short, float(config.min_side)), "too_small")
+        if config.max_ratio:
+            rule(pc.greater(long_, pc.multiply(short, float(config.max_ratio))), "aspect_ratio")
+    text = _text(table, config)
+    length = pc.fill_null(pc.utf8_length(text), 0)
+    if config.min_text_len:
+        rule(pc.less(length, config.min_text_len), "text_too_short")
+    if config.max_text_len:
+        rule(pc.greater(length, config.max_text_len), "text_too_long")
+    if config.min_chinese_share:
+        cjk = pc.fill_null(pc.count_substring_regex(text, CJK_CLASS), 0)
+        rule(pc.less(pc.cast(cjk, pa.float64()),
+                     pc.multiply(pc.cast(length, pa.float64()), float(config.min_chinese_share))),
+             "low_chinese_share")
+    pattern = config.blocklist_regex()
+    if pattern:
+        joined = pc.binary_join_element_wise(
+            *[pc.fill_null(table.column(c), "") for c in TEXT_COLUMNS], "\n")
+        rule(pc.match_substring_regex(pc.utf8_lower(joined), pattern), "blocklist")
+    cond = pc.make_struct(*conds, field_names=[f"c{i}" for i in range(len(conds))])
+    reasons = pc.case_when(cond, *[pa.scalar(v) for v in values])
+    if isinstance(reasons, pa.ChunkedArray):
+        reasons = reasons.combine_chunks()
+    return reasons
+
+
+def filter_table(input_dir: PathLike, config: FilterConfig, engine: str = "local",
+                 spark=None) -> pa.Table:
+    """The decision table of ``config`` over a download folder (no file written)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "spark":
+        from .engine_spark import spark_filter_table
+
+        return spark_filter_table(input_dir, config, spark=spark)
+    parts = []
+    for path in list_parquets(input_dir):
+        meta = read_shard_metadata(path, FILTER_COLUMNS)
+        reasons = filter_reasons(meta, config)
+        parts.append(pa.Table.from_arrays(
+            [meta.column("key"), meta.column("shard"), pc.is_null(reasons), reasons,
+             pa.nulls(meta.num_rows, pa.string())], schema=DECISION_SCHEMA))
+    return sort_by_key(pa.concat_tables(parts))
+
+
+def filter_samples(input_dir: PathLike, output: PathLike, *, min_side: int = 200, max_ratio: float = 3.0,
+                   min_text_len: int = 2, max_text_len: int = 512, min_chinese_share: float = 0.3,
+                   blocklist: Optional[Union[PathLike, Sequence[str]]] = None, text_field: str = "caption",
+                   engine: str = "local", spark=None) -> Summary:
+    """Filter a download folder; write the decision table to ``output`` and return the drop counts.
+
+    ``blocklist`` is a file (one term per line) or a list of terms.
+    """
+    start = time.time()
+    terms: List[str] = []
+    if isinstance(blocklist, (str, Path)):
+        terms = read_blocklist(blocklist)
+    elif blocklist:
+        terms = list(blocklist)
+    config = FilterConfig(min_side=min_side, max_ratio=max_ratio, min_text_len=min_text_len,
+                          max_text_len=max_text_len, min_chinese_share=min_chinese_share,
+                          blocklist=terms, text_field=text_field)
+    logger.info("filter %s with %s", input_dir, asdict(config) | {"blocklist": len(terms)})
+    table = filter_table(input_dir, config, engine=engine, spark=spark)
+    write_decisions(output, table)
+    summary = Summary.of(table, output, time.time() - start)
+    logger.info("filter: %s", "; ".join(summary.lines()))
+    return summary

@@ -1,0 +1,167 @@
+"""64-bit perceptual hashes (pHash) of the images of a download folder, with numpy/scipy.
+
+pHash of an image: decode (JPEG decoded at reduced scale via PIL's draft mode), convert to grayscale,
+resize to 32x32, 2-D DCT-II, keep the top-left 8x8 coefficients (lowest frequencies, DC included), and set
+bit i when coefficient i is above the median of the 64. Bit 0 is the most significant bit of the
+``uint64``. Resized or re-encoded copies of an image differ in a few bits; different images in ~32.
+The DCT runs batched over many images at once (``scipy.fft.dctn``).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import scipy.fft
+from PIL import Image
+
+from .. import shards as fmt
+from ..images import MAX_IMAGE_PIXELS, ImageDecodeError
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+HASH_SIZE = 8
+IMG_SIZE = 32
+BATCH = 512
+
+
+def gray32(data: bytes, source: str = "") -> np.ndarray:
+    """Decode image bytes to a 32x32 float32 grayscale array (pixel cap of :mod:`ccmb.images`)."""
+    where = f" ({source})" if source else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(f"image too large{where}: {w}x{h} exceeds {MAX_IMAGE_PIXELS} pixels")
+            img.draft("L", (2 * IMG_SIZE, 2 * IMG_SIZE))  # JPEG: decode at 1/2..1/8 scale, much faster
+            img = img.convert("L").resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.float32)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # PIL raises many types
+        raise ImageDecodeError(f"cannot decode image{where}: {exc}") from exc
+
+
+def phash_arrays(gray: np.ndarray) -> np.ndarray:
+    """pHashes (uint64) of a batch of 32x32 grayscale images, shape (N, 32, 32)."""
+    if gray.ndim != 3 or gray.shape[1:] != (IMG_SIZE, IMG_SIZE):
+        raise ValueError(f"expected (N, {IMG_SIZE}, {IMG_SIZE}), got {gray.shape}")
+    if len(gray) == 0:
+        return np.zeros(0, np.uint64)
+    coeffs = scipy.fft.dctn(gray.astype(np.float64), type=2, axes=(1, 2))
+    low = coeffs[:, :HASH_SIZE, :HASH_SIZE].reshape(len(gray), HASH_SIZE * HASH_SIZE)
+    med = np.median(low, axis=1, keepdims=True)
+    bits = low > med
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def phash_bytes(images: Sequence[bytes]) -> np.ndarray:
+    """pHashes of encoded images (raises :class:`ImageDecodeError` on the first undecodable one)."""
+    return phash_arrays(np.stack([gray32(b) for b in images])) if images else np.zeros(0, np.uint64)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bitwise Hamming distance of two uint64 arrays."""
+    return np.bitwise_count(np.bitwise_xor(a.astype(np.uint64), b.astype(np.uint64))).astype(np.int64)
+
+
+def phash_tar(tar_path: PathLike, keys: Optional[Set[str]] = None
+              ) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
+    """pHashes of the samples of one tar (only ``keys`` when given).
+
+    Returns (keys, hashes as int64, {key: error} for images that do not decode).
+    """
+    out_keys: List[str] = []
+    errors: Dict[str, str] = {}
+    grays: List[np.ndarray] = []
+    hashes: List[np.ndarray] = []
+    for sample in fmt.iter_tar_samples(tar_path):
+        if keys is not None and sample.key not in keys:
+            continue
+        try:
+            grays.append(gray32(sample.image, source=f"{tar_path}:{sample.key}.{sample.image_ext}"))
+        except ImageDecodeError as exc:
+            errors[sample.key] = str(exc)
+            continue
+        out_keys.append(sample.key)
+        if len(grays) >= BATCH:
+            hashes.append(phash_arrays(np.stack(grays)))
+            grays = []
+    if grays:
+        hashes.append(phash_arrays(np.stack(grays)))
+    values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    return out_keys, values.view(np.int64), errors
+
+
+def _phash_job(args: Tuple[str, Optional[List[str]]]):
+    path, keys = args
+    return phash_tar(path, set(keys) if keys is not None else None)
+
+
+PHASH_SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("error", pa.string())])
+
+
+def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, Iterable[str]]] = None,
+                    workers: int = 1, progress: bool = False) -> pa.Table:
+    """pHashes of the samples of ``tars`` (only the listed keys per tar name when ``keys_by_tar`` is given).
+
+    ``workers`` > 1 spreads tars over processes. Returns a table (key, phash int64, error).
+    """
+    jobs = []
+    for t in tars:
+        keys = None
+        if keys_by_tar is not None:
+            keys = sorted(keys_by_tar.get(Path(t).name, ()))
+            if not keys:
+                continue
+        jobs.append((str(t), keys))
+    results = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="phash", unit="shard")
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as ex:
+            for res in ex.map(_phash_job, jobs):
+                results.append(res)
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            results.append(_phash_job(job))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    keys_out: List[str] = []
+    values: List[np.ndarray] = []
+    err_keys: List[str] = []
+    err_msgs: List[str] = []
+    for k, v, errs in results:
+        keys_out.extend(k)
+        values.append(v)
+        err_keys.extend(errs)
+        err_msgs.extend(errs.values())
+        for key, msg in errs.items():
+            logger.warning("phash: %s", msg)
+    hashes = np.concatenate(values) if values else np.zeros(0, np.int64)
+    ok = pa.table({"key": pa.array(keys_out, pa.string()), "phash": pa.array(hashes, pa.int64()),
+                   "error": pa.nulls(len(keys_out), pa.string())}, schema=PHASH_SCHEMA)
+    bad = pa.table({"key": pa.array(err_keys, pa.string()), "phash": pa.nulls(len(err_keys), pa.int64()),
+                    "error": pa.array(err_msgs, pa.string())}, schema=PHASH_SCHEMA)
+    return pa.concat_tables([ok, bad])
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))

@@ -1,0 +1,203 @@
+"""Metadata tables of a download folder and the decision tables that filter/dedup write.
+
+A *download folder* is a shard set as ``ccmb download`` (img2dataset's webdataset writer) leaves it:
+``NNNNN.tar`` + ``NNNNN.parquet`` (one row per input row, failures included). The curation steps work on
+the parquet metadata only (pHash is the one step that opens images).
+
+A *decision table* (``TABLE.parquet``, :data:`DECISION_SCHEMA`) has one row per input row:
+``key``, ``shard`` (the tar the sample lives in), ``keep``, ``reason`` (null when kept) and
+``duplicate_of`` (the kept sample a dropped duplicate stands for). ``ccmb build-shards --keep`` takes one
+or more of them; a sample is kept when every table keeps it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import atomic
+from .. import shards as fmt
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+DECISION_SCHEMA = pa.schema([
+    pa.field("key", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("keep", pa.bool_()),
+    pa.field("reason", pa.string()),
+    pa.field("duplicate_of", pa.string()),
+])
+
+#: Reason for rows that produced no sample in the download (status != success).
+REASON_NOT_DOWNLOADED = "not_downloaded"
+
+ENGINES = ("local", "spark")
+
+
+class CurationError(ValueError):
+    """Bad input to a curation step; the message names the file."""
+
+
+def list_parquets(input_dir: PathLike) -> List[Path]:
+    """The ``NNNNN.parquet`` files of a download folder, in shard order."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise CurationError(f"{input_dir}: not a folder (expected a download folder with NNNNN.parquet files)")
+    paths = sorted(p for p in input_dir.iterdir()
+                   if p.suffix == ".parquet" and fmt.SHARD_NAME_RE.match(p.stem + ".tar"))
+    if not paths:
+        raise CurationError(f"{input_dir}: no NNNNN.parquet files (is it a download folder?)")
+    return paths
+
+
+def read_shard_metadata(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """One shard's parquet, normalised to :data:`ccmb.shards.PARQUET_SCHEMA`, plus a ``shard`` column."""
+    path = Path(path)
+    try:
+        table = fmt.read_parquet(path)
+    except fmt.ShardFormatError as exc:
+        raise CurationError(str(exc)) from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    if columns is not None:
+        table = table.select([c for c in columns if c != "shard"])
+    shard = pa.array([f"{path.stem}.tar"] * table.num_rows, pa.string()) if table.num_rows else \
+        pa.array([], pa.string())
+    return table.append_column("shard", shard)
+
+
+def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """All parquet rows of a download folder in one table, sorted by key (nulls last).
+
+    ``columns`` limits what is kept in memory (``shard`` is always added).
+    """
+    tables = [read_shard_metadata(p, columns) for p in list_parquets(input_dir)]
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    return sort_by_key(table)
+
+
+def sort_by_key(table: pa.Table) -> pa.Table:
+    """Sort rows by ``key`` (string order, nulls last); a no-op when already sorted (the usual case)."""
+    keys = table.column("key")
+    if table.num_rows < 2:
+        return table
+    if keys.null_count == 0:
+        ordered = pc.all(pc.less_equal(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py()
+        if ordered:
+            return table
+    return table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")], null_placement="at_end"))
+
+
+def check_unique_keys(keys: pa.ChunkedArray, where: str) -> None:
+    non_null = pc.drop_null(keys)
+    if pc.count_distinct(non_null).as_py() != len(non_null):
+        counts = pc.value_counts(non_null)
+        dup = [c["values"] for c in counts.to_pylist() if c["counts"] > 1][:5]
+        raise CurationError(f"{where}: sample keys are not unique, e.g. {dup}")
+
+
+# --------------------------------------------------------------------------------- decision tables
+
+@dataclass
+class Decisions:
+    """Per row of a metadata table: the reason it is dropped (None = kept) and what it duplicates."""
+
+    keys: pa.ChunkedArray
+    shards: pa.ChunkedArray
+    reasons: pa.Array
+    duplicate_of: pa.Array
+
+    def table(self) -> pa.Table:
+        keep = pc.is_null(self.reasons)
+        return pa.Table.from_arrays(
+            [self.keys, self.shards, keep, self.reasons, self.duplicate_of], schema=DECISION_SCHEMA)
+
+
+def write_decisions(path: PathLike, table: pa.Table) -> None:
+    """Write a decision table atomically."""
+    table = table.cast(DECISION_SCHEMA)
+    with atomic.atomic_open(path, "wb") as fh:
+        pq.write_table(table, fh)
+
+
+def read_decisions(path: PathLike) -> pa.Table:
+    """Read a decision table written by ``ccmb filter`` / ``ccmb dedup``; errors name the file."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise CurationError(f"{path}: no such decision table") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    missing = [n for n in ("key", "keep") if n not in table.column_names]
+    if missing:
+        raise CurationError(f"{path}: not a decision table (missing columns {missing})")
+    cols = []
+    for f in DECISION_SCHEMA:
+        if f.name in table.column_names:
+            cols.append(table.column(f.name).cast(f.type))
+        else:
+            cols.append(pa.chunked_array([pa.nulls(table.num_rows, f.type)]))
+    return pa.Table.from_arrays(cols, schema=DECISION_SCHEMA)
+
+
+def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array:
+    """For each key: the reason the first of ``tables`` that drops it gives (None if all keep it).
+
+    A key missing from a table counts as dropped with reason ``not_in:<table file name>``.
+    """
+    n = len(keys)
+    reasons = pa.nulls(n, pa.string())
+    for path in tables:
+        dec = read_decisions(path)
+        idx = pc.index_in(keys, value_set=dec.column("key"))
+        found = pc.is_valid(idx)
+        dec_reason = pc.if_else(dec.column("keep"), pa.scalar(None, pa.string()),
+                                pc.coalesce(dec.column("reason"), pa.scalar("dropped")))
+        reason = pc.take(dec_reason, pc.fill_null(idx, 0)) if dec.num_rows else pa.nulls(n, pa.string())
+        reason = pc.if_else(found, reason, pa.scalar(f"not_in:{Path(path).name}"))
+        reasons = pc.coalesce(reasons, reason)
+    if isinstance(reasons, pa.ChunkedArray):
+        reasons = reasons.combine_chunks()
+    return reasons
+
+
+@dataclass
+class Summary:
+    """What a curation step did: rows in, rows kept, drops per reason, where the table went."""
+
+    rows: int = 0
+    kept: int = 0
+    dropped: Dict[str, int] = field(default_factory=dict)
+    output: str = ""
+    seconds: float = 0.0
+
+    @staticmethod
+    def of(table: pa.Table, output: PathLike = "", seconds: float = 0.0) -> "Summary":
+        reasons = pc.drop_null(table.column("reason"))
+        counts = pc.value_counts(reasons).to_pylist() if len(reasons) else []
+        dropped = {c["values"]: int(c["counts"]) for c in counts}
+        dropped = dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+        return Summary(rows=table.num_rows, kept=table.num_rows - len(reasons), dropped=dropped,
+                       output=str(output), seconds=seconds)
+
+    def lines(self) -> List[str]:
+        out = [f"rows {self.rows}, kept {self.kept}, dropped {self.rows - self.kept}"]
+        out += [f"  {reason}: {count}" for reason, count in self.dropped.items()]
+        return out
+
+
+def as_numpy_bool(arr: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
+    """A boolean arrow array as numpy (nulls are False)."""
+    arr = pc.fill_null(arr, False)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.to_numpy(zero_copy_only=False)
