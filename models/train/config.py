@@ -1,0 +1,145 @@
+"""Training hyper-parameters as data (JSON), with the reason for every default.
+
+:class:`TrainConfig` is written to ``RUN_DIR/train_config.json`` at the start of a run and read back by
+``--resume``. The loss weights and distillation constants are unpublished for R2D2; the defaults follow
+ALBEF, whose code R2D2's release builds on (see ``docs/training.md``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+
+@dataclass
+class LossConfig:
+    """Which losses run (weight > 0) and their constants."""
+
+    #: GCPR weight. 1: the contrastive term is the anchor every other weight is relative to.
+    gcpr: float = 1.0
+    #: FGR weight. 1: ALBEF weights ITC and ITM equally; R2D2 ranks with both stages at inference.
+    fgr: float = 1.0
+    #: TgD weight. 1: one distillation term per stage, as ALBEF's momentum distillation.
+    tgd: float = 1.0
+    #: FgD weight. 1: the feature regression is on unit vectors (values in [0, 4]), same scale as CE.
+    fgd: float = 1.0
+    #: FGR class weights (negative, positive): each positive has two hard negatives (R2D2: 1 and 2).
+    fgr_class_weights: Tuple[float, float] = (1.0, 2.0)
+    #: TgD mixing coefficient: ALBEF's alpha 0.4 (teacher share of the soft targets).
+    alpha: float = 0.4
+    #: EMA momentum of the teacher: ALBEF's 0.995 (half-life ~140 steps).
+    momentum: float = 0.995
+    #: Feature-queue length (teacher image + text features). ALBEF uses 65,536 at batch 512; 16,384 keeps
+    #: the queue a few global batches deep at R2D2's batch sizes while staying fresh for the EMA teacher.
+    queue_size: int = 16384
+    #: FgD text masking: BERT's 15 % of real tokens replaced by [MASK].
+    text_mask_ratio: float = 0.15
+    #: FgD image masking: 30 % of the patches zeroed; enough to make the task non-trivial while the
+    #: masked view still identifies the image (MAE's 75 % is for reconstruction, not alignment).
+    patch_drop_ratio: float = 0.3
+    #: Temperature bounds (ALBEF clamps to [0.001, 0.5]).
+    temp_min: float = 0.001
+    temp_max: float = 0.5
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.tgd > 0 or self.fgd > 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, data and bookkeeping of a run (pre-training defaults)."""
+
+    losses: LossConfig = field(default_factory=LossConfig)
+    #: Length: ``steps`` (optimizer steps) wins over ``epochs`` (virtual epochs from sizes.json).
+    steps: Optional[int] = None
+    epochs: Optional[int] = None
+    #: Samples per process per micro-batch; global batch = batch_size * world * grad_accum.
+    batch_size: int = 64
+    grad_accum: int = 1
+    #: AdamW (ALBEF pre-training: lr 1e-4, wd 0.02; betas (0.9, 0.98) are CLIP's, stabler at large batch).
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    betas: Tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    #: Linear warm-up then cosine decay to ``min_lr_ratio * lr``.
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    #: Gradient clipping on the global norm (0 disables).
+    clip_grad: float = 1.0
+    #: "auto": bf16 autocast on GPU, fp32 on CPU; or "bf16" / "fp32".
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    freeze_vision: bool = False
+    #: Data: which text of a sample each step uses ("random" or title/content/query/txt).
+    text_choice: str = "random"
+    max_text_len: Optional[int] = None  # None: the model config's max_text_len
+    shuffle_buffer: int = 1000
+    resampled: bool = True
+    num_workers: int = 2
+    seed: int = 0
+    #: Bookkeeping.
+    log_every: int = 10
+    save_every: int = 1000
+    keep_last: int = 3
+    #: Fine-tuning only: metric the best checkpoint is chosen on (validation split).
+    select_metric: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "TrainConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown training keys {unknown}")
+        losses = data.pop("losses", {}) or {}
+        lknown = {f.name for f in dataclasses.fields(LossConfig)}
+        bad = sorted(set(losses) - lknown)
+        if bad:
+            raise ValueError(f"{source}: unknown loss keys {bad}")
+        for k in ("betas",):
+            if k in data:
+                data[k] = tuple(data[k])
+        if "fgr_class_weights" in losses:
+            losses["fgr_class_weights"] = tuple(losses["fgr_class_weights"])
+        return cls(losses=LossConfig(**losses), **data)
+
+    @classmethod
+    def from_json(cls, path: Union[str, Path]) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        return cls.from_dict(data, source=str(path))
+
+    def override(self, **kw: Any) -> "TrainConfig":
+        """A copy with the non-None keyword values replaced (``losses`` keys as ``loss_<name>``)."""
+        d = self.to_dict()
+        for k, v in kw.items():
+            if v is None:
+                continue
+            if k.startswith("loss_"):
+                d["losses"][k[5:]] = v
+            else:
+                d[k] = v
+        return TrainConfig.from_dict(d)
+
+
+def finetune_defaults(task: str) -> TrainConfig:
+    """The released fine-tuning recipes: vision frozen, AdamW lr 1e-5 (matching 3e-6), wd 0.05,
+    500 warm-up steps then cosine, batch 32 per GPU; retrieval keeps GCPR + FGR, matching trains the
+    match heads on the labelled pairs; the distillations are pre-training devices and are off."""
+    if task not in ("retrieval", "matching"):
+        raise ValueError(f"unknown fine-tuning task {task!r}: use retrieval or matching")
+    losses = LossConfig(tgd=0.0, fgd=0.0)
+    return TrainConfig(
+        losses=losses, epochs=10, batch_size=32, lr=1e-5 if task == "retrieval" else 3e-6,
+        weight_decay=0.05, warmup_steps=500, freeze_vision=True, log_every=50, save_every=1000,
+        keep_last=1, select_metric="mean_recall" if task == "retrieval" else "auc", text_choice="txt",
+        betas=(0.9, 0.999), eps=1e-8)

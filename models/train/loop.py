@@ -1,0 +1,314 @@
+"""The training loop shared by pre-training and fine-tuning.
+
+AdamW (no weight decay on biases, norms and the temperature), linear warm-up then cosine, gradient
+accumulation (DDP ``no_sync`` on the inner micro-batches), clipping, bf16 autocast on GPU, checkpoints
+every ``save_every`` steps with ``resume``, a log record every ``log_every`` steps (each loss, lr,
+temperature, samples/s, samples/s per GPU) to ``on_log`` and ``RUN_DIR/log.jsonl``, and an evaluation
+callback ``evaluate_fn(model, epoch) -> {metric: value}`` at the end of every epoch (rank 0), whose
+``select_metric`` picks the best checkpoint ``RUN_DIR/best/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_model_dir
+from .config import TrainConfig
+from .data import mix_seed
+from .distributed import DistInfo, all_reduce_mean, barrier
+from .objective import R2D2Objective
+from .schedule import build_scheduler
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+BEST_DIR = "best"
+FINAL_DIR = "model"
+
+EpochIter = Callable[[int, int], Iterator[Dict[str, Any]]]
+EvaluateFn = Callable[[nn.Module, int], Dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    """What a run did: steps, the last logged record, evaluations, the best metric and where it is."""
+
+    steps: int = 0
+    last_log: Dict[str, Any] = field(default_factory=dict)
+    evaluations: List[Dict[str, Any]] = field(default_factory=list)
+    best_metric: Optional[float] = None
+    best_dir: Optional[str] = None
+    final_dir: Optional[str] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def freeze_vision(model: nn.Module) -> int:
+    """Freeze ``model.visual_encoder`` (the projection stays trainable); returns the frozen count."""
+    n = 0
+    for p in model.visual_encoder.parameters():
+        p.requires_grad_(False)
+        n += p.numel()
+    return n
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing in both transformers encoders (transformers' own implementation)."""
+    done = False
+    for name in ("visual_encoder", "text_encoder"):
+        sub = getattr(model, name, None)
+        if sub is not None and hasattr(sub, "gradient_checkpointing_enable"):
+            sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            done = True
+    if not done:
+        raise ValueError("this model has no encoder that supports gradient checkpointing")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    """Weight decay on matrices only: biases, norms and the temperature get none."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith("temp") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def batch_digest(keys: List[str]) -> str:
+    """Short hash of a batch's sample keys (the data order, in logs)."""
+    return hashlib.sha1("\n".join(map(str, keys)).encode()).hexdigest()[:12]
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision {cfg.precision!r}: use auto, bf16 or fp32")
+    if bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info: DistInfo,
+                 epoch_iter: EpochIter, steps_per_epoch: int, total_steps: int,
+                 samples_per_micro: int, evaluate_fn: Optional[EvaluateFn] = None,
+                 resume: Optional[str] = None, on_log: Optional[Callable[[Dict[str, Any]], None]] = None,
+                 extra_state: Optional[Dict[str, Any]] = None) -> TrainResult:
+    """Train ``objective`` for ``total_steps`` optimizer steps.
+
+    ``epoch_iter(epoch, micro_batches_done)`` yields the micro-batches of one epoch from the given offset
+    (``steps_per_epoch * grad_accum`` of them). ``samples_per_micro`` is the per-process micro-batch size.
+    """
+    run_dir = Path(run_dir)
+    model = objective.model
+    device = info.device
+    objective.to(device)
+    objective.train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+                                  eps=cfg.eps)
+    scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    step, epoch, step_in_epoch = 0, 0, 0
+    result = TrainResult()
+    best_metric: Optional[float] = None
+    if resume:
+        ckpt = resolve_checkpoint(run_dir, resume)
+        if ckpt is None:
+            if info.is_main:
+                logger.warning("--resume %s: %s has no checkpoint yet; starting from step 0", resume, run_dir)
+        else:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler, objective.teacher_state(),
+                                    map_location=device)
+            step, epoch, step_in_epoch = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
+            best_metric = state.get("best_metric")
+            for k, want in (("world_size", info.world_size), ("num_workers", cfg.num_workers),
+                            ("batch_size", cfg.batch_size), ("grad_accum", cfg.grad_accum)):
+                if k in state and state[k] != want:
+                    logger.warning("resuming with %s=%s (checkpoint had %s): the data order differs "
+                                   "from the interrupted run", k, want, state[k])
+            if info.is_main:
+                logger.info("resumed from %s at step %d (epoch %d, step %d of it)", ckpt, step, epoch,
+                            step_in_epoch)
+    wrapped: nn.Module = objective
+    if info.distributed:
+        has_trainable_unused = (getattr(model.config, "has_cross_encoders", False)
+                                and "fgr" not in objective.weights and objective.mode != "match")
+        wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False,
+                      find_unused_parameters=bool(has_trainable_unused or objective.mode == "clip"))
+    autocast = _autocast(cfg, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log_path = run_dir / LOG_FILE
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def emit(record: Dict[str, Any]) -> None:
+        if not info.is_main:
+            return
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        (on_log or (lambda r: logger.info("%s", r)))(record)
+
+    def checkpoint_state() -> Dict[str, Any]:
+        return dict(extra_state or {}, epoch=epoch, step_in_epoch=step_in_epoch, world_size=info.world_size,
+                    num_workers=cfg.num_workers, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                    seed=cfg.seed, best_metric=best_metric, train_config=cfg.to_dict())
+
+    def save(at: int) -> None:
+        if info.is_main:
+            save_checkpoint(run_dir, at, model, optimizer, scheduler, checkpoint_state(),
+                            objective.teacher_state(), cfg.keep_last)
+        barrier()
+
+    accum = max(1, cfg.grad_accum)
+    sums: Dict[str, float] = {}
+    n_sums = 0
+    t_last, step_last = time.perf_counter(), step
+    last_digest = ""
+    while step < total_steps:
+        micro_done = step_in_epoch * accum
+        it = epoch_iter(epoch, micro_done)
+        micro = 0
+        save_due = False
+        for batch in it:
+            if micro == 0:
+                optimizer.zero_grad(set_to_none=True)
+                torch.manual_seed(mix_seed(cfg.seed, info.rank, step) % (2 ** 63))
+                objective.step = step
+            micro += 1
+            last = micro == accum
+            sync = contextlib.nullcontext() if (last or not isinstance(wrapped, DDP)) else wrapped.no_sync()
+            batch = _to_device(batch, device)
+            with sync:
+                with autocast():
+                    out = wrapped(batch)
+                (out["loss"] / accum).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_sums += 1
+            if "keys" in batch and info.is_main:
+                last_digest = batch_digest(batch["keys"])
+            if not last:
+                continue
+            micro = 0
+            grad_norm = None
+            if cfg.clip_grad and cfg.clip_grad > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            objective.after_step()
+            step += 1
+            step_in_epoch += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = max(1e-9, time.perf_counter() - t_last)
+                samples = (step - step_last) * accum * samples_per_micro * info.world_size
+                record: Dict[str, Any] = {"step": step, "epoch": epoch}
+                for k, v in sums.items():
+                    record[k] = round(all_reduce_mean(v / max(1, n_sums), device), 6)
+                temp = getattr(model, "temp", None)
+                record.update(lr=lr, temp=float(temp.detach()) if temp is not None else None,
+                              grad_norm=grad_norm, samples_per_s=round(samples / elapsed, 2),
+                              samples_per_s_per_gpu=round(samples / elapsed / info.world_size, 2),
+                              batch=last_digest)
+                if not all(math.isfinite(record[k]) for k in sums):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {record}")
+                emit(record)
+                result.last_log = record
+                result.history.append(record)
+                sums, n_sums = {}, 0
+                t_last, step_last = time.perf_counter(), step
+            due = bool(cfg.save_every) and step % cfg.save_every == 0 and step < total_steps
+            if step_in_epoch >= steps_per_epoch or step >= total_steps:
+                save_due = due  # saved after the epoch's evaluation, with the next epoch's state
+                break
+            if due:
+                save(step)
+        else:  # the iterator ran dry before the epoch's steps (finite fine-tuning data)
+            if micro:
+                logger.warning("epoch %d ended inside an accumulation window; %d micro-batches dropped",
+                               epoch, micro)
+            if step_in_epoch == 0:
+                raise RuntimeError(f"epoch {epoch} yielded no batches")
+            if step < total_steps:
+                step_in_epoch = steps_per_epoch  # count the short epoch as complete
+        if step_in_epoch >= steps_per_epoch:
+            metrics = _evaluate(evaluate_fn, model, epoch, info)
+            if metrics is not None:
+                record = {"step": step, "epoch": epoch, "eval": metrics}
+                emit(record)
+                result.evaluations.append(record)
+                best_metric = _maybe_best(metrics, cfg, best_metric, model, run_dir, info, epoch, step, result)
+            epoch += 1
+            step_in_epoch = 0
+        if save_due:
+            save(step)
+    save(step)
+    if info.is_main:
+        final = run_dir / FINAL_DIR
+        tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
+        save_model_dir(model, tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        result.final_dir = str(final)
+    barrier()
+    result.steps = step
+    result.best_metric = best_metric
+    if best_metric is not None:
+        result.best_dir = str(run_dir / BEST_DIR)
+    return result
+
+
+def _evaluate(evaluate_fn: Optional[EvaluateFn], model: nn.Module, epoch: int,
+              info: DistInfo) -> Optional[Dict[str, float]]:
+    if evaluate_fn is None:
+        return None
+    metrics = None
+    if info.is_main:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in evaluate_fn(model, epoch).items()}
+        model.train(was)
+    barrier()
+    return metrics
+
+
+def _maybe_best(metrics: Dict[str, float], cfg: TrainConfig, best: Optional[float], model: nn.Module,
+                run_dir: Path, info: DistInfo, epoch: int, step: int, result: TrainResult) -> Optional[float]:
+    """Keep ``RUN_DIR/best`` = the model with the highest ``select_metric`` on validation so far."""
+    key = cfg.select_metric
+    if not key:
+        return best
+    if key not in metrics:
+        raise KeyError(f"select metric {key!r} not among the evaluation's metrics {sorted(metrics)}")
+    value = metrics[key]
+    if best is not None and value <= best:
+        return best
+    if info.is_main:
+        final = run_dir / BEST_DIR
+        tmp = run_dir / f".{BEST_DIR}.tmp-{os.getpid()}"
+        save_model_dir(model, tmp)
+        (tmp / "best.json").write_text(json.dumps({"epoch": epoch, "step": step, "metric": key,
+                                                   "value": value, "metrics": metrics}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        logger.info("new best %s = %.4f at epoch %d", key, value, epoch)
+    barrier()
+    return value

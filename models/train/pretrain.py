@@ -1,0 +1,119 @@
+"""Pre-training on a ccmb shard set: :func:`pretrain` (the API behind ``ccmb train pretrain``)."""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch.nn as nn
+
+from ccmb import atomic
+
+from .config import TrainConfig
+from .data import ShardStream, Tokenize, make_loader, resolve_shards, shard_sizes
+from .augment import TrainTransform
+from .distributed import DistInfo, init_distributed
+from .loop import EvaluateFn, TrainResult, enable_gradient_checkpointing, freeze_vision, run_training
+from .objective import R2D2Objective
+from .teacher import special_token_ids
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+def build_student(config: Any, init_vision: Optional[PathLike] = None, init_text: Optional[PathLike] = None,
+                  init: Optional[PathLike] = None) -> nn.Module:
+    """The model to train: from a checkpoint dir (``init``), from Hugging Face CLIP + BERT directories
+    (``init_vision`` and ``init_text`` together), or randomly initialised from ``config``."""
+    import models
+
+    if init is not None:
+        return models.load_model(init).train()
+    if (init_vision is None) != (init_text is None):
+        raise ValueError("--init-vision and --init-text go together (both encoders are initialised)")
+    if init_vision is not None:
+        return models.init_from_hf(config, init_vision, init_text).train()
+    return models.build_model(config).train()
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, tokenizer) -> None:
+    """Freeze vision / enable gradient checkpointing as configured; check the tokenizer fits."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    if cfg.freeze_vision:
+        n = freeze_vision(model)
+        logger.info("vision encoder frozen (%d parameters)", n)
+    if cfg.grad_checkpointing:
+        enable_gradient_checkpointing(model)
+
+
+def write_run_files(run_dir: Path, cfg: TrainConfig, args: Dict[str, Any], info: DistInfo) -> None:
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(run_dir / "train_config.json", cfg.to_dict())
+        atomic.write_json(run_dir / "run_args.json", dict(args, world_size=info.world_size))
+
+
+def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: TrainConfig, *,
+             tokenizer_path: Optional[PathLike] = None, init_vision: Optional[PathLike] = None,
+             init_text: Optional[PathLike] = None, init: Optional[PathLike] = None,
+             resume: Optional[str] = None, device: Optional[str] = None, objective: str = "r2d2",
+             evaluate_fn: Optional[EvaluateFn] = None,
+             on_log: Optional[Callable[[Dict[str, Any]], None]] = None) -> TrainResult:
+    """Pre-train an R2D2/PRD2 model on ``shards`` into the run folder ``output``.
+
+    ``config``: a model config name/JSON path (``r2d2-tiny``, ``r2d2-vitb16``...). ``objective``: ``r2d2``
+    (the losses of ``cfg.losses``) or ``clip`` (InfoNCE alone: the baseline). Works in one process or
+    under torchrun (one process per GPU). Returns a :class:`TrainResult`.
+    """
+    from models.tokenizer import load_tokenizer
+
+    info = init_distributed(device)
+    run_dir = Path(output)
+    model = build_student(config, init_vision, init_text, init)
+    tok_src = tokenizer_path or init_text
+    if tok_src is None:
+        raise ValueError("a tokenizer is needed: pass --tokenizer (vocab.txt or a directory) or --init-text")
+    max_len = cfg.max_text_len or model.config.max_text_len
+    tokenizer = load_tokenizer(tok_src, max_length=max_len)
+    prepare_model(model, cfg, tokenizer)
+    paths = resolve_shards(shards)
+    sizes = shard_sizes(paths)
+    total_samples = sum(sizes.values())
+    global_micro = cfg.batch_size * info.world_size
+    accum = max(1, cfg.grad_accum)
+    steps_per_epoch = max(1, total_samples // (global_micro * accum))
+    if cfg.steps:
+        total_steps = int(cfg.steps)
+    elif cfg.epochs:
+        total_steps = int(cfg.epochs) * steps_per_epoch
+    else:
+        raise ValueError("give the run length: --steps N or --epochs N")
+    if info.is_main:
+        logger.info("%d shards, %d samples: %d steps per virtual epoch of global batch %d; %d steps",
+                    len(paths), total_samples, steps_per_epoch, global_micro * accum, total_steps)
+    stream = ShardStream(paths, cfg.batch_size, TrainTransform(model.config.image_size),
+                         Tokenize(tokenizer, max_len), text_choice=cfg.text_choice, seed=cfg.seed,
+                         shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled,
+                         rank=info.rank, world_size=info.world_size)
+
+    def epoch_iter(epoch: int, micro_done: int):
+        stream.set_epoch(epoch)
+        stream.set_start(micro_done)
+        loader = make_loader(stream, cfg.num_workers, pin_memory=info.device.type == "cuda")
+        return itertools.islice(iter(loader), steps_per_epoch * accum - micro_done)
+
+    obj = R2D2Objective(model, cfg.losses, mode="clip" if objective == "clip" else "pretrain",
+                        mask_token_id=tokenizer.mask_token_id, special_ids=special_token_ids(tokenizer),
+                        patch_size=model.config.patch_size, seed=cfg.seed)
+    write_run_files(run_dir, cfg, {"command": "pretrain", "config": str(config), "shards": str(shards),
+                                   "objective": objective, "init_vision": str(init_vision or ""),
+                                   "init_text": str(init_text or ""), "tokenizer": str(tok_src),
+                                   "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, info)
+    return run_training(obj, cfg, run_dir, info, epoch_iter, steps_per_epoch, total_steps,
+                        cfg.batch_size, evaluate_fn=evaluate_fn, resume=resume, on_log=on_log)
