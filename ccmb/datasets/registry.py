@@ -203,6 +203,9 @@ def load_dataset(name: str, root: PathLike, split: Optional[str] = None, *, leni
     ctx = loaders.LoadContext(spec=spec, root=Path(root), split=split, params=params,
                               log=ParseLog(lenient=lenient))
     data = spec.loader(ctx)
-    if ctx.log.skipped or ctx.log.duplicates or ctx.log.empty:
-        logger.warning("%s/%s: %s", spec.name, split, ctx.log.counts())
+    if ctx.log.skipped:
+        logger.warning("%s/%s: %d malformed lines skipped, e.g. %s", spec.name, split,
+                       len(ctx.log.skipped), ctx.log.skipped[0])
+    if ctx.log.duplicates or ctx.log.empty:
+        logger.info("%s/%s: %s", spec.name, split, ctx.log.counts())
     return data
