@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -10,6 +12,9 @@ import pytest
 from PIL import Image
 
 from ccmb import shards
+
+# Spark's Python workers must use this interpreter (pyarrow, numpy, ccmb); set before the session starts.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 def rand_image(seed: int, size=(256, 256)) -> Image.Image:

@@ -1,0 +1,274 @@
+"""The Spark engine of filter and dedup (``--engine spark``): same rules, same results as in-process.
+
+* filter: Spark reads the parquet files itself and evaluates the rules as column expressions
+  (Java regexes equivalent to the RE2 ones of :mod:`ccmb.corpus.filter`); only the decision columns are
+  collected.
+* dedup: URL and SHA-256 groups are Spark window aggregations (lowest key per group); pHashes are computed
+  by Spark tasks, one per tar (the tars must be on storage every executor reads); LSH candidate pairs of
+  pHash and MinHash are Spark self-joins on (band, bucket) with the exact check in Spark SQL. Only dropped
+  rows and verified edges come back to the driver, which forms connected components (numpy) and writes the
+  table. The driver holds the key/status columns of the metadata (for the output table).
+
+Sessions come only from :func:`ccmb.spark.get_spark_session`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import groups, minhash
+from .dedup import (REASON_UNDECODABLE, DedupConfig, LevelDrops, caption_texts, drops_from_reps,
+                    raise_missing)
+from .filter import FILTER_COLUMNS, NON_CJK_CLASS, TEXT_COLUMNS, FilterConfig
+from .phash import _phash_job
+from .table import DECISION_SCHEMA, REASON_NOT_DOWNLOADED, list_parquets, sort_by_key
+from .urlnorm import (DEFAULT_PORT, FRAGMENT, MULTI_AMP, QMARK_AMP, TRACKING_PARAM, TRAILING_SEP,
+                      TRAILING_SLASH, URL_PARTS)
+
+logger = logging.getLogger(__name__)
+
+TRIM_JAVA = r"^[ \t\n\r\f\x0B\u3000]+|[ \t\n\r\f\x0B\u3000]+$"
+WS_TRIM_JAVA = r"^[ \t\n\r\f\x0B]+|[ \t\n\r\f\x0B]+$"
+SPARK_TYPES = {"width": "int", "height": "int", "original_width": "int", "original_height": "int"}
+
+
+def _session(spark=None):
+    if spark is not None:
+        return spark
+    from ..spark import get_spark_session
+
+    # Python workers must run this interpreter (numpy, pyarrow, ccmb); a cluster sets its own.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    return get_spark_session(app_name="ccmb-curation")
+
+
+def read_metadata_df(spark, input_dir, columns: List[str]):
+    """The download folder's parquet files as a Spark DataFrame with ``columns`` and ``shard``."""
+    from pyspark.sql import functions as F
+
+    paths = [str(p) for p in list_parquets(input_dir)]
+    df = spark.read.option("mergeSchema", "true").parquet(*paths)
+    for c in columns:
+        if c not in df.columns:
+            df = df.withColumn(c, F.lit(None).cast(SPARK_TYPES.get(c, "string")))
+    shard = F.concat(F.regexp_extract(F.input_file_name(), r"([0-9]+)\.parquet$", 1), F.lit(".tar"))
+    return df.select(*[F.col(c) for c in columns], shard.alias("shard"))
+
+
+def filter_reason_column(config: FilterConfig):
+    """The filter rules of ``config`` as one Spark column (null = kept), first failing rule wins."""
+    from pyspark.sql import functions as F
+
+    rules = [(F.coalesce(F.col("status"), F.lit("")) != "success", REASON_NOT_DOWNLOADED)]
+    if config.size_rules:
+        w = F.coalesce(F.col("original_width"), F.col("width")).cast("double")
+        h = F.coalesce(F.col("original_height"), F.col("height")).cast("double")
+        rules.append((w.isNull() | h.isNull(), "unknown_size"))
+        short, long_ = F.least(w, h), F.greatest(w, h)
+        if config.min_side:
+            rules.append((short < float(config.min_side), "too_small"))
+        if config.max_ratio:
+            rules.append((long_ > short * float(config.max_ratio), "aspect_ratio"))
+    text = F.col(config.text_field)
+    if config.text_field == "caption":
+        text = F.coalesce(text, F.col("title"))
+    text = F.regexp_replace(text, TRIM_JAVA, "")
+    length = F.coalesce(F.length(text), F.lit(0))
+    if config.min_text_len:
+        rules.append((length < config.min_text_len, "text_too_short"))
+    if config.max_text_len:
+        rules.append((length > config.max_text_len, "text_too_long"))
+    if config.min_chinese_share:
+        cjk = F.coalesce(F.length(F.regexp_replace(text, NON_CJK_CLASS, "")), F.lit(0))
+        rules.append((cjk.cast("double") < length.cast("double") * float(config.min_chinese_share),
+                      "low_chinese_share"))
+    pattern = config.blocklist_regex()
+    if pattern:
+        joined = F.concat_ws("\n", *[F.coalesce(F.col(c), F.lit("")) for c in TEXT_COLUMNS])
+        rules.append((F.lower(joined).rlike(pattern), "blocklist"))
+    expr = None
+    for cond, reason in rules:
+        expr = F.when(cond, F.lit(reason)) if expr is None else expr.when(cond, F.lit(reason))
+    return expr.otherwise(F.lit(None).cast("string"))
+
+
+def spark_filter_table(input_dir, config: FilterConfig, spark=None) -> pa.Table:
+    """The filter decision table computed on Spark."""
+    from pyspark.sql import functions as F
+
+    spark = _session(spark)
+    df = read_metadata_df(spark, input_dir, FILTER_COLUMNS)
+    reason = filter_reason_column(config)
+    out = df.select(F.col("key"), F.col("shard"), reason.isNull().alias("keep"), reason.alias("reason"),
+                    F.lit(None).cast("string").alias("duplicate_of"))
+    return sort_by_key(out.toArrow().cast(DECISION_SCHEMA))
+
+
+def spark_normalize_url(col):
+    """:func:`ccmb.corpus.urlnorm.normalize_urls` as a Spark column expression."""
+    from pyspark.sql import functions as F
+
+    u = F.regexp_replace(F.regexp_replace(col, WS_TRIM_JAVA, ""), FRAGMENT, "")
+    host = F.regexp_replace(F.lower(F.regexp_extract(u, URL_PARTS, 2)), DEFAULT_PORT, "")
+    path = F.regexp_replace(F.regexp_extract(u, URL_PARTS, 3), TRAILING_SLASH, "")
+    q = F.regexp_extract(u, URL_PARTS, 4)
+    q = F.regexp_replace(q, TRACKING_PARAM, "$1")
+    q = F.regexp_replace(q, MULTI_AMP, "&")
+    q = F.regexp_replace(q, QMARK_AMP, "?")
+    q = F.regexp_replace(F.regexp_replace(q, TRAILING_SEP, ""), TRAILING_SEP, "")
+    norm = F.when(u.rlike(URL_PARTS), F.concat(F.lit("//"), host, path, q)).otherwise(u)
+    return F.when(F.coalesce(norm, F.lit("")) == "", F.lit(None).cast("string")).otherwise(norm)
+
+
+def _rows_of(keys: pa.Array, meta: pa.Table) -> np.ndarray:
+    return pc.index_in(keys, value_set=meta.column("key")).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _exact_level(spark, meta: pa.Table, eligible: np.ndarray, column, reason: str) -> LevelDrops:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    rows = np.flatnonzero(eligible)
+    if not len(rows):
+        return LevelDrops(reason, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    sub = meta.select(["key", column]).take(pa.array(rows))
+    df = spark.createDataFrame(sub.to_pandas(), schema=f"key string, {column} string")
+    value = spark_normalize_url(F.col("url")) if column == "url" else F.col(column)
+    df = df.select("key", value.alias("v")).where(F.col("v").isNotNull())
+    rep = F.min("key").over(Window.partitionBy("v"))
+    dropped = df.withColumn("rep", rep).where(F.col("rep") != F.col("key")).select("key", "rep").toArrow()
+    return LevelDrops(reason, _rows_of(dropped.column("key"), meta), _rows_of(dropped.column("rep"), meta))
+
+
+def _edges(spark, bands: np.ndarray, values, value_schema: str, check) -> tuple:
+    """Verified LSH edges between nodes, computed by a Spark self-join on (band, bucket)."""
+    from pyspark.sql import functions as F
+
+    if not len(bands):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    m, nb = bands.shape
+    pdf = {"node": np.arange(m, dtype=np.int64), "bands": list(bands)}
+    pdf.update(values)
+    import pandas as pd
+
+    df = spark.createDataFrame(pd.DataFrame(pdf), schema=f"node long, bands array<long>, {value_schema}")
+    ex = df.select("node", F.posexplode("bands").alias("band", "bucket"))
+    a, b = ex.alias("a"), ex.alias("b")
+    pairs = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.bucket") == F.col("b.bucket"))
+                    & (F.col("a.node") < F.col("b.node")))
+             .select(F.col("a.node").alias("na"), F.col("b.node").alias("nb")).distinct())
+    va = df.select(*[F.col(c).alias(f"{c}_a") for c in df.columns if c != "bands"])
+    vb = df.select(*[F.col(c).alias(f"{c}_b") for c in df.columns if c != "bands"])
+    pairs = pairs.join(va, F.col("na") == F.col("node_a")).join(vb, F.col("nb") == F.col("node_b"))
+    edges = pairs.where(check).select("na", "nb").toArrow()
+    return (edges.column("na").to_numpy().astype(np.int64), edges.column("nb").to_numpy().astype(np.int64))
+
+
+def _phash_level(spark, input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
+    from pyspark.sql import functions as F
+
+    n = meta.num_rows
+    rows = np.flatnonzero(eligible)
+    by_tar = {}
+    for k, s in zip(meta.column("key").take(pa.array(rows)).to_pylist(),
+                    meta.column("shard").take(pa.array(rows)).to_pylist()):
+        by_tar.setdefault(s, []).append(k)
+    jobs = [(str(input_dir / s), sorted(keys)) for s, keys in sorted(by_tar.items())]
+    results = spark.sparkContext.parallelize(jobs, max(1, len(jobs))).map(_phash_job).collect() if jobs else []
+    hashes = np.zeros(n, np.int64)
+    present = np.zeros(n, bool)
+    bad: List[int] = []
+    for keys, values, errors in results:
+        idx = _rows_of(pa.array(keys, pa.string()), meta)
+        hashes[idx] = values
+        present[idx] = True
+        bad.extend(_rows_of(pa.array(list(errors), pa.string()), meta).tolist())
+        for msg in errors.values():
+            logger.warning("phash: %s", msg)
+    bad_rows = np.sort(np.asarray(bad, np.int64))
+    missing = np.setdiff1d(np.flatnonzero(eligible & ~present), bad_rows)
+    if len(missing):
+        raise_missing(meta, missing)
+    prow = np.flatnonzero(present)
+    uniq, node = groups.unique_nodes(hashes[prow].view(np.uint64), prow, n)
+    check = F.bit_count(F.col("h_a").bitwiseXOR(F.col("h_b"))) <= config.phash_threshold
+    edges = _edges(spark, groups.phash_bands(uniq, config.bands), {"h": uniq.view(np.int64)}, "h long", check)
+    reps = groups.component_reps(node, len(uniq), edges)
+    return [LevelDrops(REASON_UNDECODABLE, bad_rows, np.full(len(bad_rows), -1, np.int64)),
+            drops_from_reps(reps, "duplicate_phash")]
+
+
+def _signature_batches(params: minhash.MinHashParams):
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            texts = batch.column(1).to_pylist()
+            sig, valid = minhash.signatures(texts, params)
+            sig = sig.astype(np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(0), pa.array(list(sig), pa.list_(pa.int64())), pa.array(valid)],
+                names=["row", "sig", "valid"])
+    return fn
+
+
+def _caption_level(spark, meta: pa.Table, eligible: np.ndarray, config: DedupConfig) -> LevelDrops:
+    from pyspark.sql import functions as F
+
+    n = meta.num_rows
+    params = config.minhash
+    rows = np.flatnonzero(eligible)
+    if not len(rows):
+        return drops_from_reps(np.full(n, -1, np.int64), "duplicate_caption")
+    texts = minhash.normalize_texts(caption_texts(meta, config.text_field)).take(pa.array(rows))
+    df = spark.createDataFrame(pa.table({"row": pa.array(rows, pa.int64()), "text": texts}).to_pandas(),
+                               schema="row long, text string")
+    out = df.mapInArrow(_signature_batches(params), "row long, sig array<long>, valid boolean")
+    res = out.where(F.col("valid")).toArrow()
+    if not res.num_rows:
+        return drops_from_reps(np.full(n, -1, np.int64), "duplicate_caption")
+    srows = res.column("row").to_numpy().astype(np.int64)
+    sig = np.stack(res.column("sig").to_pylist()).astype(np.uint32)
+    order = np.argsort(srows)
+    srows, sig = srows[order], sig[order]
+    uniq, node = groups.unique_nodes(sig, srows, n)
+    eq = F.aggregate(F.zip_with("s_a", "s_b", lambda x, y: F.when(x == y, 1).otherwise(0)), F.lit(0),
+                     lambda acc, v: acc + v)
+    check = (eq.cast("double") / F.lit(float(params.num_perm))) >= F.lit(float(config.caption_threshold))
+    edges = _edges(spark, minhash.band_values(uniq, params), {"s": list(uniq.astype(np.int64))},
+                   "s array<long>", check)
+    return drops_from_reps(groups.component_reps(node, len(uniq), edges), "duplicate_caption")
+
+
+def spark_dedup_levels(input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig,
+                       spark=None) -> List[LevelDrops]:
+    """Run the enabled dedup levels on Spark; returns each level's drops (rows of ``meta``)."""
+    spark = _session(spark)
+    eligible = eligible.copy()
+    out: List[LevelDrops] = []
+    for level in config.levels:
+        if level in ("url", "sha256"):
+            drops = [_exact_level(spark, meta, eligible, level, f"duplicate_{level}")]
+        elif level == "phash":
+            drops = _phash_level(spark, Path(input_dir), meta, eligible, config)
+        else:
+            drops = [_caption_level(spark, meta, eligible, config)]
+        for d in drops:
+            eligible[d.rows] = False
+        out.extend(drops)
+    return out
+
+
+def spark_available() -> Optional[str]:
+    """None when pyspark imports, else the reason."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
