@@ -86,7 +86,8 @@ class RetrievalData(ImageData):
         super().__init__(name, split, image_ids, images, **kw)
         self.texts: List[str] = list(texts)
         self.text_ids: List[str] = list(text_ids) if text_ids is not None else [str(i) for i in range(len(texts))]
-        self.text_to_images: List[List[int]] = [list(p) for p in text_to_images]
+        self.text_to_images: List[List[int]] = (text_to_images if isinstance(text_to_images, list)
+                                                else [list(p) for p in text_to_images])  # type: ignore[assignment]
         self.image_to_texts: List[List[int]] = [[] for _ in self.image_ids]
         for t, imgs in enumerate(self.text_to_images):
             for i in imgs:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .base import ParseLog, PathLike, UnknownDatasetError
+from .base import ParseLog, PathLike, UnknownDatasetError, gc_paused
 from . import loaders
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def load_dataset(name: str, root: PathLike, split: Optional[str] = None, *, leni
     split = split or spec.default_split
     ctx = loaders.LoadContext(spec=spec, root=Path(root), split=split, params=params,
                               log=ParseLog(lenient=lenient))
-    data = spec.loader(ctx)
+    with gc_paused():
+        data = spec.loader(ctx)
     if ctx.log.skipped:
         logger.warning("%s/%s: %d malformed lines skipped, e.g. %s", spec.name, split,
                        len(ctx.log.skipped), ctx.log.skipped[0])

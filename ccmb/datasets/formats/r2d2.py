@@ -7,15 +7,12 @@ matching sets). ``image_path`` is relative; only its basename names the file in 
 from __future__ import annotations
 
 import json
-import posixpath
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..base import ParseLog, PathLike, iter_lines
 
 
-@dataclass
-class R2D2Row:
+class R2D2Row(NamedTuple):
     line: int
     text: str
     image: str  # basename
@@ -23,7 +20,9 @@ class R2D2Row:
 
 
 def image_basename(image_path: str) -> str:
-    return posixpath.basename(image_path.replace("\\", "/").strip())
+    if "\\" in image_path:
+        image_path = image_path.replace("\\", "/")
+    return image_path.rpartition("/")[2].strip()
 
 
 def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List[R2D2Row]:
@@ -42,7 +41,8 @@ def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List
         if not isinstance(text, str):
             log.bad(path, number, "missing or non-string 'text'")
             continue
-        if not isinstance(image_path, str) or not image_basename(image_path):
+        image = image_basename(image_path) if isinstance(image_path, str) else ""
+        if not image:
             log.bad(path, number, "missing or empty 'image_path'")
             continue
         label: Optional[int] = None
@@ -57,7 +57,7 @@ def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List
         if not text:
             log.empty_text(path, number)
             continue
-        rows.append(R2D2Row(number, text, image_basename(image_path), label))
+        rows.append(R2D2Row(number, text, image, label))
     return rows
 
 
@@ -68,14 +68,17 @@ def retrieval_ground_truth(rows: List[R2D2Row], path: PathLike,
     images: Dict[str, int] = {}
     texts: Dict[str, int] = {}
     t2i: List[List[int]] = []
-    for r in rows:
-        i = images.setdefault(r.image, len(images))
-        t = texts.get(r.text)
+    for line, text, image, _ in rows:
+        i = images.get(image)
+        if i is None:
+            i = images[image] = len(images)
+        t = texts.get(text)
         if t is None:
-            t = texts[r.text] = len(t2i)
-            t2i.append([])
+            texts[text] = len(t2i)
+            t2i.append([i])
+            continue
         if i in t2i[t]:
-            log.duplicate(path, r.line, f"pair (text, {r.image})")
+            log.duplicate(path, line, f"pair (text, {image})")
             continue
         t2i[t].append(i)
     return list(images), list(texts), t2i
