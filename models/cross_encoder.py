@@ -46,9 +46,12 @@ class CrossAttentionBlock(nn.Module):
         self.output = _DenseNorm(width, width, eps, dropout)
 
     def forward(self, hidden: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``mask``: bool [B, Lk] (True = attend) over the keys, or None for all keys."""
+                mask: Optional[torch.Tensor] = None, query_len: Optional[int] = None) -> torch.Tensor:
+        """``mask``: bool [B, Lk] (True = attend) over the keys, or None for all keys. ``query_len``: compute
+        the output for the first ``query_len`` positions only (keys/values still cover every position)."""
         context = hidden if context is None else context
+        if query_len is not None:
+            hidden = hidden[:, :query_len]
         b, lq, width = hidden.shape
         lk = context.shape[1]
         h = self.heads
@@ -82,8 +85,8 @@ class CrossLayer(nn.Module):
         self.output = _DenseNorm(mlp, width, eps, dropout)
 
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
-                context_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        hidden = self.attention(hidden, None, mask)
+                context_mask: Optional[torch.Tensor], query_len: Optional[int] = None) -> torch.Tensor:
+        hidden = self.attention(hidden, None, mask, query_len=query_len)
         hidden = self.crossattention(hidden, context, context_mask)
         return self.output(self.intermediate(hidden), hidden)
 
@@ -98,7 +101,9 @@ class CrossEncoder(nn.Module):
     """A stack of :class:`CrossLayer` (``encoder.layer.N``) that fuses one modality with the other.
 
     ``forward(hidden, mask, context, context_mask)`` returns the last hidden state [B, L, width]; masks are
-    [B, L] / [B, Lc] with 1 = token, 0 = padding (None = no padding).
+    [B, L] / [B, Lc] with 1 = token, 0 = padding (None = no padding). With ``cls_only=True`` the last layer
+    is computed for position 0 only and the result is [B, 1, width] (the same values, less work: the match
+    heads read position 0 only).
     """
 
     def __init__(self, layers: int, width: int, kv_width: int, heads: int, mlp: int,
@@ -108,11 +113,12 @@ class CrossEncoder(nn.Module):
                                    eps=eps, dropout=dropout)
 
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                context_mask: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
         mask = None if mask is None else mask.to(torch.bool)
         context_mask = None if context_mask is None else context_mask.to(torch.bool)
-        for layer in self.encoder.layer:
-            hidden = layer(hidden, mask, context, context_mask)
+        last = len(self.encoder.layer) - 1
+        for i, layer in enumerate(self.encoder.layer):
+            hidden = layer(hidden, mask, context, context_mask, query_len=1 if cls_only and i == last else None)
         return hidden
 
 

@@ -175,8 +175,9 @@ class R2D2Model(nn.Module):
         """Match logits of aligned pairs (row n of each input is one pair): ``(text_side [N,2], image_side [N,2])``
         from ``itm_head(text_joint_layer(...)[:, 0])`` and ``itm_head_i(img_joint_layer(...)[:, 0])``."""
         self._require_cross("itm_logits")
-        text_out = self.text_joint_layer(text_hidden, text_mask, image_hidden, None)
-        image_out = self.img_joint_layer(self.img_joint_proj(image_hidden), None, text_hidden, text_mask)
+        text_out = self.text_joint_layer(text_hidden, text_mask, image_hidden, None, cls_only=True)
+        image_out = self.img_joint_layer(self.img_joint_proj(image_hidden), None, text_hidden, text_mask,
+                                         cls_only=True)
         return self.itm_head(text_out[:, 0]), self.itm_head_i(image_out[:, 0])
 
     def match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor,
@@ -194,17 +195,19 @@ class R2D2Model(nn.Module):
         ``pair_batch_size`` pairs (hidden states may live on the CPU; chunks move to the model's device).
         Each chunk is cut to its longest text, which changes nothing but the cost."""
         self._require_cross("pair_match_prob")
+        image_index, text_index = image_index.cpu(), text_index.cpu()
         probs = torch.empty(len(image_index), dtype=torch.float32)
-        src = image_hidden.device
-        for start in range(0, len(image_index), pair_batch_size):
-            ii = image_index[start:start + pair_batch_size].to(src)
-            jj = text_index[start:start + pair_batch_size].to(text_hidden.device)
-            mask = text_mask[jj]
-            length = int(mask.sum(1).max().item()) if mask.numel() else 0
-            length = max(length, 1)
-            probs[start:start + len(ii)] = self.match_prob(
+        # bucket pairs by text length so that each chunk is cut to little padding
+        lengths = text_mask.sum(1).cpu()[text_index]
+        order = torch.sort(lengths, stable=True).indices
+        for start in range(0, len(order), pair_batch_size):
+            sel = order[start:start + pair_batch_size]
+            ii = image_index[sel].to(image_hidden.device)
+            jj = text_index[sel].to(text_hidden.device)
+            length = max(int(lengths[sel].max()), 1)
+            probs[sel] = self.match_prob(
                 image_hidden[ii].to(self.device), text_hidden[jj, :length].to(self.device),
-                mask[:, :length].to(self.device)).float().cpu()
+                text_mask[jj, :length].to(self.device)).float().cpu()
         return probs
 
     @torch.no_grad()
@@ -217,17 +220,18 @@ class R2D2Model(nn.Module):
         batches of ``pair_batch_size`` through the cross encoders."""
         self._require_cross("rank")
         k = int(top_k or self.config.top_k)
-        sims = image_embeds.float().cpu() @ text_embeds.float().cpu().T  # [Ni, Nt]
+        sims = image_embeds.float() @ text_embeds.float().to(image_embeds.device).T  # [Ni, Nt]
         ni, nt = sims.shape
         ki, kt = min(k, nt), min(k, ni)
-        i2t_idx = sims.topk(ki, dim=1).indices  # [Ni, ki] texts per image
-        t2i_idx = sims.topk(kt, dim=0).indices.T  # [Nt, kt] images per text
+        i2t_idx = sims.topk(ki, dim=1).indices.cpu()  # [Ni, ki] texts per image
+        t2i_idx = sims.topk(kt, dim=0).indices.T.cpu()  # [Nt, kt] images per text
+        sims = sims.cpu()
         img_a = torch.arange(ni).repeat_interleave(ki)
         txt_a = i2t_idx.reshape(-1)
         txt_b = torch.arange(nt).repeat_interleave(kt)
         img_b = t2i_idx.reshape(-1)
         flat = torch.cat([img_a * nt + txt_a, img_b * nt + txt_b])
-        unique, inverse = torch.unique(flat, return_inverse=True)  # sorted: pairs grouped by image
+        unique, inverse = torch.unique(flat, return_inverse=True)
         probs = self.pair_match_prob(image_hidden, text_hidden, text_mask, unique // nt, unique % nt,
                                      pair_batch_size=pair_batch_size)[inverse]
         i2t = torch.full((ni, nt), NO_SCORE)

@@ -132,3 +132,36 @@ def test_rank_is_independent_of_chunking_and_padding():
     # the scored candidates are exactly the top-4 by cosine
     sims = ie @ te.T
     assert torch.equal((i2t > -100), torch.zeros_like(sims, dtype=torch.bool).scatter(1, sims.topk(4).indices, True))
+
+
+def test_cls_only_last_layer_equals_full_forward():
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny").eval()
+    pixels, ids, mask = _inputs(model.config, n_img=4, n_txt=4)
+    with torch.no_grad():
+        _, ih = model.encode_image(pixels, return_hidden=True)
+        _, th = model.encode_text(ids, mask, return_hidden=True)
+        full = model.text_joint_layer(th, mask, ih, None)
+        cls = model.text_joint_layer(th, mask, ih, None, cls_only=True)
+        full_i = model.img_joint_layer(model.img_joint_proj(ih), None, th, mask)
+        cls_i = model.img_joint_layer(model.img_joint_proj(ih), None, th, mask, cls_only=True)
+    assert full.shape == (4, th.shape[1], 40) and cls.shape == (4, 1, 40)
+    assert torch.allclose(full[:, :1], cls, atol=1e-6) and torch.allclose(full_i[:, :1], cls_i, atol=1e-6)
+    # padding really is masked: changing padded hidden states changes nothing
+    th2 = th.clone()
+    th2[mask == 0] = 123.0
+    with torch.no_grad():
+        assert torch.allclose(model.match_prob(ih, th2, mask), model.match_prob(ih, th, mask), atol=1e-6)
+
+
+def test_rank_under_bf16_autocast_runs_and_stays_close():
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny").eval()
+    pixels, ids, mask = _inputs(model.config, n_img=4, n_txt=5)
+    with torch.no_grad():
+        ie, ih = model.encode_image(pixels, return_hidden=True)
+        te, th = model.encode_text(ids, mask, return_hidden=True)
+        ref, _ = model.rank(ie, ih, te, th, mask, top_k=10)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = model.rank(ie, ih, te, th, mask, top_k=10)
+    assert got.dtype == torch.float32 and (got - ref).abs().max() < 0.05
