@@ -146,18 +146,23 @@ class ShardStream(IterableDataset):
                     yield {"url": url}
 
     def _shuffled(self, samples: Iterator[Dict[str, Any]], rng: random.Random) -> Iterator[Dict[str, Any]]:
-        """Reservoir-style shuffle buffer (fills, then yields a random element per new sample)."""
+        """Shuffle buffer (webdataset's scheme): starts yielding once ``initial`` samples are buffered and
+        keeps growing to ``shuffle_buffer`` by reading two samples per yielded one."""
         if self.shuffle_buffer <= 1:
             yield from samples
             return
+        initial = min(self.shuffle_buffer, max(self.batch_size, 100))
         buf: List[Dict[str, Any]] = []
         for s in samples:
+            buf.append(s)
             if len(buf) < self.shuffle_buffer:
-                buf.append(s)
-                continue
-            i = rng.randrange(len(buf))
-            buf[i], s = s, buf[i]
-            yield s
+                nxt = next(samples, None)
+                if nxt is not None:
+                    buf.append(nxt)
+            if len(buf) >= initial:
+                i = rng.randrange(len(buf))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
         rng.shuffle(buf)
         yield from buf
 
@@ -197,12 +202,15 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        gw = self.rank * n_workers + worker
-        # batches this worker already produced in the resumed epoch (DataLoader round-robins workers)
+        # The DataLoader takes batches from its workers round-robin starting at worker 0. A loader resumed
+        # at batch s must first yield what the original worker s % n produced next, so this worker plays
+        # the role of original worker (worker + s) % n and skips the batches that role already produced.
         s = self.start_batch
-        skip = (s - worker + n_workers - 1) // n_workers if s > worker else 0
+        role = (worker + s) % n_workers
+        skip = (s - role + n_workers - 1) // n_workers if s > role else 0
+        gw = self.rank * n_workers + role
         shuffle_rng = random.Random(mix_seed(self.seed, self.epoch, gw, "shuffle"))
-        raw = wds.tarfile_samples(self._urls(worker, n_workers))
+        raw = wds.tarfile_samples(self._urls(role, n_workers))
         pending: List[Dict[str, Any]] = []
         batch_index, counter = 0, 0
         for sample in self._shuffled(iter(raw), shuffle_rng):
