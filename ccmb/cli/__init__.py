@@ -25,3 +25,7 @@ from .shards import shards_group  # noqa: E402
 main.add_command(shards_group)
 from .datasets import datasets_group  # noqa: E402
 main.add_command(datasets_group)
+from .train import train_group  # noqa: E402
+main.add_command(train_group)
+from .download import download_group  # noqa: E402
+main.add_command(download_group)
