@@ -29,3 +29,10 @@ from .train import train_group  # noqa: E402
 main.add_command(train_group)
 from .download import download_group  # noqa: E402
 main.add_command(download_group)
+from .corpus import build_shards_cmd, dedup_cmd, filter_cmd, stats_cmd, verify_cmd  # noqa: E402
+
+main.add_command(filter_cmd)
+main.add_command(dedup_cmd)
+main.add_command(build_shards_cmd)
+main.add_command(verify_cmd)
+main.add_command(stats_cmd)

@@ -272,3 +272,11 @@ def spark_available() -> Optional[str]:
     except ImportError as exc:
         return str(exc)
     return None
+
+
+def session(master: Optional[str] = None):
+    """A Spark session for the curation commands (from :func:`ccmb.spark.get_spark_session`)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from ..spark import get_spark_session
+
+    return get_spark_session(master, app_name="ccmb-curation")

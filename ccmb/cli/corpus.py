@@ -1,0 +1,170 @@
+"""Corpus curation commands: ``ccmb filter``, ``ccmb dedup``, ``ccmb build-shards``, ``ccmb verify``,
+``ccmb stats`` (see docs/curation.md)."""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import sys
+
+import click
+
+from .. import shards as fmt
+from ..corpus.table import CurationError
+
+ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+                             help="Where the metadata work runs: in-process (pyarrow/numpy) or on Spark.")
+MASTER_OPTION = click.option("--spark-master", default=None,
+                             help="Spark master for --engine spark (default $CCMB_SPARK_MASTER or local[*]).")
+
+
+def _errors(fn):
+    """Turn bad-input errors (they name the file) into a clean CLI error."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (CurationError, fmt.ShardFormatError, FileNotFoundError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    return wrapper
+
+
+def _spark(engine: str, master):
+    if engine != "spark":
+        return None
+    from ..corpus.engine_spark import session
+
+    return session(master)
+
+
+def _echo_summary(summary) -> None:
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"wrote {summary.output}")
+
+
+@click.command("filter")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Download folder (NNNNN.tar + NNNNN.parquet).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--min-side", default=200, show_default=True, help="Minimum short side of the original image, px (0: off).")
+@click.option("--max-ratio", default=3.0, show_default=True, help="Maximum long/short side ratio (0: off).")
+@click.option("--min-text-len", default=2, show_default=True, help="Minimum text length, characters (0: off).")
+@click.option("--max-text-len", default=512, show_default=True, help="Maximum text length, characters (0: off).")
+@click.option("--min-chinese-share", default=0.3, show_default=True,
+              help="Minimum share of CJK ideographs in the text (0: off).")
+@click.option("--blocklist", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File of blocked terms, one per line (# comments); substring match, case-insensitive.")
+@click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
+              show_default=True, help="Text the text rules look at (caption falls back to title).")
+@ENGINE_OPTION
+@MASTER_OPTION
+@_errors
+def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_len, min_chinese_share, blocklist,
+               text_field, engine, spark_master) -> None:
+    """Filter a download folder by image size, aspect ratio, text length, Chinese share and a blocklist.
+
+    Writes one row per input row (key, shard, keep, reason) and prints drop counts per reason.
+    """
+    from ..corpus.filter import filter_samples
+
+    summary = filter_samples(input_dir, output, min_side=min_side, max_ratio=max_ratio, min_text_len=min_text_len,
+                             max_text_len=max_text_len, min_chinese_share=min_chinese_share, blocklist=blocklist,
+                             text_field=text_field, engine=engine, spark=_spark(engine, spark_master))
+    _echo_summary(summary)
+
+
+@click.command("dedup")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Download folder (NNNNN.tar + NNNNN.parquet).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--url/--no-url", "use_url", default=True, show_default=True, help="Level 1: normalised URL.")
+@click.option("--sha256/--no-sha256", "use_sha", default=True, show_default=True, help="Level 2: exact image bytes.")
+@click.option("--phash/--no-phash", "use_phash", default=True, show_default=True,
+              help="Level 3: perceptual near-duplicates (reads the tars).")
+@click.option("--caption/--no-caption", "use_caption", default=True, show_default=True,
+              help="Level 4: caption near-duplicates (MinHash).")
+@click.option("--phash-threshold", default=4, show_default=True, help="Max Hamming distance of 64-bit pHashes.")
+@click.option("--phash-bands", type=int, default=None, help="LSH bands of the pHash (default threshold+1: exact recall).")
+@click.option("--caption-threshold", default=0.8, show_default=True, help="Min estimated Jaccard of caption n-grams.")
+@click.option("--minhash-perm", default=64, show_default=True, help="MinHash functions.")
+@click.option("--minhash-bands", default=16, show_default=True, help="LSH bands of the MinHash signature.")
+@click.option("--ngram", default=3, show_default=True, help="Character n-gram size of captions.")
+@click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
+              show_default=True, help="Text of the caption level (caption falls back to title).")
+@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Earlier decision tables (e.g. the filter's): only samples they keep take part.")
+@click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (in-process engine).")
+@ENGINE_OPTION
+@MASTER_OPTION
+@_errors
+def dedup_cmd(input_dir, output, use_url, use_sha, use_phash, use_caption, phash_threshold, phash_bands,
+              caption_threshold, minhash_perm, minhash_bands, ngram, text_field, keep_tables, workers, engine,
+              spark_master) -> None:
+    """Drop duplicates: URL, exact bytes, pHash and caption near-duplicates; the lowest key of a group stays.
+
+    Each dropped row records the kept sample it duplicates (duplicate_of).
+    """
+    from ..corpus.dedup import dedup_samples
+
+    levels = [lv for lv, on in (("url", use_url), ("sha256", use_sha), ("phash", use_phash),
+                                ("caption", use_caption)) if on]
+    summary = dedup_samples(input_dir, output, levels=levels, phash_threshold=phash_threshold,
+                            phash_bands=phash_bands, caption_threshold=caption_threshold, minhash_perm=minhash_perm,
+                            minhash_bands=minhash_bands, ngram=ngram, text_field=text_field,
+                            keep_tables=keep_tables, workers=workers, engine=engine,
+                            spark=_spark(engine, spark_master), progress=True)
+    _echo_summary(summary)
+
+
+@click.command("build-shards")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Download folder (NNNNN.tar + NNNNN.parquet).")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Final shard folder.")
+@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Decision tables; a sample is kept when all keep it. Without: default filter + dedup run here.")
+@click.option("--samples-per-shard", default=10000, show_default=True, help="Samples per output shard.")
+@click.option("--shuffle", is_flag=True, help="Shuffle samples across shards (seeded).")
+@click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
+@click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (default dedup).")
+@ENGINE_OPTION
+@MASTER_OPTION
+@_errors
+def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed, workers, engine,
+                     spark_master) -> None:
+    """Rewrite the kept samples into final shards with sizes.json and manifest.json (restartable)."""
+    from ..corpus.build import build_shards
+
+    summary = build_shards(input_dir, output_dir, keep_tables=keep_tables, samples_per_shard=samples_per_shard,
+                           shuffle=shuffle, seed=seed, engine=engine, spark=_spark(engine, spark_master),
+                           workers=workers, progress=True, command=shlex.join(sys.argv))
+    for line in summary.lines():
+        click.echo(line)
+
+
+@click.command("verify")
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--no-images", is_flag=True, help="Skip decoding every image (checksums and counts only).")
+@_errors
+def verify_cmd(shard_dir, no_images) -> None:
+    """Check SHARD_DIR against its manifest: checksums, counts, every image; exit 1 on any problem."""
+    from ..corpus.verify import verify_shards
+
+    report = verify_shards(shard_dir, decode_images=not no_images, progress=True)
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    click.echo(f"{report.shards_checked} shards, {report.samples} samples, {len(report.problems)} problems")
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command("stats")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def stats_cmd(path, as_json) -> None:
+    """Counts, status reasons, text-length and image-size distributions of a download or shard folder."""
+    from ..corpus.stats import corpus_stats, format_stats
+
+    stats = corpus_stats(path)
+    click.echo(json.dumps(stats, ensure_ascii=False, indent=2) if as_json else format_stats(stats))

@@ -1,0 +1,284 @@
+"""``ccmb build-shards``: rewrite the kept samples of a download folder into final shards.
+
+Steps (all state under ``SHARDS_DIR/_build/``):
+
+1. decide: with ``--keep`` tables a sample is kept when every table keeps it; without, the default
+   filter and dedup run here (the same code as ``ccmb filter`` / ``ccmb dedup``) and their tables are
+   saved as ``_build/filter.parquet`` and ``_build/dedup.parquet``;
+2. plan: the kept keys in key order (or a seeded permutation with ``--shuffle``) cut into shards of
+   ``samples_per_shard``; new keys follow img2dataset's layout, the source key is kept as ``source_key``
+   in ``{key}.json``. The plan is written atomically (``_build/plan.parquet``, then ``_build/plan.json``)
+   BEFORE any shard, so a restart reuses it instead of recomputing (settings must match);
+3. write: each shard atomically (:class:`ccmb.shards.ShardWriter`, tar mtimes fixed so the bytes are
+   deterministic); after each, ``_build/done/NNNNN.json`` records its checksum. A restart skips shards
+   whose tar matches that checksum and rewrites the rest;
+4. finalize: ``sizes.json`` and ``manifest.json`` (:func:`ccmb.shards.finalize_shard_set`).
+
+Source members are read by offset (one header scan per source tar), never extracted to disk.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import sys
+import tarfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import atomic
+from .. import shards as fmt
+from .dedup import DedupConfig, dedup_table
+from .filter import FilterConfig, filter_table
+from .table import (CurationError, Summary, load_metadata, prior_reasons, read_decisions,
+                    write_decisions)
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+BUILD_DIR = "_build"
+PLAN_VERSION = 1
+
+
+@dataclass
+class BuildSummary:
+    """What :func:`build_shards` did."""
+
+    output: str
+    samples: int = 0
+    shards: int = 0
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    dropped: Dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> List[str]:
+        out = [f"{self.samples} samples of {self.rows} rows in {self.shards} shards at {self.output} "
+               f"({len(self.written)} written, {len(self.skipped)} already done)"]
+        out += [f"  dropped {reason}: {count}" for reason, count in self.dropped.items()]
+        return out
+
+
+def _decide(input_dir: Path, build_dir: Path, keep_tables: Sequence[PathLike], engine: str, spark,
+            workers: int, progress: bool) -> Tuple[pa.Table, Dict[str, int]]:
+    """(kept rows: key, shard; drop counts per reason)."""
+    if keep_tables:
+        meta = load_metadata(input_dir, ["key", "status"])
+        base = pc.if_else(pc.equal(pc.fill_null(meta.column("status"), ""), "success"),
+                          pa.scalar(None, pa.string()), pa.scalar("not_downloaded"))
+        reasons = pc.coalesce(base, prior_reasons(meta.column("key"), keep_tables))
+        decisions = pa.table({"key": meta.column("key"), "shard": meta.column("shard"), "reason": reasons})
+    else:
+        ftab = filter_table(input_dir, FilterConfig(), engine=engine, spark=spark)
+        write_decisions(build_dir / "filter.parquet", ftab)
+        dtab = dedup_table(input_dir, DedupConfig(workers=workers, progress=progress),
+                           keep_tables=[build_dir / "filter.parquet"], engine=engine, spark=spark)
+        write_decisions(build_dir / "dedup.parquet", dtab)
+        decisions = dtab
+    summary = Summary.of(decisions)
+    kept = decisions.filter(pc.and_(pc.is_null(decisions.column("reason")),
+                                    pc.is_valid(decisions.column("key")))).select(["key", "shard"])
+    return kept, summary.dropped
+
+
+def make_plan(kept: pa.Table, samples_per_shard: int, shuffle: bool, seed: int) -> pa.Table:
+    """Assign kept samples (sorted by key) to output shards: (out_shard, out_key, key, shard)."""
+    kept = kept.sort_by([("key", "ascending")])
+    n = kept.num_rows
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    kept = kept.take(pa.array(order))
+    pos = np.arange(n)
+    out_shard = pos // samples_per_shard
+    out_keys = [fmt.make_key(int(s), int(i), samples_per_shard) for s, i in zip(out_shard, pos % samples_per_shard)]
+    return pa.table({"out_shard": pa.array(out_shard, pa.int32()), "out_key": pa.array(out_keys, pa.string()),
+                     "key": kept.column("key"), "shard": kept.column("shard")})
+
+
+def _params(input_dir: Path, keep_tables: Sequence[PathLike], samples_per_shard: int, shuffle: bool,
+            seed: int) -> Dict[str, Any]:
+    return {"plan_version": PLAN_VERSION, "input": str(input_dir.resolve()),
+            "keep_tables": [str(Path(t).resolve()) for t in keep_tables],
+            "samples_per_shard": samples_per_shard, "shuffle": bool(shuffle), "seed": int(seed)}
+
+
+def _load_or_make_plan(input_dir: Path, output_dir: Path, keep_tables, samples_per_shard, shuffle, seed,
+                       engine, spark, workers, progress) -> Tuple[pa.Table, Dict[str, Any]]:
+    build_dir = output_dir / BUILD_DIR
+    plan_json, plan_pq = build_dir / "plan.json", build_dir / "plan.parquet"
+    params = _params(input_dir, keep_tables, samples_per_shard, shuffle, seed)
+    if plan_json.exists():
+        with open(plan_json, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        if saved.get("params") != params:
+            raise CurationError(f"{plan_json}: {output_dir} holds a build with other settings "
+                                f"({saved.get('params')}); use a new output folder")
+        plan = pq.read_table(plan_pq)
+        if plan.num_rows != saved.get("samples"):
+            raise CurationError(f"{plan_pq}: {plan.num_rows} rows, plan.json says {saved.get('samples')}")
+        logger.info("resuming the plan in %s", plan_json)
+        return plan, saved
+    build_dir.mkdir(parents=True, exist_ok=True)
+    kept, dropped = _decide(input_dir, build_dir, keep_tables, engine, spark, workers, progress)
+    plan = make_plan(kept, samples_per_shard, shuffle, seed)
+    with atomic.atomic_open(plan_pq, "wb") as fh:
+        pq.write_table(plan, fh)
+    digest = hashlib.sha256("\n".join(plan.column("key").to_pylist()).encode()).hexdigest()
+    saved = {"params": params, "samples": plan.num_rows, "dropped": dropped, "keys_sha256": digest,
+             "shards": int(pc.max(plan.column("out_shard")).as_py() + 1) if plan.num_rows else 0}
+    atomic.write_json(plan_json, saved)  # written last: its presence means the plan is complete
+    return plan, saved
+
+
+class TarIndex:
+    """Offsets of the members of source tars, read by seek (a few open files at a time)."""
+
+    def __init__(self, input_dir: Path, max_open: int = 32) -> None:
+        self.input_dir = input_dir
+        self.members: Dict[str, Dict[str, Dict[str, Tuple[int, int]]]] = {}
+        self.files: "OrderedDict[str, Any]" = OrderedDict()
+        self.max_open = max_open
+
+    def index(self, tar_name: str) -> Dict[str, Dict[str, Tuple[int, int]]]:
+        if tar_name not in self.members:
+            path = self.input_dir / tar_name
+            out: Dict[str, Dict[str, Tuple[int, int]]] = {}
+            try:
+                with tarfile.open(path, mode="r:") as tar:
+                    for m in tar.getmembers():
+                        if not m.isfile():
+                            continue
+                        key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
+                        out.setdefault(key, {})[ext.lower()] = (m.offset_data, m.size)
+            except (OSError, tarfile.TarError) as exc:
+                raise CurationError(f"{path}: unreadable tar: {exc}") from exc
+            self.members[tar_name] = out
+        return self.members[tar_name]
+
+    def read(self, tar_name: str, offset: int, size: int) -> bytes:
+        fh = self.files.pop(tar_name, None)
+        if fh is None:
+            fh = open(self.input_dir / tar_name, "rb")
+            if len(self.files) >= self.max_open:
+                self.files.popitem(last=False)[1].close()
+        self.files[tar_name] = fh
+        fh.seek(offset)
+        data = fh.read(size)
+        if len(data) != size:
+            raise CurationError(f"{self.input_dir / tar_name}: truncated member at offset {offset}")
+        return data
+
+    def sample(self, tar_name: str, key: str) -> Tuple[bytes, str, Dict[str, Any], str]:
+        parts = self.index(tar_name).get(key)
+        where = f"{self.input_dir / tar_name}: sample {key}"
+        if not parts:
+            raise CurationError(f"{where} is not in the tar")
+        ext = next((e for e in fmt.IMAGE_EXTS if e in parts), None)
+        if ext is None:
+            raise CurationError(f"{where} has no image member")
+        image = self.read(tar_name, *parts[ext])
+        text = self.read(tar_name, *parts["txt"]).decode("utf-8") if "txt" in parts else ""
+        meta: Dict[str, Any] = {}
+        if "json" in parts:
+            try:
+                meta = json.loads(self.read(tar_name, *parts["json"]).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CurationError(f"{where}.json is not valid JSON: {exc}") from exc
+        return image, text, meta, ext
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+        self.files.clear()
+
+
+def _write_shard(output_dir: Path, index: int, rows: pa.Table, source: TarIndex) -> None:
+    with fmt.ShardWriter(output_dir, index) as writer:
+        writer._mtime = 0  # fixed tar mtimes: the same plan gives byte-identical shards
+        for out_key, key, tar_name in zip(rows.column("out_key").to_pylist(), rows.column("key").to_pylist(),
+                                          rows.column("shard").to_pylist()):
+            image, text, meta, ext = source.sample(tar_name, key)
+            meta = dict(meta)
+            meta["source_key"] = key
+            meta["key"] = out_key
+            writer.write(out_key, image, text, meta, image_ext=ext)
+
+
+def _done_path(output_dir: Path, name: str) -> Path:
+    return output_dir / BUILD_DIR / "done" / f"{name}.json"
+
+
+def _finished(output_dir: Path, name: str) -> Optional[Dict[str, Any]]:
+    """The recorded entry of a shard when its tar is there with the recorded checksum."""
+    done, tar = _done_path(output_dir, name), output_dir / f"{name}.tar"
+    if not (done.exists() and tar.exists() and (output_dir / f"{name}_stats.json").exists()):
+        return None
+    try:
+        with open(done, encoding="utf-8") as fh:
+            entry = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if tar.stat().st_size != entry.get("bytes") or fmt.sha256_file(tar) != entry.get("sha256"):
+        logger.warning("%s differs from its recorded checksum: rewriting it", tar)
+        return None
+    return entry
+
+
+def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequence[PathLike] = (),
+                 samples_per_shard: int = 10000, shuffle: bool = False, seed: int = 0, engine: str = "local",
+                 spark=None, workers: int = 1, progress: bool = False,
+                 command: Optional[str] = None) -> BuildSummary:
+    """Write the kept samples of ``input_dir`` as a finished shard set in ``output_dir`` (restartable)."""
+    start = time.time()
+    if samples_per_shard < 1:
+        raise ValueError("samples_per_shard must be >= 1")
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    for t in keep_tables:
+        read_decisions(t)  # fail early, naming a bad table
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(output_dir)
+    plan, saved = _load_or_make_plan(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed,
+                                     engine, spark, workers, progress)
+    summary = BuildSummary(output=str(output_dir), samples=plan.num_rows, shards=saved["shards"],
+                           dropped=saved.get("dropped", {}),
+                           rows=plan.num_rows + sum(saved.get("dropped", {}).values()))
+    source = TarIndex(input_dir)
+    known: Dict[str, Dict[str, Any]] = {}
+    shard_col = plan.column("out_shard").to_numpy()
+    bounds = np.searchsorted(shard_col, np.arange(saved["shards"] + 1))
+    iterator = range(saved["shards"])
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc="build-shards", unit="shard")
+    try:
+        for s in iterator:
+            name = fmt.shard_name(s)
+            entry = _finished(output_dir, name)
+            if entry is None:
+                _write_shard(output_dir, s, plan.slice(bounds[s], bounds[s + 1] - bounds[s]), source)
+                entry = fmt.shard_entry(output_dir / f"{name}.tar")
+                atomic.write_json(_done_path(output_dir, name), entry)
+                summary.written.append(name)
+            else:
+                summary.skipped.append(name)
+            known[f"{name}.tar"] = entry
+    finally:
+        source.close()
+    extra = [p.name for p in fmt.list_shards(output_dir) if p.name not in known]
+    if extra:
+        raise CurationError(f"{output_dir}: shards {extra[:5]} are not in the plan; use a new output folder")
+    fmt.finalize_shard_set(output_dir, command=command or shlex.join(sys.argv),
+                           extra={"build": saved["params"], "dropped": summary.dropped}, known=known)
+    summary.seconds = time.time() - start
+    logger.info("build-shards: %s", "; ".join(summary.lines()))
+    return summary

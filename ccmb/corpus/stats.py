@@ -1,0 +1,132 @@
+"""``ccmb stats``: counts, status reasons, text-length and image-size distributions of a shard folder.
+
+Works on a download folder or a final shard set: it reads the ``NNNNN.parquet`` files (every input row,
+failures included); a folder with tars only falls back to the samples' ``{key}.json`` metadata.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import shards as fmt
+from .table import CurationError, list_parquets, read_shard_metadata
+
+logger = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("caption", "title", "content", "query")
+SIZE_FIELDS = ("width", "height", "original_width", "original_height")
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+MIN_SIDE_BINS = (0, 100, 200, 300, 500, 1000)
+TOP_REASONS = 20
+
+
+def distribution(values: np.ndarray) -> Dict[str, Any]:
+    """count, mean, min, max and percentiles of a numeric array."""
+    if not len(values):
+        return {"count": 0}
+    values = values.astype(np.float64)
+    pct = np.percentile(values, PERCENTILES)
+    out: Dict[str, Any] = {"count": int(len(values)), "mean": round(float(values.mean()), 2),
+                           "min": float(values.min()), "max": float(values.max())}
+    out.update({f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)})
+    return out
+
+
+def _counts(arr) -> Dict[str, int]:
+    arr = pc.drop_null(arr)
+    if not len(arr):
+        return {}
+    rows = pc.value_counts(arr).to_pylist()
+    return dict(sorted(((r["values"], int(r["counts"])) for r in rows), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _from_tars(path: Path) -> pa.Table:
+    rows: List[Dict[str, Any]] = []
+    for sample in fmt.iter_samples(path):
+        row = dict(sample.meta)
+        row.update(key=sample.key, caption=row.get("caption") or sample.text, status=fmt.STATUS_SUCCESS)
+        rows.append(fmt.normalize_row(row))
+    return pa.Table.from_pylist(rows, schema=fmt.PARQUET_SCHEMA)
+
+
+def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
+    """Statistics of a download folder or shard set (a dict, JSON-serialisable)."""
+    path = Path(path)
+    try:
+        parquets = list_parquets(path)
+        table = pa.concat_tables([read_shard_metadata(p) for p in parquets])
+        source = "parquet"
+    except CurationError:
+        if not path.exists():
+            raise CurationError(f"{path}: no such folder") from None
+        try:
+            table = _from_tars(path)
+        except (FileNotFoundError, fmt.ShardFormatError) as exc:
+            raise CurationError(f"{path}: neither NNNNN.parquet nor readable NNNNN.tar files: {exc}") from exc
+        parquets = []
+        source = "tar"
+    status = pc.fill_null(table.column("status"), "unknown")
+    ok = pc.equal(status, fmt.STATUS_SUCCESS)
+    failed = table.filter(pc.invert(ok))
+    reasons = pc.coalesce(failed.column("error_message"), failed.column("status"))
+    success = table.filter(ok)
+    out: Dict[str, Any] = {
+        "path": str(path),
+        "source": source,
+        "shards": len(parquets) if parquets else len(fmt.list_shards(path)),
+        "rows": table.num_rows,
+        "successes": success.num_rows,
+        "success_rate": round(100.0 * success.num_rows / table.num_rows, 2) if table.num_rows else 0.0,
+        "status": _counts(status),
+        "failure_reasons": dict(list(_counts(reasons).items())[:TOP_REASONS]),
+        "text_length": {},
+        "image_size": {},
+    }
+    for f in TEXT_FIELDS:
+        lengths = pc.drop_null(pc.utf8_length(success.column(f)))
+        out["text_length"][f] = distribution(lengths.to_numpy())
+    for f in SIZE_FIELDS:
+        out["image_size"][f] = distribution(pc.drop_null(success.column(f)).to_numpy())
+    w = pc.coalesce(success.column("original_width"), success.column("width"))
+    h = pc.coalesce(success.column("original_height"), success.column("height"))
+    short = pc.drop_null(pc.min_element_wise(w, h)).to_numpy()
+    hist = np.histogram(short, bins=list(MIN_SIDE_BINS) + [np.inf])[0] if len(short) else [0] * len(MIN_SIDE_BINS)
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(MIN_SIDE_BINS, MIN_SIDE_BINS[1:])] + [f">={MIN_SIDE_BINS[-1]}"]
+    out["image_size"]["min_side_histogram"] = {lab: int(c) for lab, c in zip(labels, hist)}
+    manifest = path / fmt.MANIFEST_FILE
+    if manifest.exists():
+        try:
+            m = fmt.read_manifest(path)
+            out["manifest"] = {"total_samples": m.get("total_samples"), "total_bytes": m.get("total_bytes"),
+                               "shards": len(m.get("shards", {}))}
+        except fmt.ShardFormatError as exc:
+            out["manifest"] = {"error": str(exc)}
+    return out
+
+
+def format_stats(stats: Dict[str, Any]) -> str:
+    """A short human-readable report of :func:`corpus_stats`."""
+    lines = [f"{stats['path']}: {stats['shards']} shards, {stats['rows']} rows, "
+             f"{stats['successes']} samples ({stats['success_rate']}%)"]
+    lines.append("status: " + ", ".join(f"{k} {v}" for k, v in stats["status"].items()))
+    if stats["failure_reasons"]:
+        lines.append("failure reasons:")
+        lines += [f"  {v:>8}  {k}" for k, v in stats["failure_reasons"].items()]
+    lines.append("text length (chars)   count     p5    p50    p95    max")
+    for f, d in stats["text_length"].items():
+        if d["count"]:
+            lines.append(f"  {f:<18} {d['count']:>6} {d['p5']:>6.0f} {d['p50']:>6.0f} {d['p95']:>6.0f} {d['max']:>6.0f}")
+    lines.append("image size (px)       count     p5    p50    p95    max")
+    for f in SIZE_FIELDS:
+        d = stats["image_size"][f]
+        if d["count"]:
+            lines.append(f"  {f:<18} {d['count']:>6} {d['p5']:>6.0f} {d['p50']:>6.0f} {d['p95']:>6.0f} {d['max']:>6.0f}")
+    lines.append("short side: " + ", ".join(f"{k} {v}" for k, v in stats["image_size"]["min_side_histogram"].items()))
+    if "manifest" in stats:
+        lines.append(f"manifest: {stats['manifest']}")
+    return "\n".join(lines)

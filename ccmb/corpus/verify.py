@@ -1,0 +1,30 @@
+"""``ccmb verify``: check a finished shard set against its manifest (checksums, counts, every image)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Union
+
+from .. import shards as fmt
+from .table import CurationError
+
+logger = logging.getLogger(__name__)
+
+
+def verify_shards(shard_dir: Union[str, Path], *, decode_images: bool = True,
+                  progress: bool = False) -> fmt.VerifyReport:
+    """Recompute every shard's checksum and sample count, open every image; report each problem.
+
+    Built on :func:`ccmb.shards.verify_shard_set`: a missing shard, a changed checksum, a count that
+    differs from ``manifest.json``/``sizes.json``, an unreadable tar or an undecodable image each add one
+    problem line naming the file. ``report.ok`` is False when anything is wrong.
+    """
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise CurationError(f"{shard_dir}: not a folder")
+    report = fmt.verify_shard_set(shard_dir, decode_images=decode_images, progress=progress)
+    for problem in report.problems:
+        logger.error("verify: %s", problem)
+    logger.info("verify %s: %d shards, %d samples, %d problems", shard_dir, report.shards_checked,
+                report.samples, len(report.problems))
+    return report
