@@ -1,1 +1,4 @@
-"""The Zero corpus pipeline: download, filter, dedup, build final shards."""
+"""The Zero corpus pipeline: download (``ccmb.corpus.download``), then curation (filter, dedup, shards).
+
+Modules are imported on use; this package imports nothing itself.
+"""

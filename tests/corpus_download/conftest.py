@@ -1,0 +1,139 @@
+"""A loopback HTTP server for download tests: generated images and every kind of bad response."""
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import struct
+import threading
+import time
+import zlib
+from typing import Dict, List, Optional
+
+import pytest
+
+from dl_helpers import jpeg
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def bomb_png(side: int = 17_000) -> bytes:
+    """A small PNG (1-bit, all zeros) whose header claims side x side pixels (over ccmb's pixel cap)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    co = zlib.compressobj(9)
+    row = b"\x00" * (1 + (side + 7) // 8)
+    body = b"".join(co.compress(row) for _ in range(side)) + co.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+class ImageServer:
+    """State shared with the handler: request log, the flaky switch, slow delay."""
+
+    def __init__(self) -> None:
+        self.flaky_ok = False
+        self.slow_s = 0.5
+        self.requests: List[str] = []
+        self.user_agents: List[str] = []
+        self.lock = threading.Lock()
+        self._bomb: Optional[bytes] = None
+        self.base = ""
+
+    @property
+    def bomb(self) -> bytes:
+        if self._bomb is None:
+            self._bomb = bomb_png()
+        return self._bomb
+
+
+def _handler(state: ImageServer):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, fmt, *args):  # quiet
+            pass
+
+        def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", headers: Dict[str, str] = None):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def do_GET(self):  # noqa: N802
+            path = self.path.split("?")[0]
+            with state.lock:
+                state.requests.append(path)
+                state.user_agents.append(self.headers.get("User-Agent", ""))
+            parts = path.strip("/").split("/")
+            n = int(parts[-1].split(".")[0]) if parts[-1].split(".")[0].isdigit() else 0
+            kind = parts[0]
+            if kind == "img":
+                self._send(200, jpeg(n))
+            elif kind == "slow":
+                time.sleep(state.slow_s)
+                self._send(200, jpeg(n))
+            elif kind == "404":
+                self._send(404, b"not found", "text/plain")
+            elif kind == "500":
+                self._send(500, b"boom", "text/plain")
+            elif kind == "loop":
+                self.send_response(302)
+                self.send_header("Location", f"/loop/{n}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif kind == "text":
+                self._send(200, b"<html>this is not an image</html>" * 10)
+            elif kind == "truncated":
+                data = jpeg(n, size=(120, 90))
+                self._send(200, data[: len(data) // 2])
+            elif kind == "noai":
+                self._send(200, jpeg(n), headers={"X-Robots-Tag": "noai"})
+            elif kind == "flaky":
+                if state.flaky_ok:
+                    self._send(200, jpeg(n))
+                else:
+                    self._send(503, b"try later", "text/plain")
+            elif kind == "bomb":
+                self._send(200, state.bomb, "image/png")
+            else:
+                self._send(404, b"unknown route", "text/plain")
+
+    return Handler
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A ThreadingHTTPServer on 127.0.0.1 (a thread of the test process); yields its state with ``.base``."""
+    state = ImageServer()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def refused_url() -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/img/1.jpg"
+
+
+@pytest.fixture
+def small_opts() -> dict:
+    """Download options for tests: one process, few threads, tiny images, short timeout."""
+    return dict(processes=1, threads=4, image_size=32, timeout=2, retries=0, samples_per_shard=10)
