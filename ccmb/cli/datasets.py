@@ -73,7 +73,7 @@ def info_cmd(name: str, root: str, split: str, params, lenient: bool, as_json: b
     for k, v in summary.items():
         if k == "files":
             for fk, fv in v.items():
-                click.echo(f"{fk}: {fv}")
+                click.echo(f"{fk} path: {fv}")
         else:
             click.echo(f"{k}: {v}")
 

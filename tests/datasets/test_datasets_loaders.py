@@ -173,3 +173,28 @@ def test_missing_image_error_names_path(tmp_path, fx):
     assert d.image_ids[-1] == "999" and d.text_to_images[0] == [3]
     with pytest.raises(ds.MissingImageError, match=r"test_imgs\.tsv#999"):
         d.load_image(3)
+
+
+def test_params_override_paths(tmp_path, fx):
+    raw = fx.build_flickr_cn_raw(tmp_path / "raw")
+    moved = tmp_path / "elsewhere.txt"
+    (raw / "flickr30k-cn_test.txt").rename(moved)
+    d = ds.load_dataset("flickr30k-cn", raw, captions=moved)
+    assert len(d.texts) == 4 and d.files["annotations"] == str(moved)
+    root = fx.build_r2d2(tmp_path / "r2d2")
+    imgs = root / "IQR_IQM_ICR_ICM_images"
+    other = tmp_path / "imgs"
+    imgs.rename(other)
+    with pytest.raises(ds.DatasetNotFoundError, match="image folder"):
+        ds.load_dataset("icr", root)
+    assert ds.load_dataset("icr", root, images=other).load_image(0).size == (12, 9)
+
+
+def test_cclip_malformed_jsonl_line(tmp_path, fx):
+    fx.build_cclip(tmp_path)
+    with open(tmp_path / "test_texts.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"text_id": 9, "text": "x", "image_ids": "101"}\n')  # line 5: image_ids not a list
+    with pytest.raises(ds.DatasetFormatError, match=r"test_texts\.jsonl:5: 'image_ids' must be a list"):
+        ds.load_dataset("coco-cn", tmp_path)
+    d = ds.load_dataset("coco-cn", tmp_path, lenient=True)
+    assert d.stats["skipped_lines"] == 1 and len(d.texts) == 2
