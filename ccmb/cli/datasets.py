@@ -86,15 +86,17 @@ def info_cmd(name: str, root: str, split: str, params, lenient: bool, as_json: b
 @click.option("--no-decode", is_flag=True, help="Only check that images exist (do not decode them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--max-lines", default=50, show_default=True, help="Problems/warnings printed at most.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(1),
+              help="Threads decoding images.")
 def verify_cmd(name: str, root: str, split: str, params, no_decode: bool, as_json: bool,
-               max_lines: int) -> None:
+               max_lines: int, workers: int) -> None:
     """Check that every line parses and every referenced image exists and decodes.
 
     Exits 1 when there is any problem (malformed line named by file:line, missing or undecodable image).
     """
     from ..datasets.verify import verify_dataset
 
-    report = verify_dataset(name, root, split, decode=not no_decode, progress=not as_json,
+    report = verify_dataset(name, root, split, decode=not no_decode, progress=not as_json, workers=workers,
                             **_params(params))
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))

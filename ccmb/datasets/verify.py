@@ -7,6 +7,7 @@ positive image, images without text.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -36,8 +37,10 @@ class DatasetReport:
 
 
 def verify_dataset(name: str, root: PathLike, split: Optional[str] = None, *, decode: bool = True,
-                   progress: bool = False, **params: Any) -> DatasetReport:
-    """Parse leniently, then check every image; returns every problem found (not just the first)."""
+                   progress: bool = False, workers: int = 1, **params: Any) -> DatasetReport:
+    """Parse leniently, then check every image; returns every problem found (not just the first).
+
+    ``workers`` > 1 decodes images in that many threads (PIL releases the GIL while decoding)."""
     try:
         data = load_dataset(name, root, split, lenient=True, **params)
     except (DatasetError, OSError) as exc:
@@ -50,19 +53,35 @@ def verify_dataset(name: str, root: PathLike, split: Optional[str] = None, *, de
         report.warnings.append(f"{s['texts_without_image']} texts have no positive image (hidden labels?)")
     if s.get("images_without_text"):
         report.warnings.append(f"{s['images_without_text']} images have no text")
-    indices = range(len(data.image_ids))
-    if progress:
-        from tqdm import tqdm
 
-        indices = tqdm(indices, desc=f"verify {data.name}", unit="img")
-    for i in indices:
-        report.images_checked += 1
+    def check(i: int) -> Optional[str]:
         if not data.images.exists(data.image_ids[i]):
-            report.problems.append(f"missing image: {data.image_path(i)}")
-            continue
+            return f"missing image: {data.image_path(i)}"
         if decode:
             try:
                 decode_image(data.image_bytes(i), mode=None, source=data.image_path(i))
             except (ImageDecodeError, MissingImageError) as exc:
-                report.problems.append(str(exc))
+                return str(exc)
+        return None
+
+    n = len(data.image_ids)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"verify {data.name}", unit="img")
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for start in range(0, n, 256):
+            chunk = range(start, min(n, start + 256))
+            results = list(pool.map(check, chunk)) if pool else [check(i) for i in chunk]
+            report.problems.extend(r for r in results if r)
+            report.images_checked += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if bar is not None:
+            bar.close()
     return report

@@ -70,6 +70,10 @@ def test_verify_catches_every_defect(tmp_path, fx):
     assert "flickr30k_cna_test.txt:3:" in problems                       # malformed line, file:line
     assert "missing image:" in problems and "3000.jpg" in problems
     assert "cannot decode image" in problems and "2000.jpg" in problems
+    from ccmb.datasets.verify import verify_dataset
+
+    serial = verify_dataset("flickr30k-cna", root, workers=1)
+    assert serial.problems == report["problems"] and serial.images_checked == 3
     res = run("verify", "muge", "--root", tmp_path / "none")
     assert res.exit_code == 1 and "expected layout" in res.output
 
