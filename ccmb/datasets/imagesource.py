@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -203,6 +204,7 @@ class TsvImages(ImageSource):
         self._pos = {image_id: i for i, image_id in enumerate(self.ids)}
         self._fd: Optional[int] = None
         self._pid = -1
+        self._lock = threading.Lock()
 
     def report(self, log: ParseLog) -> None:
         """Send the TSV's malformed lines and duplicate ids to a parse log."""
@@ -217,12 +219,20 @@ class TsvImages(ImageSource):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_fd"], state["_pid"] = None, -1
+        del state["_lock"]
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.tsv, os.O_RDONLY)
-            self._pid = os.getpid()
+        pid = os.getpid()
+        if self._fd is None or self._pid != pid:
+            with self._lock:
+                if self._fd is None or self._pid != pid:  # after fork: a fresh descriptor
+                    self._fd = os.open(self.tsv, os.O_RDONLY)
+                    self._pid = pid
         return self._fd
 
     def __del__(self) -> None:
