@@ -84,9 +84,12 @@ def test_verify_tsv_defects(tmp_path, fx):
     with open(tmp_path / "test_imgs.tsv", "a", encoding="utf-8") as fh:
         fh.write("104\tbm90IGFuIGltYWdl\n")   # base64 of "not an image"
         fh.write("no-tab-line\n")
+    with open(tmp_path / "test_texts.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(fx.jl(text_id=8, text="不在TSV里的图", image_ids=[999]) + "\n")
     res = run("verify", "coco-cn", "--root", tmp_path, "--json")
     report = json.loads(res.stdout)
-    assert res.exit_code == 1 and len(report["problems"]) == 2, report["problems"]
+    assert res.exit_code == 1 and len(report["problems"]) == 3, report["problems"]
+    assert any("missing image" in p and "test_imgs.tsv#999" in p for p in report["problems"])
     assert any("test_imgs.tsv:6:" in p for p in report["problems"])
     assert any("test_imgs.tsv#104" in p for p in report["problems"])
 
@@ -136,3 +139,15 @@ def test_convert_records_missing_images_as_failures(tmp_path, fx):
     status = table.column("status").to_pylist()
     assert status.count("success") == 2 and "failed_input" in status
     assert "2000.jpg" in [m for m in table.column("error_message").to_pylist() if m][0]
+
+
+def test_verify_classification_defects(tmp_path, fx):
+    fx.build_elevater(tmp_path)
+    base = tmp_path / "cifar-10"
+    (base / "test" / "5").mkdir()                                     # class index out of range
+    (base / "test" / "2" / "c.jpg").write_bytes(fx.image_bytes(0)[:40])  # truncated JPEG
+    res = run("verify", "elevater-cn/cifar-10", "--root", tmp_path, "--json")
+    report = json.loads(res.stdout)
+    assert res.exit_code == 1 and len(report["problems"]) == 2, report["problems"]
+    assert any("test/5: class index 5 outside" in p for p in report["problems"])
+    assert any("c.jpg" in p and "cannot decode" in p for p in report["problems"])
