@@ -205,7 +205,7 @@ def load_dataset(name: str, root: PathLike, split: Optional[str] = None, *, leni
     with gc_paused():
         data = spec.loader(ctx)
     if ctx.log.skipped:
-        logger.warning("%s/%s: %d malformed lines skipped, e.g. %s", spec.name, split,
+        logger.info("%s/%s: %d malformed lines skipped, e.g. %s", spec.name, split,
                        len(ctx.log.skipped), ctx.log.skipped[0])
     if ctx.log.duplicates or ctx.log.empty:
         logger.info("%s/%s: %s", spec.name, split, ctx.log.counts())
