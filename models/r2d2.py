@@ -200,13 +200,14 @@ class R2D2Model(nn.Module):
         # bucket pairs by text length so that each chunk is cut to little padding
         lengths = text_mask.sum(1).cpu()[text_index]
         order = torch.sort(lengths, stable=True).indices
+        dtype = self.itm_head.weight.dtype  # hidden states may be stored in half precision
         for start in range(0, len(order), pair_batch_size):
             sel = order[start:start + pair_batch_size]
             ii = image_index[sel].to(image_hidden.device)
             jj = text_index[sel].to(text_hidden.device)
             length = max(int(lengths[sel].max()), 1)
             probs[sel] = self.match_prob(
-                image_hidden[ii].to(self.device), text_hidden[jj, :length].to(self.device),
+                image_hidden[ii].to(self.device, dtype), text_hidden[jj, :length].to(self.device, dtype),
                 text_mask[jj, :length].to(self.device)).float().cpu()
         return probs
 

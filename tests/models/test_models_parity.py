@@ -96,3 +96,12 @@ def test_batched_encoders_equal_single_batch(official):
     assert torch.allclose(e2, te, atol=1e-6)
     i2t, _ = model.rank(ie, ih, e2, h2, m2)
     _close("i2t_scores", i2t, expected, TOL)
+
+
+def test_rank_from_half_precision_hidden_states(official):
+    model, inputs, expected, (ie, ih, te, th) = official
+    e, h = model.encode_images_batched(inputs["pixel_values"], batch_size=4, hidden_dtype=torch.float16)
+    assert h.dtype == torch.float16
+    i2t, t2i = model.rank(ie, h, te, th.half(), inputs["attention_mask"])
+    assert np.abs(i2t.numpy() - expected["i2t_scores"]).max() < 1e-2
+    assert np.abs(t2i.numpy() - expected["t2i_scores"]).max() < 1e-2
