@@ -59,6 +59,7 @@ class R2D2Model(nn.Module):
     def __init__(self, config: R2D2Config) -> None:
         super().__init__()
         self.config = config
+        self.load_report = None  # set by models.load_model
         self.visual_encoder = CLIPVisionModel(clip_vision_config(config))
         self.text_encoder = BertModel(bert_config(config), add_pooling_layer=True)
         self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)

@@ -63,3 +63,16 @@ def test_shape_mismatch_raises_with_shapes():
     state["vision_proj.weight"] = torch.zeros(3, 3)
     with pytest.raises(models.CheckpointError, match=r"vision_proj.weight: checkpoint \(3, 3\)"):
         load_state_dict_into(model, state, source="x.pth")
+
+
+def test_official_format_variants_load(tmp_path):
+    model = models.build_model("r2d2-tiny")
+    state = model.state_dict()
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    torch.save(state, tmp_path / "bare.pt")
+    for name in ("ddp.pth", "bare.pt"):
+        loaded = models.load_model("r2d2-tiny", tmp_path / name)
+        assert torch.equal(loaded.itm_head.weight, model.itm_head.weight), name
+    torch.save({"model": {"x": 1}}, tmp_path / "odd.pth")
+    with pytest.raises(models.CheckpointError, match="odd.pth"):
+        models.load_model("r2d2-tiny", tmp_path / "odd.pth")
