@@ -195,7 +195,10 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     input_dir = Path(input_dir)
     list_parquets(input_dir)
-    meta = load_metadata(input_dir, DEDUP_COLUMNS)
+    columns = ["key", "status"] + (["url"] if "url" in config.levels else []) \
+        + (["sha256"] if "sha256" in config.levels else []) \
+        + (["caption", "title", "content", "query"] if "caption" in config.levels else [])
+    meta = load_metadata(input_dir, columns)  # only what the enabled levels need
     check_unique_keys(meta.column("key"), str(input_dir))
     status_ok = pc.equal(pc.fill_null(meta.column("status"), ""), "success")
     base = pc.if_else(status_ok, pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))

@@ -59,19 +59,42 @@ def list_parquets(input_dir: PathLike) -> List[Path]:
 
 
 def read_shard_metadata(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """One shard's parquet, normalised to :data:`ccmb.shards.PARQUET_SCHEMA`, plus a ``shard`` column."""
+    """One shard's parquet normalised to :data:`ccmb.shards.PARQUET_SCHEMA` (missing columns null, types
+    cast), plus a ``shard`` column (the tar name). Only ``columns`` are read from disk when given."""
     path = Path(path)
-    try:
-        table = fmt.read_parquet(path)
-    except fmt.ShardFormatError as exc:
-        raise CurationError(str(exc)) from exc
-    except (OSError, pa.ArrowException) as exc:
-        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
-    if columns is not None:
-        table = table.select([c for c in columns if c != "shard"])
-    shard = pa.array([f"{path.stem}.tar"] * table.num_rows, pa.string()) if table.num_rows else \
-        pa.array([], pa.string())
-    return table.append_column("shard", shard)
+    if columns is None:
+        try:
+            table = fmt.read_parquet(path)
+        except fmt.ShardFormatError as exc:
+            raise CurationError(str(exc)) from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    else:
+        wanted = [c for c in columns if c != "shard"]
+        try:
+            names = set(pq.read_schema(path).names)
+            present = [c for c in wanted if c in names]
+            raw = pq.read_table(path, columns=present)
+        except (OSError, pa.ArrowException) as exc:
+            raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+        arrays, fields = [], []
+        for c in wanted:
+            typ = fmt.PARQUET_SCHEMA.field(c).type if c in fmt.PARQUET_SCHEMA.names else pa.string()
+            if c in present:
+                col = raw.column(c)
+                if col.type != typ:
+                    try:
+                        col = col.cast(typ)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                        raise CurationError(f"{path}: column {c!r} is {col.type}, expected {typ}") from exc
+            else:
+                col = pa.chunked_array([pa.nulls(raw.num_rows, typ)])
+            arrays.append(col)
+            fields.append(pa.field(c, typ))
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    n = table.num_rows
+    shard = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([f"{path.stem}.tar"]))
+    return table.append_column("shard", shard.cast(pa.string()))
 
 
 def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
