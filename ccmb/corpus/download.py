@@ -307,17 +307,33 @@ def _downloader_class():
     return CcmbDownloader
 
 
+def _logger_class():
+    from img2dataset.logger import LoggerProcess
+
+    class CcmbLoggerProcess(LoggerProcess):
+        """img2dataset's progress logger, which also dies with its parent (else it polls forever)."""
+
+        def run(self):
+            _die_with_parent()
+            super().run()
+
+    return CcmbLoggerProcess
+
+
 _CLASSES: Dict[str, Any] = {}
 
 
 def __getattr__(name: str):  # lazy: importing img2dataset (cv2, albumentations) is slow
-    if name in ("CcmbDownloader", "RetryDownloader"):
+    if name in ("CcmbDownloader", "RetryDownloader", "CcmbLoggerProcess"):
         if not _CLASSES:
             base = _downloader_class()
             base.__module__ = __name__
             base.__qualname__ = "CcmbDownloader"
             retry = type("RetryDownloader", (base,), {"normalize": False, "__module__": __name__})
-            _CLASSES.update(CcmbDownloader=base, RetryDownloader=retry)
+            log = _logger_class()
+            log.__module__ = __name__
+            log.__qualname__ = "CcmbLoggerProcess"
+            _CLASSES.update(CcmbDownloader=base, RetryDownloader=retry, CcmbLoggerProcess=log)
         return _CLASSES[name]
     raise AttributeError(name)
 
@@ -346,8 +362,8 @@ def _run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: _Opt
     spark_owned = None
     if opt.distributor == "pyspark":
         spark_owned = _ensure_spark(opt)
-    old_cls, old_sigint = i2d_main.Downloader, signal.getsignal(signal.SIGINT)
-    i2d_main.Downloader = downloader_cls
+    old_cls, old_log, old_sigint = i2d_main.Downloader, i2d_main.LoggerProcess, signal.getsignal(signal.SIGINT)
+    i2d_main.Downloader, i2d_main.LoggerProcess = downloader_cls, __getattr__("CcmbLoggerProcess")
     try:
         img2dataset.download(
             url_list=str(url_list), output_folder=str(output), input_format="parquet", url_col="url",
@@ -361,7 +377,7 @@ def _run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: _Opt
             max_shard_retry=1,
         )
     finally:
-        i2d_main.Downloader = old_cls
+        i2d_main.Downloader, i2d_main.LoggerProcess = old_cls, old_log
         signal.signal(signal.SIGINT, old_sigint)  # img2dataset installs a handler that exits
         if spark_owned is not None:
             spark_owned.stop()
