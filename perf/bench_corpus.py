@@ -51,6 +51,7 @@ if mode == "url":
 else:
     f = filter_table(d, FilterConfig())
     write_decisions(tmp / "f.parquet", f)
+    del f  # the CLI runs filter and dedup as separate commands
     t1 = time.perf_counter()
     t = dedup_table(d, DedupConfig(levels=("sha256",)), keep_tables=[tmp / "f.parquet"])
     res = {"filter_s": t1 - t0, "dedup_s": time.perf_counter() - t1}

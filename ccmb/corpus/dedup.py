@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from . import groups, minhash
 from .phash import compute_phashes, hamming
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
-                    load_metadata, prior_reasons, write_decisions)
+                    load_metadata, prior_reasons, sha256_to_binary, write_decisions)
 from .urlnorm import normalize_urls
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config:
             reps = groups.first_occurrence(pc.if_else(mask, normalize_urls(meta.column("url")), null))
             drops = [drops_from_reps(reps, "duplicate_url")]
         elif level == "sha256":
-            reps = groups.first_occurrence(pc.if_else(mask, meta.column("sha256").combine_chunks(), null))
+            sha = meta.column("sha256").combine_chunks()
+            reps = groups.first_occurrence(pc.if_else(mask, sha, pa.scalar(None, sha.type)))
             drops = [drops_from_reps(reps, "duplicate_sha256")]
         elif level == "phash":
             rows = np.flatnonzero(eligible)
@@ -175,17 +176,23 @@ def raise_missing(meta: pa.Table, rows: np.ndarray) -> None:
 def assemble(meta: pa.Table, base: pa.Array, drops: Sequence[LevelDrops]) -> pa.Table:
     """The decision table from base reasons (not downloaded / earlier tables) and the level drops."""
     n = meta.num_rows
-    reason = np.asarray(base.to_pylist(), dtype=object) if n else np.zeros(0, object)
+    if isinstance(base, pa.ChunkedArray):
+        base = base.combine_chunks()
+    enc = pc.dictionary_encode(base)
+    names = enc.dictionary.to_pylist()
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
     dup_of = np.full(n, -1, np.int64)
     for d in drops:
-        reason[d.rows] = d.reason
+        if d.reason not in names:
+            names.append(d.reason)
+        codes[d.rows] = names.index(d.reason)
         dup_of[d.rows] = d.reps
     dup_of = groups.resolve_chains(dup_of)
+    reasons = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(names, pa.string()))
     keys = meta.column("key").combine_chunks()
     dup_keys = pc.if_else(pa.array(dup_of >= 0), keys.take(pa.array(np.maximum(dup_of, 0))),
                           pa.scalar(None, pa.string())) if n else pa.array([], pa.string())
-    return Decisions(meta.column("key"), meta.column("shard"), pa.array(reason.tolist(), pa.string()),
-                     dup_keys).table()
+    return Decisions(meta.column("key"), meta.column("shard"), reasons.cast(pa.string()), dup_keys).table()
 
 
 def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[PathLike] = (),
@@ -198,7 +205,13 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
     columns = ["key", "status"] + (["url"] if "url" in config.levels else []) \
         + (["sha256"] if "sha256" in config.levels else []) \
         + (["caption", "title", "content", "query"] if "caption" in config.levels else [])
-    meta = load_metadata(input_dir, columns)  # only what the enabled levels need
+    def pack(table: pa.Table, path: Path) -> pa.Table:
+        if "sha256" not in table.column_names:
+            return table
+        i = table.column_names.index("sha256")
+        return table.set_column(i, "sha256", sha256_to_binary(table.column("sha256"), str(path)))
+
+    meta = load_metadata(input_dir, columns, transform=pack)  # only what the enabled levels need
     check_unique_keys(meta.column("key"), str(input_dir))
     status_ok = pc.equal(pc.fill_null(meta.column("status"), ""), "success")
     base = pc.if_else(status_ok, pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))

@@ -140,7 +140,11 @@ def _exact_level(spark, meta: pa.Table, eligible: np.ndarray, column, reason: st
     if not len(rows):
         return LevelDrops(reason, np.zeros(0, np.int64), np.zeros(0, np.int64))
     sub = meta.select(["key", column]).take(pa.array(rows))
-    df = spark.createDataFrame(sub.to_pandas(), schema=f"key string, {column} string")
+    typ = "string"
+    if column == "sha256":  # packed to 32 bytes by dedup_table
+        sub = sub.set_column(1, column, sub.column(column).cast(pa.binary()))
+        typ = "binary"
+    df = spark.createDataFrame(sub.to_pandas(), schema=f"key string, {column} {typ}")
     value = spark_normalize_url(F.col("url")) if column == "url" else F.col(column)
     df = df.select("key", value.alias("v")).where(F.col("v").isNotNull())
     rep = F.min("key").over(Window.partitionBy("v"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -97,14 +97,60 @@ def read_shard_metadata(path: PathLike, columns: Optional[Sequence[str]] = None)
     return table.append_column("shard", shard.cast(pa.string()))
 
 
-def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None,
+                  transform: Optional[Callable[[pa.Table, Path], pa.Table]] = None) -> pa.Table:
     """All parquet rows of a download folder in one table, sorted by key (nulls last).
 
-    ``columns`` limits what is kept in memory (``shard`` is always added).
+    ``columns`` limits what is read and kept in memory (``shard`` is always added); ``transform`` is
+    applied to each shard's table as it is read (e.g. to pack columns).
     """
-    tables = [read_shard_metadata(p, columns) for p in list_parquets(input_dir)]
+    tables = []
+    for p in list_parquets(input_dir):
+        t = read_shard_metadata(p, columns)
+        tables.append(transform(t, p) if transform is not None else t)
     table = pa.concat_tables(tables) if tables else pa.table({})
     return sort_by_key(table)
+
+
+def sha256_to_binary(column, where: str = "") -> pa.Array:
+    """Hex SHA-256 strings as 32-byte binaries (half the memory; hashing is faster). Values that are
+    not 64 hex digits become null (logged): they take no part in exact dedup."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    out_type = pa.binary(32)
+    if n == 0:
+        return pa.array([], out_type)
+    lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) & (lengths == 64)
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32, n + 1, column.offset * 4)
+    contiguous = bool(np.all(lengths[~valid] == 0)) if (~valid).any() else True
+    if contiguous and data_buf is not None and valid.any():
+        lo = int(offsets[0])
+        hexes = np.frombuffer(data_buf, np.uint8, 64 * int(valid.sum()), lo).reshape(-1, 64)
+    else:  # irregular values: gather row by row (rare)
+        rows = [column[i].as_py().encode("ascii", "replace") if valid[i] else None for i in range(n)]
+        hexes = np.frombuffer(b"".join(r for r in rows if r is not None), np.uint8).reshape(-1, 64)
+    nib = _HEX_LUT[hexes]
+    good = ~(nib == 255).any(axis=1)
+    packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
+    rows_valid = np.flatnonzero(valid)
+    bad = rows_valid[~good]
+    if len(bad):
+        logger.warning("%s: %d sha256 values are not 64 hex digits (ignored by exact dedup)", where, len(bad))
+        valid[bad] = False
+    full = np.zeros((n, 32), np.uint8)
+    full[rows_valid[good]] = packed[good]
+    arr = pa.FixedSizeBinaryArray.from_buffers(out_type, n, [None, pa.py_buffer(full.tobytes())])
+    return pc.if_else(pa.array(valid), arr, pa.scalar(None, out_type))
+
+
+_HEX_LUT = np.full(256, 255, np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_LUT[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX_LUT[_c] = 10 + _i
 
 
 def sort_by_key(table: pa.Table) -> pa.Table:
@@ -120,10 +166,14 @@ def sort_by_key(table: pa.Table) -> pa.Table:
 
 
 def check_unique_keys(keys: pa.ChunkedArray, where: str) -> None:
+    """Raise when a key occurs twice (``keys`` sorted by :func:`sort_by_key`: an O(n) adjacent check)."""
     non_null = pc.drop_null(keys)
-    if pc.count_distinct(non_null).as_py() != len(non_null):
-        counts = pc.value_counts(non_null)
-        dup = [c["values"] for c in counts.to_pylist() if c["counts"] > 1][:5]
+    if len(non_null) < 2:
+        return
+    same = pc.equal(non_null.slice(0, len(non_null) - 1), non_null.slice(1))
+    if pc.any(same).as_py():
+        idx = np.flatnonzero(as_numpy_bool(same))[:5]
+        dup = sorted({non_null[int(i)].as_py() for i in idx})
         raise CurationError(f"{where}: sample keys are not unique, e.g. {dup}")
 
 
@@ -181,12 +231,14 @@ def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array
     reasons = pa.nulls(n, pa.string())
     for path in tables:
         dec = read_decisions(path)
-        idx = pc.index_in(keys, value_set=dec.column("key"))
-        found = pc.is_valid(idx)
         dec_reason = pc.if_else(dec.column("keep"), pa.scalar(None, pa.string()),
                                 pc.coalesce(dec.column("reason"), pa.scalar("dropped")))
-        reason = pc.take(dec_reason, pc.fill_null(idx, 0)) if dec.num_rows else pa.nulls(n, pa.string())
-        reason = pc.if_else(found, reason, pa.scalar(f"not_in:{Path(path).name}"))
+        if dec.num_rows == n and dec.column("key").equals(keys):
+            reason = dec_reason  # same rows in the same order (the usual case): no lookup
+        else:
+            idx = pc.index_in(keys, value_set=dec.column("key"))
+            reason = pc.take(dec_reason, pc.fill_null(idx, 0)) if dec.num_rows else pa.nulls(n, pa.string())
+            reason = pc.if_else(pc.is_valid(idx), reason, pa.scalar(f"not_in:{Path(path).name}"))
         reasons = pc.coalesce(reasons, reason)
     if isinstance(reasons, pa.ChunkedArray):
         reasons = reasons.combine_chunks()

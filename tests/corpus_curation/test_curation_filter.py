@@ -92,3 +92,33 @@ def test_bad_parquet_names_the_file(make_download, tmp_path):
     assert res.exit_code != 0 and "00001.parquet" in res.output
     with pytest.raises(CurationError, match="no NNNNN.parquet"):
         filter_table(tmp_path, FilterConfig())
+
+
+def test_cjk_count_equals_the_regex_count():
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ccmb.corpus.filter import CJK_CLASS, count_cjk
+
+    rng = np.random.default_rng(0)
+    edges = [0x20, 0x41, 0xE9, 0x7FF, 0x3000, 0x33FF, 0x3400, 0x3FFF, 0x4000, 0x4DBF, 0x4DC0, 0x4DFF, 0x4E00,
+             0x4FFF, 0x5000, 0x9FFF, 0xA000, 0xFF01, 0x1F600, 0x20000]
+    strs = ["".join(chr(int(c)) for c in rng.choice(edges, rng.integers(0, 12))) for _ in range(2000)]
+    arr = pa.array(strs + [None, "", "猫"])
+    for a in (arr, arr.slice(7, 1500), arr.slice(1990)):
+        assert count_cjk(a).to_pylist() == pc.fill_null(pc.count_substring_regex(a, CJK_CLASS), 0).to_pylist()
+
+
+def test_sha256_packing():
+    import hashlib
+
+    import pyarrow as pa
+
+    from ccmb.corpus.table import sha256_to_binary
+
+    h = hashlib.sha256(b"x").hexdigest()
+    out = sha256_to_binary(pa.array([h, h.upper(), None, "zz" * 32, "abc"])).to_pylist()
+    assert out[0] == bytes.fromhex(h) and out[1] == out[0]
+    assert out[2:] == [None, None, None]
+    assert sha256_to_binary(pa.array([h, None])).to_pylist() == [bytes.fromhex(h), None]
