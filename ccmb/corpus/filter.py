@@ -44,6 +44,7 @@ TRIM_CHARS = " \t\n\r\f\v\u3000"
 CJK_CLASS = r"[\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}]"
 NON_CJK_CLASS = r"[^\x{3400}-\x{4dbf}\x{4e00}-\x{9fff}]"
 TEXT_COLUMNS = ("caption", "title", "content", "query")
+CJK_BLOCK_ROWS = 1 << 16
 REGEX_SPECIAL = set("\\^$.|?*+()[]{}")
 
 REASONS = ("not_downloaded", "unknown_size", "too_small", "aspect_ratio", "text_too_short",
@@ -114,18 +115,23 @@ def count_cjk(text) -> pa.Array:
         return pa.array([], pa.int64())
     _, offsets_buf, data_buf = text.buffers()
     offsets = np.frombuffer(offsets_buf, np.int32, n + 1, text.offset * 4)
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    data = np.frombuffer(data_buf, np.uint8, hi - lo, lo) if data_buf is not None and hi > lo else \
-        np.zeros(0, np.uint8)
-    hit = np.zeros(len(data) + 1, np.uint8)                      # one pad byte: reduceat may index len(data)
-    hit[:-1] = (data - np.uint8(0xE5)) <= 4                      # E5..E9 (uint8 wrap-around)
-    lead = np.flatnonzero((data - np.uint8(0xE3)) <= 1)          # E3 / E4: look at the next byte
-    lead = lead[lead + 1 < len(data)]
-    nxt = data[lead + 1]
-    hit[lead] = np.where(data[lead] == 0xE4, nxt != 0xB7, nxt >= 0x90)
-    starts = (offsets[:-1] - lo).astype(np.int64)
-    counts = np.add.reduceat(hit, starts, dtype=np.int64) if n else np.zeros(0, np.int64)
-    counts[offsets[1:] == offsets[:-1]] = 0                     # empty strings
+    counts = np.zeros(n, np.int64)
+    if data_buf is None or offsets[-1] == offsets[0]:
+        return pa.array(counts, pa.int64())
+    data_all = np.frombuffer(data_buf, np.uint8, int(offsets[-1]))
+    for r0 in range(0, n, CJK_BLOCK_ROWS):  # blocks of rows: small, cache-resident temporaries
+        r1 = min(n, r0 + CJK_BLOCK_ROWS)
+        lo, hi = int(offsets[r0]), int(offsets[r1])
+        data = data_all[lo:hi]
+        hit = (data - np.uint8(0xE5)) <= 4                       # E5..E9 (uint8 wrap-around)
+        lead = np.flatnonzero((data - np.uint8(0xE3)) <= 1)      # E3 / E4: look at the next byte
+        lead = lead[lead + 1 < len(data)]
+        nxt = data[lead + 1]
+        hit[lead] = np.where(data[lead] == 0xE4, nxt != 0xB7, nxt >= 0x90)
+        csum = np.zeros(len(data) + 1, np.int32)
+        np.cumsum(hit, dtype=np.int32, out=csum[1:])
+        rel = offsets[r0: r1 + 1] - lo
+        counts[r0:r1] = csum[rel[1:]] - csum[rel[:-1]]
     if text.null_count:
         counts = np.where(text.is_valid().to_numpy(zero_copy_only=False), counts, 0)
     return pa.array(counts, pa.int64())
