@@ -7,11 +7,13 @@ checkpoint keys are in the loader's ignorable set. Attention uses ``torch.nn.fun
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+KV = Tuple[torch.Tensor, torch.Tensor]
 
 
 class _QKV(nn.Module):
@@ -45,19 +47,26 @@ class CrossAttentionBlock(nn.Module):
         self.self = _QKV(width, kv_width)
         self.output = _DenseNorm(width, width, eps, dropout)
 
+    def project_kv(self, context: torch.Tensor) -> KV:
+        """Keys and values [B, heads, Lk, head_dim] of ``context`` (reusable for every query of that context)."""
+        b, lk, _ = context.shape
+        k = self.self.key(context).view(b, lk, self.heads, -1).transpose(1, 2)
+        v = self.self.value(context).view(b, lk, self.heads, -1).transpose(1, 2)
+        return k, v
+
     def forward(self, hidden: torch.Tensor, context: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, query_len: Optional[int] = None) -> torch.Tensor:
+                mask: Optional[torch.Tensor] = None, query_len: Optional[int] = None,
+                kv: Optional[KV] = None) -> torch.Tensor:
         """``mask``: bool [B, Lk] (True = attend) over the keys, or None for all keys. ``query_len``: compute
-        the output for the first ``query_len`` positions only (keys/values still cover every position)."""
-        context = hidden if context is None else context
+        the output for the first ``query_len`` positions only (keys/values still cover every position).
+        ``kv``: precomputed :meth:`project_kv` of the context (then ``context`` is not used)."""
+        if kv is None:
+            kv = self.project_kv(hidden if context is None else context)
         if query_len is not None:
             hidden = hidden[:, :query_len]
         b, lq, width = hidden.shape
-        lk = context.shape[1]
-        h = self.heads
-        q = self.self.query(hidden).view(b, lq, h, -1).transpose(1, 2)
-        k = self.self.key(context).view(b, lk, h, -1).transpose(1, 2)
-        v = self.self.value(context).view(b, lk, h, -1).transpose(1, 2)
+        q = self.self.query(hidden).view(b, lq, self.heads, -1).transpose(1, 2)
+        k, v = kv
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
@@ -84,10 +93,15 @@ class CrossLayer(nn.Module):
         self.intermediate = _Intermediate(width, mlp)
         self.output = _DenseNorm(mlp, width, eps, dropout)
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
-                context_mask: Optional[torch.Tensor], query_len: Optional[int] = None) -> torch.Tensor:
-        hidden = self.attention(hidden, None, mask, query_len=query_len)
-        hidden = self.crossattention(hidden, context, context_mask)
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: Optional[torch.Tensor],
+                context_mask: Optional[torch.Tensor], query_len: Optional[int] = None,
+                context_kv: Optional[KV] = None, skip_self: bool = False) -> torch.Tensor:
+        """``skip_self``: ``hidden`` already is this layer's self-attention output."""
+        if skip_self:
+            hidden = hidden if query_len is None else hidden[:, :query_len]
+        else:
+            hidden = self.attention(hidden, None, mask, query_len=query_len)
+        hidden = self.crossattention(hidden, context, context_mask, kv=context_kv)
         return self.output(self.intermediate(hidden), hidden)
 
 
@@ -112,14 +126,29 @@ class CrossEncoder(nn.Module):
         self.encoder = _LayerStack(layers, width=width, kv_width=kv_width, heads=heads, mlp=mlp,
                                    eps=eps, dropout=dropout)
 
-    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: torch.Tensor,
-                context_mask: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], context: Optional[torch.Tensor],
+                context_mask: Optional[torch.Tensor] = None, cls_only: bool = False,
+                context_kv: Optional[List[KV]] = None, first_self_done: bool = False) -> torch.Tensor:
+        """Run the stack. For ranking many pairs the parts that depend on one side only can be precomputed once
+        per item and gathered: ``context_kv`` (from :meth:`context_kv`, then ``context`` may be None) and
+        ``first_self_done`` (``hidden`` is the output of :meth:`first_self_attention`)."""
         mask = None if mask is None else mask.to(torch.bool)
         context_mask = None if context_mask is None else context_mask.to(torch.bool)
         last = len(self.encoder.layer) - 1
         for i, layer in enumerate(self.encoder.layer):
-            hidden = layer(hidden, mask, context, context_mask, query_len=1 if cls_only and i == last else None)
+            hidden = layer(hidden, mask, context, context_mask, query_len=1 if cls_only and i == last else None,
+                           context_kv=None if context_kv is None else context_kv[i],
+                           skip_self=first_self_done and i == 0)
         return hidden
+
+    def context_kv(self, context: torch.Tensor) -> List[KV]:
+        """Every layer's cross-attention keys/values of ``context`` (they depend on the context only)."""
+        return [layer.crossattention.project_kv(context) for layer in self.encoder.layer]
+
+    def first_self_attention(self, hidden: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Layer 0's self-attention output (it depends on this encoder's own input only)."""
+        mask = None if mask is None else mask.to(torch.bool)
+        return self.encoder.layer[0].attention(hidden, None, mask)
 
 
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -190,36 +190,76 @@ class R2D2Model(nn.Module):
 
     @torch.no_grad()
     def pair_match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor, text_mask: torch.Tensor,
-                        image_index: torch.Tensor, text_index: torch.Tensor,
-                        pair_batch_size: int = 256) -> torch.Tensor:
-        """Match probability of the pairs ``(image_index[n], text_index[n])``, computed in chunks of
-        ``pair_batch_size`` pairs (hidden states may live on the CPU; chunks move to the model's device).
-        Each chunk is cut to its longest text, which changes nothing but the cost."""
+                        image_index: torch.Tensor, text_index: torch.Tensor, pair_batch_size: int = 256,
+                        cache_mb: int = 1024) -> torch.Tensor:
+        """Match probability of the pairs ``(image_index[n], text_index[n])`` (same values as :meth:`match_prob`).
+
+        Hidden states may live on the CPU; work moves to the model's device. Images are processed in blocks
+        whose image-only parts (``img_joint_proj`` + the first self-attention of ``img_joint_layer``, and every
+        layer's cross-attention keys/values of ``text_joint_layer``) are computed once per image and fit in
+        ``cache_mb``; the pairs of a block run in chunks of ``pair_batch_size``, bucketed by text length and cut
+        to the chunk's longest text."""
         self._require_cross("pair_match_prob")
         image_index, text_index = image_index.cpu(), text_index.cpu()
         probs = torch.empty(len(image_index), dtype=torch.float32)
-        # bucket pairs by text length so that each chunk is cut to little padding
-        lengths = text_mask.sum(1).cpu()[text_index]
-        order = torch.sort(lengths, stable=True).indices
+        if len(image_index) == 0:
+            return probs
         dtype = self.itm_head.weight.dtype  # hidden states may be stored in half precision
-        for start in range(0, len(order), pair_batch_size):
-            sel = order[start:start + pair_batch_size]
-            ii = image_index[sel].to(image_hidden.device)
-            jj = text_index[sel].to(text_hidden.device)
-            length = max(int(lengths[sel].max()), 1)
-            probs[sel] = self.match_prob(
-                image_hidden[ii].to(self.device, dtype), text_hidden[jj, :length].to(self.device, dtype),
-                text_mask[jj, :length].to(self.device)).float().cpu()
+        lengths = text_mask.sum(1).cpu()[text_index]
+        per_image = (2 * self.config.joint_layers + 1) * image_hidden.shape[1] * self.config.text_width \
+            * torch.finfo(dtype).bits // 8
+        block = max(1, cache_mb * 2 ** 20 // per_image)
+        images = torch.unique(image_index)
+        lookup = torch.full((image_hidden.shape[0],), -1, dtype=torch.long)
+        for b in range(0, len(images), block):
+            block_images = images[b:b + block]
+            lookup[block_images] = torch.arange(len(block_images))
+            cache = self._image_side_cache(image_hidden, block_images, pair_batch_size, dtype)
+            pairs = torch.nonzero(torch.isin(image_index, block_images)).squeeze(1)
+            pairs = pairs[torch.sort(lengths[pairs], stable=True).indices]
+            for start in range(0, len(pairs), pair_batch_size):
+                sel = pairs[start:start + pair_batch_size]
+                rows = lookup[image_index[sel]].to(self.device)
+                jj = text_index[sel].to(text_hidden.device)
+                length = max(int(lengths[sel].max()), 1)
+                probs[sel] = self._cached_match_prob(
+                    cache, rows, text_hidden[jj, :length].to(self.device, dtype),
+                    text_mask[jj, :length].to(self.device)).float().cpu()
         return probs
+
+    def _image_side_cache(self, image_hidden: torch.Tensor, images: torch.Tensor, batch_size: int,
+                          dtype: torch.dtype) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """Per image: the first self-attention output of ``img_joint_layer`` and ``text_joint_layer``'s
+        cross-attention keys/values, for ``images`` (indices into ``image_hidden``)."""
+        firsts, kvs = [], []
+        for start in range(0, len(images), batch_size):
+            idx = images[start:start + batch_size].to(image_hidden.device)
+            ih = image_hidden[idx].to(self.device, dtype)
+            firsts.append(self.img_joint_layer.first_self_attention(self.img_joint_proj(ih), None))
+            kvs.append(self.text_joint_layer.context_kv(ih))
+        kv = [(torch.cat([b[layer][0] for b in kvs]), torch.cat([b[layer][1] for b in kvs]))
+              for layer in range(len(kvs[0]))]
+        return torch.cat(firsts), kv
+
+    def _cached_match_prob(self, cache, rows: torch.Tensor, text_hidden: torch.Tensor,
+                           text_mask: torch.Tensor) -> torch.Tensor:
+        first, kv = cache
+        text_out = self.text_joint_layer(text_hidden, text_mask, None, None, cls_only=True,
+                                         context_kv=[(k[rows], v[rows]) for k, v in kv])
+        image_out = self.img_joint_layer(first[rows], None, text_hidden, text_mask, cls_only=True,
+                                         first_self_done=True)
+        return (self.itm_head(text_out[:, 0]).float().softmax(-1)[:, 1]
+                + self.itm_head_i(image_out[:, 0]).float().softmax(-1)[:, 1]) / 2
 
     @torch.no_grad()
     def rank(self, image_embeds: torch.Tensor, image_hidden: torch.Tensor, text_embeds: torch.Tensor,
              text_hidden: torch.Tensor, text_mask: torch.Tensor, top_k: Optional[int] = None,
-             pair_batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+             pair_batch_size: int = 256, cache_mb: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
         """The official two-stage ranking. Returns ``(i2t_scores [Ni,Nt], t2i_scores [Nt,Ni])`` (float32, CPU):
         for each query the ``top_k`` candidates by cosine similarity score ``match_prob + cosine``, all others
         -100. Each distinct (image, text) pair is scored once, pairs from both directions together, in
-        batches of ``pair_batch_size`` through the cross encoders."""
+        batches of ``pair_batch_size`` through the cross encoders (see :meth:`pair_match_prob`; ``cache_mb``
+        bounds the memory of the per-image precomputed parts)."""
         self._require_cross("rank")
         k = int(top_k or self.config.top_k)
         sims = image_embeds.float() @ text_embeds.float().to(image_embeds.device).T  # [Ni, Nt]
@@ -235,7 +275,7 @@ class R2D2Model(nn.Module):
         flat = torch.cat([img_a * nt + txt_a, img_b * nt + txt_b])
         unique, inverse = torch.unique(flat, return_inverse=True)
         probs = self.pair_match_prob(image_hidden, text_hidden, text_mask, unique // nt, unique % nt,
-                                     pair_batch_size=pair_batch_size)[inverse]
+                                     pair_batch_size=pair_batch_size, cache_mb=cache_mb)[inverse]
         i2t = torch.full((ni, nt), NO_SCORE)
         i2t[img_a, txt_a] = probs[: len(img_a)] + sims[img_a, txt_a]
         t2i = torch.full((nt, ni), NO_SCORE)

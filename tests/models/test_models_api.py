@@ -165,3 +165,20 @@ def test_rank_under_bf16_autocast_runs_and_stays_close():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got, _ = model.rank(ie, ih, te, th, mask, top_k=10)
     assert got.dtype == torch.float32 and (got - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("joint_layers", [1, 3])
+def test_rank_equals_brute_force_for_other_depths(joint_layers):
+    torch.manual_seed(joint_layers)
+    cfg = models.get_config("r2d2-tiny").to_dict()
+    cfg.update(joint_layers=joint_layers, name=f"tiny-{joint_layers}")
+    model = models.build_model(cfg).eval()
+    pixels, ids, mask = _inputs(model.config, n_img=3, n_txt=4)
+    with torch.no_grad():
+        ie, ih = model.encode_image(pixels, return_hidden=True)
+        te, th = model.encode_text(ids, mask, return_hidden=True)
+        ii = torch.arange(3).repeat_interleave(4)
+        jj = torch.arange(4).repeat(3)
+        brute = model.match_prob(ih[ii], th[jj], mask[jj]).view(3, 4) + ie @ te.T
+    i2t, t2i = model.rank(ie, ih, te, th, mask, top_k=10, pair_batch_size=5, cache_mb=0)
+    assert torch.allclose(i2t, brute, atol=1e-5) and torch.allclose(t2i, brute.T, atol=1e-5)

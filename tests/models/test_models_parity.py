@@ -62,12 +62,16 @@ def test_match_prob_matches_official(official):
         t_logits, i_logits = model.itm_logits(ih[ii], th[jj], inputs["attention_mask"][jj])
     assert t_logits.shape == i_logits.shape == (ni * nt, 2)
     _close("itm_scores", probs, expected, TOL)
+    pair_probs = model.pair_match_prob(ih, th, inputs["attention_mask"], ii, jj, pair_batch_size=5, cache_mb=0)
+    _close("itm_scores", pair_probs.view(ni, nt), expected, TOL)
 
 
-@pytest.mark.parametrize("pair_batch_size", [1, 4, 256])
-def test_rank_matches_official(official, pair_batch_size):
+@pytest.mark.parametrize("pair_batch_size,cache_mb", [(1, 1024), (4, 1024), (256, 1024), (4, 0)])
+def test_rank_matches_official(official, pair_batch_size, cache_mb):
     model, inputs, expected, (ie, ih, te, th) = official
-    i2t, t2i = model.rank(ie, ih, te, th, inputs["attention_mask"], pair_batch_size=pair_batch_size)
+    # cache_mb=0: one image per block (the per-image precomputed parts are rebuilt block by block)
+    i2t, t2i = model.rank(ie, ih, te, th, inputs["attention_mask"], pair_batch_size=pair_batch_size,
+                          cache_mb=cache_mb)
     _close("i2t_scores", i2t, expected, TOL)
     _close("t2i_scores", t2i, expected, TOL)
     assert int((i2t > -100).sum(1).max()) == model.config.top_k
