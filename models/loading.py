@@ -186,9 +186,11 @@ def init_from_hf(config: ConfigLike, vision_dir: Union[str, "os.PathLike[str]"],
     cfg = get_config(config)
     model = R2D2Model(cfg)
     try:
-        vision = CLIPVisionModel.from_pretrained(str(vision_dir))
+        vision, vinfo = CLIPVisionModel.from_pretrained(str(vision_dir), output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{vision_dir}: cannot load a CLIP vision model: {exc}") from exc
+    if vinfo.get("missing_keys"):
+        raise CheckpointError(f"{vision_dir}: CLIP vision weights missing: {_fmt(sorted(vinfo['missing_keys']))}")
     vc = vision.config
     _check_dims(str(vision_dir), [
         ("hidden_size", vc.hidden_size, cfg.vision_width), ("num_hidden_layers", vc.num_hidden_layers,

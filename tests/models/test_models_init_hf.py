@@ -63,3 +63,22 @@ def test_init_rejects_mismatched_dims(hf_dirs, tmp_path):
         models.init_from_hf(cfg, vision_dir=root / "clip-vision", text_dir=tmp_path / "bert32")
     with pytest.raises(models.CheckpointError, match="nowhere"):
         models.init_from_hf(cfg, vision_dir=tmp_path / "nowhere", text_dir=root / "bert")
+
+
+def test_init_from_legacy_vision_layout_and_rejects_incomplete(hf_dirs, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    cfg, root, vision, _, _ = hf_dirs
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(root / "clip-vision" / "config.json", legacy / "config.json")
+    state = {f"vision_model.{k}": v.contiguous() for k, v in vision.state_dict().items()}
+    save_file(state, str(legacy / "model.safetensors"))
+    model = models.init_from_hf(cfg, vision_dir=legacy, text_dir=root / "bert")
+    assert _same(model.visual_encoder.embeddings.class_embedding, vision.embeddings.class_embedding)
+    del state["vision_model.encoder.layers.1.mlp.fc1.weight"]
+    save_file(state, str(legacy / "model.safetensors"))
+    with pytest.raises(models.CheckpointError, match="legacy: CLIP vision weights missing.*layers.1.mlp.fc1"):
+        models.init_from_hf(cfg, vision_dir=legacy, text_dir=root / "bert")
