@@ -7,10 +7,11 @@
    truncated ones) is removed, as are temporaries and img2dataset's ``_tmp``.
 2. Normalise the inputs (``ccmb.corpus.ingest``) into ``OUT/_ccmb/input/part-*.parquet``, or reuse
    them when inputs and options are unchanged (a fingerprint in ``OUT/_ccmb/state.json``).
-3. Call ``img2dataset.download`` (``webdataset`` output, incremental mode) with our
-   :class:`CcmbDownloader`, which, in the worker right after img2dataset finishes a shard, rewrites it
-   atomically in the ccmb format (:func:`normalize_shard`): ``sha256`` of the stored bytes, rows refused
-   before download as ``failed_input`` with their reason, parquet rows sorted by key, manifest entry.
+3. Call ``img2dataset.download`` (``webdataset`` output, incremental mode) with three small subclasses
+   swapped into ``img2dataset.main`` for the call: ``CcmbSampleWriter`` writes the ccmb format directly
+   (``sha256`` of the stored bytes; rows refused before download as ``failed_input`` with their reason),
+   ``CcmbDownloader`` finishes each shard in its worker (:func:`finish_shard`: counts and manifest entry
+   in ``_stats.json``) and, like ``CcmbLoggerProcess``, dies with its parent (no orphans after kill -9).
 4. ``retry_failed``: rows that failed to download/resize in finished shards are downloaded again into
    a temporary folder and merged into their shards under their original keys (no duplicates).
 5. A summary (rows, successes, failures by reason, images/s) and, once complete, ``sizes.json`` and
@@ -214,10 +215,12 @@ class _CcmbShardWriter(shards.ShardWriter):
         table = pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in self.rows], schema=schema)
         with atomic.atomic_open(self.output_dir / f"{self.name}.parquet", "wb") as fh:
             pq.write_table(table, fh)
+        entry = {"samples": len(self.keys), "bytes": self._tmp_tar.stat().st_size,
+                 "sha256": shards.sha256_file(self._tmp_tar)}
         atomic.commit(self._tmp_tar, self.tar_path)
         stats = self.stats()
         stats["failed_input"] = sum(1 for r in self.rows if r.get("status") == STATUS_FAILED_INPUT)
-        stats["ccmb"] = {"tar": shards.shard_entry(self.tar_path), "format_version": shards.FORMAT_VERSION}
+        stats["ccmb"] = {"tar": entry, "format_version": shards.FORMAT_VERSION}
         atomic.write_json(stats_path, stats)
 
 
@@ -242,27 +245,37 @@ def _extra_columns(names: Iterable[str]) -> List[str]:
     return [n for n in names if n not in skip]
 
 
-def normalize_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
-    """Rewrite an img2dataset shard in the ccmb format (idempotent); returns its manifest entry.
+def _read_table(path: Path, columns: Optional[List[str]] = None) -> pa.Table:
+    """Read a parquet file without pyarrow.dataset (whose import pulls in pandas: slow in fresh workers)."""
+    return pq.ParquetFile(path).read(columns=columns)
 
-    Samples keep their keys, images and texts; ``sha256`` becomes that of the stored bytes; every
-    parquet row (sorted by key) gets its final status; extra input columns stay in json and parquet.
+
+def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
+    """Complete a shard img2dataset finished (idempotent); returns its manifest entry.
+
+    img2dataset (with :class:`CcmbSampleWriter`) already wrote the tar and the parquet in the ccmb
+    format; this recounts the parquet rows by status (refused rows are ``failed_input``, not
+    img2dataset's ``failed_to_download``) and records the tar's manifest entry in ``_stats.json``.
     """
     output_dir = Path(output_dir)
     name = shards.shard_name(shard_id)
-    stats = _read_json(output_dir / f"{name}_stats.json") or {}
+    stats_path = output_dir / f"{name}_stats.json"
+    stats = _read_json(stats_path) or {}
     if "ccmb" in stats:
         return stats["ccmb"]["tar"]
-    table = pq.read_table(output_dir / f"{name}.parquet")
-    rows = table.to_pylist()
-    with _CcmbShardWriter(output_dir, shard_id, _extra_columns(table.column_names),
-                          start_time=stats.get("start_time")) as w:
-        for s in shards.iter_tar_samples(output_dir / f"{name}.tar"):
-            w.write(s.key, s.image, s.text, _clean_meta(s.meta), image_ext=s.image_ext)
-        for row in rows:
-            if row.get("key") not in w.keys:
-                w.write_failure(*_failure_row(row))
-    return _read_json(output_dir / f"{name}_stats.json")["ccmb"]["tar"]  # type: ignore[index]
+    t = _read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+    status = t.column("status").to_pylist()
+    reasons = Counter(str(e or s) for s, e in zip(status, t.column("error_message").to_pylist())
+                      if s != shards.STATUS_SUCCESS)
+    counts = Counter(status)
+    tar = output_dir / f"{name}.tar"
+    entry = {"samples": counts[shards.STATUS_SUCCESS], "bytes": tar.stat().st_size, "sha256": shards.sha256_file(tar)}
+    stats.update(count=len(status), successes=counts[shards.STATUS_SUCCESS],
+                 failed_to_download=counts["failed_to_download"], failed_to_resize=counts["failed_to_resize"],
+                 failed_input=counts[STATUS_FAILED_INPUT], status_dict=dict(reasons), ccmb_version=__version__,
+                 ccmb={"tar": entry, "format_version": shards.FORMAT_VERSION})
+    atomic.write_json(stats_path, stats)
+    return entry
 
 
 # ------------------------------------------------------------------------------ img2dataset glue
@@ -290,7 +303,7 @@ def _downloader_class():
     from img2dataset.downloader import Downloader
 
     class CcmbDownloader(Downloader):
-        """img2dataset's shard downloader, then :func:`normalize_shard` in the same worker."""
+        """img2dataset's shard downloader, then :func:`finish_shard` in the same worker."""
 
         normalize = True
 
@@ -299,12 +312,46 @@ def _downloader_class():
             ok, row = super().__call__(row)
             if ok and self.normalize:
                 try:
-                    normalize_shard(self.output_folder, row[0])
-                except Exception:  # the driver's pass normalises it again and raises there
-                    logging.getLogger(__name__).exception("normalising shard %s failed", row[0])
+                    finish_shard(self.output_folder, row[0])
+                except Exception:  # the driver's pass finishes it again and raises there
+                    logging.getLogger(__name__).exception("finishing shard %s failed", row[0])
             return ok, row
 
     return CcmbDownloader
+
+
+def _sample_writer_class():
+    import hashlib
+
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    internal = set(ingest.INTERNAL_COLUMNS)
+
+    class CcmbSampleWriter(WebDatasetSampleWriter):
+        """img2dataset's webdataset writer, writing the ccmb format directly: ``sha256`` of the stored
+        bytes, rows refused before download as ``failed_input`` with their reason and original URL,
+        JSON members without img2dataset's status fields and our internal columns."""
+
+        def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
+            schema = pa.schema([f for f in schema if f.name not in internal])
+            super().__init__(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
+
+        def write(self, img_str, key, caption, meta):
+            if meta.get(ingest.ERROR_COLUMN):
+                meta.update(status=STATUS_FAILED_INPUT, error_message=meta[ingest.ERROR_COLUMN],
+                            url=meta.get(ingest.INPUT_URL_COLUMN))
+            if img_str is not None:
+                meta["sha256"] = hashlib.sha256(img_str).hexdigest()
+                sample = {"__key__": key, self.encode_format: img_str,
+                          "json": json.dumps({k: v for k, v in meta.items()
+                                              if k not in internal and k not in ("status", "error_message")},
+                                             ensure_ascii=False, sort_keys=True, default=str)}
+                if self.save_caption:
+                    sample["txt"] = str(caption) if caption is not None else ""
+                self.tarwriter.write(sample)
+            self.buffered_parquet_writer.write(meta)
+
+    return CcmbSampleWriter
 
 
 def _logger_class():
@@ -324,7 +371,7 @@ _CLASSES: Dict[str, Any] = {}
 
 
 def __getattr__(name: str):  # lazy: importing img2dataset (cv2, albumentations) is slow
-    if name in ("CcmbDownloader", "RetryDownloader", "CcmbLoggerProcess"):
+    if name in ("CcmbDownloader", "RetryDownloader", "CcmbLoggerProcess", "CcmbSampleWriter"):
         if not _CLASSES:
             base = _downloader_class()
             base.__module__ = __name__
@@ -333,7 +380,11 @@ def __getattr__(name: str):  # lazy: importing img2dataset (cv2, albumentations)
             log = _logger_class()
             log.__module__ = __name__
             log.__qualname__ = "CcmbLoggerProcess"
-            _CLASSES.update(CcmbDownloader=base, RetryDownloader=retry, CcmbLoggerProcess=log)
+            writer = _sample_writer_class()
+            writer.__module__ = __name__
+            writer.__qualname__ = "CcmbSampleWriter"
+            _CLASSES.update(CcmbDownloader=base, RetryDownloader=retry, CcmbLoggerProcess=log,
+                            CcmbSampleWriter=writer)
         return _CLASSES[name]
     raise AttributeError(name)
 
@@ -362,8 +413,12 @@ def _run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: _Opt
     spark_owned = None
     if opt.distributor == "pyspark":
         spark_owned = _ensure_spark(opt)
-    old_cls, old_log, old_sigint = i2d_main.Downloader, i2d_main.LoggerProcess, signal.getsignal(signal.SIGINT)
-    i2d_main.Downloader, i2d_main.LoggerProcess = downloader_cls, __getattr__("CcmbLoggerProcess")
+    patched = {"Downloader": downloader_cls, "LoggerProcess": __getattr__("CcmbLoggerProcess"),
+               "WebDatasetSampleWriter": __getattr__("CcmbSampleWriter")}
+    saved = {k: getattr(i2d_main, k) for k in patched}
+    old_sigint = signal.getsignal(signal.SIGINT)
+    for k, v in patched.items():
+        setattr(i2d_main, k, v)
     try:
         img2dataset.download(
             url_list=str(url_list), output_folder=str(output), input_format="parquet", url_col="url",
@@ -371,13 +426,14 @@ def _run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: _Opt
             processes_count=opt.processes, thread_count=opt.threads, image_size=opt.image_size,
             resize_mode=opt.resize_mode, encode_quality=opt.encode_quality, timeout=opt.timeout,
             retries=opt.retries, number_sample_per_shard=opt.samples_per_shard, distributor=opt.distributor,
-            incremental_mode="incremental", extract_exif=False, compute_hash=None, enable_wandb=False,
+            incremental_mode="incremental", extract_exif=False, compute_hash="sha256", enable_wandb=False,
             oom_shard_count=shards.SHARD_DIGITS, user_agent_token=opt.user_agent_token,
             disallowed_header_directives=None,  # None = img2dataset's default: noai, noimageai, noindex, noimageindex
             max_shard_retry=1,
         )
     finally:
-        i2d_main.Downloader, i2d_main.LoggerProcess = old_cls, old_log
+        for k, v in saved.items():
+            setattr(i2d_main, k, v)
         signal.signal(signal.SIGINT, old_sigint)  # img2dataset installs a handler that exits
         if spark_owned is not None:
             spark_owned.stop()
@@ -418,7 +474,7 @@ def retry_failed(output_dir: PathLike, opt: _Options) -> tuple:
     failed_rows: List[Dict[str, Any]] = []
     extra: List[str] = []
     for name in shards.finished_shards(output_dir):
-        table = pq.read_table(output_dir / f"{name}.parquet")
+        table = _read_table(output_dir / f"{name}.parquet")
         for c in _extra_columns(table.column_names):
             if c not in extra:
                 extra.append(c)
@@ -441,7 +497,7 @@ def retry_failed(output_dir: PathLike, opt: _Options) -> tuple:
     outcome: Dict[str, Dict[str, Any]] = {}
     tars_by_shard: Dict[str, set] = defaultdict(set)
     for pq_path in sorted((work / "out").glob("*.parquet")):
-        for r in pq.read_table(pq_path, columns=[ORIG_KEY_COLUMN, "status", "error_message"]).to_pylist():
+        for r in _read_table(pq_path, columns=[ORIG_KEY_COLUMN, "status", "error_message"]).to_pylist():
             outcome[r[ORIG_KEY_COLUMN]] = r
             tars_by_shard[_shard_of(r[ORIG_KEY_COLUMN], opt.samples_per_shard)].add(pq_path.with_suffix(".tar"))
     recovered = 0
@@ -468,7 +524,7 @@ def _merge_shard(output_dir: Path, shard_id: int, new: Dict[str, "shards.Sample"
                  outcome: Dict[str, Dict[str, Any]]) -> int:
     """Rewrite one finished shard with the retried samples under their original keys; returns how many."""
     name = shards.shard_name(shard_id)
-    table = pq.read_table(output_dir / f"{name}.parquet")
+    table = _read_table(output_dir / f"{name}.parquet")
     rows = table.to_pylist()
     stats = _read_json(output_dir / f"{name}_stats.json") or {}
     added = 0
@@ -506,7 +562,7 @@ def summarize(output_dir: PathLike, input_rows: int, expected_shards: int) -> Do
     failures: Counter = Counter()
     names = shards.finished_shards(output_dir)
     for name in names:
-        t = pq.read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+        t = _read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
         for status, error in zip(t.column("status").to_pylist(), t.column("error_message").to_pylist()):
             rows += 1
             if status == shards.STATUS_SUCCESS:
@@ -594,19 +650,24 @@ def download(inputs: Sequence[PathLike], output_dir: PathLike, *, mode: str = "z
     expected = math.ceil(input_rows / samples_per_shard)
     successes_before = summarize(output, input_rows, expected).successes if finished_before else 0
 
+    t_ingest = time.time()
+    logger.info("ingest: %d rows in %.2fs", input_rows, t_ingest - t0)
     if len(finished_before) < expected:
         _run_img2dataset(parts_dir, output, columns, opt)
+    t_i2d = time.time()
+    logger.info("img2dataset: %.2fs", t_i2d - t_ingest)
     shutil.rmtree(output / "_tmp", ignore_errors=True)
     known = {}
     for name in shards.finished_shards(output):  # crash leftovers and shards whose worker-side pass failed
-        known[f"{name}.tar"] = normalize_shard(output, int(name))
+        known[f"{name}.tar"] = finish_shard(output, int(name))
 
     retried = recovered = 0
     if retry_failed_rows:
         retried, recovered = retry_failed(output, opt)
-        known = {f"{n}.tar": normalize_shard(output, int(n)) for n in shards.finished_shards(output)}
+        known = {f"{n}.tar": finish_shard(output, int(n)) for n in shards.finished_shards(output)}
 
     summary = summarize(output, input_rows, expected)
+    logger.info("normalise/retry/summary: %.2fs", time.time() - t_i2d)
     summary.elapsed_s = time.time() - t0
     summary.new_successes = summary.successes - successes_before
     summary.retried, summary.recovered = retried, recovered
