@@ -1,8 +1,8 @@
 """Corpus curation speed: ours next to a naive baseline, medians of repeats, ratios.
 
 1. filter + exact dedup (sha256) on N synthetic metadata rows (default 10M) in the download parquet
-   format. Ours: ``ccmb.corpus.filter.filter_table`` + ``ccmb.corpus.dedup.dedup_table(levels=sha256)``
-   (pyarrow compute, one CPU thread). Baseline: pandas ``read_parquet`` + a per-row Python loop (``re`` for
+   format. Ours: ``ccmb filter`` then ``ccmb dedup --keep`` (sha256 level), each in its own process as on
+   the command line (pyarrow compute, one CPU thread). Baseline: pandas ``read_parquet`` + a per-row Python loop (``re`` for
    the Chinese share, a dict for the hashes) on ``--baseline-rows`` rows (it is too slow for 10M).
    Each run is a fresh subprocess; peak RSS is its ``ru_maxrss``. Goals: >= 1M rows/s per core, < 2 GB.
    URL dedup (regex normalisation) is timed separately.
@@ -46,17 +46,16 @@ from ccmb.corpus.table import write_decisions
 d, tmp, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 c0 = time.process_time()
 t0 = time.perf_counter()
-if mode == "url":
-    t = dedup_table(d, DedupConfig(levels=("url",)))
-    res = {"url_s": time.perf_counter() - t0}
-else:
-    f = filter_table(d, FilterConfig())
-    write_decisions(tmp / "f.parquet", f)
-    del f  # the CLI runs filter and dedup as separate commands
-    t1 = time.perf_counter()
+if mode == "filter":      # `ccmb filter`
+    t = filter_table(d, FilterConfig())
+    write_decisions(tmp / "f.parquet", t)
+elif mode == "dedup":     # `ccmb dedup --no-url --no-phash --no-caption --keep f.parquet`
     t = dedup_table(d, DedupConfig(levels=("sha256",)), keep_tables=[tmp / "f.parquet"])
-    res = {"filter_s": t1 - t0, "dedup_s": time.perf_counter() - t1}
-res.update(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, rows=t.num_rows, kept=int(t.column("keep").to_numpy().sum()),
+    write_decisions(tmp / "d.parquet", t)
+else:                     # URL level alone
+    t = dedup_table(d, DedupConfig(levels=("url",)))
+res = dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, rows=t.num_rows,
+           kept=int(t.column("keep").to_numpy().sum()),
            rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(res))
 """
@@ -227,7 +226,14 @@ def main() -> None:
             t0 = time.perf_counter()
             make_metadata(tmp / "meta", args.rows)
             print(f"generated {args.rows:,} metadata rows in {time.perf_counter() - t0:.1f}s", flush=True)
-            ours = [run_child(OURS, str(tmp / "meta"), str(tmp), "filter") for _ in range(args.repeats)]
+            ours = []
+            for _ in range(args.repeats):
+                f = run_child(OURS, str(tmp / "meta"), str(tmp), "filter")
+                d = run_child(OURS, str(tmp / "meta"), str(tmp), "dedup")
+                ours.append({"seconds": f["seconds"] + d["seconds"], "cpu": f["cpu"] + d["cpu"],
+                             "filter_s": f["seconds"], "dedup_s": d["seconds"], "filter_cpu": f["cpu"],
+                             "dedup_cpu": d["cpu"], "rss_mb": max(f["rss_mb"], d["rss_mb"]),
+                             "filter_rss": f["rss_mb"], "dedup_rss": d["rss_mb"], "rows": d["rows"]})
             url = [run_child(OURS, str(tmp / "meta"), str(tmp), "url") for _ in range(args.repeats)]
             base_rows = min(args.baseline_rows, args.rows)
             base = [run_child(BASELINE, str(tmp / "meta"), str(base_rows)) for _ in range(args.repeats)]
@@ -240,14 +246,16 @@ def main() -> None:
             print(f"{'':24}{'rows':>12}{'wall s':>9}{'CPU s':>9}{'rows/s':>12}{'rows/s/core':>13}{'peak RSS MB':>13}")
             print(f"{'ours (pyarrow)':24}{args.rows:>12,}{m(ours, 'seconds'):>9.2f}{m(ours, 'cpu'):>9.2f}"
                   f"{o_rate:>12,.0f}{o_core:>13,.0f}{o_rss:>13.0f}")
-            print(f"{'  of which filter':24}{'':>12}{m(ours, 'filter_s'):>9.2f}")
-            print(f"{'  of which dedup':24}{'':>12}{m(ours, 'dedup_s'):>9.2f}")
+            print(f"{'  ccmb filter':24}{'':>12}{m(ours, 'filter_s'):>9.2f}{m(ours, 'filter_cpu'):>9.2f}"
+                  f"{'':>12}{args.rows / m(ours, 'filter_cpu'):>13,.0f}{max(r['filter_rss'] for r in ours):>13.0f}")
+            print(f"{'  ccmb dedup (sha256)':24}{'':>12}{m(ours, 'dedup_s'):>9.2f}{m(ours, 'dedup_cpu'):>9.2f}"
+                  f"{'':>12}{args.rows / m(ours, 'dedup_cpu'):>13,.0f}{max(r['dedup_rss'] for r in ours):>13.0f}")
             print(f"{'baseline (pandas+loop)':24}{base_rows:>12,}{m(base, 'seconds'):>9.2f}{m(base, 'cpu'):>9.2f}"
                   f"{b_rate:>12,.0f}{b_core:>13,.0f}{max(r['rss_mb'] for r in base):>13.0f}")
             print(f"speed-up {o_core / b_core:.1f}x per core ({o_rate / b_rate:.1f}x wall); "
                   f"goal >= 1,000,000 rows/s per core: {'met' if o_core >= 1e6 else 'NOT met'}; "
                   f"goal peak RSS < 2048 MB: {'met' if o_rss < 2048 else 'NOT met'}")
-            print(f"URL dedup (normalise + group) alone: {m(url, 'url_s'):.2f}s wall, "
+            print(f"URL dedup (normalise + group) alone: {m(url, 'seconds'):.2f}s wall, "
                   f"{args.rows / m(url, 'cpu'):,.0f} rows/s per core, peak RSS {max(r['rss_mb'] for r in url):.0f} MB")
             assert ours[0]["rows"] == args.rows
         if not args.skip_phash:

@@ -122,7 +122,8 @@ def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config:
         t0 = time.time()
         mask = pa.array(eligible)
         if level == "url":
-            reps = groups.first_occurrence(pc.if_else(mask, normalize_urls(meta.column("url")), null))
+            # URLs were normalised shard by shard as they were read (dedup_table)
+            reps = groups.first_occurrence(pc.if_else(mask, meta.column("url").combine_chunks(), null))
             drops = [drops_from_reps(reps, "duplicate_url")]
         elif level == "sha256":
             sha = meta.column("sha256").combine_chunks()
@@ -206,15 +207,22 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
         + (["sha256"] if "sha256" in config.levels else []) \
         + (["caption", "title", "content", "query"] if "caption" in config.levels else [])
     def pack(table: pa.Table, path: Path) -> pa.Table:
-        if "sha256" not in table.column_names:
-            return table
-        i = table.column_names.index("sha256")
-        return table.set_column(i, "sha256", sha256_to_binary(table.column("sha256"), str(path)))
+        """Per shard as read: status -> bool, shard name -> dictionary, URL -> normal form,
+        sha256 -> 32 bytes (less memory, no raw columns kept)."""
+        ok = pc.equal(pc.fill_null(table.column("status"), ""), "success")
+        table = table.drop_columns(["status"]).append_column("ok", ok)
+        table = table.set_column(table.column_names.index("shard"), "shard",
+                                 pc.dictionary_encode(table.column("shard")))
+        if "url" in table.column_names and engine == "local":  # Spark normalises on its side
+            table = table.set_column(table.column_names.index("url"), "url", normalize_urls(table.column("url")))
+        if "sha256" in table.column_names:
+            i = table.column_names.index("sha256")
+            table = table.set_column(i, "sha256", sha256_to_binary(table.column("sha256"), str(path)))
+        return table
 
     meta = load_metadata(input_dir, columns, transform=pack)  # only what the enabled levels need
     check_unique_keys(meta.column("key"), str(input_dir))
-    status_ok = pc.equal(pc.fill_null(meta.column("status"), ""), "success")
-    base = pc.if_else(status_ok, pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))
+    base = pc.if_else(meta.column("ok"), pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))
     if isinstance(base, pa.ChunkedArray):
         base = base.combine_chunks()
     if keep_tables:

@@ -25,14 +25,16 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .table import (DECISION_SCHEMA, ENGINES, REASON_NOT_DOWNLOADED, CurationError, Summary,
-                    list_parquets, read_shard_metadata, sort_by_key, write_decisions)
+from .. import atomic
+from .table import (DECISION_SCHEMA, ENGINES, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
+                    iter_shard_batches, list_parquets, sort_by_key, write_decisions)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,16 @@ class FilterConfig:
     @property
     def size_rules(self) -> bool:
         return bool(self.min_side) or bool(self.max_ratio)
+
+    def columns(self) -> List[str]:
+        """Columns the rules read (``title`` is read lazily for the caption fallback)."""
+        cols = ["key", "status"]
+        if self.size_rules:
+            cols += ["width", "height", "original_width", "original_height"]
+        cols.append(self.text_field)
+        if self.blocklist:
+            cols += [c for c in TEXT_COLUMNS if c not in cols]
+        return cols
 
     def blocklist_regex(self) -> Optional[str]:
         """One alternation of the escaped terms; the same pattern works in RE2 (pyarrow) and Java (Spark)."""
@@ -137,6 +149,15 @@ def count_cjk(text) -> pa.Array:
     return pa.array(counts, pa.int64())
 
 
+def _with_columns(table: pa.Table, columns) -> pa.Table:
+    """``table`` with null columns added for rules that read columns it lacks."""
+    for c in columns:
+        if c not in table.column_names:
+            table = table.append_column(c, pa.nulls(table.num_rows, pa.int32() if "width" in c or "height" in c
+                                                    else pa.string()))
+    return table
+
+
 def _text(table: pa.Table, config: FilterConfig):
     text = table.column(config.text_field)
     if config.text_field == "caption":
@@ -156,6 +177,7 @@ def filter_reasons(table: pa.Table, config: FilterConfig) -> pa.Array:
         values.append(reason)
 
     rule(pc.not_equal(pc.fill_null(table.column("status"), ""), "success"), REASON_NOT_DOWNLOADED)
+    table = _with_columns(table, FILTER_COLUMNS)
     if config.size_rules:
         w = pc.cast(pc.coalesce(table.column("original_width"), table.column("width")), pa.float64())
         h = pc.cast(pc.coalesce(table.column("original_height"), table.column("height")), pa.float64())
@@ -188,6 +210,21 @@ def filter_reasons(table: pa.Table, config: FilterConfig) -> pa.Array:
     return reasons
 
 
+def iter_filter_chunks(input_dir: PathLike, config: FilterConfig) -> Iterator[pa.Table]:
+    """Decision-table chunks in download order, computed batch by batch (bounded memory)."""
+    for path in list_parquets(input_dir):
+        columns = config.columns()
+        if config.text_field == "caption" and "title" not in columns and column_has_nulls(path, "caption"):
+            columns = columns + ["title"]  # the caption fallback; read only when some caption is missing
+        for meta in iter_shard_batches(path, columns):
+            if "title" not in meta.column_names:
+                meta = meta.append_column("title", meta.column("caption"))
+            reasons = filter_reasons(meta, config)
+            yield pa.Table.from_arrays(
+                [meta.column("key"), meta.column("shard"), pc.is_null(reasons), reasons,
+                 pa.nulls(meta.num_rows, pa.string())], schema=DECISION_SCHEMA)
+
+
 def filter_table(input_dir: PathLike, config: FilterConfig, engine: str = "local",
                  spark=None) -> pa.Table:
     """The decision table of ``config`` over a download folder (no file written)."""
@@ -197,14 +234,36 @@ def filter_table(input_dir: PathLike, config: FilterConfig, engine: str = "local
         from .engine_spark import spark_filter_table
 
         return spark_filter_table(input_dir, config, spark=spark)
-    parts = []
-    for path in list_parquets(input_dir):
-        meta = read_shard_metadata(path, FILTER_COLUMNS)
-        reasons = filter_reasons(meta, config)
-        parts.append(pa.Table.from_arrays(
-            [meta.column("key"), meta.column("shard"), pc.is_null(reasons), reasons,
-             pa.nulls(meta.num_rows, pa.string())], schema=DECISION_SCHEMA))
-    return sort_by_key(pa.concat_tables(parts))
+    return sort_by_key(pa.concat_tables(list(iter_filter_chunks(input_dir, config))))
+
+
+def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike) -> Summary:
+    """Write the decision table chunk by chunk (constant memory); re-sort at the end only if needed."""
+    counts: Dict[str, int] = {}
+    rows = 0
+    ordered, last = True, None
+    with atomic.atomic_open(output, "wb") as fh:
+        writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+        try:
+            for chunk in iter_filter_chunks(input_dir, config):
+                rows += chunk.num_rows
+                reasons = pc.drop_null(chunk.column("reason"))
+                for c in (pc.value_counts(reasons).to_pylist() if len(reasons) else []):
+                    counts[c["values"]] = counts.get(c["values"], 0) + int(c["counts"])
+                keys = chunk.column("key")
+                if chunk.num_rows:
+                    if keys.null_count or (last is not None and keys[0].as_py() < last) or (
+                            chunk.num_rows > 1 and not pc.all(pc.less_equal(
+                                keys.slice(0, chunk.num_rows - 1), keys.slice(1))).as_py()):
+                        ordered = False
+                    last = keys[-1].as_py()
+                writer.write_table(chunk)
+        finally:
+            writer.close()
+    if not ordered:  # keys out of order across shards (unusual): sort the written table
+        write_decisions(output, sort_by_key(pq.read_table(output)))
+    dropped = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Summary(rows=rows, kept=rows - sum(counts.values()), dropped=dropped, output=str(output))
 
 
 def filter_samples(input_dir: PathLike, output: PathLike, *, min_side: int = 200, max_ratio: float = 3.0,
@@ -225,8 +284,12 @@ def filter_samples(input_dir: PathLike, output: PathLike, *, min_side: int = 200
                           max_text_len=max_text_len, min_chinese_share=min_chinese_share,
                           blocklist=terms, text_field=text_field)
     logger.info("filter %s with %s", input_dir, asdict(config) | {"blocklist": len(terms)})
-    table = filter_table(input_dir, config, engine=engine, spark=spark)
-    write_decisions(output, table)
-    summary = Summary.of(table, output, time.time() - start)
+    if engine == "local":
+        summary = _write_streaming(input_dir, config, output)
+    else:
+        table = filter_table(input_dir, config, engine=engine, spark=spark)
+        write_decisions(output, table)
+        summary = Summary.of(table, output)
+    summary.seconds = time.time() - start
     logger.info("filter: %s", "; ".join(summary.lines()))
     return summary

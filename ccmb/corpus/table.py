@@ -11,10 +11,11 @@ or more of them; a sample is kept when every table keeps it.
 """
 from __future__ import annotations
 
+import binascii
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +59,30 @@ def list_parquets(input_dir: PathLike) -> List[Path]:
     return paths
 
 
+def _normalise(raw: pa.Table, wanted: Sequence[str], path: Path) -> pa.Table:
+    arrays, fields = [], []
+    for c in wanted:
+        typ = fmt.PARQUET_SCHEMA.field(c).type if c in fmt.PARQUET_SCHEMA.names else pa.string()
+        if c in raw.column_names:
+            col = raw.column(c)
+            if col.type != typ:
+                try:
+                    col = col.cast(typ)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise CurationError(f"{path}: column {c!r} is {col.type}, expected {typ}") from exc
+        else:
+            col = pa.chunked_array([pa.nulls(raw.num_rows, typ)])
+        arrays.append(col)
+        fields.append(pa.field(c, typ))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _with_shard(table: pa.Table, path: Path) -> pa.Table:
+    n = table.num_rows
+    shard = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([f"{path.stem}.tar"]))
+    return table.append_column("shard", shard.cast(pa.string()))
+
+
 def read_shard_metadata(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
     """One shard's parquet normalised to :data:`ccmb.shards.PARQUET_SCHEMA` (missing columns null, types
     cast), plus a ``shard`` column (the tar name). Only ``columns`` are read from disk when given."""
@@ -69,32 +94,49 @@ def read_shard_metadata(path: PathLike, columns: Optional[Sequence[str]] = None)
             raise CurationError(str(exc)) from exc
         except (OSError, pa.ArrowException) as exc:
             raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
-    else:
-        wanted = [c for c in columns if c != "shard"]
-        try:
-            names = set(pq.read_schema(path).names)
-            present = [c for c in wanted if c in names]
-            raw = pq.read_table(path, columns=present)
-        except (OSError, pa.ArrowException) as exc:
-            raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
-        arrays, fields = [], []
-        for c in wanted:
-            typ = fmt.PARQUET_SCHEMA.field(c).type if c in fmt.PARQUET_SCHEMA.names else pa.string()
-            if c in present:
-                col = raw.column(c)
-                if col.type != typ:
-                    try:
-                        col = col.cast(typ)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                        raise CurationError(f"{path}: column {c!r} is {col.type}, expected {typ}") from exc
-            else:
-                col = pa.chunked_array([pa.nulls(raw.num_rows, typ)])
-            arrays.append(col)
-            fields.append(pa.field(c, typ))
-        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    n = table.num_rows
-    shard = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([f"{path.stem}.tar"]))
-    return table.append_column("shard", shard.cast(pa.string()))
+        return _with_shard(table, path)
+    wanted = [c for c in columns if c != "shard"]
+    try:
+        names = set(pq.read_schema(path).names)
+        raw = pq.read_table(path, columns=[c for c in wanted if c in names])
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    return _with_shard(_normalise(raw, wanted, path), path)
+
+
+def column_has_nulls(path: PathLike, column: str) -> bool:
+    """Whether a parquet column may hold nulls, from the row-group statistics (True when unknown/absent)."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+        idx = meta.schema.names.index(column)
+    except ValueError:
+        return True
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    for rg in range(meta.num_row_groups):
+        stats = meta.row_group(rg).column(idx).statistics
+        if stats is None or not stats.has_null_count or stats.null_count:
+            return True
+    return False
+
+
+def iter_shard_batches(path: PathLike, columns: Sequence[str], batch_rows: int = 1 << 18) -> Iterator[pa.Table]:
+    """A shard's parquet in tables of at most ``batch_rows`` rows (bounded memory), normalised like
+    :func:`read_shard_metadata`."""
+    path = Path(path)
+    wanted = [c for c in columns if c != "shard"]
+    try:
+        pf = pq.ParquetFile(path)
+        present = [c for c in wanted if c in pf.schema_arrow.names]
+        batches = pf.iter_batches(batch_size=batch_rows, columns=present)
+        empty = True
+        for batch in batches:
+            empty = False
+            yield _with_shard(_normalise(pa.Table.from_batches([batch]), wanted, path), path)
+        if empty:
+            yield _with_shard(_normalise(pf.schema_arrow.empty_table().select(present), wanted, path), path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
 
 
 def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None,
@@ -132,18 +174,26 @@ def sha256_to_binary(column, where: str = "") -> pa.Array:
     else:  # irregular values: gather row by row (rare)
         rows = [column[i].as_py().encode("ascii", "replace") if valid[i] else None for i in range(n)]
         hexes = np.frombuffer(b"".join(r for r in rows if r is not None), np.uint8).reshape(-1, 64)
-    nib = _HEX_LUT[hexes]
-    good = ~(nib == 255).any(axis=1)
-    packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
+    try:  # fast path: every value is valid hex (C speed)
+        packed = np.frombuffer(binascii.unhexlify(hexes.tobytes()), np.uint8).reshape(-1, 32)
+        good = np.ones(len(packed), bool)
+    except (binascii.Error, ValueError):
+        nib = _HEX_LUT[hexes]
+        good = ~(nib == 255).any(axis=1)
+        packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
     rows_valid = np.flatnonzero(valid)
     bad = rows_valid[~good]
     if len(bad):
         logger.warning("%s: %d sha256 values are not 64 hex digits (ignored by exact dedup)", where, len(bad))
         valid[bad] = False
-    full = np.zeros((n, 32), np.uint8)
-    full[rows_valid[good]] = packed[good]
-    arr = pa.FixedSizeBinaryArray.from_buffers(out_type, n, [None, pa.py_buffer(full.tobytes())])
-    return pc.if_else(pa.array(valid), arr, pa.scalar(None, out_type))
+    if len(packed) == n and good.all():
+        full = packed
+    else:
+        full = np.zeros((n, 32), np.uint8)
+        full[rows_valid[good]] = packed[good]
+    validity = None if valid.all() else pa.array(valid).buffers()[1]
+    return pa.FixedSizeBinaryArray.from_buffers(out_type, n, [validity, pa.py_buffer(full)],
+                                                null_count=int(n - valid.sum()))
 
 
 _HEX_LUT = np.full(256, 255, np.uint8)
@@ -191,7 +241,8 @@ class Decisions:
     def table(self) -> pa.Table:
         keep = pc.is_null(self.reasons)
         return pa.Table.from_arrays(
-            [self.keys, self.shards, keep, self.reasons, self.duplicate_of], schema=DECISION_SCHEMA)
+            [self.keys, self.shards.cast(pa.string()), keep, self.reasons, self.duplicate_of],
+            schema=DECISION_SCHEMA)
 
 
 def write_decisions(path: PathLike, table: pa.Table) -> None:
@@ -201,11 +252,14 @@ def write_decisions(path: PathLike, table: pa.Table) -> None:
         pq.write_table(table, fh)
 
 
-def read_decisions(path: PathLike) -> pa.Table:
-    """Read a decision table written by ``ccmb filter`` / ``ccmb dedup``; errors name the file."""
+def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """Read a decision table written by ``ccmb filter`` / ``ccmb dedup``; errors name the file.
+
+    ``columns`` reads only those (the result has them in :data:`DECISION_SCHEMA` order)."""
     path = Path(path)
     try:
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=[c for c in names if columns is None or c in columns])
     except FileNotFoundError:
         raise CurationError(f"{path}: no such decision table") from None
     except (OSError, pa.ArrowException) as exc:
@@ -214,12 +268,13 @@ def read_decisions(path: PathLike) -> pa.Table:
     if missing:
         raise CurationError(f"{path}: not a decision table (missing columns {missing})")
     cols = []
-    for f in DECISION_SCHEMA:
+    schema = DECISION_SCHEMA if columns is None else pa.schema([f for f in DECISION_SCHEMA if f.name in columns])
+    for f in schema:
         if f.name in table.column_names:
             cols.append(table.column(f.name).cast(f.type))
         else:
             cols.append(pa.chunked_array([pa.nulls(table.num_rows, f.type)]))
-    return pa.Table.from_arrays(cols, schema=DECISION_SCHEMA)
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array:
@@ -230,7 +285,7 @@ def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array
     n = len(keys)
     reasons = pa.nulls(n, pa.string())
     for path in tables:
-        dec = read_decisions(path)
+        dec = read_decisions(path, ["key", "keep", "reason"])
         dec_reason = pc.if_else(dec.column("keep"), pa.scalar(None, pa.string()),
                                 pc.coalesce(dec.column("reason"), pa.scalar("dropped")))
         if dec.num_rows == n and dec.column("key").equals(keys):

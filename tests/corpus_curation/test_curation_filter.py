@@ -122,3 +122,16 @@ def test_sha256_packing():
     assert out[0] == bytes.fromhex(h) and out[1] == out[0]
     assert out[2:] == [None, None, None]
     assert sha256_to_binary(pa.array([h, None])).to_pylist() == [bytes.fromhex(h), None]
+
+
+def test_streamed_output_equals_the_table_and_is_sorted(make_download, tmp_path):
+    d = make_download(_rows(), per_shard=4)
+    # swap two shards' parquet files: rows then arrive out of key order and the output is re-sorted
+    a, b = d / "00000.parquet", d / "00002.parquet"
+    tmp = d / "swap"
+    a.rename(tmp), b.rename(a), tmp.rename(b)
+    filter_samples(d, tmp_path / "f.parquet")
+    written = pq.read_table(tmp_path / "f.parquet")
+    expected = filter_table(d, FilterConfig())
+    assert written.equals(expected)
+    assert written.column("key").to_pylist() == sorted(written.column("key").to_pylist())
