@@ -41,6 +41,9 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--strict", is_flag=True, help="Stop at the first malformed record or non-UTF-8 line "
                                                     "(default: count it as a failed row and go on)."),
         click.option("--overwrite", is_flag=True, help="Delete an existing shard set in OUTPUT first."),
+        click.option("--user-agent-token", default=None,
+                     help="Token added to the user agent (default ccmb/VERSION); add a contact URL for large "
+                          "crawls, e.g. 'ccmb/0.1 (+https://example.org/crawler)'."),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -48,18 +51,16 @@ def _common_options(fn: Callable) -> Callable:
 
 
 def _run(mode: str, inputs: Tuple[str, ...], output: str, retry_failed: bool, **kwargs: Any) -> None:
-    from ..corpus.download import DownloadError, download
+    from ..corpus.download import USER_AGENT_TOKEN, DownloadError, download
     from ..corpus.ingest import InputError
 
+    kwargs["user_agent_token"] = kwargs.get("user_agent_token") or USER_AGENT_TOKEN
     try:
         summary = download(list(inputs), output, mode=mode, retry_failed_rows=retry_failed,
                            command=shlex.join(["ccmb"] + sys.argv[1:]), **kwargs)
     except (InputError, DownloadError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(summary.report())
-    if summary.rows and summary.failure_rate > 0.30:
-        click.secho(f"WARNING: {100 * summary.failure_rate:.0f}% of the rows failed (more than 30%): "
-                    "check the network, the input URLs and the reasons above.", fg="red", bold=True, err=True)
+    click.echo(summary.report())  # the library logs a loud warning when more than 30% failed
     if not summary.complete:
         raise click.ClickException("the shard set is incomplete: run the same command again to resume")
 

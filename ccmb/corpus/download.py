@@ -55,8 +55,9 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-#: img2dataset adds this token to its user agent: "... (compatible; <token>; +https://github.com/rom1504/img2dataset)".
-USER_AGENT_TOKEN = f"ccmb/{__version__} (+https://github.com/ccmb-project/ccmb)"
+#: img2dataset adds this token to its user agent: "... (compatible; <token>; +https://github.com/rom1504/img2dataset)";
+#: it is also the name that site-specific X-Robots-Tag directives ("ccmb/0.1.0: noai") must use.
+USER_AGENT_TOKEN = f"ccmb/{__version__}"
 STATE_DIR = "_ccmb"
 STATUS_FAILED_INPUT = "failed_input"
 RETRYABLE = ("failed_to_download", "failed_to_resize")
@@ -154,6 +155,7 @@ def tidy_output(output_dir: Path) -> List[str]:
     """
     atomic.remove_stale_temporaries(output_dir)
     shutil.rmtree(output_dir / "_tmp", ignore_errors=True)
+    shutil.rmtree(output_dir / STATE_DIR / "retry", ignore_errors=True)  # an interrupted --retry-failed
     for name in (shards.SIZES_FILE, shards.MANIFEST_FILE):
         (output_dir / name).unlink(missing_ok=True)
     groups: Dict[str, Dict[str, Path]] = defaultdict(dict)
