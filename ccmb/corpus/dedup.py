@@ -126,8 +126,7 @@ def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config:
             reps = groups.first_occurrence(pc.if_else(mask, meta.column("url").combine_chunks(), null))
             drops = [drops_from_reps(reps, "duplicate_url")]
         elif level == "sha256":
-            sha = meta.column("sha256").combine_chunks()
-            reps = groups.first_occurrence(pc.if_else(mask, sha, pa.scalar(None, sha.type)))
+            reps = groups.first_occurrence_fixed(meta.column("sha256"), eligible)
             drops = [drops_from_reps(reps, "duplicate_sha256")]
         elif level == "phash":
             rows = np.flatnonzero(eligible)

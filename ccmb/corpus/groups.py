@@ -4,7 +4,7 @@ Rows are always in key order, so "lowest row index" is "lowest key": the represe
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Callable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -148,3 +148,55 @@ def resolve_chains(dup_of: np.ndarray) -> np.ndarray:
 
 def maybe(arr: Optional[np.ndarray], n: int) -> np.ndarray:
     return arr if arr is not None else np.full(n, -1, np.int64)
+
+
+def fixed_width_rows(column) -> Tuple[List[np.ndarray], np.ndarray]:
+    """Zero-copy numpy views (rows x width bytes) of each chunk of a fixed-size-binary column, and the
+    first row index of each chunk."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    width = column.type.byte_width
+    views, starts, at = [], [], 0
+    for ch in chunks:
+        buf = ch.buffers()[1]
+        data = np.frombuffer(buf, np.uint8, len(ch) * width, ch.offset * width) if len(ch) else \
+            np.zeros(0, np.uint8)
+        views.append(data.reshape(len(ch), width))
+        starts.append(at)
+        at += len(ch)
+    return views, np.asarray(starts, np.int64)
+
+
+def first_occurrence_fixed(column, eligible: np.ndarray) -> np.ndarray:
+    """:func:`first_occurrence` for a fixed-size-binary column (e.g. 32-byte SHA-256) restricted to
+    ``eligible`` rows, with little memory: rows are grouped by their first 8 bytes (a uint64, hash-based),
+    then every row is compared in full with its group's first row; the rare rows whose prefix collides
+    with a different value are regrouped exactly. Null or ineligible rows get -1."""
+    views, starts = fixed_width_rows(column)
+    n = int(sum(len(v) for v in views))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    valid = eligible.copy()
+    if isinstance(column, pa.ChunkedArray) and column.null_count or \
+            isinstance(column, pa.Array) and column.null_count:
+        valid &= column.is_valid().to_numpy(zero_copy_only=False)
+    prefix = np.concatenate([np.ascontiguousarray(v[:, :8]).view(np.uint64).ravel() for v in views])
+    reps = first_occurrence(pa.array(prefix, mask=~valid))
+
+    def rows_bytes(rows: np.ndarray) -> np.ndarray:
+        chunk = np.searchsorted(starts, rows, side="right") - 1
+        out = np.empty((len(rows), views[0].shape[1] if views else 0), np.uint8)
+        for c in np.unique(chunk):
+            sel = chunk == c
+            out[sel] = views[c][rows[sel] - starts[c]]
+        return out
+
+    dup = np.flatnonzero((reps >= 0) & (reps != np.arange(n)))
+    if len(dup):
+        differ = dup[np.any(rows_bytes(dup) != rows_bytes(reps[dup]), axis=1)]
+        if len(differ):  # prefix collisions: regroup these rows exactly (first occurrence by full value)
+            # a differing row's value occurs only among differing rows of its prefix group, so grouping
+            # them among themselves (in row order) is exact
+            seen: dict = {}
+            for r, value in zip(differ.tolist(), (bytes(b) for b in rows_bytes(differ))):
+                reps[r] = seen.setdefault(value, r)
+    return reps

@@ -148,8 +148,9 @@ def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None,
     """
     tables = []
     for p in list_parquets(input_dir):
-        t = read_shard_metadata(p, columns)
-        tables.append(transform(t, p) if transform is not None else t)
+        parts = [read_shard_metadata(p)] if columns is None else iter_shard_batches(p, columns)
+        for t in parts:  # batches: the raw columns of one batch at a time, then only the transformed ones
+            tables.append(transform(t, p) if transform is not None else t)
     table = pa.concat_tables(tables) if tables else pa.table({})
     return sort_by_key(table)
 
@@ -212,7 +213,7 @@ def sort_by_key(table: pa.Table) -> pa.Table:
         ordered = pc.all(pc.less_equal(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py()
         if ordered:
             return table
-    return table.take(pc.sort_indices(table, sort_keys=[("key", "ascending")], null_placement="at_end"))
+    return table.take(pc.sort_indices(table, sort_keys=[("key", "ascending", "at_end")]))
 
 
 def check_unique_keys(keys: pa.ChunkedArray, where: str) -> None:

@@ -171,3 +171,20 @@ def test_cli_switches(planted, tmp_path):
     assert res.exit_code == 0, res.output
     assert "duplicate_url: 2" in res.output and "duplicate_sha256: 1" in res.output
     assert "duplicate_phash" not in res.output
+
+
+def test_first_occurrence_fixed_is_exact_under_prefix_collisions():
+    rng = np.random.default_rng(0)
+    vals = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
+    vals[10:20, :8] = vals[0:10, :8]                      # same first 8 bytes, different values
+    data = vals[rng.integers(0, 300, size=5000)]
+    eligible = rng.random(5000) < 0.8
+
+    def fixed(d):
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(d), [None, pa.py_buffer(d.tobytes())])
+
+    got = groups.first_occurrence_fixed(pa.chunked_array([fixed(data[:2000]), fixed(data[2000:])]), eligible)
+    first, ref = {}, np.full(5000, -1)
+    for i in np.flatnonzero(eligible):
+        ref[i] = first.setdefault(data[i].tobytes(), i)
+    assert np.array_equal(got, ref)
