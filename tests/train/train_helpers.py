@@ -10,12 +10,14 @@ from PIL import Image, ImageDraw
 
 from ccmb.shards import ShardWriter, finalize_shard_set, make_key
 
-COLORS = {"红": (220, 40, 40), "绿": (40, 170, 60), "蓝": (40, 80, 220), "黄": (235, 210, 40)}
+COLORS = {"红": (220, 40, 40), "绿": (40, 170, 60), "蓝": (40, 80, 220), "黄": (235, 210, 40),
+          "紫": (150, 60, 190), "青": (40, 200, 220), "黑": (20, 20, 20), "白": (245, 245, 245)}
 SHAPES = ("圆", "方")
 
 
 def concepts() -> List[Tuple[str, str]]:
-    return [(c, s) for c in COLORS for s in SHAPES]
+    """Eight colours of one large square: distinct enough for a tiny ViT to learn in ~100 steps."""
+    return [(c, "方") for c in COLORS]
 
 
 def draw(color: str, shape: str, size: int = 48, seed: int = 0) -> bytes:
@@ -23,7 +25,7 @@ def draw(color: str, shape: str, size: int = 48, seed: int = 0) -> bytes:
     img = Image.new("RGB", (size, size), (128, 128, 128))
     d = ImageDraw.Draw(img)
     if shape == "圆":  # a small disc in the middle
-        r = size * rng.uniform(0.18, 0.24)
+        r = size * rng.uniform(0.28, 0.32)
         c = size / 2 + rng.uniform(-2, 2)
         d.ellipse([c - r, c - r, c + r, c + r], fill=COLORS[color])
     else:  # a large square
@@ -57,3 +59,30 @@ def write_vocab(root: Path) -> Path:
     from models.tokenizer import write_test_vocab
 
     return write_test_vocab(root, extra_chars="".join(COLORS) + "".join(SHAPES) + "色形一个的")
+
+
+def make_r2d2_sets(root: Path, renders: int = 2, size: int = 40) -> Path:
+    """ICR (retrieval) and ICM (matching) in the official layout: train and val splits, shared image folder."""
+    import json
+
+    images = root / "IQR_IQM_ICR_ICM_images"
+    images.mkdir(parents=True, exist_ok=True)
+    items = concepts()
+    for split, offset in (("train", 0), ("val", 1000)):
+        itr, itm = [], []
+        for r in range(renders if split == "train" else 1):
+            for n, (color, shape) in enumerate(items):
+                name = f"{split}_{r}_{n}.jpg"
+                (images / name).write_bytes(draw(color, shape, size, seed=offset + 100 * r + n))
+                path = f"images/{name}"
+                itr.append({"text": f"{color}色{shape}形", "image_path": path})
+                itr.append({"text": f"一个{color}色的{shape}形", "image_path": path})
+                wrong_color, wrong_shape = items[(n + 3) % len(items)]
+                itm.append({"text": f"{color}色{shape}形", "image_path": path, "label": 1})
+                itm.append({"text": f"{wrong_color}色{wrong_shape}形", "image_path": path, "label": 0})
+        for folder, file, rows in (("ICR", f"long_itr_{split}.json", itr), ("ICM", f"long_itm_{split}.json", itm)):
+            d = root / folder / split
+            d.mkdir(parents=True, exist_ok=True)
+            (d / file).write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in rows) + "\n",
+                                  encoding="utf-8")
+    return root
