@@ -161,3 +161,14 @@ def test_cli_build_shards(planted, tmp_path):
     assert "12 samples of 18 rows in 2 shards" in res.output
     m = shards.read_manifest(out)
     assert m["total_samples"] == 12 and m["build"]["seed"] == 5 and m["command"]
+
+
+def test_unreadable_source_tar_names_the_file(planted, tmp_path):
+    d, _ = planted
+    dedup_samples(d, tmp_path / "d.parquet", levels=("url",))
+    (d / "00001.tar").write_bytes(b"\0garbage" * 64)
+    with pytest.raises(CurationError, match="00001.tar"):
+        build_shards(d, tmp_path / "out", keep_tables=[tmp_path / "d.parquet"], samples_per_shard=4)
+    res = CliRunner().invoke(main, ["build-shards", "--input", str(d), "--output", str(tmp_path / "o2"),
+                                    "--keep", str(tmp_path / "d.parquet")])
+    assert res.exit_code != 0 and "00001.tar" in res.output
