@@ -1,10 +1,18 @@
 """The ``ccmb-bench`` command line (a click group; sub-commands register here)."""
 from __future__ import annotations
 
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
 import click
 
 from ccmb import __version__
 from ccmb.cli.common import setup_logging
+
+log = logging.getLogger("ccmb_bench")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,3 +21,134 @@ from ccmb.cli.common import setup_logging
 def main(verbose: int) -> None:
     """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards."""
     setup_logging(verbose)
+
+
+def _params(values: Tuple[str, ...]) -> Dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--param")
+        k, val = v.split("=", 1)
+        out[k.strip()] = val
+    return out
+
+
+@main.command("run")
+@click.option("--model", "-m", required=True, help="Registered name (see `ccmb-bench models`), an R2D2 config "
+              "name with --checkpoint, or a model directory (trainer output or saved ChineseCLIPModel).")
+@click.option("--checkpoint", "-c", default=None, help="Checkpoint file (.pth/.safetensors) or directory "
+              "(default: $CCMB_HOME/models/<name>/).")
+@click.option("--tokenizer", default=None, help="R2D2 tokenizer (vocab.txt or directory); default: next to the "
+              "checkpoint.")
+@click.option("--dataset", "-d", "datasets", required=True, help="NAME[,NAME...] or 'all' (see `ccmb-bench datasets`).")
+@click.option("--root", "-r", required=True, type=click.Path(path_type=Path), help="Data root (official layouts).")
+@click.option("--split", default=None, help="Split (default: the one the paper evaluates, per dataset).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--top-k", type=click.IntRange(1), default=None,
+              help="R2D2 re-ranking candidates per query (default: 128 Flickr30k-CNA, 64 ICR/IQR, else the config).")
+@click.option("--no-rerank", is_flag=True, help="R2D2: report the dual-encoder stage only.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True,
+              help="Results go to OUTPUT/results, embeddings to OUTPUT/cache.")
+@click.option("--skip-existing", is_flag=True, help="Skip (model, dataset) pairs whose result file exists.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
+@click.option("--param", "-p", multiple=True, help="Dataset parameter KEY=VALUE (e.g. num_images=1000).")
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Captioning: predictions file (JSON {image_id: caption} or JSON lines).")
+@click.option("--caption-pool", default="train", show_default=True,
+              help="Captioning without predictions: split whose captions the retrieval baseline picks from.")
+@click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Text-to-image: folder of generated images named <prompt_id>.png.")
+def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], datasets: str, root: Path,
+            split: Optional[str], device: str, batch_size: int, top_k: Optional[int], no_rerank: bool,
+            output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
+            caption_pool: str, generated: Optional[str]) -> None:
+    """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    from ccmb.datasets import DatasetError
+    from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
+    from ccmb_bench.runner import MissingDataError, RunOptions, run
+
+    opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
+                      skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
+                      params=_params(param), predictions=predictions, generated=generated, caption_pool=caption_pool)
+    try:
+        paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
+    except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for p in paths:
+        res = json.loads(p.read_text(encoding="utf-8"))
+        shown = {k: round(v, 2) for k, v in res["metrics"].items() if isinstance(v, float)}
+        click.echo(f"{res['model']} {res['dataset']}/{res['split']} {res['task']}: {shown}  -> {p}")
+    if not paths:
+        click.echo("nothing evaluated (all skipped)")
+
+
+@main.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models_cmd(as_json: bool) -> None:
+    """List the registered models and where their weights are looked up."""
+    from ccmb_bench.adapters import list_models
+
+    rows = list_models()
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:26s} {r['kind']:14s} {r['description']}\n{'':41s}weights: {r['weights']}")
+
+
+@main.command("datasets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def datasets_cmd(as_json: bool) -> None:
+    """List the datasets the harness can evaluate, with task and default split."""
+    from ccmb.datasets import list_datasets
+
+    specs = list_datasets()
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in specs], ensure_ascii=False, indent=2))
+        return
+    for s in specs:
+        click.echo(f"{s.name:24s} {s.task:15s} split={s.default_split:10s} {s.description}")
+
+
+@main.command("leaderboard")
+@click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Folder with result JSONs (searched recursively, e.g. the run --output).")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write the table as CSV.")
+@click.option("--markdown", type=click.Path(path_type=Path), default=None, help="Write Markdown tables per dataset.")
+@click.option("--html", type=click.Path(path_type=Path), default=None,
+              help="Write a self-contained HTML page (sortable table + per-dataset charts).")
+@click.option("--include-paper", is_flag=True, help="Add the paper's published rows, marked reference=paper.")
+@click.option("--format", "fmt", type=click.Choice(["ccmb", "clip-benchmark"]), default="ccmb", show_default=True,
+              help="CSV columns: ours (percent) or CLIP_benchmark's names (fractions).")
+@click.option("--title", default="CCMB leaderboard", show_default=True)
+def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[Path], html: Optional[Path],
+                    include_paper: bool, fmt: str, title: str) -> None:
+    """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given."""
+    from ccmb_bench.leaderboard import collect, export, to_markdown
+
+    rows = export(results, csv_path, markdown, html, include_paper=include_paper, fmt=fmt, title=title)
+    if not (csv_path or markdown or html):
+        click.echo(to_markdown(collect(results, include_paper)))
+    else:
+        click.echo(f"{len(rows)} rows", err=True)
+
+
+@main.command("plot")
+@click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--include-paper", is_flag=True, help="Also draw the paper's published rows.")
+def plot_cmd(results: Path, out: Path, include_paper: bool) -> None:
+    """Draw recall@K per model and retrieval dataset (PNG)."""
+    from ccmb_bench.leaderboard import collect
+    from ccmb_bench.plot import plot
+
+    try:
+        plot(collect(results, include_paper), out)
+    except ValueError as exc:
+        raise click.ClickException(f"{results}: {exc}") from exc
+    click.echo(str(out))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""``ccmb-bench run``: evaluate one model on datasets, with an embedding cache and one result JSON each."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ccmb import datasets as ds
+from ccmb_bench.adapters import ModelAdapter, load_adapter
+from ccmb_bench.cache import EmbeddingCache
+from ccmb_bench.results import make_result, result_path, write_result
+from ccmb_bench.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+
+class MissingDataError(FileNotFoundError):
+    """A dataset root without the expected files (the message shows the layout from the registry)."""
+
+
+@dataclass
+class RunOptions:
+    root: Path
+    output: Path
+    split: Optional[str] = None
+    device: str = "auto"
+    batch_size: int = 64
+    top_k: Optional[int] = None
+    skip_existing: bool = False
+    cache: bool = True
+    rerank: bool = True
+    params: Dict[str, Any] = field(default_factory=dict)
+    predictions: Optional[str] = None
+    generated: Optional[str] = None
+    caption_pool: str = "train"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def expand_datasets(names: Sequence[str]) -> List[str]:
+    """``all`` -> every registered dataset (the ``elevater-cn/<name>`` pattern excluded); validates names."""
+    out: List[str] = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if name == "all":
+            out += [s.name for s in ds.list_datasets() if "<" not in s.name]
+        else:
+            out.append(ds.get_spec(name).name)  # raises UnknownDatasetError listing the known names
+    return list(dict.fromkeys(out))
+
+
+def load_data(name: str, root: Path, split: Optional[str], params: Dict[str, Any]):
+    spec = ds.get_spec(name)
+    try:
+        return ds.load_dataset(name, root, split=split, **params)
+    except FileNotFoundError as exc:  # DatasetNotFoundError, missing images
+        raise MissingDataError(f"{name}: {exc}\nexpected layout under {root}:\n"
+                               f"{spec.render_layout(split)}") from exc
+
+
+def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str) -> Optional[Path]:
+    """Evaluate ``adapter`` on dataset ``name``; returns the result path (None when skipped)."""
+    spec = ds.get_spec(name)
+    split = opts.split or spec.default_split
+    path = result_path(opts.output, adapter.name, spec.name, spec.task, split)
+    if opts.skip_existing and path.is_file():
+        log.info("%s exists; skipped (--skip-existing)", path)
+        return None
+    t0 = time.perf_counter()
+    data = load_data(spec.name, opts.root, split, opts.params)
+    t_load = time.perf_counter() - t0
+    cache_root = opts.output / "cache" if opts.cache else None
+    cache = EmbeddingCache(cache_root, adapter.name, adapter.fingerprint, spec.name, split)
+    kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "top_k": opts.top_k, "rerank": opts.rerank,
+                              "predictions": opts.predictions, "generated": opts.generated}
+    if spec.task == "captioning" and not opts.predictions:
+        pool_split = opts.caption_pool
+        kwargs["load_pool"] = lambda: load_data(spec.name, opts.root, pool_split, opts.params)
+        kwargs["pool_cache"] = EmbeddingCache(cache_root, adapter.name, adapter.fingerprint, spec.name, pool_split)
+    t1 = time.perf_counter()
+    metrics = TASKS[spec.task](adapter, data, cache, **kwargs)
+    t_eval = time.perf_counter() - t1
+    settings = {"batch_size": opts.batch_size, "rerank": opts.rerank and adapter.has_reranker,
+                "params": {k: str(v) for k, v in opts.params.items()}, "cache_hits": cache.hits,
+                "cache_misses": cache.misses}
+    if opts.top_k:
+        settings["top_k"] = opts.top_k
+    result = make_result(adapter.describe(), spec.name, split, spec.task, metrics, device,
+                         {"load_s": round(t_load, 3), "evaluate_s": round(t_eval, 3)}, settings)
+    return write_result(opts.output, result)
+
+
+def run(model: str, dataset_names: Sequence[str], opts: RunOptions, checkpoint: Optional[str] = None,
+        tokenizer: Optional[str] = None) -> List[Path]:
+    """Evaluate ``model`` on every dataset of ``dataset_names`` (``all`` for all); the public API of
+    ``ccmb-bench run``. Text-to-image without ``generated`` is skipped with a warning in an ``all`` sweep."""
+    names = expand_datasets(dataset_names)
+    if not Path(opts.root).is_dir():
+        layouts = "\n\n".join(f"[{n}]\n{ds.get_spec(n).render_layout(opts.split)}" for n in names)
+        raise MissingDataError(f"data root {opts.root} does not exist; expected layout:\n{layouts}")
+    device = resolve_device(opts.device)
+    adapter = load_adapter(model, checkpoint=checkpoint, device=device, tokenizer=tokenizer)
+    written: List[Path] = []
+    sweep = len(names) > 1
+    for name in names:
+        spec = ds.get_spec(name)
+        if spec.task == "text-to-image" and not opts.generated:
+            if sweep:
+                log.warning("%s: skipped (text-to-image needs --generated DIR)", name)
+                continue
+        if sweep:
+            split = opts.split or spec.default_split
+            try:
+                path = run_one(adapter, name, opts, device)
+            except MissingDataError as exc:
+                log.warning("%s/%s: skipped, data missing: %s", name, split, str(exc).splitlines()[0])
+                continue
+        else:
+            path = run_one(adapter, name, opts, device)
+        if path is not None:
+            written.append(path)
+    return written
