@@ -145,11 +145,13 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                             step_in_epoch)
     wrapped: nn.Module = objective
     if info.distributed:
-        has_trainable_unused = (getattr(model.config, "has_cross_encoders", False)
-                                and "fgr" not in objective.weights and objective.mode != "match")
+        w = objective.weights
+        # every trainable parameter gets a gradient only when the contrastive and the ranking stages
+        # both run; otherwise DDP must look for the unused ones each step
+        all_used = (objective.mode == "pretrain" and ("gcpr" in w or "tgd" in w)
+                    and ("fgr" in w or not objective.cross))
         wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                      broadcast_buffers=False,
-                      find_unused_parameters=bool(has_trainable_unused or objective.mode == "clip"))
+                      broadcast_buffers=False, find_unused_parameters=not all_used)
     autocast = _autocast(cfg, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     log_path = run_dir / LOG_FILE

@@ -45,7 +45,8 @@ class GCPRLoss(nn.Module):
     ``image_embeds``/``text_embeds`` are this rank's L2-normalised features [B, D] (pair i = image i,
     text i); they are gathered from every rank with :func:`gather_with_local_grad`, so each rank
     evaluates the full global loss and the gradient is scaled by the world size: after DDP averages,
-    the gradient equals the single-process one on the concatenated batch. ``image_ids`` [B] mark
+    the gradient equals the single-process one on the concatenated batch (the temperature, which every
+    rank's full loss already differentiates completely, is compensated). ``image_ids`` [B] mark
     pairs that share an image (soft targets); default: every pair its own image.
     """
 
@@ -54,13 +55,16 @@ class GCPRLoss(nn.Module):
         if image_ids is None:
             image_ids = torch.arange(image_embeds.shape[0], device=image_embeds.device) \
                 + rank() * image_embeds.shape[0]
+        w = float(world_size())
         img = gather_with_local_grad(image_embeds)
         txt = gather_with_local_grad(text_embeds)
         ids = gather_nograd(image_ids)
-        logits = img @ txt.t() / temp
+        # the temperature sees the whole global loss on every rank: its gradient is complete here, so
+        # it is scaled by 1/W to cancel the W below
+        logits = img @ txt.t() / scale_grad(temp, 1.0 / w)
         targets = soft_targets(ids, ids)
         loss = 0.5 * (soft_cross_entropy(logits, targets) + soft_cross_entropy(logits.t(), targets))
-        return scale_grad(loss, float(world_size()))
+        return scale_grad(loss, w)
 
 
 def sample_hard_negatives(sims: torch.Tensor, pos_mask: torch.Tensor,

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
+#: Parameters R2D2 never uses (BERT's pooler, CLIP's post_layernorm): kept in checkpoints, not trained.
+UNUSED_PREFIXES = ("text_encoder.pooler.", "visual_encoder.post_layernorm.",
+                   "visual_encoder.vision_model.post_layernorm.")
+
 
 def build_student(config: Any, init_vision: Optional[PathLike] = None, init_text: Optional[PathLike] = None,
                   init: Optional[PathLike] = None) -> nn.Module:
@@ -45,6 +49,9 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, tokenizer) -> None:
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {vocab}")
+    for name, p in model.named_parameters():
+        if name.startswith(UNUSED_PREFIXES):
+            p.requires_grad_(False)  # never in a loss: DDP would wait for their gradients
     if cfg.freeze_vision:
         n = freeze_vision(model)
         logger.info("vision encoder frozen (%d parameters)", n)

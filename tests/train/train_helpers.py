@@ -86,3 +86,44 @@ def make_r2d2_sets(root: Path, renders: int = 2, size: int = 40) -> Path:
             (d / file).write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in rows) + "\n",
                                   encoding="utf-8")
     return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gcpr_ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
+    """One rank of the DDP check: the tiny model's GCPR on this rank's half of the batch."""
+    import os
+
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import models
+    from models.train.config import LossConfig
+    from models.train.distributed import cleanup_distributed, init_distributed
+    from models.train.objective import R2D2Objective
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    info = init_distributed("cpu")
+    blob = torch.load(Path(workdir) / "inputs.pt", weights_only=True)
+    model = models.build_model("r2d2-tiny")
+    model.load_state_dict(blob["state"])
+    model.eval()  # no dropout: both runs see the same function
+    obj = R2D2Objective(model, LossConfig(), mode="clip")
+    ddp = DDP(obj, find_unused_parameters=True)
+    b = blob["pixel_values"].shape[0] // world
+    part = slice(rank * b, (rank + 1) * b)
+    out = ddp({"pixel_values": blob["pixel_values"][part], "input_ids": blob["input_ids"][part],
+               "attention_mask": blob["attention_mask"][part], "image_ids": blob["image_ids"][part]})
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.save({"loss": out["gcpr"].detach(), "grads": grads, "world": info.world_size},
+               Path(workdir) / f"rank{rank}.pt")
+    cleanup_distributed()

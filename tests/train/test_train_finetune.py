@@ -1,0 +1,106 @@
+"""Fine-tuning from the CLI on ccmb.datasets sets (ICR retrieval, ICM matching) and the local metrics."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import make_r2d2_sets, write_vocab  # noqa: E402
+
+import models  # noqa: E402
+from ccmb.cli import main  # noqa: E402
+from ccmb.cli.train import recall_at_k, roc_auc  # noqa: E402
+from models.train.finetune import epoch_batches  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    make_r2d2_sets(root / "data")
+    vocab = write_vocab(root / "tok")
+    torch.manual_seed(0)
+    models.build_model("r2d2-tiny").save_pretrained(root / "init")
+    return root, vocab
+
+
+def run_finetune(root, vocab, out, task, dataset, *extra):
+    return CliRunner().invoke(main, [
+        "train", "finetune", "--task", task, "--dataset", dataset, "--root", str(root / "data"),
+        "--init", str(root / "init"), "--tokenizer", str(vocab), "--output", str(out), "--batch-size", "8",
+        "--lr", "1e-3", "--warmup-steps", "2", "--train-vision", "--num-workers", "0", "--log-every", "2",
+        *extra])
+
+
+def check_best(out, metric):
+    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["metric"] == metric
+    assert best["value"] == max(r["eval"][metric] for r in evals)
+    assert best["epoch"] == next(r["epoch"] for r in evals if r["eval"][metric] == best["value"])
+    assert (out / "best" / "model.safetensors").is_file()
+    models.load_model(out / "best")
+    return evals
+
+
+def test_finetune_retrieval(setup, tmp_path):
+    root, vocab = setup
+    out = tmp_path / "icr"
+    res = run_finetune(root, vocab, out, "retrieval", "icr", "--epochs", "3")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    evals = check_best(out, "mean_recall")
+    assert [r["epoch"] for r in evals] == [0, 1, 2]
+    assert set(evals[0]["eval"]) == {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mean_recall"}
+    logs = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "gcpr" in r]
+    assert "fgr" in logs[0] and "tgd" not in logs[0]  # recipe: GCPR + FGR
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["weight_decay"] == 0.05 and cfg["warmup_steps"] == 2 and cfg["lr"] == 1e-3
+
+
+def test_finetune_matching_recipe_and_frozen_vision(setup, tmp_path):
+    root, vocab = setup
+    out = tmp_path / "icm"
+    res = run_finetune(root, vocab, out, "matching", "icm", "--epochs", "2", "--freeze-vision")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    check_best(out, "auc")
+    init = models.load_model(root / "init")
+    tuned = models.load_model(out / "model")
+    same = all(torch.equal(a, b) for a, b in zip(init.visual_encoder.parameters(), tuned.visual_encoder.parameters()))
+    assert same  # vision frozen
+    assert not torch.equal(init.itm_head.weight, tuned.itm_head.weight)
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["select_metric"] == "auc"
+
+
+def test_finetune_refuses_test_split_and_wrong_task(setup, tmp_path):
+    root, vocab = setup
+    res = run_finetune(root, vocab, tmp_path / "x", "retrieval", "icr", "--val-split", "test")
+    assert res.exit_code != 0 and "never on test" in res.output
+    res = run_finetune(root, vocab, tmp_path / "y", "retrieval", "icm")
+    assert res.exit_code != 0 and "matching" in res.output
+
+
+def test_recall_ties_count_against_the_query():
+    scores = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.5, 0.5], [0.1, 0.2, 0.3]])
+    r = recall_at_k(scores, [[1], [1, 2], [0]], ks=(1, 2))
+    # q0: positive 1 tied with negative 0 -> rank 1 (miss at 1); q1: both tied are positives -> rank 0;
+    # q2: positive is the lowest -> rank 2
+    assert r == {1: pytest.approx(100 / 3), 2: pytest.approx(200 / 3)}
+
+
+def test_roc_auc():
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 100.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert roc_auc([0.5, 0.5], [1, 0]) == 50.0
+    assert roc_auc([0.9, 0.3, 0.5, 0.1], [1, 1, 0, 0]) == 75.0
+
+
+def test_epoch_batches_equal_per_rank():
+    b0 = epoch_batches(19, 4, 0, 0, 0, 2)
+    b1 = epoch_batches(19, 4, 0, 0, 1, 2)
+    assert len(b0) == len(b1) == 2 and all(len(b) == 4 for b in b0 + b1)
+    assert not set(sum(b0, [])) & set(sum(b1, []))
+    assert epoch_batches(19, 4, 1, 0, 0, 2) != b0
+    assert len(epoch_batches(3, 4, 0, 0, 0, 1)[0]) == 4  # tiny set repeats to one batch
