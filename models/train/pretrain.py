@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
+import torch
 import torch.nn as nn
 
 from ccmb import atomic
@@ -82,6 +83,7 @@ def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: 
 
     info = init_distributed(device)
     run_dir = Path(output)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every rerun
     model = build_student(config, init_vision, init_text, init)
     tok_src = tokenizer_path or init_text
     if tok_src is None:
