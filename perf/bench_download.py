@@ -72,6 +72,14 @@ def write_input(path: Path, base: str, n: int) -> None:
                                  "ImageQuery": f"查询{i}"}, ensure_ascii=False) + "\n")
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the download workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_bare(src: Path, out: Path, a) -> float:
     import img2dataset
 
@@ -110,7 +118,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ccmb-bench-download-"))
     src = work / "zero.jsonl"
     write_input(src, base, a.images)
-    bare_t, ccmb_t, summaries = [], [], []
+    bare_t, ccmb_t, bare_cpu, ccmb_cpu, summaries = [], [], [], [], []
     try:
         import img2dataset  # noqa: F401  (import once, outside the timings, for both)
         import ccmb.corpus.download  # noqa: F401
@@ -118,13 +126,16 @@ def main() -> None:
         for r in range(a.repeats):
             for name in ("img2dataset", "ccmb"):
                 out = work / f"{name}-{r}"
+                c0 = cpu_seconds()
                 if name == "img2dataset":
                     bare_t.append(run_bare(src, out, a))
                 else:
                     t, s = run_ccmb(src, out, a)
                     ccmb_t.append(t)
                     summaries.append(s)
-                print(f"repeat {r} {name:12s} {(bare_t if name == 'img2dataset' else ccmb_t)[-1]:7.2f}s", flush=True)
+                (bare_cpu if name == "img2dataset" else ccmb_cpu).append(cpu_seconds() - c0)
+                print(f"repeat {r} {name:12s} {(bare_t if name == 'img2dataset' else ccmb_t)[-1]:7.2f}s wall "
+                      f"{(bare_cpu if name == 'img2dataset' else ccmb_cpu)[-1]:7.2f}s cpu", flush=True)
         tar_bytes = sum(p.stat().st_size for p in (work / "ccmb-0").glob("*.tar"))
         pq_bytes = sum(p.stat().st_size for p in (work / "ccmb-0").glob("[0-9]*.parquet"))
         s = summaries[-1]
@@ -135,6 +146,9 @@ def main() -> None:
         print(f"img2dataset  median {mb:7.2f}s  ({a.images / mb:7.1f} images/s)  runs {[round(x, 2) for x in bare_t]}")
         print(f"ccmb         median {mc:7.2f}s  ({a.images / mc:7.1f} images/s)  runs {[round(x, 2) for x in ccmb_t]}")
         print(f"ratio ccmb / img2dataset (wall, median): {mc / mb:.3f}  (goal <= 1.10)")
+        cb, cc = statistics.median(bare_cpu), statistics.median(ccmb_cpu)
+        print(f"cpu seconds (all processes), median: img2dataset {cb:.2f}  ccmb {cc:.2f}  ratio {cc / cb:.3f}  "
+              "(steadier than wall time on a busy machine)")
         print(f"ccmb successes {s.successes}/{s.rows}; {tar_bytes / max(1, s.successes) / 1024:.1f} KiB tar + "
               f"{pq_bytes / max(1, s.rows):.0f} B parquet per image")
     finally:

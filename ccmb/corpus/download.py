@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import logging

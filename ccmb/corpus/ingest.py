@@ -23,7 +23,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -281,14 +280,16 @@ def check_url(url: Optional[str], allow_file_urls: bool = False) -> Optional[str
     """None when ``url`` may be downloaded, else the reason it is refused."""
     if url is None or not url.strip():
         return "missing URL"
-    try:
-        scheme = urlsplit(url.strip()).scheme.lower()
-    except ValueError as exc:
-        return f"invalid URL: {exc}"
-    if scheme in ("http", "https"):
+    url = url.strip()
+    head = url[:8].lower()
+    if head.startswith("http://") or head.startswith("https://"):
         return None
+    scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "file" and allow_file_urls:
         return None
+    valid_scheme = scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+    if scheme in ("http", "https") or not valid_scheme:
+        return "invalid URL: not of the form http(s)://host/path"
     hint = "; --allow-file-urls allows file://" if scheme == "file" else ""
     return f"unsupported URL scheme {scheme!r} (only http/https{hint})"
 

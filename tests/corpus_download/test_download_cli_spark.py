@@ -76,7 +76,7 @@ def test_pyspark_distributor_local_mode(tmp_path, image_server, spark):
                                 "failed_input: unsupported URL scheme 'ftp'": 1}
     report = shards.verify_shard_set(tmp_path / "out")
     assert report.ok, report.problems
-    # the shards were normalised on the Spark workers (ccmb stats with a manifest entry)
+    # every shard was finished: counts and a manifest entry in its stats
     for name in shards.finished_shards(tmp_path / "out"):
         assert "ccmb" in json.loads((tmp_path / "out" / f"{name}_stats.json").read_text())
     assert spark.sparkContext._jsc is not None  # our session was used and is still alive
