@@ -307,7 +307,10 @@ class Layout:
     extra: List[str] = field(default_factory=list)  # urls: further input columns kept (original names)
 
     def extra_name(self, name: str) -> str:
+        """Column name of a kept input column: metadata names as such, reserved ones prefixed ``input_``."""
         low = name.lower()
+        if low in ("title", "content", "query", "keywords", "page_url") or (low == "image_key" and not self.id_col):
+            return low
         return f"input_{low}" if low in RESERVED or low in META_COLUMNS or low in INTERNAL_COLUMNS else low
 
     @property

@@ -96,13 +96,14 @@ def test_limit_parts_and_missing_input(tmp_path):
 def test_generic_url_lists_keep_other_columns(tmp_path):
     laion = tmp_path / "laion.parquet"
     pq.write_table(pa.Table.from_pylist([
-        {"URL": "http://h/1.jpg", "TEXT": "一只猫", "WIDTH": 100, "similarity": 0.31, "SAMPLE_ID": 7},
-        {"URL": "http://h/2.jpg", "TEXT": "一只狗", "WIDTH": 80, "similarity": 0.29, "SAMPLE_ID": 7},
+        {"URL": "http://h/1.jpg", "TEXT": "一只猫", "WIDTH": 100, "similarity": 0.31, "SAMPLE_ID": 7, "Title": "猫"},
+        {"URL": "http://h/2.jpg", "TEXT": "一只狗", "WIDTH": 80, "similarity": 0.29, "SAMPLE_ID": 7, "Title": "狗"},
     ]), laion)
     layout = ingest.Layout(mode="urls", url_col="url", caption_col="text", id_col="sample_id")
     res, rows = _rows(tmp_path, [laion], layout=layout)
     assert rows[0]["url"] == "http://h/1.jpg" and rows[0]["caption"] == "一只猫" and rows[0]["image_key"] == "7"
     assert rows[0]["input_width"] == "100" and rows[0]["similarity"] == "0.31"  # reserved name prefixed
+    assert rows[0]["title"] == "猫"  # a column named like a metadata field fills it
     assert rows[1][ingest.ERROR_COLUMN].startswith("duplicate sample_id")
     assert "input_width" in res.columns and "similarity" in res.columns
 
