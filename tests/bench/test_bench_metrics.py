@@ -121,3 +121,17 @@ def test_classification_metrics_against_loop():
     per_class = [np.mean([ranks[i] < 1 for i in range(40) if labels[i] == c]) for c in sorted(set(labels))]
     assert m["mean_per_class_recall"] == pytest.approx(100 * np.mean(per_class))
     assert ranks[0] == 6
+
+
+def test_frechet_distance_hand_cases():
+    from ccmb_bench.tasks.text_to_image import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, -2.0, 0, 0, 0.5, 0])
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    # isotropic Gaussians fitted exactly: covariances I and 4I -> 6 * (1 + 4 - 2*2) = 6
+    z = rng.standard_normal((400, 6))
+    z = (z - z.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    assert frechet_distance(z, 2 * z) == pytest.approx(6.0, rel=1e-6)

@@ -192,3 +192,15 @@ def test_concurrent_result_writes_never_corrupt(tmp_path):
     assert not errors
     files = list((tmp_path / "results").iterdir())
     assert len(files) == 1 and json.loads(files[0].read_text())["metrics"]["AUC"] >= 0
+
+
+def test_registered_chinese_clip_name_from_ccmb_home(tiny_models, bench_root, tmp_path):
+    import os
+    import shutil
+
+    home = Path(os.environ["CCMB_HOME"]) / "models" / "chinese-clip-vit-b16"
+    shutil.copytree(tiny_models.cclip, home)
+    res = invoke("run", "-m", "chinese-clip-vit-b16", "-d", "elevater-cn/shapes", "-r", bench_root, "-o", tmp_path)
+    assert res.exit_code == 0, res.output
+    r = results(tmp_path, "chinese-clip-vit-b16")[("elevater-cn/shapes", "classification")]
+    assert r["model_kind"] == "chinese-clip" and r["metrics"]["images"] == 6
