@@ -5,8 +5,9 @@ Both commands run unchanged as one process (CPU or one GPU) or under
 (``ccmb`` is a console script, so torchrun runs it by path: ``torchrun ... "$(which ccmb)" train ...``;
 see docs/training.md).
 
-This module is a composition root: it wires ``ccmb.datasets`` (data) and ``models.train`` (trainer) and
-builds the per-epoch evaluation callback ``evaluate_fn(model, epoch) -> metrics`` that the trainer takes.
+This module is a composition root: it wires ``ccmb.datasets`` (data), ``models.train`` (trainer) and
+``ccmb_bench.tasks`` (the per-epoch evaluation callback ``evaluate_fn(model, epoch) -> metrics``; the
+trainer itself never imports the benchmark).
 """
 from __future__ import annotations
 
@@ -20,120 +21,27 @@ import click
 logger = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------ evaluation callbacks
-def recall_at_k(scores, positives: Sequence[Sequence[int]], ks: Sequence[int] = (1, 5, 10)) -> Dict[int, float]:
-    """Recall@k (0-100) of queries (rows of ``scores``) with sets of positive columns. The rank of a query
-    is the number of non-positive candidates scoring >= its best positive (ties count against the query);
-    queries without positives are skipped."""
-    import torch
-
-    hits = {k: 0 for k in ks}
-    n = 0
-    for q, pos in enumerate(positives):
-        if not pos:
-            continue
-        row = scores[q]
-        pos_t = torch.as_tensor(list(pos), dtype=torch.long)
-        best = row[pos_t].max()
-        neg = torch.ones_like(row, dtype=torch.bool)
-        neg[pos_t] = False
-        rank = int(((row >= best) & neg).sum())
-        n += 1
-        for k in ks:
-            hits[k] += rank < k
-    return {k: 100.0 * hits[k] / max(1, n) for k in ks}
+# ------------------------------------------------------------------------------ evaluation callback
+#: Metric that chooses the best fine-tuning epoch, per task (names of ccmb_bench's task results).
+SELECT_METRIC = {"retrieval": "MR", "matching": "AUC"}
 
 
-def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC-AUC (0-100) by the Mann-Whitney statistic; tied scores count one half."""
-    import numpy as np
+def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callable:
+    """``evaluate_fn(model, epoch) -> metrics`` running ccmb_bench's ``task`` (retrieval: R@1/5/10 per
+    direction and ``MR``, two-stage for R2D2; matching: ``AUC`` and accuracy) on ``data`` (a validation
+    split), without an embedding cache. Numeric results only."""
+    from ccmb_bench.adapters import R2D2Adapter
+    from ccmb_bench.cache import EmbeddingCache
+    from ccmb_bench.tasks import TASKS
 
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("AUC needs both positive and negative pairs")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    allv = np.concatenate([pos, neg])[order]
-    ranks = np.empty(len(allv))
-    i = 0
-    while i < len(allv):  # average ranks of ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[i:j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    r = np.empty(len(allv))
-    r[order] = ranks
-    u = r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(100.0 * u / (len(pos) * len(neg)))
-
-
-def _encode(model, data, tokenizer, batch_size: int, image_indices: Sequence[int], texts: Sequence[str]):
-    import torch
-
-    from models.preprocess import ImageTransform
-
-    tf = ImageTransform(model.config.image_size)
-    dev = next(model.parameters()).device
-
-    def image_batches():
-        for s in range(0, len(image_indices), batch_size):
-            yield torch.stack([tf(data.load_image(i)) for i in image_indices[s:s + batch_size]]).to(dev)
-
-    def text_batches():
-        for s in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[s:s + batch_size]), padding="longest", truncation=True,
-                            max_length=model.config.max_text_len, return_tensors="pt")
-            yield enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-
-    img_e, img_h = model.encode_images_batched(image_batches())
-    txt_e, txt_h, txt_m = model.encode_texts_batched(text_batches())
-    return img_e, img_h, txt_e, txt_h, txt_m
-
-
-def retrieval_evaluator(data, tokenizer, batch_size: int = 64, rerank: bool = True) -> Callable:
-    """``evaluate_fn`` for a RetrievalData split: R@1/5/10 per direction and their mean ``mean_recall``;
-    R2D2 models rank with the official two-stage scores (cosine top-k, then cross encoders)."""
-    def evaluate(model, epoch: int) -> Dict[str, float]:
-        img_e, img_h, txt_e, txt_h, txt_m = _encode(model, data, tokenizer, batch_size,
-                                                    list(range(data.num_images)), data.texts)
-        if rerank and getattr(model, "has_cross_encoders", False):
-            i2t, t2i = model.rank(img_e, img_h, txt_e, txt_h, txt_m)
-        else:
-            i2t = img_e.float() @ txt_e.float().T
-            t2i = i2t.T
-        out: Dict[str, float] = {}
-        recalls: List[float] = []
-        dirs = getattr(data, "directions", ("i2t", "t2i"))
-        if "t2i" in dirs:
-            for k, v in recall_at_k(t2i, data.text_to_images).items():
-                out[f"t2i_r{k}"] = v
-                recalls.append(v)
-        if "i2t" in dirs:
-            for k, v in recall_at_k(i2t, data.image_to_texts).items():
-                out[f"i2t_r{k}"] = v
-                recalls.append(v)
-        out["mean_recall"] = sum(recalls) / len(recalls)
-        return out
-    return evaluate
-
-
-def matching_evaluator(data, tokenizer, batch_size: int = 64) -> Callable:
-    """``evaluate_fn`` for a MatchingData split: ROC-AUC (0-100) of the match probability, and accuracy
-    at 0.5."""
-    import torch
+    run = TASKS[task]
 
     def evaluate(model, epoch: int) -> Dict[str, float]:
-        uniq = sorted(set(data.pair_images))
-        where = {i: n for n, i in enumerate(uniq)}
-        _, img_h, _, txt_h, txt_m = _encode(model, data, tokenizer, batch_size, uniq, data.pair_texts)
-        probs = model.pair_match_prob(img_h, txt_h, txt_m,
-                                      torch.tensor([where[i] for i in data.pair_images]),
-                                      torch.arange(len(data.pair_texts)))
-        labels = data.labels
-        acc = 100.0 * sum(int((p >= 0.5) == bool(y)) for p, y in zip(probs.tolist(), labels)) / len(labels)
-        return {"auc": roc_auc(probs.tolist(), labels), "accuracy": acc}
+        device = str(next(model.parameters()).device)
+        adapter = R2D2Adapter(model, tokenizer, name="training", fingerprint=f"epoch{epoch}", device=device)
+        cache = EmbeddingCache(None, "training", f"epoch{epoch}", data.name, data.split)
+        out = run(adapter, data, cache, batch_size=batch_size)
+        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return evaluate
 
 
@@ -217,9 +125,12 @@ def train_group() -> None:
               help="Which text of a sample each step uses (default random).")
 @click.option("--objective", type=click.Choice(["r2d2", "clip"]), default="r2d2", show_default=True,
               help="clip = InfoNCE alone (baseline).")
+@click.option("--eval-dataset", help="Zero-shot retrieval set evaluated after every (virtual) epoch, e.g. icr.")
+@click.option("--eval-root", type=click.Path(exists=True, file_okay=False), help="Root of --eval-dataset.")
+@click.option("--eval-split", default="val", show_default=True)
 @_train_options
 def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir, text_choice, objective,
-                 train_config, tokenizer, resume, device, **kw) -> None:
+                 eval_dataset, eval_root, eval_split, train_config, tokenizer, resume, device, **kw) -> None:
     """Pre-train on a ccmb shard set (GCPR + FGR + TgD + FgD).
 
     \b
@@ -234,9 +145,22 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
     cfg = _build_cfg(TrainConfig(), train_config, kw)
     if text_choice:
         cfg = cfg.override(text_choice=text_choice)
+    evaluate_fn = None
+    if eval_dataset:
+        from ccmb.datasets import load_dataset
+        from models.tokenizer import load_tokenizer
+
+        if not eval_root:
+            raise click.UsageError("--eval-dataset needs --eval-root")
+        if eval_split == "test":
+            raise click.UsageError("evaluate on a validation split during training, never on test")
+        data = load_dataset(eval_dataset, eval_root, eval_split)
+        if data.task != "retrieval":
+            raise click.UsageError(f"{eval_dataset} is a {data.task} dataset; pre-training evaluates retrieval")
+        evaluate_fn = bench_evaluator("retrieval", data, load_tokenizer(tokenizer or init_text))
     result = pretrain(model_config, shards, output, cfg, tokenizer_path=tokenizer, init_vision=init_vision,
                       init_text=init_text, init=init_dir, resume=resume, device=device, objective=objective,
-                      on_log=_print_record)
+                      evaluate_fn=evaluate_fn, on_log=_print_record)
     if result.final_dir:
         click.echo(f"done: {result.steps} steps; model in {result.final_dir}")
 
@@ -252,7 +176,8 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--val-split", default="val", show_default=True,
               help="Split evaluated each epoch; the best checkpoint is chosen on it (never on test).")
-@click.option("--select-metric", help="Metric choosing the best epoch (default mean_recall / auc).")
+@click.option("--select-metric", help="Metric choosing the best epoch (default: MR for retrieval, AUC for "
+                                      "matching).")
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the per-epoch evaluation.")
 @_train_options
@@ -275,8 +200,7 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
     if tokenizer is None:
         raise click.UsageError("--tokenizer is required (vocab.txt or a tokenizer directory)")
     cfg = _build_cfg(finetune_defaults(task), train_config, kw)
-    if select_metric:
-        cfg = cfg.override(select_metric=select_metric)
+    cfg = cfg.override(select_metric=select_metric or SELECT_METRIC[task])
     train_data = load_dataset(dataset, root, train_split)
     if getattr(train_data, "task", task) != task:
         raise click.UsageError(f"{dataset} is a {train_data.task} dataset, not {task}")
@@ -284,8 +208,7 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
     if not no_eval:
         val_data = load_dataset(dataset, root, val_split)
         tok = load_tokenizer(tokenizer)
-        evaluate_fn = (retrieval_evaluator(val_data, tok, eval_batch_size) if task == "retrieval"
-                       else matching_evaluator(val_data, tok, eval_batch_size))
+        evaluate_fn = bench_evaluator(task, val_data, tok, eval_batch_size)
     else:
         cfg = cfg.override(select_metric="")
     result = finetune(task, train_data, init, output, cfg, tokenizer_path=tokenizer, config=model_config,

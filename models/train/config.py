@@ -141,5 +141,5 @@ def finetune_defaults(task: str) -> TrainConfig:
     return TrainConfig(
         losses=losses, epochs=10, batch_size=32, lr=1e-5 if task == "retrieval" else 3e-6,
         weight_decay=0.05, warmup_steps=500, freeze_vision=True, log_every=50, save_every=1000,
-        keep_last=1, select_metric="mean_recall" if task == "retrieval" else "auc", text_choice="txt",
+        keep_last=1, select_metric="MR" if task == "retrieval" else "AUC", text_choice="txt",
         betas=(0.9, 0.999), eps=1e-8)

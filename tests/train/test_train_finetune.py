@@ -12,7 +12,6 @@ from train_helpers import make_r2d2_sets, write_vocab  # noqa: E402
 
 import models  # noqa: E402
 from ccmb.cli import main  # noqa: E402
-from ccmb.cli.train import recall_at_k, roc_auc  # noqa: E402
 from models.train.finetune import epoch_batches  # noqa: E402
 
 
@@ -50,9 +49,10 @@ def test_finetune_retrieval(setup, tmp_path):
     out = tmp_path / "icr"
     res = run_finetune(root, vocab, out, "retrieval", "icr", "--epochs", "3")
     assert res.exit_code == 0, res.output + repr(res.exception)
-    evals = check_best(out, "mean_recall")
+    evals = check_best(out, "MR")
     assert [r["epoch"] for r in evals] == [0, 1, 2]
-    assert set(evals[0]["eval"]) == {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mean_recall"}
+    assert {"t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "MR"} <= set(evals[0]["eval"])
+    assert evals[0]["eval"]["images"] == 8 and evals[0]["eval"]["texts"] == 16  # the val split
     logs = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "gcpr" in r]
     assert "fgr" in logs[0] and "tgd" not in logs[0]  # recipe: GCPR + FGR
     cfg = json.loads((out / "train_config.json").read_text())
@@ -64,14 +64,15 @@ def test_finetune_matching_recipe_and_frozen_vision(setup, tmp_path):
     out = tmp_path / "icm"
     res = run_finetune(root, vocab, out, "matching", "icm", "--epochs", "2", "--freeze-vision")
     assert res.exit_code == 0, res.output + repr(res.exception)
-    check_best(out, "auc")
+    evals = check_best(out, "AUC")
+    assert evals[0]["eval"]["pairs"] == 16
     init = models.load_model(root / "init")
     tuned = models.load_model(out / "model")
     same = all(torch.equal(a, b) for a, b in zip(init.visual_encoder.parameters(), tuned.visual_encoder.parameters()))
     assert same  # vision frozen
     assert not torch.equal(init.itm_head.weight, tuned.itm_head.weight)
     cfg = json.loads((out / "train_config.json").read_text())
-    assert cfg["select_metric"] == "auc"
+    assert cfg["select_metric"] == "AUC" and cfg["lr"] == 1e-3 and cfg["freeze_vision"]
 
 
 def test_finetune_refuses_test_split_and_wrong_task(setup, tmp_path):
@@ -82,21 +83,6 @@ def test_finetune_refuses_test_split_and_wrong_task(setup, tmp_path):
     assert res.exit_code != 0 and "matching" in res.output
 
 
-def test_recall_ties_count_against_the_query():
-    scores = torch.tensor([[0.9, 0.9, 0.1], [0.2, 0.5, 0.5], [0.1, 0.2, 0.3]])
-    r = recall_at_k(scores, [[1], [1, 2], [0]], ks=(1, 2))
-    # q0: positive 1 tied with negative 0 -> rank 1 (miss at 1); q1: both tied are positives -> rank 0;
-    # q2: positive is the lowest -> rank 2
-    assert r == {1: pytest.approx(100 / 3), 2: pytest.approx(200 / 3)}
-
-
-def test_roc_auc():
-    assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 100.0
-    assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
-    assert roc_auc([0.5, 0.5], [1, 0]) == 50.0
-    assert roc_auc([0.9, 0.3, 0.5, 0.1], [1, 1, 0, 0]) == 75.0
-
-
 def test_epoch_batches_equal_per_rank():
     b0 = epoch_batches(19, 4, 0, 0, 0, 2)
     b1 = epoch_batches(19, 4, 0, 0, 1, 2)
@@ -104,3 +90,31 @@ def test_epoch_batches_equal_per_rank():
     assert not set(sum(b0, [])) & set(sum(b1, []))
     assert epoch_batches(19, 4, 1, 0, 0, 2) != b0
     assert len(epoch_batches(3, 4, 0, 0, 0, 1)[0]) == 4  # tiny set repeats to one batch
+
+
+def test_recipe_defaults():
+    from models.train.config import TrainConfig, finetune_defaults
+
+    r, m = finetune_defaults("retrieval"), finetune_defaults("matching")
+    assert (r.lr, r.weight_decay, r.warmup_steps, r.freeze_vision, r.batch_size) == (1e-5, 0.05, 500, True, 32)
+    assert m.lr == 3e-6 and m.freeze_vision
+    assert r.losses.tgd == 0 and r.losses.fgd == 0 and r.losses.gcpr > 0 and r.losses.fgr > 0
+    back = TrainConfig.from_dict(r.to_dict())
+    assert back == r
+    with pytest.raises(ValueError, match="unknown fine-tuning task"):
+        finetune_defaults("captioning")
+
+
+def test_pretrain_with_zero_shot_evaluation(setup, tmp_path):
+    from train_helpers import make_shards
+
+    root, vocab = setup
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8, size=32)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards), "--tokenizer", str(vocab),
+        "--output", str(out), "--epochs", "2", "--batch-size", "4", "--num-workers", "0", "--queue-size", "8",
+        "--eval-dataset", "icr", "--eval-root", str(root / "data")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    assert [r["epoch"] for r in evals] == [0, 1] and all("MR" in r["eval"] for r in evals)
