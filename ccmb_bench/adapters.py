@@ -159,8 +159,9 @@ class R2D2Adapter(ModelAdapter):
     def rank(self, images, texts, top_k):
         if not self.has_reranker:
             return super().rank(images, texts, top_k)
-        return self.model.rank(images["embeds"], images["hidden"], texts["embeds"], texts["hidden"],
-                               texts["mask"], top_k=top_k)
+        # the cosine pre-ranking runs on the model's device; hidden states move there block by block
+        return self.model.rank(images["embeds"].to(self.device), images["hidden"], texts["embeds"].to(self.device),
+                               texts["hidden"], texts["mask"], top_k=top_k)
 
 
 def _find_tokenizer(*candidates: Optional[Path]) -> Optional[Path]:

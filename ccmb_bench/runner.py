@@ -20,6 +20,10 @@ class MissingDataError(FileNotFoundError):
     """A dataset root without the expected files (the message shows the layout from the registry)."""
 
 
+class DeviceError(RuntimeError):
+    """The requested device is not available."""
+
+
 @dataclass
 class RunOptions:
     root: Path
@@ -35,13 +39,17 @@ class RunOptions:
     predictions: Optional[str] = None
     generated: Optional[str] = None
     caption_pool: str = "train"
+    setting: str = ""  # free label shown in the leaderboard (e.g. zero-shot, fine-tuned)
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: CUDA is not available here (torch "
+                           f"{torch.__version__}); use --device cpu or auto")
     return device
 
 
@@ -95,6 +103,8 @@ def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str) -> 
                 "cache_misses": cache.misses}
     if opts.top_k:
         settings["top_k"] = opts.top_k
+    if opts.setting:
+        settings["setting"] = opts.setting
     result = make_result(adapter.describe(), spec.name, split, spec.task, metrics, device,
                          {"load_s": round(t_load, 3), "evaluate_s": round(t_eval, 3)}, settings)
     return write_result(opts.output, result)

@@ -204,3 +204,18 @@ def test_registered_chinese_clip_name_from_ccmb_home(tiny_models, bench_root, tm
     assert res.exit_code == 0, res.output
     r = results(tmp_path, "chinese-clip-vit-b16")[("elevater-cn/shapes", "classification")]
     assert r["model_kind"] == "chinese-clip" and r["metrics"]["images"] == 6
+
+
+def test_setting_label_and_bad_checkpoint(tiny_models, bench_root, tmp_path):
+    res = invoke("run", "-m", tiny_models.prd2, "-d", "icm", "-r", bench_root, "-o", tmp_path, "--setting", "zero-shot")
+    assert res.exit_code == 0, res.output
+    from ccmb_bench.leaderboard import collect
+
+    assert [r["setting"] for r in collect(tmp_path)] == ["zero-shot"]
+    # a checkpoint for another architecture fails with the loader's message, not a traceback
+    res = invoke("run", "-m", "r2d2-tiny", "--checkpoint", tiny_models.prd2 / "model.safetensors", "--tokenizer",
+                 tiny_models.prd2 / "vocab.txt", "-d", "icm", "-r", bench_root, "-o", tmp_path)
+    assert res.exit_code == 1 and "missing" in res.output and "r2d2-tiny" in res.output
+    if not torch.cuda.is_available():
+        res = invoke("run", "-m", tiny_models.prd2, "-d", "icm", "-r", bench_root, "--device", "cuda")
+        assert res.exit_code == 1 and "CUDA is not available" in res.output
