@@ -33,7 +33,8 @@ import pyarrow.compute as pc
 from . import groups, minhash
 from .phash import compute_phashes, hamming
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
-                    load_metadata, prior_reasons, sha256_to_binary, write_decisions)
+                    load_metadata, ReasonCodes, as_numpy_bool, prior_reason_codes, sha256_to_binary,
+                    write_decisions)
 from .urlnorm import normalize_urls
 
 logger = logging.getLogger(__name__)
@@ -173,26 +174,17 @@ def raise_missing(meta: pa.Table, rows: np.ndarray) -> None:
                         f"parquet as downloaded but not in the tar ({len(rows)} such samples)")
 
 
-def assemble(meta: pa.Table, base: pa.Array, drops: Sequence[LevelDrops]) -> pa.Table:
+def assemble(meta: pa.Table, reasons: ReasonCodes, drops: Sequence[LevelDrops]) -> pa.Table:
     """The decision table from base reasons (not downloaded / earlier tables) and the level drops."""
     n = meta.num_rows
-    if isinstance(base, pa.ChunkedArray):
-        base = base.combine_chunks()
-    enc = pc.dictionary_encode(base)
-    names = enc.dictionary.to_pylist()
-    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
     dup_of = np.full(n, -1, np.int64)
     for d in drops:
-        if d.reason not in names:
-            names.append(d.reason)
-        codes[d.rows] = names.index(d.reason)
+        reasons.set(d.rows, d.reason)
         dup_of[d.rows] = d.reps
     dup_of = groups.resolve_chains(dup_of)
-    reasons = pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(names, pa.string()))
-    keys = meta.column("key").combine_chunks()
-    dup_keys = pc.if_else(pa.array(dup_of >= 0), keys.take(pa.array(np.maximum(dup_of, 0))),
-                          pa.scalar(None, pa.string())) if n else pa.array([], pa.string())
-    return Decisions(meta.column("key"), meta.column("shard"), reasons.cast(pa.string()), dup_keys).table()
+    keys = meta.column("key")
+    dup_keys = keys.take(pa.array(dup_of, mask=dup_of < 0)) if n else pa.array([], pa.string())
+    return Decisions(keys, meta.column("shard"), reasons.array(), dup_keys).table()
 
 
 def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[PathLike] = (),
@@ -221,20 +213,18 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
 
     meta = load_metadata(input_dir, columns, transform=pack)  # only what the enabled levels need
     check_unique_keys(meta.column("key"), str(input_dir))
-    base = pc.if_else(meta.column("ok"), pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))
-    if isinstance(base, pa.ChunkedArray):
-        base = base.combine_chunks()
+    reasons = ReasonCodes(meta.num_rows)
+    reasons.fill(~as_numpy_bool(meta.column("ok")), REASON_NOT_DOWNLOADED)
     if keep_tables:
-        base = pc.coalesce(base, prior_reasons(meta.column("key"), keep_tables))
-    eligible = (pc.is_null(base).to_numpy(zero_copy_only=False)
-                & meta.column("key").is_valid().to_numpy(zero_copy_only=False))
+        prior_reason_codes(meta.column("key"), keep_tables, reasons)
+    eligible = reasons.kept & meta.column("key").is_valid().to_numpy(zero_copy_only=False)
     if engine == "spark":
         from .engine_spark import spark_dedup_levels
 
         drops = spark_dedup_levels(input_dir, meta, eligible, config, spark=spark)
     else:
         drops = _local_levels(input_dir, meta, eligible.copy(), config)
-    return assemble(meta, base, drops)
+    return assemble(meta, reasons, drops)
 
 
 def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str] = LEVELS,

@@ -26,14 +26,42 @@ def first_occurrence(values: Union[pa.Array, pa.ChunkedArray]) -> np.ndarray:
     n = len(values)
     if n == 0:
         return np.zeros(0, np.int64)
-    codes = pc.dictionary_encode(values).indices
-    valid = pc.is_valid(codes).to_numpy(zero_copy_only=False)
-    c = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    prev_max = np.maximum.accumulate(np.concatenate([[-1], c[:-1]]))
-    is_first = c > prev_max
-    first_rows = np.flatnonzero(is_first)  # first_rows[code] = first row with that code
+    codes = pc.dictionary_encode(values).indices  # int32
+    c = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False)
+    del codes
+    prev_max = np.empty_like(c)
+    prev_max[0] = -1
+    np.maximum.accumulate(c[:-1], out=prev_max[1:])
+    first_rows = np.flatnonzero(c > prev_max)  # first_rows[code] = first row with that code
+    del prev_max
     out = np.full(n, -1, np.int64)
+    valid = c >= 0
     out[valid] = first_rows[c[valid]]
+    return out
+
+
+def first_occurrence_u64(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """:func:`first_occurrence` for a uint64 array restricted to ``valid`` rows; sort-based (an unstable
+    numpy sort plus a per-run minimum), several times faster and leaner than hashing 64-bit values."""
+    n = len(values)
+    out = np.full(n, -1, np.int64)
+    idx_type = np.int32 if n < 2**31 else np.int64
+    rows = np.flatnonzero(valid).astype(idx_type)
+    if not len(rows):
+        return out
+    v = values[rows]
+    order = np.argsort(v)
+    v = v[order]
+    rows = rows[order]
+    del order
+    new = np.empty(len(v), bool)
+    new[0] = True
+    np.not_equal(v[1:], v[:-1], out=new[1:])
+    del v
+    mins = np.minimum.reduceat(rows, np.flatnonzero(new))
+    run = np.cumsum(new, dtype=idx_type) - 1
+    del new
+    out[rows] = mins[run]
     return out
 
 
@@ -136,13 +164,14 @@ def phash_band_ranges(bands: int) -> list:
 def resolve_chains(dup_of: np.ndarray) -> np.ndarray:
     """Follow ``dup_of`` pointers (-1 = kept) until a kept row: each dropped row points at a kept one."""
     out = dup_of.copy()
+    rows = np.flatnonzero(out >= 0)
     for _ in range(64):
-        has = out >= 0
-        nxt = np.where(has, out, 0)
-        step = np.where(has & (out[nxt] >= 0), out[nxt], out)
-        if np.array_equal(step, out):
+        target = out[rows]
+        chained = out[target] >= 0
+        if not chained.any():
             return out
-        out = step
+        rows = rows[chained]
+        out[rows] = out[target[chained]]
     raise RuntimeError("duplicate_of pointers form a cycle")
 
 
@@ -180,7 +209,8 @@ def first_occurrence_fixed(column, eligible: np.ndarray) -> np.ndarray:
             isinstance(column, pa.Array) and column.null_count:
         valid &= column.is_valid().to_numpy(zero_copy_only=False)
     prefix = np.concatenate([np.ascontiguousarray(v[:, :8]).view(np.uint64).ravel() for v in views])
-    reps = first_occurrence(pa.array(prefix, mask=~valid))
+    reps = first_occurrence_u64(prefix, valid)
+    del prefix
 
     def rows_bytes(rows: np.ndarray) -> np.ndarray:
         chunk = np.searchsorted(starts, rows, side="right") - 1

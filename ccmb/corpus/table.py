@@ -152,7 +152,15 @@ def load_metadata(input_dir: PathLike, columns: Optional[Sequence[str]] = None,
         for t in parts:  # batches: the raw columns of one batch at a time, then only the transformed ones
             tables.append(transform(t, p) if transform is not None else t)
     table = pa.concat_tables(tables) if tables else pa.table({})
-    return sort_by_key(table)
+    table = sort_by_key(table)
+    release_memory()
+    return table
+
+
+def release_memory() -> None:
+    """Hand memory that pyarrow's pool holds but no longer uses back to the OS (after reading batches the
+    pool keeps the readers' buffers; numpy allocates from another heap and cannot reuse them)."""
+    pa.default_memory_pool().release_unused()
 
 
 def sha256_to_binary(column, where: str = "") -> pa.Array:
@@ -278,27 +286,99 @@ def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> p
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array:
-    """For each key: the reason the first of ``tables`` that drops it gives (None if all keep it).
+class ReasonCodes:
+    """Per-row reasons as int32 codes (-1 = kept) into a list of names: no per-row strings in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.codes = np.full(n, -1, np.int32)
+        self.names: List[str] = []
+
+    def code(self, name: str) -> int:
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
+
+    def fill(self, rows_or_mask: np.ndarray, name: str) -> None:
+        """Set ``name`` where rows are still kept (earlier reasons win)."""
+        sel = np.zeros(len(self.codes), bool)
+        sel[rows_or_mask] = True
+        self.codes[sel & (self.codes < 0)] = self.code(name)
+
+    def set(self, rows: np.ndarray, name: str) -> None:
+        self.codes[rows] = self.code(name)
+
+    def merge(self, codes: np.ndarray, names: Sequence[str]) -> None:
+        """Take ``codes`` (into ``names``) for rows that are still kept."""
+        remap = np.asarray([self.code(nm) for nm in names] + [-1], np.int32)
+        take = (self.codes < 0) & (codes >= 0)
+        self.codes[take] = remap[codes[take]]
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.codes < 0
+
+    def array(self) -> pa.Array:
+        """The reasons as a string array (null = kept)."""
+        names = pa.array(self.names or [""], pa.string())
+        dict_arr = pa.DictionaryArray.from_arrays(pa.array(self.codes, mask=self.codes < 0), names)
+        return dict_arr.cast(pa.string())
+
+
+def _decision_reason_codes(path: PathLike) -> tuple:
+    """(keys, codes int32 (-1 kept), names) of a decision table, reasons read dictionary-encoded."""
+    path = Path(path)
+    if not path.exists():
+        raise CurationError(f"{path}: no such decision table")
+    try:
+        names_in = pq.read_schema(path).names
+        if "key" not in names_in or "keep" not in names_in:
+            raise CurationError(f"{path}: not a decision table (missing key/keep columns)")
+        cols = ["key", "keep"] + (["reason"] if "reason" in names_in else [])
+        table = pq.read_table(path, columns=cols, read_dictionary=["reason"] if "reason" in cols else None)
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    n = table.num_rows
+    keep = as_numpy_bool(table.column("keep"))
+    codes = np.full(n, -1, np.int32)
+    names: List[str] = []
+    if "reason" in cols:
+        reason = table.column("reason").unify_dictionaries()
+        if reason.num_chunks:
+            names = reason.chunk(0).dictionary.cast(pa.string()).to_pylist()
+            codes = np.concatenate([pc.fill_null(ch.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+                                    for ch in reason.chunks]) if n else codes
+    missing = (~keep) & (codes < 0)
+    if missing.any():
+        names.append("dropped")
+        codes[missing] = len(names) - 1
+    codes[keep] = -1
+    return table.column("key"), codes, names
+
+
+def prior_reason_codes(keys: pa.ChunkedArray, tables: Sequence[PathLike], into: "ReasonCodes") -> None:
+    """Add to ``into`` the reason the first of ``tables`` that drops a key gives.
 
     A key missing from a table counts as dropped with reason ``not_in:<table file name>``.
     """
     n = len(keys)
-    reasons = pa.nulls(n, pa.string())
     for path in tables:
-        dec = read_decisions(path, ["key", "keep", "reason"])
-        dec_reason = pc.if_else(dec.column("keep"), pa.scalar(None, pa.string()),
-                                pc.coalesce(dec.column("reason"), pa.scalar("dropped")))
-        if dec.num_rows == n and dec.column("key").equals(keys):
-            reason = dec_reason  # same rows in the same order (the usual case): no lookup
-        else:
-            idx = pc.index_in(keys, value_set=dec.column("key"))
-            reason = pc.take(dec_reason, pc.fill_null(idx, 0)) if dec.num_rows else pa.nulls(n, pa.string())
-            reason = pc.if_else(pc.is_valid(idx), reason, pa.scalar(f"not_in:{Path(path).name}"))
-        reasons = pc.coalesce(reasons, reason)
-    if isinstance(reasons, pa.ChunkedArray):
-        reasons = reasons.combine_chunks()
-    return reasons
+        dec_keys, codes, names = _decision_reason_codes(path)
+        if len(dec_keys) == n and dec_keys.equals(keys):
+            into.merge(codes, names)  # same rows in the same order (the usual case): no lookup
+            continue
+        idx = pc.index_in(keys, value_set=dec_keys)
+        found = idx.is_valid().to_numpy(zero_copy_only=False)
+        pos = pc.fill_null(idx, 0).to_numpy(zero_copy_only=False)
+        row_codes = np.where(found, codes[pos] if len(codes) else -1, -1).astype(np.int32)
+        into.merge(row_codes, names)
+        into.fill(~found, f"not_in:{Path(path).name}")
+
+
+def prior_reasons(keys: pa.ChunkedArray, tables: Sequence[PathLike]) -> pa.Array:
+    """:func:`prior_reason_codes` as a string array (null = every table keeps the key)."""
+    rc = ReasonCodes(len(keys))
+    prior_reason_codes(keys, tables, rc)
+    return rc.array()
 
 
 @dataclass
