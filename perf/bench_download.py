@@ -2,7 +2,7 @@
 
 A local HTTP server (a thread of this script, 127.0.0.1) serves generated JPEGs; both tools read the same
 Zero JSON-lines file and write webdataset shards with the same knobs (size, resize mode, processes,
-threads, shard size, no EXIF, no hash). Several repeats each, interleaved; prints medians and the ratio
+threads, shard size, no EXIF, no hash). Several repeats each, interleaved (alternating which goes first); prints medians and the ratio
 ccmb / img2dataset of the wall time (goal: <= 1.10), plus images/s and bytes per image for docs/corpus.md.
 
     python perf/bench_download.py --images 2000 --repeats 3
@@ -124,7 +124,7 @@ def main() -> None:
         import ccmb.corpus.download  # noqa: F401
 
         for r in range(a.repeats):
-            for name in ("img2dataset", "ccmb"):
+            for name in (("img2dataset", "ccmb") if r % 2 == 0 else ("ccmb", "img2dataset")):  # alternate order
                 out = work / f"{name}-{r}"
                 c0 = cpu_seconds()
                 if name == "img2dataset":
