@@ -59,11 +59,14 @@ def _params(values: Tuple[str, ...]) -> Dict[str, str]:
               help="Captioning without predictions: split whose captions the retrieval baseline picks from.")
 @click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
               help="Text-to-image: folder of generated images named <prompt_id>.png.")
+@click.option("--max-hidden-gb", type=click.FloatRange(0), default=8.0, show_default=True,
+              help="Matching with cross encoders: above this many GB of hidden states, stream the pairs in chunks.")
 @click.option("--setting", default="", help="Label for the leaderboard's setting column (e.g. zero-shot, fine-tuned).")
 def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], datasets: str, root: Path,
             split: Optional[str], device: str, batch_size: int, top_k: Optional[int], no_rerank: bool,
             output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
-            caption_pool: str, generated: Optional[str], setting: str) -> None:
+            caption_pool: str, generated: Optional[str], max_hidden_gb: float,
+            setting: str) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
     from ccmb.datasets import DatasetError
     from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
@@ -73,7 +76,7 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
     opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
                       params=_params(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
-                      setting=setting)
+                      setting=setting, max_hidden_gb=max_hidden_gb)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
     except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError, DeviceError,

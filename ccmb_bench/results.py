@@ -21,8 +21,11 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part) or "_"
 
 
-def result_path(output: Path, model: str, dataset: str, task: str, split: str) -> Path:
-    return Path(output) / "results" / f"{_safe(model)}__{_safe(dataset)}__{_safe(split)}__{_safe(task)}.json"
+def result_path(output: Path, model: str, dataset: str, task: str, split: str, fingerprint: str = "") -> Path:
+    """``results/<model>__<fingerprint[:8]>__<dataset>__<split>__<task>.json`` (two checkpoints of one
+    registered model never overwrite each other)."""
+    fp = _safe(fingerprint.split(":")[-1][:8]) if fingerprint else "nofp"
+    return Path(output) / "results" / f"{_safe(model)}__{fp}__{_safe(dataset)}__{_safe(split)}__{_safe(task)}.json"
 
 
 def versions() -> Dict[str, str]:
@@ -47,7 +50,8 @@ def make_result(model: Dict[str, Any], dataset: str, split: str, task: str, metr
 
 def write_result(output: Path, result: Dict[str, Any]) -> Path:
     """Write ``result`` atomically (temp file + rename: two concurrent runs leave one complete file)."""
-    path = result_path(output, result["model"], result["dataset"], result["task"], result["split"])
+    path = result_path(output, result["model"], result["dataset"], result["task"], result["split"],
+                       result.get("checkpoint_fingerprint", ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     log.info("wrote %s", path)

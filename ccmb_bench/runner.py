@@ -39,6 +39,7 @@ class RunOptions:
     predictions: Optional[str] = None
     generated: Optional[str] = None
     caption_pool: str = "train"
+    max_hidden_gb: float = 8.0  # matching with cross encoders: stream pairs above this
     setting: str = ""  # free label shown in the leaderboard (e.g. zero-shot, fine-tuned)
 
 
@@ -80,7 +81,7 @@ def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str) -> 
     """Evaluate ``adapter`` on dataset ``name``; returns the result path (None when skipped)."""
     spec = ds.get_spec(name)
     split = opts.split or spec.default_split
-    path = result_path(opts.output, adapter.name, spec.name, spec.task, split)
+    path = result_path(opts.output, adapter.name, spec.name, spec.task, split, adapter.fingerprint)
     if opts.skip_existing and path.is_file():
         log.info("%s exists; skipped (--skip-existing)", path)
         return None
@@ -90,7 +91,8 @@ def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str) -> 
     cache_root = opts.output / "cache" if opts.cache else None
     cache = EmbeddingCache(cache_root, adapter.name, adapter.fingerprint, spec.name, split)
     kwargs: Dict[str, Any] = {"batch_size": opts.batch_size, "top_k": opts.top_k, "rerank": opts.rerank,
-                              "predictions": opts.predictions, "generated": opts.generated}
+                              "predictions": opts.predictions, "generated": opts.generated,
+                              "max_hidden_gb": opts.max_hidden_gb}
     if spec.task == "captioning" and not opts.predictions:
         pool_split = opts.caption_pool
         kwargs["load_pool"] = lambda: load_data(spec.name, opts.root, pool_split, opts.params)

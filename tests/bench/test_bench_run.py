@@ -219,3 +219,23 @@ def test_setting_label_and_bad_checkpoint(tiny_models, bench_root, tmp_path):
     if not torch.cuda.is_available():
         res = invoke("run", "-m", tiny_models.prd2, "-d", "icm", "-r", bench_root, "--device", "cuda")
         assert res.exit_code == 1 and "CUDA is not available" in res.output
+
+
+def test_matching_streamed_equals_cached(tiny_models, bench_root, tmp_path):
+    from ccmb_bench.tasks import matching
+
+    adapter = load_adapter(str(tiny_models.r2d2), device="cpu")
+    data = ds.load_dataset("icm", bench_root)
+    cache = EmbeddingCache(None, "", "", "", "")
+    cached = matching.evaluate(adapter, data, cache, batch_size=3)
+    streamed = matching.evaluate(adapter, data, cache, batch_size=3, max_hidden_gb=0, chunk_pairs=5)
+    assert cached["hidden_states"] == "cached" and streamed["hidden_states"] == "streamed"
+    assert streamed["AUC"] == pytest.approx(cached["AUC"]) and streamed["accuracy"] == cached["accuracy"]
+    # the scores themselves: same pairs, same probabilities
+    imgs = adapter.encode_images(adapter.preprocess([data.load_image(i) for i in range(data.num_images)]), True)
+    txts = adapter.encode_texts(data.pair_texts, True)
+    with torch.no_grad():
+        probs = adapter.model.match_prob(imgs["hidden"][torch.tensor(data.pair_images)], txts["hidden"], txts["mask"])
+    from ccmb_bench.metrics import roc_auc
+
+    assert roc_auc(probs.numpy(), data.labels) == pytest.approx(cached["AUC"], abs=1e-6)
