@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from models.train.config import LossConfig  # noqa: E402
-from models.train.loop import param_groups  # noqa: E402
+from models.train.loop import enable_gradient_checkpointing, param_groups  # noqa: E402
 from models.train.objective import R2D2Objective  # noqa: E402
 from models.train.pretrain import UNUSED_PREFIXES  # noqa: E402
 
@@ -58,8 +58,7 @@ class Runner:
             if n.startswith(UNUSED_PREFIXES):
                 p.requires_grad_(False)
         if args.grad_checkpointing:
-            for sub in (self.model.visual_encoder, self.model.text_encoder):
-                sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(self.model)
         self.obj = R2D2Objective(self.model, LossConfig(queue_size=args.queue_size), mode=mode, mask_token_id=4,
                                  special_ids=[0, 2, 3, 4], patch_size=self.model.config.patch_size).to(device)
         self.opt = torch.optim.AdamW(param_groups(self.model, 0.02), lr=1e-5)

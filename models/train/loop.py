@@ -69,7 +69,12 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     done = False
     for name in ("visual_encoder", "text_encoder"):
         sub = getattr(model, name, None)
-        if sub is not None and hasattr(sub, "gradient_checkpointing_enable"):
+        if sub is None:
+            continue
+        if hasattr(sub, "activation_checkpointing_enable"):  # transformers >= 5
+            sub.activation_checkpointing_enable({"use_reentrant": False})
+            done = True
+        elif hasattr(sub, "gradient_checkpointing_enable"):
             sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             done = True
     if not done:

@@ -89,12 +89,13 @@ def test_cli_pretrain_writes_logs_checkpoints_and_model(data, tmp_path):
     assert model.config.name == "r2d2-tiny"
 
 
-@pytest.mark.parametrize("config,objective,expect", [("prd2-tiny", "r2d2", {"gcpr", "tgd", "fgd"}),
-                                                      ("r2d2-tiny", "clip", {"gcpr"})])
-def test_prd2_and_clip_objective(data, tmp_path, config, objective, expect):
+@pytest.mark.parametrize("config,objective,expect,ckpt", [("prd2-tiny", "r2d2", {"gcpr", "tgd", "fgd"}, False),
+                                                           ("r2d2-tiny", "clip", {"gcpr"}, True)])
+def test_prd2_and_clip_objective(data, tmp_path, config, objective, expect, ckpt):
     shards, vocab = data
     cfg = TrainConfig(losses=LossConfig(queue_size=8), steps=2, batch_size=4, log_every=1, save_every=0,
-                      num_workers=0, shuffle_buffer=4, freeze_vision=True)
+                      num_workers=0, shuffle_buffer=4, freeze_vision=not ckpt, grad_checkpointing=ckpt,
+                      grad_accum=2 if ckpt else 1)
     result = pretrain(config, shards, tmp_path / "run", cfg, tokenizer_path=vocab, objective=objective)
     losses = {k for k in result.last_log if k in ("gcpr", "fgr", "tgd", "fgd")}
     assert losses == expect
