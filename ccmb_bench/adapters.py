@@ -56,13 +56,6 @@ def fingerprint_path(path: Optional[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- interface
-@dataclass
-class TextBatch:
-    embeds: torch.Tensor
-    hidden: Optional[torch.Tensor] = None
-    mask: Optional[torch.Tensor] = None
-
-
 class ModelAdapter:
     """The interface every benchmarked model offers."""
 
@@ -99,12 +92,6 @@ class ModelAdapter:
     def describe(self) -> Dict[str, Any]:
         return {"model": self.name, "kind": self.kind, "fingerprint": self.fingerprint,
                 "reranker": self.has_reranker}
-
-
-def _pad_cat(parts: List[torch.Tensor], value=0) -> torch.Tensor:
-    length = max(p.shape[1] for p in parts)
-    return torch.cat([torch.nn.functional.pad(p, (0, 0, 0, length - p.shape[1]) if p.dim() == 3
-                                              else (0, length - p.shape[1]), value=value) for p in parts])
 
 
 # ---------------------------------------------------------------------------------------------- R2D2 / PRD2

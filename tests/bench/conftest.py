@@ -3,7 +3,6 @@ random models of every adapter type (R2D2, PRD2, Chinese-CLIP), built once per s
 from __future__ import annotations
 
 import base64
-import io
 import json
 import sys
 from pathlib import Path

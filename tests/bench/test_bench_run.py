@@ -239,3 +239,13 @@ def test_matching_streamed_equals_cached(tiny_models, bench_root, tmp_path):
     from ccmb_bench.metrics import roc_auc
 
     assert roc_auc(probs.numpy(), data.labels) == pytest.approx(cached["AUC"], abs=1e-6)
+
+
+def test_all_sweep_skips_missing_sets(tiny_models, bench_root, tmp_path):
+    res = invoke("run", "-m", tiny_models.prd2, "-d", "all", "-r", bench_root, "-o", tmp_path, "--batch-size", "8")
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    got = results(tmp_path, "prd2-tiny")
+    names = {d for d, _ in got}
+    assert {"icr", "iqr", "icm", "iqm", "flickr30k-cna", "muge", "aic-icc", "aic-icc-caption"} <= names
+    assert "imagenet-cn" not in names and "text2image-cn" not in names  # no data / no --generated
+    assert "imagenet-cn/test: skipped, data missing" in res.output  # the warning (stderr is in the output)
