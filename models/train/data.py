@@ -212,7 +212,7 @@ class ShardStream(IterableDataset):
         shuffle_rng = random.Random(mix_seed(self.seed, self.epoch, gw, "shuffle"))
         raw = wds.tarfile_samples(self._urls(role, n_workers))
         pending: List[Dict[str, Any]] = []
-        batch_index, counter = 0, 0
+        batch_index, counter, skipped = 0, 0, 0
         for sample in self._shuffled(iter(raw), shuffle_rng):
             counter += 1
             if batch_index < skip:  # resumed epoch: consume without decoding
@@ -222,11 +222,14 @@ class ShardStream(IterableDataset):
                 continue
             item = self._decode(sample, random.Random(mix_seed(self.seed, self.epoch, gw, counter)))
             if item is None:
+                skipped += 1
                 continue
             pending.append(item)
             if len(pending) == self.batch_size:
-                yield self._collate(pending)
-                pending, batch_index = [], batch_index + 1
+                batch = self._collate(pending)
+                batch["skipped"] = skipped  # samples dropped (and logged) since this worker's last batch
+                yield batch
+                pending, batch_index, skipped = [], batch_index + 1, 0
 
 
 def make_loader(stream: IterableDataset, num_workers: int = 2, pin_memory: bool = False) -> DataLoader:

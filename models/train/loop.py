@@ -182,6 +182,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
         barrier()
 
     accum = max(1, cfg.grad_accum)
+    skipped, skipped_total = 0, 0  # undecodable samples dropped by the pipeline (all ranks, this process)
     sums: Dict[str, float] = {}
     n_sums = 0
     t_last, step_last = time.perf_counter(), step
@@ -206,6 +207,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                 (out["loss"] / accum).backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+            skipped += int(batch.get("skipped", 0))
             n_sums += 1
             if "keys" in batch and info.is_main:
                 last_digest = batch_digest(batch["keys"])
@@ -228,6 +230,9 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                 for k, v in sums.items():
                     record[k] = round(all_reduce_mean(v / max(1, n_sums), device), 6)
                 temp = getattr(model, "temp", None)
+                skipped_total += int(round(all_reduce_mean(skipped, device) * info.world_size))
+                record["skipped_samples"] = skipped_total
+                skipped = 0
                 record.update(lr=lr, temp=float(temp.detach()) if temp is not None else None,
                               grad_norm=grad_norm, samples_per_s=round(samples / elapsed, 2),
                               samples_per_s_per_gpu=round(samples / elapsed / info.world_size, 2),

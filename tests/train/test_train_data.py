@@ -109,3 +109,22 @@ def test_missing_sizes_names_the_file(tmp_path, shard_set):
     shutil.copy(Path(shard_set[0]) / "00000.tar", d / "00000.tar")
     with pytest.raises(ShardFormatError, match="sizes.json"):
         shard_sizes(resolve_shards(d))
+
+
+def test_undecodable_image_is_skipped_counted_and_named(tmp_path, shard_set, caplog):
+    from ccmb.shards import ShardWriter, finalize_shard_set
+    from train_helpers import draw
+
+    d = tmp_path / "bad"
+    with ShardWriter(d, 0) as w:
+        for i in range(6):
+            img = b"not an image" if i == 2 else draw("红", "方", 24, seed=i)
+            w.write(f"{i}", img, "红色方形", {"title": "红色方形"})
+    finalize_shard_set(d)
+    _, tok = shard_set
+    s = ShardStream(resolve_shards(d), 5, TrainTransform(16), Tokenize(tok, 16), shuffle_buffer=0)
+    with caplog.at_level("WARNING"):
+        b = next(iter(make_loader(s, 0)))
+    assert len(b["keys"]) == 5 and "2" not in b["keys"]
+    assert b["skipped"] == 1 and s.failures == {"undecodable image": 1}
+    assert any("00000.tar" in r.getMessage() and "2.jpg" in r.getMessage() for r in caplog.records)

@@ -73,6 +73,7 @@ def test_cli_pretrain_writes_logs_checkpoints_and_model(data, tmp_path):
     assert "samples/s" in res.output and "gcpr" in res.output
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [2, 4, 6]
+    assert lines[-1]["skipped_samples"] == 0
     for k in ("loss", "gcpr", "fgr", "tgd", "fgd", "lr", "temp", "samples_per_s", "samples_per_s_per_gpu"):
         assert k in lines[-1]
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
