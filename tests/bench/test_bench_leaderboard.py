@@ -118,6 +118,15 @@ def test_html_renders_in_headless_chromium(results_dir, tmp_path):
     # publish T2I recalls only, no MR)
     assert dom.count("<svg") == 5 and dom.count('class="bar"') == 5 + 11
     assert 'data-dataset="muge"' in dom
+    # the table sorts (deep link = what a header click does): AUC descending, filtered to icm
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile2'}",
+         "--dump-dom", page.as_uri() + "#sort=AUC&dir=asc&filter=icm"], capture_output=True, text=True, timeout=90)
+    table = proc.stdout.split('<table id="leaderboard">')[1].split("</table>")[0]
+    order = [chunk.split('"')[0] for chunk in table.split('<tr data-model="')[1:]]
+    assert order == ["model-a", "model-b"], order  # 71.5 before 80.25 ascending; collect() order is b, a
+    assert 'class="sorted-asc"' in table
 
 
 def test_plot_png(results_dir, tmp_path):

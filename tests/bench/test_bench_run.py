@@ -249,3 +249,10 @@ def test_all_sweep_skips_missing_sets(tiny_models, bench_root, tmp_path):
     assert {"icr", "iqr", "icm", "iqm", "flickr30k-cna", "muge", "aic-icc", "aic-icc-caption"} <= names
     assert "imagenet-cn" not in names and "text2image-cn" not in names  # no data / no --generated
     assert "imagenet-cn/test: skipped, data missing" in res.output  # the warning (stderr is in the output)
+
+
+def test_chinese_clip_hub_name_offline_explains(bench_root, tmp_path):
+    res = invoke("run", "-m", "chinese-clip-vit-l14-336", "-d", "icm", "-r", bench_root, "-o", tmp_path)
+    assert res.exit_code == 1
+    assert "OFA-Sys/chinese-clip-vit-large-patch14-336px" in res.output and "ccmb_home/models/chinese-clip-vit-l14-336" \
+        in res.output
