@@ -326,6 +326,8 @@ def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cp
                 raise MissingCheckpointError(f"{path}: no model.safetensors or .pth checkpoint in this directory")
             return _r2d2(mdl, str(path), weights, path.name, device, tokenizer, path)
         raise UnknownModelError(f"{path}: a model directory needs config.json (+ model.safetensors)")
+    if path.is_dir() and checkpoint and (path / "config.json").is_file() and not _is_chinese_clip_dir(path):
+        return _r2d2(mdl, str(path), Path(checkpoint), path.name, device, tokenizer, path)
     if model in mdl.list_configs() or (path.is_file() and path.suffix == ".json"):
         if not checkpoint:
             raise MissingCheckpointError(f"config {model!r} needs --checkpoint FILE (an official .pth or a "

@@ -256,3 +256,21 @@ def test_chinese_clip_hub_name_offline_explains(bench_root, tmp_path):
     assert res.exit_code == 1
     assert "OFA-Sys/chinese-clip-vit-large-patch14-336px" in res.output and "ccmb_home/models/chinese-clip-vit-l14-336" \
         in res.output
+
+
+def test_config_directory_with_separate_checkpoint(tiny_models, bench_root, tmp_path):
+    import shutil
+
+    weights = tmp_path / "weights" / "ft.safetensors"
+    weights.parent.mkdir()
+    shutil.copy(tiny_models.prd2 / "model.safetensors", weights)
+    cfg_dir = tmp_path / "cfg"
+    cfg_dir.mkdir()
+    shutil.copy(tiny_models.prd2 / "config.json", cfg_dir)
+    shutil.copy(tiny_models.prd2 / "vocab.txt", cfg_dir)
+    res = invoke("run", "-m", cfg_dir, "--checkpoint", weights, "-d", "icm", "-r", bench_root, "-o", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    r = results(tmp_path / "o", "cfg")[("icm", "matching")]
+    direct = invoke("run", "-m", tiny_models.prd2, "-d", "icm", "-r", bench_root, "-o", tmp_path / "p")
+    assert direct.exit_code == 0
+    assert results(tmp_path / "p", "prd2-tiny")[("icm", "matching")]["metrics"]["AUC"] == r["metrics"]["AUC"]
