@@ -87,6 +87,8 @@ def _train_options(f):
         click.option("--tgd", "loss_tgd", type=float, help="TgD weight (0 disables)."),
         click.option("--fgd", "loss_fgd", type=float, help="FgD weight (0 disables)."),
         click.option("--queue-size", "loss_queue_size", type=int, help="TgD feature-queue length."),
+        click.option("--fgr-negatives", "loss_fgr_negatives", type=click.Choice(["global", "local"]),
+                     help="FGR hard negatives from the global batch (gathers hidden states) or this rank's."),
         click.option("--resume", type=str, help="'latest' (of --output) or a checkpoint folder."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     ]
@@ -97,7 +99,8 @@ def _train_options(f):
 
 _TRAIN_KEYS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "clip_grad",
                "precision", "grad_checkpointing", "freeze_vision", "num_workers", "seed", "log_every", "save_every",
-               "keep_last", "loss_gcpr", "loss_fgr", "loss_tgd", "loss_fgd", "loss_queue_size")
+               "keep_last", "loss_gcpr", "loss_fgr", "loss_tgd", "loss_fgd", "loss_queue_size",
+               "loss_fgr_negatives")
 
 
 def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):

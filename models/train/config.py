@@ -27,6 +27,10 @@ class LossConfig:
     fgd: float = 1.0
     #: FGR class weights (negative, positive): each positive has two hard negatives (R2D2: 1 and 2).
     fgr_class_weights: Tuple[float, float] = (1.0, 2.0)
+    #: Where FGR draws its hard negatives: "global" (the issue's and R2D2's: the softmax over the global
+    #: batch; every rank all-gathers the hidden states, W*B*(tokens)*width values, fine on one node) or
+    #: "local" (this rank's batch, as ALBEF: nothing gathered; use it at cluster scale).
+    fgr_negatives: str = "global"
     #: TgD mixing coefficient: ALBEF's alpha 0.4 (teacher share of the soft targets).
     alpha: float = 0.4
     #: EMA momentum of the teacher: ALBEF's 0.995 (half-life ~140 steps).
@@ -42,6 +46,10 @@ class LossConfig:
     #: Temperature bounds (ALBEF clamps to [0.001, 0.5]).
     temp_min: float = 0.001
     temp_max: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.fgr_negatives not in ("global", "local"):
+            raise ValueError(f"fgr_negatives {self.fgr_negatives!r}: use global or local")
 
     @property
     def needs_teacher(self) -> bool:

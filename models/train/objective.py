@@ -163,15 +163,17 @@ class R2D2Objective(nn.Module):
     def _fgr(self, img_emb, txt_emb, img_hidden, txt_hidden, mask, temp, image_ids, gen):
         """Hard negatives over the global batch, then both cross encoders on 3B pairs."""
         b = img_emb.shape[0]
+        local = self.cfg.fgr_negatives == "local"
         with torch.no_grad():
-            img_all, txt_all = gather_nograd(img_emb), gather_nograd(txt_emb)
-            ids_all = gather_nograd(image_ids)
+            img_all = img_emb.detach() if local else gather_nograd(img_emb)
+            txt_all = txt_emb.detach() if local else gather_nograd(txt_emb)
+            ids_all = image_ids if local else gather_nograd(image_ids)
             pos = positive_mask(image_ids, ids_all)
             neg_img = sample_hard_negatives(txt_emb.detach() @ img_all.t() / temp, pos, gen)
             neg_txt = sample_hard_negatives(img_emb.detach() @ txt_all.t() / temp, pos, gen)
-        img_hidden_all = gather_with_local_grad(img_hidden)
-        txt_hidden_all = gather_with_local_grad(txt_hidden)
-        mask_all = gather_nograd(mask)
+        img_hidden_all = img_hidden if local else gather_with_local_grad(img_hidden)
+        txt_hidden_all = txt_hidden if local else gather_with_local_grad(txt_hidden)
+        mask_all = mask if local else gather_nograd(mask)
         image_side = torch.cat([img_hidden, img_hidden_all[neg_img], img_hidden])
         text_side = torch.cat([txt_hidden, txt_hidden, txt_hidden_all[neg_txt]])
         text_mask = torch.cat([mask, mask, mask_all[neg_txt]])

@@ -130,3 +130,23 @@ def test_warmup_cosine():
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10, min_lr_ratio=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("where", ["global", "local"])
+def test_objective_fgr_negatives(where):
+    import models
+    from models.train.config import LossConfig
+    from models.train.objective import R2D2Objective
+
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny")
+    obj = R2D2Objective(model, LossConfig(fgr_negatives=where, tgd=0, fgd=0))
+    batch = {"pixel_values": torch.randn(4, 3, 32, 32), "input_ids": torch.randint(5, 100, (4, 8)),
+             "attention_mask": torch.ones(4, 8, dtype=torch.long), "image_ids": torch.tensor([0, 1, 1, 2])}
+    out = obj(batch)
+    assert set(out) == {"gcpr", "fgr", "loss"} and torch.isfinite(out["fgr"])
+    out["loss"].backward()
+    assert model.itm_head.weight.grad is not None and model.itm_head_i.weight.grad is not None
+    assert any(p.grad is not None for p in model.img_joint_layer.parameters())
+    with pytest.raises(ValueError, match="fgr_negatives"):
+        LossConfig(fgr_negatives="remote")
