@@ -5,7 +5,7 @@ import io
 import warnings
 from typing import Optional
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: Largest image we agree to decode (pixels). PIL's own default warns at ~89M and fails at 2x that;
 #: we fail cleanly above this many pixels instead.
@@ -37,6 +37,8 @@ def decode_image(data: bytes, *, mode: Optional[str] = "RGB", source: str = "",
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb{where}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"cannot decode image{where}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError ...)
         raise ImageDecodeError(f"cannot decode image{where}: {exc}") from exc
     if mode is not None and img.mode != mode:
