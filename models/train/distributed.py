@@ -6,6 +6,7 @@ One process (CPU or one GPU) and ``torchrun --nproc_per_node N [--nnodes M ...]`
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -51,7 +52,9 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if want_cuda else "gloo")
-        dist.init_process_group(backend=backend)
+        # rank 0 evaluates alone at the end of an epoch while the others wait in a barrier: allow it time
+        minutes = int(os.environ.get("CCMB_DIST_TIMEOUT_MIN", "120"))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes))
         logger.info("process group %s: rank %d/%d (local %d) on %s", backend, rank, world, local_rank, dev)
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
