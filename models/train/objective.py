@@ -55,6 +55,8 @@ class R2D2Objective(nn.Module):
                             if float(getattr(losses, k)) > 0}
             if "fgr" in self.weights and not self.cross:
                 self.weights.pop("fgr")  # PRD2: no cross encoders, no fine-grained ranking
+        if not self.weights:
+            raise ValueError("every loss is disabled (weights gcpr/fgr/tgd/fgd all 0, or only FGR on a PRD2 model)")
         if "fgd" in self.weights and mask_token_id is None:
             raise ValueError("FgD needs the tokenizer's [MASK] id")
         self.gcpr, self.fgr, self.tgd, self.fgd = (GCPRLoss(), FGRLoss(losses.fgr_class_weights),

@@ -150,3 +150,5 @@ def test_objective_fgr_negatives(where):
     assert any(p.grad is not None for p in model.img_joint_layer.parameters())
     with pytest.raises(ValueError, match="fgr_negatives"):
         LossConfig(fgr_negatives="remote")
+    with pytest.raises(ValueError, match="every loss is disabled"):
+        R2D2Objective(models.build_model("prd2-tiny"), LossConfig(gcpr=0, tgd=0, fgd=0))
