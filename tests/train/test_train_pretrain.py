@@ -115,3 +115,30 @@ def test_bad_inputs(data, tmp_path):
                                     "--tokenizer", str(vocab), "--output", str(tmp_path / "r"),
                                     "--train-config", str(bad)])
     assert res.exit_code != 0 and "lrr" in str(res.exception)
+
+
+def test_cli_pretrain_from_hf_dirs_tokenizer_from_init_text(data, tmp_path):
+    from transformers import BertModel, CLIPVisionModel
+
+    from models.r2d2 import bert_config, clip_vision_config
+
+    shards, vocab = data
+    cfg = models.get_config("r2d2-tiny")
+    torch.manual_seed(1)
+    vision = CLIPVisionModel(clip_vision_config(cfg))
+    vision.save_pretrained(tmp_path / "clip")
+    BertModel(bert_config(cfg)).save_pretrained(tmp_path / "bert")
+    (tmp_path / "bert" / "vocab.txt").write_text(Path(vocab).read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards), "--output", str(out),
+        "--init-vision", str(tmp_path / "clip"), "--init-text", str(tmp_path / "bert"), "--steps", "1",
+        "--batch-size", "4", "--num-workers", "0", "--queue-size", "8", "--lr", "1e-12", "--freeze-vision"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    trained = models.load_model(out / "model")
+    ref = vision.state_dict()
+    assert all(torch.equal(trained.visual_encoder.state_dict()[k], v) for k, v in ref.items())
+    res = CliRunner().invoke(main, ["train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
+                                    "--output", str(tmp_path / "r2"), "--init-vision", str(tmp_path / "clip"),
+                                    "--steps", "1", "--tokenizer", str(vocab)])
+    assert res.exit_code != 0 and "go together" in str(res.exception)
