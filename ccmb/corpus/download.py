@@ -596,7 +596,17 @@ def download(inputs: Sequence[PathLike], output_dir: PathLike, *, mode: str = "z
              spark_master: Optional[str] = None, overwrite: bool = False,
              command: Optional[str] = None) -> DownloadSummary:
     """Download ``inputs`` (Zero records with ``mode="zero"``, any URL list with ``mode="urls"``) into
-    the shard set ``output_dir``; resumable (run it again), ``retry_failed_rows`` merges second tries.
+    the shard set ``output_dir``; resumable (call it again), ``retry_failed_rows`` merges second tries.
+
+    ``inputs``: files, folders, globs (JSON lines/array, CSV, TSV, parquet; ``.gz``). ``caption_field``
+    (zero) or ``url_col``/``caption_col``/``id_col`` (urls) choose the columns. ``processes``,
+    ``threads``, ``image_size``, ``resize_mode``, ``timeout``, ``retries``, ``samples_per_shard``,
+    ``encode_quality`` and ``user_agent_token`` go to img2dataset; ``distributor="pyspark"`` uses the
+    active Spark session or creates one (``spark_master``). ``limit`` keeps the first N rows. Only
+    http(s) URLs unless ``allow_file_urls``; ``strict`` makes malformed records fatal. ``overwrite``
+    deletes an existing shard set first. Returns the :class:`DownloadSummary` (also logged).
+    Raises :class:`ingest.InputError` for unreadable inputs, :class:`DownloadError` when the output
+    folder holds another download.
     """
     t0 = time.time()
     if mode not in ("zero", "urls"):
