@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import atomic
-from .table import (DECISION_SCHEMA, ENGINES, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
+from .table import (DECISION_SCHEMA, ENGINES, KEYS_FINGERPRINT, KeysFingerprint, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
                     iter_shard_batches, list_parquets, sort_by_key, write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -242,10 +242,15 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
     counts: Dict[str, int] = {}
     rows = 0
     ordered, last = True, None
+    chunks = iter_filter_chunks(input_dir, config)
+    fingerprint = KeysFingerprint()
     with atomic.atomic_open(output, "wb") as fh:
-        writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+        writer = None
         try:
-            for chunk in iter_filter_chunks(input_dir, config):
+            for chunk in chunks:
+                if writer is None:  # the key fingerprint goes into the footer: computed as we go
+                    writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+                fingerprint.update(chunk.column("key"))
                 rows += chunk.num_rows
                 reasons = pc.drop_null(chunk.column("reason"))
                 for c in (pc.value_counts(reasons).to_pylist() if len(reasons) else []):
@@ -258,8 +263,12 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
                         ordered = False
                     last = keys[-1].as_py()
                 writer.write_table(chunk)
+            if writer is None:
+                writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+            writer.add_key_value_metadata({KEYS_FINGERPRINT.decode(): fingerprint.hexdigest()})
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
     if not ordered:  # keys out of order across shards (unusual): sort the written table
         write_decisions(output, sort_by_key(pq.read_table(output)))
     dropped = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -12,6 +12,7 @@ or more of them; a sample is kept when every table keeps it.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,9 +255,51 @@ class Decisions:
             schema=DECISION_SCHEMA)
 
 
+KEYS_FINGERPRINT = b"ccmb.keys_sha1"
+
+
+class KeysFingerprint:
+    """SHA-1 over a key column's bytes and lengths, fed chunk by chunk (independent of chunking).
+
+    Stored in a decision table's parquet metadata, it lets a later step check that the table lists the
+    same keys in the same order as the download without reading the key column back."""
+
+    def __init__(self) -> None:
+        self.data = hashlib.sha1()
+        self.lengths = hashlib.sha1()
+
+    def update(self, keys) -> "KeysFingerprint":
+        chunks = keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]
+        for ch in chunks:
+            ch = ch.cast(pa.string())
+            if not len(ch):
+                continue
+            _, ob, db = ch.buffers()
+            offsets = np.frombuffer(ob, np.int32, len(ch) + 1, ch.offset * 4)
+            if db is not None and offsets[-1] > offsets[0]:
+                self.data.update(memoryview(db)[int(offsets[0]): int(offsets[-1])])
+            lengths = np.diff(offsets).astype("<i4")
+            if ch.null_count:
+                lengths[~ch.is_valid().to_numpy(zero_copy_only=False)] = -1
+            self.lengths.update(lengths.tobytes())
+        return self
+
+    def hexdigest(self) -> str:
+        return hashlib.sha1(self.data.digest() + self.lengths.digest()).hexdigest()
+
+
+def keys_fingerprint(keys) -> str:
+    return KeysFingerprint().update(keys).hexdigest()
+
+
+def decision_schema_with(fingerprint: str) -> pa.Schema:
+    return DECISION_SCHEMA.with_metadata({KEYS_FINGERPRINT: fingerprint.encode()})
+
+
 def write_decisions(path: PathLike, table: pa.Table) -> None:
-    """Write a decision table atomically."""
+    """Write a decision table atomically (with the fingerprint of its keys in the parquet metadata)."""
     table = table.cast(DECISION_SCHEMA)
+    table = table.replace_schema_metadata({KEYS_FINGERPRINT: keys_fingerprint(table.column("key")).encode()})
     with atomic.atomic_open(path, "wb") as fh:
         pq.write_table(table, fh)
 
@@ -324,16 +367,22 @@ class ReasonCodes:
         return dict_arr.cast(pa.string())
 
 
-def _decision_reason_codes(path: PathLike) -> tuple:
-    """(keys, codes int32 (-1 kept), names) of a decision table, reasons read dictionary-encoded."""
+def _decision_reason_codes(path: PathLike, fingerprint: Optional[str] = None) -> tuple:
+    """(keys, codes int32 (-1 kept), names) of a decision table, reasons read dictionary-encoded.
+
+    When the table's stored key fingerprint equals ``fingerprint`` the key column is not read (keys is
+    then None: the rows are the caller's keys in the caller's order)."""
     path = Path(path)
     if not path.exists():
         raise CurationError(f"{path}: no such decision table")
     try:
-        names_in = pq.read_schema(path).names
+        schema = pq.read_schema(path)
+        names_in = schema.names
         if "key" not in names_in or "keep" not in names_in:
             raise CurationError(f"{path}: not a decision table (missing key/keep columns)")
-        cols = ["key", "keep"] + (["reason"] if "reason" in names_in else [])
+        stored = (pq.read_metadata(path).metadata or {}).get(KEYS_FINGERPRINT)
+        same = fingerprint is not None and stored == fingerprint.encode()
+        cols = ([] if same else ["key"]) + ["keep"] + (["reason"] if "reason" in names_in else [])
         table = pq.read_table(path, columns=cols, read_dictionary=["reason"] if "reason" in cols else None)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
@@ -352,7 +401,7 @@ def _decision_reason_codes(path: PathLike) -> tuple:
         names.append("dropped")
         codes[missing] = len(names) - 1
     codes[keep] = -1
-    return table.column("key"), codes, names
+    return (None if same else table.column("key")), codes, names
 
 
 def prior_reason_codes(keys: pa.ChunkedArray, tables: Sequence[PathLike], into: "ReasonCodes") -> None:
@@ -361,8 +410,14 @@ def prior_reason_codes(keys: pa.ChunkedArray, tables: Sequence[PathLike], into: 
     A key missing from a table counts as dropped with reason ``not_in:<table file name>``.
     """
     n = len(keys)
+    fingerprint = keys_fingerprint(keys)
     for path in tables:
-        dec_keys, codes, names = _decision_reason_codes(path)
+        dec_keys, codes, names = _decision_reason_codes(path, fingerprint)
+        if dec_keys is None and len(codes) == n:
+            into.merge(codes, names)  # same keys in the same order (stored fingerprint): no key column read
+            continue
+        if dec_keys is None:
+            dec_keys, codes, names = _decision_reason_codes(path)
         if len(dec_keys) == n and dec_keys.equals(keys):
             into.merge(codes, names)  # same rows in the same order (the usual case): no lookup
             continue

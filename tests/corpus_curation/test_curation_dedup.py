@@ -188,3 +188,19 @@ def test_first_occurrence_fixed_is_exact_under_prefix_collisions():
     for i in np.flatnonzero(eligible):
         ref[i] = first.setdefault(data[i].tobytes(), i)
     assert np.array_equal(got, ref)
+
+
+def test_keep_tables_with_other_rows_are_matched_by_key(planted, tmp_path):
+    d, k = planted
+    from ccmb.corpus.filter import FilterConfig, filter_table
+    from ccmb.corpus.table import prior_reasons, write_decisions
+
+    full = filter_table(d, FilterConfig(blocklist=["故宫"]))
+    # a table with rows reversed and one key missing: looked up by key, not by position
+    part = full.slice(1).take(pa.array(list(range(full.num_rows - 2, -1, -1))))
+    write_decisions(tmp_path / "part.parquet", part)
+    write_decisions(tmp_path / "full.parquet", full)
+    keys = full.column("key")
+    assert prior_reasons(keys, [tmp_path / "full.parquet"]).to_pylist() == full.column("reason").to_pylist()
+    got = prior_reasons(keys, [tmp_path / "part.parquet"]).to_pylist()
+    assert got[0] == "not_in:part.parquet" and got[1:] == full.column("reason").to_pylist()[1:]
