@@ -96,6 +96,9 @@ def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: 
     total_samples = sum(sizes.values())
     global_micro = cfg.batch_size * info.world_size
     accum = max(1, cfg.grad_accum)
+    if total_samples < global_micro:
+        raise ValueError(f"{shards}: {total_samples} samples in sizes.json, fewer than one global batch "
+                         f"({cfg.batch_size} x {info.world_size} processes)")
     steps_per_epoch = max(1, total_samples // (global_micro * accum))
     if cfg.steps:
         total_steps = int(cfg.steps)

@@ -109,6 +109,8 @@ def test_bad_inputs(data, tmp_path):
         pretrain("r2d2-tiny", tmp_path / "nothing", tmp_path / "r", cfg, tokenizer_path=vocab)
     with pytest.raises(ValueError, match="tokenizer"):
         pretrain("r2d2-tiny", shards, tmp_path / "r", cfg)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        pretrain("r2d2-tiny", shards, tmp_path / "r", cfg.override(batch_size=64), tokenizer_path=vocab)
     bad = tmp_path / "train.json"
     bad.write_text('{"lr": 1e-4, "lrr": 2}')
     res = CliRunner().invoke(main, ["train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
