@@ -17,11 +17,24 @@ PathLike = Union[str, "os.PathLike[str]"]
 TMP_MARK = ".tmp-"
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def temp_path_for(path: PathLike) -> Path:
-    """A unique temporary path beside ``path`` (same filesystem, so the rename is atomic)."""
+    """A unique temporary path beside ``path`` (same filesystem, so the rename is atomic).
+
+    The file gets the permissions a plain ``open(path, "w")`` would (mkstemp's 0600 is relaxed), so
+    shared result folders stay readable by the group.
+    """
     path = Path(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _default_mode())
+    finally:
+        os.close(fd)
     return Path(name)
 
 

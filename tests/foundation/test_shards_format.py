@@ -192,3 +192,12 @@ def test_reader_rejects_sample_without_image(tmp_path):
         tar.addfile(info, io.BytesIO(b"abc"))
     with pytest.raises(fmt.ShardFormatError, match="no image"):
         list(fmt.iter_tar_samples(path))
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    from ccmb import atomic
+
+    atomic.write_json(tmp_path / "r.json", {"a": 1})
+    old = os.umask(0o022)
+    os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~old
