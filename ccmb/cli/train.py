@@ -113,6 +113,10 @@ def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):
 @click.group("train")
 def train_group() -> None:
     """Train R2D2/PRD2: pre-training on shards, fine-tuning on downstream sets (1 process or torchrun)."""
+    import os
+
+    # tokenisation runs in forked DataLoader workers: keep the Rust tokenizer single-threaded there
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @train_group.command("pretrain")
