@@ -1,5 +1,6 @@
 """Two CPU processes (gloo, 127.0.0.1) give the same GCPR loss and gradients as one process on the
-doubled batch; a 2-process torchrun of the CLI runs the full R2D2 objective."""
+doubled batch; a 2-process torchrun of the CLI runs the full R2D2 objective with gradient accumulation
+(DDP no_sync on the inner micro-batch)."""
 import json
 import os
 import subprocess
@@ -56,7 +57,7 @@ def test_torchrun_two_processes_full_objective(tmp_path):
            "--master_port", str(free_port()), str(Path(sys.executable).parent / "ccmb"), "train", "pretrain",
            "--config", "r2d2-tiny", "--shards", str(tmp_path / "shards"), "--tokenizer", str(vocab),
            "--output", str(out), "--steps", "3", "--batch-size", "4", "--log-every", "1", "--num-workers", "1",
-           "--queue-size", "16", "--device", "cpu"]
+           "--queue-size", "16", "--device", "cpu", "--grad-accum", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
