@@ -30,8 +30,10 @@ class EMATeacher(nn.Module):
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
         m = self.momentum
-        for t, s in zip(self.model.parameters(), student.parameters()):
-            t.mul_(m).add_(s.detach().to(t.dtype), alpha=1 - m)
+        teacher = list(self.model.parameters())
+        source = [s.detach().to(t.dtype) for t, s in zip(teacher, student.parameters())]
+        torch._foreach_mul_(teacher, m)  # one fused kernel per group instead of two per tensor
+        torch._foreach_add_(teacher, source, alpha=1 - m)
         for t, s in zip(self.model.buffers(), student.buffers()):
             t.copy_(s)
 

@@ -152,3 +152,16 @@ def test_objective_fgr_negatives(where):
         LossConfig(fgr_negatives="remote")
     with pytest.raises(ValueError, match="every loss is disabled"):
         R2D2Objective(models.build_model("prd2-tiny"), LossConfig(gcpr=0, tgd=0, fgd=0))
+
+
+def test_ema_teacher_update():
+    from models.train.teacher import EMATeacher
+
+    student = torch.nn.Linear(2, 2)
+    teacher = EMATeacher(student, momentum=0.9)
+    before = teacher.model.weight.detach().clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update(student)
+    assert torch.allclose(teacher.model.weight, 0.9 * before + 0.1 * student.weight.detach())
+    assert not teacher.model.weight.requires_grad and not teacher.train().model.training
