@@ -124,7 +124,7 @@ def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config:
         mask = pa.array(eligible)
         if level == "url":
             # URLs were normalised shard by shard as they were read (dedup_table)
-            reps = groups.first_occurrence(pc.if_else(mask, meta.column("url").combine_chunks(), null))
+            reps = groups.first_occurrence_strings(meta.column("url"), eligible)
             drops = [drops_from_reps(reps, "duplicate_url")]
         elif level == "sha256":
             reps = groups.first_occurrence_fixed(meta.column("sha256"), eligible)

@@ -230,3 +230,67 @@ def first_occurrence_fixed(column, eligible: np.ndarray) -> np.ndarray:
             for r, value in zip(differ.tolist(), (bytes(b) for b in rows_bytes(differ))):
                 reps[r] = seen.setdefault(value, r)
     return reps
+
+
+_P64 = np.uint64(0x100000001B3)
+HASH_BLOCK_ROWS = 1 << 16
+
+
+def string_hashes(column) -> np.ndarray:
+    """A 64-bit hash of every string (polynomial over the UTF-8 bytes mod 2^64, splitmix64-finalised),
+    computed block by block with numpy; nulls hash to 0. Used to group, never trusted alone."""
+    from .minhash import splitmix64
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    for ch in chunks:
+        ch = ch.cast(pa.string())
+        n = len(ch)
+        h = np.zeros(n, np.uint64)
+        if n:
+            _, ob, db = ch.buffers()
+            offsets = np.frombuffer(ob, np.int32, n + 1, ch.offset * 4).astype(np.int64)
+            data_all = np.frombuffer(db, np.uint8) if db is not None else np.zeros(0, np.uint8)
+            for r0 in range(0, n, HASH_BLOCK_ROWS):
+                r1 = min(n, r0 + HASH_BLOCK_ROWS)
+                lo, hi = offsets[r0], offsets[r1]
+                lengths = np.diff(offsets[r0: r1 + 1])
+                if hi > lo:
+                    data = data_all[lo:hi].astype(np.uint64)
+                    starts = offsets[r0:r1] - lo
+                    pos = np.arange(hi - lo) - np.repeat(starts, lengths)
+                    powers = np.cumprod(np.full(int(lengths.max()), _P64, np.uint64)) if lengths.max() else \
+                        np.zeros(0, np.uint64)
+                    with np.errstate(over="ignore"):
+                        terms = data * powers[pos]
+                    nonempty = lengths > 0
+                    sums = np.zeros(r1 - r0, np.uint64)
+                    sums[nonempty] = np.add.reduceat(terms, starts[nonempty])
+                else:
+                    sums = np.zeros(r1 - r0, np.uint64)
+                with np.errstate(over="ignore"):
+                    h[r0:r1] = splitmix64(sums + lengths.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            if ch.null_count:
+                h[~ch.is_valid().to_numpy(zero_copy_only=False)] = 0
+        out.append(h)
+    return np.concatenate(out) if out else np.zeros(0, np.uint64)
+
+
+def first_occurrence_strings(column, eligible: np.ndarray) -> np.ndarray:
+    """:func:`first_occurrence` for a string column restricted to ``eligible`` rows, exact and lean:
+    group by a 64-bit hash (sort-based), compare every duplicate with its group's first row in full, and
+    regroup the rare rows whose hash collides with a different string."""
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    n = len(column)
+    valid = eligible & column.is_valid().to_numpy(zero_copy_only=False) if n else eligible
+    reps = first_occurrence_u64(string_hashes(column), valid)
+    dup = np.flatnonzero((reps >= 0) & (reps != np.arange(n)))
+    if len(dup):
+        same = pc.equal(column.take(pa.array(dup)), column.take(pa.array(reps[dup])))
+        differ = dup[~pc.fill_null(same, False).to_numpy(zero_copy_only=False)]
+        if len(differ):  # hash collisions: regroup these rows exactly among themselves
+            seen: dict = {}
+            for r, value in zip(differ.tolist(), column.take(pa.array(differ)).to_pylist()):
+                reps[r] = seen.setdefault(value, r)
+    return reps

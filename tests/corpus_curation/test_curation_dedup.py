@@ -204,3 +204,18 @@ def test_keep_tables_with_other_rows_are_matched_by_key(planted, tmp_path):
     assert prior_reasons(keys, [tmp_path / "full.parquet"]).to_pylist() == full.column("reason").to_pylist()
     got = prior_reasons(keys, [tmp_path / "part.parquet"]).to_pylist()
     assert got[0] == "not_in:part.parquet" and got[1:] == full.column("reason").to_pylist()[1:]
+
+
+def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypatch):
+    rng = np.random.default_rng(0)
+    pool = [f"//a.com/{i}" for i in range(100)] + ["", "猫" * 40]
+    vals = [pool[i] if i < len(pool) else None for i in rng.integers(0, len(pool) + 3, 3000)]
+    col = pa.chunked_array([pa.array(vals[:1000], pa.string()), pa.array(vals[1000:], pa.string())])
+    eligible = rng.random(3000) < 0.8
+    first, ref = {}, np.full(3000, -1)
+    for i in np.flatnonzero(eligible):
+        if vals[i] is not None:
+            ref[i] = first.setdefault(vals[i], i)
+    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
+    monkeypatch.setattr(groups, "string_hashes", lambda c: np.zeros(len(c), np.uint64))
+    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
