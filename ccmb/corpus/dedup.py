@@ -118,10 +118,8 @@ def caption_reps(texts: List[Optional[str]], rows: np.ndarray, n: int, params: m
 def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig) -> List[LevelDrops]:
     n = meta.num_rows
     out: List[LevelDrops] = []
-    null = pa.scalar(None, pa.string())
     for level in config.levels:
         t0 = time.time()
-        mask = pa.array(eligible)
         if level == "url":
             # URLs were normalised shard by shard as they were read (dedup_table)
             reps = groups.first_occurrence_strings(meta.column("url"), eligible)
