@@ -10,7 +10,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test install clean
+.PHONY: test demo install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The end-to-end demo on loopback data: download -> curate -> shards -> pre-train -> benchmark -> leaderboard.
+DEMO_DIR ?= demo_out
+demo: $(STAMP)
+	$(PY) -m ccmb demo --workdir $(DEMO_DIR)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info $(DEMO_DIR)

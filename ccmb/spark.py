@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ def get_spark_session(master: Optional[str] = None, app_name: str = "ccmb",
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError("pyspark is not installed: pip install 'ccmb[spark]' (needs Java 11+)") from exc
     master = master or os.environ.get("CCMB_SPARK_MASTER", "local[*]")
+    if master.startswith("local"):
+        # Local workers must run this interpreter (the one with ccmb installed), not `python3` on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     settings: Dict[str, Any] = {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",

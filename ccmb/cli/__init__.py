@@ -36,3 +36,6 @@ main.add_command(dedup_cmd)
 main.add_command(build_shards_cmd)
 main.add_command(verify_cmd)
 main.add_command(stats_cmd)
+from .demo import demo_cmd  # noqa: E402
+
+main.add_command(demo_cmd)
