@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import atomic
-from .table import (DECISION_SCHEMA, ENGINES, KEYS_FINGERPRINT, KeysFingerprint, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
+from .table import (DECISION_SCHEMA, DICTIONARY_COLUMNS, ENGINES, KEYS_FINGERPRINT, KeysFingerprint, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
                     iter_shard_batches, list_parquets, sort_by_key, write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
         try:
             for chunk in chunks:
                 if writer is None:  # the key fingerprint goes into the footer: computed as we go
-                    writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+                    writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
                 fingerprint.update(chunk.column("key"))
                 rows += chunk.num_rows
                 reasons = pc.drop_null(chunk.column("reason"))
@@ -264,7 +264,7 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
                     last = keys[-1].as_py()
                 writer.write_table(chunk)
             if writer is None:
-                writer = pq.ParquetWriter(fh, DECISION_SCHEMA)
+                writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
             writer.add_key_value_metadata({KEYS_FINGERPRINT.decode(): fingerprint.hexdigest()})
         finally:
             if writer is not None:

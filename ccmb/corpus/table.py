@@ -38,6 +38,9 @@ DECISION_SCHEMA = pa.schema([
     pa.field("duplicate_of", pa.string()),
 ])
 
+#: Columns of a decision table worth dictionary-encoding in parquet (keys are unique: plain is faster).
+DICTIONARY_COLUMNS = ["shard", "reason"]
+
 #: Reason for rows that produced no sample in the download (status != success).
 REASON_NOT_DOWNLOADED = "not_downloaded"
 
@@ -301,7 +304,7 @@ def write_decisions(path: PathLike, table: pa.Table) -> None:
     table = table.cast(DECISION_SCHEMA)
     table = table.replace_schema_metadata({KEYS_FINGERPRINT: keys_fingerprint(table.column("key")).encode()})
     with atomic.atomic_open(path, "wb") as fh:
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
 
 
 def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
