@@ -249,7 +249,8 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
         try:
             for chunk in chunks:
                 if writer is None:  # the key fingerprint goes into the footer: computed as we go
-                    writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
+                    writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS,
+                                              write_statistics=False)
                 fingerprint.update(chunk.column("key"))
                 rows += chunk.num_rows
                 reasons = pc.drop_null(chunk.column("reason"))
@@ -264,7 +265,8 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
                     last = keys[-1].as_py()
                 writer.write_table(chunk)
             if writer is None:
-                writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
+                writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS,
+                                          write_statistics=False)
             writer.add_key_value_metadata({KEYS_FINGERPRINT.decode(): fingerprint.hexdigest()})
         finally:
             if writer is not None:
