@@ -153,7 +153,8 @@ class ShardWriter:
     as ``.NNNNN.tar.tmp-*`` (cleaned by :func:`atomic.remove_stale_temporaries`).
     """
 
-    def __init__(self, output_dir: PathLike, shard_index: int, *, source: str = "") -> None:
+    def __init__(self, output_dir: PathLike, shard_index: int, *, source: str = "",
+                 mtime: Optional[float] = None) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.shard_index = shard_index
@@ -166,7 +167,8 @@ class ShardWriter:
         self._tar: Optional[tarfile.TarFile] = None
         self._fh = None
         self._start = time.time()
-        self._mtime = time.time()
+        # tar member mtimes; a fixed value (e.g. 0) makes the same samples give byte-identical tars
+        self._mtime = time.time() if mtime is None else mtime
 
     @property
     def tar_path(self) -> Path:
@@ -250,11 +252,24 @@ def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]]) -> None:
         pq.write_table(table, fh)
 
 
-def read_parquet(path: PathLike) -> pa.Table:
-    """Read a shard's parquet; columns of the schema that are missing are added as nulls, types cast."""
-    table = pq.read_table(path)
-    columns = []
-    for f in PARQUET_SCHEMA:
+def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """Read a shard's parquet; columns of the schema that are missing are added as nulls, types cast.
+
+    ``columns`` limits the read to those columns (schema columns absent from the file come back null).
+    """
+    schema = PARQUET_SCHEMA if columns is None else pa.schema([f for f in PARQUET_SCHEMA if f.name in columns])
+    try:
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            table = pq.read_table(path, columns=[c for c in columns if c in present])
+        else:
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ShardFormatError(f"{path}: unreadable parquet: {exc}") from exc
+    columns_out = []
+    for f in schema:
         if f.name in table.column_names:
             col = table.column(f.name)
             if col.type != f.type:
@@ -262,11 +277,11 @@ def read_parquet(path: PathLike) -> pa.Table:
                     col = col.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     raise ShardFormatError(f"{path}: column {f.name!r} is {col.type}, expected {f.type}") from exc
-            columns.append(col)
+            columns_out.append(col)
         else:
-            columns.append(pa.nulls(table.num_rows, f.type))
-    extra = [n for n in table.column_names if n not in PARQUET_SCHEMA.names]
-    out = pa.Table.from_arrays(columns, schema=PARQUET_SCHEMA)
+            columns_out.append(pa.nulls(table.num_rows, f.type))
+    extra = [n for n in table.column_names if n not in schema.names]
+    out = pa.Table.from_arrays(columns_out, schema=schema)
     for n in extra:
         out = out.append_column(n, table.column(n))
     return out

@@ -202,8 +202,8 @@ class TarIndex:
 
 
 def _write_shard(output_dir: Path, index: int, rows: pa.Table, source: TarIndex) -> None:
-    with fmt.ShardWriter(output_dir, index) as writer:
-        writer._mtime = 0  # fixed tar mtimes: the same plan gives byte-identical shards
+    # fixed tar mtimes: the same plan gives byte-identical shards
+    with fmt.ShardWriter(output_dir, index, mtime=0) as writer:
         for out_key, key, tar_name in zip(rows.column("out_key").to_pylist(), rows.column("key").to_pylist(),
                                           rows.column("shard").to_pylist()):
             image, text, meta, ext = source.sample(tar_name, key)

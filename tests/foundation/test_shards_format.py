@@ -201,3 +201,24 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     old = os.umask(0o022)
     os.umask(old)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_read_parquet_columns_and_bad_file(tmp_path):
+    write_demo_shard(tmp_path, 0, 2)
+    t = fmt.read_parquet(tmp_path / "00000.parquet", columns=["key", "status", "original_width"])
+    assert t.column_names == ["key", "original_width", "status"]
+    assert t.column("status").to_pylist() == ["success", "success", "failed_to_download"]
+    assert t.column("original_width").null_count == 3
+    bad = tmp_path / "00001.parquet"
+    bad.write_bytes(b"PAR1 nope")
+    with pytest.raises(fmt.ShardFormatError, match="00001.parquet"):
+        fmt.read_parquet(bad)
+
+
+def test_fixed_mtime_gives_identical_tars(tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        with fmt.ShardWriter(tmp_path / run, 0, mtime=0) as w:
+            w.write("000", jpeg(), "同一个", {"title": "同一个"})
+        digests.append(fmt.sha256_file(tmp_path / run / "00000.tar"))
+    assert digests[0] == digests[1]
