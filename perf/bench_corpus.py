@@ -6,6 +6,8 @@
    the Chinese share, a dict for the hashes) on ``--baseline-rows`` rows (it is too slow for 10M).
    Each run is a fresh subprocess; peak RSS is its ``ru_maxrss``. Goals: >= 1M rows/s per core, < 2 GB.
    URL dedup (regex normalisation) is timed separately.
+3. ``ccmb download`` vs bare img2dataset on the same loopback input (``perf/bench_download.py``, run
+   first; goal: wall overhead <= 1.10x).
 2. pHash images/s on one core: ours (``ccmb.corpus.phash.phash_tar``: JPEG draft decode, batched DCT) next
    to an imagehash-style per-image baseline (full PIL decode, LANCZOS, ``scipy.fft.dct`` per image).
    Goal: >= 300 images/s per core.
@@ -217,7 +219,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-metadata", action="store_true")
     ap.add_argument("--skip-phash", action="store_true")
+    ap.add_argument("--download-images", type=int, default=2000,
+                    help="images for the download comparison (perf/bench_download.py)")
+    ap.add_argument("--skip-download", action="store_true")
     args = ap.parse_args()
+
+    if not args.skip_download:
+        # 3. ccmb download vs bare img2dataset on the same loopback input, in its own process (spawn guard).
+        print(f"ccmb download vs bare img2dataset, {args.download_images} images, {args.repeats} repeats", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "perf" / "bench_download.py"), "--images",
+                        str(args.download_images), "--repeats", str(args.repeats)], check=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_corpus_") as tmp:
         tmp = Path(tmp)
