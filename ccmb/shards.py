@@ -74,6 +74,7 @@ PARQUET_SCHEMA = pa.schema(
 )
 
 STATUS_SUCCESS = "success"
+STATUS_FAILED_INPUT = "failed_input"  # refused before download (bad record, non-http URL, duplicate id ...)
 
 
 class ShardFormatError(ValueError):
@@ -154,12 +155,14 @@ class ShardWriter:
     """
 
     def __init__(self, output_dir: PathLike, shard_index: int, *, source: str = "",
-                 mtime: Optional[float] = None) -> None:
+                 mtime: Optional[float] = None, extra_columns: Sequence[str] = ()) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.shard_index = shard_index
         self.name = shard_name(shard_index)
         self.source = source
+        #: further (string) parquet columns kept after the schema's, e.g. an input list's own columns
+        self.extra_columns = [c for c in extra_columns if c not in PARQUET_SCHEMA.names]
         self.rows: List[Dict[str, Any]] = []
         self.keys: set = set()
         self.successes = 0
@@ -223,11 +226,16 @@ class ShardWriter:
                 self._tmp_tar.unlink(missing_ok=True)
         if exc_type is not None:
             return
-        write_parquet(self.output_dir / f"{self.name}.parquet", self.rows)
+        stats_path = self.output_dir / f"{self.name}_stats.json"
+        stats_path.unlink(missing_ok=True)  # a rewritten shard counts as unfinished until its new stats exist
+        write_parquet(self.output_dir / f"{self.name}.parquet", self.rows, extra_columns=self.extra_columns)
+        entry = {"samples": self.successes, "bytes": self._tmp_tar.stat().st_size,
+                 "sha256": sha256_file(self._tmp_tar)}
         atomic.commit(self._tmp_tar, self.tar_path)
-        atomic.write_json(self.output_dir / f"{self.name}_stats.json", self.stats())
+        atomic.write_json(stats_path, self.stats(entry))
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self, tar_entry: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The ``_stats.json`` content; ``tar_entry`` (samples, bytes, sha256) is recorded under ``ccmb.tar``."""
         failures: Dict[str, int] = {}
         for r in self.rows:
             if r.get("status") != STATUS_SUCCESS:
@@ -238,16 +246,21 @@ class ShardWriter:
             "successes": self.successes,
             "failed_to_download": sum(1 for r in self.rows if r.get("status") == "failed_to_download"),
             "failed_to_resize": sum(1 for r in self.rows if r.get("status") == "failed_to_resize"),
+            "failed_input": sum(1 for r in self.rows if r.get("status") == STATUS_FAILED_INPUT),
             "status_dict": failures,
             "start_time": self._start,
             "end_time": time.time(),
             "ccmb_version": __version__,
+            **({"ccmb": {"tar": tar_entry, "format_version": FORMAT_VERSION}} if tar_entry else {}),
         }
 
 
-def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]]) -> None:
-    """Write rows under :data:`PARQUET_SCHEMA` (extra keys dropped, missing ones null), atomically."""
-    table = pa.Table.from_pylist([normalize_row(r) for r in rows], schema=PARQUET_SCHEMA)
+def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns: Sequence[str] = ()) -> None:
+    """Write rows under :data:`PARQUET_SCHEMA` plus ``extra_columns`` (strings) atomically; other keys are
+    dropped, missing ones null."""
+    schema = pa.schema(list(PARQUET_SCHEMA) + [pa.field(c, pa.string()) for c in extra_columns
+                                               if c not in PARQUET_SCHEMA.names])
+    table = pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
     with atomic.atomic_open(path, "wb") as fh:
         pq.write_table(table, fh)
 

@@ -58,7 +58,7 @@ PathLike = Union[str, Path]
 #: it is also the name that site-specific X-Robots-Tag directives ("ccmb/0.1.0: noai") must use.
 USER_AGENT_TOKEN = f"ccmb/{__version__}"
 STATE_DIR = "_ccmb"
-STATUS_FAILED_INPUT = "failed_input"
+STATUS_FAILED_INPUT = shards.STATUS_FAILED_INPUT
 RETRYABLE = ("failed_to_download", "failed_to_resize")
 FAILURE_WARNING_RATE = 0.30
 DISTRIBUTORS = ("multiprocessing", "pyspark")
@@ -185,44 +185,19 @@ def tidy_output(output_dir: Path) -> List[str]:
 # ------------------------------------------------------------------------------- shard writing
 
 class _CcmbShardWriter(shards.ShardWriter):
-    """ShardWriter that keeps extra input columns in the parquet and records a manifest entry in the stats.
-
-    On exit it removes the old ``_stats.json`` first (the shard then counts as unfinished until the new
-    one is written: a crash in between makes the next run download that shard again), then renames the
-    parquet, the tar and the new stats into place.
-    """
+    """ShardWriter whose parquet keeps the input list's extra columns, rows in key order, and whose stats
+    keep the start time of the img2dataset shard it rewrites (see :class:`ccmb.shards.ShardWriter` for
+    the atomic finish: old ``_stats.json`` removed first, then parquet, tar and new stats renamed in)."""
 
     def __init__(self, output_dir: PathLike, shard_index: int, extra_columns: Sequence[str] = (),
                  start_time: Optional[float] = None) -> None:
-        super().__init__(output_dir, shard_index)
-        self.extra_columns = [c for c in extra_columns if c not in shards.PARQUET_SCHEMA.names]
+        super().__init__(output_dir, shard_index, extra_columns=extra_columns)
         if start_time is not None:
             self._start = start_time
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._tar is not None and self._fh is not None and self._tmp_tar is not None
-        try:
-            self._tar.close()
-            self._fh.close()
-        finally:
-            if exc_type is not None:
-                self._tmp_tar.unlink(missing_ok=True)
-        if exc_type is not None:
-            return
-        stats_path = self.output_dir / f"{self.name}_stats.json"
-        stats_path.unlink(missing_ok=True)
         self.rows.sort(key=lambda r: r.get("key") or "")
-        schema = pa.schema(list(shards.PARQUET_SCHEMA) + [pa.field(c, pa.string()) for c in self.extra_columns])
-        table = pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in self.rows], schema=schema)
-        with atomic.atomic_open(self.output_dir / f"{self.name}.parquet", "wb") as fh:
-            pq.write_table(table, fh)
-        entry = {"samples": len(self.keys), "bytes": self._tmp_tar.stat().st_size,
-                 "sha256": shards.sha256_file(self._tmp_tar)}
-        atomic.commit(self._tmp_tar, self.tar_path)
-        stats = self.stats()
-        stats["failed_input"] = sum(1 for r in self.rows if r.get("status") == STATUS_FAILED_INPUT)
-        stats["ccmb"] = {"tar": entry, "format_version": shards.FORMAT_VERSION}
-        atomic.write_json(stats_path, stats)
+        super().__exit__(exc_type, exc, tb)
 
 
 def _clean_meta(meta: Dict[str, Any]) -> Dict[str, Any]:

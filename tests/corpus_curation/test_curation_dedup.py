@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import jpeg, rand_image
+from curation_helpers import jpeg, rand_image
 from PIL import Image
 
 from ccmb.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import jpeg, rand_image
+from curation_helpers import jpeg, rand_image
 
 from ccmb.cli import main
 from ccmb.corpus.filter import FilterConfig, escape_regex, filter_samples, filter_table
