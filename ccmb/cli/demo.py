@@ -6,7 +6,7 @@
 3. ``ccmb train pretrain`` a tiny R2D2 on the shards (CPU, a few minutes);
 4. writes held-out ICR (retrieval) and ICM (matching) sets in their official layout, and
    ``ccmb-bench run`` the trained model and an untrained one on them;
-5. ``ccmb-bench leaderboard`` -> CSV, markdown and a self-contained HTML page.
+5. ``ccmb-bench leaderboard`` -> CSV, markdown and a self-contained HTML page; ``ccmb-bench plot`` -> recall@K PNG.
 
 Every step is the real command, run as a subprocess and printed first, so the output doubles as a tutorial.
 """
@@ -108,8 +108,10 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
           "--text-choice", "random", "--num-workers", "0", "--seed", str(seed)], log)
 
     _write_downstream(data / "ccmb", n_images=100, seed=seed + 1)
-    trained = _final_model_dir(run)
-    untrained = workdir / "untrained"
+    # The harness names a model after its folder: give both models telling names.
+    trained = workdir / "r2d2-tiny-demo"
+    shutil.copytree(_final_model_dir(run), trained)
+    untrained = workdir / "r2d2-tiny-untrained"
     from models import build_model, get_config
 
     build_model(get_config("r2d2-tiny")).save_pretrained(str(untrained))
@@ -120,12 +122,13 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
     _run([py, "-m", "ccmb_bench", "leaderboard", "--results", str(bench / "results"),
           "--csv", str(workdir / "leaderboard.csv"), "--markdown", str(workdir / "leaderboard.md"),
           "--html", str(workdir / "leaderboard.html")], log)
+    _run([py, "-m", "ccmb_bench", "plot", "--results", str(bench / "results"), "--out", str(workdir / "recall.png")], log)
 
     click.secho("\nLeaderboard (" + str(workdir / "leaderboard.md") + "):", bold=True)
     click.echo((workdir / "leaderboard.md").read_text(encoding="utf-8"))
     (workdir / "commands.sh").write_text("\n".join(log) + "\n", encoding="utf-8")
     click.secho(f"demo finished in {time.time() - started:.0f}s; the commands are in {workdir}/commands.sh; "
-                f"open {workdir}/leaderboard.html in a browser", fg="green", bold=True)
+                f"open {workdir}/leaderboard.html in a browser; recall@K chart: {workdir}/recall.png", fg="green", bold=True)
 
 
 def _final_model_dir(run: Path) -> Path:

@@ -18,8 +18,10 @@ def test_demo_end_to_end(tmp_path):
                  "ccmb_bench run", "ccmb_bench leaderboard"):
         assert step in res.stdout
     commands = (work / "commands.sh").read_text().splitlines()
-    assert len(commands) == 9
+    assert len(commands) == 10
+    assert (work / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(work / "leaderboard.csv", encoding="utf-8")))
+    assert {r["model"] for r in rows} == {"r2d2-tiny-demo", "r2d2-tiny-untrained"}
     assert {(r["dataset"], r["setting"]) for r in rows} >= {
         ("icr", "pre-trained"), ("icr", "random-init"), ("icm", "pre-trained"), ("icm", "random-init")}
     html = (work / "leaderboard.html").read_text(encoding="utf-8")
