@@ -7,11 +7,14 @@ matrix exist at once. ROC-AUC equals the Mann-Whitney statistic with tied scores
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 ScoreSource = Union[torch.Tensor, np.ndarray, Callable[[int, int], torch.Tensor]]
 
@@ -58,6 +61,7 @@ def query_ranks(scores: ScoreSource, positives: Sequence[Sequence[int]], num_can
     """
     n_q = len(positives)
     block = _block_fn(scores)
+    positives = [list(dict.fromkeys(p)) for p in positives]  # a repeated positive counts once
     rows = block_rows or max(1, BLOCK_ELEMENTS // max(1, num_candidates))
     ranks = np.full(n_q, -1, dtype=np.int64)
     for start in range(0, n_q, rows):
@@ -69,6 +73,9 @@ def query_ranks(scores: ScoreSource, positives: Sequence[Sequence[int]], num_can
         s = block(start, stop)
         s = (s.detach().float().cpu().numpy() if isinstance(s, torch.Tensor)
              else np.asarray(s, dtype=np.float32))
+        if np.isnan(s).any():  # a NaN must never be a hit: rank it below every real score
+            logger.warning("NaN scores in queries %d..%d: ranked last", start, stop - 1)
+            s = np.where(np.isnan(s), -np.inf, s)
         r_idx = np.repeat(np.arange(stop - start), lens)
         c_idx = np.fromiter((c for p in pos for c in p), dtype=np.int64, count=int(lens.sum()))
         pos_scores = s[r_idx, c_idx]
@@ -133,6 +140,9 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """ROC-AUC in percent = the Mann-Whitney U of positives over negatives / (P*N), ties count half."""
     scores = np.asarray(scores, dtype=np.float64)
+    if np.isnan(scores).any():
+        bad = np.flatnonzero(np.isnan(scores))
+        raise ValueError(f"ROC-AUC: {len(bad)} NaN score(s), first at pair {int(bad[0])} (the model diverged?)")
     labels = np.asarray(labels).astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:

@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 FRAGMENT = r"#.*$"
 URL_PARTS = r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?]*)(.*)$"
 DEFAULT_PORT = r":(80|443)$"
-TRACKING_PARAM = r"([?&])(utm_[A-Za-z0-9_]*|spm|fbclid|gclid)(=[^&]*)?"
+# A run of tracking parameters, each ending at "&" or the end, after its separator (group 1, kept). The
+# name must end there or at "=": "spmid=7" is not "spm" (RE2 has no look-ahead, so the "&" is consumed).
+TRACKING_PARAM = r"([?&])(?:(?:utm_[A-Za-z0-9_]*|spm|fbclid|gclid)(?:=[^&]*)?(?:&|$))+"
 MULTI_AMP = r"&&+"
 QMARK_AMP = r"\?&"
 TRAILING_SEP = r"[?&]$"

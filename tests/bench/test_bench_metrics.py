@@ -135,3 +135,26 @@ def test_frechet_distance_hand_cases():
     z = rng.standard_normal((400, 6))
     z = (z - z.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
     assert frechet_distance(z, 2 * z) == pytest.approx(6.0, rel=1e-6)
+
+
+def test_nan_scores_are_never_hits():
+    import numpy as np
+
+    from ccmb_bench.metrics import query_ranks, roc_auc
+
+    nan = float("nan")
+    # NaN positive: ranked below every real score -> a miss at every K < 3
+    assert query_ranks(np.array([[nan, 0.2, 0.3]], dtype=np.float32), [[0]], 3).tolist() == [2]
+    # NaN negative never beats a positive
+    assert query_ranks(np.array([[0.1, nan, 0.05]], dtype=np.float32), [[0]], 3).tolist() == [0]
+    with pytest.raises(ValueError, match="NaN"):
+        roc_auc([nan, 0.2, 0.1], [1, 0, 0])
+
+
+def test_repeated_positive_counts_once():
+    import numpy as np
+
+    from ccmb_bench.metrics import query_ranks
+
+    s = np.array([[0.9, 0.1, 0.2], [0.1, 0.5, 0.9]], dtype=np.float32)
+    assert query_ranks(s, [[0, 0], [1, 1, 1]], 3).tolist() == [0, 1]

@@ -219,3 +219,15 @@ def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypat
     assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
     monkeypatch.setattr(groups, "string_hashes", lambda c: np.zeros(len(c), np.uint64))
     assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
+
+
+def test_url_normal_form_keeps_parameters_that_only_start_like_tracking_ones():
+    from ccmb.corpus.urlnorm import normalize_urls
+
+    got = normalize_urls([
+        "https://img.x.cn/p.jpg?spmid=7", "https://img.x.cn/p.jpg?id=7",
+        "http://IMG.x.cn/p.jpg?id=2&utm_a=1&utm_b=2&z=1", "https://img.x.cn/p.jpg?a=1&spm=2&b=3",
+        "https://img.x.cn/p.jpg?utm_source=a&spm=b", "https://b.cn/v?spm_id_from=333&x=1",
+    ]).to_pylist()
+    assert got == ["//img.x.cn/p.jpg?spmid=7", "//img.x.cn/p.jpg?id=7", "//img.x.cn/p.jpg?id=2&z=1",
+                   "//img.x.cn/p.jpg?a=1&b=3", "//img.x.cn/p.jpg", "//b.cn/v?spm_id_from=333&x=1"]
