@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -18,12 +18,10 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (or exceed the pixel cap)."""
 
 
-def decode_image(data: bytes, *, mode: Optional[str] = "RGB", source: str = "",
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode ``data`` fully (truncated files fail here, not later) and convert to ``mode``.
-
-    ``source`` names the file/URL/key in the error message.
-    """
+def open_image(data: bytes, *, source: str = "", max_pixels: int = MAX_IMAGE_PIXELS,
+               draft: Optional[Tuple[str, Tuple[int, int]]] = None) -> Image.Image:
+    """Open ``data`` and decode it fully under the pixel cap; ``draft=(mode, size)`` lets JPEG decode at a
+    reduced scale (fast thumbnails). Raises :class:`ImageDecodeError` naming ``source``."""
     where = f" ({source})" if source else ""
     try:
         with warnings.catch_warnings():
@@ -32,6 +30,8 @@ def decode_image(data: bytes, *, mode: Optional[str] = "RGB", source: str = "",
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"image too large{where}: {w}x{h} exceeds {max_pixels} pixels")
+            if draft is not None:
+                img.draft(*draft)
             img.load()
     except ImageDecodeError:
         raise
@@ -41,6 +41,16 @@ def decode_image(data: bytes, *, mode: Optional[str] = "RGB", source: str = "",
         raise ImageDecodeError(f"cannot decode image{where}: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError ...)
         raise ImageDecodeError(f"cannot decode image{where}: {exc}") from exc
+    return img
+
+
+def decode_image(data: bytes, *, mode: Optional[str] = "RGB", source: str = "",
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode ``data`` fully (truncated files fail here, not later) and convert to ``mode``.
+
+    ``source`` names the file/URL/key in the error message.
+    """
+    img = open_image(data, source=source, max_pixels=max_pixels)
     if mode is not None and img.mode != mode:
         img = img.convert(mode)
     return img

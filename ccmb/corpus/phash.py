@@ -8,10 +8,8 @@ The DCT runs batched over many images at once (``scipy.fft.dctn``).
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,7 +21,7 @@ import scipy.fft
 from PIL import Image
 
 from .. import shards as fmt
-from ..images import MAX_IMAGE_PIXELS, ImageDecodeError
+from ..images import ImageDecodeError, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -35,21 +33,13 @@ BATCH = 512
 
 def gray32(data: bytes, source: str = "") -> np.ndarray:
     """Decode image bytes to a 32x32 float32 grayscale array (pixel cap of :mod:`ccmb.images`)."""
-    where = f" ({source})" if source else ""
+    # JPEG: decode at 1/2..1/8 scale, much faster
+    img = open_image(data, source=source, draft=("L", (2 * IMG_SIZE, 2 * IMG_SIZE)))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ImageDecodeError(f"image too large{where}: {w}x{h} exceeds {MAX_IMAGE_PIXELS} pixels")
-            img.draft("L", (2 * IMG_SIZE, 2 * IMG_SIZE))  # JPEG: decode at 1/2..1/8 scale, much faster
-            img = img.convert("L").resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.float32)
-    except ImageDecodeError:
-        raise
+        img = img.convert("L").resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR)
     except Exception as exc:  # PIL raises many types
-        raise ImageDecodeError(f"cannot decode image{where}: {exc}") from exc
+        raise ImageDecodeError(f"cannot decode image ({source}): {exc}") from exc
+    return np.asarray(img, dtype=np.float32)
 
 
 def phash_arrays(gray: np.ndarray) -> np.ndarray:

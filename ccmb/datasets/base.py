@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,20 @@ def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple
                 log.bad(path, number, f"not UTF-8: {exc}")
                 continue
             yield number, text
+
+
+def iter_json_objects(path: PathLike, log: ParseLog) -> Iterator[Tuple[int, dict]]:
+    """``(line number, object)`` of a JSON-lines file; a line that is not a JSON object goes to ``log``."""
+    for number, line in iter_lines(path, log):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            log.bad(path, number, f"invalid JSON: {exc.msg}")
+            continue
+        if not isinstance(obj, dict):
+            log.bad(path, number, "expected a JSON object")
+            continue
+        yield number, obj
 
 
 def read_text(path: PathLike) -> str:

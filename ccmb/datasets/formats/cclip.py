@@ -7,11 +7,10 @@ Hidden test splits have empty ``image_ids``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from ..base import ParseLog, PathLike, iter_lines
+from ..base import ParseLog, PathLike, iter_json_objects
 
 KEYS = (("text_id", "text", "image_ids"), ("query_id", "query_text", "item_ids"))
 
@@ -37,15 +36,7 @@ def parse_texts_jsonl(path: PathLike, log: ParseLog) -> List[TextRow]:
     """Rows of a ``*_texts.jsonl``; a repeated text id keeps the first row."""
     rows: List[TextRow] = []
     seen: Dict[str, int] = {}
-    for number, line in iter_lines(path, log):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            log.bad(path, number, f"invalid JSON: {exc.msg}")
-            continue
-        if not isinstance(obj, dict):
-            log.bad(path, number, "expected a JSON object")
-            continue
+    for number, obj in iter_json_objects(path, log):
         keys = next((k for k in KEYS if k[0] in obj or k[1] in obj), None)
         if keys is None:
             log.bad(path, number, "expected keys text_id/text/image_ids (or query_id/query_text/item_ids)")

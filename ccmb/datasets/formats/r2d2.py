@@ -6,10 +6,9 @@ matching sets). ``image_path`` is relative; only its basename names the file in 
 """
 from __future__ import annotations
 
-import json
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from ..base import ParseLog, PathLike, iter_lines
+from ..base import ParseLog, PathLike, iter_json_objects
 
 
 class R2D2Row(NamedTuple):
@@ -28,15 +27,7 @@ def image_basename(image_path: str) -> str:
 def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List[R2D2Row]:
     """Rows of an R2D2 annotation file; malformed lines go to ``log`` (file:line)."""
     rows: List[R2D2Row] = []
-    for number, line in iter_lines(path, log):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            log.bad(path, number, f"invalid JSON: {exc.msg}")
-            continue
-        if not isinstance(obj, dict):
-            log.bad(path, number, "expected a JSON object")
-            continue
+    for number, obj in iter_json_objects(path, log):
         text, image_path = obj.get("text"), obj.get("image_path")
         if not isinstance(text, str):
             log.bad(path, number, "missing or non-string 'text'")
