@@ -334,7 +334,7 @@ def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cp
                                          f".safetensors)")
         return _r2d2(mdl, model, Path(checkpoint), path.stem if path.suffix else model, device, tokenizer,
                      Path(checkpoint))
-    known = ", ".join(list(MODELS) + mdl.list_configs())
+    known = ", ".join(dict.fromkeys(list(MODELS) + mdl.list_configs()))
     raise UnknownModelError(f"unknown model {model!r}; known: {known}, or a model directory")
 
 

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Tuple
 import click
 
 from ccmb import __version__
-from ccmb.cli.common import setup_logging
+from ccmb.cli.common import input_errors_as_click, setup_logging
 
 log = logging.getLogger("ccmb_bench")
 
@@ -62,6 +62,7 @@ def _params(values: Tuple[str, ...]) -> Dict[str, str]:
 @click.option("--max-hidden-gb", type=click.FloatRange(0), default=8.0, show_default=True,
               help="Matching with cross encoders: above this many GB of hidden states, stream the pairs in chunks.")
 @click.option("--setting", default="", help="Label for the leaderboard's setting column (e.g. zero-shot, fine-tuned).")
+@input_errors_as_click
 def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], datasets: str, root: Path,
             split: Optional[str], device: str, batch_size: int, top_k: Optional[int], no_rerank: bool,
             output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],

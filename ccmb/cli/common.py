@@ -1,8 +1,12 @@
 """Helpers shared by the CLI modules of every package."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from typing import Callable, Tuple, Type
+
+import click
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -14,3 +18,23 @@ def setup_logging(verbose: int) -> None:
     if env:
         level = getattr(logging, env.upper(), level)
     logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+
+
+#: Errors that mean "bad input" (a wrong name, path, file or setting): the library raises these with a
+#: message naming the culprit, so the CLI shows the message, not a traceback.
+INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def input_errors_as_click(func: Callable) -> Callable:
+    """Turn :data:`INPUT_ERRORS` raised by a command into ``Error: <message>`` (exit 1); the traceback is
+    logged at debug level (``-vv``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except INPUT_ERRORS as exc:
+            logging.getLogger(func.__module__).debug("traceback", exc_info=True)
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper

@@ -18,6 +18,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
+from .common import input_errors_as_click
+
 logger = logging.getLogger(__name__)
 
 
@@ -136,6 +138,7 @@ def train_group() -> None:
 @click.option("--eval-root", type=click.Path(exists=True, file_okay=False), help="Root of --eval-dataset.")
 @click.option("--eval-split", default="val", show_default=True)
 @_train_options
+@input_errors_as_click
 def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir, text_choice, objective,
                  eval_dataset, eval_root, eval_split, train_config, tokenizer, resume, device, **kw) -> None:
     """Pre-train on a ccmb shard set (GCPR + FGR + TgD + FgD).
@@ -188,6 +191,7 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
 @click.option("--eval-batch-size", type=int, default=64, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the per-epoch evaluation.")
 @_train_options
+@input_errors_as_click
 def finetune_cmd(task, dataset, root, init, model_config, output, train_split, val_split, select_metric,
                  eval_batch_size, no_eval, train_config, tokenizer, resume, device, **kw) -> None:
     """Fine-tune on a downstream set (released recipe: vision frozen, AdamW lr 1e-5 / matching 3e-6,

@@ -116,7 +116,7 @@ def test_bad_inputs(data, tmp_path):
     res = CliRunner().invoke(main, ["train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
                                     "--tokenizer", str(vocab), "--output", str(tmp_path / "r"),
                                     "--train-config", str(bad)])
-    assert res.exit_code != 0 and "lrr" in str(res.exception)
+    assert res.exit_code == 1 and "Error:" in res.output and "lrr" in res.output
 
 
 def test_cli_pretrain_from_hf_dirs_tokenizer_from_init_text(data, tmp_path):
@@ -143,4 +143,16 @@ def test_cli_pretrain_from_hf_dirs_tokenizer_from_init_text(data, tmp_path):
     res = CliRunner().invoke(main, ["train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
                                     "--output", str(tmp_path / "r2"), "--init-vision", str(tmp_path / "clip"),
                                     "--steps", "1", "--tokenizer", str(vocab)])
-    assert res.exit_code != 0 and "go together" in str(res.exception)
+    assert res.exit_code == 1 and "go together" in res.output and "Traceback" not in res.output
+
+
+def test_cli_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
+    from click.testing import CliRunner
+
+    from ccmb.cli import main
+
+    res = CliRunner().invoke(main, ["train", "pretrain", "--config", "nosuch", "--shards", str(tmp_path),
+                                    "--output", str(tmp_path / "run")])
+    assert res.exit_code == 1
+    assert "Error: unknown config 'nosuch'" in res.output and "r2d2-tiny" in res.output
+    assert "Traceback" not in res.output
