@@ -62,6 +62,8 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group. Drop every ``DistributedDataParallel`` wrapper first: a DDP reducer freed
+    after its gloo group can deadlock (the group's destructor joins a thread that waits for the GIL)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

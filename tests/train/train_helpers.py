@@ -126,4 +126,5 @@ def gcpr_ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     torch.save({"loss": out["gcpr"].detach(), "grads": grads, "world": info.world_size},
                Path(workdir) / f"rank{rank}.pt")
+    del ddp, out  # free DDP's reducer BEFORE the process group: the other order can deadlock in gloo
     cleanup_distributed()
