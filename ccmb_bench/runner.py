@@ -11,7 +11,7 @@ from ccmb import datasets as ds
 from ccmb_bench.adapters import ModelAdapter, load_adapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.results import make_result, result_path, write_result
-from ccmb_bench.tasks import TASKS
+from ccmb_bench.tasks import evaluator
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str) -> 
         kwargs["load_pool"] = lambda: load_data(spec.name, opts.root, pool_split, opts.params)
         kwargs["pool_cache"] = EmbeddingCache(cache_root, adapter.name, adapter.fingerprint, spec.name, pool_split)
     t1 = time.perf_counter()
-    metrics = TASKS[spec.task](adapter, data, cache, **kwargs)
+    metrics = evaluator(spec.task)(adapter, data, cache, **kwargs)
     t_eval = time.perf_counter() - t1
     settings = {"batch_size": opts.batch_size, "rerank": opts.rerank and adapter.has_reranker,
                 "params": {k: str(v) for k, v in opts.params.items()}, "cache_hits": cache.hits,

@@ -34,9 +34,9 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
     split), without an embedding cache. Numeric results only."""
     from ccmb_bench.adapters import R2D2Adapter
     from ccmb_bench.cache import EmbeddingCache
-    from ccmb_bench.tasks import TASKS
+    from ccmb_bench.tasks import evaluator
 
-    run = TASKS[task]
+    run = evaluator(task)
 
     def evaluate(model, epoch: int) -> Dict[str, float]:
         device = str(next(model.parameters()).device)
