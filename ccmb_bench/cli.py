@@ -5,12 +5,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import click
 
 from ccmb import __version__
-from ccmb.cli.common import input_errors_as_click, setup_logging
+from ccmb.clikit import input_errors_as_click, parse_key_values, setup_logging
 
 log = logging.getLogger("ccmb_bench")
 
@@ -21,16 +21,6 @@ log = logging.getLogger("ccmb_bench")
 def main(verbose: int) -> None:
     """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards."""
     setup_logging(verbose)
-
-
-def _params(values: Tuple[str, ...]) -> Dict[str, str]:
-    out = {}
-    for v in values:
-        if "=" not in v:
-            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--param")
-        k, val = v.split("=", 1)
-        out[k.strip()] = val
-    return out
 
 
 @main.command("run")
@@ -76,7 +66,7 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 
     opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
-                      params=_params(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
+                      params=parse_key_values(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
                       setting=setting, max_hidden_gb=max_hidden_gb)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from .common import setup_logging
+from ..clikit import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

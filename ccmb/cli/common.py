@@ -1,40 +1,15 @@
-"""Helpers shared by the CLI modules of every package."""
+"""Compatibility alias: the shared CLI helpers live in :mod:`ccmb.clikit` (light, below both CLIs).
+
+New code imports from ``ccmb.clikit``; this module only re-exports for code written before the move.
+"""
 from __future__ import annotations
 
-import functools
-import logging
-import os
-from typing import Callable, Tuple, Type
+from ..clikit import (
+    INPUT_ERRORS,
+    LOG_FORMAT,
+    input_errors_as_click,
+    parse_key_values,
+    setup_logging,
+)
 
-import click
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def setup_logging(verbose: int) -> None:
-    """0: warnings, 1: info, 2+: debug. ``CCMB_LOG_LEVEL`` overrides."""
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    env = os.environ.get("CCMB_LOG_LEVEL")
-    if env:
-        level = getattr(logging, env.upper(), level)
-    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
-
-
-#: Errors that mean "bad input" (a wrong name, path, file or setting): the library raises these with a
-#: message naming the culprit, so the CLI shows the message, not a traceback.
-INPUT_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError)
-
-
-def input_errors_as_click(func: Callable) -> Callable:
-    """Turn :data:`INPUT_ERRORS` raised by a command into ``Error: <message>`` (exit 1); the traceback is
-    logged at debug level (``-vv``)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except INPUT_ERRORS as exc:
-            logging.getLogger(func.__module__).debug("traceback", exc_info=True)
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
+__all__ = ["INPUT_ERRORS", "LOG_FORMAT", "input_errors_as_click", "parse_key_values", "setup_logging"]
