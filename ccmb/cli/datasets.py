@@ -4,23 +4,12 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from typing import Any, Dict, Tuple
 
 import click
 
 from .. import datasets as ds
+from ..clikit import parse_key_values as _params
 from ..datasets.base import DatasetError
-
-
-def _params(pairs: Tuple[str, ...]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for p in pairs:
-        key, eq, value = p.partition("=")
-        if not eq or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--param")
-        out[key.strip()] = value
-    return out
-
 
 _root = click.option("--root", required=True, type=click.Path(file_okay=False),
                      help="Folder holding the dataset in its official layout (see `ccmb datasets list`).")
