@@ -1,0 +1,95 @@
+"""The adapters package: kind -> family table, one-file families, load errors that name the file."""
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import ccmb_bench.adapters as adapters
+from ccmb_bench.adapters import FAMILIES, MODELS, ModelAdapter, ModelLoadError, ModelSpec, load_adapter
+from ccmb_bench.cli import main
+
+
+def test_every_registered_model_belongs_to_a_family():
+    assert set(FAMILIES) == {"r2d2", "chinese-clip"}
+    assert {s.kind for s in MODELS.values()} <= set(FAMILIES)
+    assert list(MODELS)[:3] == ["r2d2-vitl14", "r2d2-vitb16", "prd2-vitl14"]
+    # the historical import paths keep working
+    from ccmb_bench.adapters import ChineseCLIPAdapter, R2D2Adapter  # noqa: F401
+    from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError  # noqa: F401
+
+
+def test_a_new_family_is_one_module_and_one_line(monkeypatch, tmp_path):
+    """A family module registered in FAMILIES is dispatched for its names and the folders it claims."""
+    fam = types.ModuleType("toy_family")
+
+    class ToyAdapter(ModelAdapter):
+        kind = "toy"
+
+        def __init__(self, name, where):
+            self.name, self.where = name, where
+
+    fam.KIND = "toy"
+    fam.DIRECTORY = "a folder with toy.json"
+    fam.SPECS = (ModelSpec("toy-1", "toy", "a toy model"),)
+    fam.load_registered = lambda spec, checkpoint, device, tokenizer: ToyAdapter(spec.name, checkpoint)
+    fam.claims_directory = lambda path: (path / "toy.json").is_file()
+    fam.load_directory = lambda path, checkpoint, device, tokenizer: ToyAdapter(path.name, path)
+    monkeypatch.setitem(FAMILIES, "toy", fam)
+    monkeypatch.setitem(MODELS, "toy-1", fam.SPECS[0])
+    a = load_adapter("toy-1", checkpoint="/w")
+    assert isinstance(a, ToyAdapter) and a.name == "toy-1" and a.where == "/w"
+    d = tmp_path / "mytoy"
+    d.mkdir()
+    (d / "toy.json").write_text("{}", encoding="utf-8")
+    b = load_adapter(str(d))
+    assert isinstance(b, ToyAdapter) and b.name == "mytoy"
+    assert any(r["name"] == "toy-1" and r["kind"] == "toy" for r in adapters.list_models())
+
+
+def test_unknown_directory_names_what_is_expected(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    with pytest.raises(adapters.UnknownModelError, match="not a model directory"):
+        load_adapter(str(tmp_path))
+
+
+def _truncate(path: Path, keep: int = 200) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+
+
+@pytest.mark.parametrize("where", ["directory", "config+checkpoint"])
+def test_truncated_r2d2_safetensors_is_a_clear_error(where, tiny_models, bench_root, tmp_path):
+    d = tmp_path / "broken"
+    shutil.copytree(tiny_models.prd2, d)
+    _truncate(d / "model.safetensors")
+    with pytest.raises(ModelLoadError) as info:
+        if where == "directory":
+            load_adapter(str(d))
+        else:
+            load_adapter("prd2-tiny", checkpoint=str(d / "model.safetensors"), tokenizer=str(d))
+    assert str(d / "model.safetensors") in str(info.value)
+    res = CliRunner().invoke(main, ["run", "-m", str(d), "-d", "icm", "-r", str(bench_root), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "Error:" in res.output and str(d / "model.safetensors") in res.output
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit)
+
+
+def test_truncated_chinese_clip_weights_name_the_folder(tiny_models, bench_root, tmp_path):
+    d = tmp_path / "cclip-broken"
+    shutil.copytree(tiny_models.cclip, d)
+    weights = next(p for p in d.iterdir() if p.suffix in (".safetensors", ".bin"))
+    _truncate(weights)
+    with pytest.raises(ModelLoadError, match="cclip-broken"):
+        load_adapter(str(d))
+    res = CliRunner().invoke(main, ["run", "-m", str(d), "-d", "icm", "-r", str(bench_root), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "cclip-broken" in res.output and "Traceback" not in res.output
+
+
+def test_module_is_a_package():
+    assert Path(adapters.__file__).name == "__init__.py"
+    assert "ccmb_bench.adapters.r2d2" in sys.modules and "ccmb_bench.adapters.chinese_clip" in sys.modules
