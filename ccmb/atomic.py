@@ -10,9 +10,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator, Union
+from typing import IO, Any, Iterator
 
-PathLike = Union[str, "os.PathLike[str]"]
+from .types import PathLike
 
 TMP_MARK = ".tmp-"
 
