@@ -25,12 +25,13 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__, atomic
+from .safejson import loads_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,25 @@ PARQUET_SCHEMA = pa.schema(
 STATUS_SUCCESS = "success"
 STATUS_FAILED_INPUT = "failed_input"  # refused before download (bad record, non-http URL, duplicate id ...)
 
+#: Columns every shard parquet must have (the others are optional: missing ones read as nulls).
+PARQUET_REQUIRED = ("key", "status")
+
+#: The Zero texts of a sample (``{key}.json`` fields), in the order a reader falls back to them.
+TEXT_FIELDS = ("title", "content", "query")
+TEXT_MEMBER = "txt"
+META_MEMBER = "json"
+#: Image member extensions, in the order a reader prefers them when a sample has several.
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+#: Largest ``{key}.json`` member a reader parses (bounded depth too: :func:`ccmb.safejson.loads_bounded`).
+MAX_META_BYTES = 16 << 20
+
 
 class ShardFormatError(ValueError):
     """A shard set or one of its files does not follow the format; the message names the file."""
+
+
+class MissingShardFileError(ShardFormatError, FileNotFoundError):
+    """A file the shard set needs (a tar's parquet, a manifest) is not there; the message names it."""
 
 
 def shard_name(index: int) -> str:
@@ -112,7 +129,7 @@ class Sample:
 
     def texts(self) -> Dict[str, str]:
         """The non-empty Zero texts of the sample: title, content, query."""
-        return {k: self.meta[k] for k in ("title", "content", "query") if self.meta.get(k)}
+        return {k: self.meta[k] for k in TEXT_FIELDS if self.meta.get(k)}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -228,14 +245,17 @@ class ShardWriter:
             return
         stats_path = self.output_dir / f"{self.name}_stats.json"
         stats_path.unlink(missing_ok=True)  # a rewritten shard counts as unfinished until its new stats exist
-        write_parquet(self.output_dir / f"{self.name}.parquet", self.rows, extra_columns=self.extra_columns)
+        parquet_path = self.output_dir / f"{self.name}.parquet"
+        write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
         entry = {"samples": self.successes, "bytes": self._tmp_tar.stat().st_size,
                  "sha256": sha256_file(self._tmp_tar)}
         atomic.commit(self._tmp_tar, self.tar_path)
-        atomic.write_json(stats_path, self.stats(entry))
+        atomic.write_json(stats_path, self.stats(entry, parquet_entry(parquet_path, len(self.rows))))
 
-    def stats(self, tar_entry: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """The ``_stats.json`` content; ``tar_entry`` (samples, bytes, sha256) is recorded under ``ccmb.tar``."""
+    def stats(self, tar_entry: Optional[Dict[str, Any]] = None,
+              parquet: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The ``_stats.json`` content; ``tar_entry`` (samples, bytes, sha256) is recorded under ``ccmb.tar``,
+        ``parquet`` (rows, bytes, sha256: :func:`parquet_entry`) under ``ccmb.parquet``."""
         failures: Dict[str, int] = {}
         for r in self.rows:
             if r.get("status") != STATUS_SUCCESS:
@@ -251,7 +271,8 @@ class ShardWriter:
             "start_time": self._start,
             "end_time": time.time(),
             "ccmb_version": __version__,
-            **({"ccmb": {"tar": tar_entry, "format_version": FORMAT_VERSION}} if tar_entry else {}),
+            **({"ccmb": {"tar": tar_entry, "format_version": FORMAT_VERSION,
+                         **({"parquet": parquet} if parquet else {})}} if tar_entry else {}),
         }
 
 
@@ -265,11 +286,85 @@ def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns:
         pq.write_table(table, fh)
 
 
+def parquet_entry(path: PathLike, rows: int) -> Dict[str, Any]:
+    """What ``_stats.json`` records of a shard's parquet (``ccmb.parquet``): rows, bytes, sha256."""
+    path = Path(path)
+    return {"rows": int(rows), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def stats_path_of(path: PathLike) -> Path:
+    """``NNNNN_stats.json`` of the shard a ``NNNNN.tar`` / ``NNNNN.parquet`` belongs to."""
+    path = Path(path)
+    return path.parent / f"{path.stem}_stats.json"
+
+
+def read_shard_stats(path: PathLike) -> Optional[Dict[str, Any]]:
+    """A shard's ``_stats.json`` (given any file of the shard); None when the shard has none."""
+    stats_path = stats_path_of(path)
+    try:
+        with open(stats_path, encoding="utf-8") as fh:
+            stats = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ShardFormatError(f"{stats_path}: unreadable: {exc}") from exc
+    if not isinstance(stats, dict):
+        raise ShardFormatError(f"{stats_path}: not a JSON object")
+    return stats
+
+
+def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
+    if pa.types.is_null(actual):
+        return True
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_integer(expected):
+        return pa.types.is_integer(actual)
+    return actual == expected
+
+
+def parquet_schema_problems(schema: pa.Schema) -> List[str]:
+    """Why a parquet schema is not a shard's: a required column missing, a schema column of another type."""
+    problems = [f"no {c!r} column" for c in PARQUET_REQUIRED if c not in schema.names]
+    for f in PARQUET_SCHEMA:
+        if f.name in schema.names and not _type_ok(schema.field(f.name).type, f.type):
+            problems.append(f"column {f.name!r} is {schema.field(f.name).type}, expected {f.type}")
+    return problems
+
+
+def check_parquet(path: PathLike) -> int:
+    """Check what is cheap to check of a shard's parquet; returns its row count.
+
+    The file is there, its footer reads, its schema is a shard's (:func:`parquet_schema_problems`) and its
+    row count is the ``count`` of the shard's ``_stats.json`` (when the shard has one). Raises
+    :class:`ShardFormatError` (:class:`MissingShardFileError` when absent) naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingShardFileError(f"{path}: missing (the shard's rows, failures included, live there)")
+    try:
+        meta = pq.ParquetFile(path)
+        schema, rows = meta.schema_arrow, meta.metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise ShardFormatError(f"{path}: unreadable parquet: {exc}") from exc
+    problems = parquet_schema_problems(schema)
+    if problems:
+        raise ShardFormatError(f"{path}: not a shard parquet: {'; '.join(problems)}")
+    stats = read_shard_stats(path)
+    if stats is not None and isinstance(stats.get("count"), int) and stats["count"] != rows:
+        raise ShardFormatError(f"{path}: {rows} rows, {stats_path_of(path).name} says {stats['count']}")
+    return rows
+
+
 def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """Read a shard's parquet; columns of the schema that are missing are added as nulls, types cast.
+    """Read a shard's parquet, checked (:func:`check_parquet`); columns of the schema that are missing are
+    added as nulls, types cast.
 
     ``columns`` limits the read to those columns (schema columns absent from the file come back null).
     """
+    check_parquet(path)
     schema = PARQUET_SCHEMA if columns is None else pa.schema([f for f in PARQUET_SCHEMA if f.name in columns])
     try:
         if columns is not None:
@@ -277,9 +372,7 @@ def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.
             table = pq.read_table(path, columns=[c for c in columns if c in present])
         else:
             table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
+    except (pa.ArrowException, OSError) as exc:
         raise ShardFormatError(f"{path}: unreadable parquet: {exc}") from exc
     columns_out = []
     for f in schema:
@@ -298,6 +391,33 @@ def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.
     for n in extra:
         out = out.append_column(n, table.column(n))
     return out
+
+
+def expects_parquets(folder: PathLike) -> bool:
+    """Whether a folder's tars come with parquets: any ``NNNNN.parquet`` or ``NNNNN_stats.json`` there
+    (every ccmb and img2dataset writer leaves both). A folder of bare tars (a foreign webdataset set) does not."""
+    for p in Path(folder).iterdir():
+        if (p.suffix == ".parquet" and SHARD_NAME_RE.match(p.stem + ".tar")) or (
+                p.name.endswith("_stats.json") and SHARD_NAME_RE.match(p.name[: -len("_stats.json")] + ".tar")):
+            return True
+    return False
+
+
+def shard_parquets(folder: PathLike) -> List[Path]:
+    """The ``NNNNN.parquet`` files of a shard folder (download folder or shard set), each checked with
+    :func:`check_parquet`, in shard order. A tar without its parquet is refused (naming the missing files),
+    never skipped: its rows would silently disappear from every count."""
+    folder = Path(folder)
+    parquets = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and SHARD_NAME_RE.match(p.stem + ".tar"))
+    have = {p.stem for p in parquets}
+    missing = [folder / f"{t.stem}.parquet" for t in list_shards(folder) if t.stem not in have]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise MissingShardFileError(f"{', '.join(str(p) for p in missing[:5])}{more}: missing (the tar is there; "
+                                    f"the shard's rows, failures included, live in its parquet)")
+    for p in parquets:
+        check_parquet(p)
+    return parquets
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -330,49 +450,122 @@ def expand_braces(pattern: str) -> List[str]:
     return out
 
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
-def iter_tar_samples(tar_path: PathLike) -> Iterator[Sample]:
-    """Stream the samples of one tar (members grouped by key, never extracted to disk)."""
+def split_member_name(name: str) -> Tuple[Optional[str], str]:
+    """``(key, extension)`` of a tar member, grouped the way webdataset groups them: the key is the name up
+    to the first dot of its last path component, the extension the rest, lower-cased (``00001.JPG`` ->
+    ``("00001", "jpg")``). ``(None, "")`` for a name without an extension (not part of any sample)."""
+    m = _MEMBER_RE.match(name)
+    if not m:
+        return None, ""
+    return m.group(1), m.group(2).lower()
+
+
+def unsafe_member_reason(member: tarfile.TarInfo) -> Optional[str]:
+    """Why a tar member would be dangerous to extract by name (readers never do; ``verify`` reports it):
+    an absolute name, a ``..`` component, a link, a device or FIFO. None for a plain, relative member."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in name.split("/"):
+        return "'..' in the path"
+    if member.issym() or member.islnk():
+        return f"link to {member.linkname!r}"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file"
+    return None
+
+
+def sample_text(meta: Mapping[str, Any]) -> str:
+    """The primary text of a sample without a ``.txt`` member: its ``caption``, else the first non-empty
+    of :data:`TEXT_FIELDS`, else ``""``."""
+    for f in ("caption",) + TEXT_FIELDS:
+        value = meta.get(f)
+        if isinstance(value, str) and value.strip():
+            return value
+    return ""
+
+
+def member_exts_used(exts: Iterable[str]) -> List[str]:
+    """Of a sample's member extensions, those :func:`sample_from_members` reads (the image, txt, json);
+    lets a reader by offset skip the others."""
+    exts = set(exts)
+    image = next((e for e in IMAGE_EXTS if e in exts), None)
+    return [e for e in (image, TEXT_MEMBER, META_MEMBER) if e is not None and e in exts]
+
+
+def sample_from_members(key: str, members: Mapping[str, bytes], source: str = "") -> Sample:
+    """THE sample of the format, from its tar members (``extension -> bytes``, extensions lower-case).
+
+    * image: the first of :data:`IMAGE_EXTS` present (none: :class:`ShardFormatError`);
+    * meta: ``{key}.json`` parsed with bounded size and depth, a JSON object (absent: ``{}``);
+    * text: ``{key}.txt`` (UTF-8) when present, else :func:`sample_text` of the meta.
+
+    Other members are ignored. Every reader (``iter_tar_samples``, ``build-shards``' reader by offset, the
+    trainer's webdataset pipeline) calls this, so they agree on every odd tar. Errors name ``source:key``.
+    """
+    where = f"{source}: sample {key}" if source else f"sample {key}"
+    ext = next((e for e in IMAGE_EXTS if e in members), None)
+    if ext is None:
+        raise ShardFormatError(f"{where} has no image member (.{', .'.join(IMAGE_EXTS)})")
+    meta: Dict[str, Any] = {}
+    if META_MEMBER in members:
+        try:
+            meta = loads_bounded(members[META_MEMBER].decode("utf-8"), max_bytes=MAX_META_BYTES)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ShardFormatError(f"{where}: {key}.json is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ShardFormatError(f"{where}: {key}.json is not a JSON object")
+    if TEXT_MEMBER in members:
+        try:
+            text = members[TEXT_MEMBER].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ShardFormatError(f"{where}: {key}.txt is not UTF-8: {exc}") from exc
+    else:
+        text = sample_text(meta)
+    return Sample(key=key, image=members[ext], text=text, meta=meta, image_ext=ext, shard=source)
+
+
+def iter_tar_members(tar_path: PathLike, on_member: Optional[Callable[[tarfile.TarInfo], None]] = None
+                     ) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` of each run of members with one key (never extracted to disk).
+
+    Regular files only; ``on_member`` sees every member first (``verify`` checks the names there). A key
+    with the same extension twice raises :class:`ShardFormatError`, as webdataset does.
+    """
     tar_path = Path(tar_path)
     current: Optional[str] = None
     parts: Dict[str, bytes] = {}
-
-    def flush() -> Optional[Sample]:
-        if current is None:
-            return None
-        ext = next((e for e in IMAGE_EXTS if e in parts), None)
-        if ext is None:
-            raise ShardFormatError(f"{tar_path}: sample {current} has no image member")
-        meta: Dict[str, Any] = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(parts["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ShardFormatError(f"{tar_path}: {current}.json is not valid JSON: {exc}") from exc
-        text = parts["txt"].decode("utf-8") if "txt" in parts else meta.get("caption") or ""
-        return Sample(key=current, image=parts[ext], text=text, meta=meta, image_ext=ext, shard=str(tar_path))
-
     try:
         with tarfile.open(tar_path, mode="r|*") as tar:
             for member in tar:
+                if on_member is not None:
+                    on_member(member)
                 if not member.isfile():
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
+                key, ext = split_member_name(member.name)
+                if key is None:
+                    continue
                 if key != current:
-                    sample = flush()
-                    if sample is not None:
-                        yield sample
+                    if current is not None:
+                        yield current, parts
                     current, parts = key, {}
+                if ext in parts:
+                    raise ShardFormatError(f"{tar_path}: sample {key} has two .{ext} members ({member.name})")
                 fh = tar.extractfile(member)
-                parts[ext.lower()] = fh.read() if fh is not None else b""
+                parts[ext] = fh.read() if fh is not None else b""
     except tarfile.TarError as exc:
         raise ShardFormatError(f"{tar_path}: unreadable tar: {exc}") from exc
-    sample = flush()
-    if sample is not None:
-        yield sample
+    if current is not None:
+        yield current, parts
+
+
+def iter_tar_samples(tar_path: PathLike) -> Iterator[Sample]:
+    """Stream the samples of one tar (:func:`sample_from_members` of each key's members)."""
+    for key, parts in iter_tar_members(tar_path):
+        yield sample_from_members(key, parts, source=str(tar_path))
 
 
 def iter_samples(path: Union[PathLike, Sequence[PathLike]]) -> Iterator[Sample]:
@@ -387,9 +580,8 @@ def count_tar_samples(tar_path: PathLike) -> int:
     try:
         with tarfile.open(tar_path, mode="r:") as tar:
             for member in tar.getmembers():
-                base = member.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")
-                if member.isfile() and ext.lower() in IMAGE_EXTS:
+                key, ext = split_member_name(member.name)
+                if member.isfile() and key is not None and ext in IMAGE_EXTS:
                     keys.add(key)
     except tarfile.TarError as exc:
         raise ShardFormatError(f"{tar_path}: unreadable tar: {exc}") from exc
@@ -480,11 +672,93 @@ class VerifyReport:
         return not self.problems
 
 
+#: Fields compared between a success row of the parquet and its sample's ``{key}.json``.
+CROSS_CHECKED_FIELDS = tuple(METADATA_FIELDS) + ("caption",)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return a == b
+    return str(a) == str(b)
+
+
+def _examples(items: Sequence[Any], n: int = 5) -> str:
+    return ", ".join(str(x) for x in items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def parquet_problems(tar_path: PathLike, samples: Mapping[str, Dict[str, Any]]) -> List[str]:
+    """Problems of a shard's parquet, read whole, against its tar and its ``_stats.json``.
+
+    ``samples`` maps the keys of the tar's samples to their ``{key}.json`` metadata. Checked: the parquet
+    is there and reads (:func:`read_parquet`), keys are unique, its success rows are exactly the tar's
+    samples and agree with their ``{key}.json`` on :data:`CROSS_CHECKED_FIELDS`; ``_stats.json`` exists
+    and its counts (rows, successes, failure reasons) and recorded parquet checksum match.
+    """
+    tar_path = Path(tar_path)
+    path = tar_path.with_suffix(".parquet")
+    try:
+        table = read_parquet(path)
+        stats = read_shard_stats(tar_path)
+    except ShardFormatError as exc:
+        return [str(exc)]
+    problems: List[str] = []
+    rows = table.to_pylist()
+    seen: set = set()
+    dups, null_keys, failures = [], 0, {}
+    success: Dict[str, Dict[str, Any]] = {}
+    for row in rows:
+        key = row.get("key")
+        if key is None:
+            null_keys += 1
+        elif key in seen:
+            dups.append(key)
+        seen.add(key)
+        if row.get("status") == STATUS_SUCCESS:
+            if key is not None:
+                success[key] = row
+        else:
+            reason = str(row.get("error_message") or row.get("status"))
+            failures[reason] = failures.get(reason, 0) + 1
+    if dups:
+        problems.append(f"{path}: duplicate keys {_examples(sorted(set(dups)))}")
+    if null_keys:
+        problems.append(f"{path}: {null_keys} rows without a key")
+    only_pq = sorted(set(success) - set(samples))
+    only_tar = sorted(set(samples) - set(success))
+    if only_pq:
+        problems.append(f"{path}: success rows without a sample in {tar_path.name}: {_examples(only_pq)}")
+    if only_tar:
+        problems.append(f"{path}: samples of {tar_path.name} without a success row: {_examples(only_tar)}")
+    differ = []
+    for key in sorted(set(success) & set(samples)):
+        meta, row = samples[key], success[key]
+        for f in CROSS_CHECKED_FIELDS:
+            a, b = row.get(f), meta.get(f)
+            if a is not None and b is not None and not _same(a, b):
+                differ.append(f"{key}.{f}")
+    if differ:
+        problems.append(f"{path}: values differ from the samples' .json members: {_examples(differ)}")
+    stats_path = stats_path_of(tar_path)
+    if stats is None:
+        problems.append(f"{stats_path}: missing (an unfinished shard)")
+        return problems
+    if isinstance(stats.get("successes"), int) and stats["successes"] != len(success):
+        problems.append(f"{path}: {len(success)} success rows, {stats_path.name} says {stats['successes']}")
+    ours = stats.get("ccmb") if isinstance(stats.get("ccmb"), dict) else None
+    if ours is not None and isinstance(stats.get("status_dict"), dict) and stats["status_dict"] != failures:
+        problems.append(f"{path}: failure reasons {failures}, {stats_path.name} says {stats['status_dict']}")
+    recorded = ours.get("parquet") if ours is not None else None
+    if isinstance(recorded, dict) and recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
+        problems.append(f"{path}: sha256 differs from {stats_path.name}")
+    return problems
+
+
 def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
                      progress: bool = False) -> VerifyReport:
-    """Check a finished shard set against its manifest and sizes: checksums, counts, every image.
+    """Check a finished shard set (a download folder or a built set) against its manifest and sizes:
+    checksums, counts, every image, member names, and each tar's parquet (:func:`parquet_problems`).
 
-    Every problem is reported (not just the first), each naming the shard.
+    Every problem is reported (not just the first), each naming the file.
     """
     from .images import ImageDecodeError, decode_image
 
@@ -506,6 +780,11 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
         report.problems.append(f"{shard_dir / name}: not listed in {MANIFEST_FILE}")
     for name in sorted(set(sizes) ^ set(entries)):
         report.problems.append(f"{shard_dir / SIZES_FILE}: {name} listed in only one of sizes.json/manifest.json")
+    with_parquets = expects_parquets(shard_dir)
+    if with_parquets:
+        for p in sorted(shard_dir.glob("*.parquet")):
+            if SHARD_NAME_RE.match(p.stem + ".tar") and f"{p.stem}.tar" not in entries:
+                report.problems.append(f"{p}: its tar {p.stem}.tar is not in {MANIFEST_FILE}")
 
     names = sorted(entries)
     iterator: Iterable[str] = names
@@ -522,12 +801,23 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
             continue
         if sha256_file(path) != entry.get("sha256"):
             report.problems.append(f"{path}: sha256 differs from {MANIFEST_FILE}")
-        keys = set()
+        samples: Dict[str, Dict[str, Any]] = {}
+
+        def check_member(member: tarfile.TarInfo, path: Path = path) -> None:
+            reason = unsafe_member_reason(member)
+            if reason is not None:
+                report.problems.append(f"{path}: member {member.name!r}: {reason}")
+
         try:
-            for s in iter_tar_samples(path):
-                if s.key in keys:
-                    report.problems.append(f"{path}: duplicate key {s.key}")
-                keys.add(s.key)
+            for key, parts in iter_tar_members(path, on_member=check_member):
+                if key in samples:
+                    report.problems.append(f"{path}: duplicate key {key}")
+                try:
+                    s = sample_from_members(key, parts, source=str(path))
+                except ShardFormatError as exc:
+                    report.problems.append(str(exc))
+                    continue
+                samples[key] = s.meta
                 if decode_images:
                     try:
                         decode_image(s.image, mode=None, source=f"{path}:{s.key}.{s.image_ext}")
@@ -535,9 +825,12 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
                         report.problems.append(str(exc))
         except ShardFormatError as exc:
             report.problems.append(str(exc))
-        report.samples += len(keys)
-        if len(keys) != entry.get("samples"):
-            report.problems.append(f"{path}: {len(keys)} samples, {MANIFEST_FILE} says {entry.get('samples')}")
-        if name in sizes and sizes[name] != len(keys):
-            report.problems.append(f"{path}: {len(keys)} samples, {SIZES_FILE} says {sizes[name]}")
+        n = len(samples)
+        report.samples += n
+        if n != entry.get("samples"):
+            report.problems.append(f"{path}: {n} samples, {MANIFEST_FILE} says {entry.get('samples')}")
+        if name in sizes and sizes[name] != n:
+            report.problems.append(f"{path}: {n} samples, {SIZES_FILE} says {sizes[name]}")
+        if with_parquets:
+            report.problems.extend(parquet_problems(path, samples))
     return report

@@ -39,7 +39,7 @@ from .. import atomic
 from .. import shards as fmt
 from .dedup import DedupConfig, dedup_table
 from .filter import FilterConfig, filter_table
-from .table import (CurationError, Summary, load_metadata, prior_reasons, read_decisions,
+from .table import (CurationError, Summary, list_parquets, load_metadata, prior_reasons, read_decisions,
                     write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -157,8 +157,9 @@ class TarIndex:
                     for m in tar.getmembers():
                         if not m.isfile():
                             continue
-                        key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
-                        out.setdefault(key, {})[ext.lower()] = (m.offset_data, m.size)
+                        key, ext = fmt.split_member_name(m.name)
+                        if key is not None:
+                            out.setdefault(key, {})[ext] = (m.offset_data, m.size)
             except (OSError, tarfile.TarError) as exc:
                 raise CurationError(f"{path}: unreadable tar: {exc}") from exc
             self.members[tar_name] = out
@@ -182,18 +183,12 @@ class TarIndex:
         where = f"{self.input_dir / tar_name}: sample {key}"
         if not parts:
             raise CurationError(f"{where} is not in the tar")
-        ext = next((e for e in fmt.IMAGE_EXTS if e in parts), None)
-        if ext is None:
-            raise CurationError(f"{where} has no image member")
-        image = self.read(tar_name, *parts[ext])
-        text = self.read(tar_name, *parts["txt"]).decode("utf-8") if "txt" in parts else ""
-        meta: Dict[str, Any] = {}
-        if "json" in parts:
-            try:
-                meta = json.loads(self.read(tar_name, *parts["json"]).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CurationError(f"{where}.json is not valid JSON: {exc}") from exc
-        return image, text, meta, ext
+        members = {ext: self.read(tar_name, *parts[ext]) for ext in fmt.member_exts_used(parts)}
+        try:  # the one reader of the sample layout (ccmb.shards)
+            s = fmt.sample_from_members(key, members, source=str(self.input_dir / tar_name))
+        except fmt.ShardFormatError as exc:
+            raise CurationError(str(exc)) from exc
+        return s.image, s.text, s.meta, s.image_ext
 
     def close(self) -> None:
         for fh in self.files.values():
@@ -244,6 +239,7 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     for t in keep_tables:
         read_decisions(t)  # fail early, naming a bad table
+    list_parquets(input_dir)  # fail early, naming a missing or damaged parquet (its rows would vanish)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temporaries(output_dir)
     plan, saved = _load_or_make_plan(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed,

@@ -1,7 +1,9 @@
 """``ccmb stats``: counts, status reasons, text-length and image-size distributions of a shard folder.
 
 Works on a download folder or a final shard set: it reads the ``NNNNN.parquet`` files (every input row,
-failures included); a folder with tars only falls back to the samples' ``{key}.json`` metadata.
+failures included), checked (:func:`ccmb.corpus.table.list_parquets`): a missing or damaged parquet is an
+error naming it, never a silent fall-back. Only a folder of bare tars (no parquet and no ``_stats.json`` at
+all: a foreign webdataset set) or a single tar is read from the samples' ``{key}.json`` metadata.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .table import CurationError, list_parquets, read_shard_metadata
 
 logger = logging.getLogger(__name__)
 
-TEXT_FIELDS = ("caption", "title", "content", "query")
+TEXT_FIELDS = ("caption",) + fmt.TEXT_FIELDS
 SIZE_FIELDS = ("width", "height", "original_width", "original_height")
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 MIN_SIDE_BINS = (0, 100, 200, 300, 500, 1000)
@@ -57,19 +59,22 @@ def _from_tars(path: Path) -> pa.Table:
 def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     """Statistics of a download folder or shard set (a dict, JSON-serialisable)."""
     path = Path(path)
-    try:
+    if not path.exists():
+        raise CurationError(f"{path}: no such folder")
+    if path.is_dir() and fmt.expects_parquets(path):
         parquets = list_parquets(path)
         table = pa.concat_tables([read_shard_metadata(p) for p in parquets])
         source = "parquet"
-    except CurationError:
-        if not path.exists():
-            raise CurationError(f"{path}: no such folder") from None
+    else:
         try:
             table = _from_tars(path)
         except (FileNotFoundError, fmt.ShardFormatError) as exc:
             raise CurationError(f"{path}: neither NNNNN.parquet nor readable NNNNN.tar files: {exc}") from exc
+        if not table.num_rows and path.is_dir() and not fmt.list_shards(path):
+            raise CurationError(f"{path}: no NNNNN.parquet or NNNNN.tar files (is it a download folder?)")
         parquets = []
         source = "tar"
+        logger.warning("%s: no parquet files: statistics of the samples only (failed rows are not known)", path)
     status = pc.fill_null(table.column("status"), "unknown")
     ok = pc.equal(status, fmt.STATUS_SUCCESS)
     failed = table.filter(pc.invert(ok))

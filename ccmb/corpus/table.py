@@ -52,12 +52,16 @@ class CurationError(ValueError):
 
 
 def list_parquets(input_dir: PathLike) -> List[Path]:
-    """The ``NNNNN.parquet`` files of a download folder, in shard order."""
+    """The ``NNNNN.parquet`` files of a download folder, in shard order, checked: a tar without its parquet,
+    an unreadable parquet, one without the shard columns or with another row count than its
+    ``_stats.json`` is refused naming the file (:func:`ccmb.shards.shard_parquets`), never skipped."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise CurationError(f"{input_dir}: not a folder (expected a download folder with NNNNN.parquet files)")
-    paths = sorted(p for p in input_dir.iterdir()
-                   if p.suffix == ".parquet" and fmt.SHARD_NAME_RE.match(p.stem + ".tar"))
+    try:
+        paths = fmt.shard_parquets(input_dir)
+    except fmt.ShardFormatError as exc:
+        raise CurationError(str(exc)) from exc
     if not paths:
         raise CurationError(f"{input_dir}: no NNNNN.parquet files (is it a download folder?)")
     return paths

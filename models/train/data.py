@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import random
 from pathlib import Path
@@ -25,11 +23,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ccmb.images import ImageDecodeError, decode_image
-from ccmb.shards import IMAGE_EXTS, SIZES_FILE, ShardFormatError, list_shards, read_sizes
+from ccmb.shards import (SIZES_FILE, TEXT_FIELDS, ShardFormatError, list_shards, read_sizes,
+                         sample_from_members)
 
 logger = logging.getLogger(__name__)
 
-TEXT_FIELDS = ("title", "content", "query")
 TEXT_CHOICES = ("random",) + TEXT_FIELDS + ("txt",)
 
 
@@ -169,18 +167,15 @@ class ShardStream(IterableDataset):
     def _decode(self, raw: Dict[str, Any], rng: random.Random) -> Optional[Dict[str, Any]]:
         key = raw.get("__key__", "?")
         src = f"{raw.get('__url__', '?')}:{key}"
-        ext = next((e for e in IMAGE_EXTS if e in raw), None)
-        if ext is None:
-            self._fail("no image member", src)
+        members = {k: v for k, v in raw.items() if not k.startswith("__")}
+        try:  # the one reader of the sample layout (ccmb.shards)
+            sample = sample_from_members(key, members, source=str(raw.get("__url__", "?")))
+        except ShardFormatError as exc:
+            self._fail("bad sample", str(exc))
             return None
+        meta, txt, ext = sample.meta, sample.text, sample.image_ext
         try:
-            meta = json.loads(raw["json"].decode("utf-8")) if "json" in raw else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            self._fail("bad json", f"{src}.json: {exc}")
-            return None
-        txt = raw["txt"].decode("utf-8", "replace") if "txt" in raw else str(meta.get("caption") or "")
-        try:
-            img = decode_image(raw[ext], source=f"{src}.{ext}")
+            img = decode_image(sample.image, source=f"{src}.{ext}")
         except ImageDecodeError as exc:
             self._fail("undecodable image", str(exc))
             return None

@@ -146,8 +146,12 @@ def test_stats(planted, tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["rows"] == 18
     res = CliRunner().invoke(main, ["stats", str(d)])
     assert "18 rows" in res.output and "HTTP 404" in res.output
-    # a folder of tars only falls back to the samples' json
+    # deleted parquets are refused, naming them; a folder of bare tars falls back to the samples' json
     for p in d.glob("*.parquet"):
+        p.unlink()
+    with pytest.raises(CurationError, match="00000.parquet"):
+        corpus_stats(d)
+    for p in d.glob("*_stats.json"):
         p.unlink()
     assert corpus_stats(d)["successes"] == 17
 
