@@ -74,41 +74,50 @@ def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_le
     _echo_summary(summary)
 
 
+def _level_options(fn):
+    """One ``--NAME/--no-NAME`` switch per row of the dedup level table (``ccmb.corpus.dedup.LEVELS``)."""
+    from ..corpus.dedup import LEVELS
+
+    for level in reversed(list(LEVELS.values())):
+        fn = click.option(level.flag, f"level_{level.name}", default=level.default, show_default=True,
+                          help=level.help)(fn)
+    return fn
+
+
 @click.command("dedup")
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
-@click.option("--url/--no-url", "use_url", default=True, show_default=True, help="Level 1: normalised URL.")
-@click.option("--sha256/--no-sha256", "use_sha", default=True, show_default=True, help="Level 2: exact image bytes.")
-@click.option("--phash/--no-phash", "use_phash", default=True, show_default=True,
-              help="Level 3: perceptual near-duplicates (reads the tars).")
-@click.option("--caption/--no-caption", "use_caption", default=True, show_default=True,
-              help="Level 4: caption near-duplicates (MinHash).")
-@click.option("--phash-threshold", default=4, show_default=True, help="Max Hamming distance of 64-bit pHashes.")
+@_level_options
+@click.option("--phash-threshold", default=4, show_default=True,
+              help="Max Hamming distance of 64-bit pHashes (best of whole/centre-crop variants).")
 @click.option("--phash-bands", type=int, default=None, help="LSH bands of the pHash (default threshold+1: exact recall).")
-@click.option("--caption-threshold", default=0.8, show_default=True, help="Min estimated Jaccard of caption n-grams.")
+@click.option("--caption-threshold", default=0.8, show_default=True,
+              help="Min exact Jaccard of caption n-grams (MinHash only proposes candidates).")
 @click.option("--minhash-perm", default=64, show_default=True, help="MinHash functions.")
 @click.option("--minhash-bands", default=16, show_default=True, help="LSH bands of the MinHash signature.")
 @click.option("--ngram", default=3, show_default=True, help="Character n-gram size of captions.")
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Text of the caption level (caption falls back to title).")
 @click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Earlier decision tables (e.g. the filter's): only samples they keep take part.")
+              help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
+                   "kept representative survives them.")
 @click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (in-process engine).")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
-def dedup_cmd(input_dir, output, use_url, use_sha, use_phash, use_caption, phash_threshold, phash_bands,
-              caption_threshold, minhash_perm, minhash_bands, ngram, text_field, keep_tables, workers, engine,
-              spark_master) -> None:
-    """Drop duplicates: URL, exact bytes, pHash and caption near-duplicates; the lowest key of a group stays.
+def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold, minhash_perm, minhash_bands,
+              ngram, text_field, keep_tables, workers, engine, spark_master, **switches) -> None:
+    """Drop duplicates level by level (URL, exact bytes, pHash, caption, ...); the lowest key of a group stays.
 
-    Each dropped row records the kept sample it duplicates (duplicate_of).
+    Each dropped row records the kept sample it duplicates (duplicate_of); near-duplicates are checked
+    exactly and never chained. Run it after the filter with --keep filter.parquet.
     """
     from ..corpus.dedup import dedup_samples
 
-    levels = [lv for lv, on in (("url", use_url), ("sha256", use_sha), ("phash", use_phash),
-                                ("caption", use_caption)) if on]
+    levels = [name[len("level_"):] for name, on in switches.items() if name.startswith("level_") and on]
+    if not levels:
+        raise click.UsageError("every dedup level is switched off")
     summary = dedup_samples(input_dir, output, levels=levels, phash_threshold=phash_threshold,
                             phash_bands=phash_bands, caption_threshold=caption_threshold, minhash_perm=minhash_perm,
                             minhash_bands=minhash_bands, ngram=ngram, text_field=text_field,

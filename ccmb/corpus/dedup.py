@@ -1,37 +1,46 @@
-"""``ccmb dedup``: drop duplicates at four switchable levels, keeping one sample per group.
+"""``ccmb dedup``: drop duplicates at switchable levels, keeping one sample per group.
 
-Levels run in this order, each over the samples the earlier levels kept:
+Levels are a table (:data:`LEVELS`: name -> in-process function, Spark function, CLI flag, reason code,
+metadata columns); they run in table order, each over the samples the earlier levels kept:
 
 1. ``url``      equal normalised URL (:mod:`ccmb.corpus.urlnorm`)                 -> ``duplicate_url``
 2. ``sha256``   equal SHA-256 of the downloaded image bytes (parquet ``sha256``)   -> ``duplicate_sha256``
-3. ``phash``    64-bit pHash within Hamming distance ``phash_threshold``           -> ``duplicate_phash``
-4. ``caption``  MinHash-estimated Jaccard of character n-grams >= threshold        -> ``duplicate_caption``
+3. ``phash``    pHash variants within Hamming distance ``phash_threshold``        -> ``duplicate_phash``
+4. ``caption``  exact Jaccard of character n-grams >= ``caption_threshold``        -> ``duplicate_caption``
+
+An unknown level raises. Registering a level is one :func:`register_level` call (one entry).
 
 Near-duplicate candidates come from LSH banding, never from all pairs: pHash bits are cut into
 ``phash_threshold + 1`` bands (by pigeonhole two hashes within the threshold agree on a whole band, so no
-true pair is missed); MinHash signatures into ``bands`` bands of rows. Candidates are verified exactly
-(Hamming distance / signature agreement) and groups are the connected components of verified pairs.
+true pair is missed); MinHash signatures into ``bands`` bands of rows. EVERY candidate is verified with the
+exact measure (Hamming distance of the hashes; Jaccard of the two n-gram sets) before two samples are
+grouped. Equal values (exact levels) group transitively; near-duplicate groups are stars
+(:func:`ccmb.corpus.groups.star_reps`): a dropped sample is within the threshold of the sample it is marked
+a duplicate of, never linked through an intermediate.
 
 Rule: in every group the sample with the LOWEST KEY is kept (keys are the download order); every dropped
-sample records in ``duplicate_of`` the kept sample it stands for (chains across levels are followed to the
-finally kept one). Only downloaded samples take part (``not_downloaded`` otherwise); samples that earlier
-decision tables (``keep_tables``, e.g. the filter's) drop keep that table's reason and take no part;
-images that fail to decode for pHash are dropped as ``undecodable_image``.
+sample records in ``duplicate_of`` the kept sample it stands for (when a later level drops that sample,
+the pointer follows to the finally kept one: one verified step per level). Only downloaded samples take
+part (``not_downloaded`` otherwise); samples that earlier decision tables (``keep_tables``, e.g. the
+filter's) drop keep that table's reason and take no part, so representatives are always samples those
+tables keep; images that fail to decode for pHash are dropped as ``undecodable_image``.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import groups, minhash
-from .phash import compute_phashes, hamming
+from .phash import VARIANTS, compute_phashes, variant_distance
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
                     load_metadata, ReasonCodes, as_numpy_bool, prior_reason_codes, sha256_to_binary,
                     write_decisions)
@@ -40,16 +49,77 @@ from .urlnorm import normalize_urls
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-LEVELS = ("url", "sha256", "phash", "caption")
 REASON_UNDECODABLE = "undecodable_image"
-DEDUP_COLUMNS = ["key", "status", "url", "sha256", "caption", "title", "content", "query"]
+
+
+@dataclass
+class LevelDrops:
+    """Rows a level drops and, for each, the row it duplicates (-1 for non-duplicate drops)."""
+
+    reason: str
+    rows: np.ndarray
+    reps: np.ndarray
+
+
+#: (input_dir, metadata, eligible rows mask, config) -> the level's drops
+LocalLevel = Callable[[Path, pa.Table, np.ndarray, "DedupConfig"], List[LevelDrops]]
+
+
+@dataclass(frozen=True)
+class DedupLevel:
+    """One row of the level table.
+
+    ``local`` runs in-process; ``spark`` is ``"module:function"`` (imported only with ``--engine spark``)
+    with the signature ``(spark, input_dir, meta, eligible, config) -> List[LevelDrops]``; ``columns`` are
+    the parquet columns the level reads; ``flag`` the CLI switch ``--NAME/--no-NAME``; ``exact`` says the
+    relation is an equivalence (equal values), so build-shards may re-point duplicates within a group."""
+
+    name: str
+    reason: str
+    local: LocalLevel
+    spark: Optional[str]
+    columns: Tuple[str, ...]
+    help: str
+    exact: bool = False
+    default: bool = True
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}/--no-{self.name}"
+
+
+#: The level table, in run order (filled below and by :func:`register_level`).
+LEVELS: "OrderedDict[str, DedupLevel]" = OrderedDict()
+
+
+def register_level(level: DedupLevel, before: Optional[str] = None) -> None:
+    """Add a dedup level to the table (at the end, or before the level ``before``)."""
+    if level.name in LEVELS:
+        raise ValueError(f"dedup level {level.name!r} is already registered")
+    items = list(LEVELS.items())
+    at = len(items) if before is None else [k for k, _ in items].index(before)
+    items.insert(at, (level.name, level))
+    LEVELS.clear()
+    LEVELS.update(items)
+
+
+def get_level(name: str) -> DedupLevel:
+    try:
+        return LEVELS[name]
+    except KeyError:
+        raise ValueError(f"unknown dedup level {name!r}; choose from {tuple(LEVELS)}") from None
+
+
+def duplicate_reasons(exact: Optional[bool] = None) -> List[str]:
+    """Reason codes of the registered levels (only exact or only near ones when ``exact`` is given)."""
+    return [lv.reason for lv in LEVELS.values() if exact is None or lv.exact == exact]
 
 
 @dataclass
 class DedupConfig:
     """Switches and thresholds of :func:`dedup_samples`."""
 
-    levels: Tuple[str, ...] = LEVELS
+    levels: Tuple[str, ...] = ()
     phash_threshold: int = 4
     phash_bands: Optional[int] = None  # default phash_threshold + 1 (exact recall)
     caption_threshold: float = 0.8
@@ -57,11 +127,14 @@ class DedupConfig:
     text_field: str = "caption"
     workers: int = 1
     progress: bool = False
+    params: Dict[str, Any] = field(default_factory=dict)  # settings of registered extra levels
 
     def __post_init__(self) -> None:
+        if not self.levels:
+            self.levels = tuple(name for name, lv in LEVELS.items() if lv.default)
         bad = [lv for lv in self.levels if lv not in LEVELS]
         if bad:
-            raise ValueError(f"unknown dedup levels {bad}; choose from {LEVELS}")
+            raise ValueError(f"unknown dedup levels {bad}; choose from {tuple(LEVELS)}")
         self.levels = tuple(lv for lv in LEVELS if lv in self.levels)
         if not 0 <= self.phash_threshold < 64:
             raise ValueError("phash_threshold must be in [0, 63]")
@@ -72,14 +145,11 @@ class DedupConfig:
     def bands(self) -> int:
         return self.phash_bands or (self.phash_threshold + 1)
 
-
-@dataclass
-class LevelDrops:
-    """Rows a level drops and, for each, the row it duplicates (-1 for non-duplicate drops)."""
-
-    reason: str
-    rows: np.ndarray
-    reps: np.ndarray
+    def columns(self) -> List[str]:
+        out = ["key", "status"]
+        for name in self.levels:
+            out += [c for c in LEVELS[name].columns if c not in out]
+        return out
 
 
 def caption_texts(meta: pa.Table, text_field: str):
@@ -94,72 +164,136 @@ def drops_from_reps(reps: np.ndarray, reason: str) -> LevelDrops:
     return LevelDrops(reason, rows, reps[rows])
 
 
+def phash_bands_of_variants(uniq: np.ndarray, bands: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Band values of every hash variant of every node: (items x bands, node of each item)."""
+    m, v = uniq.shape
+    items = np.concatenate([groups.phash_bands(np.ascontiguousarray(uniq[:, j]), bands) for j in range(v)])
+    return items, np.tile(np.arange(m, dtype=np.int64), v)
+
+
 def phash_reps(hashes: np.ndarray, rows: np.ndarray, n: int, threshold: int, bands: int) -> np.ndarray:
-    """Group rows by pHash within ``threshold`` bits; per row its group's lowest row (-1 outside ``rows``)."""
-    uniq, node = groups.unique_nodes(hashes.view(np.uint64), rows, n)
-    edges = groups.candidate_edges(groups.phash_bands(uniq, bands),
-                                   lambda a, b: hamming(uniq[a], uniq[b]) <= threshold)
-    return groups.component_reps(node, len(uniq), edges)
+    """Group rows by pHash variants within ``threshold`` bits (star groups, exact check of every candidate);
+    per row its representative (-1 outside ``rows``). ``hashes`` is (len(rows), VARIANTS) or (len(rows),)."""
+    hashes = hashes.view(np.uint64)
+    if hashes.ndim == 1:
+        hashes = np.stack([hashes, hashes], axis=1)
+    uniq, node = groups.unique_nodes(hashes, rows, n)
+    items, node_of_item = phash_bands_of_variants(uniq, bands)
+    edges = groups.candidate_edges(items, lambda a, b: variant_distance(uniq[a], uniq[b]) <= threshold,
+                                   node_of_item=node_of_item)
+    return groups.star_reps(node, len(uniq), edges)
 
 
 def caption_reps(texts: List[Optional[str]], rows: np.ndarray, n: int, params: minhash.MinHashParams,
                  threshold: float) -> np.ndarray:
-    """Group rows by MinHash similarity >= ``threshold``; per row its group's lowest row."""
-    sig, valid = minhash.signatures(texts, params)
+    """Group rows whose normalised texts have exact n-gram Jaccard >= ``threshold`` (MinHash LSH proposes
+    candidates; star groups); per row its representative (-1 outside ``rows`` or without text)."""
+    valid = np.fromiter((bool(t) for t in texts), bool, len(texts))
     rows = rows[valid]
     if not len(rows):
         return np.full(n, -1, np.int64)
-    uniq, node = groups.unique_nodes(sig[valid], rows, n)
-    edges = groups.candidate_edges(minhash.band_values(uniq, params),
-                                   lambda a, b: minhash.similarity(uniq, a, b) >= threshold)
-    return groups.component_reps(node, len(uniq), edges)
+    enc = pa.array([t for t, ok in zip(texts, valid) if ok], pa.string()).dictionary_encode()
+    uniq = enc.dictionary.to_pylist()  # distinct texts: equal texts are one node
+    node = np.full(n, -1, np.int64)
+    node[rows] = enc.indices.to_numpy(zero_copy_only=False)
+    sig, _ = minhash.signatures(uniq, params)
+    edges = groups.candidate_edges(minhash.band_values(sig, params),
+                                   lambda a, b: minhash.jaccard(uniq, a, b, params.ngram) >= threshold)
+    return groups.star_reps(node, len(uniq), edges)
 
 
-def _local_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig) -> List[LevelDrops]:
+def _url_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig) -> List[LevelDrops]:
+    # URLs were normalised shard by shard as they were read (dedup_table)
+    return [drops_from_reps(groups.first_occurrence_strings(meta.column("url"), eligible), "duplicate_url")]
+
+
+def _sha256_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig
+                  ) -> List[LevelDrops]:
+    return [drops_from_reps(groups.first_occurrence_fixed(meta.column("sha256"), eligible), "duplicate_sha256")]
+
+
+def eligible_by_tar(meta: pa.Table, eligible: np.ndarray) -> Dict[str, List[str]]:
+    rows = np.flatnonzero(eligible)
+    by_tar: Dict[str, List[str]] = {}
+    for k, s in zip(meta.column("key").take(pa.array(rows)).to_pylist(),
+                    meta.column("shard").take(pa.array(rows)).to_pylist()):
+        by_tar.setdefault(s, []).append(k)
+    return by_tar
+
+
+def _phash_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig
+                 ) -> List[LevelDrops]:
     n = meta.num_rows
+    by_tar = eligible_by_tar(meta, eligible)
+    tars = [input_dir / s for s in sorted(by_tar)]
+    ph = compute_phashes(tars, by_tar, workers=config.workers, progress=config.progress)
+    idx = pc.index_in(ph.column("key"), value_set=meta.column("key")).to_numpy(zero_copy_only=False)
+    idx = idx.astype(np.int64)
+    has = ph.column("phash").is_valid().to_numpy(zero_copy_only=False)
+    bad = np.sort(idx[~has])
+    hashes = np.zeros((n, VARIANTS), np.int64)
+    good = ph.filter(pa.array(has))
+    hashes[idx[has], 0] = good.column("phash").to_numpy()
+    hashes[idx[has], 1] = good.column("phash_center").to_numpy()
+    present = np.zeros(n, bool)
+    present[idx[has]] = True
+    missing = np.setdiff1d(np.flatnonzero(eligible & ~present), bad)
+    if len(missing):
+        raise_missing(meta, missing)
+    prow = np.flatnonzero(present)
+    reps = phash_reps(hashes[prow], prow, n, config.phash_threshold, config.bands)
+    return [LevelDrops(REASON_UNDECODABLE, bad, np.full(len(bad), -1, np.int64)),
+            drops_from_reps(reps, "duplicate_phash")]
+
+
+def _caption_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig
+                   ) -> List[LevelDrops]:
+    rows = np.flatnonzero(eligible)
+    texts = minhash.normalize_texts(caption_texts(meta, config.text_field)).take(pa.array(rows))
+    reps = caption_reps(texts.to_pylist(), rows, meta.num_rows, config.minhash, config.caption_threshold)
+    return [drops_from_reps(reps, "duplicate_caption")]
+
+
+for _level in (
+    DedupLevel("url", "duplicate_url", _url_level, "ccmb.corpus.engine_spark:spark_url_level", ("url",),
+               "Level 1: normalised URL.", exact=True),
+    DedupLevel("sha256", "duplicate_sha256", _sha256_level, "ccmb.corpus.engine_spark:spark_sha256_level",
+               ("sha256",), "Level 2: exact image bytes.", exact=True),
+    DedupLevel("phash", "duplicate_phash", _phash_level, "ccmb.corpus.engine_spark:spark_phash_level", (),
+               "Level 3: perceptual near-duplicates (reads the tars)."),
+    DedupLevel("caption", "duplicate_caption", _caption_level, "ccmb.corpus.engine_spark:spark_caption_level",
+               ("caption", "title", "content", "query"), "Level 4: caption near-duplicates (n-gram Jaccard)."),
+):
+    register_level(_level)
+
+
+def spark_function(level: DedupLevel) -> Callable:
+    if not level.spark:
+        raise ValueError(f"dedup level {level.name!r} has no Spark implementation; use --engine local")
+    module, _, name = level.spark.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_levels(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig, engine: str = "local",
+               spark=None) -> List[LevelDrops]:
+    """Run the enabled levels in table order, each over the rows the earlier ones kept."""
+    eligible = eligible.copy()
+    if engine == "spark":
+        from .engine_spark import _session
+
+        spark = _session(spark)
     out: List[LevelDrops] = []
-    for level in config.levels:
+    for name in config.levels:
+        level = get_level(name)
         t0 = time.time()
-        if level == "url":
-            # URLs were normalised shard by shard as they were read (dedup_table)
-            reps = groups.first_occurrence_strings(meta.column("url"), eligible)
-            drops = [drops_from_reps(reps, "duplicate_url")]
-        elif level == "sha256":
-            reps = groups.first_occurrence_fixed(meta.column("sha256"), eligible)
-            drops = [drops_from_reps(reps, "duplicate_sha256")]
-        elif level == "phash":
-            rows = np.flatnonzero(eligible)
-            keys = meta.column("key").take(pa.array(rows)).to_pylist()
-            shards = meta.column("shard").take(pa.array(rows)).to_pylist()
-            by_tar: Dict[str, List[str]] = {}
-            for k, s in zip(keys, shards):
-                by_tar.setdefault(s, []).append(k)
-            tars = [input_dir / s for s in sorted(by_tar)]
-            ph = compute_phashes(tars, by_tar, workers=config.workers, progress=config.progress)
-            idx = pc.index_in(ph.column("key"), value_set=meta.column("key")).to_numpy(zero_copy_only=False)
-            idx = idx.astype(np.int64)
-            has = ph.column("phash").is_valid().to_numpy(zero_copy_only=False)
-            bad = np.sort(idx[~has])
-            hashes = np.zeros(n, np.int64)
-            hashes[idx[has]] = ph.column("phash").filter(pa.array(has)).to_numpy()
-            present = np.zeros(n, bool)
-            present[idx[has]] = True
-            missing = np.setdiff1d(np.flatnonzero(eligible & ~present), bad)
-            if len(missing):
-                raise_missing(meta, missing)
-            prow = np.flatnonzero(present)
-            reps = phash_reps(hashes[prow], prow, n, config.phash_threshold, config.bands)
-            drops = [LevelDrops(REASON_UNDECODABLE, bad, np.full(len(bad), -1, np.int64)),
-                     drops_from_reps(reps, "duplicate_phash")]
-        else:  # caption
-            rows = np.flatnonzero(eligible)
-            texts = minhash.normalize_texts(caption_texts(meta, config.text_field)).take(pa.array(rows))
-            reps = caption_reps(texts.to_pylist(), rows, n, config.minhash, config.caption_threshold)
-            drops = [drops_from_reps(reps, "duplicate_caption")]
+        if engine == "spark":
+            drops = spark_function(level)(spark, input_dir, meta, eligible, config)
+        else:
+            drops = level.local(input_dir, meta, eligible, config)
         for d in drops:
             eligible[d.rows] = False
         out.extend(drops)
-        logger.info("dedup level %s: %s in %.1fs", level,
+        logger.info("dedup level %s: %s in %.1fs", name,
                     ", ".join(f"{d.reason} {len(d.rows)}" for d in drops), time.time() - t0)
     return out
 
@@ -192,9 +326,7 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     input_dir = Path(input_dir)
     list_parquets(input_dir)
-    columns = ["key", "status"] + (["url"] if "url" in config.levels else []) \
-        + (["sha256"] if "sha256" in config.levels else []) \
-        + (["caption", "title", "content", "query"] if "caption" in config.levels else [])
+    columns = config.columns()
     def pack(table: pa.Table, path: Path) -> pa.Table:
         """Per shard as read: status -> bool, shard name -> dictionary, URL -> normal form,
         sha256 -> 32 bytes (less memory, no raw columns kept)."""
@@ -216,26 +348,21 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
     if keep_tables:
         prior_reason_codes(meta.column("key"), keep_tables, reasons)
     eligible = reasons.kept & meta.column("key").is_valid().to_numpy(zero_copy_only=False)
-    if engine == "spark":
-        from .engine_spark import spark_dedup_levels
-
-        drops = spark_dedup_levels(input_dir, meta, eligible, config, spark=spark)
-    else:
-        drops = _local_levels(input_dir, meta, eligible.copy(), config)
+    drops = run_levels(input_dir, meta, eligible, config, engine=engine, spark=spark)
     return assemble(meta, reasons, drops)
 
 
-def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str] = LEVELS,
+def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str] = (),
                   phash_threshold: int = 4, phash_bands: Optional[int] = None, caption_threshold: float = 0.8,
                   minhash_perm: int = 64, minhash_bands: int = 16, ngram: int = 3, text_field: str = "caption",
                   keep_tables: Sequence[PathLike] = (), workers: int = 1, engine: str = "local",
-                  spark=None, progress: bool = False) -> Summary:
+                  spark=None, progress: bool = False, params: Optional[Dict[str, Any]] = None) -> Summary:
     """Dedup a download folder; write the decision table to ``output`` and return the drop counts."""
     start = time.time()
     config = DedupConfig(levels=tuple(levels), phash_threshold=phash_threshold, phash_bands=phash_bands,
                          caption_threshold=caption_threshold,
                          minhash=minhash.MinHashParams(num_perm=minhash_perm, ngram=ngram, bands=minhash_bands),
-                         text_field=text_field, workers=workers, progress=progress)
+                         text_field=text_field, workers=workers, progress=progress, params=dict(params or {}))
     table = dedup_table(input_dir, config, keep_tables=keep_tables, engine=engine, spark=spark)
     write_decisions(output, table)
     summary = Summary.of(table, output, time.time() - start)

@@ -5,9 +5,10 @@
   collected.
 * dedup: URL and SHA-256 groups are Spark window aggregations (lowest key per group); pHashes are computed
   by Spark tasks, one per tar (the tars must be on storage every executor reads); LSH candidate pairs of
-  pHash and MinHash are Spark self-joins on (band, bucket) with the exact check in Spark SQL. Only dropped
-  rows and verified edges come back to the driver, which forms connected components (numpy) and writes the
-  table. The driver holds the key/status columns of the metadata (for the output table).
+  pHash and MinHash are Spark self-joins on (band, bucket) with the exact check in Spark SQL (Hamming
+  distance of the hash variants; Jaccard of the n-gram sets). Only dropped rows and verified edges come
+  back to the driver, which forms the same star groups as in-process (numpy) and writes the table. The
+  driver holds the key/status columns of the metadata (for the output table).
 
 Sessions come only from :func:`ccmb.spark.get_spark_session`.
 """
@@ -25,7 +26,7 @@ import pyarrow.compute as pc
 
 from . import groups, minhash
 from .dedup import (REASON_UNDECODABLE, DedupConfig, LevelDrops, caption_texts, drops_from_reps,
-                    raise_missing)
+                    eligible_by_tar, phash_bands_of_variants, raise_missing)
 from .filter import FILTER_COLUMNS, NON_CJK_CLASS, TEXT_COLUMNS, FilterConfig
 from .phash import _phash_job
 from .table import DECISION_SCHEMA, REASON_NOT_DOWNLOADED, list_parquets, sort_by_key
@@ -152,42 +153,55 @@ def _exact_level(spark, meta: pa.Table, eligible: np.ndarray, column, reason: st
     return LevelDrops(reason, _rows_of(dropped.column("key"), meta), _rows_of(dropped.column("rep"), meta))
 
 
-def _edges(spark, bands: np.ndarray, values, value_schema: str, check) -> tuple:
-    """Verified LSH edges between nodes, computed by a Spark self-join on (band, bucket)."""
+def spark_url_level(spark, input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
+    return [_exact_level(spark, meta, eligible, "url", "duplicate_url")]
+
+
+def spark_sha256_level(spark, input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
+    return [_exact_level(spark, meta, eligible, "sha256", "duplicate_sha256")]
+
+
+def _edges(spark, bands: np.ndarray, values, value_schema: str, check, node_of_item=None) -> tuple:
+    """Verified LSH edges between nodes, computed by a Spark self-join on (band, bucket).
+
+    ``bands`` has one row per item; ``node_of_item`` maps items to nodes (default: item = node);
+    ``values`` are per-node columns the ``check`` (on ``<col>_a``/``<col>_b``) reads."""
     from pyspark.sql import functions as F
+    import pandas as pd
 
     if not len(bands):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    m, nb = bands.shape
-    pdf = {"node": np.arange(m, dtype=np.int64), "bands": list(bands)}
+    m = len(bands)
+    node_of_item = np.arange(m, dtype=np.int64) if node_of_item is None else node_of_item.astype(np.int64)
+    items = spark.createDataFrame(pd.DataFrame({"node": node_of_item, "bands": list(bands)}),
+                                  schema="node long, bands array<long>")
+    n_nodes = int(node_of_item.max()) + 1
+    pdf = {"node": np.arange(n_nodes, dtype=np.int64)}
     pdf.update(values)
-    import pandas as pd
-
-    df = spark.createDataFrame(pd.DataFrame(pdf), schema=f"node long, bands array<long>, {value_schema}")
-    ex = df.select("node", F.posexplode("bands").alias("band", "bucket"))
+    df = spark.createDataFrame(pd.DataFrame(pdf), schema=f"node long, {value_schema}")
+    ex = items.select("node", F.posexplode("bands").alias("band", "bucket"))
     a, b = ex.alias("a"), ex.alias("b")
     pairs = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.bucket") == F.col("b.bucket"))
                     & (F.col("a.node") < F.col("b.node")))
              .select(F.col("a.node").alias("na"), F.col("b.node").alias("nb")).distinct())
-    va = df.select(*[F.col(c).alias(f"{c}_a") for c in df.columns if c != "bands"])
-    vb = df.select(*[F.col(c).alias(f"{c}_b") for c in df.columns if c != "bands"])
+    va = df.select(*[F.col(c).alias(f"{c}_a") for c in df.columns])
+    vb = df.select(*[F.col(c).alias(f"{c}_b") for c in df.columns])
     pairs = pairs.join(va, F.col("na") == F.col("node_a")).join(vb, F.col("nb") == F.col("node_b"))
     edges = pairs.where(check).select("na", "nb").toArrow()
     return (edges.column("na").to_numpy().astype(np.int64), edges.column("nb").to_numpy().astype(np.int64))
 
 
-def _phash_level(spark, input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
-    from pyspark.sql import functions as F
+def spark_hash_rows(spark, input_dir: Path, meta: pa.Table, eligible: np.ndarray, job=None):
+    """pHash variants of the eligible rows computed by Spark tasks (one per tar):
+    (hashes (n, VARIANTS) int64, present mask, sorted undecodable rows)."""
+    from .phash import VARIANTS
 
     n = meta.num_rows
-    rows = np.flatnonzero(eligible)
-    by_tar = {}
-    for k, s in zip(meta.column("key").take(pa.array(rows)).to_pylist(),
-                    meta.column("shard").take(pa.array(rows)).to_pylist()):
-        by_tar.setdefault(s, []).append(k)
-    jobs = [(str(input_dir / s), sorted(keys)) for s, keys in sorted(by_tar.items())]
-    results = spark.sparkContext.parallelize(jobs, max(1, len(jobs))).map(_phash_job).collect() if jobs else []
-    hashes = np.zeros(n, np.int64)
+    by_tar = eligible_by_tar(meta, eligible)
+    jobs = [(str(Path(input_dir) / s), sorted(keys)) for s, keys in sorted(by_tar.items())]
+    results = spark.sparkContext.parallelize(jobs, max(1, len(jobs))).map(job or _phash_job).collect() \
+        if jobs else []
+    hashes = np.zeros((n, VARIANTS), np.int64)
     present = np.zeros(n, bool)
     bad: List[int] = []
     for keys, values, errors in results:
@@ -201,11 +215,27 @@ def _phash_level(spark, input_dir: Path, meta: pa.Table, eligible: np.ndarray, c
     missing = np.setdiff1d(np.flatnonzero(eligible & ~present), bad_rows)
     if len(missing):
         raise_missing(meta, missing)
+    return hashes, present, bad_rows
+
+
+def spark_phash_level(spark, input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
+    from pyspark.sql import functions as F
+
+    n = meta.num_rows
+    hashes, present, bad_rows = spark_hash_rows(spark, input_dir, meta, eligible)
     prow = np.flatnonzero(present)
     uniq, node = groups.unique_nodes(hashes[prow].view(np.uint64), prow, n)
-    check = F.bit_count(F.col("h_a").bitwiseXOR(F.col("h_b"))) <= config.phash_threshold
-    edges = _edges(spark, groups.phash_bands(uniq, config.bands), {"h": uniq.view(np.int64)}, "h long", check)
-    reps = groups.component_reps(node, len(uniq), edges)
+    items, node_of_item = phash_bands_of_variants(uniq, config.bands)
+    t = config.phash_threshold
+
+    def dist(x, y):
+        return F.bit_count(F.col(x).bitwiseXOR(F.col(y)))
+
+    check = F.least(dist("h0_a", "h0_b"), dist("h0_a", "h1_b"), dist("h1_a", "h0_b")) <= t
+    u = uniq.view(np.int64)
+    edges = _edges(spark, items, {"h0": u[:, 0], "h1": u[:, 1]}, "h0 long, h1 long", check,
+                   node_of_item=node_of_item)
+    reps = groups.star_reps(node, len(uniq), edges)
     return [LevelDrops(REASON_UNDECODABLE, bad_rows, np.full(len(bad_rows), -1, np.int64)),
             drops_from_reps(reps, "duplicate_phash")]
 
@@ -214,59 +244,50 @@ def _signature_batches(params: minhash.MinHashParams):
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             texts = batch.column(1).to_pylist()
-            sig, valid = minhash.signatures(texts, params)
-            sig = sig.astype(np.int64)
+            sig, _ = minhash.signatures(texts, params)
+            grams = [sorted(minhash.ngrams(t, params.ngram)) for t in texts]
             yield pa.RecordBatch.from_arrays(
-                [batch.column(0), pa.array(list(sig), pa.list_(pa.int64())), pa.array(valid)],
-                names=["row", "sig", "valid"])
+                [batch.column(0), pa.array(list(sig.astype(np.int64)), pa.list_(pa.int64())),
+                 pa.array(grams, pa.list_(pa.string()))], names=["node", "sig", "grams"])
     return fn
 
 
-def _caption_level(spark, meta: pa.Table, eligible: np.ndarray, config: DedupConfig) -> LevelDrops:
+def spark_caption_level(spark, input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig):
     from pyspark.sql import functions as F
 
     n = meta.num_rows
     params = config.minhash
     rows = np.flatnonzero(eligible)
-    if not len(rows):
-        return drops_from_reps(np.full(n, -1, np.int64), "duplicate_caption")
+    none = [drops_from_reps(np.full(n, -1, np.int64), "duplicate_caption")]
     texts = minhash.normalize_texts(caption_texts(meta, config.text_field)).take(pa.array(rows))
-    df = spark.createDataFrame(pa.table({"row": pa.array(rows, pa.int64()), "text": texts}).to_pandas(),
-                               schema="row long, text string")
-    out = df.mapInArrow(_signature_batches(params), "row long, sig array<long>, valid boolean")
-    res = out.where(F.col("valid")).toArrow()
-    if not res.num_rows:
-        return drops_from_reps(np.full(n, -1, np.int64), "duplicate_caption")
-    srows = res.column("row").to_numpy().astype(np.int64)
+    valid = pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False).to_numpy(zero_copy_only=False)
+    rows = rows[valid]
+    if not len(rows):
+        return none
+    enc = texts.filter(pa.array(valid)).dictionary_encode()
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    uniq = enc.dictionary
+    node = np.full(n, -1, np.int64)
+    node[rows] = enc.indices.to_numpy(zero_copy_only=False)
+    df = spark.createDataFrame(pa.table({"node": pa.array(np.arange(len(uniq)), pa.int64()),
+                                         "text": uniq}).to_pandas(), schema="node long, text string")
+    res = df.mapInArrow(_signature_batches(params), "node long, sig array<long>, grams array<string>").toArrow()
+    res = res.sort_by("node")
     sig = np.stack(res.column("sig").to_pylist()).astype(np.uint32)
-    order = np.argsort(srows)
-    srows, sig = srows[order], sig[order]
-    uniq, node = groups.unique_nodes(sig, srows, n)
-    eq = F.aggregate(F.zip_with("s_a", "s_b", lambda x, y: F.when(x == y, 1).otherwise(0)), F.lit(0),
-                     lambda acc, v: acc + v)
-    check = (eq.cast("double") / F.lit(float(params.num_perm))) >= F.lit(float(config.caption_threshold))
-    edges = _edges(spark, minhash.band_values(uniq, params), {"s": list(uniq.astype(np.int64))},
-                   "s array<long>", check)
-    return drops_from_reps(groups.component_reps(node, len(uniq), edges), "duplicate_caption")
+    grams = res.column("grams").to_pylist()
+    inter = F.size(F.array_intersect("g_a", "g_b")).cast("double")
+    check = inter / F.size(F.array_union("g_a", "g_b")).cast("double") >= F.lit(float(config.caption_threshold))
+    edges = _edges(spark, minhash.band_values(sig, params), {"g": grams}, "g array<string>", check)
+    return [drops_from_reps(groups.star_reps(node, len(uniq), edges), "duplicate_caption")]
 
 
 def spark_dedup_levels(input_dir, meta: pa.Table, eligible: np.ndarray, config: DedupConfig,
                        spark=None) -> List[LevelDrops]:
     """Run the enabled dedup levels on Spark; returns each level's drops (rows of ``meta``)."""
-    spark = _session(spark)
-    eligible = eligible.copy()
-    out: List[LevelDrops] = []
-    for level in config.levels:
-        if level in ("url", "sha256"):
-            drops = [_exact_level(spark, meta, eligible, level, f"duplicate_{level}")]
-        elif level == "phash":
-            drops = _phash_level(spark, Path(input_dir), meta, eligible, config)
-        else:
-            drops = [_caption_level(spark, meta, eligible, config)]
-        for d in drops:
-            eligible[d.rows] = False
-        out.extend(drops)
-    return out
+    from .dedup import run_levels
+
+    return run_levels(Path(input_dir), meta, eligible, config, engine="spark", spark=spark)
 
 
 def spark_available() -> Optional[str]:

@@ -93,29 +93,41 @@ def band_pairs(col: np.ndarray, max_pairs_per_step: int = 1 << 22) -> Iterator[T
         cand = cand[remaining[cand] >= d]
 
 
-def candidate_edges(bands: np.ndarray, verify: Verify) -> Tuple[np.ndarray, np.ndarray]:
-    """Verified edges between items (rows of ``bands``) sharing at least one band value."""
+def candidate_edges(bands: np.ndarray, verify: Verify, node_of_item: Optional[np.ndarray] = None
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """Verified edges between nodes whose items (rows of ``bands``) share at least one band value.
+
+    An item is a node by default; ``node_of_item`` maps items to nodes when a node has several (e.g. the
+    hash variants of one image): pairs of items of one node are skipped, ``verify`` gets node pairs."""
+    n_nodes = int(node_of_item.max()) + 1 if node_of_item is not None and len(node_of_item) else len(bands)
     ea, eb = [], []
     for j in range(bands.shape[1]):
         for a, b in band_pairs(np.ascontiguousarray(bands[:, j])):
+            if node_of_item is not None:
+                a, b = node_of_item[a], node_of_item[b]
+                other = a != b
+                a, b = a[other], b[other]
             lo, hi = np.minimum(a, b), np.maximum(a, b)
-            ok = verify(lo, hi)
+            if len(lo) > 1:  # verify each candidate once per band
+                packed = np.unique(lo.astype(np.int64) * n_nodes + hi)
+                lo, hi = packed // n_nodes, packed % n_nodes
+            ok = verify(lo, hi) if len(lo) else np.zeros(0, bool)
             ea.append(lo[ok])
             eb.append(hi[ok])
     if not ea:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     a, b = np.concatenate(ea), np.concatenate(eb)
     if len(a):
-        packed = np.unique(a.astype(np.int64) * len(bands) + b)
-        a, b = packed // len(bands), packed % len(bands)
+        packed = np.unique(a.astype(np.int64) * n_nodes + b)
+        a, b = packed // n_nodes, packed % n_nodes
     return a.astype(np.int64), b.astype(np.int64)
 
 
 def component_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Per row, the lowest row of its connected component (-1 where ``node_of_row`` is -1).
 
-    Rows with the same node are in one component; ``edges`` link nodes.
-    """
+    Transitive (A~B, B~C groups A with C): only for exact relations; near-duplicates use
+    :func:`star_reps`."""
     n = len(node_of_row)
     out = np.full(n, -1, np.int64)
     rows = np.flatnonzero(node_of_row >= 0)
@@ -128,6 +140,40 @@ def component_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarra
     min_row = np.full(comp.max() + 1, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(min_row, c, rows)
     out[rows] = min_row[c]
+    return out
+
+
+def star_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per row, its representative (-1 where ``node_of_row`` is -1): groups without chaining.
+
+    Nodes are visited in the order of their lowest row; an unassigned node becomes a centre (its lowest
+    row is kept) and takes every still unassigned node it has a verified edge with. So every row's
+    representative is its own node's lowest row or the lowest row of a node verified against its node
+    directly (never through an intermediate), and every representative is itself kept."""
+    n = len(node_of_row)
+    out = np.full(n, -1, np.int64)
+    rows = np.flatnonzero(node_of_row >= 0)
+    if not len(rows):
+        return out
+    first = np.full(n_nodes, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, node_of_row[rows], rows)
+    rep_node = np.arange(n_nodes, dtype=np.int64)
+    a, b = edges
+    if len(a):
+        graph = coo_matrix((np.ones(2 * len(a), np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))),
+                           shape=(n_nodes, n_nodes)).tocsr()
+        indptr, indices = graph.indptr, graph.indices
+        linked = np.flatnonzero(np.diff(indptr) > 0)
+        assigned = np.zeros(n_nodes, bool)
+        for node in linked[np.argsort(first[linked], kind="stable")].tolist():
+            if assigned[node]:
+                continue
+            assigned[node] = True
+            nb = indices[indptr[node]: indptr[node + 1]]
+            nb = nb[~assigned[nb]]
+            assigned[nb] = True
+            rep_node[nb] = node
+    out[rows] = first[rep_node[node_of_row[rows]]]
     return out
 
 

@@ -5,6 +5,8 @@ n-grams (a caption shorter than ``n`` is one padded n-gram), each n-gram hashed 
 code points + splitmix64), and ``num_perm`` multiply-shift hash functions give the signature (the minimum
 per function). LSH banding: ``bands`` bands of ``num_perm / bands`` rows; each band is reduced to one
 64-bit bucket value. Signatures are deterministic for a seed: every engine computes the same values.
+Signatures only propose candidate pairs; every candidate is checked with the exact Jaccard similarity of
+the two n-gram sets (:func:`jaccard`) before anything is grouped.
 """
 from __future__ import annotations
 
@@ -119,5 +121,33 @@ def band_values(sig: np.ndarray, params: MinHashParams = MinHashParams()) -> np.
 
 
 def similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity (share of equal signature values) of row pairs (a[i], b[i])."""
+    """Estimated Jaccard similarity (share of equal signature values) of row pairs (a[i], b[i]).
+
+    An estimate: it only proposes candidates; decisions use :func:`jaccard`."""
     return (sig[a] == sig[b]).mean(axis=1)
+
+
+def ngrams(text: str, ngram: int) -> frozenset:
+    """The set of character n-grams of a normalised text (a text shorter than ``n`` is one padded n-gram)."""
+    if len(text) < ngram:
+        text = text + "\0" * (ngram - len(text))
+    return frozenset(text[i: i + ngram] for i in range(len(text) - ngram + 1))
+
+
+def jaccard_sets(a: frozenset, b: frozenset) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 1.0
+
+
+def jaccard(texts: Sequence[str], a: np.ndarray, b: np.ndarray, ngram: int) -> np.ndarray:
+    """Exact Jaccard similarity of the character n-gram sets of pairs (texts[a[i]], texts[b[i]])."""
+    cache: dict = {}
+
+    def grams(i: int) -> frozenset:
+        g = cache.get(i)
+        if g is None:
+            g = cache[i] = ngrams(texts[i], ngram)
+        return g
+
+    return np.fromiter((jaccard_sets(grams(i), grams(j)) for i, j in zip(a.tolist(), b.tolist())),
+                       np.float64, len(a))

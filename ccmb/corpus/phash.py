@@ -5,6 +5,10 @@ resize to 32x32, 2-D DCT-II, keep the top-left 8x8 coefficients (lowest frequenc
 bit i when coefficient i is above the median of the 64. Bit 0 is the most significant bit of the
 ``uint64``. Resized or re-encoded copies of an image differ in a few bits; different images in ~32.
 The DCT runs batched over many images at once (``scipy.fft.dctn``).
+
+Every image gets :data:`VARIANTS` hashes from one decode: the whole image and its central
+``CENTER_SHARE`` (90%) crop. A copy with a few percent of border cropped away hashes like the original's
+centre, so comparing the best pair of variants tolerates small crops (measured in ``perf/bench_neardup.py``).
 """
 from __future__ import annotations
 
@@ -29,17 +33,55 @@ PathLike = Union[str, Path]
 HASH_SIZE = 8
 IMG_SIZE = 32
 BATCH = 512
+#: Hashes per image: 0 = whole image, 1 = central crop (``CENTER_SHARE`` of each side).
+VARIANTS = 2
+CENTER_SHARE = 0.9
+
+
+def _decode_gray(data: bytes, source: str) -> Image.Image:
+    # JPEG: decode at 1/2..1/8 scale, much faster
+    img = open_image(data, source=source, draft=("L", (2 * IMG_SIZE, 2 * IMG_SIZE)))
+    try:
+        return img.convert("L")
+    except Exception as exc:  # PIL raises many types
+        raise ImageDecodeError(f"cannot decode image ({source}): {exc}") from exc
+
+
+def _small(img: Image.Image, box=None) -> np.ndarray:
+    try:
+        out = img.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR, box=box)
+    except Exception as exc:  # PIL raises many types
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    return np.asarray(out, dtype=np.float32)
+
+
+def center_box(width: int, height: int, share: float = CENTER_SHARE) -> tuple:
+    dx, dy = width * (1 - share) / 2, height * (1 - share) / 2
+    return (dx, dy, width - dx, height - dy)
 
 
 def gray32(data: bytes, source: str = "") -> np.ndarray:
     """Decode image bytes to a 32x32 float32 grayscale array (pixel cap of :mod:`ccmb.images`)."""
-    # JPEG: decode at 1/2..1/8 scale, much faster
-    img = open_image(data, source=source, draft=("L", (2 * IMG_SIZE, 2 * IMG_SIZE)))
-    try:
-        img = img.convert("L").resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR)
-    except Exception as exc:  # PIL raises many types
-        raise ImageDecodeError(f"cannot decode image ({source}): {exc}") from exc
-    return np.asarray(img, dtype=np.float32)
+    return _small(_decode_gray(data, source))
+
+
+def gray32_variants(data: bytes, source: str = "") -> np.ndarray:
+    """The :data:`VARIANTS` 32x32 grayscale arrays of an image (whole, centre crop), shape (2, 32, 32)."""
+    img = _decode_gray(data, source)
+    return np.stack([_small(img), _small(img, center_box(*img.size))])
+
+
+def phash_variants_images(images: Sequence[Image.Image], mirrored: bool = False) -> np.ndarray:
+    """Hash variants (N, VARIANTS) uint64 of PIL images (``mirrored``: of their mirror images)."""
+    grays = []
+    for img in images:
+        g = img.convert("L")
+        if mirrored:
+            g = g.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        grays.append(np.stack([_small(g), _small(g, center_box(*g.size))]))
+    if not grays:
+        return np.zeros((0, VARIANTS), np.uint64)
+    return phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS)
 
 
 def phash_arrays(gray: np.ndarray) -> np.ndarray:
@@ -60,16 +102,35 @@ def phash_bytes(images: Sequence[bytes]) -> np.ndarray:
     return phash_arrays(np.stack([gray32(b) for b in images])) if images else np.zeros(0, np.uint64)
 
 
+def phash_variants_bytes(images: Sequence[bytes]) -> np.ndarray:
+    """Hash variants (N, VARIANTS) uint64 of encoded images."""
+    if not len(images):
+        return np.zeros((0, VARIANTS), np.uint64)
+    return phash_arrays(np.concatenate([gray32_variants(b) for b in images])).reshape(-1, VARIANTS)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bitwise Hamming distance of two uint64 arrays."""
     return np.bitwise_count(np.bitwise_xor(a.astype(np.uint64), b.astype(np.uint64))).astype(np.int64)
+
+
+def variant_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The exact check of the pHash level: per pair (a[i], b[i]) of variant rows (N, VARIANTS), the
+    smallest Hamming distance between a whole-image hash and any variant of the other image (whole vs
+    whole, whole vs centre, centre vs whole)."""
+    a, b = np.atleast_2d(a).view(np.uint64), np.atleast_2d(b).view(np.uint64)
+    d = hamming(a[:, 0], b[:, 0])
+    for i, j in ((0, 1), (1, 0)):
+        d = np.minimum(d, hamming(a[:, i], b[:, j]))
+    return d
 
 
 def phash_tar(tar_path: PathLike, keys: Optional[Set[str]] = None
               ) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
     """pHashes of the samples of one tar (only ``keys`` when given).
 
-    Returns (keys, hashes as int64, {key: error} for images that do not decode).
+    Returns (keys, hash variants as int64 of shape (N, VARIANTS), {key: error} for images that do not
+    decode).
     """
     out_keys: List[str] = []
     errors: Dict[str, str] = {}
@@ -79,17 +140,17 @@ def phash_tar(tar_path: PathLike, keys: Optional[Set[str]] = None
         if keys is not None and sample.key not in keys:
             continue
         try:
-            grays.append(gray32(sample.image, source=f"{tar_path}:{sample.key}.{sample.image_ext}"))
+            grays.append(gray32_variants(sample.image, source=f"{tar_path}:{sample.key}.{sample.image_ext}"))
         except ImageDecodeError as exc:
             errors[sample.key] = str(exc)
             continue
         out_keys.append(sample.key)
         if len(grays) >= BATCH:
-            hashes.append(phash_arrays(np.stack(grays)))
+            hashes.append(phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS))
             grays = []
     if grays:
-        hashes.append(phash_arrays(np.stack(grays)))
-    values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        hashes.append(phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS))
+    values = np.concatenate(hashes) if hashes else np.zeros((0, VARIANTS), np.uint64)
     return out_keys, values.view(np.int64), errors
 
 
@@ -98,14 +159,15 @@ def _phash_job(args: Tuple[str, Optional[List[str]]]):
     return phash_tar(path, set(keys) if keys is not None else None)
 
 
-PHASH_SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("error", pa.string())])
+PHASH_SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("phash_center", pa.int64()),
+                          ("error", pa.string())])
 
 
 def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, Iterable[str]]] = None,
                     workers: int = 1, progress: bool = False) -> pa.Table:
     """pHashes of the samples of ``tars`` (only the listed keys per tar name when ``keys_by_tar`` is given).
 
-    ``workers`` > 1 spreads tars over processes. Returns a table (key, phash int64, error).
+    ``workers`` > 1 spreads tars over processes. Returns a table (key, phash, phash_center (int64), error).
     """
     jobs = []
     for t in tars:
@@ -145,10 +207,12 @@ def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, It
         err_msgs.extend(errs.values())
         for key, msg in errs.items():
             logger.warning("phash: %s", msg)
-    hashes = np.concatenate(values) if values else np.zeros(0, np.int64)
-    ok = pa.table({"key": pa.array(keys_out, pa.string()), "phash": pa.array(hashes, pa.int64()),
+    hashes = np.concatenate(values) if values else np.zeros((0, VARIANTS), np.int64)
+    ok = pa.table({"key": pa.array(keys_out, pa.string()), "phash": pa.array(hashes[:, 0], pa.int64()),
+                   "phash_center": pa.array(hashes[:, 1], pa.int64()),
                    "error": pa.nulls(len(keys_out), pa.string())}, schema=PHASH_SCHEMA)
     bad = pa.table({"key": pa.array(err_keys, pa.string()), "phash": pa.nulls(len(err_keys), pa.int64()),
+                    "phash_center": pa.nulls(len(err_keys), pa.int64()),
                     "error": pa.array(err_msgs, pa.string())}, schema=PHASH_SCHEMA)
     return pa.concat_tables([ok, bad])
 
