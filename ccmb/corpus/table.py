@@ -303,10 +303,23 @@ def decision_schema_with(fingerprint: str) -> pa.Schema:
     return DECISION_SCHEMA.with_metadata({KEYS_FINGERPRINT: fingerprint.encode()})
 
 
-def write_decisions(path: PathLike, table: pa.Table) -> None:
-    """Write a decision table atomically (with the fingerprint of its keys in the parquet metadata)."""
+#: Parquet metadata of a decision table: which step wrote it (filter, dedup, decontaminate, ...) and, for
+#: decontamination, a JSON document {"against": [...], "report": {...}} (read by build-shards' provenance).
+TABLE_KIND = b"ccmb.kind"
+TABLE_INFO = b"ccmb.info"
+
+
+def write_decisions(path: PathLike, table: pa.Table, kind: Optional[str] = None,
+                    info: Optional[str] = None) -> None:
+    """Write a decision table atomically (with the fingerprint of its keys in the parquet metadata, and the
+    ``kind`` of step and a JSON ``info`` document when given)."""
     table = table.cast(DECISION_SCHEMA)
-    table = table.replace_schema_metadata({KEYS_FINGERPRINT: keys_fingerprint(table.column("key")).encode()})
+    meta = {KEYS_FINGERPRINT: keys_fingerprint(table.column("key")).encode()}
+    if kind:
+        meta[TABLE_KIND] = kind.encode()
+    if info:
+        meta[TABLE_INFO] = info.encode()
+    table = table.replace_schema_metadata(meta)
     with atomic.atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
 
