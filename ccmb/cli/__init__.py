@@ -1,9 +1,12 @@
 """The ``ccmb`` command line: a click group whose sub-commands live in sibling modules.
 
 CLI modules are composition roots: they may wire ``ccmb``, ``models`` and ``ccmb_bench`` together,
-while library modules keep the one-way flow ccmb -> models -> ccmb_bench.
+while library modules keep the one-way flow ccmb -> models -> ccmb_bench. Helpers shared with
+``ccmb-bench`` live in :mod:`ccmb.clikit`, never here (importing this package loads every command).
 """
 from __future__ import annotations
+
+import importlib
 
 import click
 
@@ -19,23 +22,22 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
-# Sub-commands: one module each; register them here.
-from .shards import shards_group  # noqa: E402
+#: Sub-commands as ``"module:attribute"`` of this package (``ccmb --help`` lists them by name).
+#: Register a new command with one line here. Keep heavy imports (torch, pyspark) inside the command
+#: functions: ``ccmb --help`` imports every module listed.
+COMMANDS = (
+    "download:download_group",
+    "corpus:filter_cmd",
+    "corpus:dedup_cmd",
+    "corpus:build_shards_cmd",
+    "corpus:verify_cmd",
+    "corpus:stats_cmd",
+    "shards:shards_group",
+    "datasets:datasets_group",
+    "train:train_group",
+    "demo:demo_cmd",
+)
 
-main.add_command(shards_group)
-from .datasets import datasets_group  # noqa: E402
-main.add_command(datasets_group)
-from .train import train_group  # noqa: E402
-main.add_command(train_group)
-from .download import download_group  # noqa: E402
-main.add_command(download_group)
-from .corpus import build_shards_cmd, dedup_cmd, filter_cmd, stats_cmd, verify_cmd  # noqa: E402
-
-main.add_command(filter_cmd)
-main.add_command(dedup_cmd)
-main.add_command(build_shards_cmd)
-main.add_command(verify_cmd)
-main.add_command(stats_cmd)
-from .demo import demo_cmd  # noqa: E402
-
-main.add_command(demo_cmd)
+for _spec in COMMANDS:
+    _module, _, _attr = _spec.partition(":")
+    main.add_command(getattr(importlib.import_module(f".{_module}", __name__), _attr))
