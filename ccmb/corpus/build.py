@@ -38,8 +38,9 @@ import pyarrow.parquet as pq
 from .. import atomic
 from .. import shards as fmt
 from .dedup import DedupConfig, dedup_table
+from .combine import combine_tables
 from .filter import FilterConfig, filter_table
-from .table import (CurationError, Summary, list_parquets, load_metadata, prior_reasons, read_decisions,
+from .table import (CurationError, list_parquets, read_decisions,
                     write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -70,25 +71,19 @@ class BuildSummary:
 
 
 def _decide(input_dir: Path, build_dir: Path, keep_tables: Sequence[PathLike], engine: str, spark,
-            workers: int, progress: bool) -> Tuple[pa.Table, Dict[str, int]]:
-    """(kept rows: key, shard; drop counts per reason)."""
+            workers: int, progress: bool) -> Tuple[pa.Table, Dict[str, int], Dict[str, Any]]:
+    """(kept rows: key, shard; drop counts per reason; {"restored": ..., "provenance": ...})."""
     if keep_tables:
-        meta = load_metadata(input_dir, ["key", "status"])
-        base = pc.if_else(pc.equal(pc.fill_null(meta.column("status"), ""), "success"),
-                          pa.scalar(None, pa.string()), pa.scalar("not_downloaded"))
-        reasons = pc.coalesce(base, prior_reasons(meta.column("key"), keep_tables))
-        decisions = pa.table({"key": meta.column("key"), "shard": meta.column("shard"), "reason": reasons})
+        tables = list(keep_tables)
     else:
         ftab = filter_table(input_dir, FilterConfig(), engine=engine, spark=spark)
-        write_decisions(build_dir / "filter.parquet", ftab)
+        write_decisions(build_dir / "filter.parquet", ftab, kind="filter")
         dtab = dedup_table(input_dir, DedupConfig(workers=workers, progress=progress),
                            keep_tables=[build_dir / "filter.parquet"], engine=engine, spark=spark)
-        write_decisions(build_dir / "dedup.parquet", dtab)
-        decisions = dtab
-    summary = Summary.of(decisions)
-    kept = decisions.filter(pc.and_(pc.is_null(decisions.column("reason")),
-                                    pc.is_valid(decisions.column("key")))).select(["key", "shard"])
-    return kept, summary.dropped
+        write_decisions(build_dir / "dedup.parquet", dtab, kind="dedup")
+        tables = [build_dir / "filter.parquet", build_dir / "dedup.parquet"]
+    combined = combine_tables(input_dir, tables)  # restores duplicates whose kept copy another table drops
+    return combined.kept, combined.dropped, {"restored": combined.restored, "provenance": combined.provenance}
 
 
 def make_plan(kept: pa.Table, samples_per_shard: int, shuffle: bool, seed: int) -> pa.Table:
@@ -128,12 +123,12 @@ def _load_or_make_plan(input_dir: Path, output_dir: Path, keep_tables, samples_p
         logger.info("resuming the plan in %s", plan_json)
         return plan, saved
     build_dir.mkdir(parents=True, exist_ok=True)
-    kept, dropped = _decide(input_dir, build_dir, keep_tables, engine, spark, workers, progress)
+    kept, dropped, extra = _decide(input_dir, build_dir, keep_tables, engine, spark, workers, progress)
     plan = make_plan(kept, samples_per_shard, shuffle, seed)
     with atomic.atomic_open(plan_pq, "wb") as fh:
         pq.write_table(plan, fh)
     digest = hashlib.sha256("\n".join(plan.column("key").to_pylist()).encode()).hexdigest()
-    saved = {"params": params, "samples": plan.num_rows, "dropped": dropped, "keys_sha256": digest,
+    saved = {"params": params, "samples": plan.num_rows, "dropped": dropped, "keys_sha256": digest, **extra,
              "shards": int(pc.max(plan.column("out_shard")).as_py() + 1) if plan.num_rows else 0}
     atomic.write_json(plan_json, saved)  # written last: its presence means the plan is complete
     return plan, saved
@@ -274,7 +269,9 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     if extra:
         raise CurationError(f"{output_dir}: shards {extra[:5]} are not in the plan; use a new output folder")
     fmt.finalize_shard_set(output_dir, command=command or shlex.join(sys.argv),
-                           extra={"build": saved["params"], "dropped": summary.dropped}, known=known)
+                           extra={"build": saved["params"], "dropped": summary.dropped,
+                                  "restored": saved.get("restored", {}),
+                                  "provenance": saved.get("provenance")}, known=known)
     summary.seconds = time.time() - start
     logger.info("build-shards: %s", "; ".join(summary.lines()))
     return summary

@@ -364,7 +364,7 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
                          minhash=minhash.MinHashParams(num_perm=minhash_perm, ngram=ngram, bands=minhash_bands),
                          text_field=text_field, workers=workers, progress=progress, params=dict(params or {}))
     table = dedup_table(input_dir, config, keep_tables=keep_tables, engine=engine, spark=spark)
-    write_decisions(output, table)
+    write_decisions(output, table, kind="dedup")
     summary = Summary.of(table, output, time.time() - start)
     logger.info("dedup: %s", "; ".join(summary.lines()))
     return summary

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from curation_helpers import jpeg, rand_image
@@ -79,7 +78,6 @@ def test_star_reps_every_dropped_row_points_at_a_direct_neighbour():
 
 
 def test_phash_variants_tolerate_a_small_border_crop():
-    from PIL import Image
 
     from ccmb.corpus.phash import phash_variants_bytes, variant_distance
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from curation_helpers import jpeg, rand_image
 
 from ccmb.corpus.dedup import DedupConfig, dedup_table
 from ccmb.corpus.filter import FilterConfig, filter_table
