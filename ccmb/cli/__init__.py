@@ -34,6 +34,7 @@ COMMANDS = (
     "corpus:stats_cmd",
     "shards:shards_group",
     "datasets:datasets_group",
+    "fetch:fetch_group",
     "train:train_group",
     "demo:demo_cmd",
 )

@@ -1,0 +1,106 @@
+"""``ccmb fetch``: official checkpoints and public evaluation sets by name, into ``$CCMB_HOME``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ccmb.clikit import input_errors_as_click
+
+
+def _common(func):
+    func = click.option("--allow-file-urls", is_flag=True,
+                        help="Also accept file:// sources (tests, local mirrors); only http(s) otherwise.")(func)
+    func = click.option("--offline", is_flag=True,
+                        help="Use only what is cached (same as CCMB_OFFLINE=1); never touch the network.")(func)
+    return func
+
+
+def _run(fn):
+    from ccmb.fetch import FetchError, UnsafeArchiveError, VerificationError
+
+    try:
+        return fn()
+    except (FetchError, VerificationError, UnsafeArchiveError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group("fetch")
+def fetch_group() -> None:
+    """Download official weights and public evaluation sets by name (resumable, verified, cached under
+    $CCMB_HOME, default ~/.cache/ccmb). Extra mirrors: CCMB_MIRRORS or $CCMB_HOME/mirrors.txt."""
+
+
+@fetch_group.command("model")
+@click.argument("name")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Target folder (default: $CCMB_HOME/models/NAME, where ccmb-bench looks).")
+@_common
+@input_errors_as_click
+def model_cmd(name: str, folder: Optional[Path], allow_file_urls: bool, offline: bool) -> None:
+    """Fetch (or verify the cached copy of) the weights and tokenizer of model NAME."""
+    from models import hub
+
+    res = _run(lambda: hub.fetch_weights(name, folder, allow_file=allow_file_urls, offline=offline or None))
+    where = Path(folder) if folder else hub.model_dir(name)
+    for p in res.files:
+        state = "downloaded" if p.name in res.downloaded else "cached, verified"
+        click.echo(f"{p}  ({state})")
+    click.echo(f"ready: ccmb-bench run --model {name} ..." if where == hub.model_dir(name) and name in
+               _bench_names() else f"ready: {where}")
+
+
+def _bench_names():
+    try:
+        from ccmb_bench.adapters import MODELS
+    except Exception:  # pragma: no cover - the bench is part of the same distribution
+        return {}
+    return MODELS
+
+
+@fetch_group.command("dataset")
+@click.argument("name")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data root to unpack into (default: $CCMB_HOME/datasets); pass the same --root to ccmb-bench.")
+@click.option("--remove-archive", is_flag=True, help="Delete the downloaded archive after unpacking.")
+@_common
+@input_errors_as_click
+def dataset_cmd(name: str, root: Optional[Path], remove_archive: bool, allow_file_urls: bool,
+                offline: bool) -> None:
+    """Fetch dataset NAME into the data root, or print the manual steps for sets behind a login/request."""
+    from ccmb.datasets import sources
+    from ccmb.fetch import datasets_dir
+
+    root = root or datasets_dir()
+    if not sources.is_fetchable(name):
+        raise click.ClickException(f"{name} cannot be fetched automatically: {sources.manual_steps(name, root)}")
+    res = _run(lambda: sources.fetch_dataset(name, root, allow_file=allow_file_urls, offline=offline or None,
+                                             keep_archives=not remove_archive))
+    for p in res.unpacked:
+        click.echo(f"{p}  (unpacked)")
+    if not res.unpacked:
+        click.echo(f"{root}: already in place")
+    click.echo(f"check: {sources.verify_command(name, root)}")
+
+
+@fetch_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(as_json: bool) -> None:
+    """List what can be fetched (models, datasets), with sources and manual steps."""
+    from ccmb.datasets import sources
+    from models import hub
+
+    data = {"models": hub.describe(), "datasets": sources.describe()}
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    click.echo("models:")
+    for r in data["models"]:
+        srcs = ", ".join(next(iter(s)) for s in r["files"][0]["sources"])
+        click.echo(f"  {r['name']:22s} {r['description']}  [{srcs}]")
+    click.echo("datasets:")
+    for r in data["datasets"]:
+        how = "fetch" if r["fetchable"] else f"manual: {r['manual'].get('url', '')}"
+        click.echo(f"  {r['name']:22s} {r['description']}  [{how}]")
