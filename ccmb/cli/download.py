@@ -25,7 +25,16 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--resize-mode", type=click.Choice(RESIZE_MODES), default="keep_ratio", show_default=True,
                      help="keep_ratio: shorter side = image-size, no crop, no padding."),
         click.option("--encode-quality", type=int, default=95, show_default=True, help="JPEG quality."),
-        click.option("--timeout", type=int, default=10, show_default=True, help="Seconds per HTTP request."),
+        click.option("--timeout", type=int, default=10, show_default=True,
+                     help="Wall-clock seconds per HTTP request: connect, headers, body and redirects together "
+                          "(a slower request fails as 'deadline exceeded')."),
+        click.option("--max-bytes", type=int, default=64 * 1024 * 1024, show_default=True,
+                     help="Largest response body accepted, checked on Content-Length and while streaming "
+                          "('response larger than --max-bytes')."),
+        click.option("--deny-private", is_flag=True,
+                     help="Refuse loopback, private, link-local, multicast and reserved addresses, also after a "
+                          "redirect ('private address refused'); recommended on cloud machines (metadata "
+                          "endpoints, internal services)."),
         click.option("--retries", type=int, default=1, show_default=True,
                      help="Extra tries per URL inside the same run."),
         click.option("--samples-per-shard", type=int, default=10_000, show_default=True, help="Input rows per shard."),
@@ -70,8 +79,9 @@ def download_group() -> None:
     """Download image URL lists into a ccmb shard set (img2dataset; resumable).
 
     Run the same command again to resume after an interruption: finished shards are kept, unfinished
-    ones are removed and downloaded again. Only http(s) URLs are fetched; every input row ends up in
-    the shards' parquet files as a success or a failure with its reason.
+    ones are removed and downloaded again. Only http(s) URLs are fetched (redirects too); every input
+    row ends up in the shards' parquet files as a success or a failure with its reason. A full disk
+    stops the run with one error line; free space and run the same command again.
     """
 
 

@@ -11,6 +11,7 @@ Inputs: files, folders (their supported files, sorted), globs; JSON arrays, JSON
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import gzip
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import atomic
+from ..safejson import loads_bounded, nesting_depth
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,11 @@ INTERNAL_COLUMNS = [ERROR_COLUMN, INPUT_URL_COLUMN]
 RESERVED = {"key", "caption", "url", "width", "height", "original_width", "original_height", "status",
             "error_message", "exif", "md5", "sha256", "sha512"}
 
+#: Longest JSON line read (longer lines are refused as "malformed JSON: line longer than N bytes").
+MAX_LINE_BYTES = 1_000_000
+#: Deepest JSON nesting accepted (Zero records are 1 level deep).
+MAX_JSON_DEPTH = 64
+
 FORMATS = {".json": "json", ".jsonl": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "tsv",
            ".parquet": "parquet"}
 
@@ -79,6 +86,7 @@ class IngestResult:
     parts: List[Path]
     rows: int
     refused: Dict[str, int] = field(default_factory=dict)
+    refused_examples: List[str] = field(default_factory=list)  # the first few "file:line: reason"
     columns: List[str] = field(default_factory=list)  # additional columns for img2dataset
 
 
@@ -152,10 +160,16 @@ def _iter_json(path: Path) -> Iterator[Record]:
             bad_utf8 = False
         except UnicodeDecodeError:
             text, bad_utf8 = raw.decode("utf-8", errors="replace"), True
+        if nesting_depth(text) > MAX_JSON_DEPTH + 1:  # the array, then records
+            yield Record(src, f"{src}:1", None, f"malformed JSON array: nested deeper than {MAX_JSON_DEPTH} levels")
+            return
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             yield Record(src, f"{src}:{exc.lineno}", None, f"malformed JSON array: {exc.msg}")
+            return
+        except RecursionError:
+            yield Record(src, f"{src}:1", None, "malformed JSON array: nested too deeply")
             return
         for i, obj in enumerate(data):
             where = f"{src}:[{i}]"
@@ -165,26 +179,48 @@ def _iter_json(path: Path) -> Iterator[Record]:
                 yield Record(src, where, obj, "non-UTF-8 text in file" if bad_utf8 else None)
         return
     with _open_binary(path) as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in enumerate(_bounded_lines(fh, MAX_LINE_BYTES), 1):
+            where = f"{src}:{lineno}"
+            if line is None:
+                yield Record(src, where, None, f"malformed JSON: line longer than {MAX_LINE_BYTES} bytes")
+                continue
             if lineno == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
             if not line.strip():
                 continue
-            where = f"{src}:{lineno}"
             error = None
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
                 text, error = line.decode("utf-8", errors="replace"), "non-UTF-8 text"
             try:
-                obj = json.loads(text)
+                obj = loads_bounded(text, max_depth=MAX_JSON_DEPTH, max_bytes=MAX_LINE_BYTES)
             except json.JSONDecodeError as exc:
                 yield Record(src, where, None, f"malformed JSON: {exc.msg} (column {exc.colno})")
+                continue
+            except ValueError as exc:  # too deep / too long
+                yield Record(src, where, None, f"malformed JSON: {exc}")
                 continue
             if not isinstance(obj, dict):
                 yield Record(src, where, None, f"malformed record: expected a JSON object, got {type(obj).__name__}")
                 continue
             yield Record(src, where, obj, error)
+
+
+def _bounded_lines(fh, max_bytes: int) -> Iterator[Optional[bytes]]:
+    """Lines of a binary file; a line longer than ``max_bytes`` is skipped unread and yields None."""
+    while True:
+        line = fh.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            while True:  # skip the rest of the over-long line in bounded chunks
+                rest = fh.readline(1 << 20)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+            continue
+        yield line
 
 
 def _iter_csv(path: Path, delimiter: str) -> Iterator[Record]:
@@ -382,11 +418,14 @@ def fingerprint_inputs(files: Sequence[Path], options: Dict[str, Any]) -> str:
 
 def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *, samples_per_shard: int,
                      limit: Optional[int] = None, strict: bool = False,
-                     part_rows: Optional[int] = None) -> IngestResult:
+                     part_rows: Optional[int] = None, refused_path: Optional[PathLike] = None,
+                     refused_examples: int = 5) -> IngestResult:
     """Write ``files`` as parquet parts ``part-NNNNN.parquet`` (all columns strings) under ``out_dir``.
 
     Parts hold a multiple of ``samples_per_shard`` rows, so img2dataset numbers shards as for one file.
     ``strict`` makes malformed records and non-UTF-8 text fatal (:class:`InputError` naming file:line).
+    Refused rows are also listed in ``refused_path`` (``file:line<TAB>reason`` per line, when given); the
+    first ``refused_examples`` of them are returned as ``"file:line: reason"``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +449,6 @@ def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *
     parts: List[Path] = []
     refused: Counter = Counter()
     seen_keys: set = set()
-    rows = 0
 
     def flush() -> None:
         if not buffer["url"]:
@@ -427,7 +465,26 @@ def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *
         for f in files:
             yield from iter_records(f)
 
-    for rec in records():
+    examples: List[str] = []
+    log = atomic.atomic_open(refused_path, "w", encoding="utf-8") if refused_path else contextlib.nullcontext()
+    with log as log_fh:
+        rows = _normalize_rows(records(), layout, columns, buffer, flush, refused, examples, log_fh, seen_keys,
+                               limit=limit, strict=strict, part_rows=part_rows, refused_examples=refused_examples)
+    flush()
+    if rows == 0:
+        raise InputError(f"no rows in the input ({', '.join(map(str, files))})")
+    if refused:
+        logger.warning("%d of %d input rows refused before download: %s", sum(refused.values()), rows,
+                       dict(refused.most_common(10)))
+    return IngestResult(parts=parts, rows=rows, refused=dict(refused), refused_examples=examples,
+                        columns=layout.columns)
+
+
+def _normalize_rows(records: Iterator[Record], layout: Layout, columns: List[str], buffer: Dict[str, list],
+                    flush: Any, refused: Counter, examples: List[str], log_fh: Any, seen_keys: set, *,
+                    limit: Optional[int], strict: bool, part_rows: int, refused_examples: int) -> int:
+    rows = 0
+    for rec in records:
         if limit is not None and rows >= limit:
             break
         row, error, dedup = normalize_record(rec, layout)
@@ -442,18 +499,20 @@ def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *
         if error is not None:
             _refuse(row, error, rec.where)
             refused[reason_class(error)] += 1
+            if len(examples) < refused_examples:
+                examples.append(f"{rec.where}: {error}")
+            if log_fh is not None:
+                log_fh.write(f"{rec.where}\t{_one_line(error)}\n")
         for c in columns:
             buffer[c].append(row.get(c))
         rows += 1
         if len(buffer["url"]) >= part_rows:
             flush()
-    flush()
-    if rows == 0:
-        raise InputError(f"no rows in the input ({', '.join(map(str, files))})")
-    if refused:
-        logger.warning("%d of %d input rows refused before download: %s", sum(refused.values()), rows,
-                       dict(refused.most_common(10)))
-    return IngestResult(parts=parts, rows=rows, refused=dict(refused), columns=layout.columns)
+    return rows
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def reason_class(error: Optional[str]) -> str:

@@ -1,0 +1,274 @@
+"""The download folder: its state, resume tidying, shard finishing, and the summary of a download.
+
+A shard is finished when its ``NNNNN_stats.json`` exists and parses; :func:`tidy_output` removes
+anything else named ``NNNNN.*`` (img2dataset writes tars in place, so a ``kill -9`` or a full disk
+leaves truncated ones), temporaries and img2dataset's ``_tmp``. :func:`finish_shard` recounts a shard's
+parquet rows and records its manifest entry; :func:`summarize` counts every row of the finished shards.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import re
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import __version__, atomic, shards
+from . import ingest
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+STATE_DIR = "_ccmb"
+#: All input lines refused before download (``file:line<TAB>reason``), beside the shards' failed_input rows.
+REFUSED_FILE = "refused_input.tsv"
+STATUS_FAILED_INPUT = shards.STATUS_FAILED_INPUT
+RETRYABLE = ("failed_to_download", "failed_to_resize")
+ORIG_KEY_COLUMN = "ccmb_orig_key"
+#: Fields of img2dataset's rows that are not sample metadata.
+_DROP_META = {"status", "error_message", "sha256", "md5", "sha512", ORIG_KEY_COLUMN, *ingest.INTERNAL_COLUMNS}
+SHARD_FILE_RE = re.compile(r"^(\d{5,})(\.tar|\.parquet|_stats\.json)$")
+#: How many refused input lines the summary names.
+REFUSED_EXAMPLES = 5
+
+
+class DownloadError(RuntimeError):
+    """The download cannot start or continue (the message says why and what to do)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: OSError, output_dir: Any) -> DownloadError:
+    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    return DownloadError(f"disk full{where} ({exc.strerror or exc}): the download stopped; free space on the "
+                         f"disk of {output_dir} and run the same command again to resume")
+
+
+# ------------------------------------------------------------------------------------ summary
+
+@dataclass
+class DownloadSummary:
+    """Outcome of a download: every input row is a success or a counted failure."""
+
+    output_dir: str
+    input_rows: int
+    rows: int  # rows in finished shards' parquet files
+    successes: int
+    failures: Dict[str, int] = field(default_factory=dict)  # "status: reason" -> count
+    shards: int = 0
+    expected_shards: int = 0
+    elapsed_s: float = 0.0
+    new_successes: int = 0  # samples added by this call (for images/s)
+    retried: int = 0
+    recovered: int = 0
+    refused_total: int = 0  # input lines refused before download (malformed, bad URL, duplicate ...)
+    refused_examples: List[str] = field(default_factory=list)  # the first few, as "file:line: reason"
+
+    @property
+    def failed(self) -> int:
+        return self.rows - self.successes
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.rows if self.rows else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.new_successes / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.shards == self.expected_shards and self.rows == self.input_rows
+
+    def top_failures(self, n: int = 10) -> List[tuple]:
+        return Counter(self.failures).most_common(n)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.update(failed=self.failed, failure_rate=self.failure_rate, images_per_s=self.images_per_s,
+                 complete=self.complete)
+        return d
+
+    def report(self) -> str:
+        lines = [
+            f"download summary for {self.output_dir}",
+            f"  input rows      {self.input_rows}",
+            f"  rows in shards  {self.rows}  ({self.shards}/{self.expected_shards} shards finished)",
+            f"  successes       {self.successes}  ({100 * (1 - self.failure_rate):.1f}%)",
+            f"  failures        {self.failed}",
+        ]
+        for reason, n in self.top_failures(10):
+            lines.append(f"    {n:>9}  {reason}")
+        if self.refused_examples:
+            lines.append(f"  refused input lines (first {len(self.refused_examples)} of {self.refused_total}; all in "
+                         f"{Path(self.output_dir) / STATE_DIR / REFUSED_FILE} and, as failed_input rows, in the "
+                         f"shards' parquet):")
+            lines.extend(f"    {e}" for e in self.refused_examples)
+        if self.retried:
+            lines.append(f"  retried         {self.retried} failed rows, {self.recovered} recovered")
+        lines.append(f"  this run        {self.new_successes} new images in {self.elapsed_s:.1f}s "
+                     f"({self.images_per_s:.1f} images/s)")
+        if not self.complete:
+            lines.append("  INCOMPLETE: run the same command again to resume")
+        return "\n".join(lines)
+
+# ------------------------------------------------------------------------------- output folder
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def tidy_output(output_dir: Path) -> List[str]:
+    """Remove unfinished shards, temporaries and img2dataset's ``_tmp``; returns the finished shard names.
+
+    img2dataset's resume treats every ``*.json`` of the folder as a finished shard, so our own
+    ``sizes.json``/``manifest.json`` are removed too (they are rewritten when the set is complete).
+    """
+    atomic.remove_stale_temporaries(output_dir)
+    shutil.rmtree(output_dir / "_tmp", ignore_errors=True)
+    shutil.rmtree(output_dir / STATE_DIR / "retry", ignore_errors=True)  # an interrupted --retry-failed
+    for name in (shards.SIZES_FILE, shards.MANIFEST_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+    groups: Dict[str, Dict[str, Path]] = defaultdict(dict)
+    for p in output_dir.iterdir():
+        m = SHARD_FILE_RE.match(p.name)
+        if m:
+            groups[m.group(1)][m.group(2)] = p
+        elif p.suffix == ".json":
+            raise DownloadError(f"{p}: unexpected JSON file in the output folder (img2dataset's resume reads "
+                                f"every *.json there as a shard's stats); move it away")
+    finished = []
+    removed = []
+    for name, files in sorted(groups.items()):
+        ok = ("_stats.json" in files and ".tar" in files and ".parquet" in files
+              and read_json(files["_stats.json"]) is not None)
+        if ok:
+            finished.append(name)
+            continue
+        for p in files.values():
+            p.unlink(missing_ok=True)
+        removed.append(name)
+    if removed:
+        logger.warning("removed %d unfinished shard(s) (they will be downloaded again): %s", len(removed),
+                       ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
+    return finished
+
+
+# ------------------------------------------------------------------------------- shard writing
+
+class CcmbShardWriter(shards.ShardWriter):
+    """ShardWriter whose parquet keeps the input list's extra columns, rows in key order, and whose stats
+    keep the start time of the img2dataset shard it rewrites (see :class:`ccmb.shards.ShardWriter` for
+    the atomic finish: old ``_stats.json`` removed first, then parquet, tar and new stats renamed in)."""
+
+    def __init__(self, output_dir: PathLike, shard_index: int, extra_columns: Sequence[str] = (),
+                 start_time: Optional[float] = None) -> None:
+        super().__init__(output_dir, shard_index, extra_columns=extra_columns)
+        if start_time is not None:
+            self._start = start_time
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.rows.sort(key=lambda r: r.get("key") or "")
+        super().__exit__(exc_type, exc, tb)
+
+
+def clean_meta(meta: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in _DROP_META}
+
+
+def failure_row(row: Dict[str, Any]) -> tuple:
+    """(meta, status, error_message) of a failed img2dataset row, with pre-download refusals restored."""
+    meta = clean_meta(row)
+    if row.get(ingest.ERROR_COLUMN):
+        meta["url"] = row.get(ingest.INPUT_URL_COLUMN)
+        return meta, STATUS_FAILED_INPUT, row[ingest.ERROR_COLUMN]
+    status = row.get("status") or "failed_to_download"
+    if status == shards.STATUS_SUCCESS:  # a success without its sample: never silently lost
+        return meta, "failed_to_download", "sample missing from the tar"
+    return meta, status, row.get("error_message") or status
+
+
+def extra_columns(names: Iterable[str]) -> List[str]:
+    skip = set(shards.PARQUET_SCHEMA.names) | _DROP_META | {"exif"}
+    return [n for n in names if n not in skip]
+
+
+def read_table(path: Path, columns: Optional[List[str]] = None) -> pa.Table:
+    """Read a parquet file without pyarrow.dataset (whose import pulls in pandas: slow in fresh workers)."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
+def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
+    """Complete a shard img2dataset finished (idempotent); returns its manifest entry.
+
+    img2dataset (with :class:`CcmbSampleWriter`) already wrote the tar and the parquet in the ccmb
+    format; this recounts the parquet rows by status (refused rows are ``failed_input``, not
+    img2dataset's ``failed_to_download``) and records the tar's manifest entry in ``_stats.json``.
+    """
+    output_dir = Path(output_dir)
+    name = shards.shard_name(shard_id)
+    stats_path = output_dir / f"{name}_stats.json"
+    stats = read_json(stats_path) or {}
+    if "ccmb" in stats:
+        return stats["ccmb"]["tar"]
+    t = read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+    status = t.column("status").to_pylist()
+    reasons = Counter(str(e or s) for s, e in zip(status, t.column("error_message").to_pylist())
+                      if s != shards.STATUS_SUCCESS)
+    counts = Counter(status)
+    tar = output_dir / f"{name}.tar"
+    entry = {"samples": counts[shards.STATUS_SUCCESS], "bytes": tar.stat().st_size, "sha256": shards.sha256_file(tar)}
+    stats.update(count=len(status), successes=counts[shards.STATUS_SUCCESS],
+                 failed_to_download=counts["failed_to_download"], failed_to_resize=counts["failed_to_resize"],
+                 failed_input=counts[STATUS_FAILED_INPUT], status_dict=dict(reasons), ccmb_version=__version__,
+                 ccmb={"tar": entry, "format_version": shards.FORMAT_VERSION})
+    atomic.write_json(stats_path, stats)
+    return entry
+
+
+# ------------------------------------------------------------------------------------ counting
+
+def summarize(output_dir: PathLike, input_rows: int, expected_shards: int) -> DownloadSummary:
+    """Count the rows of every finished shard's parquet: successes and failures by reason."""
+    output_dir = Path(output_dir)
+    rows = successes = 0
+    failures: Counter = Counter()
+    names = shards.finished_shards(output_dir)
+    for name in names:
+        t = read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+        for status, error in zip(t.column("status").to_pylist(), t.column("error_message").to_pylist()):
+            rows += 1
+            if status == shards.STATUS_SUCCESS:
+                successes += 1
+            else:
+                failures[f"{status}: {failure_reason(error)}"] += 1
+    return DownloadSummary(output_dir=str(output_dir), input_rows=input_rows, rows=rows, successes=successes,
+                           failures=dict(failures), shards=len(names), expected_shards=expected_shards)
+
+
+def failure_reason(error: Optional[str]) -> str:
+    """A failure message reduced to its reason (no URL, location or detail), for counting."""
+    text = (error or "unknown").strip()
+    if "infinite loop" in text:
+        return "redirect loop"
+    if "CV_IO_MAX_IMAGE_PIXELS" in text:
+        return "image too large (decompression bomb guard)"
+    if "X-Robots-Tag" in text:
+        return "disallowed by X-Robots-Tag"
+    return ingest.reason_class(text.splitlines()[0] if text else text)
+

@@ -1,0 +1,310 @@
+"""The guarded HTTP fetch used for every image download (it replaces img2dataset's urllib fetch).
+
+Limits, all enforced while the response streams in, each failure a short reason for the row:
+
+* a wall-clock **deadline per request** (``--timeout``: connect, headers, body and redirects together;
+  a server trickling one byte per second cannot hold a row longer): ``deadline exceeded``;
+* a **maximum response size** (``--max-bytes``): a larger ``Content-Length`` is refused before the body
+  is read, a body without one is cut off at the cap: ``response larger than --max-bytes``;
+* **redirects only to http(s)** (``file:``, ``data:``, ``ftp:`` ... refused): ``redirect to non-http(s)
+  URL``; at most :data:`MAX_REDIRECTS` hops: ``redirect loop``;
+* with ``deny_private`` (``--deny-private``), no connection to loopback, private, link-local, multicast
+  or reserved addresses, checked on the address actually connected to, at every hop (so also after a
+  redirect and a DNS answer that changes): ``private address refused``.
+
+The deadline is enforced by one watchdog thread per process that shuts down the socket of a request
+whose deadline has passed, which wakes any blocked read at once. No content decoding is done
+(``Accept-Encoding: identity``), so a compressed "bomb" is stored as sent (and then fails to decode).
+"""
+from __future__ import annotations
+
+import heapq
+import http.client
+import io
+import ipaddress
+import itertools
+import os
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
+
+MAX_REDIRECTS = 10
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+CHUNK = 64 * 1024
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+# Reasons (first words of the error message; ccmb.corpus.download counts failures by them).
+DEADLINE = "deadline exceeded"
+TOO_LARGE = "response larger than --max-bytes"
+BAD_REDIRECT = "redirect to non-http(s) URL"
+REDIRECT_LOOP = "redirect loop"
+PRIVATE = "private address refused"
+TRUNCATED = "truncated response"
+
+
+class FetchError(Exception):
+    """A request failed; ``str()`` is the reason stored for the row."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """Per-request limits (picklable: they travel to the download workers)."""
+
+    timeout: float = 10.0  # wall-clock seconds for the whole request, redirects included
+    max_bytes: int = DEFAULT_MAX_BYTES
+    deny_private: bool = False
+
+
+def refused_ip(ip: "ipaddress._BaseAddress") -> bool:
+    """True for addresses ``--deny-private`` refuses: loopback, private, link-local, multicast, reserved."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
+            or ip.is_unspecified)
+
+
+# ----------------------------------------------------------------------------------- the watchdog
+
+class _Watchdog:
+    """One daemon thread per process: shuts down the sockets of requests past their deadline."""
+
+    def __init__(self) -> None:
+        self._heap: List[Tuple[float, int, "_Request"]] = []
+        self._cond = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self._pid = 0
+
+    def add(self, request: "_Request") -> None:
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid():  # (re)start after a fork
+                self._heap = []
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="ccmb-fetch-deadline", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (request.end, next(self._ids), request))
+            if self._heap[0][2] is request:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2].done:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                end = self._heap[0][0]
+                now = time.monotonic()
+                if now < end:
+                    self._cond.wait(end - now)
+                    continue
+                _, _, request = heapq.heappop(self._heap)
+            request.expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Request:
+    """Deadline state of one request: the watchdog shuts down its current socket when time is up."""
+
+    def __init__(self, timeout: float) -> None:
+        self.end = time.monotonic() + timeout
+        self.timeout = timeout
+        self.done = False
+        self.expired = False
+        self.sock: Optional[socket.socket] = None
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise FetchError(f"{DEADLINE} ({self.timeout:g}s per request)")
+        return left
+
+    def set_socket(self, sock: Optional[socket.socket]) -> None:
+        with self._lock:
+            self.sock = sock
+            if sock is not None and self.expired:
+                _shutdown(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            if self.sock is not None:
+                _shutdown(self.sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.done = True
+            self.sock = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown (an SSLSocket's own would drop its TLS state under a reader)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------------- connections
+
+def _connect(host: str, port: int, request: _Request, deny_private: bool,
+             source_address: Any = None) -> socket.socket:
+    """Resolve ``host`` and connect to its first allowed address, within the request's deadline."""
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    last: Optional[BaseException] = None
+    refused = False
+    for family, socktype, proto, _, addr in infos:
+        if deny_private and refused_ip(ipaddress.ip_address(addr[0].split("%")[0])):
+            refused = True
+            continue
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.settimeout(request.remaining())
+            if source_address:
+                sock.bind(source_address)
+            request.set_socket(sock)
+            sock.connect(addr)
+            return sock
+        except BaseException as exc:
+            request.set_socket(None)
+            sock.close()
+            if isinstance(exc, FetchError) or not isinstance(exc, OSError):
+                raise
+            last = exc
+    if last is not None:
+        raise last
+    if refused:
+        raise FetchError(f"{PRIVATE} ({host} resolves to a loopback/private/link-local address; --deny-private)")
+    raise OSError(f"getaddrinfo returned no address for {host}")
+
+
+def _connection_class(base: type) -> type:
+    class Guarded(base):  # type: ignore[misc, valid-type]
+        def __init__(self, host: str, *, request: _Request, deny_private: bool, **kw: Any) -> None:
+            super().__init__(host, timeout=request.timeout, **kw)
+            self._request = request
+
+            def create_connection(address, timeout=None, source_address=None):
+                sock = _connect(address[0], address[1], request, deny_private, source_address)
+                sock.settimeout(min(request.timeout, max(request.end - time.monotonic(), 0.001)))
+                return sock
+
+            self._create_connection = create_connection
+
+        def connect(self) -> None:
+            super().connect()
+            self._request.set_socket(self.sock)  # for https: the TLS socket that replaced the plain one
+
+    return Guarded
+
+
+_HTTPConnection = _connection_class(http.client.HTTPConnection)
+_HTTPSConnection = _connection_class(http.client.HTTPSConnection)
+_SSL_CONTEXT: Optional[ssl.SSLContext] = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context()
+    return _SSL_CONTEXT
+
+
+# ----------------------------------------------------------------------------------- the fetch
+
+def fetch(url: str, limits: FetchLimits, headers: Optional[dict] = None,
+          check_headers: Optional[Callable[[http.client.HTTPMessage], Optional[str]]] = None) -> bytes:
+    """GET ``url`` (http or https) within ``limits``; returns the body, raises :class:`FetchError` or OSError.
+
+    ``check_headers`` may refuse the final response by its headers (returns a reason, or None).
+    """
+    request = _Request(limits.timeout)
+    _WATCHDOG.add(request)
+    try:
+        return _fetch(url, limits, request, headers or {}, check_headers)
+    except (OSError, http.client.HTTPException) as exc:
+        if request.expired or time.monotonic() >= request.end:
+            raise FetchError(f"{DEADLINE} ({limits.timeout:g}s per request)") from exc
+        raise
+    finally:
+        request.finish()
+
+
+def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
+           check_headers: Optional[Callable[[http.client.HTTPMessage], Optional[str]]]) -> bytes:
+    seen = set()
+    for _hop in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError(f"unsupported URL scheme {scheme!r} (only http/https)")
+        if not parts.hostname:
+            raise FetchError("invalid URL: no host")
+        seen.add(url)
+        cls = _HTTPSConnection if scheme == "https" else _HTTPConnection
+        kw = {"context": _ssl_context()} if scheme == "https" else {}
+        conn = cls(parts.netloc.rpartition("@")[2], request=request, deny_private=limits.deny_private, **kw)
+        try:
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            conn.request("GET", path, headers={"Accept-Encoding": "identity", "Connection": "close", **headers})
+            resp = conn.getresponse()
+            location = resp.getheader("Location") if resp.status in REDIRECT_CODES else None
+            if location is not None:
+                new = urljoin(url, location.strip())
+                if urlsplit(new).scheme.lower() not in ("http", "https"):
+                    raise FetchError(f"{BAD_REDIRECT} ({urlsplit(new).scheme or 'no'} scheme)")
+                if new in seen:
+                    raise FetchError(f"{REDIRECT_LOOP} (back to an earlier URL)")
+                url = new.split("#")[0]
+                continue
+            if not 200 <= resp.status < 300:
+                raise FetchError(f"HTTP Error {resp.status}: {resp.reason}")
+            if check_headers is not None:
+                reason = check_headers(resp.msg)
+                if reason:
+                    raise FetchError(reason)
+            return _read_body(resp, limits, request)
+        finally:
+            conn.close()
+            request.set_socket(None)
+    raise FetchError(f"{REDIRECT_LOOP} (more than {MAX_REDIRECTS} redirects)")
+
+
+def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request) -> bytes:
+    length = resp.getheader("Content-Length")
+    expected: Optional[int] = None
+    if length is not None:
+        try:
+            expected = int(length.strip())
+        except ValueError:
+            expected = None
+        if expected is not None and expected > limits.max_bytes:
+            raise FetchError(f"{TOO_LARGE} (Content-Length {expected} > {limits.max_bytes})")
+    buf = io.BytesIO()
+    size = 0
+    while True:
+        request.remaining()
+        chunk = resp.read1(CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limits.max_bytes:
+            raise FetchError(f"{TOO_LARGE} (more than {limits.max_bytes} bytes)")
+        buf.write(chunk)
+    if request.expired:
+        raise FetchError(f"{DEADLINE} ({limits.timeout:g}s per request)")
+    if expected is not None and size < expected:
+        raise FetchError(f"{TRUNCATED} ({size} of {expected} bytes)")
+    return buf.getvalue()
