@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..safejson import loads_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,44 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 
 class MissingImageError(DatasetError, FileNotFoundError):
-    """An image referenced by the annotations is missing; the message names its path."""
+    """An image referenced by the annotations is missing; the message names its path (and, when known, the
+    ``file:line`` of the annotation that references it)."""
 
-    def __init__(self, path: str, detail: str = "") -> None:
-        self.path = path
-        super().__init__(f"missing image: {path}" + (f" ({detail})" if detail else ""))
+    def __init__(self, path: str, detail: str = "", ref: Optional[str] = None) -> None:
+        self.path, self.detail, self.ref = path, detail, ref
+        msg = f"missing image: {path}" + (f" ({detail})" if detail else "")
+        super().__init__(f"{ref}: {msg}" if ref else msg)
+
+    def at(self, ref: Optional[str]) -> "MissingImageError":
+        """The same error located at the annotation ``ref`` (``file:line``)."""
+        return MissingImageError(self.path, self.detail, ref) if ref and not self.ref else self
+
+
+class UnsafeImagePathError(DatasetError):
+    """An image id that would name a file outside its image folder (absolute, ``..``)."""
+
+
+def unsafe_image_id(image_id: str) -> Optional[str]:
+    """Why an annotation's image id may not name a file inside the image folder, or None when it does: an
+    absolute path, a ``..`` component (after normalising ``\\`` to ``/``), a NUL byte. Checked lexically,
+    so a symlinked image folder keeps working."""
+    if "\0" in image_id:
+        return "NUL in the image id"
+    name = image_id.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
+        return "absolute path outside the image folder"
+    if ".." in name.split("/") or posixpath.normpath(name).startswith(".."):
+        return "'..' leads outside the image folder"
+    return None
+
+
+def image_refs(path: PathLike, pairs: Iterable[Tuple[str, object]]) -> Dict[str, str]:
+    """``image id -> "file:line"`` of the first annotation line (or item) that references each image."""
+    out: Dict[str, str] = {}
+    for image_id, where in pairs:
+        if image_id not in out:
+            out[image_id] = f"{path}:{where}" if where is not None else str(path)
+    return out
 
 
 @dataclass
@@ -109,10 +144,10 @@ def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple
 def iter_json_objects(path: PathLike, log: ParseLog) -> Iterator[Tuple[int, dict]]:
     """``(line number, object)`` of a JSON-lines file; a line that is not a JSON object goes to ``log``."""
     for number, line in iter_lines(path, log):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            log.bad(path, number, f"invalid JSON: {exc.msg}")
+        try:  # bounded: a line nested 1,000 levels deep is a located, counted problem, not a RecursionError
+            obj = loads_bounded(line)
+        except ValueError as exc:
+            log.bad(path, number, f"invalid JSON: {getattr(exc, 'msg', None) or exc}")
             continue
         if not isinstance(obj, dict):
             log.bad(path, number, "expected a JSON object")

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from .base import ParseLog
+from .base import MissingImageError, ParseLog
 from .imagesource import ImageSource
 
 TASKS = ("retrieval", "matching", "classification", "captioning", "text-to-image")
@@ -23,7 +23,8 @@ class ImageData:
     task = ""
 
     def __init__(self, name: str, split: str, image_ids: Sequence[str], images: ImageSource,
-                 log: Optional[ParseLog] = None, files: Optional[Dict[str, str]] = None) -> None:
+                 log: Optional[ParseLog] = None, files: Optional[Dict[str, str]] = None,
+                 image_refs: Optional[Dict[str, str]] = None) -> None:
         self.name = name
         self.split = split
         self.image_ids: List[str] = list(image_ids)
@@ -35,17 +36,30 @@ class ImageData:
         self.empty: List[str] = list(log.empty)
         self.issues: List[str] = self.malformed + self.duplicates + self.empty
         self.files: Dict[str, str] = dict(files or {})
+        #: image id -> ``file:line`` of the first annotation referencing it (errors name both)
+        self.image_refs: Dict[str, str] = dict(image_refs or {})
 
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
 
     def load_image(self, i: int) -> Image.Image:
-        """Image ``i`` decoded to RGB; a missing file raises ``MissingImageError`` naming its path."""
-        return self.images.load(self.image_ids[i])
+        """Image ``i`` decoded to RGB; a missing file raises ``MissingImageError`` naming its path and the
+        annotation line that references it."""
+        try:
+            return self.images.load(self.image_ids[i])
+        except MissingImageError as exc:
+            raise exc.at(self.image_ref(i)) from None
 
     def image_bytes(self, i: int) -> bytes:
-        return self.images.read_bytes(self.image_ids[i])
+        try:
+            return self.images.read_bytes(self.image_ids[i])
+        except MissingImageError as exc:
+            raise exc.at(self.image_ref(i)) from None
+
+    def image_ref(self, i: int) -> Optional[str]:
+        """``file:line`` of the first annotation that references image ``i`` (None when not from a file)."""
+        return self.image_refs.get(self.image_ids[i])
 
     def image_path(self, i: int) -> str:
         return self.images.path_of(self.image_ids[i])

@@ -22,7 +22,7 @@ from PIL import Image
 
 from .. import atomic
 from ..images import decode_image
-from .base import BOM, MissingImageError, ParseLog, PathLike
+from .base import BOM, MissingImageError, ParseLog, PathLike, UnsafeImagePathError, unsafe_image_id
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,13 @@ class FolderImages(ImageSource):
         return image_id if image_id.lower().endswith(IMAGE_EXTS) else image_id + self.default_ext
 
     def path_of(self, image_id: str) -> str:
-        return str(self.folder / self.file_name(image_id))
+        """The image's file; an id leading outside the folder (absolute, ``..``) raises
+        :class:`UnsafeImagePathError` (the parsers already refuse such lines, naming file:line)."""
+        name = self.file_name(image_id)
+        reason = unsafe_image_id(name)
+        if reason is not None:
+            raise UnsafeImagePathError(f"image id {image_id!r}: {reason} ({self.folder})")
+        return str(self.folder / name)
 
     def exists(self, image_id: str) -> bool:
         return os.path.isfile(self.path_of(image_id))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
-from .base import DatasetNotFoundError, ParseLog, first_existing, iter_lines
+from .base import DatasetNotFoundError, ParseLog, first_existing, image_refs, iter_lines, unsafe_image_id
 from .data import CaptionData, ClassificationData, MatchingData, RetrievalData, TextToImageData
 from .formats import aic, captions, cclip, elevater, r2d2
 from .imagesource import FolderImages, MultiFolderImages, TsvImages
@@ -71,6 +71,23 @@ def _check_root(ctx: LoadContext) -> None:
         raise ctx.missing("data root", [ctx.root])
 
 
+Row = TypeVar("Row")
+
+
+def _inside_image_folder(ctx: LoadContext, ann: Path, rows: List[Row], image: Callable[[Row], str],
+                         line: Callable[[Row], Optional[int]]) -> List[Row]:
+    """The rows whose image id stays inside the image folder; an absolute id or one with ``..`` is a
+    malformed line (strict: the error names ``file:line``; lenient: skipped and counted)."""
+    out = []
+    for r in rows:
+        reason = unsafe_image_id(image(r))
+        if reason is not None:
+            ctx.log.bad(ann, line(r), f"image {image(r)!r}: {reason}")
+            continue
+        out.append(r)
+    return out
+
+
 # ------------------------------------------------------------------------------------------- R2D2
 
 R2D2_IMAGES = "IQR_IQM_ICR_ICM_images"
@@ -88,13 +105,15 @@ def load_r2d2(ctx: LoadContext):
     images = FolderImages(img_dir, default_ext="")
     matching = spec.task == "matching"
     rows = r2d2.parse_r2d2_jsonl(ann, ctx.log, with_label=matching)
+    rows = _inside_image_folder(ctx, ann, rows, lambda r: r.image, lambda r: r.line)
+    refs = image_refs(ann, ((r.image, r.line) for r in rows))
     if matching:
         image_ids, pair_images, pair_texts, labels = r2d2.matching_pairs(rows, ann, ctx.log)
         return MatchingData(spec.name, split, image_ids, images, pair_images, pair_texts, labels,
-                            **ctx.kw(annotations=ann, images=img_dir))
+                            image_refs=refs, **ctx.kw(annotations=ann, images=img_dir))
     image_ids, texts, t2i = r2d2.retrieval_ground_truth(rows, ann, ctx.log)
     return RetrievalData(spec.name, split, image_ids, images, texts, t2i, directions=spec.directions,
-                         **ctx.kw(annotations=ann, images=img_dir))
+                         image_refs=refs, **ctx.kw(annotations=ann, images=img_dir))
 
 
 # --------------------------------------------------------------------------------- caption lines
@@ -115,9 +134,11 @@ def load_flickr30k_cna(ctx: LoadContext) -> RetrievalData:
 def _caption_retrieval(ctx: LoadContext, ann: Path, clean: bool) -> RetrievalData:
     img_dir = ctx.folder("image folder", FLICKR_IMAGES)
     rows = captions.parse_caption_lines(ann, ctx.log, clean=clean)
+    rows = _inside_image_folder(ctx, ann, rows, lambda r: r.image, lambda r: r.line)
     image_ids, texts, text_ids, t2i = captions.caption_ground_truth(rows)
     return RetrievalData(ctx.spec.name, ctx.split, image_ids, FolderImages(img_dir), texts, t2i,
                          directions=ctx.spec.directions, text_ids=text_ids,
+                         image_refs=image_refs(ann, ((r.image, r.line) for r in rows)),
                          **ctx.kw(annotations=ann, images=img_dir))
 
 
@@ -151,7 +172,9 @@ def load_cclip_retrieval(ctx: LoadContext) -> RetrievalData:
     images.report(ctx.log)
     image_ids, texts, text_ids, t2i = cclip.text_ground_truth(rows, images.ids)
     return RetrievalData(spec.name, ctx.split, image_ids, images, texts, t2i, directions=spec.directions,
-                         text_ids=text_ids, **ctx.kw(texts=texts_path, images=tsv))
+                         text_ids=text_ids, image_refs=image_refs(texts_path, ((i, r.line) for r in rows
+                                                                               for i in r.image_ids)),
+                         **ctx.kw(texts=texts_path, images=tsv))
 
 
 def _raw_flickr_cn(ctx: LoadContext) -> Optional[Path]:
@@ -183,6 +206,7 @@ def load_cclip_text_to_image(ctx: LoadContext) -> TextToImageData:
         prompts.append(r.text)
         prompt_ids.append(r.text_id)
     return TextToImageData(ctx.spec.name, ctx.split, list(order), images, prompts, prompt_ids, refs,
+                           image_refs=image_refs(texts_path, ((r.image_ids[0], r.line) for r in rows if r.image_ids)),
                            **ctx.kw(texts=texts_path, images=tsv))
 
 
@@ -213,6 +237,14 @@ def _aic_items(ctx: LoadContext):
             raise ctx.missing("image folder", cands)
         img_dir = found
     items = aic.parse_aic_json(ann, ctx.log)
+    kept = []
+    for it in items:
+        reason = unsafe_image_id(it.image_id)
+        if reason is not None:
+            ctx.log.bad(ann, None, f"item {it.index}: image_id {it.image_id!r}: {reason}")
+            continue
+        kept.append(it)
+    items = kept
     n = ctx.params.get("num_images")
     if n not in (None, "", 0, "0", "all"):
         items = items[: int(n)]
@@ -231,14 +263,19 @@ def load_aic_retrieval(ctx: LoadContext) -> RetrievalData:
             t2i.append([i])
     return RetrievalData(ctx.spec.name, ctx.split, [it.image_id for it in items], FolderImages(img_dir),
                          texts, t2i, directions=ctx.spec.directions, text_ids=text_ids,
-                         **ctx.kw(annotations=ann, images=img_dir))
+                         image_refs=_aic_refs(ann, items), **ctx.kw(annotations=ann, images=img_dir))
 
 
 def load_aic_caption(ctx: LoadContext) -> CaptionData:
     """AIC-ICC as captioning: every image with its reference captions."""
     ann, img_dir, items = _aic_items(ctx)
     return CaptionData(ctx.spec.name, ctx.split, [it.image_id for it in items], FolderImages(img_dir),
-                       [it.captions for it in items], **ctx.kw(annotations=ann, images=img_dir))
+                       [it.captions for it in items], image_refs=_aic_refs(ann, items),
+                       **ctx.kw(annotations=ann, images=img_dir))
+
+
+def _aic_refs(ann: Path, items) -> Dict[str, str]:
+    return {it.image_id: f"{ann}: item {it.index}" for it in items}
 
 
 # ----------------------------------------------------------------------------------------- ELEVATER

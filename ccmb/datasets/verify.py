@@ -55,13 +55,16 @@ def verify_dataset(name: str, root: PathLike, split: Optional[str] = None, *, de
         report.warnings.append(f"{s['images_without_text']} images have no text")
 
     def check(i: int) -> Optional[str]:
-        if not data.images.exists(data.image_ids[i]):
-            return f"missing image: {data.image_path(i)}"
-        if decode:
-            try:
+        ref = data.image_ref(i)
+        try:
+            if not data.images.exists(data.image_ids[i]):
+                return str(MissingImageError(data.image_path(i), ref=ref))
+            if decode:
                 decode_image(data.image_bytes(i), mode=None, source=data.image_path(i))
-            except (ImageDecodeError, MissingImageError) as exc:
-                return str(exc)
+        except (ImageDecodeError, MissingImageError) as exc:
+            return f"{ref}: {exc}" if ref and not getattr(exc, "ref", None) else str(exc)
+        except DatasetError as exc:  # e.g. an id outside the image folder
+            return f"{ref}: {exc}" if ref else str(exc)
         return None
 
     n = len(data.image_ids)

@@ -30,6 +30,8 @@ def parse_aic_json(path: PathLike, log: ParseLog) -> List[AicItem]:
         raise DatasetFormatError(path, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(path, None, f"not UTF-8: {exc}") from None
+    except RecursionError:  # one document: nesting deeper than Python's stack is malformed, not a crash
+        raise DatasetFormatError(path, None, "invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise DatasetFormatError(path, 1, "expected a JSON array of {image_id, caption} objects")
     items: List[AicItem] = []
