@@ -8,6 +8,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("CCMB_OFFLINE", "1")  # ccmb fetch / ccmb-bench run never download in tests
 
 import pytest  # noqa: E402
 

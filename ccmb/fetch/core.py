@@ -154,7 +154,8 @@ def fetch_file(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: 
                 got = source.fetch(path, allow_file=allow_file)
             except SourceError as exc:
                 attempts.append(f"{exc} [{time.perf_counter() - t0:.1f}s]")
-                resumable = http.part_path(path).is_file() and "interrupted" in str(exc)
+                part = http.part_path(path)
+                resumable = part.is_file() and part.stat().st_size > 0
                 if resumable and attempt < retries:
                     log.info("%s: retrying %s (resume)", spec.name, source.describe())
                     continue

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small enough that a dropped connection loses little (urllib3 drops a partial chunk)
 PART_SUFFIX = ".part"
 
 

@@ -16,13 +16,15 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import List, Optional
 
+from .verify import VerificationError
+
 log = logging.getLogger(__name__)
 
 MAX_MEMBERS = 5_000_000
 
 
-class UnsafeArchiveError(ValueError):
-    """An archive with a member that would land outside the destination (or is a link)."""
+class UnsafeArchiveError(VerificationError):
+    """An archive with a member that would land outside the destination (or is a link), or no zip at all."""
 
 
 def safe_member_path(name: str) -> PurePosixPath:
