@@ -29,6 +29,7 @@ COMMANDS = (
     "download:download_group",
     "corpus:filter_cmd",
     "corpus:dedup_cmd",
+    "corpus:decontaminate_cmd",
     "corpus:build_shards_cmd",
     "corpus:verify_cmd",
     "corpus:stats_cmd",

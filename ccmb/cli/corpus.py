@@ -1,5 +1,5 @@
-"""Corpus curation commands: ``ccmb filter``, ``ccmb dedup``, ``ccmb build-shards``, ``ccmb verify``,
-``ccmb stats`` (see docs/curation.md)."""
+"""Corpus curation commands: ``ccmb filter``, ``ccmb dedup``, ``ccmb decontaminate``, ``ccmb build-shards``,
+``ccmb verify``, ``ccmb stats`` (see docs/curation.md)."""
 from __future__ import annotations
 
 import functools
@@ -124,6 +124,59 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
                             keep_tables=keep_tables, workers=workers, engine=engine,
                             spark=_spark(engine, spark_master), progress=True)
     _echo_summary(summary)
+
+
+@click.command("decontaminate")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Download folder or shard set (NNNNN.tar + NNNNN.parquet).")
+@click.option("--against", required=True,
+              help="Evaluation sets, comma-separated registry names (`ccmb datasets list`); NAME:SPLIT picks a "
+                   "split per set.")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Data root of the evaluation sets (their official layout).")
+@click.option("--split", default=None, help="Split of every set (default: the split the benchmark evaluates).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Report (JSON): per set, images and texts with copies in the corpus, with examples.")
+@click.option("--phash-threshold", default=8, show_default=True,
+              help="Max Hamming distance between pHash variants (mirror images included).")
+@click.option("--caption-threshold", default=0.8, show_default=True,
+              help="Min exact n-gram Jaccard of a corpus caption and an evaluation text.")
+@click.option("--min-caption-chars", default=8, show_default=True,
+              help="Texts shorter than this (normalised) never count as copies.")
+@click.option("--drop-caption-matches", is_flag=True,
+              help="Also drop samples whose caption copies an evaluation text (default: reported only).")
+@click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
+              show_default=True, help="Corpus text compared with the evaluation texts.")
+@click.option("--workers", default=1, show_default=True, help="Processes hashing tars (in-process engine).")
+@ENGINE_OPTION
+@MASTER_OPTION
+@_errors
+def decontaminate_cmd(input_dir, against, root, split, output, report_path, phash_threshold, caption_threshold,
+                      min_caption_chars, drop_caption_matches, text_field, workers, engine, spark_master) -> None:
+    """Drop corpus samples whose image copies an image of the evaluation sets (reason eval_overlap).
+
+    Exact bytes (sha256) and perceptual copies (pHash variants, robust to re-encoding, resizing, small
+    crops, brightness, overlays and flips); captions copying evaluation texts are reported. Pass the table
+    to build-shards with --keep.
+    """
+    from ..corpus.decontaminate import DecontaminationConfig, decontaminate, format_report
+    from ..datasets.base import DatasetError
+
+    names = [a.strip() for a in against.split(",") if a.strip()]
+    config = DecontaminationConfig(phash_threshold=phash_threshold, caption_threshold=caption_threshold,
+                                   min_caption_chars=min_caption_chars, drop_caption_matches=drop_caption_matches,
+                                   text_field=text_field, workers=workers, progress=True)
+    try:
+        summary, report = decontaminate(input_dir, names, root, output, split=split, report_path=report_path,
+                                        config=config, engine=engine, spark=_spark(engine, spark_master))
+    except DatasetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in format_report(report):
+        click.echo(line)
+    _echo_summary(summary)
+    if report_path:
+        click.echo(f"wrote {report_path}")
 
 
 @click.command("build-shards")

@@ -71,6 +71,15 @@ def gray32_variants(data: bytes, source: str = "") -> np.ndarray:
     return np.stack([_small(img), _small(img, center_box(*img.size))])
 
 
+def phash_with_mirror(data: bytes, source: str = "") -> np.ndarray:
+    """Hash variants of an image and of its mirror image, shape (2 * VARIANTS,) uint64: whole, centre,
+    mirrored whole, mirrored centre (one decode, the same pipeline as the corpus side)."""
+    img = _decode_gray(data, source)
+    mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    box = center_box(*img.size)
+    return phash_arrays(np.stack([_small(img), _small(img, box), _small(mirror), _small(mirror, box)]))
+
+
 def phash_variants_images(images: Sequence[Image.Image], mirrored: bool = False) -> np.ndarray:
     """Hash variants (N, VARIANTS) uint64 of PIL images (``mirrored``: of their mirror images)."""
     grays = []
