@@ -151,6 +151,43 @@ class CrossEncoder(nn.Module):
         return self.encoder.layer[0].attention(hidden, None, mask)
 
 
+class _LMTransform(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class _LMPrediction(nn.Module):
+    def __init__(self, width: int, vocab_size: int, eps: float) -> None:
+        super().__init__()
+        self.transform = _LMTransform(width, eps)
+        self.decoder = nn.Linear(width, vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden)) + self.bias
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head (``BertOnlyMLMHead``): ``predictions.transform.{dense,LayerNorm}``,
+    ``predictions.decoder``, ``predictions.bias``. Registered as ``cls`` its parameter names equal those of a
+    Hugging Face ``BertForMaskedLM`` checkpoint (``cls.predictions.*``), which can initialise it
+    (:func:`models.loading.init_mlm_head_from_hf`)."""
+
+    def __init__(self, width: int, vocab_size: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.predictions = _LMPrediction(width, vocab_size, eps)
+        init_bert_weights(self)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits [..., vocab] of hidden states [..., width]."""
+        return self.predictions(hidden)
+
+
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT initialisation: Linear/Embedding ~ N(0, std), zero bias, LayerNorm = (1, 0)."""
     for m in module.modules():
@@ -160,6 +197,18 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_fan_in_weights(module: nn.Module) -> None:
+    """Linear ~ N(0, 1/fan_in) (gain ~1 per matrix at any width), zero bias, LayerNorm = (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=m.in_features ** -0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

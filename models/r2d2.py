@@ -22,7 +22,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
 
 from models.config import CONFIG_FILE, R2D2Config
-from models.cross_encoder import CrossEncoder, init_bert_weights
+from models.cross_encoder import CrossEncoder, init_bert_weights, init_fan_in_weights
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,16 @@ class R2D2Model(nn.Module):
         """Initialise the modules that are not transformers models (BERT style, std 0.02)."""
         own = [self.vision_proj, self.text_proj]
         if self.has_cross_encoders:
-            own += [self.text_joint_layer, self.img_joint_layer, self.img_joint_proj, self.itm_head, self.itm_head_i]
+            own += [self.itm_head, self.itm_head_i]
         for module in own:
             init_bert_weights(module)
+        if self.has_cross_encoders:
+            # fan-in scaled (std = 1/sqrt(in)): BERT's fixed std 0.02 gives each matrix a gain of
+            # 0.02*sqrt(width) (0.13 at the tiny width 40), so the image reached the match head through
+            # cross-attention value + output at ~2 % of the residual and FGR sat on a plateau at ln 2
+            # (docs/training.md, "Why FGR did not learn"). At width 768 this is std 0.036 vs 0.02.
+            for module in (self.text_joint_layer, self.img_joint_layer, self.img_joint_proj):
+                init_fan_in_weights(module)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -99,11 +106,25 @@ class R2D2Model(nn.Module):
                 "(joint_layers=0); rank PRD2 by the cosine similarity image_embeds @ text_embeds.T instead")
 
     # ------------------------------------------------------------------ encoders
-    def encode_image(self, pixel_values: torch.Tensor, return_hidden: bool = False):
+    def encode_image(self, pixel_values: torch.Tensor, return_hidden: bool = False,
+                     keep_patches: Optional[torch.Tensor] = None):
         """Normalised image embeddings [N, D]; with ``return_hidden`` also the last hidden state [N, 1+P, Wv]
-        of the ViT (before ``post_layernorm``, which R2D2 never applies)."""
+        of the ViT (before ``post_layernorm``, which R2D2 never applies).
+
+        ``keep_patches`` [N, K] (patch indices, from :func:`models.train.teacher.keep_patch_indices`): the ViT
+        sees the class token and only those K patch tokens (with their position embeddings), as in FLIP, so
+        the pass costs about K/P of the full one; the hidden state is then [N, 1+K, Wv]."""
         dtype = self.visual_encoder.embeddings.patch_embedding.weight.dtype
-        hidden = self.visual_encoder(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
+        pixel_values = pixel_values.to(self.device, dtype)
+        if keep_patches is None:
+            hidden = self.visual_encoder(pixel_values=pixel_values).last_hidden_state
+        else:
+            vision = getattr(self.visual_encoder, "vision_model", self.visual_encoder)
+            tokens = vision.embeddings(pixel_values)  # [N, 1+P, Wv], position embeddings added
+            idx = keep_patches.to(self.device).long() + 1
+            kept = torch.gather(tokens, 1, idx.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+            tokens = torch.cat([tokens[:, :1], kept], dim=1)
+            hidden = vision.encoder(inputs_embeds=vision.pre_layrnorm(tokens)).last_hidden_state
         embeds = F.normalize(self.vision_proj(hidden[:, 0]), dim=-1)
         return (embeds, hidden) if return_hidden else embeds
 

@@ -48,50 +48,111 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
 
 
 # ------------------------------------------------------------------------------------------ CLI
+def _checkpoint_errors_as_click(func: Callable) -> Callable:
+    """A corrupt checkpoint or model file (``models.CheckpointError``, its message names the file) is shown as
+    ``Error: ...`` like other input errors."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from models.loading import CheckpointError
+
+        try:
+            return func(*args, **kwargs)
+        except CheckpointError as exc:
+            logger.debug("traceback", exc_info=True)
+            raise click.ClickException(str(exc)) from exc
+    return wrapper
+
+
 def _print_record(record: Dict[str, Any]) -> None:
+    from models.train.config import LOG_LOSS_KEYS
+
     if "eval" in record:
         metrics = " ".join(f"{k} {v:.2f}" for k, v in record["eval"].items())
         click.echo(f"eval epoch {record['epoch']} step {record['step']}: {metrics}")
         return
-    losses = " ".join(f"{k} {record[k]:.4f}" for k in ("loss", "gcpr", "fgr", "tgd", "fgd", "match")
-                      if record.get(k) is not None)
-    click.echo(f"step {record['step']} epoch {record['epoch']} | {losses} | lr {record['lr']:.3e} "
+    losses = " ".join(f"{k} {record[k]:.4f}" for k in LOG_LOSS_KEYS if record.get(k) is not None)
+    total = record.get("total_steps")
+    where = f"step {record['step']}/{total}" if total else f"step {record['step']}"
+    eta = record.get("eta_s")
+    eta_text = f" | ETA {_duration(eta)}" if eta is not None else ""
+    click.echo(f"{where} epoch {record['epoch']} | {losses} | lr {record['lr']:.3e} "
                f"temp {record['temp']:.4f} | {record['samples_per_s']:.1f} samples/s "
-               f"({record['samples_per_s_per_gpu']:.1f}/GPU)", nl=True)
+               f"({record['samples_per_s_per_device']:.1f}/{record.get('device_kind', 'device')}){eta_text}",
+               nl=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _defaults(field: str) -> str:
+    """' [default: pretrain X, finetune Y]' from the config dataclasses (the one source of defaults)."""
+    from models.train.config import TrainConfig, finetune_defaults
+
+    def get(cfg):
+        return getattr(cfg.losses, field[5:]) if field.startswith("loss_") else getattr(cfg, field)
+
+    pre, ret, mat = get(TrainConfig()), get(finetune_defaults("retrieval")), get(finetune_defaults("matching"))
+    if pre == ret == mat:
+        return f" [default: {pre}]"
+    fine = ret if ret == mat else f"retrieval {ret}, matching {mat}"
+    return f" [default: pretrain {pre}; finetune {fine}]"
+
+
+#: (option, TrainConfig field, type, help): the flags that override the training config.
+_CONFIG_OPTIONS = (
+    ("--steps", "steps", int, "Optimizer steps (wins over --epochs)."),
+    ("--epochs", "epochs", int, "Epochs (pre-training: virtual epochs from sizes.json)."),
+    ("--batch-size", "batch_size", int, "Samples per process per micro-batch."),
+    ("--grad-accum", "grad_accum", int, "Micro-batches per optimizer step."),
+    ("--lr", "lr", float, "Peak learning rate (AdamW)."),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (matrices only)."),
+    ("--warmup-steps", "warmup_steps", int, "Linear warm-up steps."),
+    ("--clip-grad", "clip_grad", float, "Max global grad norm (0: off)."),
+    ("--num-workers", "num_workers", int, "DataLoader workers per process."),
+    ("--seed", "seed", int, "Seed of weights, data order, augmentation and masking."),
+    ("--log-every", "log_every", int, "Log a line every N steps (and at the first step)."),
+    ("--save-every", "save_every", int, "Checkpoint every N steps."),
+    ("--keep-last", "keep_last", int, "Checkpoints kept."),
+    ("--queue-size", "loss_queue_size", int, "TgD feature-queue length."),
+    ("--momentum", "loss_momentum", float, "EMA momentum of the distillation teacher."),
+    ("--patch-drop-ratio", "loss_patch_drop_ratio", float, "FgD: share of image patch tokens the student drops."),
+)
 
 
 def _train_options(f):
-    """Options shared by pretrain and finetune (None = keep the recipe's default)."""
+    """Options shared by pretrain and finetune (None = keep the recipe's default). The loss weights are
+    generated from ``models.train.config.LOSSES``; defaults shown come from the config dataclasses."""
+    from models.train.config import LOSSES
+
     opts = [
         click.option("--train-config", type=click.Path(exists=True, dir_okay=False),
                      help="JSON of training hyper-parameters (models.train.TrainConfig); flags override it."),
         click.option("--tokenizer", type=click.Path(exists=True),
                      help="vocab.txt or a tokenizer directory (default: --init-text)."),
-        click.option("--steps", type=int, help="Optimizer steps (wins over --epochs)."),
-        click.option("--epochs", type=int, help="Epochs (pre-training: virtual epochs from sizes.json)."),
-        click.option("--batch-size", type=int, help="Samples per process per micro-batch."),
-        click.option("--grad-accum", type=int, help="Micro-batches per optimizer step."),
-        click.option("--lr", type=float, help="Peak learning rate (AdamW)."),
-        click.option("--weight-decay", type=float),
-        click.option("--warmup-steps", type=int),
-        click.option("--clip-grad", type=float, help="Max global grad norm (0: off)."),
+    ]
+    opts += [click.option(flag, field, type=kind, help=text + _defaults(field))
+             for flag, field, kind, text in _CONFIG_OPTIONS]
+    opts += [
         click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]),
-                     help="auto = bf16 autocast on GPU, fp32 on CPU."),
+                     help="auto = bf16 autocast on GPU, fp32 on CPU." + _defaults("precision")),
         click.option("--grad-checkpointing/--no-grad-checkpointing", default=None),
-        click.option("--freeze-vision/--train-vision", default=None, help="Freeze the ViT."),
-        click.option("--num-workers", type=int, help="DataLoader workers per process."),
-        click.option("--seed", type=int),
-        click.option("--log-every", type=int),
-        click.option("--save-every", type=int, help="Checkpoint every N steps."),
-        click.option("--keep-last", type=int, help="Checkpoints kept."),
-        click.option("--gcpr", "loss_gcpr", type=float, help="GCPR weight (0 disables)."),
-        click.option("--fgr", "loss_fgr", type=float, help="FGR weight (0 disables)."),
-        click.option("--tgd", "loss_tgd", type=float, help="TgD weight (0 disables)."),
-        click.option("--fgd", "loss_fgd", type=float, help="FgD weight (0 disables)."),
-        click.option("--queue-size", "loss_queue_size", type=int, help="TgD feature-queue length."),
+        click.option("--freeze-vision/--train-vision", default=None, help="Freeze the ViT." + _defaults("freeze_vision")),
+    ]
+    opts += [click.option(f"--{spec.name}", f"loss_{spec.name}", type=float,
+                          help=f"{spec.name.upper()} weight, 0 disables: {spec.help}." + _defaults(f"loss_{spec.name}"))
+             for spec in LOSSES]
+    opts += [
         click.option("--fgr-negatives", "loss_fgr_negatives", type=click.Choice(["global", "local"]),
-                     help="FGR hard negatives from the global batch (gathers hidden states) or this rank's."),
-        click.option("--resume", type=str, help="'latest' (of --output) or a checkpoint folder."),
+                     help="FGR hard negatives from the global batch (gathers hidden states with gradient) or this "
+                          "rank's." + _defaults("loss_fgr_negatives")),
+        click.option("--resume", type=str, help="'latest' (of --output; falls back to the newest intact "
+                                                "checkpoint) or a checkpoint folder."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
     ]
     for o in reversed(opts):
@@ -99,17 +160,18 @@ def _train_options(f):
     return f
 
 
-_TRAIN_KEYS = ("steps", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "clip_grad",
-               "precision", "grad_checkpointing", "freeze_vision", "num_workers", "seed", "log_every", "save_every",
-               "keep_last", "loss_gcpr", "loss_fgr", "loss_tgd", "loss_fgd", "loss_queue_size",
-               "loss_fgr_negatives")
+def _train_keys():
+    from models.train.config import LOSS_NAMES
+
+    return ([field for _, field, _, _ in _CONFIG_OPTIONS] + ["precision", "grad_checkpointing", "freeze_vision",
+            "loss_fgr_negatives"] + [f"loss_{n}" for n in LOSS_NAMES])
 
 
 def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):
     from models.train.config import TrainConfig
 
     cfg = TrainConfig.from_json(train_config) if train_config else base
-    return cfg.override(**{k: kw.get(k) for k in _TRAIN_KEYS})
+    return cfg.override(**{k: kw.get(k) for k in _train_keys()})
 
 
 @click.group("train")
@@ -139,6 +201,7 @@ def train_group() -> None:
 @click.option("--eval-split", default="val", show_default=True)
 @_train_options
 @input_errors_as_click
+@_checkpoint_errors_as_click
 def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir, text_choice, objective,
                  eval_dataset, eval_root, eval_split, train_config, tokenizer, resume, device, **kw) -> None:
     """Pre-train on a ccmb shard set (GCPR + FGR + TgD + FgD).
@@ -192,6 +255,7 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
 @click.option("--no-eval", is_flag=True, help="Skip the per-epoch evaluation.")
 @_train_options
 @input_errors_as_click
+@_checkpoint_errors_as_click
 def finetune_cmd(task, dataset, root, init, model_config, output, train_split, val_split, select_metric,
                  eval_batch_size, no_eval, train_config, tokenizer, resume, device, **kw) -> None:
     """Fine-tune on a downstream set (released recipe: vision frozen, AdamW lr 1e-5 / matching 3e-6,

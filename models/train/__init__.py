@@ -8,7 +8,17 @@
 The trainer never imports the benchmark harness: evaluation comes in as a callback
 ``evaluate_fn(model, epoch) -> {metric: value}``.
 """
-from .config import LossConfig, TrainConfig, finetune_defaults
-from .loop import TrainResult
+from typing import Any
 
-__all__ = ["LossConfig", "TrainConfig", "finetune_defaults", "TrainResult"]
+from .config import LOSSES, LOSS_NAMES, LossConfig, TrainConfig, finetune_defaults
+
+
+def __getattr__(name: str) -> Any:  # TrainResult lives with the loop (torch): import it on first use
+    if name == "TrainResult":
+        from .loop import TrainResult
+
+        return TrainResult
+    raise AttributeError(f"module 'models.train' has no attribute {name!r}")
+
+
+__all__ = ["LOSSES", "LOSS_NAMES", "LossConfig", "TrainConfig", "finetune_defaults", "TrainResult"]

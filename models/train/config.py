@@ -13,6 +13,29 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """One pre-training loss: its name (the ``LossConfig`` weight field, the log key, the CLI flag
+    ``--NAME``) and a one-line description."""
+
+    name: str
+    help: str
+
+
+#: The pre-training losses, in the order they are computed and logged. The single list the objective, the
+#: CLI options (``--gcpr W`` ...), the log line and the docs are generated from.
+LOSSES: Tuple[LossSpec, ...] = (
+    LossSpec("gcpr", "global contrastive pre-ranking (InfoNCE over the global batch)"),
+    LossSpec("fgr", "fine-grained ranking (both cross encoders classify positives and hard negatives)"),
+    LossSpec("tgd", "target-guided distillation (EMA teacher soft targets over batch + queue)"),
+    LossSpec("fgd", "feature-guided distillation (masked student regresses the unmasked teacher)"),
+    LossSpec("mlm", "masked language modelling on the text-side cross encoder"),
+)
+LOSS_NAMES: Tuple[str, ...] = tuple(s.name for s in LOSSES)
+#: Keys of a training log record that are losses (the pre-training ones, fine-tuning's match loss, the total).
+LOG_LOSS_KEYS: Tuple[str, ...] = ("loss",) + LOSS_NAMES + ("match",)
+
+
 @dataclass
 class LossConfig:
     """Which losses run (weight > 0) and their constants."""
@@ -25,24 +48,31 @@ class LossConfig:
     tgd: float = 1.0
     #: FgD weight. 1: the feature regression is on unit vectors (values in [0, 4]), same scale as CE.
     fgd: float = 1.0
+    #: MLM weight. 0 (off): the released R2D2 checkpoints carry no MLM head and the paper reports no
+    #: ablation of it; it costs one more text-side cross-encoder pass. ALBEF uses 1 (``--mlm 1``).
+    mlm: float = 0.0
     #: FGR class weights (negative, positive): each positive has two hard negatives (R2D2: 1 and 2).
     fgr_class_weights: Tuple[float, float] = (1.0, 2.0)
     #: Where FGR draws its hard negatives: "global" (the issue's and R2D2's: the softmax over the global
-    #: batch; every rank all-gathers the hidden states, W*B*(tokens)*width values, fine on one node) or
-    #: "local" (this rank's batch, as ALBEF: nothing gathered; use it at cluster scale).
+    #: batch; every rank all-gathers the hidden states *with gradient*, W*B*(tokens)*width values, fine on
+    #: one node) or "local" (this rank's batch, as ALBEF: nothing gathered; use it at cluster scale).
     fgr_negatives: str = "global"
     #: TgD mixing coefficient: ALBEF's alpha 0.4 (teacher share of the soft targets).
     alpha: float = 0.4
-    #: EMA momentum of the teacher: ALBEF's 0.995 (half-life ~140 steps).
+    #: EMA momentum of the teacher: ALBEF's 0.995 (half-life ~140 steps). Runs of a few hundred steps
+    #: (tests, the demo) learn faster with 0.9-0.99 (docs/training.md, "Short runs").
     momentum: float = 0.995
     #: Feature-queue length (teacher image + text features). ALBEF uses 65,536 at batch 512; 16,384 keeps
     #: the queue a few global batches deep at R2D2's batch sizes while staying fresh for the EMA teacher.
+    #: The queue starts full of random unit vectors (ALBEF), so the TgD loss does not rise as it fills.
     queue_size: int = 16384
     #: FgD text masking: BERT's 15 % of real tokens replaced by [MASK].
     text_mask_ratio: float = 0.15
-    #: FgD image masking: 30 % of the patches zeroed; enough to make the task non-trivial while the
-    #: masked view still identifies the image (MAE's 75 % is for reconstruction, not alignment).
-    patch_drop_ratio: float = 0.3
+    #: FgD image masking: half of the patch tokens are dropped from the student's ViT input (FLIP's 50 %:
+    #: the masked student pass costs about half; the kept half still identifies the image for alignment).
+    patch_drop_ratio: float = 0.5
+    #: MLM: BERT's 15 % of real tokens chosen, of which 80 % -> [MASK], 10 % -> a random token, 10 % kept.
+    mlm_ratio: float = 0.15
     #: Temperature bounds (ALBEF clamps to [0.001, 0.5]).
     temp_min: float = 0.001
     temp_max: float = 0.5
@@ -50,6 +80,15 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.fgr_negatives not in ("global", "local"):
             raise ValueError(f"fgr_negatives {self.fgr_negatives!r}: use global or local")
+        if not 0.0 <= self.patch_drop_ratio < 1.0:
+            raise ValueError(f"patch_drop_ratio {self.patch_drop_ratio}: use 0 <= ratio < 1")
+        for name in LOSS_NAMES:
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"loss weight {name}={getattr(self, name)}: weights must be >= 0")
+
+    def weights(self) -> Dict[str, float]:
+        """``{name: weight}`` of the enabled losses (weight > 0), in :data:`LOSSES` order."""
+        return {n: float(getattr(self, n)) for n in LOSS_NAMES if float(getattr(self, n)) > 0}
 
     @property
     def needs_teacher(self) -> bool:

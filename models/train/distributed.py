@@ -93,6 +93,18 @@ def gather_with_local_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather ``x`` [B, ...] into [W*B, ...] with the gradient flowing back to every rank's slice
+    (``torch.distributed.nn.all_gather``: the backward sums, on each rank, the gradients every rank's loss
+    sends to its slice). Use it when each rank computes only its *own* part of a global loss (FGR's
+    negatives from other ranks): after DDP averages, the gradient is that of the mean of the ranks' losses."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
 def gather_nograd(x: torch.Tensor) -> torch.Tensor:
     """All-gather without gradient (teacher features, ids, hidden states for negative sampling)."""
     w = world_size()

@@ -26,7 +26,7 @@ from .data import Tokenize, mix_seed
 from .distributed import DistInfo, init_distributed
 from .loop import EvaluateFn, TrainResult, run_training
 from .objective import R2D2Objective
-from .pretrain import prepare_model, write_run_files
+from .pretrain import prepare_model, tokenizer_files, write_run_files
 from .teacher import special_token_ids
 
 logger = logging.getLogger(__name__)
@@ -149,4 +149,5 @@ def finetune(task: str, train_data: Any, init: PathLike, output: PathLike, cfg: 
                                         "split": getattr(train_data, "split", ""),
                                         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, info)
     return run_training(obj, cfg, Path(output), info, epoch_iter, steps_per_epoch, total_steps, cfg.batch_size,
-                        evaluate_fn=evaluate_fn, resume=resume, on_log=on_log)
+                        evaluate_fn=evaluate_fn, resume=resume, on_log=on_log,
+                        model_files=tokenizer_files(tokenizer_path))

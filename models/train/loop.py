@@ -2,8 +2,9 @@
 
 AdamW (no weight decay on biases, norms and the temperature), linear warm-up then cosine, gradient
 accumulation (DDP ``no_sync`` on the inner micro-batches), clipping, bf16 autocast on GPU, checkpoints
-every ``save_every`` steps with ``resume``, a log record every ``log_every`` steps (each loss, lr,
-temperature, samples/s, samples/s per GPU) to ``on_log`` and ``RUN_DIR/log.jsonl``, and an evaluation
+every ``save_every`` steps with ``resume`` (falling back to the newest intact checkpoint), a log record at
+the first step and every ``log_every`` steps (each loss, lr, temperature, samples/s, samples/s per device,
+ETA) to ``on_log`` and ``RUN_DIR/log.jsonl``, and an evaluation
 callback ``evaluate_fn(model, epoch) -> {metric: value}`` at the end of every epoch (rank 0), whose
 ``select_metric`` picks the best checkpoint ``RUN_DIR/best/``.
 """
@@ -14,8 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint, save_model_dir
+from models.loading import CheckpointError
+
+from .checkpoint import (load_checkpoint, load_newest_intact, resolve_checkpoint, resume_candidates,
+                         save_checkpoint, save_model_dir_atomic)
 from .config import TrainConfig
 from .data import mix_seed
 from .distributed import DistInfo, all_reduce_mean, barrier
@@ -113,31 +115,46 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                  epoch_iter: EpochIter, steps_per_epoch: int, total_steps: int,
                  samples_per_micro: int, evaluate_fn: Optional[EvaluateFn] = None,
                  resume: Optional[str] = None, on_log: Optional[Callable[[Dict[str, Any]], None]] = None,
-                 extra_state: Optional[Dict[str, Any]] = None) -> TrainResult:
+                 extra_state: Optional[Dict[str, Any]] = None,
+                 model_files: Optional[Dict[str, Path]] = None,
+                 model_json: Optional[Dict[str, Any]] = None) -> TrainResult:
     """Train ``objective`` for ``total_steps`` optimizer steps.
 
     ``epoch_iter(epoch, micro_batches_done)`` yields the micro-batches of one epoch from the given offset
     (``steps_per_epoch * grad_accum`` of them). ``samples_per_micro`` is the per-process micro-batch size.
+    ``model_files`` (``{name: source file}``, e.g. the tokenizer's ``vocab.txt``) and ``model_json``
+    (``{name: object}``, e.g. ``data_provenance.json``) are written into every saved model folder
+    (``RUN_DIR/model``, ``RUN_DIR/best``), so such a folder is self-contained for ``ccmb-bench run``.
     """
     run_dir = Path(run_dir)
     model = objective.model
     device = info.device
     objective.to(device)
     objective.train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    # the objective's parameters = the model's, then its own heads (MLM): the model's keep their order
+    optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                   eps=cfg.eps)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     step, epoch, step_in_epoch = 0, 0, 0
     result = TrainResult()
     best_metric: Optional[float] = None
     if resume:
-        ckpt = resolve_checkpoint(run_dir, resume)
+        candidates = resume_candidates(run_dir) if resume == "latest" else [resolve_checkpoint(run_dir, resume)]
+
+        def load(path: Path) -> Dict[str, Any]:
+            return load_checkpoint(path, model, optimizer, scheduler, objective.teacher_state(), map_location=device)
+
+        ckpt, state, skipped = load_newest_intact(run_dir, candidates, load)
+        if skipped and ckpt is None:
+            raise CheckpointError(f"--resume {resume}: no intact checkpoint in {run_dir}; "
+                                  + "; ".join(f"{p.name}: {why}" for p, why in skipped))
         if ckpt is None:
             if info.is_main:
                 logger.warning("--resume %s: %s has no checkpoint yet; starting from step 0", resume, run_dir)
         else:
-            state = load_checkpoint(ckpt, model, optimizer, scheduler, objective.teacher_state(),
-                                    map_location=device)
+            if skipped and info.is_main:
+                logger.warning("resumed from %s after skipping %d corrupt checkpoint(s): %s", ckpt.name,
+                               len(skipped), "; ".join(f"{p.name} ({why})" for p, why in skipped))
             step, epoch, step_in_epoch = int(state["step"]), int(state["epoch"]), int(state["step_in_epoch"])
             best_metric = state.get("best_metric")
             for k, want in (("world_size", info.world_size), ("num_workers", cfg.num_workers),
@@ -150,15 +167,10 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                             step_in_epoch)
     wrapped: nn.Module = objective
     if info.distributed:
-        w = objective.weights
-        # every trainable parameter gets a gradient only when the contrastive and the ranking stages
-        # both run; otherwise DDP must look for the unused ones each step
-        all_used = (objective.mode == "pretrain" and ("gcpr" in w or "tgd" in w)
-                    and ("fgr" in w or not objective.cross))
         wrapped = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
-                      broadcast_buffers=False, find_unused_parameters=not all_used)
+                      broadcast_buffers=False, find_unused_parameters=not objective.uses_all_parameters)
     autocast = _autocast(cfg, device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in objective.parameters() if p.requires_grad]
     log_path = run_dir / LOG_FILE
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -186,6 +198,8 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
     sums: Dict[str, float] = {}
     n_sums = 0
     t_last, step_last = time.perf_counter(), step
+    t_start, step_start = t_last, step
+    per = "GPU" if device.type == "cuda" else "device"
     last_digest = ""
     while step < total_steps:
         micro_done = step_in_epoch * accum
@@ -223,7 +237,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
             objective.after_step()
             step += 1
             step_in_epoch += 1
-            if step % cfg.log_every == 0 or step == total_steps:
+            if step % cfg.log_every == 0 or step == total_steps or step == step_start + 1:
                 elapsed = max(1e-9, time.perf_counter() - t_last)
                 samples = (step - step_last) * accum * samples_per_micro * info.world_size
                 record: Dict[str, Any] = {"step": step, "epoch": epoch}
@@ -233,9 +247,12 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                 skipped_total += int(round(all_reduce_mean(skipped, device) * info.world_size))
                 record["skipped_samples"] = skipped_total
                 skipped = 0
+                done_s = time.perf_counter() - t_start
+                eta = done_s / max(1, step - step_start) * (total_steps - step)
                 record.update(lr=lr, temp=float(temp.detach()) if temp is not None else None,
                               grad_norm=grad_norm, samples_per_s=round(samples / elapsed, 2),
-                              samples_per_s_per_gpu=round(samples / elapsed / info.world_size, 2),
+                              samples_per_s_per_device=round(samples / elapsed / info.world_size, 2),
+                              device_kind=per, total_steps=total_steps, eta_s=round(eta, 1),
                               batch=last_digest)
                 if not all(math.isfinite(record[k]) for k in sums):
                     raise FloatingPointError(f"non-finite loss at step {step}: {record}")
@@ -264,7 +281,8 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                 record = {"step": step, "epoch": epoch, "eval": metrics}
                 emit(record)
                 result.evaluations.append(record)
-                best_metric = _maybe_best(metrics, cfg, best_metric, model, run_dir, info, epoch, step, result)
+                best_metric = _maybe_best(metrics, cfg, best_metric, model, run_dir, info, epoch, step, result,
+                                          model_files, model_json)
             epoch += 1
             step_in_epoch = 0
         if save_due:
@@ -272,11 +290,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
     save(step)
     if info.is_main:
         final = run_dir / FINAL_DIR
-        tmp = run_dir / f".{FINAL_DIR}.tmp-{os.getpid()}"
-        save_model_dir(model, tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        save_model_dir_atomic(model, final, model_files, model_json)
         result.final_dir = str(final)
     barrier()
     result.steps = step
@@ -302,7 +316,9 @@ def _evaluate(evaluate_fn: Optional[EvaluateFn], model: nn.Module, epoch: int,
 
 
 def _maybe_best(metrics: Dict[str, float], cfg: TrainConfig, best: Optional[float], model: nn.Module,
-                run_dir: Path, info: DistInfo, epoch: int, step: int, result: TrainResult) -> Optional[float]:
+                run_dir: Path, info: DistInfo, epoch: int, step: int, result: TrainResult,
+                model_files: Optional[Dict[str, Path]] = None,
+                model_json: Optional[Dict[str, Any]] = None) -> Optional[float]:
     """Keep ``RUN_DIR/best`` = the model with the highest ``select_metric`` on validation so far."""
     key = cfg.select_metric
     if not key:
@@ -313,14 +329,8 @@ def _maybe_best(metrics: Dict[str, float], cfg: TrainConfig, best: Optional[floa
     if best is not None and value <= best:
         return best
     if info.is_main:
-        final = run_dir / BEST_DIR
-        tmp = run_dir / f".{BEST_DIR}.tmp-{os.getpid()}"
-        save_model_dir(model, tmp)
-        (tmp / "best.json").write_text(json.dumps({"epoch": epoch, "step": step, "metric": key,
-                                                   "value": value, "metrics": metrics}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        best = {"epoch": epoch, "step": step, "metric": key, "value": value, "metrics": metrics}
+        save_model_dir_atomic(model, run_dir / BEST_DIR, model_files, dict(model_json or {}, **{"best.json": best}))
         logger.info("new best %s = %.4f at epoch %d", key, value, epoch)
     barrier()
     return value

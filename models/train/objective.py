@@ -2,10 +2,11 @@
 
 DDP wraps the objective (not the bare model), so every parameter use happens inside DDP's forward.
 The EMA teacher and the queues are kept out of the module tree (DDP must neither reduce nor broadcast
-them); :meth:`R2D2Objective.after_step` updates the teacher after each optimizer step.
+them); :meth:`R2D2Objective.after_step` updates the teacher after each optimizer step. The MLM head
+(``cls.predictions.*``, BERT's names) is a submodule of the objective: trained, not part of the model.
 
-* ``R2D2Objective(mode="pretrain")``: GCPR + FGR + TgD + FgD (weights from :class:`LossConfig`); also
-  fine-tuning for retrieval with ``image_ids`` = dataset image index (soft targets for shared images).
+* ``R2D2Objective(mode="pretrain")``: the losses of :data:`models.train.config.LOSSES` with the weights of
+  :class:`LossConfig`; also fine-tuning for retrieval with ``image_ids`` = dataset image index.
 * ``R2D2Objective(mode="match")``: match classification of labelled pairs (ICM/IQM fine-tuning).
 * ``mode="clip"``: the symmetric InfoNCE alone (the baseline of ``perf/bench_train.py``).
 """
@@ -15,12 +16,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import LossConfig
-from .distributed import gather_nograd, gather_with_local_grad, rank
+from .distributed import gather_nograd, gather_with_grad, rank
 from .losses import (FGRLoss, FgDLoss, GCPRLoss, MatchLoss, TgDLoss, positive_mask,
                      sample_hard_negatives)
-from .teacher import EMATeacher, FeatureQueue, drop_patches, mask_tokens
+from .teacher import EMATeacher, FeatureQueue, drop_patches, keep_patch_indices, mask_tokens, mlm_mask
 
 MODES = ("pretrain", "match", "clip")
 
@@ -30,6 +32,11 @@ def _has_cross_encoders(model: nn.Module) -> bool:
     if cfg is not None and hasattr(cfg, "has_cross_encoders"):
         return bool(cfg.has_cross_encoders)
     return hasattr(model, "itm_logits")
+
+
+def text_groups(input_ids: torch.Tensor) -> torch.Tensor:
+    """[N] group index per row: rows with identical token ids (the same caption) share a group."""
+    return torch.unique(input_ids, dim=0, return_inverse=True)[1]
 
 
 class R2D2Objective(nn.Module):
@@ -51,17 +58,22 @@ class R2D2Objective(nn.Module):
                 raise ValueError("matching fine-tuning needs the cross encoders (an R2D2 model, not PRD2)")
             self.weights = {"match": 1.0}
         else:
-            self.weights = {k: float(getattr(losses, k)) for k in ("gcpr", "fgr", "tgd", "fgd")
-                            if float(getattr(losses, k)) > 0}
-            if "fgr" in self.weights and not self.cross:
-                self.weights.pop("fgr")  # PRD2: no cross encoders, no fine-grained ranking
+            self.weights = losses.weights()
+            if not self.cross:  # PRD2: no cross encoders, no fine-grained ranking, no text-side MLM
+                self.weights.pop("fgr", None)
+                self.weights.pop("mlm", None)
         if not self.weights:
-            raise ValueError("every loss is disabled (weights gcpr/fgr/tgd/fgd all 0, or only FGR on a PRD2 model)")
-        if "fgd" in self.weights and mask_token_id is None:
-            raise ValueError("FgD needs the tokenizer's [MASK] id")
+            raise ValueError("every loss is disabled (all weights 0, or only cross-encoder losses on a PRD2 model)")
+        if ("fgd" in self.weights or "mlm" in self.weights) and mask_token_id is None:
+            raise ValueError("FgD and MLM need the tokenizer's [MASK] id")
         self.gcpr, self.fgr, self.tgd, self.fgd = (GCPRLoss(), FGRLoss(losses.fgr_class_weights),
                                                    TgDLoss(), FgDLoss())
         self.match = MatchLoss()
+        if "mlm" in self.weights:
+            from models.cross_encoder import MLMHead
+
+            mcfg = model.config
+            self.cls = MLMHead(mcfg.text_width, mcfg.vocab_size, mcfg.text_eps)
         self.mask_token_id, self.special_ids, self.patch_size = mask_token_id, list(special_ids), patch_size
         self.seed = seed
         self.step = 0  # set by the trainer: seeds negative sampling and masking reproducibly
@@ -74,20 +86,37 @@ class R2D2Objective(nn.Module):
             if "tgd" in self.weights:
                 if embed_dim is None:
                     raise ValueError("TgD needs model.config.embed_dim for its queues")
-                self.__dict__["queue"] = FeatureQueue(losses.queue_size, embed_dim)
+                self.__dict__["queue"] = FeatureQueue(losses.queue_size, embed_dim, seed=seed)
 
     @property
     def needs_teacher(self) -> bool:
         return "tgd" in self.weights or "fgd" in self.weights
 
+    @property
+    def uses_all_parameters(self) -> bool:
+        """Whether every trainable parameter gets a gradient each step (DDP's ``find_unused_parameters``
+        can then stay off): the projections need a contrastive term (GCPR or TgD), the cross encoders and
+        match heads need FGR; PRD2 has no cross encoders."""
+        w = self.weights
+        if self.mode != "pretrain":
+            return False
+        return ("gcpr" in w or "tgd" in w) and ("fgr" in w or not self.cross)
+
+    def trainable_extra(self) -> nn.Module:
+        """The objective's own trainable modules (the MLM head), or an empty module."""
+        return getattr(self, "cls", None) or nn.Module()
+
     def teacher_state(self) -> Optional[nn.Module]:
-        """Teacher + queues as one module (what checkpoints save/restore)."""
-        if self.teacher is None:
+        """Teacher, queues and the MLM head as one module (what checkpoints save/restore besides the model)."""
+        if self.teacher is None and not hasattr(self, "cls"):
             return None
         holder = nn.Module()
-        holder.teacher = self.teacher.model
+        if self.teacher is not None:
+            holder.teacher = self.teacher.model
         if self.queue is not None:
             holder.queue = self.queue
+        if hasattr(self, "cls"):
+            holder.cls = self.cls
         return holder
 
     def to(self, *args: Any, **kw: Any) -> "R2D2Objective":
@@ -125,7 +154,7 @@ class R2D2Objective(nn.Module):
         image_ids = batch.get("image_ids")
         if image_ids is None:
             image_ids = torch.arange(pix.shape[0], device=pix.device) + rank() * pix.shape[0]
-        need_hidden = "fgr" in self.weights
+        need_hidden = "fgr" in self.weights or "mlm" in self.weights
         if need_hidden:
             img_emb, img_hidden = model.encode_image(pix, return_hidden=True)
             txt_emb, txt_hidden = model.encode_text(ids, mask, return_hidden=True)
@@ -136,6 +165,8 @@ class R2D2Objective(nn.Module):
         if "gcpr" in self.weights:
             out["gcpr"] = self.gcpr(img_emb, txt_emb, temp, image_ids)
         gen = self._generator()
+        if "fgr" in self.weights:
+            out["fgr"] = self._fgr(img_emb, txt_emb, img_hidden, txt_hidden, ids, mask, temp, image_ids, gen)
         if self.teacher is not None:
             with torch.no_grad():
                 t_img = self.teacher.model.encode_image(pix)
@@ -154,27 +185,60 @@ class R2D2Objective(nn.Module):
         if "fgd" in self.weights:
             m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
                                 self.special_ids, generator=gen)
-            m_pix = drop_patches(pix, self.patch_size, self.cfg.patch_drop_ratio, generator=gen)
-            s_img, s_txt = model.encode_image(m_pix), model.encode_text(m_ids, mask)
+            s_img = self._masked_image(model, pix, gen)
+            s_txt = model.encode_text(m_ids, mask)
             out["fgd"] = self.fgd([(s_img, t_img), (s_txt, t_txt)])
-        if "fgr" in self.weights:
-            out["fgr"] = self._fgr(img_emb, txt_emb, img_hidden, txt_hidden, mask, temp, image_ids, gen)
+        if "mlm" in self.weights:
+            out["mlm"] = self._mlm(ids, mask, img_hidden, gen)
         out["loss"] = sum(self.weights[k] * out[k] for k in self.weights)
         return out
 
-    def _fgr(self, img_emb, txt_emb, img_hidden, txt_hidden, mask, temp, image_ids, gen):
-        """Hard negatives over the global batch, then both cross encoders on 3B pairs."""
+    def _masked_image(self, model: nn.Module, pix: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The student's image embedding of a masked view: patch *tokens* dropped when the model supports it
+        (fewer tokens, less compute), else patches zeroed in pixel space."""
+        ratio = self.cfg.patch_drop_ratio
+        num_patches = getattr(getattr(model, "config", None), "num_patches", None)
+        if ratio <= 0:
+            return model.encode_image(pix)
+        if num_patches and hasattr(model, "visual_encoder"):
+            keep = keep_patch_indices(pix.shape[0], num_patches, ratio, generator=gen)
+            return model.encode_image(pix, keep_patches=keep)
+        return model.encode_image(drop_patches(pix, self.patch_size, ratio, generator=gen))
+
+    def _mlm(self, ids, mask, img_hidden, gen) -> torch.Tensor:
+        """Masked-LM through the text encoder and the text-side cross encoder (attending to the image)."""
+        vocab = int(self.model.config.vocab_size)
+        m_ids, labels = mlm_mask(ids, mask, self.mask_token_id, vocab, self.cfg.mlm_ratio, self.special_ids,
+                                 generator=gen)
+        _, m_hidden = self.model.encode_text(m_ids, mask, return_hidden=True)
+        fused = self.model.text_joint_layer(m_hidden, mask, img_hidden, None)
+        picked = labels != -100
+        logits = self.cls(fused[picked])
+        return F.cross_entropy(logits.float(), labels[picked])
+
+    def _fgr(self, img_emb, txt_emb, img_hidden, txt_hidden, ids, mask, temp, image_ids, gen):
+        """Hard negatives over the global batch, then both cross encoders on 3B pairs.
+
+        A column is a positive of a row (never drawn as a negative) when it shows the same image *or*
+        carries the same caption as the row's pair: with repeated captions ("红色圆形" for several images)
+        an image whose own caption equals this text matches it, and labelling it 0 teaches noise. Gathered
+        hidden states keep their gradient (:func:`gather_with_grad`), so negatives from other ranks train
+        their rank's encoders too."""
         b = img_emb.shape[0]
         local = self.cfg.fgr_negatives == "local"
         with torch.no_grad():
             img_all = img_emb.detach() if local else gather_nograd(img_emb)
             txt_all = txt_emb.detach() if local else gather_nograd(txt_emb)
             ids_all = image_ids if local else gather_nograd(image_ids)
-            pos = positive_mask(image_ids, ids_all)
+            tokens_all = ids if local else gather_nograd(ids)
+            groups_all = text_groups(tokens_all)
+            start = 0 if local else rank() * b
+            groups = groups_all[start:start + b]
+            pos = positive_mask(image_ids, ids_all) | positive_mask(groups, groups_all)
             neg_img = sample_hard_negatives(txt_emb.detach() @ img_all.t() / temp, pos, gen)
             neg_txt = sample_hard_negatives(img_emb.detach() @ txt_all.t() / temp, pos, gen)
-        img_hidden_all = img_hidden if local else gather_with_local_grad(img_hidden)
-        txt_hidden_all = txt_hidden if local else gather_with_local_grad(txt_hidden)
+        img_hidden_all = img_hidden if local else gather_with_grad(img_hidden)
+        txt_hidden_all = txt_hidden if local else gather_with_grad(txt_hidden)
         mask_all = mask if local else gather_nograd(mask)
         image_side = torch.cat([img_hidden, img_hidden_all[neg_img], img_hidden])
         text_side = torch.cat([txt_hidden, txt_hidden, txt_hidden_all[neg_txt]])

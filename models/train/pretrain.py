@@ -6,12 +6,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ccmb import atomic
+from ccmb.shards import MANIFEST_FILE
 
 from .config import TrainConfig
 from .data import ShardStream, Tokenize, make_loader, resolve_shards, shard_sizes
@@ -58,6 +59,37 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, tokenizer) -> None:
         logger.info("vision encoder frozen (%d parameters)", n)
     if cfg.grad_checkpointing:
         enable_gradient_checkpointing(model)
+
+
+def tokenizer_files(source: PathLike) -> Dict[str, Path]:
+    """The tokenizer files to copy into saved model folders (``vocab.txt``; ``tokenizer.json`` and
+    ``tokenizer_config.json`` / ``special_tokens_map.json`` when the source folder has them), so
+    ``ccmb-bench run --model RUN_DIR`` finds the tokenizer without ``--tokenizer``."""
+    src = Path(source)
+    if src.is_file():
+        return {"vocab.txt": src}
+    names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    return {n: src / n for n in names if (src / n).is_file()}
+
+
+PROVENANCE_FILE = "data_provenance.json"
+
+
+def shard_provenance(paths: List[str]) -> Optional[Dict[str, Any]]:
+    """``{"shard_sets": [{"path", "provenance"}]}`` from the ``manifest.json`` of every shard folder among
+    ``paths`` that records a ``provenance`` (``ccmb build-shards``); None when none does."""
+    sets = []
+    for folder in sorted({Path(p).parent for p in paths}):
+        manifest = folder / MANIFEST_FILE
+        if not manifest.is_file():
+            continue
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{manifest}: unreadable manifest ({exc})") from exc
+        if isinstance(data, dict) and isinstance(data.get("provenance"), dict):
+            sets.append({"path": str(folder.resolve()), "provenance": data["provenance"]})
+    return {"shard_sets": sets} if sets else None
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, args: Dict[str, Any], info: DistInfo) -> None:
@@ -127,5 +159,10 @@ def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: 
                                    "objective": objective, "init_vision": str(init_vision or ""),
                                    "init_text": str(init_text or ""), "tokenizer": str(tok_src),
                                    "steps_per_epoch": steps_per_epoch, "total_steps": total_steps}, info)
+    provenance = shard_provenance(paths)
+    model_json = {PROVENANCE_FILE: provenance} if provenance else None
+    if provenance and info.is_main:
+        atomic.write_json(run_dir / PROVENANCE_FILE, provenance)
     return run_training(obj, cfg, run_dir, info, epoch_iter, steps_per_epoch, total_steps,
-                        cfg.batch_size, evaluate_fn=evaluate_fn, resume=resume, on_log=on_log)
+                        cfg.batch_size, evaluate_fn=evaluate_fn, resume=resume, on_log=on_log,
+                        model_files=tokenizer_files(tok_src), model_json=model_json)

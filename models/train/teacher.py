@@ -1,4 +1,4 @@
-"""The EMA teacher of the two distillations, its feature queues, and the input masking of FgD."""
+"""The EMA teacher of the two distillations, its feature queues, and the input masking of FgD and MLM."""
 from __future__ import annotations
 
 import copy
@@ -6,6 +6,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class EMATeacher(nn.Module):
@@ -41,22 +42,25 @@ class EMATeacher(nn.Module):
 class FeatureQueue(nn.Module):
     """Ring buffers of the teacher's image/text features and their image ids (ALBEF's queues).
 
-    ``valid`` counts filled slots, so a young queue contributes only what it holds. Every rank enqueues
-    the same gathered features, so the queues stay identical across ranks.
+    The queue starts full of random unit vectors with id -1 (no real image has a negative id), as ALBEF's
+    ``normalize(randn(dim, K))``: the TgD loss sees the same number of columns from the first step, so its
+    logged value does not rise while the queue fills. ``valid`` still counts the slots holding real
+    features. Every rank enqueues the same gathered features, so the queues stay identical across ranks.
     """
 
-    def __init__(self, size: int, dim: int) -> None:
+    def __init__(self, size: int, dim: int, seed: int = 0) -> None:
         super().__init__()
         self.size = int(size)
-        self.register_buffer("image", torch.zeros(self.size, dim))
-        self.register_buffer("text", torch.zeros(self.size, dim))
+        g = torch.Generator().manual_seed(int(seed))
+        self.register_buffer("image", F.normalize(torch.randn(self.size, dim, generator=g), dim=-1))
+        self.register_buffer("text", F.normalize(torch.randn(self.size, dim, generator=g), dim=-1))
         self.register_buffer("ids", torch.full((self.size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("valid", torch.zeros((), dtype=torch.long))
 
     def contents(self):
-        n = int(self.valid)
-        return self.image[:n], self.text[:n], self.ids[:n]
+        """All slots (random unit vectors where no real feature arrived yet)."""
+        return self.image, self.text, self.ids
 
     @torch.no_grad()
     def enqueue(self, image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor) -> None:
@@ -86,10 +90,43 @@ def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_toke
     return input_ids.masked_fill(chosen, int(mask_token_id))
 
 
+def mlm_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_id: int, vocab_size: int,
+             ratio: float = 0.15, special_ids: Iterable[int] = (),
+             generator: Optional[torch.Generator] = None):
+    """BERT's masking for MLM: choose ``ratio`` of the real (non-special, non-padding) tokens; of those 80 %
+    become ``[MASK]``, 10 % a random token, 10 % stay. Returns ``(masked ids, labels)`` with labels -100
+    where nothing is predicted. At least one token per batch is chosen when any is eligible."""
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for s in special_ids:
+        special |= input_ids == int(s)
+    eligible = attention_mask.bool() & ~special
+    shape = input_ids.shape
+    chosen = eligible & (torch.rand(shape, generator=generator).to(input_ids.device) < ratio)
+    if not chosen.any() and eligible.any():
+        chosen = eligible & (eligible.cumsum(1) == 1) & (torch.arange(shape[0]) == 0).view(-1, 1).to(
+            input_ids.device)
+    labels = input_ids.masked_fill(~chosen, -100)
+    action = torch.rand(shape, generator=generator).to(input_ids.device)
+    random_ids = torch.randint(0, int(vocab_size), shape, generator=generator).to(input_ids.device)
+    out = input_ids.masked_fill(chosen & (action < 0.8), int(mask_token_id))
+    out = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, out)
+    return out, labels
+
+
+def keep_patch_indices(batch: int, num_patches: int, ratio: float,
+                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[B, K] sorted indices of the patch tokens each image keeps when dropping ``ratio`` of them (FLIP's
+    random masking: a uniformly random subset per image, at least one patch kept)."""
+    keep = max(1, int(round(num_patches * (1.0 - ratio))))
+    order = torch.rand((batch, num_patches), generator=generator).argsort(dim=1)
+    return order[:, :keep].sort(dim=1).values
+
+
 def drop_patches(pixel_values: torch.Tensor, patch_size: int, ratio: float,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Zero a ``ratio`` of the ``patch_size`` squares of each (normalised) image: 0 is the dataset mean,
-    so a dropped patch carries no information; works with any ViT without changing its token count."""
+    """Zero a ``ratio`` of the ``patch_size`` squares of each (normalised) image: 0 is the dataset mean.
+    Works with any image encoder but saves no compute; R2D2 models drop the patch *tokens* instead
+    (:meth:`models.r2d2.R2D2Model.encode_image` with ``keep_patches``)."""
     b, _, h, w = pixel_values.shape
     gh, gw = h // patch_size, w // patch_size
     keep = (torch.rand((b, 1, gh, gw), generator=generator) >= ratio).to(pixel_values.dtype)

@@ -63,6 +63,6 @@ def test_torchrun_two_processes_full_objective(tmp_path):
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3]  # rank 0 alone writes the log
     assert {"gcpr", "fgr", "tgd", "fgd"} <= set(logs[-1])
-    assert logs[-1]["samples_per_s"] == pytest.approx(2 * logs[-1]["samples_per_s_per_gpu"], rel=0.01)
+    assert logs[-1]["samples_per_s"] == pytest.approx(2 * logs[-1]["samples_per_s_per_device"], rel=0.01)
     assert json.loads((out / "run_args.json").read_text())["world_size"] == 2
     assert (out / "model" / "model.safetensors").is_file()

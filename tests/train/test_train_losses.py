@@ -102,9 +102,13 @@ def test_match_loss():
 
 def test_queue_ring_buffer():
     q = FeatureQueue(5, 2)
-    assert q.contents()[0].shape[0] == 0
+    # starts full of random unit vectors with id -1 (ALBEF): every column counts from the first step
+    image, text, ids = q.contents()
+    assert image.shape == (5, 2) and ids.tolist() == [-1] * 5 and int(q.valid) == 0
+    assert torch.allclose(image.norm(dim=1), torch.ones(5)) and torch.allclose(text.norm(dim=1), torch.ones(5))
+    assert not torch.allclose(image[0], image[1])
     q.enqueue(torch.ones(3, 2), torch.ones(3, 2), torch.tensor([1, 2, 3]))
-    assert q.contents()[2].tolist() == [1, 2, 3]
+    assert q.contents()[2].tolist() == [1, 2, 3, -1, -1]
     q.enqueue(torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([4, 5, 6, 7]))
     assert int(q.valid) == 5 and int(q.ptr) == 2
     assert q.ids.tolist() == [6, 7, 3, 4, 5]

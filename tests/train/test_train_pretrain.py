@@ -72,9 +72,15 @@ def test_cli_pretrain_writes_logs_checkpoints_and_model(data, tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "samples/s" in res.output and "gcpr" in res.output
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == [2, 4, 6]
+    assert [r["step"] for r in lines] == [1, 2, 4, 6]  # a first line at step 1, then every 2
     assert lines[-1]["skipped_samples"] == 0
-    for k in ("loss", "gcpr", "fgr", "tgd", "fgd", "lr", "temp", "samples_per_s", "samples_per_s_per_gpu"):
+    assert lines[0]["total_steps"] == 6 and lines[0]["eta_s"] >= 0 and lines[-1]["eta_s"] == 0
+    first = next(x for x in res.output.splitlines() if x.startswith("step 1/6"))
+    assert "/device)" in first and "GPU" not in first and "ETA" in first  # CPU run: "per device"
+    # the tokenizer travels with the model: ccmb-bench run --model RUN_DIR needs no --tokenizer
+    assert (out / "model" / "vocab.txt").read_bytes() == Path(vocab).read_bytes()
+    assert not (out / "data_provenance.json").exists()  # the test shards' manifest records no provenance
+    for k in ("loss", "gcpr", "fgr", "tgd", "fgd", "lr", "temp", "samples_per_s", "samples_per_s_per_device"):
         assert k in lines[-1]
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
     assert ckpts == ["step_00000004", "step_00000006"]  # keep-last 2
