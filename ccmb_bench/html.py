@@ -1,24 +1,72 @@
-"""Self-contained HTML leaderboard: the rows as embedded JSON, a sortable table and per-dataset SVG bar
-charts built by inline JavaScript (no CDN, no network)."""
+"""Self-contained HTML leaderboard: an overview matrix (models × datasets), one section per dataset and task
+(its metrics only, the paper's reference rows beside the runs, the protocols) and a bar chart with interval
+whiskers per section, all built by inline JavaScript through DOM APIs (no CDN, no network).
+
+No data is substituted into markup: the page is a fixed template; the title and every row travel as JSON
+inside ``<script type="application/json">`` with ``<``, ``>``, ``&`` (and U+2028/9) escaped, so no value can
+close the element early; the script writes them with ``textContent``/``setAttribute``.
+"""
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
+from ccmb_bench import leaderboard as lb
+
 TEMPLATE = Path(__file__).with_name("templates") / "leaderboard.html"
+DATA_ELEMENT = '<script type="application/json" id="leaderboard-data"></script>'
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def _clean(v: Any) -> Any:
-    return None if isinstance(v, float) and (math.isnan(v) or math.isinf(v)) else v
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def render_html(rows: Sequence[Dict[str, Any]], columns: List[str], main_metric: Dict[str, str],
-                title: str = "CCMB leaderboard") -> str:
-    payload = {"rows": [{k: _clean(v) for k, v in r.items()} for r in rows], "columns": columns,
-               "main_metric": main_metric}
-    data = json.dumps(payload, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+def script_json(payload: Any) -> str:
+    """JSON that is inert inside a ``<script>`` element (cannot end it, open a comment or a CDATA)."""
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    return "".join(_JSON_ESCAPES.get(ch, ch) for ch in text)
+
+
+def payload(rows: Sequence[Dict[str, Any]], title: str) -> Dict[str, Any]:
+    """What the page script renders: the overview matrix and the per-dataset sections."""
+    cols, lines = lb.overview(rows)
+    over = {"columns": [{"dataset": d, "split": s, "task": t, "metric": lb.MAIN_METRIC.get(t, "")}
+                        for d, s, t in cols],
+            "lines": [{"model": ln["model"], "protocol": ln["protocol"] or "unspecified",
+                       "decontaminated": ln["decontaminated"],
+                       "cells": [None if c not in ln["cells"] or ln["cells"][c][0] is None else
+                                 {"value": ln["cells"][c][0], "ci": ln["cells"][c][1], "best": ln["cells"][c][2]}
+                                 for c in cols]} for ln in lines]}
+    sections: List[Dict[str, Any]] = []
+    for (dataset, split, task), sub in lb.groups(rows):
+        metrics = lb.task_metrics(sub, task)
+        marks = {m: lb.best_marks(sub, m) for m in metrics}
+        main = lb.MAIN_METRIC.get(task, "")
+        sections.append({
+            "dataset": dataset, "split": split, "task": task, "main": main, "metrics": metrics,
+            "lower_is_better": [m for m in metrics if m in lb.LOWER_IS_BETTER],
+            "protocols": sorted({r.get("protocol") or "unspecified" for r in sub}),
+            "rows": [{"model": r["model"], "label": lb.model_label(r), "reference": bool(r.get("reference")),
+                      "protocol": r.get("protocol") or "unspecified",
+                      "protocol_detail": r.get("protocol_detail", ""),
+                      "decontaminated": r.get("decontaminated", "unknown"),
+                      "source": r.get("source", ""), "note": r.get("note", ""),
+                      "url": r["url"] if str(r.get("url", "")).startswith("https://") else "",
+                      "values": {m: _clean(r.get(m)) for m in metrics if lb._is_number(r.get(m))},
+                      "ci": lb.interval(r, main), "best": [m for m in metrics if marks[m][i]]}
+                     for i, r in enumerate(sub)]})
+    return {"title": title, "overview": over, "sections": sections,
+            "runs": sum(1 for r in rows if not r.get("reference")),
+            "references": sum(1 for r in rows if r.get("reference"))}
+
+
+def render_html(rows: Sequence[Dict[str, Any]], title: str = "CCMB leaderboard") -> str:
+    """The page: the fixed template with the escaped JSON payload as the content of its data element."""
     page = TEMPLATE.read_text(encoding="utf-8")
-    return page.replace("__TITLE__", html.escape(title)).replace("__DATA__", data)
+    if page.count(DATA_ELEMENT) != 1:
+        raise RuntimeError(f"{TEMPLATE}: expected exactly one {DATA_ELEMENT}")
+    head, tail = page.split(DATA_ELEMENT)
+    return head + DATA_ELEMENT[:-len("</script>")] + script_json(payload(rows, title)) + "</script>" + tail

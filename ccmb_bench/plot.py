@@ -36,7 +36,8 @@ def series(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[Tuple[str, str, Lis
             vals = [r.get(f"{d}_R@{k}") for k in KS]
             if any(isinstance(v, (int, float)) for v in vals):
                 label = r["model"] + (" [paper]" if r.get("reference") else "") + \
-                    (f" ({r['setting']})" if r.get("setting") else "")
+                    (f" ({r['setting']})" if r.get("setting") else "") + \
+                    (f" [{r['protocol']}]" if r.get("protocol") and not r.get("reference") else "")
                 out.setdefault(f"{r['dataset']}/{r['split']}", []).append(
                     (label, d, [float(v) if isinstance(v, (int, float)) else None for v in vals]))
     return out

@@ -1,0 +1,202 @@
+"""The HTML leaderboard: rendered in headless Chromium at 1280 px (overview fits, sections, charts with
+interval whiskers, sorting), and the injection regressions of issue 17 (title / dataset names / model names
+never become markup)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ccmb_bench.cli import main
+from ccmb_bench.html import DATA_ELEMENT, render_html, script_json
+from ccmb_bench.leaderboard import paper_rows
+from ccmb_bench.results import make_result, write_result
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _res(model, dataset, split, task, metrics, protocol="official", ci=None, decontaminated=None, fp="abc"):
+    r = make_result({"model": model, "kind": "r2d2", "fingerprint": fp}, dataset, split, task, metrics, "cpu",
+                    {"evaluate_s": 1.0})
+    r.pop("metrics_ci95", None)
+    r["protocol"] = {"name": protocol, "reference": "R2D2 itm_eval", "version": "1"}
+    r["training_data"] = {"provenance": decontaminated is not None, "decontaminated_against": [],
+                          "decontaminated": decontaminated}
+    if ci:
+        r["metrics_ci95"] = ci
+    return r
+
+
+def _rec(a, b):
+    return {"i2t_R@1": a, "i2t_R@5": a + 10, "i2t_R@10": a + 20, "t2i_R@1": b, "t2i_R@5": b + 10,
+            "t2i_R@10": b + 20, "MR": (a + b) / 2 + 10, "prerank_MR": 1.0, "top_k": 128}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    """Six models on every CCMB-style dataset (a wide board), two protocols, intervals, long names."""
+    out = tmp_path / "bench"
+    retrieval = ["flickr30k-cna", "flickr30k-cn", "coco-cn", "muge", "icr", "iqr", "aic-icc"]
+    models = ["r2d2-vitl14", "prd2-vitl14", "chinese-clip-vit-h14", "chinese-clip-vit-l14-336",
+              "our-pretrain-zero-250m-decontaminated-vitb16-epoch-30", "model-b"]
+    for k, m in enumerate(models):
+        dec = (k % 2 == 0) if k < 4 else None
+        for j, d in enumerate(retrieval):
+            split = {"muge": "valid", "icr": "val", "iqr": "val", "aic-icc": "validation"}.get(d, "test")
+            metrics = _rec(30 + 5 * k + j, 20 + 4 * k + j)
+            if d == "muge":
+                metrics = {key: v for key, v in metrics.items() if not key.startswith("i2t")}
+            mr = metrics["MR"]
+            write_result(out / m, _res(m, d, split, "retrieval", metrics, ci={"MR": [mr - 1.5, mr + 1.25]},
+                                       decontaminated=dec))
+        write_result(out / m, _res(m, "icm", "val", "matching", {"AUC": 60.0 + k, "accuracy": 55.0 + k},
+                                   decontaminated=dec))
+        write_result(out / m, _res(m, "iqm", "val", "matching", {"AUC": 61.0 + k, "accuracy": 56.0 + k},
+                                   decontaminated=dec))
+        write_result(out / m, _res(m, "imagenet-cn", "test", "classification",
+                                   {"top1": 40.0 + k, "top5": 70.0 + k, "mean_per_class_recall": 39.0 + k},
+                                   decontaminated=dec))
+    # model-b also under the strict protocol on flickr30k-cna: best there, but a separate ranking
+    write_result(out / "strict", _res("model-b", "flickr30k-cna", "test", "retrieval", _rec(95, 95), protocol="strict"))
+    return out
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _browser():
+    browser = find_chromium()
+    if browser is None:
+        if os.environ.get("CCMB_NO_BROWSER") == "1":
+            pytest.skip("CCMB_NO_BROWSER=1: static checks only")  # an explicit opt-out, never the default
+        pytest.fail("chromium not found on PATH: install it (apt-get update && apt-get install -y chromium) "
+                    "or set CCMB_NO_BROWSER=1 to accept static checks only")
+    return browser
+
+
+def dump_dom(url: str, profile: Path, width: int = 1280) -> str:
+    proc = subprocess.run([_browser(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900",
+                           "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    assert 'data-rendered="1"' in proc.stdout, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def screenshot(url: str, profile: Path, out: Path, width: int = 1280) -> Image.Image:
+    proc = subprocess.run([_browser(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},1200",
+                           f"--screenshot={out}", url], capture_output=True, text=True, timeout=90)
+    assert out.is_file(), proc.stderr[-2000:]
+    return Image.open(out)
+
+
+def _make_page(results_dir, tmp_path, title="Test board"):
+    page = tmp_path / "lb.html"
+    res = CliRunner().invoke(main, ["leaderboard", "--results", str(results_dir), "--html", str(page),
+                                    "--include-paper", "--title", title])
+    assert res.exit_code == 0, res.output
+    return page
+
+
+def test_page_is_self_contained_and_data_is_inert(results_dir, tmp_path):
+    html = _make_page(results_dir, tmp_path).read_text(encoding="utf-8")
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "src=" not in html  # no CDN
+    assert html.count(DATA_ELEMENT[:-len("</script>")]) == 1
+    data = html.split(DATA_ELEMENT[:-len("</script>")])[1].split("</script>")[0]
+    assert "<" not in data and ">" not in data and "&" not in data
+    assert json.loads(data)["title"] == "Test board"
+
+
+def test_overview_fits_1280_and_sections_render(results_dir, tmp_path):
+    page = _make_page(results_dir, tmp_path)
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-viewport="1280"' in body
+    assert 'data-overview-fits="true"' in body, body  # scrollWidth <= clientWidth of the overview box
+    overview = dom.split('<table id="overview">')[1].split("</table>")[0]
+    # models x datasets: 6 models (+ model-b under strict) x 10 dataset columns, main metric with interval
+    assert overview.count("<tr data-model=") == 7
+    assert overview.count("<th data-dataset=") == 10
+    assert '<span class="ci">' in overview and "AUC" in overview and "top1" in overview
+    # best marked per column and protocol: model-b (official) is best of the official rows on flickr30k-cna,
+    # and its strict row is marked separately (the only strict row: no mark)
+    assert overview.count('class="cell best"') == 10
+    assert all(f'title="decontaminated: {v}">{v}</span>' in overview for v in ("yes", "no", "unknown"))
+    # one section per (dataset, split, task): its own metrics only, reference rows beside the runs
+    sections = dom.split('<div class="section"')[1:]
+    assert len(sections) == 10
+    icm = next(s for s in sections if 'data-dataset="icm"' in s.split(">")[0])
+    assert "AUC" in icm and "R@1" not in icm and "prerank" not in icm
+    f30 = next(s for s in sections if 'data-dataset="flickr30k-cn"' in s.split(">")[0])
+    heads = re.findall(r'<th data-col="([^"]+)"', f30)
+    assert heads == ["MR", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
+    assert 'class="reference"' in f30 and "Chinese-CLIP Results.md" in f30 and "as published" in f30
+    assert "Protocols: as published, official." in f30
+    # a bar chart per section with interval whiskers on the runs that have one
+    assert dom.count('<svg class="chart"') == 10
+    with_mr = sum(1 for r in paper_rows() if r["dataset"] == "flickr30k-cn" and "MR" in r)
+    assert f30.count('class="whisker"') == 6 and f30.count('class="bar"') == 6 + with_mr
+
+
+def test_screenshot_at_1280(results_dir, tmp_path):
+    page = _make_page(results_dir, tmp_path)
+    img = screenshot(page.as_uri(), tmp_path / "profile", tmp_path / "shot.png")
+    assert img.size[0] == 1280
+    # the overview's right edge is on screen: its table border (grey) appears in the right part of the image
+    rgb = img.convert("RGB")
+    right = rgb.crop((1000, 100, 1280, 500))
+    assert any(c == (204, 204, 204) for _, c in right.getcolors(maxcolors=1 << 20))
+
+
+def test_sections_sort_and_filter_by_deep_link(results_dir, tmp_path):
+    page = _make_page(results_dir, tmp_path)
+    dom = dump_dom(page.as_uri() + "#sort=AUC&dir=asc&filter=icm", tmp_path / "profile")
+    shown = [s for s in dom.split('<div class="section"')[1:] if 'style="display: none;"' not in s.split(">")[0]]
+    assert len(shown) == 1 and 'data-dataset="icm"' in shown[0].split(">")[0]
+    table = shown[0].split("<tbody>")[1].split("</tbody>")[0]
+    order = [chunk.split('"')[0] for chunk in table.split('<tr data-model="')[1:]]
+    assert order == ["r2d2-vitl14", "prd2-vitl14", "chinese-clip-vit-h14", "chinese-clip-vit-l14-336",
+                     "our-pretrain-zero-250m-decontaminated-vitb16-epoch-30", "model-b"]  # AUC 60..65 ascending
+    assert 'class="sorted-asc"' in shown[0]
+
+
+HOSTILE = '<svg onload="document.body.setAttribute(\'data-pwned\',\'1\')">'
+
+
+def test_injection_in_title_dataset_and_model_stays_text(tmp_path):
+    """Issue 17: a title with __DATA__, a dataset name hiding <svg onload>, a model closing the script."""
+    out = tmp_path / "bench"
+    write_result(out, _res("</script><script>document.body.setAttribute('data-pwned','2')</script>", HOSTILE,
+                           "test", "retrieval", _rec(40, 30)))
+    write_result(out, _res("m2 " + HOSTILE, "icm", "val", "matching", {"AUC": 70.0}))
+    title = "Board __DATA__ __TITLE__ <!-- " + HOSTILE
+    page = _make_page(out, tmp_path, title=title)
+    html = page.read_text(encoding="utf-8")
+    assert "<svg onload" not in html and "</script><script>" not in html
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
+    assert "data-pwned" not in re.search(r"<body[^>]*>", dom).group(0)
+    assert "<svg onload" not in dom  # the hostile markup is text, shown escaped
+    assert "&lt;svg onload=" in dom
+    assert "<title>Board __DATA__ __TITLE__ &lt;!-- &lt;svg" in dom  # document.title, set as text
+    h1 = dom.split('<h1 id="title">')[1].split("</h1>")[0]
+    assert h1.startswith("Board __DATA__ __TITLE__ &lt;!--")
+
+
+def test_script_json_escapes():
+    text = script_json({"a": "</script><!--<![CDATA[ & \u2028"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"a": "</script><!--<![CDATA[ & \u2028"}
+    # the page needs no substitution: a title equal to the old placeholders renders as itself
+    page = render_html([], title="__DATA__")
+    assert page.count("__DATA__") == 1 and '"title": "__DATA__"' in page
