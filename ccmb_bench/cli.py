@@ -120,22 +120,27 @@ def datasets_cmd(as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["ccmb", "clip-benchmark"]), default="ccmb", show_default=True,
               help="CSV columns: ours (percent) or CLIP_benchmark's names (fractions).")
 @click.option("--title", default="CCMB leaderboard", show_default=True)
+@click.option("--strict", is_flag=True, help="A malformed result file is an error (default: a warning naming it, "
+              "and the file is skipped).")
+@input_errors_as_click
 def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[Path], html: Optional[Path],
-                    include_paper: bool, fmt: str, title: str) -> None:
+                    include_paper: bool, fmt: str, title: str, strict: bool) -> None:
     """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given."""
     from ccmb_bench.leaderboard import collect, export, to_markdown
 
-    rows = export(results, csv_path, markdown, html, include_paper=include_paper, fmt=fmt, title=title)
     if not (csv_path or markdown or html):
-        click.echo(to_markdown(collect(results, include_paper)))
-    else:
-        click.echo(f"{len(rows)} rows", err=True)
+        click.echo(to_markdown(collect(results, include_paper, strict=strict), title=title))
+        return
+    rows = export(results, csv_path, markdown, html, include_paper=include_paper, fmt=fmt, title=title,
+                  strict=strict)
+    click.echo(f"{len(rows)} rows", err=True)
 
 
 @main.command("plot")
 @click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
 @click.option("--include-paper", is_flag=True, help="Also draw the paper's published rows.")
+@input_errors_as_click
 def plot_cmd(results: Path, out: Path, include_paper: bool) -> None:
     """Draw recall@K per model and retrieval dataset (PNG)."""
     from ccmb_bench.leaderboard import collect
