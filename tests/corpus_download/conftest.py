@@ -1,6 +1,16 @@
-"""A loopback HTTP server for download tests: generated images and every kind of bad response."""
+"""A loopback fault server for download tests: generated images and every kind of bad response.
+
+Routes (``/<kind>/<n>[.ext]``): ``img`` (a JPEG), ``slow`` (sleeps ``slow_s`` first), ``404``, ``500``,
+``loop`` (redirects to itself), ``text``, ``truncated`` (half a JPEG, honest length), ``short`` (fewer
+bytes than its Content-Length, then close), ``noai``, ``flaky``, ``bomb`` (PNG claiming 17000x17000
+pixels), ``gzipbomb`` (a gzip stream of ``gzip_bomb_mb`` MB of zeros, ``Content-Encoding: gzip``),
+``trickle`` (one byte every ``trickle_s`` seconds), ``huge`` (``huge_bytes`` of body, no Content-Length),
+``hugelen`` (claims a Content-Length of 10**12), ``redir/<ftp|file|data|img>`` (redirects to such a URL),
+``to?u=URL`` (redirects to URL).
+"""
 from __future__ import annotations
 
+import gzip
 import http.server
 import os
 import socket
@@ -9,6 +19,7 @@ import threading
 import time
 import zlib
 from typing import Dict, List, Optional
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -39,6 +50,10 @@ class ImageServer:
         self.user_agents: List[str] = []
         self.lock = threading.Lock()
         self._bomb: Optional[bytes] = None
+        self._gzip_bomb: Optional[bytes] = None
+        self.gzip_bomb_mb = 64
+        self.trickle_s = 0.5
+        self.huge_bytes = 8 * 1024 * 1024
         self.base = ""
 
     @property
@@ -46,6 +61,12 @@ class ImageServer:
         if self._bomb is None:
             self._bomb = bomb_png()
         return self._bomb
+
+    @property
+    def gzip_bomb(self) -> bytes:
+        if self._gzip_bomb is None:
+            self._gzip_bomb = gzip.compress(b"\0" * (self.gzip_bomb_mb << 20), 9)
+        return self._gzip_bomb
 
 
 def _handler(state: ImageServer):
@@ -65,6 +86,24 @@ def _handler(state: ImageServer):
             try:
                 self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _redirect(self, location: str) -> None:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _stream(self, body_parts, headers: Dict[str, str]) -> None:
+            self.send_response(200)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            try:
+                for part in body_parts:
+                    self.wfile.write(part)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
 
         def do_GET(self):  # noqa: N802
@@ -103,10 +142,46 @@ def _handler(state: ImageServer):
                     self._send(503, b"try later", "text/plain")
             elif kind == "bomb":
                 self._send(200, state.bomb, "image/png")
+            elif kind == "gzipbomb":
+                self._send(200, state.gzip_bomb, "image/jpeg", headers={"Content-Encoding": "gzip"})
+            elif kind == "trickle":
+                data = jpeg(n)
+
+                def trickle():
+                    for i in range(len(data)):
+                        time.sleep(state.trickle_s)
+                        yield data[i:i + 1]
+                self._stream(trickle(), {"Content-Type": "image/jpeg", "Content-Length": str(len(data))})
+            elif kind == "huge":
+                block = b"\0" * 65536
+                self._stream((block for _ in range(state.huge_bytes // len(block))), {"Content-Type": "image/jpeg"})
+            elif kind == "hugelen":
+                self._stream(iter([b"\0" * 1024]), {"Content-Type": "image/jpeg", "Content-Length": str(10 ** 12)})
+            elif kind == "short":
+                data = jpeg(n)
+                self._stream(iter([data[: len(data) // 2]]),
+                             {"Content-Type": "image/jpeg", "Content-Length": str(len(data))})
+            elif kind == "redir":
+                target = parts[1] if len(parts) > 2 else ""
+                self._redirect({"ftp": "ftp://127.0.0.1/x.jpg", "file": "file:///etc/hostname",
+                                "data": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQ==",
+                                "img": f"/img/{n}.jpg"}.get(target, "/404/0"))
+            elif kind == "to":
+                self._redirect(parse_qs(urlsplit(self.path).query)["u"][0])
             else:
                 self._send(404, b"unknown route", "text/plain")
 
     return Handler
+
+
+def start_server(host: str = "127.0.0.1"):
+    """Start a fault server on ``host`` (a thread of the test process); returns (state, server)."""
+    state = ImageServer()
+    server = http.server.ThreadingHTTPServer((host, 0), _handler(state))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.base = f"http://{host}:{server.server_address[1]}"
+    return state, server
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,124 @@
+"""The guarded fetch against the fault server: deadline, size cap, redirect schemes, private addresses."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ccmb.corpus import http_fetch
+from ccmb.corpus.http_fetch import FetchError, FetchLimits, fetch
+from conftest import start_server
+from dl_helpers import jpeg
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _fails(url: str, limits: FetchLimits = FetchLimits(timeout=3)) -> str:
+    with pytest.raises(FetchError) as info:
+        fetch(url, limits)
+    return str(info.value)
+
+
+def test_a_plain_image_and_a_redirect_to_one(image_server):
+    b = image_server.base
+    assert fetch(f"{b}/img/3.jpg", FetchLimits(timeout=3)) == jpeg(3)
+    assert fetch(f"{b}/redir/img/4", FetchLimits(timeout=3)) == jpeg(4)
+
+
+def test_http_errors_keep_urllibs_wording(image_server):
+    assert _fails(f"{image_server.base}/404/1.jpg") == "HTTP Error 404: Not Found"
+    assert _fails(f"{image_server.base}/500/1.jpg").startswith("HTTP Error 500")
+
+
+def test_deadline_is_per_request_not_per_read(image_server):
+    """A server sending one byte every 0.2 s never trips a per-read timeout; the deadline stops it."""
+    image_server.trickle_s = 0.2
+    try:
+        t0 = time.monotonic()
+        reason = _fails(f"{image_server.base}/trickle/1.jpg", FetchLimits(timeout=1.5))
+        elapsed = time.monotonic() - t0
+    finally:
+        image_server.trickle_s = 0.5
+    assert reason.startswith(http_fetch.DEADLINE), reason
+    assert elapsed < 3.0  # 1.5 s deadline (the old fetch took len(jpeg) * 0.2 s, minutes)
+
+
+def test_deadline_covers_a_slow_first_byte(image_server):
+    image_server.slow_s = 3.0
+    try:
+        t0 = time.monotonic()
+        reason = _fails(f"{image_server.base}/slow/1.jpg", FetchLimits(timeout=1))
+    finally:
+        image_server.slow_s = 0.5
+    assert reason.startswith(http_fetch.DEADLINE) and time.monotonic() - t0 < 2.5
+
+
+def test_body_over_max_bytes_is_cut_while_streaming(image_server):
+    image_server.huge_bytes = 32 << 20
+    try:
+        t0 = time.monotonic()
+        reason = _fails(f"{image_server.base}/huge/1.jpg", FetchLimits(timeout=10, max_bytes=1 << 20))
+    finally:
+        image_server.huge_bytes = 8 << 20
+    assert reason.startswith(http_fetch.TOO_LARGE) and "more than 1048576 bytes" in reason
+    assert time.monotonic() - t0 < 5
+
+
+def test_huge_content_length_is_refused_before_reading(image_server):
+    reason = _fails(f"{image_server.base}/hugelen/1.jpg")
+    assert reason == f"{http_fetch.TOO_LARGE} (Content-Length {10 ** 12} > {http_fetch.DEFAULT_MAX_BYTES})"
+
+
+@pytest.mark.parametrize("target", ["ftp", "file", "data"])
+def test_redirects_only_to_http(image_server, target):
+    assert _fails(f"{image_server.base}/redir/{target}/1").startswith(http_fetch.BAD_REDIRECT)
+
+
+def test_redirect_loop_and_truncated_body(image_server):
+    assert _fails(f"{image_server.base}/loop/1").startswith(http_fetch.REDIRECT_LOOP)
+    assert _fails(f"{image_server.base}/short/1.jpg").startswith(http_fetch.TRUNCATED)
+
+
+def test_compressed_bodies_are_never_inflated(image_server):
+    """A gzip 'bomb' (64 MB of zeros in ~64 KB) is stored as sent, not decompressed into memory."""
+    body = fetch(f"{image_server.base}/gzipbomb/1.jpg", FetchLimits(timeout=10, max_bytes=1 << 20))
+    assert body == image_server.gzip_bomb and len(body) < 1 << 20
+
+
+def test_non_http_urls_are_refused():
+    assert _fails("ftp://127.0.0.1/x.jpg").startswith("unsupported URL scheme 'ftp'")
+    assert _fails("file:///etc/hostname").startswith("unsupported URL scheme 'file'")
+
+
+def test_deny_private_refuses_loopback_but_default_allows_it(image_server):
+    url = f"{image_server.base}/img/1.jpg"
+    assert fetch(url, FetchLimits(timeout=3)) == jpeg(1)
+    n = len(image_server.requests)
+    assert _fails(url, FetchLimits(timeout=3, deny_private=True)).startswith(http_fetch.PRIVATE)
+    assert len(image_server.requests) == n  # no connection was made
+
+
+def test_deny_private_is_checked_again_after_a_redirect(image_server, monkeypatch):
+    """Only 127.0.0.2 counts as private here: a redirect from 127.0.0.1 to it is refused at the new hop."""
+    inner, server = start_server("127.0.0.2")
+    try:
+        monkeypatch.setattr(http_fetch, "refused_ip", lambda ip: str(ip) == "127.0.0.2")
+        limits = FetchLimits(timeout=3, deny_private=True)
+        assert fetch(f"{inner.base}/img/2.jpg", FetchLimits(timeout=3)) == jpeg(2)  # reachable when allowed
+        assert fetch(f"{image_server.base}/img/2.jpg", limits) == jpeg(2)  # 127.0.0.1 allowed by the stub
+        reason = _fails(f"{image_server.base}/to?u={inner.base}/img/2.jpg", limits)
+        assert reason.startswith(http_fetch.PRIVATE), reason
+        assert len(inner.requests) == 1  # only the allowed direct request reached it
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refused_ip_classes():
+    import ipaddress
+
+    for addr in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fe80::1",
+                 "fc00::1", "::ffff:127.0.0.1", "0.0.0.0", "224.0.0.1"]:
+        assert http_fetch.refused_ip(ipaddress.ip_address(addr)), addr
+    for addr in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"]:
+        assert not http_fetch.refused_ip(ipaddress.ip_address(addr)), addr
