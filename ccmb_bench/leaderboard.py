@@ -226,14 +226,14 @@ def main_value(row: Dict[str, Any]) -> Optional[float]:
 
 
 def sort_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Stable order: dataset, task, split, then the main metric (best first; reference rows after ours on
-    ties), then model name."""
+    """Stable order: dataset, task, split; our runs before the reference rows; grouped by protocol (so no
+    order ranks one protocol against another); then the main metric (best first), then model name."""
     def key(r):
         metric = MAIN_METRIC.get(r["task"], "")
         v = main_value(r)
         score = math.inf if v is None else (v if metric in LOWER_IS_BETTER else -v)
-        return (r["dataset"], r["task"], r["split"], score, r.get("reference", ""), r["model"],
-                r.get("checkpoint_fingerprint", ""), r.get("protocol", ""))
+        return (r["dataset"], r["task"], r["split"], r.get("reference", ""), r.get("protocol", ""), score,
+                r["model"], r.get("checkpoint_fingerprint", ""))
     return sorted(rows, key=key)
 
 

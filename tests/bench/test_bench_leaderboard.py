@@ -203,6 +203,11 @@ def protocol_dir(tmp_path):
 
 def test_best_is_marked_only_within_a_protocol(protocol_dir):
     rows = [r for r in collect(protocol_dir, include_paper=True) if r["dataset"] == "flickr30k-cn"]
+    # runs first, grouped by protocol (the order never ranks one protocol against another), then references
+    assert [(r["model"], r["protocol"]) for r in rows if not r["reference"]] == [
+        ("model-b", "official"), ("model-a", "official"), ("model-c", "strict"), ("model-d", "strict"),
+        ("model-b", "strict")]
+    assert all(r["reference"] for r in rows[5:])
     marks = dict(((r["model"], r["protocol"]), m) for r, m in zip(rows, best_marks(rows, "MR")) if m)
     assert marks == {("model-b", "official"): True, ("model-c", "strict"): True}  # never a paper row
     cols, lines = overview(collect(protocol_dir, include_paper=True))
