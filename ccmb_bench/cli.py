@@ -11,6 +11,8 @@ import click
 
 from ccmb import __version__
 from ccmb.clikit import input_errors_as_click, parse_key_values, setup_logging
+from ccmb_bench.options import default as run_default
+from ccmb_bench.protocols import PROTOCOL_NAMES
 
 log = logging.getLogger("ccmb_bench")
 
@@ -34,28 +36,35 @@ def main(verbose: int) -> None:
 @click.option("--root", "-r", required=True, type=click.Path(path_type=Path), help="Data root (official layouts).")
 @click.option("--split", default=None, help="Split (default: the one the paper evaluates, per dataset).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=run_default("batch_size"), show_default=True)
 @click.option("--top-k", type=click.IntRange(1), default=None,
-              help="R2D2 re-ranking candidates per query (default: 128 Flickr30k-CNA, 64 ICR/IQR, else the config).")
+              help="R2D2 re-ranking candidates per query (default: the dataset's, see `ccmb-bench datasets "
+                   "--json`, else the model config's).")
+@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default=run_default("protocol"), show_default=True,
+              help="official: each dataset's reference evaluation (every line a query, its tie order); strict: "
+                   "identical texts merged, ties count against the query (docs/bench.md).")
+@click.option("--bootstrap", "bootstrap_n", type=click.IntRange(0), default=run_default("bootstrap"),
+              show_default=True, help="Resamples of the 95% bootstrap intervals (0: none).")
+@click.option("--bootstrap-seed", type=int, default=run_default("bootstrap_seed"), show_default=True)
 @click.option("--no-rerank", is_flag=True, help="R2D2: report the dual-encoder stage only.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("bench_out"), show_default=True,
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=run_default("output"), show_default=True,
               help="Results go to OUTPUT/results, embeddings to OUTPUT/cache.")
 @click.option("--skip-existing", is_flag=True, help="Skip (model, dataset) pairs whose result file exists.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the embedding cache.")
 @click.option("--param", "-p", multiple=True, help="Dataset parameter KEY=VALUE (e.g. num_images=1000).")
 @click.option("--predictions", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Captioning: predictions file (JSON {image_id: caption} or JSON lines).")
-@click.option("--caption-pool", default="train", show_default=True,
+@click.option("--caption-pool", default=run_default("caption_pool"), show_default=True,
               help="Captioning without predictions: split whose captions the retrieval baseline picks from.")
 @click.option("--generated", type=click.Path(exists=True, file_okay=False), default=None,
               help="Text-to-image: folder of generated images named <prompt_id>.png.")
-@click.option("--max-hidden-gb", type=click.FloatRange(0), default=8.0, show_default=True,
+@click.option("--max-hidden-gb", type=click.FloatRange(0), default=run_default("max_hidden_gb"), show_default=True,
               help="Matching with cross encoders: above this many GB of hidden states, stream the pairs in chunks.")
 @click.option("--setting", default="", help="Label for the leaderboard's setting column (e.g. zero-shot, fine-tuned).")
 @input_errors_as_click
 def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], datasets: str, root: Path,
-            split: Optional[str], device: str, batch_size: int, top_k: Optional[int], no_rerank: bool,
-            output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
+            split: Optional[str], device: str, batch_size: int, top_k: Optional[int], protocol: str,
+            bootstrap_n: int, bootstrap_seed: int, no_rerank: bool, output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
@@ -67,7 +76,8 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
     opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
                       params=parse_key_values(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
-                      setting=setting, max_hidden_gb=max_hidden_gb)
+                      setting=setting, max_hidden_gb=max_hidden_gb, protocol=protocol, bootstrap=bootstrap_n,
+                      bootstrap_seed=bootstrap_seed)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
     except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError, DeviceError,
@@ -76,9 +86,33 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
     for p in paths:
         res = json.loads(p.read_text(encoding="utf-8"))
         shown = {k: round(v, 2) for k, v in res["metrics"].items() if isinstance(v, float)}
-        click.echo(f"{res['model']} {res['dataset']}/{res['split']} {res['task']}: {shown}  -> {p}")
+        click.echo(f"{res['model']} {res['dataset']}/{res['split']} {res['task']} "
+                   f"[{res['protocol']['name']}]: {shown}  -> {p}")
     if not paths:
         click.echo("nothing evaluated (all skipped)")
+
+
+@main.command("compare")
+@click.argument("result_a", type=click.Path(exists=True, path_type=Path))
+@click.argument("result_b", type=click.Path(exists=True, path_type=Path))
+@click.option("--bootstrap", "bootstrap_n", type=click.IntRange(1), default=run_default("bootstrap"),
+              show_default=True, help="Paired bootstrap resamples.")
+@click.option("--seed", type=int, default=run_default("bootstrap_seed"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@input_errors_as_click
+def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, as_json: bool) -> None:
+    """Paired bootstrap p-value per metric of RESULT_A vs RESULT_B (result JSONs, or folders: every
+    dataset/split both hold), on the queries both evaluated. Same dataset, split and protocol required."""
+    from ccmb_bench.compare import compare
+
+    rows = compare(result_a, result_b, bootstrap_n, seed)
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        lo, hi = r["diff_ci95"]
+        click.echo(f"{r['dataset']}/{r['split']} [{r['protocol']}] {r['metric']:>22s}: A {r['a']:7.2f}  "
+                   f"B {r['b']:7.2f}  A-B {r['diff']:+7.2f} [{lo:+.2f}, {hi:+.2f}]  p={r['p_value']:.4f}")
 
 
 @main.command("models")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from ccmb.atomic import write_json
+from ccmb.atomic import commit, temp_path_for, write_json
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,86 @@ def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", part) or "_"
 
 
-def result_path(output: Path, model: str, dataset: str, task: str, split: str, fingerprint: str = "") -> Path:
-    """``results/<model>__<fingerprint[:8]>__<dataset>__<split>__<task>.json`` (two checkpoints of one
-    registered model never overwrite each other)."""
+def result_path(output: Path, model: str, dataset: str, task: str, split: str, fingerprint: str = "",
+                protocol: str = "official") -> Path:
+    """``results/<model>__<fingerprint[:8]>__<dataset>__<split>__<task>__<protocol>.json`` (two checkpoints of
+    one registered model, or two protocols, never overwrite each other)."""
     fp = _safe(fingerprint.split(":")[-1][:8]) if fingerprint else "nofp"
-    return Path(output) / "results" / f"{_safe(model)}__{fp}__{_safe(dataset)}__{_safe(split)}__{_safe(task)}.json"
+    return Path(output) / "results" / (f"{_safe(model)}__{fp}__{_safe(dataset)}__{_safe(split)}__{_safe(task)}"
+                                       f"__{_safe(protocol)}.json")
+
+
+PER_QUERY_SUFFIX = ".per_query.npz"
+
+
+def per_query_path(result_file: Path) -> Path:
+    return Path(result_file).with_suffix(PER_QUERY_SUFFIX)
+
+
+def write_per_query(result_file: Path, per_query: Dict[str, Dict[str, Any]], meta: Dict[str, Any]) -> str:
+    """Save the per-query ranks/scores beside ``result_file`` (npz, atomically); returns the path relative
+    to the result's folder (the result's ``per_query_file``)."""
+    import numpy as np
+
+    from ccmb_bench.bootstrap import flatten
+
+    path = per_query_path(result_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **flatten(per_query, meta))
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.name
+
+
+def read_per_query(result: Dict[str, Any], result_file: Optional[Path] = None):
+    """``(per_query, meta)`` of a result (its ``per_query_file``, relative to the result file); a missing or
+    unreadable file raises ``ValueError`` naming it."""
+    import numpy as np
+
+    from ccmb_bench.bootstrap import unflatten
+
+    where = Path(result_file or result.get("_path", "."))
+    rel = result.get("per_query_file")
+    if not rel:
+        raise ValueError(f"{where}: the result has no per_query_file (run it again with --bootstrap > 0)")
+    path = where.parent / rel
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return unflatten({k: npz[k] for k in npz.files})
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: per-query file of {where} unreadable ({exc})") from exc
+
+
+def training_data(model: str) -> Dict[str, Any]:
+    """What is known of the training data of ``model``: a trainer output folder's ``data_provenance.json``
+    (``{"shard_sets": [{"path", "provenance"}]}``), else nothing (official checkpoints: unknown)."""
+    folder = Path(model)
+    prov_file = folder / "data_provenance.json" if folder.is_dir() else None
+    if prov_file is None or not prov_file.is_file():
+        return {"provenance": False, "decontaminated_against": []}
+    try:
+        data = json.loads(prov_file.read_text(encoding="utf-8"))
+        against: List[str] = []
+        for shard_set in data.get("shard_sets", []):
+            decon = ((shard_set or {}).get("provenance") or {}).get("decontamination") or {}
+            against += [str(a) for a in decon.get("against", []) or []]
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        log.warning("%s: unreadable provenance (%s); training data unknown", prov_file, exc)
+        return {"provenance": False, "decontaminated_against": []}
+    return {"provenance": True, "decontaminated_against": sorted(set(against))}
+
+
+def _training_field(training: Optional[Dict[str, Any]], dataset: str, split: str) -> Dict[str, Any]:
+    training = training or {"provenance": False, "decontaminated_against": []}
+    against = list(training.get("decontaminated_against", []))
+    decontaminated = (f"{dataset}/{split}" in against) if training.get("provenance") else None
+    return {"provenance": bool(training.get("provenance")), "decontaminated_against": against,
+            "decontaminated": decontaminated}
 
 
 def versions() -> Dict[str, str]:
@@ -40,10 +115,19 @@ def versions() -> Dict[str, str]:
 
 
 def make_result(model: Dict[str, Any], dataset: str, split: str, task: str, metrics: Dict[str, Any],
-                device: str, timing: Dict[str, float], settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                device: str, timing: Dict[str, float], settings: Optional[Dict[str, Any]] = None, *,
+                protocol: Optional[Dict[str, str]] = None, metrics_ci95: Optional[Dict[str, List[float]]] = None,
+                per_query_file: Optional[str] = None, bootstrap: Optional[Dict[str, int]] = None,
+                training: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A result document: metrics, their 95% intervals, the protocol (``name``, ``reference``, ``version``),
+    the per-query file, the bootstrap settings and what is known of the model's training data."""
     return {"schema": SCHEMA, "model": model["model"], "model_kind": model.get("kind", ""),
             "checkpoint_fingerprint": model.get("fingerprint", ""), "dataset": dataset, "split": split,
-            "task": task, "metrics": metrics, "settings": settings or {}, "versions": versions(),
+            "task": task, "protocol": protocol or {"name": "strict", "reference": "ccmb strict", "version": ""},
+            "metrics": metrics, "metrics_ci95": metrics_ci95 or {}, "per_query_file": per_query_file,
+            "bootstrap": bootstrap or {"resamples": 0, "seed": None},
+            "training_data": _training_field(training, dataset, split),
+            "settings": settings or {}, "versions": versions(),
             "device": device, "host": socket.gethostname(), "timing": timing,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -51,7 +135,7 @@ def make_result(model: Dict[str, Any], dataset: str, split: str, task: str, metr
 def write_result(output: Path, result: Dict[str, Any]) -> Path:
     """Write ``result`` atomically (temp file + rename: two concurrent runs leave one complete file)."""
     path = result_path(output, result["model"], result["dataset"], result["task"], result["split"],
-                       result.get("checkpoint_fingerprint", ""))
+                       result.get("checkpoint_fingerprint", ""), (result.get("protocol") or {}).get("name", "official"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
     log.info("wrote %s", path)

@@ -34,6 +34,10 @@ class DatasetSpec:
     directions: Tuple[str, ...] = BOTH
     params: Dict[str, str] = field(default_factory=dict)  # documented parameters
     options: Dict[str, Any] = field(default_factory=dict, repr=False)  # loader internals
+    # the evaluation this dataset's published numbers come from (ccmb_bench.protocols describes each)
+    protocol: str = "ccmb"
+    protocol_version: str = ""
+    top_k: Optional[int] = None  # R2D2 two-stage retrieval: candidates re-ranked per query (None: the model's)
 
     def render_layout(self, split: Optional[str] = None) -> str:
         return self.layout.replace("{split}", split or self.default_split)
@@ -42,7 +46,10 @@ class DatasetSpec:
         out = {"name": self.name, "task": self.task, "format": self.format,
                "default_split": self.default_split, "splits": list(self.splits),
                "layout": self.render_layout(), "description": self.description, "source": self.source,
-               "params": dict(self.params)}
+               "params": dict(self.params), "protocol": self.protocol,
+               "protocol_version": self.protocol_version}
+        if self.top_k is not None:
+            out["top_k"] = self.top_k
         if self.task == "retrieval":
             out["directions"] = list(self.directions)
         return out
@@ -53,6 +60,11 @@ def _r2d2_layout(folder: str, file: str) -> str:
             f"<root>/{folder}/{{split}}/{file}   JSON lines "
             + ('{"text", "image_path", "label": 0|1}' if "itm" in file else '{"text", "image_path"}'))
 
+
+# reference evaluations (name, version) named by the entries below; ccmb_bench.protocols holds their rules
+R2D2_EVAL = ("r2d2", "yuxie11/R2D2@6c9f74a (itm_eval, sklearn roc_auc_score)")
+CCLIP_EVAL = ("chinese-clip", "OFA-Sys/Chinese-CLIP@2c586c5 (cn_clip/eval)")
+CLIP_BENCHMARK_EVAL = ("clip-benchmark", "LAION-AI/CLIP_benchmark (zeroshot_classification)")
 
 _R2D2_SOURCE = "https://github.com/yuxie11/R2D2 (CCMB downloads: https://zero.so.com)"
 _CCLIP_SOURCE = "https://github.com/OFA-Sys/Chinese-CLIP#数据集格式预处理 (preprocessed MUGE/Flickr30k-CN/COCO-CN)"
@@ -83,7 +95,8 @@ def _builtin() -> List[DatasetSpec]:
                         "only train/val are public, the official code evaluates on val",
             params={"images": "image folder (default: IQR_IQM_ICR_ICM_images in root or its parents)",
                     "annotations": "annotation file (overrides the layout)"},
-            options={"folder": folder, "file": file}))
+            options={"folder": folder, "file": file}, protocol=R2D2_EVAL[0], protocol_version=R2D2_EVAL[1],
+            top_k=64 if task == "retrieval" else None))
     specs.append(DatasetSpec(
         name="flickr30k-cna", task="retrieval", format="caption-lines", default_split="test",
         splits=("train", "val", "test"), loader=loaders.load_flickr30k_cna, source=_R2D2_SOURCE,
@@ -91,7 +104,8 @@ def _builtin() -> List[DatasetSpec]:
                 "<root>/Flickr30k-CNA/{split}/flickr30k_cna_{split}.txt   lines '<flickr_id>#<k>\\t<caption>'\n"
                 "      (also accepted: flickr30k_cn_{split}.txt, or the file directly in <root>)"),
         description="Flickr30k with professional Chinese translations (CCMB); test = 1,000 images x 5",
-        params={"images": "Flickr30k image folder", "annotations": "caption file"}))
+        params={"images": "Flickr30k image folder", "annotations": "caption file"},
+        protocol=R2D2_EVAL[0], protocol_version=R2D2_EVAL[1], top_k=128))
     specs.append(DatasetSpec(
         name="flickr30k-cn", task="retrieval", format="cclip-tsv", default_split="test",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_retrieval, source=_CCLIP_SOURCE,
@@ -100,14 +114,16 @@ def _builtin() -> List[DatasetSpec]:
         description="Flickr30k-CN (machine-translated train/val, human test); test = 1,000 images x 5",
         params={"captions": "raw '<id>.jpg#k\\t<caption>' file (POS tags/segmentation stripped)",
                 "images": "image folder for raw captions", "rebuild_index": "1 to rebuild the TSV index"},
-        options={"dirs": ["Flickr30k-CN", "flickr30k-cn"], "raw_captions": True}))
+        options={"dirs": ["Flickr30k-CN", "flickr30k-cn"], "raw_captions": True},
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
     specs.append(DatasetSpec(
         name="coco-cn", task="retrieval", format="cclip-tsv", default_split="test",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_retrieval, source=_CCLIP_SOURCE,
         layout=_CCLIP_LAYOUT + "\n(or <root>/COCO-CN/...)",
         description="COCO-CN; test = 1,000 images, 1,053 texts",
         params={"rebuild_index": "1 to rebuild the TSV index"},
-        options={"dirs": ["COCO-CN", "coco-cn"]}))
+        options={"dirs": ["COCO-CN", "coco-cn"]},
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
     specs.append(DatasetSpec(
         name="muge", task="retrieval", format="cclip-tsv", default_split="valid",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_retrieval, source=_CCLIP_SOURCE,
@@ -115,7 +131,8 @@ def _builtin() -> List[DatasetSpec]:
         layout=_CCLIP_LAYOUT + "\n(or <root>/MUGE/...; original keys query_id/query_text/item_ids accepted)",
         description="MUGE e-commerce text-to-image retrieval; test labels are hidden, evaluate on valid",
         params={"rebuild_index": "1 to rebuild the TSV index"},
-        options={"dirs": ["MUGE", "muge"]}))
+        options={"dirs": ["MUGE", "muge"]},
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
     specs.append(DatasetSpec(
         name="aic-icc", task="retrieval", format="aic-icc-json", default_split="validation",
         splits=("train", "validation"), loader=loaders.load_aic_retrieval,
@@ -139,7 +156,8 @@ def _builtin() -> List[DatasetSpec]:
         layout=_ELEVATER_LAYOUT + "\n(or <root>/imagenet-cn/...; a 'val' folder is accepted for 'test')",
         description="ImageNet-1k val, 1,000 Chinese class names; top-1/top-5/mean per-class recall",
         params={"templates": "'|'-separated templates overriding the defaults"},
-        options={"subdir": "imagenet-cn", "templates": "imagenet-cn"}))
+        options={"subdir": "imagenet-cn", "templates": "imagenet-cn"},
+        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1]))
     specs.append(DatasetSpec(
         name="text2image-cn", task="text-to-image", format="cclip-tsv", default_split="test",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_text_to_image,
@@ -163,7 +181,8 @@ def _elevater_spec(sub: str) -> DatasetSpec:
         layout=_ELEVATER_LAYOUT.replace("<root>", f"<root>[/{sub}]"),
         description=f"ELEVATER-CN {sub}: zero-shot classification",
         params={"templates": "'|'-separated templates overriding the defaults"},
-        options={"subdir": sub, "templates": "default"})
+        options={"subdir": sub, "templates": "default"},
+        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1])
 
 
 def register(spec: DatasetSpec) -> None:

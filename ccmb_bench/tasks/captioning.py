@@ -71,7 +71,7 @@ def retrieval_baseline(adapter: ModelAdapter, data: CaptionData, pool: CaptionDa
 
 def evaluate(adapter: Optional[ModelAdapter], data: CaptionData, cache: EmbeddingCache, batch_size: int = 64,
              predictions: Optional[str] = None, load_pool: Optional[Callable[[], CaptionData]] = None,
-             pool_cache: Optional[EmbeddingCache] = None, **_: Any) -> Dict[str, Any]:
+             pool_cache: Optional[EmbeddingCache] = None) -> Dict[str, Any]:
     source: str
     if predictions:
         preds = read_predictions(Path(predictions))

@@ -1,14 +1,16 @@
 """Zero-shot classification: Chinese prompt templates averaged per class; top-1, top-5, mean per-class recall."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 
 from ccmb.datasets import ClassificationData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
-from ccmb_bench.metrics import classification_metrics
+from ccmb_bench.metrics import classification_from_ranks, classification_ranks
+from ccmb_bench.protocols import STRICT, Rules
 from ccmb_bench.tasks.encode import dual_scores, encode_images, encode_texts
 
 
@@ -22,10 +24,20 @@ def class_embeddings(adapter: ModelAdapter, data: ClassificationData, cache: Emb
 
 
 def evaluate(adapter: ModelAdapter, data: ClassificationData, cache: EmbeddingCache, batch_size: int = 64,
-             **_: Any) -> Dict[str, Any]:
+             rules: Rules = STRICT, data_format: str = "",
+             per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
+    """``top1``/``top5``/``mean_per_class_recall``; ``rules.ties`` orders tied logits (CLIP_benchmark:
+    ``100 * image @ classes`` ranked by ``torch.topk``, top-1 prediction by ``argmax``)."""
     classes = class_embeddings(adapter, data, cache, batch_size)
     images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache)["embeds"]
-    out: Dict[str, Any] = classification_metrics(dual_scores(images, classes), data.labels, len(data.classnames))
+    scores = dual_scores(images, classes)
+    if rules.ties == "torch-topk":  # CLIP_benchmark's logits (the scale can merge near-equal scores)
+        cosine = scores
+        scores = lambda a, b: 100.0 * cosine(a, b)  # noqa: E731
+    ranks = classification_ranks(scores, data.labels, len(data.classnames), ties=rules.ties)
+    out: Dict[str, Any] = classification_from_ranks(ranks)
     out["classes"] = len(data.classnames)
     out["templates"] = len(data.templates)
+    if per_query is not None:
+        per_query["images"] = {**ranks, "query": np.asarray([str(i) for i in data.image_ids])}
     return out

@@ -8,7 +8,7 @@ stays bounded on sets like ICM/IQM val with a ViT-L.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -18,7 +18,9 @@ from ccmb.datasets import MatchingData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.metrics import matching_metrics
+from ccmb_bench.protocols import STRICT, Rules
 from ccmb_bench.tasks.encode import _cat, encode_images, encode_texts
+from ccmb_bench.tasks.views import MatchingView, matching_view
 
 log = logging.getLogger(__name__)
 
@@ -33,40 +35,44 @@ def hidden_bytes(adapter: ModelAdapter, n_images: int, n_texts: int) -> int:
     return size * (n_images * tokens * cfg.vision_width + n_texts * cfg.max_text_len * cfg.text_width)
 
 
-def streamed_scores(adapter: ModelAdapter, data: MatchingData, batch_size: int, chunk_pairs: int) -> np.ndarray:
+def streamed_scores(adapter: ModelAdapter, data: MatchingData, view: MatchingView, batch_size: int,
+                    chunk_pairs: int) -> np.ndarray:
     """Match scores pair chunk by pair chunk (pairs sorted by image), without keeping hidden states."""
-    order = np.argsort(np.asarray(data.pair_images), kind="stable")
+    order = np.argsort(np.asarray(view.pair_images), kind="stable")
     scores = np.empty(len(order), dtype=np.float64)
     with tqdm(total=len(order), desc="match pairs", unit="pair", leave=False) as bar:
         for start in range(0, len(order), chunk_pairs):
             sel = order[start:start + chunk_pairs]
-            imgs = sorted(set(data.pair_images[k] for k in sel))
-            texts = sorted(set(data.pair_texts[k] for k in sel))
+            imgs = sorted(set(view.pair_images[k] for k in sel))
+            texts = sorted(set(view.pair_texts[k] for k in sel))
             ipos = {img: j for j, img in enumerate(imgs)}
             tpos = {t: j for j, t in enumerate(texts)}
             enc_i = [adapter.encode_images(adapter.preprocess([data.load_image(i) for i in imgs[b:b + batch_size]]),
                                            with_hidden=True) for b in range(0, len(imgs), batch_size)]
             enc_t = [adapter.encode_texts(texts[b:b + batch_size], with_hidden=True)
                      for b in range(0, len(texts), batch_size)]
-            ii = torch.tensor([ipos[data.pair_images[k]] for k in sel], dtype=torch.long)
-            tt = torch.tensor([tpos[data.pair_texts[k]] for k in sel], dtype=torch.long)
+            ii = torch.tensor([ipos[view.pair_images[k]] for k in sel], dtype=torch.long)
+            tt = torch.tensor([tpos[view.pair_texts[k]] for k in sel], dtype=torch.long)
             scores[sel] = adapter.pair_scores(_cat(enc_i), _cat(enc_t), ii, tt).double().numpy()
             bar.update(len(sel))
     return scores
 
 
 def evaluate(adapter: ModelAdapter, data: MatchingData, cache: EmbeddingCache, batch_size: int = 64,
-             max_hidden_gb: float = 8.0, chunk_pairs: int = 4096, **_: Any) -> Dict[str, Any]:
+             max_hidden_gb: float = 8.0, chunk_pairs: int = 4096, rules: Rules = STRICT, data_format: str = "",
+             per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
     """R2D2: mean of the two cross encoders' match probability; dual encoders: the cosine similarity
-    (its AUC is meaningful, its accuracy at 0.5 is only indicative)."""
+    (its AUC is meaningful, its accuracy at 0.5 is only indicative). ``rules`` (the protocol) decides whether
+    every annotation line is a pair or repeated pairs are dropped; ``per_query`` receives scores and labels."""
+    view = matching_view(data, rules, data_format)
     hidden = adapter.has_reranker
-    texts = sorted(set(data.pair_texts))
-    used = sorted(set(data.pair_images))
+    texts = sorted(set(view.pair_texts))
+    used = sorted(set(view.pair_images))
     need = hidden_bytes(adapter, len(used), len(texts))
     if need > max_hidden_gb * 2 ** 30:
         log.info("%s: hidden states would take %.1f GB > %.1f GB; streaming pairs in chunks of %d", data.name,
                  need / 2 ** 30, max_hidden_gb, chunk_pairs)
-        scores = streamed_scores(adapter, data, batch_size, chunk_pairs)
+        scores = streamed_scores(adapter, data, view, batch_size, chunk_pairs)
         mode = "streamed"
     else:
         text_index = {t: i for i, t in enumerate(texts)}
@@ -74,11 +80,15 @@ def evaluate(adapter: ModelAdapter, data: MatchingData, cache: EmbeddingCache, b
         images = encode_images(adapter, lambda k: data.load_image(used[k]), [data.image_ids[i] for i in used],
                                batch_size, cache, with_hidden=hidden)
         enc_texts = encode_texts(adapter, texts, batch_size, cache, with_hidden=hidden)
-        ii = torch.tensor([img_pos[i] for i in data.pair_images], dtype=torch.long)
-        tt = torch.tensor([text_index[t] for t in data.pair_texts], dtype=torch.long)
+        ii = torch.tensor([img_pos[i] for i in view.pair_images], dtype=torch.long)
+        tt = torch.tensor([text_index[t] for t in view.pair_texts], dtype=torch.long)
         scores = adapter.pair_scores(images, enc_texts, ii, tt).double().numpy()
         mode = "cached"
-    out: Dict[str, Any] = matching_metrics(scores, data.labels)
+    out: Dict[str, Any] = matching_metrics(scores, view.labels)
     out["score"] = "match-probability" if hidden else "cosine"
     out["hidden_states"] = mode if hidden else "none"
+    if per_query is not None:
+        per_query["pairs"] = {"score": np.asarray(scores, dtype=np.float64),
+                              "label": np.asarray(view.labels, dtype=np.int8),
+                              "query": np.asarray(view.pair_ids)}
     return out

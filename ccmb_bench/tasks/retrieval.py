@@ -4,38 +4,64 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Optional
 
+import numpy as np
+import torch
+
 from ccmb.datasets import RetrievalData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
-from ccmb_bench.metrics import retrieval_metrics
+from ccmb_bench.metrics import DEFAULT_KS, recall_metrics, retrieval_ranks
+from ccmb_bench.protocols import STRICT, Rules
 from ccmb_bench.tasks.encode import dual_scores, encode_images, encode_texts, prefixed
+from ccmb_bench.tasks.views import RetrievalView, retrieval_view
 
 log = logging.getLogger(__name__)
 
-# candidates re-ranked per query in the official evaluation (others: the model's config top_k)
-OFFICIAL_TOP_K = {"flickr30k-cna": 128, "icr": 64, "iqr": 64}
+
+def _expand(enc: Dict[str, torch.Tensor], index: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {k: v.index_select(0, index) for k, v in enc.items()}
+
+
+def _rank_rules(rules: Rules, view: RetrievalView) -> Dict[str, Any]:
+    return {"ties": rules.ties, "order_keys": view.order_keys, "no_positive": rules.no_positive,
+            "exact_below": max(DEFAULT_KS)}
 
 
 def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, batch_size: int = 64,
-             top_k: Optional[int] = None, rerank: bool = True, **_: Any) -> Dict[str, Any]:
-    """R@1/5/10 per direction (``i2t_R@K``, ``t2i_R@K``), per-direction means and ``MR``. With a re-ranker,
-    the headline numbers are the two-stage ones and the dual-encoder stage is reported as ``prerank_*``."""
+             top_k: Optional[int] = None, rerank: bool = True, rules: Rules = STRICT, data_format: str = "",
+             per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
+    """R@1/5/10 per direction (``i2t_R@K``, ``t2i_R@K``), per-direction means and ``MR`` under ``rules`` (the
+    protocol; ``data_format`` is the registry format, for per-line reading). With a re-ranker the headline
+    numbers are the two-stage ones (``top_k`` candidates per query, default the model's) and the dual-encoder
+    stage is reported as ``prerank_*``. ``per_query`` (a dict) receives each direction's ranks and query ids."""
     use_rerank = rerank and adapter.has_reranker
+    view = retrieval_view(data, rules, data_format)
     images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache, with_hidden=use_rerank)
-    texts = encode_texts(adapter, data.texts, batch_size, cache, with_hidden=use_rerank)
-    args = (data.image_to_texts, data.text_to_images, data.directions)
-    dual = retrieval_metrics(dual_scores(images["embeds"], texts["embeds"]),
-                             dual_scores(texts["embeds"], images["embeds"]), *args)
-    out: Dict[str, Any] = {"images": data.num_images, "texts": data.num_texts,
+    part = "texts" if view.unique_texts == data.texts else "texts-official"  # the cache keeps both
+    texts = encode_texts(adapter, view.unique_texts, batch_size, cache, part=part, with_hidden=use_rerank)
+    if len(view.unique_texts) != view.num_texts:
+        texts = _expand(texts, torch.as_tensor(view.text_index, dtype=torch.long))
+    args = (view.image_to_texts, view.text_to_images, data.directions)
+    how = _rank_rules(rules, view)
+    dual_ranks = retrieval_ranks(dual_scores(images["embeds"], texts["embeds"]),
+                                 dual_scores(texts["embeds"], images["embeds"]), *args, **how)
+    out: Dict[str, Any] = {"images": data.num_images, "texts": view.num_texts,
                            "directions": "+".join(data.directions)}
     if not use_rerank:
-        out.update(dual)
+        ranks = dual_ranks
+        out.update(recall_metrics(ranks))
         out["ranking"] = "dual-encoder"
-        return out
-    k = int(top_k or OFFICIAL_TOP_K.get(data.name, adapter.default_top_k))
-    i2t, t2i = adapter.rank(images, texts, top_k=k)
-    out.update(retrieval_metrics(i2t, t2i, *args))
-    out.update(prefixed({key: v for key, v in dual.items() if "queries" not in key}, "prerank_"))
-    out["ranking"] = "two-stage"
-    out["top_k"] = k
+    else:
+        k = int(top_k or adapter.default_top_k)
+        i2t, t2i = adapter.rank(images, texts, top_k=k)
+        ranks = retrieval_ranks(i2t, t2i, *args, **how)
+        out.update(recall_metrics(ranks))
+        out.update(prefixed({key: v for key, v in recall_metrics(dual_ranks).items() if "queries" not in key},
+                            "prerank_"))
+        out["ranking"] = "two-stage"
+        out["top_k"] = k
+    if per_query is not None:
+        ids = {"i2t": view.image_ids, "t2i": view.text_ids}
+        for d, r in ranks.items():
+            per_query[d] = {"rank": r, "query": np.asarray([str(x) for x in ids[d]])}
     return out

@@ -48,7 +48,7 @@ def find_generated(folder: Path, prompt_ids: List[str]) -> List[Optional[Path]]:
 
 
 def evaluate(adapter: ModelAdapter, data: TextToImageData, cache: EmbeddingCache, batch_size: int = 64,
-             generated: Optional[str] = None, **_: Any) -> Dict[str, Any]:
+             generated: Optional[str] = None) -> Dict[str, Any]:
     if not generated:
         raise ValueError("text-to-image needs --generated DIR (one image per prompt: <prompt_id>.png)")
     folder = Path(generated)

@@ -48,8 +48,10 @@ def strip_image_ext(image: str) -> str:
     return image
 
 
-def parse_caption_lines(path: PathLike, log: ParseLog, *, clean: bool = False) -> List[CaptionRow]:
-    """Rows of a caption file; duplicates of ``<image>#<k>`` keep the first caption."""
+def parse_caption_lines(path: PathLike, log: ParseLog, *, clean: bool = False,
+                        keep_repeats: bool = False) -> List[CaptionRow]:
+    """Rows of a caption file; duplicates of ``<image>#<k>`` keep the first caption (``keep_repeats``: every
+    line is a row, as R2D2's evaluation reads them)."""
     rows: List[CaptionRow] = []
     seen: Dict[Tuple[str, str], int] = {}
     for number, line in iter_lines(path, log):
@@ -66,10 +68,10 @@ def parse_caption_lines(path: PathLike, log: ParseLog, *, clean: bool = False) -
         if not caption:
             log.empty_text(path, number, f"empty caption for {key}")
             continue
-        if (image, k) in seen:
+        if (image, k) in seen and not keep_repeats:
             log.duplicate(path, number, f"caption id {key!r} (first on line {seen[(image, k)]})")
             continue
-        seen[(image, k)] = number
+        seen.setdefault((image, k), number)
         rows.append(CaptionRow(number, image, k, caption))
     return rows
 
