@@ -61,12 +61,14 @@ def main(verbose: int) -> None:
 @click.option("--max-hidden-gb", type=click.FloatRange(0), default=run_default("max_hidden_gb"), show_default=True,
               help="Matching with cross encoders: above this many GB of hidden states, stream the pairs in chunks.")
 @click.option("--setting", default="", help="Label for the leaderboard's setting column (e.g. zero-shot, fine-tuned).")
+@click.option("--no-fetch", is_flag=True, help="Never download: missing official weights or public data are an "
+              "error (default: fetched by name into $CCMB_HOME / --root, see `ccmb fetch`).")
 @input_errors_as_click
 def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], datasets: str, root: Path,
             split: Optional[str], device: str, batch_size: int, top_k: Optional[int], protocol: str,
             bootstrap_n: int, bootstrap_seed: int, no_rerank: bool, output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
-            setting: str) -> None:
+            setting: str, no_fetch: bool = False) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
     from ccmb.datasets import DatasetError
     from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
@@ -77,7 +79,7 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
                       params=parse_key_values(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
                       setting=setting, max_hidden_gb=max_hidden_gb, protocol=protocol, bootstrap=bootstrap_n,
-                      bootstrap_seed=bootstrap_seed)
+                      bootstrap_seed=bootstrap_seed, fetch=not no_fetch)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
     except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError, DeviceError,
