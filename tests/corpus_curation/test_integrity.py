@@ -144,3 +144,13 @@ def test_bare_tar_folder_still_reads_from_the_tars(download):
     s = corpus_stats(download)
     assert s["source"] == "tar" and s["successes"] == 17
     assert verify_shards(download, decode_images=False).ok
+
+
+def test_edited_parquet_reports_every_consequence(download):
+    p = download / "00000.parquet"
+    _rewrite(p, pq.read_table(p).slice(0, 4))          # the last two rows cut off
+    text = _problems(download)
+    assert "00000.parquet: 4 rows, 00000_stats.json says 6" in text
+    assert "samples of 00000.tar without a success row: 000004, 000005" in text
+    (download / "00001_stats.json").write_text("{", encoding="utf-8")
+    assert "00001_stats.json: unreadable" in _problems(download)
