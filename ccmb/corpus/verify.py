@@ -1,4 +1,5 @@
-"""``ccmb verify``: check a finished shard set against its manifest (checksums, counts, every image)."""
+"""``ccmb verify``: check a finished shard set or download folder against its manifest (checksums, counts,
+every image, member names) and each tar's parquet against the tar and ``_stats.json``."""
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,10 @@ def verify_shards(shard_dir: Union[str, Path], *, decode_images: bool = True,
     """Recompute every shard's checksum and sample count, open every image; report each problem.
 
     Built on :func:`ccmb.shards.verify_shard_set`: a missing shard, a changed checksum, a count that
-    differs from ``manifest.json``/``sizes.json``, an unreadable tar or an undecodable image each add one
-    problem line naming the file. ``report.ok`` is False when anything is wrong.
+    differs from ``manifest.json``/``sizes.json``, an unreadable tar, an undecodable image, an unsafe member
+    name (``../x``, ``/abs``, links), a missing, truncated or edited parquet (keys, values, counts against the
+    tar and ``_stats.json``) each add one problem line naming the file. ``report.ok`` is False when anything
+    is wrong.
     """
     shard_dir = Path(shard_dir)
     if not shard_dir.is_dir():
