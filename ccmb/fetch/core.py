@@ -124,8 +124,19 @@ def all_sources(artifact: Artifact, spec: FileSpec) -> List[Source]:
 
 def fetch_file(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: bool = False,
                offline: Optional[bool] = None, retries: int = 1) -> Tuple[Path, bool]:
-    """``(path, downloaded)`` of ``spec`` in ``folder``: the verified cached file, or a fresh download."""
+    """``(path, downloaded)`` of ``spec`` in ``folder``: the verified cached file, or a fresh download.
+
+    Two processes fetching the same file wait for each other (a lock file beside it)."""
+    from filelock import FileLock
+
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f".{spec.name}.lock")):
+        return _fetch_file_locked(artifact, spec, folder, allow_file=allow_file, offline=offline, retries=retries)
+
+
+def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: bool,
+                       offline: Optional[bool], retries: int) -> Tuple[Path, bool]:
     path = folder / spec.name
     if path.is_file():
         if _trusted(folder, spec, path):

@@ -151,7 +151,11 @@ def _reachable(url: str, what: str) -> None:
     import socket
     import urllib.parse
 
+    import urllib.request
+
     parts = urllib.parse.urlsplit(url)
+    if urllib.request.getproxies().get(parts.scheme):  # through a proxy: a direct probe says nothing
+        return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         with socket.create_connection((parts.hostname or "", port), timeout=http.connect_timeout()):
