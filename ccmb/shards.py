@@ -674,5 +674,13 @@ def read_sizes(shard_dir: PathLike) -> Dict[str, int]:
         raise ShardFormatError(f"{path}: invalid: {exc}") from exc
 
 
-# verification lives in its own module; re-exported here (it imports the names above)
-from .shardverify import CROSS_CHECKED_FIELDS, VerifyReport, parquet_problems, verify_shard_set  # noqa: E402,F401
+_VERIFY_NAMES = ("VerifyReport", "verify_shard_set", "parquet_problems", "CROSS_CHECKED_FIELDS")
+
+
+def __getattr__(name: str) -> Any:
+    """Verification lives in :mod:`ccmb.shardverify` (it imports this module); re-exported here lazily."""
+    if name in _VERIFY_NAMES:
+        from . import shardverify
+
+        return getattr(shardverify, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
