@@ -138,7 +138,7 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Report (JSON): per set, images and texts with copies in the corpus, with examples.")
-@click.option("--phash-threshold", default=8, show_default=True,
+@click.option("--phash-threshold", default=6, show_default=True,
               help="Max Hamming distance between pHash variants (mirror images included).")
 @click.option("--caption-threshold", default=0.8, show_default=True,
               help="Min exact n-gram Jaccard of a corpus caption and an evaluation text.")

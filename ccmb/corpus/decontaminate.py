@@ -2,13 +2,13 @@
 
 The evaluation sets come through the :mod:`ccmb.datasets` registry (any dataset, any split; default: the
 split the benchmark evaluates). Index, per evaluation image: the SHA-256 of its bytes and pHash variants
-of the image and of its mirror image (:mod:`ccmb.corpus.phash`: whole image and central 90% crop). Scan,
+of the image and of its mirror image (:mod:`ccmb.corpus.phash`: whole image, central 90% and 80%). Scan,
 per corpus image (the tars are read once, never extracted): its pHash variants. A corpus sample is an
 evaluation copy (reason ``eval_overlap``, ``duplicate_of`` = ``<dataset>/<split>/<image id>``) when
 
 * its ``sha256`` equals an evaluation image's (exact bytes), or
-* the exact Hamming distance between a whole-image hash on one side and any variant on the other (mirror
-  variants included) is at most ``phash_threshold`` (default 8, chosen on ``perf/bench_neardup.py``:
+* the exact variant distance of the pHash level (:func:`ccmb.corpus.phash.variant_distance`), against the
+  image or its mirror image, is at most ``phash_threshold`` (default 6, chosen on ``perf/bench_neardup.py``:
   re-encoding, resizing, brightness, small crops and overlays, flips). The comparison is exhaustive
   (every corpus image against every evaluation hash, vectorised), so nothing is left to an index.
 
@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from . import groups, minhash
 from .combine import REASON_EVAL_OVERLAP
-from .phash import VARIANTS, phash_tar, phash_with_mirror
+from .phash import VARIANT_PAIRS, VARIANTS, phash_tar, phash_with_mirror
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, CurationError, Decisions, ReasonCodes, Summary, as_numpy_bool,
                     check_unique_keys, load_metadata, sha256_to_binary, write_decisions)
 
@@ -52,7 +52,7 @@ CHUNK_ROWS = 512
 
 @dataclass
 class DecontaminationConfig:
-    phash_threshold: int = 8
+    phash_threshold: int = 6
     caption_threshold: float = 0.8
     min_caption_chars: int = 8
     drop_caption_matches: bool = False
@@ -147,14 +147,14 @@ def build_index(against: Sequence[str], root: PathLike, split: Optional[str] = N
 
 # ------------------------------------------------------------------------------------ image matching
 
-#: (corpus variant, evaluation column) pairs compared; evaluation columns: 0 whole, 1 centre, 2 mirror
-#: whole, 3 mirror centre. A whole-image hash is on at least one side of every pair.
-PAIRS = ((0, 0), (0, 1), (1, 0), (0, 2), (0, 3), (1, 2))
+#: (corpus variant, evaluation column) pairs compared: the pHash level's pairs against the image and
+#: against its mirror image (evaluation columns VARIANTS.. are the mirror image's variants).
+PAIRS = tuple(VARIANT_PAIRS) + tuple((i, j + VARIANTS) for i, j in VARIANT_PAIRS)
 
 
 def match_hashes(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) -> Tuple[np.ndarray, np.ndarray,
                                                                                         np.ndarray]:
-    """Exhaustive exact matching: for each corpus row (variants, shape (n, 2)) the closest evaluation
+    """Exhaustive exact matching: for each corpus row (variants, shape (n, VARIANTS)) the closest evaluation
     image within ``threshold`` bits. Returns (corpus rows, evaluation rows, distances)."""
     corpus = corpus.view(np.uint64)
     ev = eval_hashes.view(np.uint64)

@@ -5,7 +5,7 @@ metadata columns); they run in table order, each over the samples the earlier le
 
 1. ``url``      equal normalised URL (:mod:`ccmb.corpus.urlnorm`)                 -> ``duplicate_url``
 2. ``sha256``   equal SHA-256 of the downloaded image bytes (parquet ``sha256``)   -> ``duplicate_sha256``
-3. ``phash``    pHash variants within Hamming distance ``phash_threshold``        -> ``duplicate_phash``
+3. ``phash``    pHash variants within Hamming distance ``phash_threshold``       -> ``duplicate_phash``
 4. ``caption``  exact Jaccard of character n-grams >= ``caption_threshold``        -> ``duplicate_caption``
 
 An unknown level raises. Registering a level is one :func:`register_level` call (one entry).
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import groups, minhash
-from .phash import VARIANTS, compute_phashes, variant_distance
+from .phash import VARIANT_COLUMNS, VARIANTS, compute_phashes, variant_distance
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
                     load_metadata, ReasonCodes, as_numpy_bool, prior_reason_codes, sha256_to_binary,
                     write_decisions)
@@ -176,7 +176,7 @@ def phash_reps(hashes: np.ndarray, rows: np.ndarray, n: int, threshold: int, ban
     per row its representative (-1 outside ``rows``). ``hashes`` is (len(rows), VARIANTS) or (len(rows),)."""
     hashes = hashes.view(np.uint64)
     if hashes.ndim == 1:
-        hashes = np.stack([hashes, hashes], axis=1)
+        hashes = np.repeat(hashes[:, None], VARIANTS, axis=1)
     uniq, node = groups.unique_nodes(hashes, rows, n)
     items, node_of_item = phash_bands_of_variants(uniq, bands)
     edges = groups.candidate_edges(items, lambda a, b: variant_distance(uniq[a], uniq[b]) <= threshold,
@@ -233,8 +233,8 @@ def _phash_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, config: 
     bad = np.sort(idx[~has])
     hashes = np.zeros((n, VARIANTS), np.int64)
     good = ph.filter(pa.array(has))
-    hashes[idx[has], 0] = good.column("phash").to_numpy()
-    hashes[idx[has], 1] = good.column("phash_center").to_numpy()
+    for j, col in enumerate(VARIANT_COLUMNS):
+        hashes[idx[has], j] = good.column(col).to_numpy()
     present = np.zeros(n, bool)
     present[idx[has]] = True
     missing = np.setdiff1d(np.flatnonzero(eligible & ~present), bad)

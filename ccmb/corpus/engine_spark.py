@@ -231,10 +231,12 @@ def spark_phash_level(spark, input_dir, meta: pa.Table, eligible: np.ndarray, co
     def dist(x, y):
         return F.bit_count(F.col(x).bitwiseXOR(F.col(y)))
 
-    check = F.least(dist("h0_a", "h0_b"), dist("h0_a", "h1_b"), dist("h1_a", "h0_b")) <= t
+    from .phash import VARIANT_PAIRS
+
+    check = F.least(*[dist(f"h{i}_a", f"h{j}_b") for i, j in VARIANT_PAIRS]) <= t
     u = uniq.view(np.int64)
-    edges = _edges(spark, items, {"h0": u[:, 0], "h1": u[:, 1]}, "h0 long, h1 long", check,
-                   node_of_item=node_of_item)
+    edges = _edges(spark, items, {f"h{j}": u[:, j] for j in range(u.shape[1])},
+                   ", ".join(f"h{j} long" for j in range(u.shape[1])), check, node_of_item=node_of_item)
     reps = groups.star_reps(node, len(uniq), edges)
     return [LevelDrops(REASON_UNDECODABLE, bad_rows, np.full(len(bad_rows), -1, np.int64)),
             drops_from_reps(reps, "duplicate_phash")]

@@ -6,9 +6,11 @@ bit i when coefficient i is above the median of the 64. Bit 0 is the most signif
 ``uint64``. Resized or re-encoded copies of an image differ in a few bits; different images in ~32.
 The DCT runs batched over many images at once (``scipy.fft.dctn``).
 
-Every image gets :data:`VARIANTS` hashes from one decode: the whole image and its central
-``CENTER_SHARE`` (90%) crop. A copy with a few percent of border cropped away hashes like the original's
-centre, so comparing the best pair of variants tolerates small crops (measured in ``perf/bench_neardup.py``).
+Every image gets :data:`VARIANTS` hashes from one decode: the whole image and its central 90% and 80%
+crops. The exact check of two images (:func:`variant_distance`) is the smallest Hamming distance over
+:data:`VARIANT_PAIRS`: whole vs whole, whole vs 90% centre both ways (a copy with a few percent of border
+cropped away hashes like the original's centre) and 80% centre vs 80% centre (a watermark or caption
+overlaid near the border leaves the centre alone). Measured in ``perf/bench_neardup.py``.
 """
 from __future__ import annotations
 
@@ -33,9 +35,12 @@ PathLike = Union[str, Path]
 HASH_SIZE = 8
 IMG_SIZE = 32
 BATCH = 512
-#: Hashes per image: 0 = whole image, 1 = central crop (``CENTER_SHARE`` of each side).
-VARIANTS = 2
-CENTER_SHARE = 0.9
+#: Hashes per image: 0 = whole image, then central crops keeping these shares of each side.
+CENTER_SHARES = (0.9, 0.8)
+VARIANTS = 1 + len(CENTER_SHARES)
+#: Variant pairs compared by the exact check (both orders).
+VARIANT_PAIRS = ((0, 0), (0, 1), (1, 0), (2, 2))
+VARIANT_COLUMNS = ("phash", "phash_c90", "phash_c80")
 
 
 def _decode_gray(data: bytes, source: str) -> Image.Image:
@@ -55,7 +60,7 @@ def _small(img: Image.Image, box=None) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def center_box(width: int, height: int, share: float = CENTER_SHARE) -> tuple:
+def center_box(width: int, height: int, share: float) -> tuple:
     dx, dy = width * (1 - share) / 2, height * (1 - share) / 2
     return (dx, dy, width - dx, height - dy)
 
@@ -65,19 +70,21 @@ def gray32(data: bytes, source: str = "") -> np.ndarray:
     return _small(_decode_gray(data, source))
 
 
+def _variant_grays(img: Image.Image) -> List[np.ndarray]:
+    return [_small(img)] + [_small(img, center_box(*img.size, share)) for share in CENTER_SHARES]
+
+
 def gray32_variants(data: bytes, source: str = "") -> np.ndarray:
-    """The :data:`VARIANTS` 32x32 grayscale arrays of an image (whole, centre crop), shape (2, 32, 32)."""
-    img = _decode_gray(data, source)
-    return np.stack([_small(img), _small(img, center_box(*img.size))])
+    """The :data:`VARIANTS` 32x32 grayscale arrays of an image (whole, centre crops), shape (VARIANTS, 32, 32)."""
+    return np.stack(_variant_grays(_decode_gray(data, source)))
 
 
 def phash_with_mirror(data: bytes, source: str = "") -> np.ndarray:
-    """Hash variants of an image and of its mirror image, shape (2 * VARIANTS,) uint64: whole, centre,
-    mirrored whole, mirrored centre (one decode, the same pipeline as the corpus side)."""
+    """Hash variants of an image and of its mirror image, shape (2 * VARIANTS,) uint64: the variants,
+    then the mirror image's variants (one decode, the same pipeline as the corpus side)."""
     img = _decode_gray(data, source)
     mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    box = center_box(*img.size)
-    return phash_arrays(np.stack([_small(img), _small(img, box), _small(mirror), _small(mirror, box)]))
+    return phash_arrays(np.stack(_variant_grays(img) + _variant_grays(mirror)))
 
 
 def phash_variants_images(images: Sequence[Image.Image], mirrored: bool = False) -> np.ndarray:
@@ -87,7 +94,7 @@ def phash_variants_images(images: Sequence[Image.Image], mirrored: bool = False)
         g = img.convert("L")
         if mirrored:
             g = g.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        grays.append(np.stack([_small(g), _small(g, center_box(*g.size))]))
+        grays.append(np.stack(_variant_grays(g)))
     if not grays:
         return np.zeros((0, VARIANTS), np.uint64)
     return phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS)
@@ -125,12 +132,12 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def variant_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The exact check of the pHash level: per pair (a[i], b[i]) of variant rows (N, VARIANTS), the
-    smallest Hamming distance between a whole-image hash and any variant of the other image (whole vs
-    whole, whole vs centre, centre vs whole)."""
+    smallest Hamming distance over :data:`VARIANT_PAIRS`."""
     a, b = np.atleast_2d(a).view(np.uint64), np.atleast_2d(b).view(np.uint64)
-    d = hamming(a[:, 0], b[:, 0])
-    for i, j in ((0, 1), (1, 0)):
-        d = np.minimum(d, hamming(a[:, i], b[:, j]))
+    d = None
+    for i, j in VARIANT_PAIRS:
+        h = hamming(a[:, i], b[:, j])
+        d = h if d is None else np.minimum(d, h)
     return d
 
 
@@ -168,15 +175,16 @@ def _phash_job(args: Tuple[str, Optional[List[str]]]):
     return phash_tar(path, set(keys) if keys is not None else None)
 
 
-PHASH_SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("phash_center", pa.int64()),
-                          ("error", pa.string())])
+PHASH_SCHEMA = pa.schema([("key", pa.string())] + [(c, pa.int64()) for c in VARIANT_COLUMNS]
+                         + [("error", pa.string())])
 
 
 def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, Iterable[str]]] = None,
                     workers: int = 1, progress: bool = False) -> pa.Table:
     """pHashes of the samples of ``tars`` (only the listed keys per tar name when ``keys_by_tar`` is given).
 
-    ``workers`` > 1 spreads tars over processes. Returns a table (key, phash, phash_center (int64), error).
+    ``workers`` > 1 spreads tars over processes. Returns a table (key, one int64 column per variant
+    (:data:`VARIANT_COLUMNS`), error).
     """
     jobs = []
     for t in tars:
@@ -217,11 +225,11 @@ def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, It
         for key, msg in errs.items():
             logger.warning("phash: %s", msg)
     hashes = np.concatenate(values) if values else np.zeros((0, VARIANTS), np.int64)
-    ok = pa.table({"key": pa.array(keys_out, pa.string()), "phash": pa.array(hashes[:, 0], pa.int64()),
-                   "phash_center": pa.array(hashes[:, 1], pa.int64()),
+    ok = pa.table({"key": pa.array(keys_out, pa.string()),
+                   **{c: pa.array(hashes[:, j], pa.int64()) for j, c in enumerate(VARIANT_COLUMNS)},
                    "error": pa.nulls(len(keys_out), pa.string())}, schema=PHASH_SCHEMA)
-    bad = pa.table({"key": pa.array(err_keys, pa.string()), "phash": pa.nulls(len(err_keys), pa.int64()),
-                    "phash_center": pa.nulls(len(err_keys), pa.int64()),
+    bad = pa.table({"key": pa.array(err_keys, pa.string()),
+                    **{c: pa.nulls(len(err_keys), pa.int64()) for c in VARIANT_COLUMNS},
                     "error": pa.array(err_msgs, pa.string())}, schema=PHASH_SCHEMA)
     return pa.concat_tables([ok, bad])
 
