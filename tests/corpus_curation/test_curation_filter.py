@@ -127,9 +127,9 @@ def test_sha256_packing():
 def test_streamed_output_equals_the_table_and_is_sorted(make_download, tmp_path):
     d = make_download(_rows(), per_shard=4)
     # swap two shards' parquet files: rows then arrive out of key order and the output is re-sorted
-    a, b = d / "00000.parquet", d / "00002.parquet"
-    tmp = d / "swap"
-    a.rename(tmp), b.rename(a), tmp.rename(b)
+    for a, b in ((d / "00000.parquet", d / "00002.parquet"), (d / "00000_stats.json", d / "00002_stats.json")):
+        tmp = d / "swap"  # the stats files too: a parquet's row count must match its shard's _stats.json
+        a.rename(tmp), b.rename(a), tmp.rename(b)
     filter_samples(d, tmp_path / "f.parquet")
     written = pq.read_table(tmp_path / "f.parquet")
     expected = filter_table(d, FilterConfig())
