@@ -89,6 +89,11 @@ def evaluate(adapter: Optional[ModelAdapter], data: CaptionData, cache: Embeddin
         if missing:
             log.warning("%s: %d of %d images have no prediction (scored as empty captions)", predictions,
                         missing, len(data.image_ids))
+        ids, stems = set(data.image_ids), {_stem(i) for i in data.image_ids}
+        unknown = [k for k in preds if k not in ids and _stem(k) not in stems]
+        if unknown:
+            log.warning("%s: %d predictions name images that %s/%s does not have (e.g. %r); ignored", predictions,
+                        len(unknown), data.name, data.split, unknown[0])
         source = "predictions"
     elif adapter is not None and adapter.can_generate:
         hyps = []
@@ -103,5 +108,7 @@ def evaluate(adapter: Optional[ModelAdapter], data: CaptionData, cache: Embeddin
         raise ValueError("captioning needs --predictions FILE, a captioning model, or a model + a pool split")
     out: Dict[str, Any] = caption_scores(hyps, data.references)
     out["missing_predictions"] = missing
+    if predictions:
+        out["unknown_predictions"] = len(unknown)
     out["caption_source"] = source
     return out

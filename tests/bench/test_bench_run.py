@@ -134,6 +134,12 @@ def test_caption_predictions_file(tiny_models, bench_root, tmp_path):
     assert res.exit_code == 0, res.output
     m = results(tmp_path, "prd2-tiny")[("aic-icc-caption", "captioning")]["metrics"]
     assert m["caption_source"] == "predictions" and m["BLEU-4"] == pytest.approx(100, rel=1e-6)
+    assert m["unknown_predictions"] == 0
+    foreign = tmp_path / "foreign.jsonl"  # predictions for another split: no image in common
+    foreign.write_text('{"image_id": "t0.jpg", "caption": "x"}\n', encoding="utf-8")
+    res = invoke("run", "-m", tiny_models.prd2, "-d", "aic-icc-caption", "-r", bench_root, "-o", tmp_path,
+                 "--predictions", foreign)
+    assert res.exit_code == 1 and "foreign.jsonl" in res.output and "none of the" in res.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_id": "v0.jpg", "caption": "x"}\nnot json\n', encoding="utf-8")
     res = invoke("run", "-m", tiny_models.prd2, "-d", "aic-icc-caption", "-r", bench_root, "-o", tmp_path,
