@@ -51,9 +51,11 @@ def artifact(name: str, registry: Optional[Mapping[str, Any]] = None,
     entry = entries[name]
     where = f"{WEIGHTS_FILE.name}:{name}"
     keys = keys if keys is not None else official_keys()
-    expected = keys.get(entry.get("keys") or entry["config"])  # None: no key list for this config
-    files = [file_spec_from_dict(entry["checkpoint"], where, expected_keys=expected,
-                                 optional_keys=IGNORABLE_KEY_PATTERNS)]
+    files = [file_spec_from_dict(f, where) for f in entry.get("files", [])]  # e.g. a transformers folder
+    if "checkpoint" in entry:
+        expected = keys.get(entry.get("keys") or entry.get("config", ""))  # None: no key list for this config
+        files.append(file_spec_from_dict(entry["checkpoint"], where, expected_keys=expected,
+                                         optional_keys=IGNORABLE_KEY_PATTERNS))
     tok = entry.get("tokenizer")
     if tok:
         shared = reg.get("files", {})
@@ -83,8 +85,10 @@ def describe(registry: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any
     reg = registry or _registry()
     rows = []
     for name, entry in reg["models"].items():
-        files = [entry["checkpoint"]] + ([reg["files"][entry["tokenizer"]]] if entry.get("tokenizer") else [])
-        rows.append({"name": name, "config": entry["config"], "description": entry.get("description", ""),
+        files = list(entry.get("files", [])) + ([entry["checkpoint"]] if "checkpoint" in entry else []) \
+            + ([reg["files"][entry["tokenizer"]]] if entry.get("tokenizer") else [])
+        rows.append({"name": name, "kind": entry.get("kind", "r2d2"), "config": entry.get("config", ""),
+                     "description": entry.get("description", ""),
                      "folder": str(model_dir(name)),
                      "files": [{"name": f["name"], "size": f.get("size"), "sha256": f.get("sha256"),
                                 "sources": f.get("sources", [])} for f in files],

@@ -44,12 +44,15 @@ class FileSpec:
     optional_keys: Tuple[str, ...] = ()  # regexes of expected keys that may be absent
     unpack: bool = False
     expect: Tuple[str, ...] = ()  # paths that must exist under the unpack folder afterwards
+    state_dict: bool = False  # must read as a checkpoint (keys and shapes), even without a key list
 
     def describe_checks(self) -> str:
         checks = [f"size {self.size}" if self.size is not None else "size unknown",
                   f"sha256 {self.sha256[:12]}…" if self.sha256 else "sha256 unknown"]
         if self.expected_keys:
             checks.append(f"{len(self.expected_keys)} checkpoint keys and shapes")
+        elif self.state_dict:
+            checks.append("a readable checkpoint")
         if self.expect:
             checks.append("unpacked layout: " + ", ".join(self.expect))
         return "; ".join(checks)
@@ -111,6 +114,8 @@ def verify_file(spec: FileSpec, path: Path) -> Optional[str]:
     if spec.expected_keys:
         n = verify.check_checkpoint_keys(path, spec.expected_keys, spec.optional_keys)
         log.info("%s: %d checkpoint keys and shapes as expected", path.name, n)
+    elif spec.state_dict and not verify.read_checkpoint_shapes(path):
+        raise verify.VerificationError(f"{path}: a checkpoint without tensors")
     if spec.unpack:
         unpack.list_safe_members(path)
     return digest
@@ -237,7 +242,7 @@ def file_spec_from_dict(obj: Mapping[str, Any], where: str, *,
                         expected_keys: Optional[Mapping[str, Sequence[int]]] = None,
                         optional_keys: Sequence[str] = ()) -> FileSpec:
     """A :class:`FileSpec` from registry JSON: ``name``, ``sources`` (list), ``size``, ``sha256``, ``unpack``,
-    ``expect``."""
+    ``expect``, ``check`` (``"state_dict"``: must read as a checkpoint)."""
     from .sources import parse_source
 
     if "name" not in obj:
@@ -249,4 +254,4 @@ def file_spec_from_dict(obj: Mapping[str, Any], where: str, *,
                     sources=tuple(parse_source(s, f"{where}/{obj['name']}") for s in obj.get("sources", [])),
                     size=obj.get("size"), sha256=sha, expected_keys=expected_keys,
                     optional_keys=tuple(optional_keys), unpack=bool(obj.get("unpack", False)),
-                    expect=tuple(obj.get("expect", ())))
+                    expect=tuple(obj.get("expect", ())), state_dict=obj.get("check") == "state_dict")

@@ -151,3 +151,60 @@ def test_bench_run_no_fetch(registries, server, home, tmp_path):
     res = _bench("run", "-m", "r2d2-tinyhub", "-d", "muge", "-r", tmp_path, "--no-fetch")
     assert res.exit_code == 1 and "--no-fetch" in res.output and "ccmb fetch model r2d2-tinyhub" in res.output
     assert not server.log
+
+
+def test_chinese_clip_by_name_from_hf_files(server, home, monkeypatch, tmp_path):
+    """A transformers-format Chinese-CLIP (pytorch_model.bin, vocab.txt only, as the official repos) fetched file by
+    file through HF_ENDPOINT, then loaded by ccmb-bench as a registered name."""
+    from transformers import ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel
+
+    from ccmb_bench import adapters
+    from models import hub
+    from models.tokenizer import write_test_vocab
+
+    src = tmp_path / "src"
+    src.mkdir()
+    vocab = write_test_vocab(src)
+    torch.manual_seed(0)
+    cfg = ChineseCLIPConfig(
+        text_config=dict(vocab_size=len(vocab.read_text(encoding="utf-8").splitlines()), hidden_size=32,
+                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64),
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                           image_size=32, patch_size=8), projection_dim=16)
+    model = ChineseCLIPModel(cfg).eval()
+    model.save_pretrained(src)
+    ChineseCLIPImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}) \
+        .save_pretrained(src)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    repo = "/org/cclip-tiny/resolve/main/"
+    server.files[repo + "pytorch_model.bin"] = Served(buf.getvalue())
+    for name in ("config.json", "preprocessor_config.json", "vocab.txt"):
+        server.files[repo + name] = Served((src / name).read_bytes())
+    monkeypatch.setenv("HF_ENDPOINT", server.base)
+    registry = {"files": {}, "models": {"chinese-clip-tiny": {
+        "kind": "chinese-clip", "description": "tiny", "manual": "",
+        "files": [{"name": n, "sources": [{"hf": "org/cclip-tiny", "file": n}],
+                   **({"check": "state_dict"} if n.endswith(".bin") else {})}
+                  for n in ("pytorch_model.bin", "vocab.txt", "preprocessor_config.json", "config.json")]}}}
+    monkeypatch.setattr(hub, "_registry", lambda: registry)
+    monkeypatch.setitem(adapters.MODELS, "chinese-clip-tiny",
+                        adapters.ModelSpec("chinese-clip-tiny", "chinese-clip", "tiny", "", hub="org/cclip-tiny"))
+    res = _bench("run", "-m", "chinese-clip-tiny", "-d", "muge", "-r", tmp_path, "--no-fetch")
+    assert res.exit_code == 1 and "ccmb fetch model chinese-clip-tiny" in res.output
+    import huggingface_hub.constants as hc
+
+    with monkeypatch.context() as m:  # online for our fetch only (the adapter's hub-name path stays offline)
+        m.setattr(hc, "HF_HUB_OFFLINE", False)
+        res = _ccmb("fetch", "model", "chinese-clip-tiny")
+    assert res.exit_code == 0, res.output
+    folder = home / "models" / "chinese-clip-tiny"
+    adapter = adapters.load_adapter("chinese-clip-tiny")
+    assert adapter.kind == "chinese-clip" and adapter.fingerprint != "random"
+    emb = adapter.encode_texts(["一只猫"])["embeds"]
+    with torch.no_grad():
+        ref = model.get_text_features(**{k: v for k, v in adapter.tokenizer(["一只猫"], return_tensors="pt").items()
+                                         if k in ("input_ids", "attention_mask", "token_type_ids")})
+    ref = getattr(ref, "pooler_output", ref)
+    assert torch.allclose(emb, torch.nn.functional.normalize(ref.float(), dim=-1), atol=1e-5)
+    assert (folder / "pytorch_model.bin").is_file() and not (folder / "model.safetensors").exists()

@@ -93,10 +93,14 @@ def test_official_key_lists_match_the_configs():
     assert keys["r2d2-vitl14"]["visual_encoder.embeddings.patch_embedding.weight"] == [1024, 3, 14, 14]
     assert keys["r2d2-vitb16"]["visual_encoder.embeddings.patch_embedding.weight"] == [768, 3, 16, 16]
     assert not any(k.startswith("text_joint_layer") for k in keys["prd2-vitl14"])
-    for name in hub.weights_names():
+    r2d2 = [n for n in hub.weights_names() if not n.startswith("chinese-clip")]
+    assert len(r2d2) == 8
+    for name in r2d2:
         art = hub.artifact(name)
         assert art.files[0].expected_keys, name  # every official checkpoint is checked key by key
         assert art.files[1].name == "vocab.txt" and art.files[1].sha256
+    cclip = hub.artifact("chinese-clip-vit-b16")
+    assert [f.name for f in cclip.files][-1] == "config.json" and cclip.files[0].state_dict
 
 
 def test_zip_with_parent_member_is_refused_and_writes_nothing(tmp_path):
