@@ -119,10 +119,14 @@ def query_ranks(scores: ScoreSource, positives: Sequence[Sequence[int]], num_can
             k = min(int(exact_below), s.shape[1])
             top = torch.topk(torch.from_numpy(np.ascontiguousarray(s)), k, dim=1, largest=True, sorted=True).indices.numpy()
             block_ranks = np.full(stop - start, k, dtype=np.int64)
-            for r in np.flatnonzero(has):
-                found = np.flatnonzero(np.isin(top[r], pos[r]))
-                if len(found):
-                    block_ranks[r] = found[0]
+            if (lens == 1).all():  # one positive per query (classification): vectorised
+                eq = top == np.fromiter((p[0] for p in pos), dtype=np.int64, count=stop - start)[:, None]
+                block_ranks = np.where(eq.any(1), eq.argmax(1), k)
+            else:
+                for r in np.flatnonzero(has):
+                    found = np.flatnonzero(np.isin(top[r], pos[r]))
+                    if len(found):
+                        block_ranks[r] = found[0]
             ranks[start:stop][has] = block_ranks[has]
             continue
         r_idx = np.repeat(np.arange(stop - start), lens)
