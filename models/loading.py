@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +78,26 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes; an interrupted download or copy?)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError / OSError on truncated or garbage files
+            raise CheckpointError(f"{path}: unreadable safetensors file ({type(exc).__name__}: "
+                                  f"{exc or 'no detail'}; truncated or corrupt?)") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise CheckpointError(f"{path}: cannot read checkpoint with torch.load(weights_only=True): {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): the file is not plain tensors "
+                              f"(it would run code or is corrupt): {first}") from exc
+    except Exception as exc:  # truncated zip archives, EOF, non-tensor payloads
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise CheckpointError(f"{path}: cannot read checkpoint with torch.load(weights_only=True): "
+                              f"{type(exc).__name__}: {detail} (truncated or corrupt?)") from exc
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -245,3 +258,24 @@ def init_cross_encoders_from_text(model: R2D2Model) -> None:
                 for dst, s in pairs:
                     dst.weight.copy_(s.weight)
                     dst.bias.copy_(s.bias)
+
+
+def init_mlm_head_from_hf(head: torch.nn.Module, bert_dir: Union[str, "os.PathLike[str]"]) -> bool:
+    """Load the ``cls.predictions.*`` tensors of a local Hugging Face ``BertForMaskedLM`` folder (e.g.
+    hfl/chinese-roberta-wwm-ext, ``model.safetensors`` or ``pytorch_model.bin``) into ``head``
+    (:class:`models.cross_encoder.MLMHead`). Returns False when the folder has no MLM head."""
+    folder = Path(bert_dir)
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        return False
+    state = read_state_dict(weights)
+    prefix = "cls."
+    mlm = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix + "predictions.")}
+    if not mlm:
+        return False
+    mlm.pop("predictions.decoder.bias", None)  # tied to predictions.bias in BERT
+    missing, unexpected = head.load_state_dict(mlm, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: MLM head does not fit: missing {missing}, unexpected {unexpected}")
+    log.info("MLM head initialised from %s", weights)
+    return True

@@ -198,7 +198,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
     sums: Dict[str, float] = {}
     n_sums = 0
     t_last, step_last = time.perf_counter(), step
-    t_start, step_start = t_last, step
+    step_start = step
     per = "GPU" if device.type == "cuda" else "device"
     last_digest = ""
     while step < total_steps:
@@ -247,8 +247,8 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
                 skipped_total += int(round(all_reduce_mean(skipped, device) * info.world_size))
                 record["skipped_samples"] = skipped_total
                 skipped = 0
-                done_s = time.perf_counter() - t_start
-                eta = done_s / max(1, step - step_start) * (total_steps - step)
+                # ETA from the latest interval's pace (the first step also pays the start-up: workers, warm-up)
+                eta = elapsed / max(1, step - step_last) * (total_steps - step)
                 record.update(lr=lr, temp=float(temp.detach()) if temp is not None else None,
                               grad_norm=grad_norm, samples_per_s=round(samples / elapsed, 2),
                               samples_per_s_per_device=round(samples / elapsed / info.world_size, 2),

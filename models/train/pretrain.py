@@ -155,6 +155,11 @@ def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: 
     obj = R2D2Objective(model, cfg.losses, mode="clip" if objective == "clip" else "pretrain",
                         mask_token_id=tokenizer.mask_token_id, special_ids=special_token_ids(tokenizer),
                         patch_size=model.config.patch_size, seed=cfg.seed)
+    if hasattr(obj, "cls") and init_text is not None and not resume:
+        from models.loading import init_mlm_head_from_hf
+
+        if not init_mlm_head_from_hf(obj.cls, init_text):
+            logger.info("%s has no MLM head (cls.predictions.*): the MLM head starts random", init_text)
     write_run_files(run_dir, cfg, {"command": "pretrain", "config": str(config), "shards": str(shards),
                                    "objective": objective, "init_vision": str(init_vision or ""),
                                    "init_text": str(init_text or ""), "tokenizer": str(tok_src),
