@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from ccmb.atomic import commit, temp_path_for, write_json
+from ccmb_bench.protocols import STRICT, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,12 @@ def make_result(model: Dict[str, Any], dataset: str, split: str, task: str, metr
                 protocol: Optional[Dict[str, str]] = None, metrics_ci95: Optional[Dict[str, List[float]]] = None,
                 per_query_file: Optional[str] = None, bootstrap: Optional[Dict[str, int]] = None,
                 training: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """A result document: metrics, their 95% intervals, the protocol (``name``, ``reference``, ``version``),
-    the per-query file, the bootstrap settings and what is known of the model's training data."""
+    """A result document: metrics, their 95% intervals, the protocol (``name``, ``reference``, ``version``;
+    default: strict, the rules of the metric functions' defaults), the per-query file, the bootstrap settings
+    and what is known of the model's training data."""
     return {"schema": SCHEMA, "model": model["model"], "model_kind": model.get("kind", ""),
             "checkpoint_fingerprint": model.get("fingerprint", ""), "dataset": dataset, "split": split,
-            "task": task, "protocol": protocol or {"name": "strict", "reference": "ccmb strict", "version": ""},
+            "task": task, "protocol": protocol or Protocol("strict", STRICT).to_result(),
             "metrics": metrics, "metrics_ci95": metrics_ci95 or {}, "per_query_file": per_query_file,
             "bootstrap": bootstrap or {"resamples": 0, "seed": None},
             "training_data": _training_field(training, dataset, split),
