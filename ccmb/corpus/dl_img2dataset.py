@@ -209,6 +209,7 @@ def _sample_writer_class():
             schema = pa.schema([f for f in schema if f.name not in internal])
             self.disk_full: Optional[OSError] = None
             self._shard_id = shard_id
+            self._output_folder = output_folder
             super().__init__(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
 
         def write(self, img_str, key, caption, meta):
@@ -243,7 +244,7 @@ def _sample_writer_class():
                 self.disk_full = self.disk_full or exc
             if self.disk_full is not None:
                 exc = self.disk_full
-                raise _DiskFull(f"{exc.strerror or exc} (writing shard {self._shard_id:05d} in {self.output_folder})")
+                raise _DiskFull(f"{exc.strerror or exc} (writing shard {self._shard_id:05d} in {self._output_folder})")
 
     return CcmbSampleWriter
 
