@@ -20,6 +20,8 @@ class Served:
     body: bytes
     drop_after: Optional[int] = None  # close the connection after this many body bytes (once)
     ranges: bool = True
+    hold_after: Optional[int] = None  # send this many body bytes, then wait for `release` (to kill a client)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -114,6 +116,18 @@ def _handler(state: Loopback):
                 served.drop_after = None  # only once
                 self.wfile.write(chunk[:cut])
                 self.wfile.flush()
+                self.close_connection = True
+                return
+            if served.hold_after is not None:
+                cut = served.hold_after
+                served.hold_after = None  # only once
+                try:
+                    self.wfile.write(chunk[:cut])
+                    self.wfile.flush()
+                    served.release.wait(60)
+                    self.wfile.write(chunk[cut:])
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed meanwhile
+                    pass
                 self.close_connection = True
                 return
             self.wfile.write(chunk)

@@ -116,6 +116,11 @@ def test_fetch_dataset_unpacks_into_the_root(registries, home, tmp_path):
     assert (home / "downloads" / "datasets" / "muge" / "MUGE.zip").is_file()  # kept for offline re-unpacking
     res = _ccmb("fetch", "dataset", "muge", "--root", root, "--offline")
     assert res.exit_code == 0 and "already in place" in res.output
+    import shutil
+
+    shutil.rmtree(root / "MUGE")  # offline: unpacked again from the cached archive
+    res = _ccmb("fetch", "dataset", "muge", "--root", root, "--offline")
+    assert res.exit_code == 0 and "unpacked" in res.output and len(ds.load_dataset("muge", root).texts) == 7
 
 
 def test_manual_dataset_prints_the_steps(home, tmp_path):

@@ -46,6 +46,33 @@ def test_resume_after_a_killed_download(server, home):
     assert [h.get("Range") for h in gets] == ["bytes=123456-"]
 
 
+def test_resume_after_killing_the_downloading_process(server, home):
+    """SIGKILL a real download half-way; the next fetch resumes from the bytes on disk."""
+    import signal
+    import subprocess
+    import sys
+
+    server.files["/slow.bin"] = Served(DATA, hold_after=150_000)  # the server stalls after 150 kB
+    folder = home / "m"
+    folder.mkdir(parents=True)
+    code = ("import sys; from pathlib import Path; from ccmb.fetch.http import download; "
+            "download(sys.argv[1], Path(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, server.base + "/slow.bin", str(folder / "w.bin")])
+    part = folder / "w.bin.part"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not part.exists() or part.stat().st_size < 100_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    server.files["/slow.bin"].release.set()
+    kept = part.stat().st_size
+    assert 100_000 <= kept <= 150_000 and not (folder / "w.bin").exists()
+    spec = FileSpec("w.bin", (UrlSource(server.base + "/slow.bin"),), size=len(DATA), sha256=sha256(DATA))
+    path, _ = fetch_file(_art(spec), spec, folder)
+    assert path.read_bytes() == DATA
+    assert server.requests_for("/slow.bin")[-1].get("Range") == f"bytes={kept}-"
+
+
 def test_dropped_connection_is_resumed(server, home):
     server.files["/w.bin"] = Served(DATA, drop_after=100_000)
     spec = FileSpec("w.bin", (UrlSource(server.base + "/w.bin"),), sha256=sha256(DATA))
