@@ -173,3 +173,20 @@ def test_evaluators_refuse_unknown_options():
     for task, fn in EVALUATORS.items():
         with pytest.raises(TypeError):
             fn(None, None, None, batch_sise=4)  # misspelled
+
+
+def test_cli_protocol_and_bootstrap_options(tmp_path, monkeypatch):
+    import ccmb_bench.runner as runner
+
+    root = build_all(tmp_path / "data")
+    monkeypatch.setattr(runner, "load_adapter", lambda *a, **k: GridAdapter())
+    res = invoke("run", "-m", "grid", "-d", "iqr", "-r", root, "-o", tmp_path / "o", "--protocol", "strict",
+                 "--bootstrap", "0", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "[strict]" in res.output
+    path = next((tmp_path / "o" / "results").glob("*__strict.json"))
+    r = json.loads(path.read_text(encoding="utf-8"))
+    assert r["metrics_ci95"] == {} and r["bootstrap"]["resamples"] == 0
+    assert (path.parent / r["per_query_file"]).is_file()  # per-query results are kept without intervals
+    res = invoke("run", "-m", "grid", "-d", "iqr", "-r", root, "--protocol", "loose")
+    assert res.exit_code != 0 and "official" in res.output

@@ -16,7 +16,7 @@ from ccmb_bench.options import RunOptions
 from ccmb_bench.runner import run
 
 from protocol_fixtures import (CCLIP_IDS, GridAdapter, build_all, clip_benchmark_classification, cclip_retrieval,
-                               grid_score, merge_pairs, r2d2_matching, r2d2_read_flickr, r2d2_read_itr,
+                               grid_score, merge_pairs, r2d2_itm_eval, r2d2_matching, r2d2_read_flickr, r2d2_read_itr,
                                r2d2_retrieval, sklearn_roc_auc, strict_retrieval)
 
 RECALLS = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "MR"]
@@ -220,3 +220,26 @@ def test_classification_is_clip_benchmark(n_classes):
     assert_same(got, ref, ["top1", "top5", "mean_per_class_recall"])
     strict = classification_from_ranks(classification_ranks(logits, target.tolist(), n_classes))
     assert strict["top1"] <= got["top1"]  # ties against the image never help it
+
+
+def test_reranked_matrices_with_fills_are_itm_eval():
+    """R2D2's two-stage matrices: top-k candidates scored, every other -100 (ties among the fills)."""
+    from ccmb_bench.metrics import recall_metrics, retrieval_ranks
+
+    rng = np.random.default_rng(5)
+    n_i, n_t, k = 20, 45, 12
+    txt2img = {t: int(rng.integers(n_i)) for t in range(n_t)}
+    img2txt = {i: [t for t in range(n_t) if txt2img[t] == i] for i in range(n_i)}
+    img2txt = {i: v or [int(rng.integers(n_t))] for i, v in img2txt.items()}
+    i2t = np.full((n_i, n_t), -100.0, dtype=np.float32)
+    t2i = np.full((n_t, n_i), -100.0, dtype=np.float32)
+    for i in range(n_i):
+        cols = rng.choice(n_t, k, replace=False)
+        i2t[i, cols] = (rng.integers(0, 4, k) / 4).astype(np.float32)
+    for t in range(n_t):
+        cols = rng.choice(n_i, k, replace=False)
+        t2i[t, cols] = (rng.integers(0, 4, k) / 4).astype(np.float32)
+    ref = r2d2_itm_eval(i2t, t2i, txt2img, img2txt)
+    ranks = retrieval_ranks(i2t, t2i, [img2txt[i] for i in range(n_i)], [[txt2img[t]] for t in range(n_t)],
+                            ties="numpy", no_positive={"i2t": "miss", "t2i": "miss"})
+    assert_same(recall_metrics(ranks), ref, RECALLS)
