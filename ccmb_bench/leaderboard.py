@@ -44,6 +44,7 @@ TASK_METRICS = {
 }
 LOWER_IS_BETTER = {"frechet_distance"}
 PAPER_PROTOCOL = "as published"
+MD_OVERVIEW_COLUMNS = 7  # datasets per Markdown overview table (+ model, protocol, decontaminated = 10)
 CI_SUFFIX = ("_ci95_lo", "_ci95_hi")
 DECONTAMINATED = {True: "yes", False: "no", None: "unknown"}
 
@@ -389,13 +390,17 @@ def to_markdown(rows: Sequence[Dict[str, Any]], title: str = "CCMB leaderboard")
     out = [f"# {md_escape(title)}", ""]
     if not rows:
         return "\n".join(out + ["(no results)"]) + "\n"
-    cols, lines = overview(rows)
+    all_cols, lines = overview(rows)
     if lines:
         out += ["## Overview", "", "Main metric per dataset (95% interval); **bold** = best within the same "
                 "protocol.", ""]
+    for start in range(0, len(all_cols) if lines else 0, MD_OVERVIEW_COLUMNS):  # <= 10 columns per table
+        cols = all_cols[start:start + MD_OVERVIEW_COLUMNS]
         head = ["model", "protocol", "decontaminated"] + [f"{d} {s} ({MAIN_METRIC.get(t, '?')})" for d, s, t in cols]
         body = []
         for ln in lines:
+            if not any(c in ln["cells"] for c in cols):
+                continue
             cells = [md_escape(ln["model"]), md_escape(ln["protocol"] or "unspecified"), ln["decontaminated"]]
             for c in cols:
                 value, ci, best = ln["cells"].get(c, (None, None, False))

@@ -124,7 +124,7 @@ def test_overview_fits_1280_and_sections_render(results_dir, tmp_path):
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-viewport="1280"' in body
     assert 'data-overview-fits="true"' in body, body  # scrollWidth <= clientWidth of the overview box
-    overview = dom.split('<table id="overview">')[1].split("</table>")[0]
+    overview = dom.split('<table class="overview" id="overview">')[1].split("</table>")[0]
     # models x datasets: 6 models (+ model-b under strict) x 10 dataset columns, main metric with interval
     assert overview.count("<tr data-model=") == 7
     assert overview.count("<th data-dataset=") == 10
@@ -147,6 +147,26 @@ def test_overview_fits_1280_and_sections_render(results_dir, tmp_path):
     assert dom.count('<svg class="chart"') == 10
     with_mr = sum(1 for r in paper_rows() if r["dataset"] == "flickr30k-cn" and "MR" in r)
     assert f30.count('class="whisker"') == 6 and f30.count('class="bar"') == 6 + with_mr
+
+
+def test_many_datasets_stack_into_matrices_that_fit(tmp_path):
+    """24 ELEVATER-CN sets + ICM: the overview stacks matrices of at most 10 datasets, none scrolls."""
+    out = tmp_path / "wide"
+    names = [f"elevater-cn/set-with-a-long-name-{k:02d}" for k in range(24)]
+    for m in range(3):
+        for k, d in enumerate(names):
+            write_result(out / str(m), _res(f"model-{m}", d, "test", "classification",
+                                            {"top1": 100.0 - k - m, "top5": 100.0, "mean_per_class_recall": 50.0},
+                                            ci={"top1": [90.0 - k - m, 100.0 - k - m]}))
+        write_result(out / str(m), _res(f"model-{m}", "icm", "val", "matching", {"AUC": 99.5 - m}))
+    page = _make_page(out, tmp_path)
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-overview-fits="true"' in body, body
+    tables = dom.split('<div id="overview-box">')[1].split("<h2>")[0].split('<table class="overview"')[1:]
+    assert len(tables) == 3  # 25 datasets: 10 + 10 + 5
+    assert [t.count("<th data-dataset=") for t in tables] == [10, 10, 5]
+    assert all(t.count("<tr data-model=") == 3 for t in tables)
 
 
 def test_screenshot_at_1280(results_dir, tmp_path):
