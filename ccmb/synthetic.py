@@ -1,7 +1,13 @@
 """Synthetic Chinese image-text data and a loopback image server, for the demo and benchmarks.
 
-Images are coloured shapes on a background; captions say what is drawn (``红色的圆形在蓝色的背景上``), so a
-model trained on them has something real to learn and retrieval on held-out images is far above chance.
+A scene is a coloured shape of some size at some position on a textured background; its captions say
+what is drawn (``左上角有一个大大的红色圆形，背景是灰色的``), so a model trained on them has something real to
+learn and retrieval on held-out images is far above chance. Like a web corpus, distinct scenes are
+distinct at every dedup level: every image has its own smooth random texture (so pHashes differ as much
+as between unrelated photos; :func:`write_images` re-draws the rare image whose pHash comes within
+``MIN_PHASH_DISTANCE`` of another), and distinct items' captions stay below 0.8 character-trigram Jaccard.
+:func:`near_copy` makes the kinds of copies a web crawl holds (re-encoded, resized, cropped, darker,
+watermarked), for the demo to plant.
 """
 from __future__ import annotations
 
@@ -14,9 +20,10 @@ import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from PIL import Image, ImageDraw
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance
 
 logger = logging.getLogger(__name__)
 
@@ -26,20 +33,31 @@ COLORS: Dict[str, Tuple[int, int, int]] = {
 }
 SHAPES = ("圆形", "方形", "三角形", "十字")
 BACKGROUNDS = ("灰色", "白色", "黑色")
-_BG_RGB = {"灰色": (128, 128, 128), "白色": (250, 250, 250), "黑色": (10, 10, 10)}
+_BG_RGB = {"灰色": (128, 128, 128), "白色": (200, 200, 200), "黑色": (40, 40, 40)}
+
+
+# words chosen so that two items' captions share few character trigrams (max Jaccard 0.71 < 0.8)
+POSITIONS: Dict[str, Tuple[float, float]] = {
+    "左上角": (0.3, 0.3), "右上方": (0.7, 0.3), "正中间": (0.5, 0.5), "左下边": (0.3, 0.7), "靠右下": (0.7, 0.7),
+}
+SIZES: Dict[str, Tuple[float, float]] = {"大大的": (0.24, 0.3), "小小的": (0.12, 0.16)}
+#: Images whose pHash variants are closer than this are re-drawn (the dedup default threshold is 4).
+MIN_PHASH_DISTANCE = 12
 
 
 @dataclass(frozen=True)
 class Item:
-    """One synthetic image description."""
+    """One synthetic scene description."""
 
     color: str
     shape: str
     background: str
+    position: str = "正中间"
+    size: str = "大大的"
 
     @property
     def title(self) -> str:
-        return f"{self.color}的{self.shape}在{self.background}的背景上"
+        return f"{self.position}有一个{self.size}{self.color}{self.shape}，背景是{self.background}的"
 
     @property
     def query(self) -> str:
@@ -47,20 +65,36 @@ class Item:
 
     @property
     def content(self) -> str:
-        return f"这张图片里有一个{self.color}的{self.shape}，背景是{self.background}。"
+        return f"这张图片的{self.position}画着一个{self.size}{self.color}{self.shape}，背景是{self.background}的。"
 
 
 def all_items() -> List[Item]:
-    return [Item(c, s, b) for c in COLORS for s in SHAPES for b in BACKGROUNDS if c != b]
+    return [Item(c, s, b, p, z) for c in COLORS for s in SHAPES for b in BACKGROUNDS if c != b
+            for p in POSITIONS for z in SIZES]
+
+
+def caption_chars() -> str:
+    """Every character a synthetic caption, content or query can contain (for a test vocabulary)."""
+    return "".join(sorted({ch for it in all_items() for t in (it.title, it.content, it.query) for ch in t}))
+
+
+def _texture(rng: random.Random, size: int, base: Tuple[int, int, int]) -> Image.Image:
+    """A smooth random texture around ``base``: every image gets its own low-frequency structure."""
+    g = np.random.default_rng(rng.getrandbits(32))
+    grid = g.integers(-45, 46, size=(6, 6, 1)) + g.integers(-15, 16, size=(6, 6, 3))  # light, a little hue
+    small = np.clip(np.asarray(base)[None, None, :] + grid, 0, 255).astype(np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def render(item: Item, size: int = 256, seed: int = 0) -> Image.Image:
-    """Draw ``item`` with a little random placement and size, deterministic for ``seed``."""
+    """Draw ``item`` on its own texture with a little random placement and size, deterministic for ``seed``."""
     rng = random.Random(seed)
-    img = Image.new("RGB", (size, size), _BG_RGB[item.background])
+    img = _texture(rng, size, _BG_RGB[item.background])
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.22, 0.38) * size
-    cx, cy = (rng.uniform(0.4, 0.6) * size for _ in range(2))
+    lo, hi = SIZES.get(item.size, SIZES["大大的"])
+    r = rng.uniform(lo, hi) * size
+    px, py = POSITIONS.get(item.position, POSITIONS["正中间"])
+    cx, cy = (rng.uniform(p - 0.05, p + 0.05) * size for p in (px, py))
     color = COLORS[item.color]
     if item.shape == "圆形":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
@@ -81,22 +115,79 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def sample_items(n: int, seed: int = 0) -> List[Item]:
+def sample_items(n: int, seed: int = 0, distinct: bool = False, exclude: Sequence[Item] = ()) -> List[Item]:
+    """``n`` random items; ``distinct=True`` draws without replacement (and never one of ``exclude``), so
+    no two captions are caption-level duplicates."""
     rng = random.Random(seed)
     items = all_items()
-    return [rng.choice(items) for _ in range(n)]
+    if not distinct:
+        return [rng.choice(items) for _ in range(n)]
+    pool = [it for it in items if it not in set(exclude)]
+    if n > len(pool):
+        raise ValueError(f"only {len(pool)} distinct synthetic items, asked for {n}")
+    return rng.sample(pool, n)
 
 
 def write_images(items: List[Item], folder: Path, size: int = 256, seed: int = 0,
-                 prefix: str = "img") -> List[str]:
-    """Render ``items`` into ``folder`` as ``{prefix}{i:06d}.jpg``; returns the file names."""
+                 prefix: str = "img", avoid: Optional[np.ndarray] = None) -> List[str]:
+    """Render ``items`` into ``folder`` as ``{prefix}{i:06d}.jpg``; returns the file names.
+
+    An image whose pHash variants come within :data:`MIN_PHASH_DISTANCE` of an earlier one (or of the
+    hash rows in ``avoid``) is re-drawn with the next seed, so the images are distinct for pHash dedup."""
+    from .corpus.phash import phash_variants_bytes, variant_distance
+
     folder.mkdir(parents=True, exist_ok=True)
     names = []
+    seen = [np.asarray(avoid, np.uint64).reshape(-1, avoid.shape[-1])] if avoid is not None and len(avoid) else []
     for i, item in enumerate(items):
         name = f"{prefix}{i:06d}.jpg"
-        (folder / name).write_bytes(jpeg_bytes(render(item, size, seed=seed * 1_000_003 + i)))
+        for attempt in range(50):
+            data = jpeg_bytes(render(item, size, seed=seed * 1_000_003 + i + attempt * 7_919))
+            h = phash_variants_bytes([data])
+            if not seen:
+                break
+            known = np.concatenate(seen)
+            if variant_distance(np.repeat(h, len(known), 0), known).min() >= MIN_PHASH_DISTANCE:
+                break
+        seen.append(h)
+        (folder / name).write_bytes(data)
         names.append(name)
     return names
+
+
+def image_hashes(folder: Path, names: Sequence[str]) -> np.ndarray:
+    """pHash variants of written images (to keep later images distinct from them)."""
+    from .corpus.phash import phash_variants_bytes
+
+    return phash_variants_bytes([(folder / n).read_bytes() for n in names])
+
+
+def _overlay(img: Image.Image) -> Image.Image:
+    img = img.copy()
+    ImageDraw.Draw(img).text((int(img.width * 0.05), int(img.height * 0.9)), "@ccmb", fill=(255, 255, 255))
+    return img
+
+
+def _border_crop(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    return img.crop((w // 20, h // 20, w - w // 20, h - h // 20))
+
+
+#: The near-copies a web crawl holds: name -> (PIL image -> image, JPEG quality).
+NEAR_COPIES = {
+    "reencoded": (lambda im: im, 30),
+    # 80%: the demo's filter drops images under 200 px, a copy must survive it to reach dedup
+    "resized": (lambda im: im.resize((im.width * 4 // 5, im.height * 4 // 5), Image.Resampling.BILINEAR), 85),
+    "cropped": (_border_crop, 90),
+    "darker": (lambda im: ImageEnhance.Brightness(im).enhance(0.8), 90),
+    "watermarked": (_overlay, 90),
+}
+
+
+def near_copy(data: bytes, kind: str) -> bytes:
+    """A near-copy of encoded image ``data``: one of :data:`NEAR_COPIES`."""
+    fn, quality = NEAR_COPIES[kind]
+    return jpeg_bytes(fn(Image.open(io.BytesIO(data)).convert("RGB")), quality=quality)
 
 
 def zero_records(items: List[Item], base_url: str, names: List[str]) -> List[dict]:

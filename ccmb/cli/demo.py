@@ -1,8 +1,11 @@
 """``ccmb demo``: the whole path on a laptop, from web URLs to a leaderboard, on loopback data.
 
-1. renders coloured-shape images with Chinese captions and serves them on 127.0.0.1 as Zero records
-   (plus a dead link and a non-http URL, to show how failures are accounted for);
-2. ``ccmb download zero`` (img2dataset) -> ``ccmb filter`` + ``ccmb dedup`` -> ``ccmb build-shards`` -> ``ccmb verify``;
+1. renders distinct coloured-shape scenes with Chinese captions and serves them on 127.0.0.1 as Zero records
+   (plus a dead link and a non-http URL, to show how failures are accounted for), with planted copies: a
+   repeated URL, the same bytes at another URL, near-copies (re-encoded, resized, cropped, darker,
+   watermarked), a repeated caption, and near-copies of the held-out evaluation images;
+2. ``ccmb download zero`` (img2dataset) -> ``ccmb filter`` + ``ccmb dedup`` + ``ccmb decontaminate`` ->
+   ``ccmb build-shards`` -> ``ccmb verify``; prints what curation did with each planted copy;
 3. ``ccmb train pretrain`` a tiny R2D2 on the shards (CPU, a few minutes);
 4. writes held-out ICR (retrieval) and ICM (matching) sets in their official layout, and
    ``ccmb-bench run`` the trained model and an untrained one on them;
@@ -21,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import click
 
@@ -39,10 +42,10 @@ def _run(cmd: List[str], log: List[str]) -> None:
     click.secho(f"  ({time.time() - start:.1f}s)", fg="bright_black")
 
 
-def _write_downstream(root: Path, n_images: int, seed: int) -> None:
-    """Held-out ICR + ICM sets in the official layout (one flat image folder, JSON lines)."""
+def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[str]:
+    """Held-out ICR + ICM sets in the official layout (one flat image folder, JSON lines); the image names."""
     rng = random.Random(seed)
-    items = synthetic.sample_items(n_images, seed=seed)
+    items = items if items is not None else synthetic.sample_items(n_images, seed=seed)
     names = synthetic.write_images(items, root / "IQR_IQM_ICR_ICM_images", size=256, seed=seed, prefix="val")
     icr = root / "ICR" / "val" / "long_itr_val.json"
     icm = root / "ICM" / "val" / "long_itm_val.json"
@@ -57,6 +60,7 @@ def _write_downstream(root: Path, n_images: int, seed: int) -> None:
             fh.write(json.dumps({"text": it.title, "image_path": name, "label": 1}, ensure_ascii=False) + "\n")
             other = rng.choice([o for o in everything if o != it])
             fh.write(json.dumps({"text": other.title, "image_path": name, "label": 0}, ensure_ascii=False) + "\n")
+    return names
 
 
 @click.command("demo")
@@ -78,36 +82,17 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     click.secho(f"ccmb demo: everything goes to {workdir}/", bold=True)
-    items = synthetic.sample_items(images, seed=seed)
-    names = synthetic.write_images(items, web, size=256, seed=seed)
-    with synthetic.serve_folder(web) as base:
-        records = synthetic.zero_records(items, base, names)
-        records.append(dict(records[0], ImageKey="dead-link", ImageUrl=f"{base}/gone.jpg"))
-        records.append(dict(records[1], ImageKey="ftp-url", ImageUrl="ftp://example.org/a.jpg"))
-        synthetic.write_jsonl(records, data / "zero_demo.jsonl")
-        click.echo(f"serving {len(names)} images at {base}; {len(records)} Zero records in {data}/zero_demo.jsonl")
-        _run([py, "-m", "ccmb", "download", "zero", "-i", str(data / "zero_demo.jsonl"), "-o", str(dl),
-              "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5"], log)
-
-    _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(workdir / "filter.parquet")], log)
-    # Identical captions are expected here (many images of "a red circle"): keep caption dedup off.
-    _run([py, "-m", "ccmb", "dedup", "--input", str(dl), "--output", str(workdir / "dedup.parquet"),
-          "--no-caption", "--keep", str(workdir / "filter.parquet")], log)
-    _run([py, "-m", "ccmb", "build-shards", "--input", str(dl), "--output", str(shards),
-          "--keep", str(workdir / "filter.parquet"), "--keep", str(workdir / "dedup.parquet"),
-          "--samples-per-shard", "200", "--shuffle", "--seed", str(seed)], log)
-    _run([py, "-m", "ccmb", "verify", str(shards)], log)
+    eval_root, _ = _curate(workdir, images, seed, log)
 
     from models.tokenizer import write_test_vocab
 
-    chars = "".join(sorted({ch for it in synthetic.all_items() for t in (it.title, it.content, it.query) for ch in t}))
+    chars = synthetic.caption_chars() + "".join(sorted({ch for t in PLANTED_CAPTIONS for ch in t}))
     vocab = write_test_vocab(workdir / "tokenizer", extra_chars=chars)
     _run([py, "-m", "ccmb", "train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
           "--tokenizer", str(vocab), "--output", str(run), "--steps", str(steps), "--batch-size", "32",
           "--lr", "1e-3", "--warmup-steps", "20", "--log-every", "50", "--save-every", str(steps),
           "--text-choice", "random", "--num-workers", "0", "--seed", str(seed)], log)
 
-    _write_downstream(data / "ccmb", n_images=100, seed=seed + 1)
     # The harness names a model after its folder: give both models telling names.
     trained = workdir / "r2d2-tiny-demo"
     shutil.copytree(_final_model_dir(run), trained)
@@ -117,7 +102,7 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
     build_model(get_config("r2d2-tiny")).save_pretrained(str(untrained))
     for model_dir, label in ((trained, "pre-trained"), (untrained, "random-init")):
         _run([py, "-m", "ccmb_bench", "run", "--model", str(model_dir), "--tokenizer", str(vocab),
-              "--dataset", "icr,icm", "--root", str(data / "ccmb"), "--output", str(bench), "--device", "cpu",
+              "--dataset", "icr,icm", "--root", str(eval_root), "--output", str(bench), "--device", "cpu",
               "--setting", label], log)
     _run([py, "-m", "ccmb_bench", "leaderboard", "--results", str(bench / "results"),
           "--csv", str(workdir / "leaderboard.csv"), "--markdown", str(workdir / "leaderboard.md"),
@@ -129,6 +114,124 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
     (workdir / "commands.sh").write_text("\n".join(log) + "\n", encoding="utf-8")
     click.secho(f"demo finished in {time.time() - started:.0f}s; the commands are in {workdir}/commands.sh; "
                 f"open {workdir}/leaderboard.html in a browser; recall@K chart: {workdir}/recall.png", fg="green", bold=True)
+
+
+def _curate(workdir: Path, images: int, seed: int, log: List[str]):
+    """Steps 1-2: serve scenes with planted copies, download, filter, dedup, decontaminate, build shards,
+    verify; returns (the evaluation data root, the planted-copy outcome of :func:`_show_curation`)."""
+    web, data, dl, shards = (workdir / d for d in ("web", "data", "download", "shards"))
+    py = sys.executable
+    # Distinct scenes (no two captions or images are duplicates) for training and held-out evaluation;
+    # the evaluation set is written first so that the corpus can hold planted copies of its images.
+    n_eval = 100
+    distinct = images + n_eval + len(PLANTED_CAPTIONS) <= len(synthetic.all_items())
+    pool = synthetic.sample_items(images + n_eval + len(PLANTED_CAPTIONS), seed=seed, distinct=distinct)
+    items, eval_items, spare = pool[:images], pool[images:images + n_eval], pool[images + n_eval:]
+    eval_root = data / "ccmb"
+    eval_names = _write_downstream(eval_root, n_images=n_eval, seed=seed + 1, items=eval_items)
+    eval_dir = eval_root / "IQR_IQM_ICR_ICM_images"
+    names = synthetic.write_images(items, web, size=256, seed=seed,
+                                   avoid=synthetic.image_hashes(eval_dir, eval_names))
+    with synthetic.serve_folder(web) as base:
+        records = synthetic.zero_records(items, base, names)
+        planted = _plant_copies(records, web, base, eval_dir, eval_names, spare, seed)
+        records.append(dict(records[0], ImageKey="dead-link", ImageUrl=f"{base}/gone.jpg"))
+        records.append(dict(records[1], ImageKey="ftp-url", ImageUrl="ftp://example.org/a.jpg"))
+        synthetic.write_jsonl(records, data / "zero_demo.jsonl")
+        click.echo(f"serving {len(names)} distinct scenes + {len(planted)} planted copies at {base}; "
+                   f"{len(records)} Zero records in {data}/zero_demo.jsonl")
+        _run([py, "-m", "ccmb", "download", "zero", "-i", str(data / "zero_demo.jsonl"), "-o", str(dl),
+              "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5"], log)
+
+    tables = [workdir / "filter.parquet", workdir / "dedup.parquet", workdir / "decontaminate.parquet"]
+    _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(tables[0])], log)
+    # Dedup after the filter (--keep): representatives are samples the filter keeps.
+    _run([py, "-m", "ccmb", "dedup", "--input", str(dl), "--output", str(tables[1]), "--keep", str(tables[0]),
+          *([] if distinct else ["--no-caption"])], log)
+    # Copies of the benchmark's own images must not be trained on.
+    _run([py, "-m", "ccmb", "decontaminate", "--input", str(dl), "--against", "icr,icm", "--root", str(eval_root),
+          "--output", str(tables[2]), "--report", str(workdir / "decontaminate.json")], log)
+    _run([py, "-m", "ccmb", "build-shards", "--input", str(dl), "--output", str(shards),
+          *[a for t in tables for a in ("--keep", str(t))],
+          "--samples-per-shard", "200", "--shuffle", "--seed", str(seed)], log)
+    _run([py, "-m", "ccmb", "verify", str(shards)], log)
+    return eval_root, _show_curation(dl, tables, planted)
+
+
+
+#: Captions of planted copies (web reposts rarely keep the original caption).
+PLANTED_CAPTIONS = ("网友转发的一张图片", "在别的网站上看到的同一张图", "这张图被重新压缩后上传", "缩小尺寸后的图片",
+                    "裁掉边缘的截图", "调亮以后的照片", "加了水印的转载图片", "评测集里的图片被转发到论坛",
+                    "论坛里流传的小图", "带着网站水印的转载")
+
+
+def _plant_copies(records: List[dict], web: Path, base: str, eval_dir: Path, eval_names: List[str],
+                  spare, seed: int) -> List[dict]:
+    """Append planted copies to ``records`` (each with a caption of its own); returns what was planted:
+    [{"url", "what", "expect": reason, "of": original URL or evaluation image}]."""
+    planted: List[dict] = []
+    captions = iter(PLANTED_CAPTIONS)
+
+    def add(what: str, url: str, expect: str, of: str, title: Optional[str] = None) -> None:
+        i = len(records)
+        records.append({"Url": f"{base}/page/planted{i}", "Title": title or next(captions), "Content": "",
+                        "Keywords": "", "ImageKey": f"planted-{i:03d}", "ImageUrl": url, "ImageQuery": ""})
+        planted.append({"url": url, "what": what, "expect": expect, "of": of})
+
+    orig = [r["ImageUrl"] for r in records]
+    add("the same URL again", orig[2], "duplicate_url", orig[2])
+    name3 = orig[3].rsplit("/", 1)[-1]
+    shutil.copyfile(web / name3, web / "mirror_of_3.jpg")
+    add("the same bytes at another URL", f"{base}/mirror_of_3.jpg", "duplicate_sha256", orig[3])
+    for j, kind in enumerate(synthetic.NEAR_COPIES):
+        src = orig[4 + j].rsplit("/", 1)[-1]
+        (web / f"{kind}_{src}").write_bytes(synthetic.near_copy((web / src).read_bytes(), kind))
+        add(f"a {kind} copy", f"{base}/{kind}_{src}", "duplicate_phash", orig[4 + j])
+    # a different scene under an existing caption (plus punctuation)
+    other = synthetic.write_images(spare[:1], web, size=256, seed=seed + 7, prefix="recaptioned",
+                                   avoid=synthetic.image_hashes(web, [u.rsplit("/", 1)[-1] for u in orig]))
+    add("another image with a repeated caption", f"{base}/{other[0]}", "duplicate_caption", orig[9],
+        title=records[9]["Title"] + "！")
+    for j, kind in enumerate(("watermarked", "resized", "cropped")):
+        (web / f"eval_{kind}_{j}.jpg").write_bytes(synthetic.near_copy((eval_dir / eval_names[j]).read_bytes(), kind))
+        add(f"a {kind} copy of evaluation image {eval_names[j]}", f"{base}/eval_{kind}_{j}.jpg", "eval_overlap",
+            eval_names[j])
+    return planted
+
+
+def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
+    """Print what filter/dedup/decontaminate did with every planted copy, and every other drop;
+    returns {"planted": [(what, expected reason, reason got)], "others": {key: (table, reason, of)}}."""
+    import pyarrow.parquet as pq
+
+    from ..corpus.table import load_metadata
+
+    meta = load_metadata(dl, ["key", "url", "status"])
+    url_of = {k: u for u, k, st in zip(meta.column("url").to_pylist(), meta.column("key").to_pylist(),
+                                       meta.column("status").to_pylist()) if st == "success"}
+    decided = {}
+    for t in tables:
+        for r in pq.read_table(t).to_pylist():
+            if not r["keep"] and r["key"] not in decided:
+                decided[r["key"]] = (t.stem, r["reason"], r["duplicate_of"])
+    click.secho("\nWhat curation did with the planted copies:", bold=True)
+    planted_keys = set()
+    outcome = []
+    for p in planted:  # a repeated URL: the first occurrence is the original, the last the planted copy
+        keys = sorted(k for k, u in url_of.items() if u == p["url"])
+        key = keys[-1] if keys else None
+        planted_keys.add(key)
+        got = decided.get(key)
+        ok = got is not None and got[1] == p["expect"]
+        outcome.append((p["what"], p["expect"], got[1] if got else None))
+        of = got[2] if got else None
+        of_txt = url_of.get(of, of) if of else ""
+        click.echo(f"  {'ok ' if ok else 'MISSED'} {p['what']}: "
+                   + (f"{got[0]} dropped it ({got[1]}, duplicate of {of_txt.rsplit('/', 1)[-1]})" if got else "kept"))
+    others = {k: v for k, v in decided.items() if k not in planted_keys and v[1] != "not_downloaded"}
+    click.echo(f"  other samples dropped: {len(others)}" + (f" {sorted(others.items())[:5]}" if others else
+                                                             " (only what was planted)"))
+    return {"planted": outcome, "others": others}
 
 
 def _final_model_dir(run: Path) -> Path:
