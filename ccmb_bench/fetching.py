@@ -36,7 +36,7 @@ def load_adapter_or_fetch(load: Callable[..., Any], model: str, checkpoint: Opti
         log.warning("%s: weights missing; fetching them (--no-fetch forbids this)", model)
         try:
             hub.fetch_weights(model)
-        except (FetchError, VerificationError) as fexc:
+        except (FetchError, VerificationError, OSError) as fexc:
             raise MissingCheckpointError(f"{exc}\nautomatic fetch failed: {fexc}") from fexc
         return load(model, checkpoint=checkpoint, device=device, tokenizer=tokenizer)
 
@@ -65,7 +65,7 @@ def load_data_or_fetch(load: Callable[..., Any], missing_error: type, name: str,
         log.warning("%s: data missing under %s; fetching it (--no-fetch forbids this)", name, root)
         try:
             sources.fetch_dataset(name, Path(root))
-        except (FetchError, VerificationError) as fexc:
+        except (FetchError, VerificationError, OSError) as fexc:
             raise missing_error(f"{exc}\nautomatic fetch failed: {fexc}") from fexc
         return load(name, root, split, params)
 

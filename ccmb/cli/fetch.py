@@ -23,7 +23,7 @@ def _run(fn):
 
     try:
         return fn()
-    except (FetchError, VerificationError, UnsafeArchiveError) as exc:
+    except (FetchError, VerificationError, UnsafeArchiveError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -247,6 +247,9 @@ def file_spec_from_dict(obj: Mapping[str, Any], where: str, *,
 
     if "name" not in obj:
         raise ValueError(f"{where}: a file entry needs 'name'")
+    name = str(obj["name"])
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"{where}: file name {name!r} must be a plain file name")
     sha = obj.get("sha256")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha)):
         raise ValueError(f"{where}: sha256 of {obj['name']} is not 64 hex digits")

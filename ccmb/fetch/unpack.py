@@ -73,6 +73,10 @@ def unzip(archive: Path, dest: Path, overwrite: bool = False) -> List[Path]:
     archive, dest = Path(archive), Path(dest)
     infos = list_safe_members(archive)
     dest.mkdir(parents=True, exist_ok=True)
+    need = sum(i.file_size for i in infos)
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise OSError(f"{archive}: unpacking needs {need / 2**30:.1f} GiB, {dest} has {free / 2**30:.1f} GiB free")
     staging = Path(tempfile.mkdtemp(prefix=f".ccmb-unpack-{archive.stem}-", dir=dest))
     try:
         with zipfile.ZipFile(archive) as zf:

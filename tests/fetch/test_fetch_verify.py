@@ -149,3 +149,26 @@ def test_fetched_archive_with_traversal_is_removed(server, home):
     with pytest.raises(FetchError, match="escapes the destination"):
         fetch_file(Artifact("datasets", "evil", (spec,)), spec, home / "dl")
     assert not (home / "dl" / "evil.zip").exists()
+
+
+def test_registry_file_names_must_be_plain(tmp_path):
+    from ccmb.fetch.core import file_spec_from_dict
+
+    for bad in ("../x.pth", "a/b.pth", ".hidden", ".."):
+        with pytest.raises(ValueError, match="plain file name"):
+            file_spec_from_dict({"name": bad, "sources": []}, "test")
+    with pytest.raises(ValueError, match="64 hex"):
+        file_spec_from_dict({"name": "x", "sha256": "abc"}, "test")
+
+
+def test_unzip_refuses_archives_larger_than_the_free_disk(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    archive = tmp_path / "big.zip"
+    archive.write_bytes(make_zip({"SET/a.bin": b"x" * 10_000}))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(OSError, match="GiB free"):
+        unzip(archive, tmp_path / "root")
+    assert not (tmp_path / "root" / "SET").exists()
