@@ -15,7 +15,11 @@ Printed:
 2. decontamination: half the originals are the "evaluation set"; the corpus holds every copy of them and
    every other image; recall of evaluation copies found, false corpus drops; ours (``match_hashes``, mirror
    variants) vs imagehash pHash of the whole image.
-3. speed, one core: pHash of JPEGs from a tar (images/s), the exhaustive hash matching (corpus rows/s
+3. the caption level: distinct captions (templates with numbers, like the issue's ``一只小猫坐在窗台上第48号``
+   / ``第42号``) and copies (punctuation, a repost prefix, a suffix, spaces and case); recall of copies and
+   the number of distinct captions dropped, ours (exact Jaccard, star groups) next to the old behaviour
+   (MinHash estimate trusted, transitive groups).
+4. speed, one core: pHash of JPEGs from a tar (images/s), the exhaustive hash matching (corpus rows/s
    against a 5k-image evaluation index) and caption matching; extrapolated to a 1M-row corpus.
 
     python perf/bench_neardup.py [--thresholds 4,6,8,10] [--speed-images 2000] [--skip-speed]
@@ -240,13 +244,63 @@ def bench_decontamination(images, group, kind, thresholds):
     return out
 
 
+SUBJECTS = ["一只小猫坐在窗台上", "古老的寺庙和石阶", "城市夜景里的高楼", "海边日落时的渔船", "雪山下的湖泊",
+            "秋天的银杏树叶", "厨房里的巧克力蛋糕", "街头骑车的年轻人", "草原上奔跑的骏马", "雨中撑伞的行人",
+            "桌上的一杯咖啡", "花园里盛开的玫瑰"]
+CAPTION_COPIES = {
+    "punct": lambda t: t + "！",
+    "prefix": lambda t: "转：" + t,
+    "suffix": lambda t: t + "高清",
+    "spaces": lambda t: " ".join(t[i:i + 4] for i in range(0, len(t), 4)).upper(),
+}
+
+
+def bench_captions(thresholds):
+    from ccmb.corpus import groups, minhash
+    from ccmb.corpus.dedup import caption_reps
+
+    rng = np.random.default_rng(0)
+    bases = [f"{s}第{k}号" for s in SUBJECTS for k in range(1, 61)]
+    texts, base_of, kind = [], [], []
+    for b, t in enumerate(bases):
+        texts.append(t)
+        base_of.append(b)
+        kind.append("original")
+    for b in rng.choice(len(bases), 150, replace=False).tolist():
+        for name, fn in CAPTION_COPIES.items():
+            texts.append(fn(bases[b]))
+            base_of.append(b)
+            kind.append(name)
+    base_of, kind = np.asarray(base_of), np.asarray(kind)
+    norm = minhash.normalize_texts(texts).to_pylist()
+    n = len(norm)
+    print(f"\n3. caption level: {len(bases)} distinct captions + {n - len(bases)} copies")
+    print(f"{'method':44}{'thr':>5}{'distinct dropped':>18}" + "".join(f"{c:>9}" for c in CAPTION_COPIES))
+    params = minhash.MinHashParams()
+    for label in ("ours: exact Jaccard, star groups", "old: MinHash estimate, transitive groups"):
+        for t in thresholds:
+            if label.startswith("ours"):
+                reps = caption_reps(norm, np.arange(n), n, params, t)
+            else:
+                sig, _ = minhash.signatures(norm, params)
+                uniq, node = groups.unique_nodes(sig, np.arange(n), n)
+                edges = groups.candidate_edges(minhash.band_values(uniq, params),
+                                               lambda a, b: minhash.similarity(uniq, a, b) >= t)
+                reps = groups.component_reps(node, len(uniq), edges)
+            dropped = reps != np.arange(n)
+            wrong = dropped & (base_of[reps] != base_of)
+            distinct_dropped = int((wrong & (kind == "original")).sum())
+            rec = {c: float((dropped[kind == c] & ~wrong[kind == c]).mean()) for c in CAPTION_COPIES}
+            print(f"{label:44}{t:>5.2f}{distinct_dropped:>18}" + "".join(f"{rec[c]:>9.3f}" for c in CAPTION_COPIES))
+
+
 def bench_speed(n_images: int, repeats: int):
     from ccmb import shards
     from ccmb.corpus import minhash
     from ccmb.corpus.decontaminate import DecontaminationConfig, EvalIndex, match_texts
     from ccmb.corpus.phash import phash_tar
 
-    print(f"\n3. speed, one core (medians of {repeats})")
+    print(f"\n4. speed, one core (medians of {repeats})")
     rng = np.random.default_rng(0)
     photos = distinct_crops(load_photos())
     with tempfile.TemporaryDirectory() as tmp:
@@ -294,6 +348,7 @@ def bench_speed(n_images: int, repeats: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--thresholds", default="4,6,8,10,12")
+    ap.add_argument("--caption-thresholds", default="0.7,0.8,0.9")
     ap.add_argument("--speed-images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
@@ -303,6 +358,7 @@ def main() -> None:
     CROPS[:] = crops
     bench_levels(images, group, kind, thresholds)
     bench_decontamination(images, group, kind, thresholds)
+    bench_captions([float(t) for t in args.caption_thresholds.split(",")])
     if not args.skip_speed:
         bench_speed(args.speed_images, args.repeats)
 
