@@ -352,7 +352,8 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                         stop = stop or exc
                         continue
                     except BrokenProcessPool:
-                        logger.error("a download worker died (killed or crashed); shard %s will be retried", row[0])
+                        logger.error("a download worker died (killed or crashed); shard %s will be retried",
+                                     row[0] if isinstance(row, tuple) else row)
                         ok = False
                         if owner is pool:
                             pool = None  # a broken pool takes no more work: the next shard starts a fresh one
