@@ -301,3 +301,11 @@ def test_plot_png(results_dir, tmp_path):
     empty.mkdir()
     res = CliRunner().invoke(main, ["plot", "--results", str(empty), "--out", str(tmp_path / "x.png")])
     assert res.exit_code != 0 and "no retrieval results" in res.output
+
+
+def test_two_checkpoints_of_one_name_are_two_overview_lines(tmp_path):
+    out = tmp_path / "b"
+    write_result(out, _res("r2d2-vitb16", "icm", "val", "matching", {"AUC": 70.0}, fp="1111aaaa2222"))
+    write_result(out, _res("r2d2-vitb16", "icm", "val", "matching", {"AUC": 75.0}, fp="3333bbbb4444"))
+    _, lines = overview(collect(out))
+    assert sorted(ln["model"] for ln in lines) == ["r2d2-vitb16 [1111aaaa]", "r2d2-vitb16 [3333bbbb]"]
