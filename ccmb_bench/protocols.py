@@ -15,7 +15,8 @@ more conservative rules everywhere. The rules that differ:
   ``miss`` in the denominator (Chinese-CLIP text-to-image);
 - ``candidate_order``: ``file`` (annotation order) or ``id-bytes`` (Chinese-CLIP reads its images from an
   LMDB whose cursor returns them sorted by the UTF-8 bytes of their ids: ties fall to the smaller id);
-- ``clean_text``: text preprocessing before tokenising (Chinese-CLIP: lower case, curly quotes to ``"``).
+- ``clean_text``: text preprocessing before tokenising (Chinese-CLIP: lower case, curly quotes to ``"``);
+- ``context_length``: tokens kept per text (Chinese-CLIP: 52), for models whose own limit is longer.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class Rules:
     no_positive: Dict[str, str] = field(default_factory=lambda: {"i2t": "skip", "t2i": "skip"})
     candidate_order: Dict[str, str] = field(default_factory=lambda: {"i2t": "file", "t2i": "file"})
     clean_text: Optional[str] = None
+    context_length: Optional[int] = None  # tokens kept per text (None: the model's own limit)
 
     def describe(self) -> Dict[str, Any]:
         return asdict(self)
@@ -53,7 +55,8 @@ REFERENCES: Dict[str, Rules] = {
                   no_positive={"i2t": "miss", "t2i": "miss"}),
     "chinese-clip": Rules(reference="Chinese-CLIP make_topk_predictions(_tr) + evaluation(_tr)", version="",
                           ties="first", no_positive={"i2t": "skip", "t2i": "miss"},
-                          candidate_order={"i2t": "file", "t2i": "id-bytes"}, clean_text="chinese-clip"),
+                          candidate_order={"i2t": "file", "t2i": "id-bytes"}, clean_text="chinese-clip",
+                          context_length=52),
     "clip-benchmark": Rules(reference="CLIP_benchmark zeroshot_classification", version="", ties="torch-topk"),
     "ccmb": Rules(reference="ccmb", version=STRICT_VERSION),
 }

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -77,3 +78,18 @@ def prefixed(metrics: Dict[str, float], prefix: str) -> Dict[str, float]:
 
 def opt_int(value: Optional[object]) -> Optional[int]:
     return None if value in (None, "") else int(value)  # type: ignore[arg-type]
+
+
+@contextmanager
+def context_length(adapter: ModelAdapter, tokens: Optional[int]) -> Iterator[bool]:
+    """Cap the adapter's text length at ``tokens`` (a protocol's context length) for the duration; yields
+    whether the cap changed anything (adapters without ``max_len`` are left alone)."""
+    current = getattr(adapter, "max_len", None)
+    if not tokens or current is None or current <= tokens:
+        yield False
+        return
+    adapter.max_len = tokens
+    try:
+        yield True
+    finally:
+        adapter.max_len = current

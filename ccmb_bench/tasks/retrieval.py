@@ -12,7 +12,7 @@ from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.metrics import DEFAULT_KS, recall_metrics, retrieval_ranks
 from ccmb_bench.protocols import STRICT, Rules
-from ccmb_bench.tasks.encode import dual_scores, encode_images, encode_texts, prefixed
+from ccmb_bench.tasks.encode import context_length, dual_scores, encode_images, encode_texts, prefixed
 from ccmb_bench.tasks.views import RetrievalView, retrieval_view
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, 
     use_rerank = rerank and adapter.has_reranker
     view = retrieval_view(data, rules, data_format)
     images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache, with_hidden=use_rerank)
-    part = "texts" if view.unique_texts == data.texts else "texts-official"  # the cache keeps both
-    texts = encode_texts(adapter, view.unique_texts, batch_size, cache, part=part, with_hidden=use_rerank)
+    with context_length(adapter, rules.context_length) as capped:
+        part = "texts" if view.unique_texts == data.texts and not capped else "texts-official"  # cache keeps both
+        texts = encode_texts(adapter, view.unique_texts, batch_size, cache, part=part, with_hidden=use_rerank)
     if len(view.unique_texts) != view.num_texts:
         texts = _expand(texts, torch.as_tensor(view.text_index, dtype=torch.long))
     args = (view.image_to_texts, view.text_to_images, data.directions)
@@ -47,6 +48,8 @@ def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, 
                                  dual_scores(texts["embeds"], images["embeds"]), *args, **how)
     out: Dict[str, Any] = {"images": data.num_images, "texts": view.num_texts,
                            "directions": "+".join(data.directions)}
+    if capped:
+        out["context_length"] = rules.context_length
     if not use_rerank:
         ranks = dual_ranks
         out.update(recall_metrics(ranks))

@@ -280,3 +280,22 @@ def test_config_directory_with_separate_checkpoint(tiny_models, bench_root, tmp_
     direct = invoke("run", "-m", tiny_models.prd2, "-d", "icm", "-r", bench_root, "-o", tmp_path / "p")
     assert direct.exit_code == 0
     assert results(tmp_path / "p", "prd2-tiny")[("icm", "matching")]["metrics"]["AUC"] == r["metrics"]["AUC"]
+
+
+def test_chinese_clip_protocol_caps_context_length(tiny_models, bench_root, tmp_path):
+    """Official Chinese-CLIP evaluation keeps 52 tokens per text, also for a model that reads more."""
+    from ccmb_bench.protocols import resolve
+    from ccmb_bench.tasks.encode import context_length
+
+    adapter = load_adapter(str(tiny_models.prd2), device="cpu")
+    assert adapter.max_len > 52
+    with context_length(adapter, 52) as capped:
+        assert capped and adapter.max_len == 52
+        short = adapter.encode_texts(["一" * 80])["embeds"]
+    assert adapter.max_len > 52  # restored
+    assert not torch.allclose(short, adapter.encode_texts(["一" * 80])["embeds"])
+    data = ds.load_dataset("muge", bench_root)
+    rules = resolve("official", ds.get_spec("muge")).rules
+    m = retrieval.evaluate(adapter, data, EmbeddingCache(None, "m", "f", "muge", "valid"), batch_size=4,
+                           rules=rules, data_format="cclip-tsv")
+    assert m["context_length"] == 52 and adapter.max_len > 52
