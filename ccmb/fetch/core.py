@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ def _trusted(folder: Path, spec: FileSpec, path: Path) -> bool:
     st = path.stat()
     if rec.get("size") != st.st_size or rec.get("mtime_ns") != st.st_mtime_ns:
         return False
+    if spec.size is not None and st.st_size != spec.size:
+        return False
     return not spec.sha256 or (rec.get("sha256") or "").lower() == spec.sha256.lower()
 
 
@@ -149,8 +152,9 @@ def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allo
         try:
             digest = verify_file(spec, path)
         except verify.VerificationError as exc:
-            log.warning("%s; removing it and fetching again", exc)
-            path.unlink()
+            rejected = path.with_name(path.name + ".rejected")  # a manual download is kept for inspection
+            log.warning("%s; moved to %s, fetching again", exc, rejected.name)
+            os.replace(path, rejected)
         else:
             _save_record(folder, spec.name, path, digest, "present")
             return path, False

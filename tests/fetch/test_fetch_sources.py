@@ -112,6 +112,17 @@ def test_corrupt_cached_file_is_refetched(server, home):
     (folder / "w.bin").write_bytes(b"not it")
     spec = FileSpec("w.bin", (UrlSource(server.base + "/w.bin"),), sha256=sha256(DATA))
     assert fetch_file(_art(spec), spec, folder)[0].read_bytes() == DATA
+    assert (folder / "w.bin.rejected").read_bytes() == b"not it"  # a manual copy is set aside, not deleted
+
+
+def test_a_file_put_by_hand_is_verified_without_network(home, tmp_path, monkeypatch):
+    folder = home / "m"
+    folder.mkdir(parents=True)
+    (folder / "w.bin").write_bytes(DATA)
+    monkeypatch.setenv("CCMB_OFFLINE", "1")
+    spec = FileSpec("w.bin", (UrlSource(f"http://127.0.0.1:{closed_port()}/w.bin"),), sha256=sha256(DATA))
+    path, downloaded = fetch_file(_art(spec), spec, folder)
+    assert not downloaded and json.loads((folder / ".ccmb-fetch.json").read_text())["w.bin"]["source"] == "present"
 
 
 def test_size_mismatch_everywhere_fails_naming_each_source(server, home):
