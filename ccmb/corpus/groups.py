@@ -9,8 +9,6 @@ from typing import Callable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 Verify = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -133,6 +131,9 @@ def component_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarra
     rows = np.flatnonzero(node_of_row >= 0)
     if not len(rows):
         return out
+    from scipy.sparse import coo_matrix  # scipy only when grouping (``ccmb --help`` stays light)
+    from scipy.sparse.csgraph import connected_components
+
     a, b = edges
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n_nodes, n_nodes))
     _, comp = connected_components(graph, directed=False)
@@ -160,6 +161,8 @@ def star_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarray, np
     rep_node = np.arange(n_nodes, dtype=np.int64)
     a, b = edges
     if len(a):
+        from scipy.sparse import coo_matrix
+
         graph = coo_matrix((np.ones(2 * len(a), np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))),
                            shape=(n_nodes, n_nodes)).tocsr()
         indptr, indices = graph.indptr, graph.indices

@@ -23,7 +23,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
-import scipy.fft
 from PIL import Image
 
 from .. import shards as fmt
@@ -106,6 +105,8 @@ def phash_arrays(gray: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (N, {IMG_SIZE}, {IMG_SIZE}), got {gray.shape}")
     if len(gray) == 0:
         return np.zeros(0, np.uint64)
+    import scipy.fft  # here, not at import: ``ccmb --help`` imports this module
+
     coeffs = scipy.fft.dctn(gray.astype(np.float64), type=2, axes=(1, 2))
     low = coeffs[:, :HASH_SIZE, :HASH_SIZE].reshape(len(gray), HASH_SIZE * HASH_SIZE)
     med = np.median(low, axis=1, keepdims=True)
