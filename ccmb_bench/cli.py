@@ -149,9 +149,10 @@ def datasets_cmd(as_json: bool) -> None:
 @click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Folder with result JSONs (searched recursively, e.g. the run --output).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write the table as CSV.")
-@click.option("--markdown", type=click.Path(path_type=Path), default=None, help="Write Markdown tables per dataset.")
+@click.option("--markdown", type=click.Path(path_type=Path), default=None,
+              help="Write Markdown: the overview + one compact table per dataset and task.")
 @click.option("--html", type=click.Path(path_type=Path), default=None,
-              help="Write a self-contained HTML page (sortable table + per-dataset charts).")
+              help="Write a self-contained HTML page (overview matrix, per-dataset sections and charts).")
 @click.option("--include-paper", is_flag=True, help="Add the paper's published rows, marked reference=paper.")
 @click.option("--format", "fmt", type=click.Choice(["ccmb", "clip-benchmark"]), default="ccmb", show_default=True,
               help="CSV columns: ours (percent) or CLIP_benchmark's names (fractions).")
