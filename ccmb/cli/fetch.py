@@ -48,8 +48,11 @@ def model_cmd(name: str, folder: Optional[Path], allow_file_urls: bool, offline:
     for p in res.files:
         state = "downloaded" if p.name in res.downloaded else "cached, verified"
         click.echo(f"{p}  ({state})")
-    click.echo(f"ready: ccmb-bench run --model {name} ..." if where == hub.model_dir(name) and name in
-               _bench_names() else f"ready: {where}")
+    if where == hub.model_dir(name) and name in _bench_names():
+        click.echo(f"ready: ccmb-bench run --model {name} ...")
+    else:
+        config = hub._registry()["models"].get(name, {}).get("config")
+        click.echo(f"ready: ccmb-bench run --model {config or name} --checkpoint {where} ...")
 
 
 def _bench_names():
