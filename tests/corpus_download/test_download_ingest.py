@@ -121,3 +121,30 @@ def test_reason_classes():
     assert ingest.reason_class("HTTP Error 404: Not Found") == "HTTP Error 404"
     assert ingest.check_url("https://a/b.jpg") is None
     assert ingest.check_url("javascript:alert(1)").startswith("unsupported URL scheme 'javascript'")
+
+
+def test_deep_and_overlong_json_lines_are_located_failures(tmp_path, monkeypatch):
+    """A 2 KB line of 1,000 nested arrays used to abort the whole download with a RecursionError."""
+    monkeypatch.setattr(ingest, "MAX_LINE_BYTES", 5000)
+    src = tmp_path / "zero.jsonl"
+    with open(src, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(zero_record(0, "http://h/0.jpg")) + "\n")
+        fh.write("[" * 1000 + "]" * 1000 + "\n")
+        fh.write(json.dumps(zero_record(2, "http://h/2.jpg", Title="长" * 3000), ensure_ascii=False) + "\n")
+        fh.write(json.dumps(zero_record(3, "http://h/3.jpg")) + "\n")
+    refused_path = tmp_path / "refused.tsv"
+    res, rows = _rows(tmp_path, [src], refused_path=refused_path, refused_examples=1)
+    assert res.rows == 4 and [r["url"] for r in rows] == ["http://h/0.jpg", "", "", "http://h/3.jpg"]
+    assert rows[1][ingest.ERROR_COLUMN] == f"malformed JSON: nested deeper than 64 levels ({src}:2)"
+    assert rows[2][ingest.ERROR_COLUMN] == f"malformed JSON: line longer than 5000 bytes ({src}:3)"
+    assert res.refused == {"malformed JSON": 2}
+    assert res.refused_examples == [f"{src}:2: malformed JSON: nested deeper than 64 levels"]
+    assert refused_path.read_text(encoding="utf-8").splitlines() == [
+        f"{src}:2\tmalformed JSON: nested deeper than 64 levels", f"{src}:3\tmalformed JSON: line longer than 5000 bytes"]
+
+
+def test_deeply_nested_json_array_file_is_one_failure(tmp_path):
+    src = tmp_path / "zero.json"
+    src.write_text("[" + "[" * 5000 + "]" * 5000 + "]", encoding="utf-8")
+    res, rows = _rows(tmp_path, [src])
+    assert res.rows == 1 and rows[0][ingest.ERROR_COLUMN].startswith("malformed JSON array: nested deeper than 64")
