@@ -39,6 +39,11 @@ def weights_names(registry: Optional[Mapping[str, Any]] = None) -> List[str]:
     return list((registry or _registry())["models"])
 
 
+def entry(name: str) -> Dict[str, Any]:
+    """The raw ``weights.json`` entry of ``name`` (empty when there is none)."""
+    return dict(_registry()["models"].get(name, {}))
+
+
 def artifact(name: str, registry: Optional[Mapping[str, Any]] = None,
              keys: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None) -> Artifact:
     """The fetchable entry ``name`` (``registry``/``keys`` default to the shipped JSON files)."""

@@ -51,7 +51,7 @@ def model_cmd(name: str, folder: Optional[Path], allow_file_urls: bool, offline:
     if where == hub.model_dir(name) and name in _bench_names():
         click.echo(f"ready: ccmb-bench run --model {name} ...")
     else:
-        config = hub._registry()["models"].get(name, {}).get("config")
+        config = hub.entry(name).get("config")
         click.echo(f"ready: ccmb-bench run --model {config or name} --checkpoint {where} ...")
 
 
