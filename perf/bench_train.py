@@ -1,11 +1,18 @@
-"""Training throughput: the full R2D2 objective vs the same encoders trained with the CLIP loss alone.
+"""Training throughput, in one run:
 
-The ratio is the cost of the cross encoders (FGR on 3B pairs), the EMA teacher (TgD) and the masked
-second student pass (FgD). Batches are synthetic tensors already on the device (data loading excluded);
-each timed step is forward + backward + AdamW step + EMA update, as in ``models.train.loop``. The two
-objectives alternate across repeats; medians are printed.
+1. **Objective**: samples/s of the full R2D2 objective (GCPR + FGR + TgD + FgD) next to the same encoders
+   trained with the CLIP loss alone, and the full objective with FgD's masked view made the old way
+   (patches zeroed in pixel space: the ViT still sees every token) next to the default (FLIP-style: the
+   dropped patch *tokens* never enter the student's ViT). Batches are synthetic tensors already on the
+   device (data loading excluded); each timed step is forward + backward + AdamW step + EMA update, as in
+   ``models.train.loop``; the runners alternate across repeats; medians are printed.
+2. **Data pipeline alone** (shard read, JPEG decode, random resized crop + flip + normalise, tokenise, batch),
+   one process, one thread: ours (``models.train.data.ShardStream``) next to open_clip's webdataset pipeline
+   shape (``WebDataset -> shuffle -> decode("pilrgb") -> to_tuple -> map_tuple(transform, tokenize) ->
+   batched``) with the same transforms on the same shards. ``open_clip_torch`` itself is not installed (it
+   pulls torchvision, which this project never installs), so its pipeline is rebuilt from webdataset here.
 
-CPU (any machine; tiny config):
+CPU (any machine; tiny config for the objective, 224-px images for the data pipeline):
     .venv/bin/python perf/bench_train.py
 GPU (one GPU, bf16 autocast; R2D2 ViT-B/16 = CLIP ViT-B/16 + RoBERTa-base + 2 x 6 cross layers):
     .venv/bin/python perf/bench_train.py --device cuda --config r2d2-vitb16 --batch-size 128 --steps 10
@@ -51,7 +58,7 @@ def make_batch(cfg, batch: int, text_len: int, device) -> Dict[str, torch.Tensor
 class Runner:
     """One objective with its optimizer; ``run(n)`` times n training steps."""
 
-    def __init__(self, name: str, mode: str, args, device) -> None:
+    def __init__(self, name: str, mode: str, args, device, drop_tokens: bool = True) -> None:
         torch.manual_seed(0)
         self.model = models.build_model(args.config).to(device).train()
         for n, p in self.model.named_parameters():
@@ -61,7 +68,8 @@ class Runner:
             enable_gradient_checkpointing(self.model)
         self.obj = R2D2Objective(self.model, LossConfig(queue_size=args.queue_size), mode=mode, mask_token_id=4,
                                  special_ids=[0, 2, 3, 4], patch_size=self.model.config.patch_size).to(device)
-        self.opt = torch.optim.AdamW(param_groups(self.model, 0.02), lr=1e-5)
+        self.obj.drop_tokens = drop_tokens
+        self.opt = torch.optim.AdamW(param_groups(self.obj, 0.02), lr=1e-5)
         self.batch = make_batch(self.model.config, args.batch_size, args.text_len, device)
         self.name, self.device, self.bf16 = name, device, device.type == "cuda"
 
@@ -99,6 +107,10 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--skip-data", action="store_true", help="skip the data-pipeline comparison")
+    ap.add_argument("--data-samples", type=int, default=512, help="samples in the synthetic shard set")
+    ap.add_argument("--data-batches", type=int, default=12, help="batches of 32 timed per data repeat")
+    ap.add_argument("--image-size", type=int, default=224, help="training image size of the data pipeline")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -108,7 +120,8 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     args.config = args.config or ("r2d2-vitb16" if device.type == "cuda" else "r2d2-tiny")
     args.batch_size = args.batch_size or (128 if device.type == "cuda" else 32)
     args.text_len = args.text_len or (16 if "tiny" in args.config else 64)
-    runners = [Runner("clip", "clip", args, device), Runner("r2d2", "pretrain", args, device)]
+    runners = [Runner("clip", "clip", args, device), Runner("r2d2", "pretrain", args, device),
+               Runner("r2d2_pixel_fgd", "pretrain", args, device, drop_tokens=False)]
     for r in runners:
         r.run(args.warmup)
     times: Dict[str, List[float]] = {r.name: [] for r in runners}
@@ -120,23 +133,114 @@ def main(argv: List[str] = None) -> Dict[str, object]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "config": args.config, "batch_size": args.batch_size, "text_len": args.text_len,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "patch_drop_ratio": LossConfig().patch_drop_ratio,
         "clip_samples_per_s": round(rate["clip"], 2), "r2d2_samples_per_s": round(rate["r2d2"], 2),
+        "r2d2_pixel_fgd_samples_per_s": round(rate["r2d2_pixel_fgd"], 2),
         "r2d2_over_clip": round(rate["r2d2"] / rate["clip"], 3),
+        "r2d2_pixel_fgd_over_clip": round(rate["r2d2_pixel_fgd"] / rate["clip"], 3),
         "repeats": args.repeats, "steps_per_repeat": args.steps,
     }
     if device.type == "cuda":
         result["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2)
         result["reference_clip_b16_a100"] = CLIP_B16_A100
     print(f"device {result['device']}, {args.config}, batch {args.batch_size} per device, {result['precision']}")
-    print(f"  CLIP loss alone : {rate['clip']:9.1f} samples/s per device (median of {args.repeats})")
-    print(f"  R2D2 full losses: {rate['r2d2']:9.1f} samples/s per device")
-    print(f"  ratio R2D2/CLIP : {rate['r2d2'] / rate['clip']:.3f}  (cost of cross encoders + distillation)")
+    print(f"  CLIP loss alone                 : {rate['clip']:9.1f} samples/s per device (median of {args.repeats})")
+    print(f"  R2D2, FgD drops patch tokens    : {rate['r2d2']:9.1f} samples/s per device  "
+          f"ratio to CLIP {rate['r2d2'] / rate['clip']:.3f}")
+    print(f"  R2D2, FgD zeroes patch pixels   : {rate['r2d2_pixel_fgd']:9.1f} samples/s per device  "
+          f"ratio to CLIP {rate['r2d2_pixel_fgd'] / rate['clip']:.3f}")
+    print(f"  token dropping speeds the full objective up {rate['r2d2'] / rate['r2d2_pixel_fgd']:.2f}x "
+          f"(patch_drop_ratio {LossConfig().patch_drop_ratio})")
     if device.type == "cuda":
-        print(f"  peak memory     : {result['max_memory_gib']} GiB (both models resident)")
-        print(f"  reference       : CLIP ViT-B/16 about {CLIP_B16_A100:.0f} samples/s per A100")
+        print(f"  peak memory                     : {result['max_memory_gib']} GiB (all models resident)")
+        print(f"  reference                       : CLIP ViT-B/16 about {CLIP_B16_A100:.0f} samples/s per A100")
+    if not args.skip_data:
+        result["data"] = bench_data(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
+
+
+def make_shard_set(folder: Path, n: int) -> Path:
+    """``n`` synthetic 256-px JPEG samples in 4 shards of the ccmb format (with sizes.json)."""
+    from ccmb import synthetic
+    from ccmb.shards import ShardWriter, finalize_shard_set, make_key
+
+    items = synthetic.sample_items(n, seed=0)
+    per = (n + 3) // 4
+    for s in range(4):
+        with ShardWriter(folder, s, source="bench") as w:
+            for i, item in enumerate(items[s * per:(s + 1) * per]):
+                img = synthetic.jpeg_bytes(synthetic.render(item, 256, seed=s * per + i))
+                w.write(make_key(s, i, per), img, item.title,
+                        {"title": item.title, "content": item.content, "query": item.query})
+    finalize_shard_set(folder, command="bench")
+    return folder
+
+
+def bench_data(args) -> Dict[str, object]:
+    """Samples/s of the data pipeline alone, one process and one thread: ours vs open_clip's shape."""
+    import random
+    import tempfile
+
+    import webdataset as wds
+    from models.tokenizer import load_tokenizer, write_test_vocab
+    from models.train.augment import TrainTransform
+    from models.train.data import ShardStream, Tokenize, resolve_shards
+
+    torch.set_num_threads(1)
+    batch = 32
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = resolve_shards(make_shard_set(Path(tmp) / "shards", args.data_samples))
+        tokenizer = load_tokenizer(write_test_vocab(Path(tmp) / "tok"), max_length=64)
+        tokenize = Tokenize(tokenizer, 64)
+        transform = TrainTransform(args.image_size)
+
+        def ours() -> int:
+            stream = ShardStream(shards, batch, transform, tokenize, text_choice="txt", seed=0,
+                                 shuffle_buffer=1000, resampled=True)
+            n = 0
+            for i, b in enumerate(stream):
+                n += b["pixel_values"].shape[0]
+                if i + 1 == args.data_batches:
+                    return n
+            return n
+
+        rng = random.Random(0)
+
+        def open_clip_shape() -> int:
+            # open_clip's get_wds_dataset: shard sampling, tarfile_to_samples, shuffle, decode("pilrgb"),
+            # rename/to_tuple("jpg;png", "txt"), map_tuple(preprocess, tokenizer), batched
+            pipeline = wds.DataPipeline(
+                wds.ResampledShards(shards), wds.tarfile_to_samples(), wds.shuffle(1000, initial=100),
+                wds.decode("pilrgb"), wds.to_tuple("jpg;png;jpeg;webp", "txt"),
+                wds.map_tuple(lambda img: transform(img, rng), lambda t: t),
+                wds.batched(batch, partial=False),
+                wds.map_tuple(torch.stack, lambda texts: tokenize(texts)))
+            n = 0
+            for i, (images, _) in enumerate(pipeline):
+                n += images.shape[0]
+                if i + 1 == args.data_batches:
+                    return n
+            return n
+
+        rates: Dict[str, List[float]] = {"ours": [], "open_clip_shape": []}
+        for fn in (ours, open_clip_shape):  # warm-up (page cache, imports)
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in (("ours", ours), ("open_clip_shape", open_clip_shape)):
+                t = time.perf_counter()
+                n = fn()
+                rates[name].append(n / (time.perf_counter() - t))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"data pipeline alone ({args.image_size}-px crops, batch {batch}, 1 process, 1 thread, "
+          f"median of {args.repeats}):")
+    print(f"  ours (ShardStream)             : {med['ours']:9.1f} samples/s per core")
+    print(f"  open_clip webdataset shape     : {med['open_clip_shape']:9.1f} samples/s per core")
+    print(f"  ratio ours / open_clip shape   : {med['ours'] / med['open_clip_shape']:.3f}")
+    return {"ours_samples_per_s_per_core": round(med["ours"], 1),
+            "open_clip_shape_samples_per_s_per_core": round(med["open_clip_shape"], 1),
+            "ratio": round(med["ours"] / med["open_clip_shape"], 3), "image_size": args.image_size}
 
 
 if __name__ == "__main__":

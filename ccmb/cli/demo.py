@@ -54,7 +54,7 @@ def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[
     with open(icr, "w", encoding="utf-8") as fh:
         for it, name in zip(items, names):
             fh.write(json.dumps({"text": it.content, "image_path": f"images/{name}"}, ensure_ascii=False) + "\n")
-    everything = synthetic.all_items()
+    everything = list(items)  # negatives from the held-out set: no evaluation text is a training caption
     with open(icm, "w", encoding="utf-8") as fh:
         for it, name in zip(items, names):
             fh.write(json.dumps({"text": it.title, "image_path": name, "label": 1}, ensure_ascii=False) + "\n")
@@ -104,6 +104,7 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
         _run([py, "-m", "ccmb_bench", "run", "--model", str(model_dir), "--tokenizer", str(vocab),
               "--dataset", "icr,icm", "--root", str(eval_root), "--output", str(bench), "--device", "cpu",
               "--setting", label], log)
+    _show_stages(bench / "results")
     _run([py, "-m", "ccmb_bench", "leaderboard", "--results", str(bench / "results"),
           "--csv", str(workdir / "leaderboard.csv"), "--markdown", str(workdir / "leaderboard.md"),
           "--html", str(workdir / "leaderboard.html")], log)
@@ -232,6 +233,28 @@ def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
     click.echo(f"  other samples dropped: {len(others)}" + (f" {sorted(others.items())[:5]}" if others else
                                                              " (only what was planted)"))
     return {"planted": outcome, "others": others}
+
+
+def _show_stages(results: Path) -> None:
+    """What each R2D2 stage gives: ICR mean recall of the dual-encoder stage alone (pre-ranking) and after
+    the cross encoders re-rank its top-k (the two stages), and ICM match AUC (cross encoders alone)."""
+    rows = []
+    for f in sorted(Path(results).rglob("*.json")):
+        try:
+            r = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("metrics"), dict):
+            continue
+        m, label = r["metrics"], (r.get("settings") or {}).get("setting") or r.get("model", "?")
+        if "prerank_MR" in m and "MR" in m:
+            rows.append(f"  {label:<12} ICR MR: dual-encoder stage {m['prerank_MR']:6.2f} -> two stages "
+                        f"{m['MR']:6.2f} ({m['MR'] - m['prerank_MR']:+.2f} from re-ranking top {m.get('top_k', '?')})")
+        if "AUC" in m:
+            rows.append(f"  {label:<12} ICM AUC (cross encoders): {m['AUC']:6.2f} (chance 50)")
+    if rows:
+        click.secho("\nWhat each stage gives:", bold=True)
+        click.echo("\n".join(rows))
 
 
 def _final_model_dir(run: Path) -> Path:

@@ -76,6 +76,8 @@ class R2D2Objective(nn.Module):
             self.cls = MLMHead(mcfg.text_width, mcfg.vocab_size, mcfg.text_eps)
         self.mask_token_id, self.special_ids, self.patch_size = mask_token_id, list(special_ids), patch_size
         self.seed = seed
+        #: FgD's masked image view: drop patch tokens (True, less compute) or zero patch pixels (False)
+        self.drop_tokens = True
         self.step = 0  # set by the trainer: seeds negative sampling and masking reproducibly
         # kept out of the module tree on purpose (see the module docstring)
         self.__dict__["teacher"] = None
@@ -200,7 +202,7 @@ class R2D2Objective(nn.Module):
         num_patches = getattr(getattr(model, "config", None), "num_patches", None)
         if ratio <= 0:
             return model.encode_image(pix)
-        if num_patches and hasattr(model, "visual_encoder"):
+        if self.drop_tokens and num_patches and hasattr(model, "visual_encoder"):
             keep = keep_patch_indices(pix.shape[0], num_patches, ratio, generator=gen)
             return model.encode_image(pix, keep_patches=keep)
         return model.encode_image(drop_patches(pix, self.patch_size, ratio, generator=gen))
