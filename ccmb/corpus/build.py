@@ -153,8 +153,12 @@ class TarIndex:
                         if not m.isfile():
                             continue
                         key, ext = fmt.split_member_name(m.name)
-                        if key is not None:
-                            out.setdefault(key, {})[ext] = (m.offset_data, m.size)
+                        if key is None:
+                            continue
+                        parts = out.setdefault(key, {})
+                        if ext in parts:  # as ccmb.shards.iter_tar_members and webdataset
+                            raise CurationError(f"{path}: sample {key} has two .{ext} members ({m.name})")
+                        parts[ext] = (m.offset_data, m.size)
             except (OSError, tarfile.TarError) as exc:
                 raise CurationError(f"{path}: unreadable tar: {exc}") from exc
             self.members[tar_name] = out

@@ -122,3 +122,15 @@ def test_text_fields_are_defined_once():
 
     assert data.TEXT_FIELDS is fmt.TEXT_FIELDS
     assert stats.TEXT_FIELDS[1:] == fmt.TEXT_FIELDS
+
+
+def test_every_consumer_refuses_a_key_with_two_members_of_one_extension(tmp_path):
+    img = _png((1, 2, 3), fmt_name="JPEG")
+    tar = _tar(tmp_path / "00000.tar", [("008.jpg", img), ("008.JPG", img), ("008.txt", b"x")])
+    with pytest.raises(fmt.ShardFormatError, match="two .jpg members"):
+        list(fmt.iter_tar_samples(tar))
+    index = TarIndex(tmp_path)
+    with pytest.raises(CurationError, match="two .jpg members"):
+        index.sample(tar.name, "008")
+    with pytest.raises(ValueError, match="duplicate file name"):  # webdataset refuses it as well
+        list(wds.tarfile_samples([{"url": str(tar)}]))
