@@ -87,8 +87,9 @@ def watch_parent() -> None:
     if _WATCHING:
         return
     _WATCHING = True
-    parent = os.getppid()
-    if parent == 1:
+    spawner = multiprocessing.parent_process()  # the process that started us (None in a Spark worker)
+    parent = spawner.pid if spawner is not None else os.getppid()
+    if os.getppid() != parent:  # already gone before we got here
         os._exit(1)
 
     def poll() -> None:
