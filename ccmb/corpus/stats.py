@@ -56,6 +56,19 @@ def _from_tars(path: Path) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=fmt.PARQUET_SCHEMA)
 
 
+def _check_successes(path: Path, table: pa.Table) -> None:
+    """A parquet whose success rows disagree with its ``_stats.json`` was edited: refuse it, naming it."""
+    try:
+        stats = fmt.read_shard_stats(path)
+    except fmt.ShardFormatError as exc:
+        raise CurationError(str(exc)) from exc
+    expected = (stats or {}).get("successes")
+    found = int(pc.sum(pc.equal(pc.fill_null(table.column("status"), ""), fmt.STATUS_SUCCESS)).as_py() or 0)
+    if isinstance(expected, int) and expected != found:
+        raise CurationError(f"{path}: {found} success rows, {fmt.stats_path_of(path).name} says {expected} "
+                            f"(run `ccmb verify` on the folder)")
+
+
 def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     """Statistics of a download folder or shard set (a dict, JSON-serialisable)."""
     path = Path(path)
@@ -63,7 +76,10 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
         raise CurationError(f"{path}: no such folder")
     if path.is_dir() and fmt.expects_parquets(path):
         parquets = list_parquets(path)
-        table = pa.concat_tables([read_shard_metadata(p) for p in parquets])
+        tables = [read_shard_metadata(p) for p in parquets]
+        for p, t in zip(parquets, tables):
+            _check_successes(p, t)
+        table = pa.concat_tables(tables)
         source = "parquet"
     else:
         try:

@@ -154,3 +154,12 @@ def test_edited_parquet_reports_every_consequence(download):
     assert "samples of 00000.tar without a success row: 000004, 000005" in text
     (download / "00001_stats.json").write_text("{", encoding="utf-8")
     assert "00001_stats.json: unreadable" in _problems(download)
+
+
+def test_stats_refuses_a_parquet_whose_statuses_were_edited(download):
+    p = download / "00002.parquet"
+    t = pq.read_table(p)
+    status = ["success"] * t.num_rows                   # the failed row now claims success
+    _rewrite(p, t.set_column(t.column_names.index("status"), "status", [status]))
+    with pytest.raises(CurationError, match="00002.parquet: 6 success rows, 00002_stats.json says 5"):
+        corpus_stats(download)
