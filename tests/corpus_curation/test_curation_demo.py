@@ -40,6 +40,7 @@ def test_demo_curation_drops_exactly_what_it_planted(tmp_path):
     assert outcome["others"] == {}
     report = json.loads((tmp_path / "decontaminate.json").read_text())
     assert report["datasets"]["icr/val"]["images_with_copies"] == 3
+    assert all(p["texts_with_copies"] == 0 for p in report["datasets"].values())  # held-out texts are new
     assert any("decontaminate" in c for c in log)
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     kinds = [t["kind"] for t in manifest["provenance"]["decision_tables"]]
