@@ -108,6 +108,38 @@ def test_prd2_and_clip_objective(data, tmp_path, config, objective, expect, ckpt
     assert losses == expect
 
 
+def test_provenance_and_mlm_travel_into_the_run(data, tmp_path):
+    """The shard set's manifest provenance is copied to RUN_DIR/data_provenance.json and into the model folder;
+    --mlm trains the MLM head (checkpointed with the teacher), the saved model keeps the official key set."""
+    import shutil
+
+    shards, vocab = data
+    own = tmp_path / "shards"
+    shutil.copytree(shards, own)
+    manifest = json.loads((own / "manifest.json").read_text())
+    provenance = {"decision_tables": [{"path": "/x/dedup.parquet", "fingerprint": "abc", "kind": "dedup",
+                                       "dropped": 3}],
+                  "decontamination": {"against": ["icr/test"], "report": None}}
+    manifest["provenance"] = provenance
+    (own / "manifest.json").write_text(json.dumps(manifest))
+    cfg = TrainConfig(losses=LossConfig(queue_size=8, mlm=1.0), steps=2, batch_size=4, log_every=1, save_every=2,
+                      num_workers=0, shuffle_buffer=4)
+    out = tmp_path / "run"
+    result = pretrain("r2d2-tiny", own, out, cfg, tokenizer_path=vocab)
+    assert "mlm" in result.last_log and result.last_log["mlm"] > 0
+    want = {"shard_sets": [{"path": str(own.resolve()), "provenance": provenance}]}
+    assert json.loads((out / "data_provenance.json").read_text()) == want
+    assert json.loads((out / "model" / "data_provenance.json").read_text()) == want
+    from safetensors.torch import load_file
+
+    aux = load_file(str(out / "checkpoints" / "step_00000002" / "teacher.safetensors"))
+    assert "cls.predictions.decoder.weight" in aux
+    assert not any(k.startswith("cls.") for k in load_file(str(out / "model" / "model.safetensors")))
+    # resuming restores the MLM head and its optimizer state
+    result = pretrain("r2d2-tiny", own, out, cfg.override(steps=3), tokenizer_path=vocab, resume="latest")
+    assert result.steps == 3
+
+
 def test_bad_inputs(data, tmp_path):
     shards, vocab = data
     cfg = TrainConfig(steps=1, batch_size=2, num_workers=0)
