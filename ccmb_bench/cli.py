@@ -100,21 +100,30 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 @click.option("--bootstrap", "bootstrap_n", type=click.IntRange(1), default=run_default("bootstrap"),
               show_default=True, help="Paired bootstrap resamples.")
 @click.option("--seed", type=int, default=run_default("bootstrap_seed"), show_default=True)
+@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default=None,
+              help="With folders: compare only the results of this protocol.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @input_errors_as_click
-def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, as_json: bool) -> None:
+def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, protocol: Optional[str],
+                as_json: bool) -> None:
     """Paired bootstrap p-value per metric of RESULT_A vs RESULT_B (result JSONs, or folders: every
     dataset/split both hold), on the queries both evaluated. Same dataset, split and protocol required."""
     from ccmb_bench.compare import compare
 
-    rows = compare(result_a, result_b, bootstrap_n, seed)
+    rows = compare(result_a, result_b, bootstrap_n, seed, protocol)
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    head = None
     for r in rows:
+        if (r["a_file"], r["b_file"]) != head:
+            head = (r["a_file"], r["b_file"])
+            shared = ", ".join(f"{n} {g}" for g, n in r["shared_queries"].items())
+            click.echo(f"{r['dataset']}/{r['split']} {r['task']} [{r['protocol']}], shared queries: {shared}\n"
+                       f"  A = {r['a_file']}\n  B = {r['b_file']}")
         lo, hi = r["diff_ci95"]
-        click.echo(f"{r['dataset']}/{r['split']} [{r['protocol']}] {r['metric']:>22s}: A {r['a']:7.2f}  "
-                   f"B {r['b']:7.2f}  A-B {r['diff']:+7.2f} [{lo:+.2f}, {hi:+.2f}]  p={r['p_value']:.4f}")
+        click.echo(f"  {r['metric']:>22s}: A {r['a']:7.2f}  B {r['b']:7.2f}  A-B {r['diff']:+7.2f} "
+                   f"[{lo:+.2f}, {hi:+.2f}]  p={r['p_value']:.4f}")
 
 
 @main.command("models")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ccmb_bench import bootstrap as boot
 from ccmb_bench.options import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -35,15 +35,18 @@ def _load_file(path: Path) -> Dict[str, Any]:
     return data
 
 
-def collect(path: Path) -> Dict[Key, Dict[str, Any]]:
-    """The results of a file or folder by (dataset, split, task); a folder holding one (dataset, split, task)
-    under several protocols or models is refused, naming the files."""
+def collect(path: Path, protocol: Optional[str] = None) -> Dict[Key, Dict[str, Any]]:
+    """The results of a file or folder by (dataset, split, task), only those of ``protocol`` (a name) if
+    given; a folder holding one (dataset, split, task) under several protocols or models is refused, naming
+    the files."""
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such file or folder")
     found = [_load_file(path)] if path.is_file() else list(iter_results(path))
+    if protocol:
+        found = [r for r in found if (r.get("protocol") or {}).get("name") == protocol]
     if not found:
-        raise CompareError(f"{path}: no result JSONs found")
+        raise CompareError(f"{path}: no result JSONs found" + (f" of protocol {protocol!r}" if protocol else ""))
     by_key: Dict[Key, List[Dict[str, Any]]] = {}
     for r in found:
         by_key.setdefault((str(r.get("dataset")), str(r.get("split")), str(r.get("task"))), []).append(r)
@@ -52,7 +55,8 @@ def collect(path: Path) -> Dict[Key, Dict[str, Any]]:
         if len(rs) > 1:
             files = ", ".join(f"{r['_path']} [{protocol_key(r)}, {r.get('model')}]" for r in rs)
             what = ("mixes protocols" if len({protocol_key(r) for r in rs}) > 1 else "holds several results")
-            raise CompareError(f"{path} {what} for {'/'.join(key)}: {files}; compare single files instead")
+            hint = "pick one with --protocol" if what == "mixes protocols" else "compare single files instead"
+            raise CompareError(f"{path} {what} for {'/'.join(key)}: {files}; {hint}")
         out[key] = rs[0]
     return out
 
@@ -106,12 +110,13 @@ def compare_results(a: Dict[str, Any], b: Dict[str, Any], resamples: int = DEFAU
     return rows
 
 
-def compare(path_a: Path, path_b: Path, resamples: int = DEFAULT_RESAMPLES,
-            seed: int = DEFAULT_SEED) -> List[Dict[str, Any]]:
-    """Compare two result files, or every (dataset, split, task) two folders have in common."""
+def compare(path_a: Path, path_b: Path, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+            protocol: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Compare two result files, or every (dataset, split, task) two folders have in common (only the results
+    of ``protocol`` when given)."""
     if Path(path_a).is_file() and Path(path_b).is_file():
         return compare_results(_load_file(path_a), _load_file(path_b), resamples, seed)
-    ra, rb = collect(path_a), collect(path_b)
+    ra, rb = collect(path_a, protocol), collect(path_b, protocol)
     shared = [k for k in ra if k in rb]
     if not shared:
         raise CompareError(f"{path_a} and {path_b} have no dataset/split/task in common: "

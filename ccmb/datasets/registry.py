@@ -62,9 +62,9 @@ def _r2d2_layout(folder: str, file: str) -> str:
 
 
 # reference evaluations (name, version) named by the entries below; ccmb_bench.protocols holds their rules
-R2D2_EVAL = ("r2d2", "yuxie11/R2D2@6c9f74a (itm_eval, sklearn roc_auc_score)")
-CCLIP_EVAL = ("chinese-clip", "OFA-Sys/Chinese-CLIP@2c586c5 (cn_clip/eval)")
-CLIP_BENCHMARK_EVAL = ("clip-benchmark", "LAION-AI/CLIP_benchmark (zeroshot_classification)")
+R2D2_EVAL = ("r2d2", "yuxie11/R2D2@6c9f74a")
+CCLIP_EVAL = ("chinese-clip", "OFA-Sys/Chinese-CLIP@2c586c5")
+CLIP_BENCHMARK_EVAL = ("clip-benchmark", "LAION-AI/CLIP_benchmark")
 
 _R2D2_SOURCE = "https://github.com/yuxie11/R2D2 (CCMB downloads: https://zero.so.com)"
 _CCLIP_SOURCE = "https://github.com/OFA-Sys/Chinese-CLIP#数据集格式预处理 (preprocessed MUGE/Flickr30k-CN/COCO-CN)"

@@ -140,6 +140,8 @@ def test_compare_refuses_mismatches(two_models, tmp_path):
     shutil.copytree(two_models / "grid", mixed)  # official and strict results of one model in one folder
     res = invoke("compare", mixed, two_models / "grid-b" / "official")
     assert res.exit_code != 0 and "mixes protocols" in res.output and "__strict.json" in res.output
+    res = invoke("compare", mixed, two_models / "grid-b" / "official", "--protocol", "official", "--bootstrap", "50")
+    assert res.exit_code == 0 and "iqr/val retrieval [official/" in res.output and "shared queries" in res.output
     # a per-query file that belongs to another run
     copy = tmp_path / "copy"
     shutil.copytree(two_models / "grid" / "official", copy)
