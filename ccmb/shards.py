@@ -11,7 +11,9 @@ open_clip and webdataset read it unchanged::
 
 Keys are digits only (webdataset splits a member name at its first dot). Every file is written
 atomically (temporary name, fsync, rename): a killed writer never leaves a truncated ``NNNNN.tar``.
-See ``docs/formats.md``.
+:func:`sample_from_members` is the one place that turns tar members into a sample (every reader calls
+it); :func:`check_parquet` / :func:`shard_parquets` the one check every reader of the parquets goes
+through. Verification: :mod:`ccmb.shardverify`. See ``docs/formats.md``.
 """
 from __future__ import annotations
 
