@@ -192,3 +192,22 @@ def test_cli_protocol_and_bootstrap_options(tmp_path, monkeypatch):
     assert (path.parent / r["per_query_file"]).is_file()  # per-query results are kept without intervals
     res = invoke("run", "-m", "grid", "-d", "iqr", "-r", root, "--protocol", "loose")
     assert res.exit_code != 0 and "official" in res.output
+
+
+def test_paired_test_is_calibrated_and_has_power():
+    """Under the null (A and B drawn alike around shared query difficulty) about 5% of p-values fall below
+    0.05; a shift of two ranks for every query is found almost always."""
+    stat = boot.statistic_for("retrieval", {"ks": [1, 5, 10]})
+    rng = np.random.default_rng(123)
+    q = np.array([f"t{i}" for i in range(200)])
+
+    def p_value(shift):
+        base = rng.integers(0, 30, 200)
+        a = np.maximum(0, base + rng.integers(-3, 4, 200))
+        b = np.maximum(0, base + rng.integers(-3, 4, 200) + shift)
+        return boot.paired_test(stat, {"t2i": {"rank": a, "query": q}}, {"t2i": {"rank": b, "query": q}}, 300,
+                                int(rng.integers(1 << 30)))["MR"]["p_value"]
+
+    null = np.array([p_value(0) for _ in range(150)])
+    assert 0.01 <= (null < 0.05).mean() <= 0.11
+    assert np.mean([p_value(2) < 0.05 for _ in range(30)]) >= 0.9
