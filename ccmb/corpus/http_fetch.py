@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Tuple
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 MAX_REDIRECTS = 10
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -255,9 +255,9 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
         kw = {"context": _ssl_context()} if scheme == "https" else {}
         conn = cls(parts.netloc.rpartition("@")[2], request=request, deny_private=limits.deny_private, **kw)
         try:
-            path = parts.path or "/"
+            path = _quote(parts.path or "/")
             if parts.query:
-                path += "?" + parts.query
+                path += "?" + _quote(parts.query)
             conn.request("GET", path, headers={"Accept-Encoding": "identity", "Connection": "close", **headers})
             resp = conn.getresponse()
             location = resp.getheader("Location") if resp.status in REDIRECT_CODES else None
@@ -280,6 +280,13 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
             conn.close()
             request.set_socket(None)
     raise FetchError(f"{REDIRECT_LOOP} (more than {MAX_REDIRECTS} redirects)")
+
+
+def _quote(text: str) -> str:
+    """Percent-encode what may not appear in a request line (non-ASCII, spaces); keeps %XX and delimiters."""
+    if text.isascii() and " " not in text:
+        return text
+    return quote(text, safe="!#$%&'()*+,/:;=?@[]~")
 
 
 def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request) -> bytes:

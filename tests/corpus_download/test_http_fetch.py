@@ -122,3 +122,10 @@ def test_refused_ip_classes():
         assert http_fetch.refused_ip(ipaddress.ip_address(addr)), addr
     for addr in ["93.184.216.34", "2606:4700::1111", "8.8.8.8"]:
         assert not http_fetch.refused_ip(ipaddress.ip_address(addr)), addr
+
+
+def test_non_ascii_and_spaces_in_the_path_are_percent_encoded(image_server):
+    """Chinese file names are common in the Zero URLs; urllib sent them raw and failed ('ascii' codec)."""
+    n = len(image_server.requests)
+    assert fetch(f"{image_server.base}/img/图片 1.jpg?q=猫", FetchLimits(timeout=3)) == jpeg(0)
+    assert image_server.requests[n:] == ["/img/%E5%9B%BE%E7%89%87%201.jpg"]
