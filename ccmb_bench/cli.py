@@ -143,7 +143,7 @@ def models_cmd(as_json: bool) -> None:
 @main.command("datasets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def datasets_cmd(as_json: bool) -> None:
-    """List the datasets the harness can evaluate, with task and default split."""
+    """List the datasets the harness can evaluate, with task, default split and reference protocol."""
     from ccmb.datasets import list_datasets
 
     specs = list_datasets()
@@ -151,7 +151,7 @@ def datasets_cmd(as_json: bool) -> None:
         click.echo(json.dumps([s.to_dict() for s in specs], ensure_ascii=False, indent=2))
         return
     for s in specs:
-        click.echo(f"{s.name:24s} {s.task:15s} split={s.default_split:10s} {s.description}")
+        click.echo(f"{s.name:24s} {s.task:15s} split={s.default_split:10s} protocol={s.protocol:14s} {s.description}")
 
 
 @main.command("leaderboard")
