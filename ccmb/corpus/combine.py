@@ -136,15 +136,15 @@ def combine_tables(input_dir: PathLike, tables: Sequence[PathLike]) -> Combined:
     keys = meta.column("key")
     n = meta.num_rows
     base = ~as_numpy_bool(pc.equal(pc.fill_null(meta.column("status"), ""), "success"))
-    per_table = []
+    combined = ReasonCodes(n)
+    combined.fill(base, REASON_NOT_DOWNLOADED)
+    kept_by: List[np.ndarray] = []  # per table: the rows it keeps (one byte per row)
     for t in tables:
         rc = ReasonCodes(n)
         prior_reason_codes(keys, [t], rc)
-        per_table.append(rc)
-    combined = ReasonCodes(n)
-    combined.fill(base, REASON_NOT_DOWNLOADED)
-    for rc in per_table:
-        combined.merge(rc.codes, rc.names)
+        combined.merge(rc.codes, rc.names)  # the first table that drops a row names the reason
+        kept_by.append(rc.kept)
+        del rc
     restore = np.zeros(n, bool)
     restored: Dict[str, int] = {}
     near_restored = 0
@@ -153,9 +153,9 @@ def combine_tables(input_dir: PathLike, tables: Sequence[PathLike]) -> Combined:
         if not len(rows):
             continue
         others_keep = ~base[rows]
-        for j, rc in enumerate(per_table):
+        for j, kept in enumerate(kept_by):
             if j != i:
-                others_keep &= rc.kept[rows]
+                others_keep &= kept[rows]
         lost = others_keep & ~combined.kept[reps]  # this table keeps the rep, another one drops it
         if not lost.any():
             continue
