@@ -32,17 +32,20 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
     """``evaluate_fn(model, epoch) -> metrics`` running ccmb_bench's ``task`` (retrieval: R@1/5/10 per
     direction and ``MR``, two-stage for R2D2; matching: ``AUC`` and accuracy) on ``data`` (a validation
     split), without an embedding cache. Numeric results only."""
+    from ccmb.datasets import list_datasets
     from ccmb_bench.adapters import R2D2Adapter
     from ccmb_bench.cache import EmbeddingCache
     from ccmb_bench.tasks import evaluator
 
     run = evaluator(task)
+    spec = next((sp for sp in list_datasets() if sp.name == getattr(data, "name", None)), None)
+    extra = {"top_k": spec.top_k} if task == "retrieval" and spec is not None else {}  # the dataset's top_k
 
     def evaluate(model, epoch: int) -> Dict[str, float]:
         device = str(next(model.parameters()).device)
         adapter = R2D2Adapter(model, tokenizer, name="training", fingerprint=f"epoch{epoch}", device=device)
         cache = EmbeddingCache(None, "training", f"epoch{epoch}", data.name, data.split)
-        out = run(adapter, data, cache, batch_size=batch_size)
+        out = run(adapter, data, cache, batch_size=batch_size, **extra)
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return evaluate
 
