@@ -91,34 +91,35 @@ def band_pairs(col: np.ndarray, max_pairs_per_step: int = 1 << 22) -> Iterator[T
         cand = cand[remaining[cand] >= d]
 
 
-def candidate_edges(bands: np.ndarray, verify: Verify, node_of_item: Optional[np.ndarray] = None
-                    ) -> Tuple[np.ndarray, np.ndarray]:
+def candidate_edges(bands: np.ndarray, verify: Verify, node_of_item: Optional[np.ndarray] = None,
+                    verify_chunk: int = 1 << 20) -> Tuple[np.ndarray, np.ndarray]:
     """Verified edges between nodes whose items (rows of ``bands``) share at least one band value.
 
     An item is a node by default; ``node_of_item`` maps items to nodes when a node has several (e.g. the
-    hash variants of one image): pairs of items of one node are skipped, ``verify`` gets node pairs."""
+    hash variants of one image): pairs of items of one node are skipped. Candidates of all bands are
+    collected and deduplicated first, so ``verify`` (the exact check) sees each node pair once."""
     n_nodes = int(node_of_item.max()) + 1 if node_of_item is not None and len(node_of_item) else len(bands)
-    ea, eb = [], []
+    found = []
     for j in range(bands.shape[1]):
         for a, b in band_pairs(np.ascontiguousarray(bands[:, j])):
             if node_of_item is not None:
                 a, b = node_of_item[a], node_of_item[b]
                 other = a != b
                 a, b = a[other], b[other]
-            lo, hi = np.minimum(a, b), np.maximum(a, b)
-            if len(lo) > 1:  # verify each candidate once per band
-                packed = np.unique(lo.astype(np.int64) * n_nodes + hi)
-                lo, hi = packed // n_nodes, packed % n_nodes
-            ok = verify(lo, hi) if len(lo) else np.zeros(0, bool)
-            ea.append(lo[ok])
-            eb.append(hi[ok])
-    if not ea:
+            if len(a):
+                found.append(np.unique(np.minimum(a, b).astype(np.int64) * n_nodes + np.maximum(a, b)))
+    if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    a, b = np.concatenate(ea), np.concatenate(eb)
-    if len(a):
-        packed = np.unique(a.astype(np.int64) * n_nodes + b)
-        a, b = packed // n_nodes, packed % n_nodes
-    return a.astype(np.int64), b.astype(np.int64)
+    packed = np.unique(np.concatenate(found))
+    del found
+    ea, eb = [], []
+    for lo in range(0, len(packed), verify_chunk):
+        part = packed[lo: lo + verify_chunk]
+        a, b = part // n_nodes, part % n_nodes
+        ok = verify(a, b)
+        ea.append(a[ok])
+        eb.append(b[ok])
+    return np.concatenate(ea).astype(np.int64), np.concatenate(eb).astype(np.int64)
 
 
 def component_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
