@@ -431,7 +431,13 @@ def shard_parquets(folder: PathLike) -> List[Path]:
         raise MissingShardFileError(f"{', '.join(str(p) for p in missing[:5])}{more}: missing (the tar is there; "
                                     f"the shard's rows, failures included, live in its parquet)")
     for p in parquets:
-        check_parquet(p)
+        try:
+            check_parquet(p)
+        except ShardFormatError as exc:
+            if not stats_path_of(p).exists():  # the usual cause: a download killed mid-shard
+                raise ShardFormatError(f"{exc} ({stats_path_of(p).name} is missing too: an unfinished shard; "
+                                       f"rerun the same `ccmb download` to finish it)") from exc
+            raise
     return parquets
 
 

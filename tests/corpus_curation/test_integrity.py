@@ -163,3 +163,11 @@ def test_stats_refuses_a_parquet_whose_statuses_were_edited(download):
     _rewrite(p, t.set_column(t.column_names.index("status"), "status", [status]))
     with pytest.raises(CurationError, match="00002.parquet: 6 success rows, 00002_stats.json says 5"):
         corpus_stats(download)
+
+
+def test_an_unfinished_shard_is_named_as_such(download):
+    (download / "00001_stats.json").unlink()
+    p = download / "00001.parquet"
+    p.write_bytes(p.read_bytes()[:100])               # a writer still at work (or killed)
+    with pytest.raises(CurationError, match="00001.parquet: unreadable parquet.*an unfinished shard"):
+        corpus_stats(download)
