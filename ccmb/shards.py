@@ -666,7 +666,8 @@ def read_manifest(shard_dir: PathLike) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
-        raise ShardFormatError(f"{path}: missing (not a finished shard set: finish it with `ccmb build-shards`, a rerun of `ccmb download`, or `ccmb shards finalize`)") from None
+        raise ShardFormatError(f"{path}: missing (not a finished shard set: finish it with `ccmb build-shards`, "
+                               f"a rerun of `ccmb download`, or `ccmb shards finalize`)") from None
     except json.JSONDecodeError as exc:
         raise ShardFormatError(f"{path}: invalid JSON: {exc}") from exc
 
