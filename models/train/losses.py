@@ -39,6 +39,12 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
 
 
+def target_entropy(targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the entropy of (constant) target distributions, ``0 log 0 = 0``."""
+    t = targets.detach().float()
+    return -torch.special.xlogy(t, t).sum(dim=1).mean()
+
+
 class GCPRLoss(nn.Module):
     """Global contrastive pre-ranking (symmetric InfoNCE over the global batch).
 
@@ -109,7 +115,8 @@ class TgDLoss(nn.Module):
 
     Student rows are this rank's features; columns are the teacher's features of the global batch
     followed by the queue. Targets per row: ``(1 - alpha) * ground_truth + alpha * softmax(teacher
-    row)``. The columns carry no gradient, so each rank's mean over its rows averages correctly
+    row)``; the value is the KL divergence from the targets (cross-entropy minus their entropy: the
+    gradient of ALBEF's cross-entropy, a value that reaches 0 when the student matches the targets). The columns carry no gradient, so each rank's mean over its rows averages correctly
     under DDP.
     """
 
@@ -126,7 +133,11 @@ class TgDLoss(nn.Module):
             tgt_t2i = alpha * torch.softmax(t_t2i.float(), dim=1) + (1 - alpha) * gt
         s_i2t = image_embeds @ t_text_all.t() / temp
         s_t2i = text_embeds @ t_image_all.t() / temp
-        return 0.5 * (soft_cross_entropy(s_i2t, tgt_i2t) + soft_cross_entropy(s_t2i, tgt_t2i))
+        ce = 0.5 * (soft_cross_entropy(s_i2t, tgt_i2t) + soft_cross_entropy(s_t2i, tgt_t2i))
+        # reported as KL(targets || student) = CE - H(targets): the same gradient as ALBEF's cross-entropy, but
+        # the value no longer carries the targets' entropy, which grows while the queue fills with features
+        # of a young teacher (the logged loss rose for a whole short run although the student improved)
+        return ce - 0.5 * (target_entropy(tgt_i2t) + target_entropy(tgt_t2i))
 
 
 class FgDLoss(nn.Module):

@@ -82,9 +82,18 @@ def test_tgd_mixes_ground_truth_and_teacher():
     logq = torch.log_softmax(torch.tensor([0.0, 1.0]), 0)
     for alpha in (0.0, 0.4, 1.0):
         target = alpha * p + (1 - alpha) * torch.tensor([1.0, 0.0])
-        want = float(-(target * logq).sum())
+        # KL(target || student) = cross-entropy - entropy of the target (0 log 0 = 0)
+        want = float(-(target * logq).sum() + torch.special.xlogy(target, target).sum())
         got = TgDLoss()(s_img, s_txt, temp, t_img, t_txt, cols_img, cols_txt, ids_local, ids_cols, alpha)
         assert got.item() == pytest.approx(want, abs=1e-6)
+    # a student equal to its targets scores 0; the gradient is the cross-entropy's
+    s_img = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    got = TgDLoss()(s_img, s_txt, temp, t_img, t_txt, cols_img, cols_txt, ids_local, ids_cols, 0.4)
+    got.backward()
+    target = 0.4 * p + 0.6 * torch.tensor([1.0, 0.0])
+    q = torch.softmax(torch.tensor([0.0, 1.0]), 0)
+    want_grad = 0.5 * ((q - target) @ cols_txt)  # d CE / d logits = q - target; logits = s_img @ cols.T
+    assert torch.allclose(s_img.grad[0], want_grad, atol=1e-6)
 
 
 def test_fgd_regression():
