@@ -60,6 +60,7 @@ class BuildSummary:
     written: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     dropped: Dict[str, int] = field(default_factory=dict)
+    restored: Dict[str, int] = field(default_factory=dict)
     rows: int = 0
     seconds: float = 0.0
 
@@ -67,6 +68,8 @@ class BuildSummary:
         out = [f"{self.samples} samples of {self.rows} rows in {self.shards} shards at {self.output} "
                f"({len(self.written)} written, {len(self.skipped)} already done)"]
         out += [f"  dropped {reason}: {count}" for reason, count in self.dropped.items()]
+        out += [f"  restored {reason}: {count} (their kept copy was dropped by another table)"
+                for reason, count in self.restored.items()]
         return out
 
 
@@ -244,7 +247,7 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     plan, saved = _load_or_make_plan(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed,
                                      engine, spark, workers, progress)
     summary = BuildSummary(output=str(output_dir), samples=plan.num_rows, shards=saved["shards"],
-                           dropped=saved.get("dropped", {}),
+                           dropped=saved.get("dropped", {}), restored=saved.get("restored", {}),
                            rows=plan.num_rows + sum(saved.get("dropped", {}).values()))
     source = TarIndex(input_dir)
     known: Dict[str, Dict[str, Any]] = {}

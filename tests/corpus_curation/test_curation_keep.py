@@ -52,6 +52,7 @@ def test_build_restores_duplicates_whose_kept_copy_another_table_drops(planted, 
     manifest = fmt.read_manifest(out)
     assert manifest["restored"] == {"duplicate_sha256": 1, "duplicate_phash": 1}
     assert summary.samples == len(kept) == 12
+    assert any(line.startswith("  restored duplicate_phash: 1") for line in summary.lines())
     # the same result as running dedup after the filter
     dedup_samples(d, tmp_path / "d2.parquet", keep_tables=[tmp_path / "f.parquet"])
     build_shards(d, tmp_path / "shards2", keep_tables=[tmp_path / "f.parquet", tmp_path / "d2.parquet"])
