@@ -109,6 +109,9 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--skip-data", action="store_true", help="skip the data-pipeline comparison")
     ap.add_argument("--skip-objective", action="store_true", help="only the data-pipeline comparison")
+    ap.add_argument("--fgd-config", default="r2d2-vitb16",
+                    help="config whose masked FgD student image pass is timed (token drop vs pixel zeroing)")
+    ap.add_argument("--fgd-batch-size", type=int, default=None, help="default 4 on CPU, 128 on GPU")
     ap.add_argument("--data-samples", type=int, default=512, help="samples in the synthetic shard set")
     ap.add_argument("--data-batches", type=int, default=12, help="batches of 32 timed per data repeat")
     ap.add_argument("--image-size", type=int, default=224, help="training image size of the data pipeline")
@@ -160,11 +163,63 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     if device.type == "cuda":
         print(f"  peak memory                     : {result['max_memory_gib']} GiB (all models resident)")
         print(f"  reference                       : CLIP ViT-B/16 about {CLIP_B16_A100:.0f} samples/s per A100")
+    result["fgd_student_pass"] = bench_masked_pass(args, device)
     if not args.skip_data:
         result["data"] = bench_data(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
+
+
+def bench_masked_pass(args, device) -> Dict[str, object]:
+    """FgD's masked student image pass alone (forward + backward of the ViT and projection) at
+    ``--fgd-config``: patch tokens dropped (FLIP, what the trainer does) vs patches zeroed in pixel space
+    (every token still computed), at ``LossConfig().patch_drop_ratio``."""
+    from models.train.teacher import drop_patches, keep_patch_indices
+
+    torch.manual_seed(0)
+    model = models.build_model(args.fgd_config).to(device).train()
+    cfg = model.config
+    batch = args.fgd_batch_size or (128 if device.type == "cuda" else 4)
+    ratio = LossConfig().patch_drop_ratio
+    pix = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    g = torch.Generator().manual_seed(0)
+    bf16 = device.type == "cuda"
+
+    def step(tokens: bool) -> None:
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+        with ctx:
+            if tokens:
+                emb = model.encode_image(pix, keep_patches=keep_patch_indices(batch, cfg.num_patches, ratio, g))
+            else:
+                emb = model.encode_image(drop_patches(pix, cfg.patch_size, ratio, g))
+        emb.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def timed(tokens: bool) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step(tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    step(True), step(False)
+    times: Dict[str, List[float]] = {"tokens": [], "pixels": []}
+    for _ in range(args.repeats):
+        times["tokens"].append(timed(True))
+        times["pixels"].append(timed(False))
+    rate = {k: batch * args.steps / statistics.median(v) for k, v in times.items()}
+    print(f"FgD masked student image pass alone ({args.fgd_config}, {cfg.num_patches} patches, batch {batch}, "
+          f"drop {ratio:.0%}):")
+    print(f"  patch tokens dropped (FLIP)    : {rate['tokens']:9.1f} samples/s")
+    print(f"  patch pixels zeroed (before)   : {rate['pixels']:9.1f} samples/s")
+    print(f"  speed-up of the masked pass    : {rate['tokens'] / rate['pixels']:.2f}x")
+    return {"config": args.fgd_config, "batch_size": batch, "patch_drop_ratio": ratio,
+            "tokens_samples_per_s": round(rate["tokens"], 2), "pixels_samples_per_s": round(rate["pixels"], 2),
+            "speedup": round(rate["tokens"] / rate["pixels"], 3)}
 
 
 def make_shard_set(folder: Path, n: int) -> Path:

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import free_port, gcpr_ddp_worker, make_shards, write_vocab  # noqa: E402
+from train_helpers import (fgr_ddp_worker, free_port, gcpr_ddp_worker, hardest_negatives, make_shards,  # noqa: E402
+                           write_vocab)
 
 import models  # noqa: E402
 from models.train.config import LossConfig  # noqa: E402
@@ -42,6 +43,38 @@ def test_ddp_gcpr_equals_single_process_on_doubled_batch(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got["world"] == 2
         assert got["loss"].item() == pytest.approx(out["gcpr"].item(), abs=1e-5)
+        assert set(got["grads"]) == set(single)
+        for name, g in single.items():
+            assert torch.allclose(got["grads"][name], g, atol=2e-5, rtol=1e-3), name
+
+
+@pytest.mark.slow
+def test_ddp_fgr_negatives_from_other_ranks_pass_gradient_back(tmp_path, monkeypatch):
+    """FGR with global hard negatives on 2 gloo processes = one process on the doubled batch (the mean of
+    the two ranks' losses, every gradient): the hidden states of negatives drawn from the other rank send
+    their gradient back to it (gather with gradient). Negatives are the deterministic hardest ones."""
+    from models.train import objective as objective_module
+
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny").eval()
+    n = 8
+    ids = torch.randint(5, 200, (n, 10))
+    mask = torch.ones(n, 10, dtype=torch.long)
+    mask[::3, 7:] = 0
+    blob = {"state": model.state_dict(), "pixel_values": torch.randn(n, 3, 32, 32), "input_ids": ids,
+            "attention_mask": mask, "image_ids": torch.tensor([0, 1, 2, 3, 3, 5, 6, 0])}
+    torch.save(blob, tmp_path / "inputs.pt")
+    mp.spawn(fgr_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+
+    monkeypatch.setattr(objective_module, "sample_hard_negatives", hardest_negatives)
+    obj = R2D2Objective(model, LossConfig(gcpr=0, tgd=0, fgd=0), mode="pretrain")
+    out = obj({k: blob[k] for k in ("pixel_values", "input_ids", "attention_mask", "image_ids")})
+    out["loss"].backward()
+    single = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # each rank's loss covers its own rows; their mean is the single-process loss
+    assert (ranks[0]["loss"] + ranks[1]["loss"]).item() / 2 == pytest.approx(out["fgr"].item(), abs=1e-5)
+    for got in ranks:
         assert set(got["grads"]) == set(single)
         for name, g in single.items():
             assert torch.allclose(got["grads"][name], g, atol=2e-5, rtol=1e-3), name

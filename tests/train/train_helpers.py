@@ -128,3 +128,46 @@ def gcpr_ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
                Path(workdir) / f"rank{rank}.pt")
     del ddp, out  # free DDP's reducer BEFORE the process group: the other order can deadlock in gloo
     cleanup_distributed()
+
+
+def hardest_negatives(sims, pos, generator=None):
+    """Deterministic stand-in for FGR's sampler: the most similar non-positive column."""
+    import torch
+
+    return sims.float().masked_fill(pos, float("-inf")).argmax(dim=1)
+
+
+def fgr_ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
+    """One rank of the FGR check: this rank's half of the batch, hard negatives from the global batch."""
+    import os
+
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import models
+    from models.train import objective as objective_module
+    from models.train.config import LossConfig
+    from models.train.distributed import cleanup_distributed, init_distributed
+    from models.train.objective import R2D2Objective
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    objective_module.sample_hard_negatives = hardest_negatives
+    info = init_distributed("cpu")
+    blob = torch.load(Path(workdir) / "inputs.pt", weights_only=True)
+    model = models.build_model("r2d2-tiny")
+    model.load_state_dict(blob["state"])
+    model.eval()  # no dropout: both runs see the same function
+    obj = R2D2Objective(model, LossConfig(gcpr=0, tgd=0, fgd=0), mode="pretrain")
+    ddp = DDP(obj, find_unused_parameters=True)
+    b = blob["pixel_values"].shape[0] // world
+    part = slice(rank * b, (rank + 1) * b)
+    out = ddp({"pixel_values": blob["pixel_values"][part], "input_ids": blob["input_ids"][part],
+               "attention_mask": blob["attention_mask"][part], "image_ids": blob["image_ids"][part]})
+    out["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.save({"loss": out["fgr"].detach(), "grads": grads, "world": info.world_size},
+               Path(workdir) / f"rank{rank}.pt")
+    del ddp, out
+    cleanup_distributed()
