@@ -22,7 +22,8 @@ workers by starting a fresh pool every :data:`SHARDS_PER_POOL` shards per proces
 ``max_tasks_per_child`` can hang on Python 3.11, cpython gh-115634).
 
 Orphans: after a ``kill -9`` of ``ccmb download`` each worker (and the logger process) exits by
-itself: a daemon thread polls ``os.getppid()`` and calls ``os._exit`` once the parent is gone. This is
+itself: a daemon thread, started by the pool's initializer before the heavy imports, polls
+``os.getppid()`` and calls ``os._exit`` once the parent is gone. This is
 safe where PR_SET_PDEATHSIG was not: it fires only when the parent *process* is dead, so nobody is
 left to wait on a lock the worker may hold (its siblings exit the same way).
 """
@@ -346,7 +347,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                     if pool is None or submitted >= per_pool:
                         if pool is not None:
                             pool.shutdown(wait=False)  # its workers exit after their current shard
-                        pool = ProcessPoolExecutor(processes_count, mp_context=ctx)
+                        pool = ProcessPoolExecutor(processes_count, mp_context=ctx, initializer=watch_parent)
                         pools.append(pool)
                         submitted = 0
                     try:
