@@ -275,8 +275,11 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
 
     if val_split == "test" and not no_eval:
         raise click.UsageError("the best checkpoint is chosen on validation, never on test: pick --val-split")
+    if tokenizer is None and Path(init).is_dir() and (Path(init) / "vocab.txt").is_file():
+        tokenizer = str(Path(init) / "vocab.txt")  # a trainer output folder carries its tokenizer
     if tokenizer is None:
-        raise click.UsageError("--tokenizer is required (vocab.txt or a tokenizer directory)")
+        raise click.UsageError("--tokenizer is required (vocab.txt or a tokenizer directory) unless --init is a "
+                               "model folder with vocab.txt")
     cfg = _build_cfg(finetune_defaults(task), train_config, kw)
     cfg = cfg.override(select_metric=select_metric or SELECT_METRIC[task])
     train_data = load_dataset(dataset, root, train_split)

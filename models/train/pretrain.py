@@ -118,8 +118,11 @@ def pretrain(config: Any, shards: Union[PathLike, list], output: PathLike, cfg: 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and in every rerun
     model = build_student(config, init_vision, init_text, init)
     tok_src = tokenizer_path or init_text
+    if tok_src is None and init is not None and (Path(init) / "vocab.txt").is_file():
+        tok_src = Path(init) / "vocab.txt"  # a trainer output folder carries its tokenizer
     if tok_src is None:
-        raise ValueError("a tokenizer is needed: pass --tokenizer (vocab.txt or a directory) or --init-text")
+        raise ValueError("a tokenizer is needed: pass --tokenizer (vocab.txt or a directory), --init-text, or an "
+                         "--init model folder that holds vocab.txt")
     max_len = cfg.max_text_len or model.config.max_text_len
     tokenizer = load_tokenizer(tok_src, max_length=max_len)
     prepare_model(model, cfg, tokenizer)

@@ -118,3 +118,22 @@ def test_pretrain_with_zero_shot_evaluation(setup, tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["epoch"] for r in evals] == [0, 1] and all("MR" in r["eval"] for r in evals)
+
+
+def test_finetune_from_a_run_folder_needs_no_tokenizer(setup, tmp_path):
+    """A trainer output folder carries its vocab.txt: fine-tuning from it needs no --tokenizer."""
+    from train_helpers import make_shards
+
+    root, vocab = setup
+    shards = make_shards(tmp_path / "shards", n_shards=1, per_shard=8, size=32)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, [
+        "train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards), "--tokenizer", str(vocab),
+        "--output", str(run), "--steps", "1", "--batch-size", "4", "--num-workers", "0", "--queue-size", "8"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    res = CliRunner().invoke(main, [
+        "train", "finetune", "--task", "matching", "--dataset", "icm", "--root", str(root / "data"),
+        "--init", str(run / "model"), "--output", str(tmp_path / "ft"), "--steps", "1", "--batch-size", "4",
+        "--num-workers", "0", "--no-eval"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert (tmp_path / "ft" / "model" / "vocab.txt").read_bytes() == vocab.read_bytes()
