@@ -14,11 +14,12 @@ def test_demo_end_to_end(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ccmb", "demo", "--workdir", str(work), "--images", "80",
                           "--steps", "4"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for step in ("ccmb download zero", "ccmb build-shards", "ccmb verify", "ccmb train pretrain",
+    for step in ("ccmb download zero", "ccmb decontaminate", "ccmb build-shards", "ccmb verify", "ccmb train pretrain",
                  "ccmb_bench run", "ccmb_bench leaderboard"):
         assert step in res.stdout
     commands = (work / "commands.sh").read_text().splitlines()
-    assert len(commands) == 10
+    assert len(commands) == 11
+    assert "other samples dropped: 0 (only what was planted)" in res.stdout  # curation drops only planted copies
     assert (work / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(work / "leaderboard.csv", encoding="utf-8")))
     assert {r["model"] for r in rows} == {"r2d2-tiny-demo", "r2d2-tiny-untrained"}
@@ -31,6 +32,7 @@ def test_demo_end_to_end(tmp_path):
     import json
 
     summary = json.loads((work / "download" / "_ccmb" / "summary.json").read_text())
-    assert summary["rows"] == 82 and summary["successes"] == 80 and summary["failed"] == 2
+    planted = 11  # copies the demo plants (ccmb.cli.demo._plant_copies), all downloaded
+    assert summary["rows"] == 82 + planted and summary["successes"] == 80 + planted and summary["failed"] == 2
     assert summary["failures"] == {"failed_input: unsupported URL scheme 'ftp'": 1,
                                    "failed_to_download: HTTP Error 404": 1}
