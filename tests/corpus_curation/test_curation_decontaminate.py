@@ -118,6 +118,11 @@ def test_cli_then_build_shards_removes_them(corpus, tmp_path):
     assert prov["decontamination"]["report"]["datasets"]["icr/val"]["images_with_copies"] == 5
     t = pq.read_table(tmp_path / "dc.parquet")
     assert t.num_rows == 4 * len(COPIES) + 22
+    # the same input gives the same table file (its fingerprint goes into the provenance)
+    res = CliRunner().invoke(main, ["decontaminate", "--input", str(d), "--against", "icr", "--root", str(root),
+                                    "--output", str(tmp_path / "dc2.parquet")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "dc2.parquet").read_bytes() == (tmp_path / "dc.parquet").read_bytes()
 
 
 def test_bad_input_is_a_clear_error(corpus, tmp_path):
