@@ -202,6 +202,28 @@ class R2D2Model(nn.Module):
                                          cls_only=True)
         return self.itm_head(text_out[:, 0]), self.itm_head_i(image_out[:, 0])
 
+    def itm_logits_pairs(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor, text_mask: torch.Tensor,
+                         image_index: torch.Tensor, text_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`itm_logits` of the pairs ``(image_index[n], text_index[n])`` (same values), for training: the
+        parts that depend on one side only (``img_joint_proj`` and the first self-attention of
+        ``img_joint_layer`` per image, the first self-attention of ``text_joint_layer`` per text, every
+        layer's cross-attention keys/values per image and per text) run once per item, then are gathered per
+        pair; gradients flow through the gathers. FGR's 3B pairs use 2B images and 2B texts, so this saves a
+        third of those parts (most of the image side's cost at 197+ image tokens)."""
+        self._require_cross("itm_logits_pairs")
+        mask = text_mask.to(torch.bool)
+        first_img = self.img_joint_layer.first_self_attention(self.img_joint_proj(image_hidden), None)
+        first_txt = self.text_joint_layer.first_self_attention(text_hidden, mask)
+        kv_img = self.text_joint_layer.context_kv(image_hidden)
+        kv_txt = self.img_joint_layer.context_kv(text_hidden)
+        ii, tt = image_index.to(image_hidden.device), text_index.to(text_hidden.device)
+        pair_mask = mask[tt]
+        text_out = self.text_joint_layer(first_txt[tt], pair_mask, None, None, cls_only=True,
+                                         context_kv=[(k[ii], v[ii]) for k, v in kv_img], first_self_done=True)
+        image_out = self.img_joint_layer(first_img[ii], None, None, pair_mask, cls_only=True,
+                                         context_kv=[(k[tt], v[tt]) for k, v in kv_txt], first_self_done=True)
+        return self.itm_head(text_out[:, 0]), self.itm_head_i(image_out[:, 0])
+
     def match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor,
                    text_mask: torch.Tensor) -> torch.Tensor:
         """Match probability [N] of aligned pairs: the mean of the two cross encoders' softmax[:, 1]."""

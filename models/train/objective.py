@@ -242,11 +242,20 @@ class R2D2Objective(nn.Module):
         img_hidden_all = img_hidden if local else gather_with_grad(img_hidden)
         txt_hidden_all = txt_hidden if local else gather_with_grad(txt_hidden)
         mask_all = mask if local else gather_nograd(mask)
-        image_side = torch.cat([img_hidden, img_hidden_all[neg_img], img_hidden])
-        text_side = torch.cat([txt_hidden, txt_hidden, txt_hidden_all[neg_txt]])
-        text_mask = torch.cat([mask, mask, mask_all[neg_txt]])
+        # 2B images (own, negatives) and 2B texts (own, negatives) make the 3B pairs
+        images = torch.cat([img_hidden, img_hidden_all[neg_img]])
+        texts = torch.cat([txt_hidden, txt_hidden_all[neg_txt]])
+        text_mask = torch.cat([mask, mask_all[neg_txt]])
+        own = torch.arange(b)
+        image_index = torch.cat([own, own + b, own])   # (own image, own text), (negative image, own text),
+        text_index = torch.cat([own, own, own + b])    # (own image, negative text)
         labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)])
-        t_logits, i_logits = self.model.itm_logits(image_side, text_side, text_mask)
+        if hasattr(self.model, "itm_logits_pairs"):
+            t_logits, i_logits = self.model.itm_logits_pairs(images, texts, text_mask, image_index, text_index)
+        else:
+            t_logits, i_logits = self.model.itm_logits(images[image_index.to(images.device)],
+                                                       texts[text_index.to(texts.device)],
+                                                       text_mask[text_index.to(text_mask.device)])
         return self.fgr(t_logits, i_logits, labels.to(t_logits.device))
 
     def _forward_match(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:

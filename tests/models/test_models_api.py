@@ -182,3 +182,24 @@ def test_rank_equals_brute_force_for_other_depths(joint_layers):
         brute = model.match_prob(ih[ii], th[jj], mask[jj]).view(3, 4) + ie @ te.T
     i2t, t2i = model.rank(ie, ih, te, th, mask, top_k=10, pair_batch_size=5, cache_mb=0)
     assert torch.allclose(i2t, brute, atol=1e-5) and torch.allclose(t2i, brute.T, atol=1e-5)
+
+
+def test_itm_logits_pairs_equals_itm_logits_per_pair():
+    """The training path that runs one-sided parts once per item gives the per-pair logits and gradients."""
+    import models as mdl
+
+    torch.manual_seed(0)
+    model = mdl.build_model("r2d2-tiny").eval()
+    img = torch.randn(4, 17, 48, requires_grad=True)
+    txt = torch.randn(3, 7, 40, requires_grad=True)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    ii, tt = torch.tensor([0, 1, 2, 3, 0, 2]), torch.tensor([0, 0, 1, 2, 2, 1])
+    t1, i1 = model.itm_logits_pairs(img, txt, mask, ii, tt)
+    (t1.sum() + 2 * i1.sum()).backward()
+    g_img, g_txt = img.grad.clone(), txt.grad.clone()
+    img.grad, txt.grad = None, None
+    t2, i2 = model.itm_logits(img[ii], txt[tt], mask[tt])
+    (t2.sum() + 2 * i2.sum()).backward()
+    assert torch.allclose(t1, t2, atol=1e-5) and torch.allclose(i1, i2, atol=1e-5)
+    assert torch.allclose(g_img, img.grad, atol=1e-5) and torch.allclose(g_txt, txt.grad, atol=1e-5)
