@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from models.train.config import LossConfig  # noqa: E402
-from models.train.loop import enable_gradient_checkpointing, param_groups  # noqa: E402
+from models.train.loop import enable_gradient_checkpointing, make_optimizer  # noqa: E402
 from models.train.objective import R2D2Objective  # noqa: E402
 from models.train.pretrain import UNUSED_PREFIXES  # noqa: E402
 
@@ -69,7 +69,7 @@ class Runner:
         self.obj = R2D2Objective(self.model, LossConfig(queue_size=args.queue_size), mode=mode, mask_token_id=4,
                                  special_ids=[0, 2, 3, 4], patch_size=self.model.config.patch_size).to(device)
         self.obj.drop_tokens = drop_tokens
-        self.opt = torch.optim.AdamW(param_groups(self.obj, 0.02), lr=1e-5)
+        self.opt = make_optimizer(self.obj, 1e-5, 0.02)  # the trainer's optimizer (fused AdamW)
         self.batch = make_batch(self.model.config, args.batch_size, args.text_len, device)
         self.name, self.device, self.bf16 = name, device, device.type == "cuda"
 

@@ -93,6 +93,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(module: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.98),
+                   eps: float = 1e-6) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups` of ``module`` (the objective: the model's parameters, then its own
+    heads such as MLM's), fused (one kernel for all parameters: ~10x less optimizer time than the per-tensor
+    loop on CPU, where torch does not pick it by default), falling back to the multi-tensor implementation."""
+    groups = param_groups(module, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+
+
 def batch_digest(keys: List[str]) -> str:
     """Short hash of a batch's sample keys (the data order, in logs)."""
     return hashlib.sha1("\n".join(map(str, keys)).encode()).hexdigest()[:12]
@@ -131,9 +143,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
     device = info.device
     objective.to(device)
     objective.train()
-    # the objective's parameters = the model's, then its own heads (MLM): the model's keep their order
-    optimizer = torch.optim.AdamW(param_groups(objective, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                                  eps=cfg.eps)
+    optimizer = make_optimizer(objective, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     step, epoch, step_in_epoch = 0, 0, 0
     result = TrainResult()
