@@ -285,6 +285,7 @@ def _logger_class():
 
         def run(self):
             watch_parent()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the driver ends it (no traceback)
             super().run()
 
     return CcmbLoggerProcess
@@ -444,6 +445,8 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
             disallowed_header_directives=None,  # None = img2dataset's default: noai, noimageai, noindex, noimageindex
             max_shard_retry=1,
         )
+    except SystemExit:  # img2dataset's SIGINT handler exits with status 0: an interrupted run must not
+        raise KeyboardInterrupt from None
     finally:
         for k, v in saved.items():
             setattr(i2d_main, k, v)

@@ -58,3 +58,30 @@ def test_sixteen_shards_two_processes_finish_every_time(tmp_path, image_server):
     for i in range(3):
         ok, seconds, note = one_run(image_server.base, tmp_path / f"run{i}", limit_s=240)
         assert ok, f"run {i + 1}: {note} after {seconds:.0f}s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_exits_non_zero_at_once(tmp_path, image_server):
+    """img2dataset's SIGINT handler exits with status 0; an interrupted download must not look finished."""
+    import signal
+    import subprocess
+    import sys
+
+    from dl_helpers import write_jsonl, zero_record
+
+    src = write_jsonl(tmp_path / "zero.jsonl", [zero_record(i, f"{image_server.base}/slow/{i}.jpg")
+                                                for i in range(40)])
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).parent / "ccmb"), "download", "zero", "-i", str(src), "-o", str(out),
+           "--processes", "1", "--threads", "2", "--samples-per-shard", "4", "--image-size", "32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+    deadline = time.monotonic() + 200
+    while not (out / "00000_stats.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Aborted!" in output, output[-2000:]
+    assert not (out / "manifest.json").exists()
