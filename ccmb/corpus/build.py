@@ -40,7 +40,7 @@ from .. import shards as fmt
 from .dedup import DedupConfig, dedup_table
 from .combine import combine_tables
 from .filter import FilterConfig, filter_table
-from .table import (CurationError, list_parquets, read_decisions,
+from .table import (CurationError, check_source, list_parquets, read_decisions,
                     write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,10 @@ def _decide(input_dir: Path, build_dir: Path, keep_tables: Sequence[PathLike], e
         tables = list(keep_tables)
     else:
         ftab = filter_table(input_dir, FilterConfig(), engine=engine, spark=spark)
-        write_decisions(build_dir / "filter.parquet", ftab, kind="filter")
+        write_decisions(build_dir / "filter.parquet", ftab, kind="filter", source=input_dir)
         dtab = dedup_table(input_dir, DedupConfig(workers=workers, progress=progress),
                            keep_tables=[build_dir / "filter.parquet"], engine=engine, spark=spark)
-        write_decisions(build_dir / "dedup.parquet", dtab, kind="dedup")
+        write_decisions(build_dir / "dedup.parquet", dtab, kind="dedup", source=input_dir)
         tables = [build_dir / "filter.parquet", build_dir / "dedup.parquet"]
     combined = combine_tables(input_dir, tables)  # restores duplicates whose kept copy another table drops
     return combined.kept, combined.dropped, {"restored": combined.restored, "provenance": combined.provenance}
@@ -240,7 +240,8 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
         raise ValueError("samples_per_shard must be >= 1")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     for t in keep_tables:
-        read_decisions(t)  # fail early, naming a bad table
+        read_decisions(t, columns=["key", "keep"])  # fail early, naming a bad or partial table
+        check_source(t, input_dir)  # a table of another download folder is refused, naming both
     list_parquets(input_dir)  # fail early, naming a missing or damaged parquet (its rows would vanish)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temporaries(output_dir)

@@ -25,10 +25,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from .. import shards as fmt
-from .table import (REASON_NOT_DOWNLOADED, TABLE_INFO, TABLE_KIND, CurationError, ReasonCodes, as_numpy_bool,
+from .parts import table_fingerprint
+from .table import (REASON_NOT_DOWNLOADED, TABLE_INFO, CurationError, decision_metadata, ReasonCodes, as_numpy_bool,
                     load_metadata, prior_reason_codes, read_decisions)
 
 logger = logging.getLogger(__name__)
@@ -50,16 +49,13 @@ class Combined:
 def table_info(path: PathLike) -> Dict[str, Any]:
     """(kind, info) a decision table carries in its parquet metadata; kind inferred from reasons if absent."""
     path = Path(path)
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowException) as exc:
-        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
-    kind = meta.get(TABLE_KIND, b"").decode() or None
+    meta = decision_metadata(path)  # a file or a complete partitioned folder
+    kind = meta["kind"]
     info = None
-    if meta.get(TABLE_INFO):
+    if meta["info"]:
         try:
-            info = json.loads(meta[TABLE_INFO].decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            info = json.loads(meta["info"])
+        except json.JSONDecodeError as exc:
             raise CurationError(f"{path}: metadata {TABLE_INFO.decode()} is not JSON: {exc}") from exc
     table = read_decisions(path, columns=["key", "keep", "reason"])
     reasons = pc.drop_null(table.column("reason"))
@@ -81,7 +77,7 @@ def provenance(tables: Sequence[PathLike]) -> Dict[str, Any]:
     entries, against, reports = [], [], []
     for t in tables:
         ti = table_info(t)
-        entries.append({"path": str(Path(t).resolve()), "fingerprint": "sha256:" + fmt.sha256_file(t),
+        entries.append({"path": str(Path(t).resolve()), "fingerprint": table_fingerprint(t),
                         "kind": ti["kind"], "dropped": ti["dropped"]})
         if ti["kind"] == "decontaminate":
             info = ti["info"] or {}

@@ -425,7 +425,7 @@ def decontaminate(input_dir: PathLike, against: Sequence[str], root: PathLike, o
     index = build_index(against, root, split=split, progress=config.progress)
     res = decontamination_table(input_dir, index, config, engine=engine, spark=spark)
     info = json.dumps({"against": res.report["against"], "report": res.report}, ensure_ascii=False)
-    write_decisions(output, res.table, kind="decontaminate", info=info)
+    write_decisions(output, res.table, kind="decontaminate", info=info, source=input_dir)
     if report_path:
         atomic.write_json(report_path, res.report)
     summary = Summary.of(res.table, output, time.time() - start)

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 
 from . import groups, minhash
 from .phash import VARIANT_COLUMNS, VARIANTS, compute_phashes, variant_distance
-from .table import (ENGINES, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
+from .table import (ENGINES, check_source, REASON_NOT_DOWNLOADED, Decisions, Summary, check_unique_keys, list_parquets,
                     load_metadata, ReasonCodes, as_numpy_bool, prior_reason_codes, sha256_to_binary,
                     write_decisions)
 from .urlnorm import normalize_urls
@@ -326,6 +326,8 @@ def dedup_table(input_dir: PathLike, config: DedupConfig, keep_tables: Sequence[
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     input_dir = Path(input_dir)
     list_parquets(input_dir)
+    for t in keep_tables:
+        check_source(t, input_dir)  # a table of another download folder is refused, naming both
     columns = config.columns()
     def pack(table: pa.Table, path: Path) -> pa.Table:
         """Per shard as read: status -> bool, shard name -> dictionary, URL -> normal form,
@@ -363,8 +365,15 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
                          caption_threshold=caption_threshold,
                          minhash=minhash.MinHashParams(num_perm=minhash_perm, ngram=ngram, bands=minhash_bands),
                          text_field=text_field, workers=workers, progress=progress, params=dict(params or {}))
+    if engine == "spark":  # every level on the executors, a partitioned table (ccmb.corpus.spark_dist)
+        from .engine_spark import _session
+        from .spark_dist import spark_dedup_to
+
+        summary = spark_dedup_to(input_dir, config, output, _session(spark), keep_tables=keep_tables)
+        logger.info("dedup: %s", "; ".join(summary.lines()))
+        return summary
     table = dedup_table(input_dir, config, keep_tables=keep_tables, engine=engine, spark=spark)
-    write_decisions(output, table, kind="dedup")
+    write_decisions(output, table, kind="dedup", source=input_dir)
     summary = Summary.of(table, output, time.time() - start)
     logger.info("dedup: %s", "; ".join(summary.lines()))
     return summary

@@ -21,6 +21,7 @@ shard), or on Spark (``engine="spark"``, :mod:`ccmb.corpus.engine_spark`) with t
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import atomic
-from .table import (DECISION_SCHEMA, DICTIONARY_COLUMNS, ENGINES, KEYS_FINGERPRINT, KeysFingerprint, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
+from .parts import remove_table, source_of
+from .table import (DECISION_SCHEMA, DICTIONARY_COLUMNS, ENGINES, KEYS_FINGERPRINT, TABLE_KIND, TABLE_SOURCE, KeysFingerprint, REASON_NOT_DOWNLOADED, CurationError, Summary, column_has_nulls,
                     iter_shard_batches, list_parquets, sort_by_key, write_decisions)
 
 logger = logging.getLogger(__name__)
@@ -244,6 +246,8 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
     ordered, last = True, None
     chunks = iter_filter_chunks(input_dir, config)
     fingerprint = KeysFingerprint()
+    if Path(output).is_dir():  # an earlier partitioned table (Spark engine)
+        remove_table(output)
     with atomic.atomic_open(output, "wb") as fh:
         writer = None
         try:
@@ -267,12 +271,14 @@ def _write_streaming(input_dir: PathLike, config: FilterConfig, output: PathLike
             if writer is None:
                 writer = pq.ParquetWriter(fh, DECISION_SCHEMA, use_dictionary=DICTIONARY_COLUMNS,
                                           write_statistics=False)
-            writer.add_key_value_metadata({KEYS_FINGERPRINT.decode(): fingerprint.hexdigest()})
+            writer.add_key_value_metadata({KEYS_FINGERPRINT.decode(): fingerprint.hexdigest(),
+                                           TABLE_KIND.decode(): "filter",
+                                           TABLE_SOURCE.decode(): json.dumps(source_of(input_dir))})
         finally:
             if writer is not None:
                 writer.close()
     if not ordered:  # keys out of order across shards (unusual): sort the written table
-        write_decisions(output, sort_by_key(pq.read_table(output)))
+        write_decisions(output, sort_by_key(pq.read_table(output)), kind="filter", source=input_dir)
     dropped = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     return Summary(rows=rows, kept=rows - sum(counts.values()), dropped=dropped, output=str(output))
 
@@ -297,10 +303,10 @@ def filter_samples(input_dir: PathLike, output: PathLike, *, min_side: int = 200
     logger.info("filter %s with %s", input_dir, asdict(config) | {"blocklist": len(terms)})
     if engine == "local":
         summary = _write_streaming(input_dir, config, output)
-    else:
-        table = filter_table(input_dir, config, engine=engine, spark=spark)
-        write_decisions(output, table)
-        summary = Summary.of(table, output)
+    else:  # executors read the parquet files and write a partitioned table (ccmb.corpus.spark_dist)
+        from .spark_dist import spark_filter_to
+
+        summary = spark_filter_to(input_dir, config, output, spark)
     summary.seconds = time.time() - start
     logger.info("filter: %s", "; ".join(summary.lines()))
     return summary

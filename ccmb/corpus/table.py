@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -309,19 +310,114 @@ TABLE_KIND = b"ccmb.kind"
 TABLE_INFO = b"ccmb.info"
 
 
+#: Parquet metadata: the download folder a table was made from (JSON {"path", "fingerprint"}).
+TABLE_SOURCE = b"ccmb.source"
+
+
 def write_decisions(path: PathLike, table: pa.Table, kind: Optional[str] = None,
-                    info: Optional[str] = None) -> None:
+                    info: Optional[str] = None, source: Optional[PathLike] = None, parts: int = 0) -> None:
     """Write a decision table atomically (with the fingerprint of its keys in the parquet metadata, and the
-    ``kind`` of step and a JSON ``info`` document when given)."""
+    ``kind`` of step, a JSON ``info`` document and the ``source`` download folder when given).
+
+    ``parts`` > 0 writes the partitioned form (a folder of parts and a marker, :mod:`ccmb.corpus.parts`)."""
+    from . import parts as partmod
+
     table = table.cast(DECISION_SCHEMA)
-    meta = {KEYS_FINGERPRINT: keys_fingerprint(table.column("key")).encode()}
+    fingerprint = keys_fingerprint(table.column("key"))
+    src = partmod.source_of(source) if source is not None else None
+    if parts:
+        partmod.write_local(path, table, parts, kind=kind, info=info, source=src, fingerprint=fingerprint,
+                            dictionary_columns=DICTIONARY_COLUMNS)
+        return
+    meta = {KEYS_FINGERPRINT: fingerprint.encode()}
     if kind:
         meta[TABLE_KIND] = kind.encode()
     if info:
         meta[TABLE_INFO] = info.encode()
+    if src:
+        meta[TABLE_SOURCE] = json.dumps(src).encode()
     table = table.replace_schema_metadata(meta)
+    if Path(path).is_dir():
+        partmod.remove_table(path)
     with atomic.atomic_open(path, "wb") as fh:
         pq.write_table(table, fh, use_dictionary=DICTIONARY_COLUMNS, write_statistics=False)
+
+
+def decision_metadata(path: PathLike) -> Dict[str, Any]:
+    """``kind``, ``info`` (str), ``source`` (dict) and ``keys_fingerprint`` of a decision table (file or
+    complete folder; None where not recorded)."""
+    from . import parts as partmod
+
+    path = Path(path)
+    if not path.exists():
+        raise CurationError(f"{path}: no such decision table")
+    if path.is_dir():
+        try:
+            doc = partmod.read_marker(path)
+        except partmod.PartitionError as exc:
+            raise CurationError(str(exc)) from exc
+        return {k: doc.get(k) for k in ("kind", "info", "source", "keys_fingerprint")}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    src = meta.get(TABLE_SOURCE)
+    try:
+        source = json.loads(src.decode()) if src else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        source = None
+    return {"kind": meta.get(TABLE_KIND, b"").decode() or None,
+            "info": meta[TABLE_INFO].decode() if meta.get(TABLE_INFO) else None, "source": source,
+            "keys_fingerprint": meta[KEYS_FINGERPRINT].decode() if meta.get(KEYS_FINGERPRINT) else None}
+
+
+def check_source(table_path: PathLike, input_dir: PathLike) -> None:
+    """Refuse a decision table made from another download folder (the message names both). Tables that
+    record no source (older ones) pass."""
+    from . import parts as partmod
+
+    source = decision_metadata(table_path).get("source")
+    if not source or not source.get("fingerprint"):
+        return
+    if source["fingerprint"] != partmod.folder_fingerprint(input_dir):
+        raise CurationError(f"{table_path}: decision table of the download folder {source.get('path')}, not of "
+                            f"{Path(input_dir).resolve()} (its parquet files differ); rerun the step on this folder")
+
+
+def _column_names(path: Path) -> List[str]:
+    """Column names of a decision table file, or of the first part of a (complete) folder."""
+    from . import parts as partmod
+
+    try:
+        if path.is_dir():
+            first = [path / p["name"] for p in partmod.read_marker(path)["parts"]]
+            return pq.read_schema(first[0]).names if first else ["key", "keep"]
+        return pq.read_schema(path).names
+    except partmod.PartitionError as exc:
+        raise CurationError(str(exc)) from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+
+
+def _read_table_any(path: Path, columns: Optional[Sequence[str]] = None,
+                    read_dictionary: Optional[Sequence[str]] = None) -> pa.Table:
+    """A decision table file or complete folder as one table (errors name the path)."""
+    from . import parts as partmod
+
+    if not path.exists():
+        raise CurationError(f"{path}: no such decision table")
+    try:
+        if path.is_dir():
+            return partmod.read_parts(path, columns, read_dictionary)
+        names = pq.read_schema(path).names
+        cols = None if columns is None else [c for c in columns if c in names]
+        return pq.read_table(path, columns=cols, read_dictionary=read_dictionary)
+    except partmod.PartitionError as exc:
+        raise CurationError(str(exc)) from exc
+    except FileNotFoundError:
+        raise CurationError(f"{path}: no such decision table") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
 
 
 def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
@@ -329,13 +425,7 @@ def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> p
 
     ``columns`` reads only those (the result has them in :data:`DECISION_SCHEMA` order)."""
     path = Path(path)
-    try:
-        names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=[c for c in names if columns is None or c in columns])
-    except FileNotFoundError:
-        raise CurationError(f"{path}: no such decision table") from None
-    except (OSError, pa.ArrowException) as exc:
-        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    table = _read_table_any(path, columns)
     missing = [n for n in ("key", "keep") if n not in table.column_names]
     if missing:
         raise CurationError(f"{path}: not a decision table (missing columns {missing})")
@@ -393,19 +483,14 @@ def _decision_reason_codes(path: PathLike, fingerprint: Optional[str] = None) ->
     When the table's stored key fingerprint equals ``fingerprint`` the key column is not read (keys is
     then None: the rows are the caller's keys in the caller's order)."""
     path = Path(path)
-    if not path.exists():
-        raise CurationError(f"{path}: no such decision table")
-    try:
-        schema = pq.read_schema(path)
-        names_in = schema.names
-        if "key" not in names_in or "keep" not in names_in:
-            raise CurationError(f"{path}: not a decision table (missing key/keep columns)")
-        stored = (pq.read_metadata(path).metadata or {}).get(KEYS_FINGERPRINT)
-        same = fingerprint is not None and stored == fingerprint.encode()
-        cols = ([] if same else ["key"]) + ["keep"] + (["reason"] if "reason" in names_in else [])
-        table = pq.read_table(path, columns=cols, read_dictionary=["reason"] if "reason" in cols else None)
-    except (OSError, pa.ArrowException) as exc:
-        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    meta = decision_metadata(path)
+    names_in = _column_names(path)
+    if "key" not in names_in or "keep" not in names_in:
+        raise CurationError(f"{path}: not a decision table (missing key/keep columns)")
+    stored = meta.get("keys_fingerprint")
+    same = fingerprint is not None and stored == fingerprint
+    cols = ([] if same else ["key"]) + ["keep"] + (["reason"] if "reason" in names_in else [])
+    table = _read_table_any(path, cols, read_dictionary=["reason"] if "reason" in cols else None)
     n = table.num_rows
     keep = as_numpy_bool(table.column("keep"))
     codes = np.full(n, -1, np.int32)
