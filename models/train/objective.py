@@ -104,10 +104,6 @@ class R2D2Objective(nn.Module):
             return False
         return ("gcpr" in w or "tgd" in w) and ("fgr" in w or not self.cross)
 
-    def trainable_extra(self) -> nn.Module:
-        """The objective's own trainable modules (the MLM head), or an empty module."""
-        return getattr(self, "cls", None) or nn.Module()
-
     def teacher_state(self) -> Optional[nn.Module]:
         """Teacher, queues and the MLM head as one module (what checkpoints save/restore besides the model)."""
         if self.teacher is None and not hasattr(self, "cls"):

@@ -102,9 +102,11 @@ def mlm_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_token_i
     eligible = attention_mask.bool() & ~special
     shape = input_ids.shape
     chosen = eligible & (torch.rand(shape, generator=generator).to(input_ids.device) < ratio)
-    if not chosen.any() and eligible.any():
-        chosen = eligible & (eligible.cumsum(1) == 1) & (torch.arange(shape[0]) == 0).view(-1, 1).to(
-            input_ids.device)
+    if not chosen.any() and eligible.any():  # a short batch drew nothing: predict its first eligible token
+        first = int(torch.nonzero(eligible.flatten())[0])
+        chosen = torch.zeros_like(eligible).flatten()
+        chosen[first] = True
+        chosen = chosen.view(shape)
     labels = input_ids.masked_fill(~chosen, -100)
     action = torch.rand(shape, generator=generator).to(input_ids.device)
     random_ids = torch.randint(0, int(vocab_size), shape, generator=generator).to(input_ids.device)

@@ -178,3 +178,27 @@ def test_ema_teacher_update():
     teacher.update(student)
     assert torch.allclose(teacher.model.weight, 0.9 * before + 0.1 * student.weight.detach())
     assert not teacher.model.weight.requires_grad and not teacher.train().model.training
+
+
+def test_mlm_masking_follows_bert():
+    from models.train.teacher import mlm_mask
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 100, (400, 50))
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = torch.ones_like(ids)
+    out, labels = mlm_mask(ids, mask, mask_token_id=4, vocab_size=100, ratio=0.15, special_ids=(0, 2, 3, 4),
+                           generator=g)
+    chosen = labels != -100
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # specials never chosen
+    assert 0.13 < chosen.float().mean() < 0.17
+    assert torch.equal(labels[chosen], ids[chosen])
+    masked = (out == 4) & chosen
+    kept = (out == ids) & chosen
+    assert 0.77 < masked.sum() / chosen.sum() < 0.83
+    assert 0.08 < kept.sum() / chosen.sum() < 0.13  # 10 % unchanged (+ random draws equal to the original)
+    assert torch.equal(out[~chosen], ids[~chosen])
+    # a batch that draws nothing still predicts one token (no empty loss), even when its first row is empty
+    ids2 = torch.tensor([[2, 3, 0, 0], [2, 11, 12, 3]])
+    _, labels2 = mlm_mask(ids2, (ids2 != 0).long(), 4, 100, ratio=0.0, special_ids=(0, 2, 3, 4))
+    assert (labels2 != -100).sum() == 1 and labels2[1, 1] == 11
