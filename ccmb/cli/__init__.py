@@ -33,6 +33,7 @@ COMMANDS = (
     "corpus:build_shards_cmd",
     "corpus:verify_cmd",
     "corpus:stats_cmd",
+    "score:score_cmd",
     "shards:shards_group",
     "datasets:datasets_group",
     "fetch:fetch_group",

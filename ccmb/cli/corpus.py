@@ -57,20 +57,38 @@ def _echo_summary(summary) -> None:
               help="File of blocked terms, one per line (# comments); substring match, case-insensitive.")
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Text the text rules look at (caption falls back to title).")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Scores parquet of `ccmb score`: rows below the threshold get reason low_agreement.")
+@click.option("--min-score", type=float, default=None, help="Absolute cosine threshold (model-specific).")
+@click.option("--keep-top-percent", type=click.FloatRange(0, 100), default=None,
+              help="Keep the top P% of scored samples (ties at the threshold kept).")
+@click.option("--score-field", type=click.Choice(["score", "score_title", "score_content", "score_query"]),
+              default="score", show_default=True, help="Which cosine the threshold applies to.")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_len, min_chinese_share, blocklist,
-               text_field, engine, spark_master) -> None:
-    """Filter a download folder by image size, aspect ratio, text length, Chinese share and a blocklist.
+               text_field, scores, min_score, keep_top_percent, score_field, engine, spark_master) -> None:
+    """Filter a download folder by image size, aspect ratio, text length, Chinese share and a blocklist
+    (and image-text agreement with --scores).
 
     Writes one row per input row (key, shard, keep, reason) and prints drop counts per reason.
     """
     from ..corpus.filter import filter_samples
 
+    if scores and (min_score is None) == (keep_top_percent is None):
+        raise click.UsageError("--scores needs exactly one of --min-score and --keep-top-percent")
+    if not scores and (min_score is not None or keep_top_percent is not None):
+        raise click.UsageError("--min-score / --keep-top-percent need --scores")
     summary = filter_samples(input_dir, output, min_side=min_side, max_ratio=max_ratio, min_text_len=min_text_len,
                              max_text_len=max_text_len, min_chinese_share=min_chinese_share, blocklist=blocklist,
                              text_field=text_field, engine=engine, spark=_spark(engine, spark_master))
+    if scores:
+        from ..corpus.scores import apply_scores
+
+        summary = apply_scores(output, scores, min_score=min_score, keep_top_percent=keep_top_percent,
+                               field=score_field)
+        click.echo(f"{score_field} threshold {summary.threshold:.4f}")
     _echo_summary(summary)
 
 
@@ -221,12 +239,26 @@ def verify_cmd(shard_dir, no_images) -> None:
 
 
 @click.command("stats")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=click.Path(exists=True), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also (or only, without PATH) the score distribution of a `ccmb score` parquet.")
+@click.option("--histogram", type=click.Path(dir_okay=False), default=None,
+              help="With --scores: write the score histogram (keep-top-percent thresholds marked) to this PNG.")
 @_errors
-def stats_cmd(path, as_json) -> None:
+def stats_cmd(path, as_json, scores, histogram) -> None:
     """Counts, status reasons, text-length and image-size distributions of a download or shard folder."""
     from ..corpus.stats import corpus_stats, format_stats
 
-    stats = corpus_stats(path)
-    click.echo(json.dumps(stats, ensure_ascii=False, indent=2) if as_json else format_stats(stats))
+    if not path and not scores:
+        raise click.UsageError("give PATH (a download or shard folder) and/or --scores")
+    if path:
+        stats = corpus_stats(path)
+        click.echo(json.dumps(stats, ensure_ascii=False, indent=2) if as_json else format_stats(stats))
+    if scores:
+        from ..corpus.scores import format_score_stats, histogram_png, score_stats
+
+        sstats = score_stats(scores)
+        click.echo(json.dumps(sstats, ensure_ascii=False, indent=2) if as_json else format_score_stats(sstats))
+        if histogram:
+            click.echo(f"wrote {histogram_png(sstats, histogram)}", err=as_json)
