@@ -174,13 +174,17 @@ def _handler(state: ImageServer):
     return Handler
 
 
-def start_server(host: str = "127.0.0.1"):
-    """Start a fault server on ``host`` (a thread of the test process); returns (state, server)."""
+def start_server(host: str = "127.0.0.1", tls_context=None):
+    """Start a fault server on ``host`` (a thread of the test process); returns (state, server).
+
+    With ``tls_context`` (a server-side ``ssl.SSLContext``) it serves https."""
     state = ImageServer()
     server = http.server.ThreadingHTTPServer((host, 0), _handler(state))
     server.daemon_threads = True
+    if tls_context is not None:
+        server.socket = tls_context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    state.base = f"http://{host}:{server.server_address[1]}"
+    state.base = f"{'https' if tls_context else 'http'}://{host}:{server.server_address[1]}"
     return state, server
 
 
