@@ -121,11 +121,17 @@ def _level_options(fn):
               help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
                    "kept representative survives them.")
 @click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (in-process engine).")
+@click.option("--semantic", "semantic_scores", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Scores parquet of `ccmb score`: adds the semantic level (k-means + exact cosine of the image "
+                   "embeddings).")
+@click.option("--eps", default=0.05, show_default=True, help="Semantic level: drop when cosine >= 1 - eps.")
+@click.option("--clusters", default=0, show_default=True, help="Semantic level: k-means clusters (0: n/256).")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold, minhash_perm, minhash_bands,
-              ngram, text_field, keep_tables, workers, engine, spark_master, **switches) -> None:
+              ngram, text_field, keep_tables, workers, semantic_scores, eps, clusters, engine, spark_master,
+              **switches) -> None:
     """Drop duplicates level by level (URL, exact bytes, pHash, caption, ...); the lowest key of a group stays.
 
     Each dropped row records the kept sample it duplicates (duplicate_of); near-duplicates are checked
@@ -134,13 +140,17 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
     from ..corpus.dedup import dedup_samples
 
     levels = [name[len("level_"):] for name, on in switches.items() if name.startswith("level_") and on]
+    params = {}
+    if semantic_scores:
+        levels.append("semantic")
+        params = {"semantic_scores": semantic_scores, "semantic_eps": eps, "semantic_clusters": clusters}
     if not levels:
         raise click.UsageError("every dedup level is switched off")
     summary = dedup_samples(input_dir, output, levels=levels, phash_threshold=phash_threshold,
                             phash_bands=phash_bands, caption_threshold=caption_threshold, minhash_perm=minhash_perm,
                             minhash_bands=minhash_bands, ngram=ngram, text_field=text_field,
                             keep_tables=keep_tables, workers=workers, engine=engine,
-                            spark=_spark(engine, spark_master), progress=True)
+                            spark=_spark(engine, spark_master), progress=True, params=params)
     _echo_summary(summary)
 
 
