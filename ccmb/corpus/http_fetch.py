@@ -202,8 +202,16 @@ def _connection_class(base: type) -> type:
             self._create_connection = create_connection
 
         def connect(self) -> None:
-            super().connect()
-            self._request.set_socket(self.sock)  # for https: the TLS socket that replaced the plain one
+            if not isinstance(self, http.client.HTTPSConnection):
+                super().connect()
+                return
+            # https: wrap without the implicit handshake, so the watchdog holds the TLS socket during it
+            # (a server trickling its handshake is cut at the deadline too); no proxies, no tunnel.
+            http.client.HTTPConnection.connect(self)
+            sock = self._context.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
+            self.sock = sock
+            self._request.set_socket(sock)
+            sock.do_handshake()
 
     return Guarded
 

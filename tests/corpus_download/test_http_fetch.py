@@ -166,3 +166,18 @@ def test_https_verifies_certificates_and_keeps_the_deadline(tls_server, monkeypa
     reason = _fails(f"{tls_server.base}/trickle/1.jpg", FetchLimits(timeout=1.5))
     assert reason.startswith(http_fetch.DEADLINE) and time.monotonic() - t0 < 3.0, reason
     assert _fails(f"{tls_server.base}/redir/file/1").startswith(http_fetch.BAD_REDIRECT)
+
+
+def test_a_silent_tls_peer_is_cut_at_the_deadline():
+    """A peer that accepts the connection and never answers the TLS handshake."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        t0 = time.monotonic()
+        reason = _fails(f"https://127.0.0.1:{listener.getsockname()[1]}/x.jpg", FetchLimits(timeout=1))
+        assert reason.startswith(http_fetch.DEADLINE) and time.monotonic() - t0 < 2.5, reason
+    finally:
+        listener.close()
