@@ -40,14 +40,14 @@ from .. import shards as fmt
 from .dedup import DedupConfig, dedup_table
 from .combine import combine_tables
 from .filter import FilterConfig, filter_table
-from .table import (CurationError, check_source, list_parquets, read_decisions,
+from .table import (CurationError, check_source, decision_metadata, list_parquets, read_decisions,
                     write_decisions)
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 BUILD_DIR = "_build"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the shuffle is a seeded hash order (the same on Spark)
 
 
 @dataclass
@@ -89,12 +89,27 @@ def _decide(input_dir: Path, build_dir: Path, keep_tables: Sequence[PathLike], e
     return combined.kept, combined.dropped, {"restored": combined.restored, "provenance": combined.provenance}
 
 
+def shuffle_rank(keys, seed: int) -> np.ndarray:
+    """The seeded shuffle order of keys: a 64-bit hash of (seed, key) (:func:`ccmb.corpus.groups.string_hashes`
+    mixed with the seed by splitmix64). Sorting by (rank, key) is the shuffle; any engine computes it per row,
+    so the Spark plan equals the in-process one."""
+    from .groups import string_hashes
+    from .minhash import splitmix64
+
+    h = string_hashes(keys)
+    with np.errstate(over="ignore"):
+        return splitmix64(h ^ splitmix64(np.full(len(h), seed, np.uint64))).view(np.int64)
+
+
 def make_plan(kept: pa.Table, samples_per_shard: int, shuffle: bool, seed: int) -> pa.Table:
-    """Assign kept samples (sorted by key) to output shards: (out_shard, out_key, key, shard)."""
+    """Assign kept samples (sorted by key, or by their seeded shuffle rank) to output shards:
+    (out_shard, out_key, key, shard)."""
     kept = kept.sort_by([("key", "ascending")])
     n = kept.num_rows
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    kept = kept.take(pa.array(order))
+    if shuffle:
+        rank = shuffle_rank(kept.column("key"), seed)
+        order = np.lexsort((np.arange(n), rank))  # rank, then key (rows are key-sorted)
+        kept = kept.take(pa.array(order))
     pos = np.arange(n)
     out_shard = pos // samples_per_shard
     out_keys = [fmt.make_key(int(s), int(i), samples_per_shard) for s, i in zip(out_shard, pos % samples_per_shard)]
@@ -120,12 +135,24 @@ def _load_or_make_plan(input_dir: Path, output_dir: Path, keep_tables, samples_p
         if saved.get("params") != params:
             raise CurationError(f"{plan_json}: {output_dir} holds a build with other settings "
                                 f"({saved.get('params')}); use a new output folder")
-        plan = pq.read_table(plan_pq)
+        if engine == "spark":  # the executors read their shard's rows from the plan files
+            return None, saved
+        plan = pq.read_table(build_dir / saved.get("plan_file", "plan.parquet"))
+        if saved.get("plan_file"):  # a plan folder written by Spark: parts in any order
+            plan = plan.sort_by([("out_shard", "ascending"), ("out_key", "ascending")])
         if plan.num_rows != saved.get("samples"):
             raise CurationError(f"{plan_pq}: {plan.num_rows} rows, plan.json says {saved.get('samples')}")
         logger.info("resuming the plan in %s", plan_json)
         return plan, saved
     build_dir.mkdir(parents=True, exist_ok=True)
+    if engine == "spark":
+        from .build_spark import spark_plan
+
+        tables = _spark_tables(input_dir, build_dir, keep_tables, spark)
+        saved = spark_plan(spark, input_dir, build_dir, tables, samples_per_shard, shuffle, seed)
+        saved["params"] = params
+        atomic.write_json(plan_json, saved)  # written last: its presence means the plan is complete
+        return None, saved
     kept, dropped, extra = _decide(input_dir, build_dir, keep_tables, engine, spark, workers, progress)
     plan = make_plan(kept, samples_per_shard, shuffle, seed)
     with atomic.atomic_open(plan_pq, "wb") as fh:
@@ -135,6 +162,20 @@ def _load_or_make_plan(input_dir: Path, output_dir: Path, keep_tables, samples_p
              "shards": int(pc.max(plan.column("out_shard")).as_py() + 1) if plan.num_rows else 0}
     atomic.write_json(plan_json, saved)  # written last: its presence means the plan is complete
     return plan, saved
+
+
+def _spark_tables(input_dir: Path, build_dir: Path, keep_tables: Sequence[PathLike], spark) -> List[PathLike]:
+    """The decision tables of a Spark build: ``keep_tables``, or the default filter and dedup run on the
+    executors (partitioned tables under ``_build/``)."""
+    if keep_tables:
+        return list(keep_tables)
+    from .dedup import DedupConfig
+    from .spark_dist import spark_dedup_to, spark_filter_to
+
+    spark_filter_to(input_dir, FilterConfig(), build_dir / "filter.parquet", spark)
+    spark_dedup_to(input_dir, DedupConfig(), build_dir / "dedup.parquet", spark,
+                   keep_tables=[build_dir / "filter.parquet"])
+    return [build_dir / "filter.parquet", build_dir / "dedup.parquet"]
 
 
 class TarIndex:
@@ -240,16 +281,28 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
         raise ValueError("samples_per_shard must be >= 1")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     for t in keep_tables:
-        read_decisions(t, columns=["key", "keep"])  # fail early, naming a bad or partial table
+        if engine == "spark":  # fail early, naming a bad or partial table (Spark: its metadata only)
+            decision_metadata(t)
+        else:
+            read_decisions(t, columns=["key", "keep"])
         check_source(t, input_dir)  # a table of another download folder is refused, naming both
     list_parquets(input_dir)  # fail early, naming a missing or damaged parquet (its rows would vanish)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic.remove_stale_temporaries(output_dir)
+    if engine == "spark":
+        from .engine_spark import _session
+
+        spark = _session(spark)
     plan, saved = _load_or_make_plan(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed,
                                      engine, spark, workers, progress)
-    summary = BuildSummary(output=str(output_dir), samples=plan.num_rows, shards=saved["shards"],
+    summary = BuildSummary(output=str(output_dir), samples=saved["samples"], shards=saved["shards"],
                            dropped=saved.get("dropped", {}), restored=saved.get("restored", {}),
-                           rows=plan.num_rows + sum(saved.get("dropped", {}).values()))
+                           rows=saved["samples"] + sum(saved.get("dropped", {}).values()))
+    if engine == "spark":  # each output shard written by a Spark task
+        from .build_spark import spark_write_shards
+
+        known = spark_write_shards(spark, input_dir, output_dir, saved, summary)
+        return _finish(input_dir, output_dir, saved, summary, known, command, start)
     source = TarIndex(input_dir)
     known: Dict[str, Dict[str, Any]] = {}
     shard_col = plan.column("out_shard").to_numpy()
@@ -273,6 +326,11 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
             known[f"{name}.tar"] = entry
     finally:
         source.close()
+    return _finish(input_dir, output_dir, saved, summary, known, command, start)
+
+
+def _finish(input_dir: Path, output_dir: Path, saved: Dict[str, Any], summary: BuildSummary,
+            known: Dict[str, Dict[str, Any]], command: Optional[str], start: float) -> BuildSummary:
     extra = [p.name for p in fmt.list_shards(output_dir) if p.name not in known]
     if extra:
         raise CurationError(f"{output_dir}: shards {extra[:5]} are not in the plan; use a new output folder")

@@ -103,8 +103,8 @@ def spark_filter_to(input_dir: PathLike, config: FilterConfig, output: PathLike,
     return write_table_df(spark, out, output, kind="filter", source=parts.source_of(input_dir), seconds_from=start)
 
 
-def read_table_df(spark, path: PathLike):
-    """A decision table (file or complete folder) as a DataFrame of key, keep, reason (checked)."""
+def read_table_df(spark, path: PathLike, with_duplicate_of: bool = False):
+    """A decision table (file or complete folder) as a DataFrame of key, keep, reason (and duplicate_of)."""
     from pyspark.sql import functions as F
 
     from .table import decision_metadata
@@ -115,7 +115,9 @@ def read_table_df(spark, path: PathLike):
     df = spark.read.parquet(*files)
     if "reason" not in df.columns:
         df = df.withColumn("reason", F.lit(None).cast("string"))
-    return df.select("key", "keep", "reason")
+    if with_duplicate_of and "duplicate_of" not in df.columns:
+        df = df.withColumn("duplicate_of", F.lit(None).cast("string"))
+    return df.select("key", "keep", "reason", *(["duplicate_of"] if with_duplicate_of else []))
 
 
 def _check_unique(df, input_dir) -> None:
