@@ -116,15 +116,19 @@ def score_shard(adapter: ModelAdapter, tar: Path, emb_dir: Path, batch_size: int
     img_ok = torch.cat(image_parts) if image_parts else None
     if img_ok is not None:
         dim = img_ok.shape[1]
-    # texts: encode every non-empty text once per field (the primary text usually equals the title)
+    # texts: every distinct non-empty text once (the primary text usually equals the title)
+    named = (("score", primary), *((f"score_{f}", fields[f]) for f in TEXT_FIELDS))
+    distinct = list(dict.fromkeys(t for _, values in named for t in values if t.strip()))
+    index = {t: i for i, t in enumerate(distinct)}
+    all_text = _encode_texts(adapter, distinct, batch_size) if distinct else None
+    if dim is None and all_text is not None:
+        dim = all_text.shape[1]
     text_emb: Dict[str, Optional[torch.Tensor]] = {}
     text_rows: Dict[str, np.ndarray] = {}
-    for name, values in (("score", primary), *((f"score_{f}", fields[f]) for f in TEXT_FIELDS)):
+    for name, values in named:
         rows = np.asarray([i for i, t in enumerate(values) if t.strip()], np.int64)
         text_rows[name] = rows
-        text_emb[name] = _encode_texts(adapter, [values[i] for i in rows], batch_size) if len(rows) else None
-        if dim is None and text_emb[name] is not None:
-            dim = text_emb[name].shape[1]
+        text_emb[name] = all_text[[index[values[i]] for i in rows]] if len(rows) else None
     dim = dim or 0
     image = np.zeros((n, dim), np.float32)
     if img_ok is not None:
