@@ -69,7 +69,9 @@ def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[
 @click.option("--images", type=int, default=600, show_default=True, help="Training images to serve.")
 @click.option("--steps", type=int, default=300, show_default=True, help="Pre-training steps of the tiny R2D2.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
+@click.option("--mismatches", type=int, default=20, show_default=True,
+              help="Planted mismatched pairs (an image under another scene's caption) for the score filter.")
+def demo_cmd(workdir: Path, images: int, steps: int, seed: int, mismatches: int) -> None:
     """Run the end-to-end demo on loopback data (CPU, no downloads from the internet)."""
     started = time.time()
     if workdir.exists():
@@ -82,7 +84,7 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
 
     click.secho(f"ccmb demo: everything goes to {workdir}/", bold=True)
-    eval_root, _ = _curate(workdir, images, seed, log)
+    eval_root, _ = _curate(workdir, images, seed, log, mismatches=mismatches)
 
     from models.tokenizer import write_test_vocab
 
@@ -105,6 +107,7 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
               "--dataset", "icr,icm", "--root", str(eval_root), "--output", str(bench), "--device", "cpu",
               "--setting", label], log)
     _show_stages(bench / "results")
+    _score_step(workdir, trained, vocab, log)
     _run([py, "-m", "ccmb_bench", "leaderboard", "--results", str(bench / "results"),
           "--csv", str(workdir / "leaderboard.csv"), "--markdown", str(workdir / "leaderboard.md"),
           "--html", str(workdir / "leaderboard.html")], log)
@@ -117,7 +120,7 @@ def demo_cmd(workdir: Path, images: int, steps: int, seed: int) -> None:
                 f"open {workdir}/leaderboard.html in a browser; recall@K chart: {workdir}/recall.png", fg="green", bold=True)
 
 
-def _curate(workdir: Path, images: int, seed: int, log: List[str]):
+def _curate(workdir: Path, images: int, seed: int, log: List[str], mismatches: int = 0):
     """Steps 1-2: serve scenes with planted copies, download, filter, dedup, decontaminate, build shards,
     verify; returns (the evaluation data root, the planted-copy outcome of :func:`_show_curation`)."""
     web, data, dl, shards = (workdir / d for d in ("web", "data", "download", "shards"))
@@ -125,9 +128,11 @@ def _curate(workdir: Path, images: int, seed: int, log: List[str]):
     # Distinct scenes (no two captions or images are duplicates) for training and held-out evaluation;
     # the evaluation set is written first so that the corpus can hold planted copies of its images.
     n_eval = 100
-    distinct = images + n_eval + len(PLANTED_CAPTIONS) <= len(synthetic.all_items())
-    pool = synthetic.sample_items(images + n_eval + len(PLANTED_CAPTIONS), seed=seed, distinct=distinct)
+    n_spare = len(PLANTED_CAPTIONS) + mismatches
+    distinct = images + n_eval + n_spare <= len(synthetic.all_items())
+    pool = synthetic.sample_items(images + n_eval + n_spare, seed=seed, distinct=distinct)
     items, eval_items, spare = pool[:images], pool[images:images + n_eval], pool[images + n_eval:]
+    spare, mismatch_items = spare[:len(PLANTED_CAPTIONS)], spare[len(PLANTED_CAPTIONS):]
     eval_root = data / "ccmb"
     eval_names = _write_downstream(eval_root, n_images=n_eval, seed=seed + 1, items=eval_items)
     eval_dir = eval_root / "IQR_IQM_ICR_ICM_images"
@@ -136,10 +141,14 @@ def _curate(workdir: Path, images: int, seed: int, log: List[str]):
     with synthetic.serve_folder(web) as base:
         records = synthetic.zero_records(items, base, names)
         planted = _plant_copies(records, web, base, eval_dir, eval_names, spare, seed)
+        mismatched = _plant_mismatches(records, web, base, mismatch_items, seed)
+        (workdir / "planted.json").write_text(json.dumps({"copies": planted, "mismatched": mismatched},
+                                                         ensure_ascii=False, indent=1), encoding="utf-8")
         records.append(dict(records[0], ImageKey="dead-link", ImageUrl=f"{base}/gone.jpg"))
         records.append(dict(records[1], ImageKey="ftp-url", ImageUrl="ftp://example.org/a.jpg"))
         synthetic.write_jsonl(records, data / "zero_demo.jsonl")
-        click.echo(f"serving {len(names)} distinct scenes + {len(planted)} planted copies at {base}; "
+        click.echo(f"serving {len(names)} distinct scenes + {len(planted)} planted copies + {len(mismatched)} "
+                   f"mismatched pairs at {base}; "
                    f"{len(records)} Zero records in {data}/zero_demo.jsonl")
         _run([py, "-m", "ccmb", "download", "zero", "-i", str(data / "zero_demo.jsonl"), "-o", str(dl),
               "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5"], log)
@@ -198,6 +207,80 @@ def _plant_copies(records: List[dict], web: Path, base: str, eval_dir: Path, eva
         add(f"a {kind} copy of evaluation image {eval_names[j]}", f"{base}/eval_{kind}_{j}.jpg", "eval_overlap",
             eval_names[j])
     return planted
+
+
+def _plant_mismatches(records: List[dict], web: Path, base: str, items, seed: int) -> List[str]:
+    """Append mismatched pairs: scene i's image under scene i+1's texts (cyclically), so every image and
+    caption is new to the corpus and only image-text agreement can tell; returns their image URLs."""
+    if len(items) < 2:
+        return []
+    names = synthetic.write_images(items, web, size=256, seed=seed + 11, prefix="mismatch",
+                                   avoid=synthetic.image_hashes(web, sorted(p.name for p in web.glob("*.jpg"))))
+    urls = []
+    for i, name in enumerate(names):
+        other = items[(i + 1) % len(items)]
+        url = f"{base}/{name}"
+        records.append({"Url": f"{base}/page/mismatch{i}", "Title": other.title, "Content": other.content,
+                        "Keywords": other.query, "ImageKey": f"mismatch-{i:03d}", "ImageUrl": url,
+                        "ImageQuery": other.query})
+        urls.append(url)
+    return urls
+
+
+def _score_step(workdir: Path, model: Path, vocab: Path, log: List[str]) -> None:
+    """Model-based curation with the demo's own trained model: ``ccmb score`` the download, look at the
+    histogram, filter by agreement and dedup semantically; prints precision/recall against what was planted."""
+    py = sys.executable
+    dl, scores = workdir / "download", workdir / "scores.parquet"
+    _run([py, "-m", "ccmb", "score", "--input", str(dl), "--model", str(model), "--tokenizer", str(vocab),
+          "--output", str(scores), "--device", "cpu"], log)
+    _run([py, "-m", "ccmb", "stats", "--scores", str(scores), "--histogram", str(workdir / "scores.png")], log)
+    _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(workdir / "filter_scores.parquet"),
+          "--scores", str(scores), "--keep-top-percent", str(SCORE_KEEP_TOP_PERCENT)], log)
+    _run([py, "-m", "ccmb", "dedup", "--input", str(dl), "--output", str(workdir / "semantic.parquet"),
+          "--no-url", "--no-sha256", "--no-phash", "--no-caption", "--semantic", str(scores),
+          "--eps", str(SEMANTIC_EPS)], log)
+    _show_model_curation(workdir)
+
+
+#: The demo's thresholds for model-based curation (chosen on the histogram; see docs/curation.md).
+SCORE_KEEP_TOP_PERCENT = 95
+SEMANTIC_EPS = 0.02
+
+
+def _show_model_curation(workdir: Path) -> dict:
+    """Precision/recall of low_agreement (planted mismatches) and of semantic dedup (planted image copies)."""
+    import pyarrow.parquet as pq
+
+    from ..corpus.table import load_metadata
+
+    planted = json.loads((workdir / "planted.json").read_text(encoding="utf-8"))
+    meta = load_metadata(workdir / "download", ["key", "url", "status"])
+    ok = [(k, u) for k, u, st in zip(meta.column("key").to_pylist(), meta.column("url").to_pylist(),
+                                     meta.column("status").to_pylist()) if st == "success"]
+    mismatched = {k for k, u in ok if u in set(planted["mismatched"])}
+    copies = set()
+    for p in planted["copies"]:  # the same picture again (not a new image under an old caption)
+        if p["expect"] in ("duplicate_url", "duplicate_sha256", "duplicate_phash"):
+            keys = sorted(k for k, u in ok if u == p["url"])
+            copies.add(keys[-1])
+
+    def pr(table: str, reason: str, truth: set) -> dict:
+        t = pq.read_table(workdir / table, columns=["key", "reason"]).to_pydict()
+        got = {k for k, r in zip(t["key"], t["reason"]) if r == reason}
+        hit = len(got & truth)
+        return {"dropped": len(got), "planted": len(truth), "precision": hit / len(got) if got else float("nan"),
+                "recall": hit / len(truth) if truth else float("nan")}
+
+    out = {"low_agreement": pr("filter_scores.parquet", "low_agreement", mismatched),
+           "duplicate_semantic": pr("semantic.parquet", "duplicate_semantic", copies)}
+    click.secho("\nModel-based curation with the demo's own model (against what was planted):", bold=True)
+    for reason, m in out.items():
+        click.echo(f"  {reason}: dropped {m['dropped']}, planted {m['planted']}: precision {m['precision']:.2f}, "
+                   f"recall {m['recall']:.2f}")
+    click.echo(f"  score histogram: {workdir / 'scores.png'}")
+    (workdir / "model_curation.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+    return out
 
 
 def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:

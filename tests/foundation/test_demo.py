@@ -18,7 +18,9 @@ def test_demo_end_to_end(tmp_path):
                  "ccmb_bench run", "ccmb_bench leaderboard"):
         assert step in res.stdout
     commands = (work / "commands.sh").read_text().splitlines()
-    assert len(commands) == 11
+    assert len(commands) == 15  # + ccmb score, stats --scores, filter --scores, dedup --semantic
+    assert (work / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "low_agreement: dropped" in res.stdout
     assert "other samples dropped: 0 (only what was planted)" in res.stdout  # curation drops only planted copies
     assert (work / "recall.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader(open(work / "leaderboard.csv", encoding="utf-8")))
@@ -32,7 +34,7 @@ def test_demo_end_to_end(tmp_path):
     import json
 
     summary = json.loads((work / "download" / "_ccmb" / "summary.json").read_text())
-    planted = 11  # copies the demo plants (ccmb.cli.demo._plant_copies), all downloaded
+    planted = 11 + 20  # copies (ccmb.cli.demo._plant_copies) + mismatched pairs (--mismatches), all downloaded
     assert summary["rows"] == 82 + planted and summary["successes"] == 80 + planted and summary["failed"] == 2
     assert summary["failures"] == {"failed_input: unsupported URL scheme 'ftp'": 1,
                                    "failed_to_download: HTTP Error 404": 1}
