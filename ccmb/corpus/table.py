@@ -357,8 +357,8 @@ def decision_metadata(path: PathLike) -> Dict[str, Any]:
         except partmod.PartitionError as exc:
             raise CurationError(str(exc)) from exc
         return {k: doc.get(k) for k in ("kind", "info", "source", "keys_fingerprint")}
-    try:
-        meta = pq.read_schema(path).metadata or {}
+    try:  # the footer's key-value metadata: schema metadata and keys added by a streaming writer
+        meta = dict(pq.read_metadata(path).metadata or {})
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
     src = meta.get(TABLE_SOURCE)
