@@ -14,8 +14,19 @@ from ..corpus.table import CurationError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                              help="Where the metadata work runs: in-process (pyarrow/numpy) or on Spark.")
-MASTER_OPTION = click.option("--spark-master", default=None,
-                             help="Spark master for --engine spark (default $CCMB_SPARK_MASTER or local[*]).")
+_MASTER = click.option("--spark-master", default=None,
+                       help="Spark master for --engine spark (default $CCMB_SPARK_MASTER or local[*]).")
+_CONF = click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+                     help="A Spark setting for --engine spark (repeatable), e.g. spark.driver.memory=1g, "
+                          "spark.executor.memory=8g, spark.sql.shuffle.partitions=2000.")
+
+
+def MASTER_OPTION(fn):
+    """``--spark-master`` and ``--spark-conf``; the command receives them as one ``spark_master`` value."""
+    @functools.wraps(fn)
+    def wrapper(*args, spark_master=None, spark_conf=(), **kwargs):
+        return fn(*args, spark_master=(spark_master, spark_conf), **kwargs)
+    return _MASTER(_CONF(wrapper))
 
 
 def _errors(fn):
@@ -30,11 +41,14 @@ def _errors(fn):
 
 
 def _spark(engine: str, master):
+    """The Spark session of ``--engine spark``: ``master`` is (--spark-master, --spark-conf pairs)."""
     if engine != "spark":
         return None
+    from ..clikit import parse_key_values
     from ..corpus.engine_spark import session
 
-    return session(master)
+    master, conf = master if isinstance(master, tuple) else (master, ())
+    return session(master, conf=parse_key_values(conf, "--spark-conf"))
 
 
 def _echo_summary(summary) -> None:

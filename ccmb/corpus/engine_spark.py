@@ -301,9 +301,10 @@ def spark_available() -> Optional[str]:
     return None
 
 
-def session(master: Optional[str] = None):
-    """A Spark session for the curation commands (from :func:`ccmb.spark.get_spark_session`)."""
+def session(master: Optional[str] = None, conf: Optional[dict] = None):
+    """A Spark session for the curation commands (from :func:`ccmb.spark.get_spark_session`); ``conf`` are
+    Spark settings (``--spark-conf KEY=VALUE``)."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from ..spark import get_spark_session
 
-    return get_spark_session(master, app_name="ccmb-curation")
+    return get_spark_session(master, app_name="ccmb-curation", conf=conf or None)
