@@ -8,7 +8,7 @@ and one line there).
 Resolution of ``--model NAME_OR_PATH``:
 - a registered name (``ccmb-bench models``): weights from ``--checkpoint`` or ``$CCMB_HOME/models/<name>/``;
 - a directory: the family that claims it (``"model_type": "chinese_clip"`` -> Chinese-CLIP, our trainer's
-  ``config.json`` + ``model.safetensors`` -> R2D2);
+  ``config.json`` + ``model.safetensors`` -> R2D2; a ``ccmb train`` run directory -> its ``model/``);
 - a name a family claims (any shipped R2D2 config name ``r2d2-tiny``... with ``--checkpoint``).
 Weights that exist but cannot be loaded raise :class:`ModelLoadError` naming the file.
 """
@@ -50,6 +50,21 @@ def list_models() -> List[Dict[str, str]]:
     return rows
 
 
+#: model folders inside a ``ccmb train`` run directory, in the order ``--model RUN_DIR`` picks them
+RUN_MODEL_DIRS = ("model", "best")
+
+
+def run_model_dir(path: Path) -> Path:
+    """``path`` itself, or for a trainer's run directory (no ``config.json`` of its own) its final model folder
+    (``model/``, else ``best/``), so ``ccmb-bench run --model RUN_DIR`` works."""
+    if (path / "config.json").exists():
+        return path
+    for name in RUN_MODEL_DIRS:
+        if (path / name / "config.json").is_file():
+            return path / name
+    return path
+
+
 def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cpu",
                  tokenizer: Optional[str] = None) -> ModelAdapter:
     """Resolve ``model`` (registered name, directory, or a name a family claims) to a ready adapter."""
@@ -58,6 +73,7 @@ def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cp
         return FAMILIES[spec.kind].load_registered(spec, checkpoint, device, tokenizer)
     path = Path(model)
     if path.is_dir():
+        path = run_model_dir(path)
         for family in FAMILIES.values():
             if family.claims_directory(path):
                 return family.load_directory(path, checkpoint, device, tokenizer)

@@ -93,3 +93,19 @@ def test_truncated_chinese_clip_weights_name_the_folder(tiny_models, bench_root,
 def test_module_is_a_package():
     assert Path(adapters.__file__).name == "__init__.py"
     assert "ccmb_bench.adapters.r2d2" in sys.modules and "ccmb_bench.adapters.chinese_clip" in sys.modules
+
+
+def test_a_trainer_run_directory_loads_its_model_folder(tiny_models, tmp_path):
+    """``ccmb-bench run --model RUN_DIR``: the trainer's run folder has no config.json of its own; its model/
+    folder (with the vocab.txt the trainer copies) is used, with no --tokenizer."""
+    from ccmb_bench.adapters import run_model_dir
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_models.r2d2, run / "model")
+    assert run_model_dir(run) == run / "model"
+    adapter = load_adapter(str(run))
+    assert adapter.encode_texts(["红色圆形"])["embeds"].shape[0] == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="not a model directory"):
+        load_adapter(str(empty))
