@@ -1,6 +1,8 @@
 """``ccmb stats``: counts, status reasons, text-length and image-size distributions of a shard folder.
 
-Works on a download folder or a final shard set: it reads the ``NNNNN.parquet`` files (every input row,
+Works on a download folder or a final shard set: it reads the ``NNNNN.parquet`` files shard by shard,
+only the columns it reports (:data:`STATS_COLUMNS`), into exact value counts (memory bounded by the
+number of distinct lengths and sizes, not by the rows) (every input row,
 failures included), checked (:func:`ccmb.corpus.table.list_parquets`): a missing or damaged parquet is an
 error naming it, never a silent fall-back. Only a folder of bare tars (no parquet and no ``_stats.json`` at
 all: a foreign webdataset set) or a single tar is read from the samples' ``{key}.json`` metadata.
@@ -8,6 +10,7 @@ all: a foreign webdataset set) or a single tar is read from the samples' ``{key}
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -37,6 +40,46 @@ def distribution(values: np.ndarray) -> Dict[str, Any]:
                            "min": float(values.min()), "max": float(values.max())}
     out.update({f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)})
     return out
+
+
+#: The parquet columns ``ccmb stats`` reports on (nothing else is read).
+STATS_COLUMNS = ("status", "error_message") + TEXT_FIELDS + SIZE_FIELDS
+
+
+class ValueCounts:
+    """Exact counts of integer values (text lengths, pixel sizes), merged shard by shard: memory grows with
+    the number of distinct values, never with the rows; :meth:`distribution` equals :func:`distribution`
+    over all the values (numpy's linear percentiles)."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[int, int] = {}
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values):
+            v, c = np.unique(np.asarray(values, np.int64), return_counts=True)
+            for value, count in zip(v.tolist(), c.tolist()):
+                self.counts[value] = self.counts.get(value, 0) + count
+
+    def distribution(self) -> Dict[str, Any]:
+        if not self.counts:
+            return {"count": 0}
+        values = np.array(sorted(self.counts), np.float64)
+        counts = np.array([self.counts[int(v)] for v in values], np.int64)
+        n = int(counts.sum())
+        cum = np.cumsum(counts)
+
+        def at(rank: int) -> float:  # the value of the rank-th smallest row (0-based)
+            return float(values[np.searchsorted(cum, rank, side="right")])
+
+        out: Dict[str, Any] = {"count": n, "mean": round(float((values * counts).sum() / n), 2),
+                               "min": float(values[0]), "max": float(values[-1])}
+        for p in PERCENTILES:
+            pos = p / 100 * (n - 1)
+            lo = int(np.floor(pos))
+            hi = min(lo + 1, n - 1)
+            a, b = at(lo), at(hi)
+            out[f"p{p}"] = a + (b - a) * (pos - lo) if b != a else a
+        return out
 
 
 def _counts(arr) -> Dict[str, int]:
@@ -76,11 +119,13 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
         raise CurationError(f"{path}: no such folder")
     if path.is_dir() and fmt.expects_parquets(path):
         parquets = list_parquets(path)
-        tables = [read_shard_metadata(p) for p in parquets]
-        for p, t in zip(parquets, tables):
-            _check_successes(p, t)
-        table = pa.concat_tables(tables)
         source = "parquet"
+
+        def tables():  # shard by shard, only the reported columns: memory does not grow with the corpus
+            for p in parquets:
+                t = read_shard_metadata(p, columns=STATS_COLUMNS)
+                _check_successes(p, t)
+                yield t
     else:
         try:
             table = _from_tars(path)
@@ -91,32 +136,45 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
         parquets = []
         source = "tar"
         logger.warning("%s: no parquet files: statistics of the samples only (failed rows are not known)", path)
-    status = pc.fill_null(table.column("status"), "unknown")
-    ok = pc.equal(status, fmt.STATUS_SUCCESS)
-    failed = table.filter(pc.invert(ok))
-    reasons = pc.coalesce(failed.column("error_message"), failed.column("status"))
-    success = table.filter(ok)
+
+        def tables():
+            yield table
+    rows = successes = 0
+    status_counts: Counter = Counter()
+    reason_counts: Counter = Counter()
+    text_len = {f: ValueCounts() for f in TEXT_FIELDS}
+    sizes = {f: ValueCounts() for f in SIZE_FIELDS}
+    hist = np.zeros(len(MIN_SIDE_BINS), np.int64)
+    for table in tables():
+        rows += table.num_rows
+        status = pc.fill_null(table.column("status"), "unknown")
+        ok = pc.equal(status, fmt.STATUS_SUCCESS)
+        failed = table.filter(pc.invert(ok))
+        status_counts.update(_counts(status))
+        reason_counts.update(_counts(pc.coalesce(failed.column("error_message"), failed.column("status"))))
+        success = table.filter(ok)
+        successes += success.num_rows
+        for f in TEXT_FIELDS:
+            text_len[f].add(pc.drop_null(pc.utf8_length(success.column(f))).to_numpy())
+        for f in SIZE_FIELDS:
+            sizes[f].add(pc.drop_null(success.column(f)).to_numpy())
+        w = pc.coalesce(success.column("original_width"), success.column("width"))
+        h = pc.coalesce(success.column("original_height"), success.column("height"))
+        short = pc.drop_null(pc.min_element_wise(w, h)).to_numpy()
+        if len(short):
+            hist += np.histogram(short, bins=list(MIN_SIDE_BINS) + [np.inf])[0]
     out: Dict[str, Any] = {
         "path": str(path),
         "source": source,
         "shards": len(parquets) if parquets else len(fmt.list_shards(path)),
-        "rows": table.num_rows,
-        "successes": success.num_rows,
-        "success_rate": round(100.0 * success.num_rows / table.num_rows, 2) if table.num_rows else 0.0,
-        "status": _counts(status),
-        "failure_reasons": dict(list(_counts(reasons).items())[:TOP_REASONS]),
-        "text_length": {},
-        "image_size": {},
+        "rows": rows,
+        "successes": successes,
+        "success_rate": round(100.0 * successes / rows, 2) if rows else 0.0,
+        "status": dict(sorted(status_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "failure_reasons": dict(sorted(reason_counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]),
+        "text_length": {f: text_len[f].distribution() for f in TEXT_FIELDS},
+        "image_size": {f: sizes[f].distribution() for f in SIZE_FIELDS},
     }
-    for f in TEXT_FIELDS:
-        lengths = pc.drop_null(pc.utf8_length(success.column(f)))
-        out["text_length"][f] = distribution(lengths.to_numpy())
-    for f in SIZE_FIELDS:
-        out["image_size"][f] = distribution(pc.drop_null(success.column(f)).to_numpy())
-    w = pc.coalesce(success.column("original_width"), success.column("width"))
-    h = pc.coalesce(success.column("original_height"), success.column("height"))
-    short = pc.drop_null(pc.min_element_wise(w, h)).to_numpy()
-    hist = np.histogram(short, bins=list(MIN_SIDE_BINS) + [np.inf])[0] if len(short) else [0] * len(MIN_SIDE_BINS)
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(MIN_SIDE_BINS, MIN_SIDE_BINS[1:])] + [f">={MIN_SIDE_BINS[-1]}"]
     out["image_size"]["min_side_histogram"] = {lab: int(c) for lab, c in zip(labels, hist)}
     manifest = path / fmt.MANIFEST_FILE
