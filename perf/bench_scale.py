@@ -203,9 +203,9 @@ class Sampler(threading.Thread):
             self.stop.wait(self.period)
 
 
-def run_one(engine: str, folder: Path, work: Path, cores: int, driver_mem: str) -> Dict:
+def run_one(engine: str, folder: Path, work: Path, cores: int, driver_mem: str, levels=LEVELS) -> Dict:
     work.mkdir(parents=True, exist_ok=True)
-    code = CHILD.format(root=str(ROOT), levels=LEVELS)
+    code = CHILD.format(root=str(ROOT), levels=tuple(levels))
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code, engine, str(folder), str(work), str(cores), driver_mem],
@@ -237,8 +237,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="Also write the results here.")
     args = ap.parse_args()
     workdir = Path(args.workdir)
-    global LEVELS
-    LEVELS = tuple(args.levels.split(","))
+    levels = tuple(args.levels.split(","))
     results = []
     for size in [parse_size(s) for s in args.sizes.split(",")]:
         folder = workdir / f"download_{size}"
@@ -248,7 +247,8 @@ def main() -> None:
             (folder / ".complete").write_text("ok")
             print(f"generated {size} rows in {time.perf_counter() - t0:.0f}s", flush=True)
         for engine in args.engines.split(","):
-            res = run_one(engine, folder, workdir / f"out_{size}_{engine}", args.cores, args.driver_memory)
+            res = run_one(engine, folder, workdir / f"out_{size}_{engine}", args.cores, args.driver_memory,
+                          levels)
             res.update(engine=engine, size=size)
             results.append(res)
             pk = res["peak"]

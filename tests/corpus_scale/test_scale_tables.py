@@ -86,3 +86,13 @@ def test_star_groups_never_chain(planted_scale):
 
     for r in drops:
         assert jaccard_sets(ngrams(norm(caps[r["key"]]), 3), ngrams(norm(caps[r["duplicate_of"]]), 3)) >= 0.8
+
+
+def test_spark_conf_option_is_parsed_before_spark_starts(planted_scale, tmp_path):
+    from click.testing import CliRunner
+
+    from ccmb.cli import main
+
+    res = CliRunner().invoke(main, ["filter", "--input", str(planted_scale), "--output", str(tmp_path / "f.parquet"),
+                                    "--engine", "spark", "--spark-conf", "spark.driver.memory"])
+    assert res.exit_code != 0 and "--spark-conf" in res.output and "KEY=VALUE" in res.output
