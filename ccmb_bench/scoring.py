@@ -27,7 +27,7 @@ import torch
 from ccmb import atomic
 from ccmb import shards as fmt
 from ccmb.corpus.scores import SCORES_INFO, SCORES_SCHEMA
-from ccmb.images import ImageDecodeError, decode_image
+from ccmb.images import ImageDecodeError, open_image
 from ccmb_bench.adapters import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,23 @@ def _encode_texts(adapter: ModelAdapter, texts: Sequence[str], batch_size: int) 
     return _normalise(torch.cat(parts))
 
 
-def score_shard(adapter: ModelAdapter, tar: Path, emb_dir: Path, batch_size: int = 64) -> Dict[str, object]:
+def input_size(adapter: ModelAdapter) -> Optional[int]:
+    """The model's input side in pixels when the adapter tells it (for reduced-scale JPEG decoding)."""
+    size = getattr(getattr(adapter, "transform", None), "image_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else None
+
+
+def decode(data: bytes, source: str, draft_size: Optional[int]):
+    """RGB image; with ``draft_size`` a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    sides stay >= ``draft_size`` (PIL draft): the same crop, several times less decoding and resizing."""
+    img = open_image(data, source=source, draft=("RGB", (draft_size, draft_size)) if draft_size else None)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def score_shard(adapter: ModelAdapter, tar: Path, emb_dir: Path, batch_size: int = 64,
+                draft: bool = True) -> Dict[str, object]:
     """Score one tar; writes its embeddings and its part parquet (last) into ``emb_dir``."""
+    draft_size = input_size(adapter) if draft else None
     keys: List[str] = []
     errors: List[Optional[str]] = []
     primary: List[str] = []
@@ -103,7 +118,7 @@ def score_shard(adapter: ModelAdapter, tar: Path, emb_dir: Path, batch_size: int
             v = sample.meta.get(f)
             fields[f].append(v if isinstance(v, str) else "")
         try:
-            pending.append(decode_image(sample.image, source=f"{tar}:{sample.key}"))
+            pending.append(decode(sample.image, f"{tar}:{sample.key}", draft_size))
             pending_rows.append(len(keys) - 1)
             errors.append(None)
         except ImageDecodeError as exc:
@@ -162,7 +177,8 @@ def score_shard(adapter: ModelAdapter, tar: Path, emb_dir: Path, batch_size: int
 
 
 def score_corpus(input_dir: PathLike, adapter: ModelAdapter, output: PathLike,
-                 embeddings: Optional[PathLike] = None, batch_size: int = 64, progress: bool = False) -> ScoreSummary:
+                 embeddings: Optional[PathLike] = None, batch_size: int = 64, progress: bool = False,
+                 draft: bool = True) -> ScoreSummary:
     """Score every tar of ``input_dir`` (skipping the shards done by an earlier run) and write ``output``."""
     start = time.time()
     tars = list_tars(input_dir)
@@ -191,7 +207,7 @@ def score_corpus(input_dir: PathLike, adapter: ModelAdapter, output: PathLike,
             summary.shards_skipped += 1
         else:
             t0 = time.time()
-            row = score_shard(adapter, tar, emb_dir, batch_size=batch_size)
+            row = score_shard(adapter, tar, emb_dir, batch_size=batch_size, draft=draft)
             row["seconds"] = round(time.time() - t0, 3)
             scored += int(row["samples"])
             summary.per_shard.append(row)
@@ -207,7 +223,7 @@ def score_corpus(input_dir: PathLike, adapter: ModelAdapter, output: PathLike,
         rel = emb_dir.resolve().relative_to(output.resolve().parent)
     except ValueError:
         rel = emb_dir.resolve()
-    info = dict(desc, embeddings=str(rel), dim=max(dims) if dims else 0, batch_size=batch_size)
+    info = dict(desc, embeddings=str(rel), dim=max(dims) if dims else 0, batch_size=batch_size, draft=draft)
     table = table.replace_schema_metadata({SCORES_INFO: json.dumps(info).encode()})
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_open(output, "wb") as fh:

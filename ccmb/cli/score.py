@@ -21,8 +21,11 @@ from ..clikit import input_errors_as_click
               help="Folder of the float16 embedding shards and per-shard parts (default: OUTPUT stem + _embeddings).")
 @click.option("--batch-size", default=64, show_default=True, help="Images (and texts) per forward pass.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+@click.option("--draft/--full-decode", default=True, show_default=True,
+              help="Decode JPEGs at the smallest DCT scale not below the model's input size (faster; scores "
+                   "differ slightly from full decoding).")
 @input_errors_as_click
-def score_cmd(input_dir, model, output, checkpoint, tokenizer, embeddings, batch_size, device) -> None:
+def score_cmd(input_dir, model, output, checkpoint, tokenizer, embeddings, batch_size, device, draft) -> None:
     """Cosine of image and text embeddings per sample (primary text, title, content, query).
 
     Resumable per shard: a rerun skips shards whose part is written. Then choose a threshold with
@@ -33,6 +36,7 @@ def score_cmd(input_dir, model, output, checkpoint, tokenizer, embeddings, batch
     from ccmb_bench.scoring import default_device, score_corpus
 
     adapter = load_adapter(model, checkpoint=checkpoint, device=device or default_device(), tokenizer=tokenizer)
-    summary = score_corpus(input_dir, adapter, output, embeddings=embeddings, batch_size=batch_size, progress=True)
+    summary = score_corpus(input_dir, adapter, output, embeddings=embeddings, batch_size=batch_size, progress=True,
+                           draft=draft)
     for line in summary.lines():
         click.echo(line)
