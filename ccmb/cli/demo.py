@@ -250,6 +250,7 @@ SEMANTIC_EPS = 0.02
 
 def _show_model_curation(workdir: Path) -> dict:
     """Precision/recall of low_agreement (planted mismatches) and of semantic dedup (planted image copies)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from ..corpus.table import load_metadata
@@ -274,10 +275,30 @@ def _show_model_curation(workdir: Path) -> dict:
 
     out = {"low_agreement": pr("filter_scores.parquet", "low_agreement", mismatched),
            "duplicate_semantic": pr("semantic.parquet", "duplicate_semantic", copies)}
+    from ..corpus.scores import read_scores, top_percent_threshold
+
+    sc = read_scores(workdir / "scores.parquet", ["key", "score"]).to_pydict()
+    pairs = [(k, v) for k, v in zip(sc["key"], sc["score"]) if v is not None]
+    values = np.asarray([v for _, v in pairs])
+    is_bad = np.asarray([k in mismatched for k, _ in pairs])
+    bad, good = values[is_bad], values[~is_bad]
+    auc = float(((bad[:, None] < good[None, :]).mean() + 0.5 * (bad[:, None] == good[None, :]).mean()) * 100) \
+        if len(bad) and len(good) else float("nan")
+    sweep = {}
+    for p in (90, 95, 97, 98):
+        low = values < top_percent_threshold(values, p)
+        hit = int((low & is_bad).sum())
+        sweep[p] = {"dropped": int(low.sum()), "precision": hit / max(1, int(low.sum())),
+                    "recall": hit / max(1, int(is_bad.sum()))}
+    out["score_auc_mismatched_vs_rest"] = auc
+    out["keep_top_percent_sweep"] = sweep
     click.secho("\nModel-based curation with the demo's own model (against what was planted):", bold=True)
-    for reason, m in out.items():
+    for reason in ("low_agreement", "duplicate_semantic"):
+        m = out[reason]
         click.echo(f"  {reason}: dropped {m['dropped']}, planted {m['planted']}: precision {m['precision']:.2f}, "
                    f"recall {m['recall']:.2f}")
+    click.echo(f"  score AUC, planted mismatches below the rest: {auc:.1f} (chance 50); keep-top-percent sweep: "
+               + "; ".join(f"{p}%: P {m['precision']:.2f} R {m['recall']:.2f}" for p, m in sweep.items()))
     click.echo(f"  score histogram: {workdir / 'scores.png'}")
     (workdir / "model_curation.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     return out
