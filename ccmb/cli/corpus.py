@@ -156,7 +156,7 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
     levels = [name[len("level_"):] for name, on in switches.items() if name.startswith("level_") and on]
     params = {}
     if semantic_scores:
-        levels.append("semantic")
+        levels.append("semdedup")
         params = {"semantic_scores": semantic_scores, "semantic_eps": eps, "semantic_clusters": clusters}
     if not levels:
         raise click.UsageError("every dedup level is switched off")

@@ -1,7 +1,7 @@
 """Semantic dedup (SemDeDup): k-means on the image embeddings of ``ccmb score``, then within each cluster
 drop samples whose cosine to a kept one exceeds ``1 - eps``.
 
-A dedup level (``semantic``, reason ``duplicate_semantic``) of :mod:`ccmb.corpus.dedup`, switched on by
+A dedup level (``semdedup``, reason ``duplicate_semantic``) of :mod:`ccmb.corpus.dedup`, switched on by
 ``ccmb dedup --semantic SCORES.parquet --eps E``. The clusters only propose candidates: every sample is
 assigned to its ``assign`` nearest centroids (2 by default, so near pairs across a cluster border are still
 proposed) and every candidate pair is checked with the exact cosine of the two embeddings before it groups;
@@ -16,7 +16,6 @@ Reads only the scores parquet and the float16 embedding shards (never a model).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
@@ -110,17 +109,10 @@ def _semantic_level(input_dir: Path, meta: pa.Table, eligible: np.ndarray, confi
     return [drops_from_reps(reps, REASON)]
 
 
-@dataclass(frozen=True)
-class _SemanticLevel(DedupLevel):
-    """``--semantic`` takes the scores file (``ccmb dedup --semantic SCORES.parquet``), so the on/off switch
-    generated from the table is named ``--semantic-level``."""
+#: The level's name (``--semdedup/--no-semdedup``; ``--semantic SCORES.parquet`` switches it on with its input).
+LEVEL = "semdedup"
 
-    @property
-    def flag(self) -> str:
-        return "--semantic-level/--no-semantic-level"
-
-
-register_level(_SemanticLevel(
-    "semantic", REASON, _semantic_level, None, (),
-    "Level 5: semantic near-duplicates (k-means + exact cosine of ccmb score embeddings); "
-    "switched on by --semantic SCORES.parquet.", default=False))
+register_level(DedupLevel(
+    LEVEL, REASON, _semantic_level, None, (),
+    "Level 5: semantic near-duplicates (SemDeDup: k-means + exact cosine of ccmb score embeddings); "
+    "needs --semantic SCORES.parquet, which switches it on.", default=False))
