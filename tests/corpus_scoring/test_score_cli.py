@@ -121,3 +121,10 @@ def test_filter_stats_and_semantic_dedup_on_scores(corpus):
     t = read_decisions(ded).to_pydict()
     dropped = {k: d for k, r, d in zip(t["key"], t["reason"], t["duplicate_of"]) if r == "duplicate_semantic"}
     assert dropped.get("000007") == "000005"  # the same picture under another caption
+
+
+def test_semdedup_switch_without_scores_names_what_is_missing(corpus, tmp_path):
+    root, dl, model = corpus
+    res = CliRunner().invoke(main, ["dedup", "--input", str(dl), "--output", str(tmp_path / "d.parquet"),
+                                    "--semdedup"])
+    assert res.exit_code != 0 and "--semantic SCORES.parquet" in res.output
