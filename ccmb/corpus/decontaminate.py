@@ -181,10 +181,25 @@ def match_hashes(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) ->
             np.concatenate(dist_out))
 
 
+def all_matches(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) -> List[np.ndarray]:
+    """Every evaluation row within ``threshold`` of each corpus row (for the report: one image can be in
+    several evaluation sets); the same distance as :func:`match_hashes`."""
+    corpus = np.asarray(corpus, np.int64).view(np.uint64).reshape(-1, VARIANTS)
+    ev = eval_hashes.view(np.uint64)
+    out = []
+    for lo in range(0, len(corpus), CHUNK_ROWS):
+        c = corpus[lo: lo + CHUNK_ROWS]
+        best = np.full((len(c), len(ev)), 64, np.uint8)
+        for ci, ej in PAIRS:
+            np.minimum(best, np.bitwise_count(c[:, ci, None] ^ ev[None, :, ej]), out=best)
+        out.extend(np.flatnonzero(row <= threshold) for row in best)
+    return out
+
+
 class TarMatcher:
     """Hash one tar's images and match them against the evaluation hashes (a picklable job: processes and
     Spark tasks run it). Returns (keys matched, evaluation rows, distances, {key: error}, images hashed,
-    [(tar, key) requested but absent])."""
+    [(tar, key) requested but absent], hash variants of the matched images)."""
 
     def __init__(self, eval_hashes: np.ndarray, threshold: int) -> None:
         self.eval_hashes = eval_hashes
@@ -196,7 +211,7 @@ class TarMatcher:
         rows, ev, dist = match_hashes(values, self.eval_hashes, self.threshold)
         lost = sorted(set(keys) - set(out_keys) - set(errors))
         return ([out_keys[r] for r in rows.tolist()], ev.tolist(), dist.tolist(), errors, len(out_keys),
-                [(path, k) for k in lost])
+                [(path, k) for k in lost], values[rows].tolist())
 
 
 def _run_jobs(jobs, matcher: TarMatcher, engine: str, spark, workers: int, progress: bool):
@@ -299,13 +314,17 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
 
     # 1. exact bytes
     sha = sha256_to_binary(meta.column("sha256"), str(input_dir))
-    eval_sha = {h: i for i, h in reversed(list(enumerate(index.sha256)))}
+    eval_sha: Dict[bytes, List[int]] = {}
+    for i, h in enumerate(index.sha256):
+        eval_sha.setdefault(h, []).append(i)
+    hits: Dict[int, set] = {}  # corpus row -> every evaluation row it copies (for the report)
     if eval_sha:
         sha_list = sha.to_pylist()
         for r in np.flatnonzero(eligible).tolist():
-            j = eval_sha.get(sha_list[r])
-            if j is not None:
-                method[r], distance[r], eval_row[r] = 1, 0, j
+            js = eval_sha.get(sha_list[r])
+            if js is not None:
+                method[r], distance[r], eval_row[r] = 1, 0, js[0]
+                hits.setdefault(r, set()).update(js)
 
     # 2. perceptual hashes of every downloaded image, matched in the same pass
     rows = np.flatnonzero(eligible)
@@ -318,8 +337,8 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
     hashed = 0
     bad: List[str] = []
     missing: List[Tuple[str, str]] = []
-    for keys, ev, dist, errors, count, lost in _run_jobs(jobs, matcher, engine, spark, config.workers,
-                                                        config.progress):
+    for keys, ev, dist, errors, count, lost, matched in _run_jobs(jobs, matcher, engine, spark, config.workers,
+                                                                 config.progress):
         hashed += count
         missing.extend(lost)
         bad.extend(errors)
@@ -328,9 +347,11 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
         if keys:
             r = pc.index_in(pa.array(keys, pa.string()), value_set=meta.column("key")).to_numpy(
                 zero_copy_only=False).astype(np.int64)
-            for ri, j, d in zip(r.tolist(), ev, dist):
+            for ri, j, d, js in zip(r.tolist(), ev, dist, all_matches(np.asarray(matched), index.hashes,
+                                                                        config.phash_threshold)):
                 if method[ri] == 0:
                     method[ri], distance[ri], eval_row[ri] = 2, d, j
+                hits.setdefault(ri, set()).update(js.tolist())
     if missing:
         tar, key = missing[0]
         raise CurationError(f"{tar}: sample {key} is in the parquet as downloaded but not in the tar "
@@ -356,7 +377,7 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
         reasons.set(new, REASON_EVAL_OVERLAP)
     keys = meta.column("key")
     table = Decisions(keys, meta.column("shard"), reasons.array(), pa.array(dup_of, pa.string())).table()
-    report = make_report(index, meta, method, distance, eval_row, t_rows, t_eval, t_sim, config)
+    report = make_report(index, meta, method, distance, hits, t_rows, t_eval, t_sim, config)
     report.update({"corpus": str(input_dir), "rows": n, "images_scanned": hashed, "undecodable": len(bad),
                    "dropped": int((~reasons.kept).sum() - (~ok).sum())})  # no timings: the table is reproducible
     logger.info("decontaminate: %d rows scanned in %.1fs", n, time.time() - start)
@@ -370,8 +391,10 @@ def _texts(meta: pa.Table, text_field: str):
     return text
 
 
-def make_report(index: EvalIndex, meta: pa.Table, method, distance, eval_row, t_rows, t_eval, t_sim,
+def make_report(index: EvalIndex, meta: pa.Table, method, distance, hits: Dict[int, set], t_rows, t_eval, t_sim,
                 config: DecontaminationConfig) -> Dict[str, Any]:
+    """Per evaluation set: its images and texts with copies in the corpus (an image in several sets counts in
+    each), the corpus samples copying them, by method, with examples."""
     names = {1: "sha256", 2: "phash"}
     keys = meta.column("key")
     per: Dict[str, Dict[str, Any]] = {}
@@ -382,15 +405,17 @@ def make_report(index: EvalIndex, meta: pa.Table, method, distance, eval_row, t_
                          "examples": [], "text_examples": []}
     images_hit: Dict[str, set] = {s: set() for s in index.sets}
     for r in np.flatnonzero(method > 0).tolist():
-        j = int(eval_row[r])
-        set_name = index.sets[index.set_of[j]]
-        p = per[set_name]
-        p["corpus_samples_copying_images"] += 1
-        p["by_method"][names[int(method[r])]] += 1
-        images_hit[set_name].add(j)
-        if len(p["examples"]) < MAX_EXAMPLES:
-            p["examples"].append({"corpus_key": keys[r].as_py(), "eval_image": index.image_ids[j],
-                                  "method": names[int(method[r])], "distance": int(distance[r])})
+        by_set: Dict[str, List[int]] = {}
+        for j in sorted(hits.get(r, ())):
+            by_set.setdefault(index.sets[index.set_of[j]], []).append(j)
+        for set_name, js in by_set.items():
+            p = per[set_name]
+            p["corpus_samples_copying_images"] += 1
+            p["by_method"][names[int(method[r])]] += 1
+            images_hit[set_name].update(js)
+            if len(p["examples"]) < MAX_EXAMPLES:
+                p["examples"].append({"corpus_key": keys[r].as_py(), "eval_image": index.image_ids[js[0]],
+                                      "method": names[int(method[r])], "distance": int(distance[r])})
     texts_hit: Dict[str, set] = {s: set() for s in index.sets}
     for r, j, sim in zip(np.asarray(t_rows).tolist(), np.asarray(t_eval).tolist(), np.asarray(t_sim).tolist()):
         set_name = index.sets[index.set_of[index.text_image[j]]]

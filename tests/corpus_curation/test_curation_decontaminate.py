@@ -24,13 +24,18 @@ def write_icr(root, n=6):
     img_dir = root / "IQR_IQM_ICR_ICM_images"
     img_dir.mkdir(parents=True)
     (root / "ICR" / "val").mkdir(parents=True)
+    (root / "ICM" / "val").mkdir(parents=True)
     images = []
-    with open(root / "ICR" / "val" / "long_itr_val.json", "w", encoding="utf-8") as fh:
+    with open(root / "ICR" / "val" / "long_itr_val.json", "w", encoding="utf-8") as fh, \
+            open(root / "ICM" / "val" / "long_itm_val.json", "w", encoding="utf-8") as fm:
         for i in range(n):
             img = rand_image(500 + i, (320, 240))
             (img_dir / f"val{i}.jpg").write_bytes(jpeg(img))
             images.append(img)
             fh.write(json.dumps({"text": EVAL_TEXTS[i], "image_path": f"images/val{i}.jpg"}, ensure_ascii=False) + "\n")
+            if i < 3:  # ICM uses the same image folder: its first 3 images
+                fm.write(json.dumps({"text": EVAL_TEXTS[i], "image_path": f"val{i}.jpg", "label": 1},
+                                    ensure_ascii=False) + "\n")
     return images
 
 
@@ -98,6 +103,18 @@ def test_finds_transformed_copies_and_nothing_else(corpus):
     res = decontamination_table(d, index, DecontaminationConfig(drop_caption_matches=True))
     r = {r["key"]: r for r in res.table.to_pylist()}[k["caption_copy"]]
     assert (r["reason"], r["duplicate_of"]) == ("eval_overlap", "icr/val/val4.jpg")
+
+
+def test_report_counts_an_image_in_every_set_that_holds_it(corpus):
+    d, root, k = corpus
+    res = decontamination_table(d, build_index(["icr", "icm"], root), DecontaminationConfig())
+    icr, icm = res.report["datasets"]["icr/val"], res.report["datasets"]["icm/val"]
+    assert icr["images_with_copies"] == 5 and icm["images"] == 3 and icm["images_with_copies"] == 3
+    assert icm["corpus_samples_copying_images"] == 3 * len(COPIES)
+    assert {e["eval_image"] for e in icm["examples"]} <= {"val0.jpg", "val1.jpg", "val2.jpg"}
+    # the decision names the first set that holds the image
+    rows = {r["key"]: r for r in res.table.to_pylist()}
+    assert rows[k["flip0"]]["duplicate_of"] == "icr/val/val0.jpg"
 
 
 def test_cli_then_build_shards_removes_them(corpus, tmp_path):
