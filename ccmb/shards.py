@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 
 from . import __version__, atomic
 from .safejson import loads_bounded
+from .types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 SHARD_DIGITS = 5
 SHARD_NAME_RE = re.compile(r"^(\d{5,})\.tar$")

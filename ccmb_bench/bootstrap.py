@@ -15,7 +15,7 @@ import numpy as np
 
 from ccmb_bench.options import DEFAULT_RESAMPLES, DEFAULT_SEED
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PerQuery = Dict[str, Dict[str, np.ndarray]]
 Weights = Dict[str, np.ndarray]

@@ -16,7 +16,7 @@ import torch
 
 from ccmb.atomic import commit, temp_path_for
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _safe(part: str) -> str:
@@ -53,11 +53,11 @@ class EmbeddingCache:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 if (fh.metadata() or {}).get("key") != key:
-                    log.info("cache %s is stale (different inputs); recomputing", path)
+                    logger.info("cache %s is stale (different inputs); recomputing", path)
                     return None
                 return {name: fh.get_tensor(name) for name in fh.keys()}
         except Exception as exc:  # a corrupt file is recomputed, never trusted
-            log.warning("cache %s unreadable (%s); recomputing", path, exc)
+            logger.warning("cache %s unreadable (%s); recomputing", path, exc)
             return None
 
     def save(self, part: str, key: str, tensors: Dict[str, torch.Tensor]) -> None:
@@ -79,7 +79,7 @@ class EmbeddingCache:
         got = self.load(part, key)
         if got is not None:
             self.hits += 1
-            log.info("cache hit %s", self.path(part))
+            logger.info("cache hit %s", self.path(part))
             return got
         self.misses += 1
         out = compute()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional, Tuple
@@ -14,7 +13,6 @@ from ccmb.clikit import input_errors_as_click, parse_key_values, setup_logging
 from ccmb_bench.options import default as run_default
 from ccmb_bench.protocols import PROTOCOL_NAMES
 
-log = logging.getLogger("ccmb_bench")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

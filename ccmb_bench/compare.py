@@ -15,7 +15,7 @@ from ccmb_bench.options import DEFAULT_RESAMPLES, DEFAULT_SEED
 from ccmb_bench.protocols import protocol_key
 from ccmb_bench.results import SCHEMA, iter_results, read_per_query
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Key = Tuple[str, str, str]  # dataset, split, task
 
@@ -98,7 +98,7 @@ def compare_results(a: Dict[str, Any], b: Dict[str, Any], resamples: int = DEFAU
         raise CompareError(f"the queries of {a['_path']} and {b['_path']} do not match ({detail or 'no groups'})")
     for g, (shared, only_a, only_b) in counts.items():
         if only_a or only_b:
-            log.warning("%s: %d shared queries; %d only in A, %d only in B (compared on the shared ones)", g,
+            logger.warning("%s: %d shared queries; %d only in A, %d only in B (compared on the shared ones)", g,
                         shared, only_a, only_b)
     tests = boot.paired_test(statistic, sa, sb, resamples, seed)
     rows = []

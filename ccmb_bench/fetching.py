@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def load_adapter_or_fetch(load: Callable[..., Any], model: str, checkpoint: Optional[str], device: str,
@@ -33,7 +33,7 @@ def load_adapter_or_fetch(load: Callable[..., Any], model: str, checkpoint: Opti
                                          "downloads it)") from exc
         from ccmb.fetch import FetchError, VerificationError
 
-        log.warning("%s: weights missing; fetching them (--no-fetch forbids this)", model)
+        logger.warning("%s: weights missing; fetching them (--no-fetch forbids this)", model)
         try:
             hub.fetch_weights(model)
         except (FetchError, VerificationError, OSError) as fexc:
@@ -62,7 +62,7 @@ def load_data_or_fetch(load: Callable[..., Any], missing_error: type, name: str,
                                 "downloads it)") from exc
         from ccmb.fetch import FetchError, VerificationError
 
-        log.warning("%s: data missing under %s; fetching it (--no-fetch forbids this)", name, root)
+        logger.warning("%s: data missing under %s; fetching it (--no-fetch forbids this)", name, root)
         try:
             sources.fetch_dataset(name, Path(root))
         except (FetchError, VerificationError, OSError) as fexc:

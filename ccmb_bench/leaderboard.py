@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from ccmb.atomic import write_text
 from ccmb_bench.results import SCHEMA
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PAPER_FILE = Path(__file__).with_name("data") / "paper_results.json"
 
@@ -164,7 +164,7 @@ def report_bad(bad: Sequence[Tuple[str, str]], strict: bool) -> None:
     if strict:
         raise ResultFileError(f"{len(bad)} bad result file(s):\n" + "\n".join(f"  {p}: {r}" for p, r in bad))
     for p, r in bad:
-        log.warning("%s: skipped, %s", p, r)
+        logger.warning("%s: skipped, %s", p, r)
 
 
 # ---------------------------------------------------------------------------------------------- rows

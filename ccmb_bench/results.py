@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from ccmb.atomic import commit, temp_path_for, write_json
 from ccmb_bench.protocols import STRICT, Protocol
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SCHEMA = "ccmb-bench/result/v1"
 
@@ -91,7 +91,7 @@ def training_data(model: str) -> Dict[str, Any]:
             decon = ((shard_set or {}).get("provenance") or {}).get("decontamination") or {}
             against += [str(a) for a in decon.get("against", []) or []]
     except (OSError, ValueError, AttributeError, TypeError) as exc:
-        log.warning("%s: unreadable provenance (%s); training data unknown", prov_file, exc)
+        logger.warning("%s: unreadable provenance (%s); training data unknown", prov_file, exc)
         return {"provenance": False, "decontaminated_against": []}
     return {"provenance": True, "decontaminated_against": sorted(set(against))}
 
@@ -140,7 +140,7 @@ def write_result(output: Path, result: Dict[str, Any]) -> Path:
                        result.get("checkpoint_fingerprint", ""), (result.get("protocol") or {}).get("name", "official"))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, result)
-    log.info("wrote %s", path)
+    logger.info("wrote %s", path)
     return path
 
 
@@ -153,7 +153,7 @@ def iter_results(directory: Path) -> Iterator[Dict[str, Any]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            log.warning("%s: not a readable JSON result (%s); skipped", path, exc)
+            logger.warning("%s: not a readable JSON result (%s); skipped", path, exc)
             continue
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             continue

@@ -16,7 +16,7 @@ from ccmb_bench.protocols import Protocol, resolve
 from ccmb_bench.results import make_result, result_path, training_data, write_per_query, write_result
 from ccmb_bench.tasks import evaluator
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class MissingDataError(FileNotFoundError):
@@ -91,7 +91,7 @@ def run_one(adapter: ModelAdapter, name: str, opts: RunOptions, device: str,
     protocol = resolve(opts.protocol, spec)
     path = result_path(opts.output, adapter.name, spec.name, spec.task, split, adapter.fingerprint, protocol.name)
     if opts.skip_existing and path.is_file():
-        log.info("%s exists; skipped (--skip-existing)", path)
+        logger.info("%s exists; skipped (--skip-existing)", path)
         return None
     t0 = time.perf_counter()
     data = load_data_or_fetch(load_data, MissingDataError, spec.name, opts.root, split, opts.params, opts.fetch)
@@ -144,14 +144,14 @@ def run(model: str, dataset_names: Sequence[str], opts: RunOptions, checkpoint: 
         spec = ds.get_spec(name)
         if spec.task == "text-to-image" and not opts.generated:
             if sweep:
-                log.warning("%s: skipped (text-to-image needs --generated DIR)", name)
+                logger.warning("%s: skipped (text-to-image needs --generated DIR)", name)
                 continue
         if sweep:
             split = opts.split or spec.default_split
             try:
                 path = run_one(adapter, name, opts, device, provenance)
             except MissingDataError as exc:
-                log.warning("%s/%s: skipped, data missing: %s", name, split, str(exc).splitlines()[0])
+                logger.warning("%s/%s: skipped, data missing: %s", name, split, str(exc).splitlines()[0])
                 continue
         else:
             path = run_one(adapter, name, opts, device, provenance)

@@ -18,10 +18,10 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from models.config import CONFIG_FILE, ConfigLike, R2D2Config, get_config
+from models.config import CONFIG_FILE, ConfigLike, get_config
 from models.r2d2 import WEIGHTS_FILE, R2D2Model
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IGNORABLE_KEY_PATTERNS: Tuple[str, ...] = (
     r"(^|\.)position_ids$",
@@ -139,9 +139,9 @@ def load_state_dict_into(model: R2D2Model, state: Mapping[str, torch.Tensor], so
                + _fmt(report.unexpected))
         if strict:
             raise CheckpointError(msg + " (pass strict=False to drop them)")
-        log.warning("%s (dropped)", msg)
+        logger.warning("%s (dropped)", msg)
     model.load_state_dict(usable, strict=False)
-    log.info("loaded %d tensors from %s (%d ignorable keys skipped)", len(usable), source, len(report.ignored))
+    logger.info("loaded %d tensors from %s (%d ignorable keys skipped)", len(usable), source, len(report.ignored))
     return report
 
 
@@ -228,7 +228,7 @@ def init_from_hf(config: ConfigLike, vision_dir: Union[str, "os.PathLike[str]"],
     model.text_encoder.load_state_dict(text.state_dict(), strict=True)
     if cfg.has_cross_encoders:
         init_cross_encoders_from_text(model)
-    log.info("initialised %s from %s (vision) and %s (text)", cfg.name, vision_dir, text_dir)
+    logger.info("initialised %s from %s (vision) and %s (text)", cfg.name, vision_dir, text_dir)
     return model.to(device)
 
 
@@ -277,5 +277,5 @@ def init_mlm_head_from_hf(head: torch.nn.Module, bert_dir: Union[str, "os.PathLi
     missing, unexpected = head.load_state_dict(mlm, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{weights}: MLM head does not fit: missing {missing}, unexpected {unexpected}")
-    log.info("MLM head initialised from %s", weights)
+    logger.info("MLM head initialised from %s", weights)
     return True

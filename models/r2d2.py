@@ -24,7 +24,7 @@ from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionMode
 from models.config import CONFIG_FILE, R2D2Config
 from models.cross_encoder import CrossEncoder, init_bert_weights, init_fan_in_weights
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 NO_SCORE = -100.0  # score of pairs outside the top-k pre-ranking (as the official evaluation)
@@ -345,5 +345,5 @@ class R2D2Model(nn.Module):
             tmp.unlink(missing_ok=True)
             raise
         write_json(directory / CONFIG_FILE, self.config.to_dict())
-        log.info("saved %s (%s) to %s", self.config.name, self.config.family, directory)
+        logger.info("saved %s (%s) to %s", self.config.name, self.config.family, directory)
         return directory

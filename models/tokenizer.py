@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Union
 
 import torch
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_TEXT_LEN = 64
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -62,7 +62,7 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"], max_length: int = MAX_T
     if missing:
         raise ValueError(f"{vocab if expected is not None else path}: special tokens {missing} are not in the "
                          "vocabulary")
-    log.debug("tokenizer from %s: %d tokens, max_length %d", path, tok.vocab_size, max_length)
+    logger.debug("tokenizer from %s: %d tokens, max_length %d", path, tok.vocab_size, max_length)
     return tok
 
 

@@ -11,14 +11,13 @@ trainer itself never imports the benchmark).
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import click
 
-from .common import input_errors_as_click
+from ..clikit import input_errors_as_click
 
 logger = logging.getLogger(__name__)
 

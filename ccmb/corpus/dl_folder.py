@@ -15,17 +15,17 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__, atomic, shards
 from . import ingest
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 STATE_DIR = "_ccmb"
 #: All input lines refused before download (``file:line<TAB>reason``), beside the shards' failed_input rows.

@@ -14,7 +14,7 @@ from PIL import Image
 from .base import MissingImageError, ParseLog
 from .imagesource import ImageSource
 
-TASKS = ("retrieval", "matching", "classification", "captioning", "text-to-image")
+TASK_NAMES = ("retrieval", "matching", "classification", "captioning", "text-to-image")
 
 
 class ImageData:

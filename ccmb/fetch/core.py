@@ -24,7 +24,7 @@ from . import http, unpack, verify
 from .home import offline as _offline_env
 from .sources import Source, SourceError, mirror_sources
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RECORD = ".ccmb-fetch.json"
 
@@ -116,7 +116,7 @@ def verify_file(spec: FileSpec, path: Path) -> Optional[str]:
     digest = verify.check_size_and_hash(path, spec.size, spec.sha256)
     if spec.expected_keys:
         n = verify.check_checkpoint_keys(path, spec.expected_keys, spec.optional_keys)
-        log.info("%s: %d checkpoint keys and shapes as expected", path.name, n)
+        logger.info("%s: %d checkpoint keys and shapes as expected", path.name, n)
     elif spec.state_dict and not verify.read_checkpoint_shapes(path):
         raise verify.VerificationError(f"{path}: a checkpoint without tensors")
     if spec.unpack:
@@ -153,7 +153,7 @@ def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allo
             digest = verify_file(spec, path)
         except verify.VerificationError as exc:
             rejected = path.with_name(path.name + ".rejected")  # a manual download is kept for inspection
-            log.warning("%s; moved to %s, fetching again", exc, rejected.name)
+            logger.warning("%s; moved to %s, fetching again", exc, rejected.name)
             os.replace(path, rejected)
         else:
             _save_record(folder, spec.name, path, digest, "present")
@@ -170,28 +170,28 @@ def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allo
         for attempt in range(1 + max(0, retries)):
             t0 = time.perf_counter()
             try:
-                log.info("%s/%s: fetching %s from %s", artifact.kind, artifact.name, spec.name, source.describe())
+                logger.info("%s/%s: fetching %s from %s", artifact.kind, artifact.name, spec.name, source.describe())
                 got = source.fetch(path, allow_file=allow_file)
             except SourceError as exc:
                 attempts.append(f"{exc} [{time.perf_counter() - t0:.1f}s]")
                 part = http.part_path(path)
                 resumable = part.is_file() and part.stat().st_size > 0
                 if resumable and attempt < retries:
-                    log.info("%s: retrying %s (resume)", spec.name, source.describe())
+                    logger.info("%s: retrying %s (resume)", spec.name, source.describe())
                     continue
                 break
             try:
                 digest = verify_file(spec, got)
             except verify.VerificationError as exc:
                 attempts.append(f"{source.describe()}: downloaded but failed verification: {exc}")
-                log.warning("%s: %s; removed, trying the next source", spec.name, exc)
+                logger.warning("%s: %s; removed, trying the next source", spec.name, exc)
                 got.unlink(missing_ok=True)
                 http.discard_partial(path)
                 break
             if got != path:
                 got.replace(path)
             _save_record(folder, spec.name, path, digest, source.describe())
-            log.info("%s/%s: %s ready (%s)", artifact.kind, artifact.name, path, spec.describe_checks())
+            logger.info("%s/%s: %s ready (%s)", artifact.kind, artifact.name, path, spec.describe_checks())
             return path, True
     raise FetchError(_failure(artifact, spec, path, attempts, sources, "every source failed"))
 
@@ -223,7 +223,7 @@ def fetch_artifact(artifact: Artifact, folder: Path, *, unpack_to: Optional[Path
     target = Path(unpack_to) if unpack_to is not None else Path(folder)
     for spec in artifact.files:
         if spec.unpack and spec.expect and unpack.first_missing(target, list(spec.expect)) is None:
-            log.info("%s: %s already unpacked in %s", artifact.name, spec.name, target)
+            logger.info("%s: %s already unpacked in %s", artifact.name, spec.name, target)
             result.cached.append(spec.name)
             continue
         path, downloaded = fetch_file(artifact, spec, folder, allow_file=allow_file, offline=offline,

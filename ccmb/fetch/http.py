@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHUNK = 1 << 16  # small enough that a dropped connection loses little (urllib3 drops a partial chunk)
 PART_SUFFIX = ".part"
@@ -104,7 +104,7 @@ def download(url: str, dest: Path, *, allow_file: bool = False, timeout: Optiona
     have = part.stat().st_size if part.is_file() else 0
     meta = _read_meta(dest)
     if have and meta.get("url") not in (None, url):
-        log.info("%s: partial bytes came from %s; resuming from this mirror (verification follows)",
+        logger.info("%s: partial bytes came from %s; resuming from this mirror (verification follows)",
                  dest.name, meta.get("url"))
     req_headers = {"Accept-Encoding": "identity", "User-Agent": "ccmb-fetch"}
     req_headers.update(headers or {})
@@ -133,7 +133,7 @@ def download(url: str, dest: Path, *, allow_file: bool = False, timeout: Optiona
             mode, resumed = "ab", have
         else:
             if have:
-                log.info("%s: server sent the whole file (no range support or the file changed); restarting",
+                logger.info("%s: server sent the whole file (no range support or the file changed); restarting",
                          dest.name)
             mode, resumed = "wb", 0
         length = resp.headers.get("Content-Length")

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from . import http
 from .home import ccmb_home
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GDRIVE_URL = "https://drive.google.com/uc?id={id}"
 
@@ -63,7 +63,7 @@ class UrlSource(Source):
         except http.DownloadError as exc:
             raise SourceError(str(exc)) from exc
         if resumed:
-            log.info("%s: resumed at byte %d from %s", dest.name, resumed, self.url)
+            logger.info("%s: resumed at byte %d from %s", dest.name, resumed, self.url)
         return path
 
     def to_dict(self) -> Dict[str, Any]:
@@ -134,7 +134,7 @@ class GDriveSource(Source):
         try:
             # gdown keeps <name>XXXXXXXX.part beside the output and resumes it with resume=True
             kwargs = {"timeout": (timeout, max(timeout, 60.0))} if _accepts(gdown.download, "timeout") else {}
-            got = gdown.download(url=url, output=str(dest), quiet=not log.isEnabledFor(logging.INFO),
+            got = gdown.download(url=url, output=str(dest), quiet=not logger.isEnabledFor(logging.INFO),
                                  resume=True, use_cookies=False, **kwargs)
         except Exception as exc:  # gdown raises its own errors, requests' and ValueError
             raise SourceError(f"{self.describe()}: {type(exc).__name__}: {_first_line(exc)}") from exc

@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from .verify import VerificationError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_MEMBERS = 5_000_000
 
@@ -96,7 +96,7 @@ def unzip(archive: Path, dest: Path, overwrite: bool = False) -> List[Path]:
             final = dest / entry.name
             if final.exists():
                 if not overwrite:
-                    log.info("%s exists; kept (unpacked copy discarded)", final)
+                    logger.info("%s exists; kept (unpacked copy discarded)", final)
                     continue
                 shutil.rmtree(final) if final.is_dir() else final.unlink()
             os.replace(entry, final)

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _SHOW = 10
 

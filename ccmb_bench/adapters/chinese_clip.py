@@ -17,7 +17,7 @@ from ccmb_bench.adapters.base import (
     fingerprint_path,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 KIND = "chinese-clip"
 DIRECTORY = 'a saved ChineseCLIPModel (config.json with "model_type": "chinese_clip")'
@@ -52,7 +52,7 @@ class ChineseCLIPAdapter(ModelAdapter):
 
                 self.processor = ChineseCLIPImageProcessor.from_pretrained(source)
             except Exception as exc:  # a hub name without a processor, or an incompatible file
-                log.warning("%s: no usable image processor (%s); using CLIP resize/crop at %d px", source, exc, size)
+                logger.warning("%s: no usable image processor (%s); using CLIP resize/crop at %d px", source, exc, size)
         if self.processor is None:
             from models.preprocess import ImageTransform
 
@@ -97,7 +97,7 @@ def _load(path: Path, name: str, device: str) -> ChineseCLIPAdapter:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # truncated weights, broken config: name the folder
-        log.debug("loading %s failed", path, exc_info=True)
+        logger.debug("loading %s failed", path, exc_info=True)
         raise ModelLoadError(f"{path}: cannot load the Chinese-CLIP model: {type(exc).__name__}: {exc}") from exc
 
 

@@ -19,7 +19,7 @@ from ccmb_bench.adapters.base import (
     fingerprint_path,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 KIND = "r2d2"
 DIRECTORY = "a trainer output (config.json + model.safetensors)"
@@ -132,7 +132,7 @@ def build(config, weights: Path, name: str, device: str, tokenizer: Optional[str
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # truncated safetensors, pickle errors, wrong keys: name the file
-        log.debug("loading %s failed", weights, exc_info=True)
+        logger.debug("loading %s failed", weights, exc_info=True)
         msg = str(exc)
         if str(weights) not in msg:
             msg = f"{weights}: cannot load checkpoint: {type(exc).__name__}: {msg}"

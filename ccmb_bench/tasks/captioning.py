@@ -17,7 +17,7 @@ from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.caption_metrics import caption_scores
 from ccmb_bench.tasks.encode import encode_images, encode_texts
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class PredictionsError(ValueError):
@@ -87,12 +87,12 @@ def evaluate(adapter: Optional[ModelAdapter], data: CaptionData, cache: Embeddin
             raise PredictionsError(f"{predictions}: none of the {len(data.image_ids)} image ids of "
                                    f"{data.name}/{data.split} has a prediction (e.g. {data.image_ids[0]!r})")
         if missing:
-            log.warning("%s: %d of %d images have no prediction (scored as empty captions)", predictions,
+            logger.warning("%s: %d of %d images have no prediction (scored as empty captions)", predictions,
                         missing, len(data.image_ids))
         ids, stems = set(data.image_ids), {_stem(i) for i in data.image_ids}
         unknown = [k for k in preds if k not in ids and _stem(k) not in stems]
         if unknown:
-            log.warning("%s: %d predictions name images that %s/%s does not have (e.g. %r); ignored", predictions,
+            logger.warning("%s: %d predictions name images that %s/%s does not have (e.g. %r); ignored", predictions,
                         len(unknown), data.name, data.split, unknown[0])
         source = "predictions"
     elif adapter is not None and adapter.can_generate:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache, digest
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _cat(parts: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:

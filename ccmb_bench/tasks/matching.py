@@ -22,7 +22,7 @@ from ccmb_bench.protocols import STRICT, Rules
 from ccmb_bench.tasks.encode import _cat, encode_images, encode_texts
 from ccmb_bench.tasks.views import MatchingView, matching_view
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def hidden_bytes(adapter: ModelAdapter, n_images: int, n_texts: int) -> int:
@@ -70,7 +70,7 @@ def evaluate(adapter: ModelAdapter, data: MatchingData, cache: EmbeddingCache, b
     used = sorted(set(view.pair_images))
     need = hidden_bytes(adapter, len(used), len(texts))
     if need > max_hidden_gb * 2 ** 30:
-        log.info("%s: hidden states would take %.1f GB > %.1f GB; streaming pairs in chunks of %d", data.name,
+        logger.info("%s: hidden states would take %.1f GB > %.1f GB; streaming pairs in chunks of %d", data.name,
                  need / 2 ** 30, max_hidden_gb, chunk_pairs)
         scores = streamed_scores(adapter, data, view, batch_size, chunk_pairs)
         mode = "streamed"

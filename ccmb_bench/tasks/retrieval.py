@@ -15,7 +15,7 @@ from ccmb_bench.protocols import STRICT, Rules
 from ccmb_bench.tasks.encode import context_length, dual_scores, encode_images, encode_texts, prefixed
 from ccmb_bench.tasks.views import RetrievalView, retrieval_view
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _expand(enc: Dict[str, torch.Tensor], index: torch.Tensor) -> Dict[str, torch.Tensor]:

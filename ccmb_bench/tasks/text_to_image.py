@@ -19,7 +19,7 @@ from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.tasks.encode import encode_images, encode_texts
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 

@@ -11,10 +11,9 @@ weights go to ``RUN_DIR/best`` (never chosen on a test split).
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,19 +27,19 @@ from .loop import EvaluateFn, TrainResult, run_training
 from .objective import R2D2Objective
 from .pretrain import prepare_model, tokenizer_files, write_run_files
 from .teacher import special_token_ids
+from ccmb.types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-TASKS = ("retrieval", "matching")
+FINETUNE_TASKS = ("retrieval", "matching")
 
 
 class PairSamples(Dataset):
     """(image index, text, image id, label) samples of a RetrievalData or MatchingData object."""
 
     def __init__(self, data: Any, task: str, transform: Callable, seed: int = 0) -> None:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}: use one of {TASKS}")
+        if task not in FINETUNE_TASKS:
+            raise ValueError(f"unknown task {task!r}: use one of {FINETUNE_TASKS}")
         self.data, self.task, self.transform, self.seed = data, task, transform, seed
         self.epoch = 0
         if task == "retrieval":

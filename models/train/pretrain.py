@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -21,10 +20,10 @@ from .distributed import DistInfo, init_distributed
 from .loop import EvaluateFn, TrainResult, enable_gradient_checkpointing, freeze_vision, run_training
 from .objective import R2D2Objective
 from .teacher import special_token_ids
+from ccmb.types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 
 #: Parameters R2D2 never uses (BERT's pooler, CLIP's post_layernorm): kept in checkpoints, not trained.
 UNUSED_PREFIXES = ("text_encoder.pooler.", "visual_encoder.post_layernorm.",

@@ -9,7 +9,6 @@ Also: every cross-encoder parameter receives a gradient after one step, and capt
 are never drawn as FGR negatives.
 """
 import io
-import math
 import random
 import sys
 from pathlib import Path

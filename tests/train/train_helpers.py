@@ -132,7 +132,6 @@ def gcpr_ddp_worker(rank: int, world: int, port: int, workdir: str) -> None:
 
 def hardest_negatives(sims, pos, generator=None):
     """Deterministic stand-in for FGR's sampler: the most similar non-positive column."""
-    import torch
 
     return sims.float().masked_fill(pos, float("-inf")).argmax(dim=1)
 
