@@ -1,4 +1,10 @@
-"""The Spark engine of filter and dedup (``--engine spark``): same rules, same results as in-process.
+"""Spark building blocks of filter and dedup: the filter rules and the URL normal form as column
+expressions, the curation session, and the table-returning API (``filter_table(..., engine="spark")``,
+``dedup_table(..., engine="spark")``), which brings the table back to the driver.
+
+The commands (``ccmb filter|dedup|build-shards --engine spark``) run end to end on the executors instead,
+nothing per row on the driver: :mod:`ccmb.corpus.spark_dist` and :mod:`ccmb.corpus.build_spark`. The
+table-returning API below:
 
 * filter: Spark reads the parquet files itself and evaluates the rules as column expressions
   (Java regexes equivalent to the RE2 ones of :mod:`ccmb.corpus.filter`); only the decision columns are
