@@ -118,12 +118,9 @@ def apply_scores(table_path: PathLike, scores_path: PathLike, *, min_score: Opti
     keep = decisions.column("keep").to_numpy(zero_copy_only=False).astype(bool)
     no_score = keep & np.isnan(row_scores)
     low = keep & ~no_score & low_agreement_mask(row_scores, threshold)
-    reasons = decisions.column("reason").to_pylist()
-    for i in np.flatnonzero(no_score):
-        reasons[i] = REASON_NOT_SCORED
-    for i in np.flatnonzero(low):
-        reasons[i] = REASON_LOW_AGREEMENT
-    reason_arr = pa.array(reasons, pa.string())
+    reason_arr = decisions.column("reason").combine_chunks().cast(pa.string())
+    reason_arr = pc.if_else(pa.array(no_score), pa.scalar(REASON_NOT_SCORED), reason_arr)
+    reason_arr = pc.if_else(pa.array(low), pa.scalar(REASON_LOW_AGREEMENT), reason_arr)
     out = pa.Table.from_arrays([decisions.column("key"), decisions.column("shard"), pc.is_null(reason_arr),
                                 reason_arr, decisions.column("duplicate_of")], schema=DECISION_SCHEMA)
     info = json.dumps({"scores": str(Path(scores_path).resolve()), "field": field, "threshold": threshold,
