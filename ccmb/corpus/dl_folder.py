@@ -218,7 +218,8 @@ def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
 
     img2dataset (with :class:`CcmbSampleWriter`) already wrote the tar and the parquet in the ccmb
     format; this recounts the parquet rows by status (refused rows are ``failed_input``, not
-    img2dataset's ``failed_to_download``) and records the tar's manifest entry in ``_stats.json``.
+    img2dataset's ``failed_to_download``) and records the tar's manifest entry and the parquet's checksum
+    (which ``ccmb verify`` checks) in ``_stats.json``.
     """
     output_dir = Path(output_dir)
     name = shards.shard_name(shard_id)
@@ -236,7 +237,8 @@ def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
     stats.update(count=len(status), successes=counts[shards.STATUS_SUCCESS],
                  failed_to_download=counts["failed_to_download"], failed_to_resize=counts["failed_to_resize"],
                  failed_input=counts[STATUS_FAILED_INPUT], status_dict=dict(reasons), ccmb_version=__version__,
-                 ccmb={"tar": entry, "format_version": shards.FORMAT_VERSION})
+                 ccmb={"tar": entry, "parquet": shards.parquet_entry(output_dir / f"{name}.parquet", len(status)),
+                       "format_version": shards.FORMAT_VERSION})
     atomic.write_json(stats_path, stats)
     return entry
 

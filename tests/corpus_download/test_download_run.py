@@ -85,6 +85,11 @@ def test_every_bad_case_is_a_counted_failure(tmp_path, image_server, refused_url
     # the output is a valid ccmb shard set, read by the foundation's readers
     report = shards.verify_shard_set(out)
     assert report.ok, report.problems
+    # every shard's _stats.json records its parquet's checksum, which verify checks
+    for stats_file in sorted(out.glob("*_stats.json")):
+        entry = json.loads(stats_file.read_text())["ccmb"]["parquet"]
+        parquet = out / stats_file.name.replace("_stats.json", ".parquet")
+        assert entry["sha256"] == shards.sha256_file(parquet) and entry["bytes"] == parquet.stat().st_size
     samples = list(shards.iter_samples(out))
     assert len(samples) == len(good)
     s = min(samples, key=lambda x: x.key)  # tars hold samples in download order
