@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,10 +42,10 @@ from .combine import combine_tables
 from .filter import FilterConfig, filter_table
 from .table import (CurationError, check_source, decision_metadata, list_parquets, read_decisions,
                     write_decisions)
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 BUILD_DIR = "_build"
 PLAN_VERSION = 2  # 2: the shuffle is a seeded hash order (the same on Spark)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 from .. import atomic
 from .. import shards as fmt
 from .table import REASON_NOT_DOWNLOADED, CurationError, decision_metadata
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 PLAN_DIR = "plan"
 
 

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +29,10 @@ import pyarrow.compute as pc
 from .parts import table_fingerprint
 from .table import (REASON_NOT_DOWNLOADED, TABLE_INFO, CurationError, decision_metadata, ReasonCodes, as_numpy_bool,
                     load_metadata, prior_reason_codes, read_decisions)
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 REASON_EVAL_OVERLAP = "eval_overlap"
 
 

@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,10 +41,10 @@ from .combine import REASON_EVAL_OVERLAP
 from .phash import VARIANT_PAIRS, VARIANTS, phash_tar, phash_with_mirror
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, CurationError, Decisions, ReasonCodes, Summary, as_numpy_bool,
                     check_unique_keys, load_metadata, sha256_to_binary, write_decisions)
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 REASON_UNDECODABLE = "undecodable_image"
 MAX_EXAMPLES = 10
 CHUNK_ROWS = 512

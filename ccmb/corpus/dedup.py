@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +48,6 @@ from .urlnorm import normalize_urls
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 REASON_UNDECODABLE = "undecodable_image"
 
 
@@ -379,3 +378,4 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
     return summary
 
 from . import semantic  # noqa: E402,F401  (registers the "semantic" level: ccmb.corpus.semantic)
+from ..types import PathLike

@@ -23,17 +23,17 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import atomic
 from ..safejson import loads_bounded, nesting_depth
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 #: Zero's released keys (lower-cased) -> the foundation's metadata names (ccmb.shards.METADATA_FIELDS).
 ZERO_FIELDS: Dict[str, str] = {

@@ -20,17 +20,17 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import atomic
 from .. import shards as fmt
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 MARKER = "_ccmb_table.json"
 MARKER_VERSION = 1
 PART_FORMAT = "part-{:05d}.parquet"

@@ -19,7 +19,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -27,10 +27,10 @@ from PIL import Image
 
 from .. import shards as fmt
 from ..images import ImageDecodeError, open_image
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 HASH_SIZE = 8
 IMG_SIZE = 32
 BATCH = 512

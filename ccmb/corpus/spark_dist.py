@@ -28,7 +28,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -37,10 +37,10 @@ from . import parts
 from .dedup import REASON_UNDECODABLE, DedupConfig
 from .filter import FILTER_COLUMNS, FilterConfig
 from .table import REASON_NOT_DOWNLOADED, CurationError, Summary, check_source
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 OUT_COLUMNS = ("key", "shard", "keep", "reason", "duplicate_of")
 MAX_ROUNDS = 10_000
 

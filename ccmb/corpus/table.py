@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 
 from .. import atomic
 from .. import shards as fmt
+from ..types import PathLike
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
 
 DECISION_SCHEMA = pa.schema([
     pa.field("key", pa.string()),
