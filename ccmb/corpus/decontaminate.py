@@ -26,9 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -38,6 +36,7 @@ import pyarrow.compute as pc
 
 from . import groups, minhash
 from .combine import REASON_EVAL_OVERLAP
+from .parallel import map_jobs
 from .phash import VARIANT_PAIRS, VARIANTS, phash_tar, phash_with_mirror
 from .table import (ENGINES, REASON_NOT_DOWNLOADED, CurationError, Decisions, ReasonCodes, Summary, as_numpy_bool,
                     check_unique_keys, load_metadata, sha256_to_binary, write_decisions)
@@ -220,26 +219,7 @@ def _run_jobs(jobs, matcher: TarMatcher, engine: str, spark, workers: int, progr
 
         spark = _session(spark)
         return spark.sparkContext.parallelize(jobs, max(1, len(jobs))).map(matcher).collect() if jobs else []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="decontaminate", unit="shard")
-    results = []
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as ex:
-            for res in ex.map(matcher, jobs):
-                results.append(res)
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for job in jobs:
-            results.append(matcher(job))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return results
+    return map_jobs(matcher, jobs, workers=workers, progress=progress, desc="decontaminate")
 
 
 # ----------------------------------------------------------------------------------- text matching

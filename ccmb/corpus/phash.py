@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -28,6 +26,7 @@ from PIL import Image
 from .. import shards as fmt
 from ..images import ImageDecodeError, open_image
 from ..types import PathLike
+from .parallel import map_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -195,25 +194,7 @@ def compute_phashes(tars: Sequence[PathLike], keys_by_tar: Optional[Dict[str, It
             if not keys:
                 continue
         jobs.append((str(t), keys))
-    results = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="phash", unit="shard")
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as ex:
-            for res in ex.map(_phash_job, jobs):
-                results.append(res)
-                if bar is not None:
-                    bar.update(1)
-    else:
-        for job in jobs:
-            results.append(_phash_job(job))
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    results = map_jobs(_phash_job, jobs, workers=workers, progress=progress, desc="phash")
     keys_out: List[str] = []
     values: List[np.ndarray] = []
     err_keys: List[str] = []
