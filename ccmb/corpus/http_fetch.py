@@ -12,12 +12,22 @@ Limits, all enforced while the response streams in, each failure a short reason 
   or reserved addresses, checked on the address actually connected to, at every hop (so also after a
   redirect and a DNS answer that changes): ``private address refused``.
 
+**Proxies** follow urllib's environment (``http_proxy``, ``https_proxy``, ``no_proxy`` and their upper-case
+forms; :func:`urllib.request.getproxies` / ``proxy_bypass_environment``), read once per process: an http
+target is requested from the proxy by absolute URI, an https target through a ``CONNECT`` tunnel (TLS and
+certificate checks end to end with the target); ``user:pass@`` in the proxy URL becomes a Basic
+``Proxy-Authorization``. The deadline and the size cap apply unchanged (the watchdog holds the socket to
+the proxy). With ``deny_private`` the proxy's own address is allowed (corporate proxies often sit on
+private addresses); the *target* host is resolved locally and refused if any of its addresses is refused
+(best effort: the proxy resolves it again itself, and a name that does not resolve locally is passed on).
+
 The deadline is enforced by one watchdog thread per process that shuts down the socket of a request
 whose deadline has passed, which wakes any blocked read at once. No content decoding is done
 (``Accept-Encoding: identity``), so a compressed "bomb" is stored as sent (and then fails to decode).
 """
 from __future__ import annotations
 
+import base64
 import heapq
 import http.client
 import io
@@ -28,9 +38,10 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
-from urllib.parse import quote, urljoin, urlsplit
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 MAX_REDIRECTS = 10
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -206,9 +217,12 @@ def _connection_class(base: type) -> type:
                 super().connect()
                 return
             # https: wrap without the implicit handshake, so the watchdog holds the TLS socket during it
-            # (a server trickling its handshake is cut at the deadline too); no proxies, no tunnel.
+            # (a server trickling its handshake is cut at the deadline too). Through a proxy, the plain
+            # connect() below has already opened the CONNECT tunnel; TLS then speaks to the tunnel host.
             http.client.HTTPConnection.connect(self)
-            sock = self._context.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
+            server_hostname = self._tunnel_host or self.host
+            sock = self._context.wrap_socket(self.sock, server_hostname=server_hostname,
+                                             do_handshake_on_connect=False)
             self.sock = sock
             self._request.set_socket(sock)
             sock.do_handshake()
@@ -226,6 +240,56 @@ def _ssl_context() -> ssl.SSLContext:
     if _SSL_CONTEXT is None:
         _SSL_CONTEXT = ssl.create_default_context()
     return _SSL_CONTEXT
+
+
+# ----------------------------------------------------------------------------------- proxies
+
+_PROXIES: Optional[Tuple[int, Dict[str, str]]] = None  # (pid, urllib.request.getproxies()) of this process
+
+
+def _proxy_settings() -> Dict[str, str]:
+    """urllib's proxy settings from the environment, read once per process (workers read their own)."""
+    global _PROXIES
+    if _PROXIES is None or _PROXIES[0] != os.getpid():
+        _PROXIES = (os.getpid(), urllib.request.getproxies())
+    return _PROXIES[1]
+
+
+@dataclass(frozen=True)
+class _Proxy:
+    netloc: str  # host[:port] of the proxy
+    authorization: Optional[str]  # the Proxy-Authorization header value, if the URL has credentials
+
+
+def _proxy_for(scheme: str, netloc: str) -> Optional[_Proxy]:
+    """The proxy to use for a ``scheme`` URL on ``netloc`` (host[:port]), or None for a direct connection."""
+    proxies = _proxy_settings()
+    url = proxies.get(scheme)
+    if not url or urllib.request.proxy_bypass_environment(netloc, proxies):
+        return None
+    if "://" not in url:  # "proxy:3128", as urllib accepts
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        # urllib also talks plain HTTP to an https:// proxy URL; other schemes (socks...) it cannot use
+        raise FetchError(f"unsupported proxy {parts.scheme or 'URL'!r} in {scheme}_proxy (only http proxies)")
+    authorization = None
+    if parts.username is not None:
+        creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = "Basic " + base64.b64encode(creds).decode("ascii")
+    return _Proxy(parts.netloc.rpartition("@")[2], authorization)
+
+
+def _check_target_address(host: str, port: int) -> None:
+    """``--deny-private`` through a proxy: refuse a target that resolves (here) to a refused address."""
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return  # not resolvable here (common behind an egress proxy): the proxy resolves it
+    for *_, addr in infos:
+        if refused_ip(ipaddress.ip_address(addr[0].split("%")[0])):
+            raise FetchError(f"{PRIVATE} ({host} resolves to a loopback/private/link-local address; "
+                             "--deny-private)")
 
 
 # ----------------------------------------------------------------------------------- the fetch
@@ -259,14 +323,29 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
         if not parts.hostname:
             raise FetchError("invalid URL: no host")
         seen.add(url)
+        netloc = parts.netloc.rpartition("@")[2]
         cls = _HTTPSConnection if scheme == "https" else _HTTPConnection
         kw = {"context": _ssl_context()} if scheme == "https" else {}
-        conn = cls(parts.netloc.rpartition("@")[2], request=request, deny_private=limits.deny_private, **kw)
+        path = _quote(parts.path or "/")
+        if parts.query:
+            path += "?" + _quote(parts.query)
+        extra = {}
+        proxy = _proxy_for(scheme, netloc)
+        if proxy is None:
+            conn = cls(netloc, request=request, deny_private=limits.deny_private, **kw)
+        else:
+            if limits.deny_private:
+                _check_target_address(parts.hostname, parts.port or (443 if scheme == "https" else 80))
+            conn = cls(proxy.netloc, request=request, deny_private=False, **kw)  # the proxy may be private
+            auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
+            if scheme == "https":
+                conn.set_tunnel(netloc, headers=auth)  # CONNECT; credentials go to the proxy only
+            else:
+                path = f"http://{netloc}{path}"  # absolute URI; http.client sets Host to the target
+                extra = auth
         try:
-            path = _quote(parts.path or "/")
-            if parts.query:
-                path += "?" + _quote(parts.query)
-            conn.request("GET", path, headers={"Accept-Encoding": "identity", "Connection": "close", **headers})
+            conn.request("GET", path, headers={"Accept-Encoding": "identity", "Connection": "close", **headers,
+                                               **extra})
             resp = conn.getresponse()
             location = resp.getheader("Location") if resp.status in REDIRECT_CODES else None
             if location is not None:
