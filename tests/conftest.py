@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CCMB_OFFLINE", "1")  # ccmb fetch / ccmb-bench run never download in tests
+# Tests talk to servers they start on 127.0.0.1: a proxy from the machine's environment must not sit between
+# (the proxy tests set their own).
+for _var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+    os.environ.pop(_var, None)
 
 import pytest  # noqa: E402
 
