@@ -328,6 +328,10 @@ def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, s
                 drops = _caption_level(spark, elig, config, scratch)
             elif name == "phash":
                 drops = _phash_level(spark, input_dir, elig, config, scratch)
+            elif name == "semdedup":
+                from .semantic import spark_semantic_drops
+
+                drops = spark_semantic_drops(spark, elig, config, scratch)
             else:
                 raise ValueError(f"dedup level {name!r} has no distributed Spark implementation")
             all_drops = drops[0]
