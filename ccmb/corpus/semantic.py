@@ -11,7 +11,9 @@ not decode for ``ccmb score``, or the scores file lacks them) are kept and count
 
 k-means is plain Lloyd iterations in numpy on a sample of at most ``kmeans_sample`` rows (then one
 assignment pass over all rows, in blocks): no extra dependency; the cost is dominated by the exact checks.
-Reads only the scores parquet and the float16 embedding shards (never a model).
+Reads only the scores parquet and the float16 embedding shards (never a model). ``--engine spark``:
+:func:`spark_semantic_drops` (partitioned by cluster, the same table; measured library choice in
+docs/curation.md, ``perf/bench_semdedup.py``).
 """
 from __future__ import annotations
 
