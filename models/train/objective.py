@@ -153,7 +153,23 @@ class R2D2Objective(nn.Module):
         if image_ids is None:
             image_ids = torch.arange(pix.shape[0], device=pix.device) + rank() * pix.shape[0]
         need_hidden = "fgr" in self.weights or "mlm" in self.weights
-        if need_hidden:
+        gen = self._generator()
+        s_txt = None
+        if "fgd" in self.weights:
+            # FgD's masked text runs through the student's text encoder in the same call as the unmasked
+            # text (one batch of 2B rows, same attention mask: the same values, half the per-call work)
+            m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
+                                self.special_ids, generator=gen)
+            both = model.encode_text(torch.cat([ids, m_ids.to(ids.device)]), torch.cat([mask, mask]),
+                                     return_hidden=need_hidden)
+            b = ids.shape[0]
+            if need_hidden:
+                txt_emb, s_txt, txt_hidden = both[0][:b], both[0][b:], both[1][:b]
+            else:
+                txt_emb, s_txt = both[:b], both[b:]
+            img_emb, img_hidden = model.encode_image(pix, return_hidden=True) if need_hidden \
+                else (model.encode_image(pix), None)
+        elif need_hidden:
             img_emb, img_hidden = model.encode_image(pix, return_hidden=True)
             txt_emb, txt_hidden = model.encode_text(ids, mask, return_hidden=True)
         else:
@@ -162,7 +178,6 @@ class R2D2Objective(nn.Module):
         out: Dict[str, torch.Tensor] = {}
         if "gcpr" in self.weights:
             out["gcpr"] = self.gcpr(img_emb, txt_emb, temp, image_ids)
-        gen = self._generator()
         if "fgr" in self.weights:
             out["fgr"] = self._fgr(img_emb, txt_emb, img_hidden, txt_hidden, ids, mask, temp, image_ids, gen)
         if self.teacher is not None:
@@ -181,10 +196,7 @@ class R2D2Objective(nn.Module):
             if self.training:
                 self.queue.enqueue(t_img_all, t_txt_all, ids_all)
         if "fgd" in self.weights:
-            m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
-                                self.special_ids, generator=gen)
             s_img = self._masked_image(model, pix, gen)
-            s_txt = model.encode_text(m_ids, mask)
             out["fgd"] = self.fgd([(s_img, t_img), (s_txt, t_txt)])
         if "mlm" in self.weights:
             out["mlm"] = self._mlm(ids, mask, img_hidden, gen)

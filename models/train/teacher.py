@@ -33,8 +33,8 @@ class EMATeacher(nn.Module):
         m = self.momentum
         teacher = list(self.model.parameters())
         source = [s.detach().to(t.dtype) for t, s in zip(teacher, student.parameters())]
-        torch._foreach_mul_(teacher, m)  # one fused kernel per group instead of two per tensor
-        torch._foreach_add_(teacher, source, alpha=1 - m)
+        # t + (1 - m) * (s - t) = m * t + (1 - m) * s: one fused kernel per group instead of two
+        torch._foreach_lerp_(teacher, source, 1 - m)
         for t, s in zip(self.model.buffers(), student.buffers()):
             t.copy_(s)
 
