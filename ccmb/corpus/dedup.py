@@ -377,5 +377,5 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
     logger.info("dedup: %s", "; ".join(summary.lines()))
     return summary
 
-from . import semantic  # noqa: E402,F401  (registers the "semantic" level: ccmb.corpus.semantic)
+from . import semantic  # noqa: E402,F401  (registers the "semdedup" level: ccmb.corpus.semantic)
 from ..types import PathLike
