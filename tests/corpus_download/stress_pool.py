@@ -20,7 +20,7 @@ from typing import Tuple
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import start_server  # noqa: E402
+from dl_fault_server import start_server  # noqa: E402
 from dl_helpers import write_jsonl, zero_record  # noqa: E402
 
 ROWS, PER_SHARD, PROCESSES = 32, 2, 2

@@ -7,7 +7,7 @@ import pytest
 
 from ccmb.corpus import http_fetch
 from ccmb.corpus.http_fetch import FetchError, FetchLimits, fetch
-from conftest import start_server
+from dl_fault_server import start_server
 from dl_helpers import jpeg
 
 pytestmark = pytest.mark.timeout(120)
@@ -129,28 +129,6 @@ def test_non_ascii_and_spaces_in_the_path_are_percent_encoded(image_server):
     n = len(image_server.requests)
     assert fetch(f"{image_server.base}/img/图片 1.jpg?q=猫", FetchLimits(timeout=3)) == jpeg(0)
     assert image_server.requests[n:] == ["/img/%E5%9B%BE%E7%89%87%201.jpg"]
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
-    """The fault server over https, with a self-signed certificate for 127.0.0.1 (made by openssl)."""
-    import shutil
-    import ssl
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(d / "key.pem"), "-out",
-                    str(d / "cert.pem")], check=True, capture_output=True)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
-    state, server = start_server(tls_context=server_ctx)
-    state.cafile = str(d / "cert.pem")
-    yield state
-    server.shutdown()
-    server.server_close()
 
 
 def test_https_verifies_certificates_and_keeps_the_deadline(tls_server, monkeypatch):

@@ -16,9 +16,8 @@ import pytest
 
 from ccmb.corpus import http_fetch
 from ccmb.corpus.http_fetch import FetchError, FetchLimits, fetch
-from conftest import start_server
+from dl_fault_server import start_server
 from dl_helpers import jpeg
-from test_http_fetch import tls_server  # noqa: F401  (the https fault server fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
