@@ -28,6 +28,29 @@ def ccmb_home() -> Path:
     return Path(os.environ.get("CCMB_HOME") or Path.home() / ".cache" / "ccmb")
 
 
+def registered_location(spec: "ModelSpec", checkpoint: Optional[str]) -> Path:
+    """Where a registered model's weights are looked for: ``--checkpoint``, else ``$CCMB_HOME/models/<name>/``."""
+    return Path(checkpoint) if checkpoint else ccmb_home() / "models" / spec.name
+
+
+#: :func:`folder_config` of a ``config.json`` that exists but does not parse
+UNREADABLE_CONFIG = object()
+
+
+def folder_config(path: Path) -> Any:
+    """The parsed ``config.json`` of a model folder: None when there is none, :data:`UNREADABLE_CONFIG` when
+    it cannot be read or parsed (the families decide whether to claim such a folder)."""
+    import json
+
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return UNREADABLE_CONFIG
+
+
 def fingerprint_path(path: Optional[Path]) -> str:
     """Stable short fingerprint of a checkpoint file or directory: sha256 over names, sizes and the first
     and last MiB of each weight file (cheap for multi-GB files, changes when the weights change)."""

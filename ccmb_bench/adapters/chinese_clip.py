@@ -1,7 +1,6 @@
 """transformers' ``ChineseCLIPModel`` with its tokenizer and image processor (dual encoder)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -13,8 +12,9 @@ from ccmb_bench.adapters.base import (
     ModelAdapter,
     ModelLoadError,
     ModelSpec,
-    ccmb_home,
     fingerprint_path,
+    folder_config,
+    registered_location,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _missing(spec: ModelSpec, where: Path) -> MissingCheckpointError:
 def load_registered(spec: ModelSpec, checkpoint: Optional[str], device: str,
                     tokenizer: Optional[str]) -> ModelAdapter:
     """``--checkpoint DIR``, ``$CCMB_HOME/models/<name>/``, else the hub name if the Hugging Face cache has it."""
-    where = Path(checkpoint) if checkpoint else ccmb_home() / "models" / spec.name
+    where = registered_location(spec, checkpoint)
     if where.is_dir() and (where / "config.json").is_file():
         return _load(where, spec.name, device)
     if checkpoint:
@@ -122,14 +122,8 @@ def load_registered(spec: ModelSpec, checkpoint: Optional[str], device: str,
 
 
 def claims_directory(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("model_type") == "chinese_clip"
+    cfg = folder_config(path)
+    return isinstance(cfg, dict) and cfg.get("model_type") == "chinese_clip"
 
 
 def load_directory(path: Path, checkpoint: Optional[str], device: str, tokenizer: Optional[str]) -> ModelAdapter:

@@ -14,9 +14,11 @@ from ccmb_bench.adapters.base import (
     MissingCheckpointError,
     ModelAdapter,
     ModelLoadError,
+    UNREADABLE_CONFIG,
     ModelSpec,
-    ccmb_home,
     fingerprint_path,
+    folder_config,
+    registered_location,
 )
 
 logger = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def _missing(spec: ModelSpec, where: Path) -> MissingCheckpointError:
 def load_registered(spec: ModelSpec, checkpoint: Optional[str], device: str,
                     tokenizer: Optional[str]) -> ModelAdapter:
     """A registered R2D2/PRD2: ``--checkpoint`` (file or folder) or ``$CCMB_HOME/models/<name>/``."""
-    where = Path(checkpoint) if checkpoint else ccmb_home() / "models" / spec.name
+    where = registered_location(spec, checkpoint)
     weights = where if where.is_file() else (weights_in(where) if where.is_dir() else None)
     if weights is None:
         raise _missing(spec, where)
@@ -158,17 +160,12 @@ def load_registered(spec: ModelSpec, checkpoint: Optional[str], device: str,
 
 
 def claims_directory(path: Path) -> bool:
-    """A folder whose ``config.json`` is ours (no transformers ``model_type``)."""
-    import json
-
-    cfg = path / "config.json"
-    if not cfg.is_file():
+    """A folder whose ``config.json`` is ours (no transformers ``model_type``); an unreadable one too, so that
+    loading names the broken file."""
+    cfg = folder_config(path)
+    if cfg is None:
         return False
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True  # ours or not, load_model names the broken file
-    return not (isinstance(data, dict) and "model_type" in data)
+    return cfg is UNREADABLE_CONFIG or not (isinstance(cfg, dict) and "model_type" in cfg)
 
 
 def load_directory(path: Path, checkpoint: Optional[str], device: str, tokenizer: Optional[str]) -> ModelAdapter:
