@@ -185,16 +185,11 @@ def _edges(spark, bands: np.ndarray, values, value_schema: str, check, node_of_i
     pdf = {"node": np.arange(n_nodes, dtype=np.int64)}
     pdf.update(values)
     df = spark.createDataFrame(pd.DataFrame(pdf), schema=f"node long, {value_schema}")
+    from .spark_dist import verified_band_edges
+
     ex = items.select("node", F.posexplode("bands").alias("band", "bucket"))
-    a, b = ex.alias("a"), ex.alias("b")
-    pairs = (a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.bucket") == F.col("b.bucket"))
-                    & (F.col("a.node") < F.col("b.node")))
-             .select(F.col("a.node").alias("na"), F.col("b.node").alias("nb")).distinct())
-    va = df.select(*[F.col(c).alias(f"{c}_a") for c in df.columns])
-    vb = df.select(*[F.col(c).alias(f"{c}_b") for c in df.columns])
-    pairs = pairs.join(va, F.col("na") == F.col("node_a")).join(vb, F.col("nb") == F.col("node_b"))
-    edges = pairs.where(check).select("na", "nb").toArrow()
-    return (edges.column("na").to_numpy().astype(np.int64), edges.column("nb").to_numpy().astype(np.int64))
+    edges = verified_band_edges(ex, df, check).toArrow()
+    return (edges.column("a").to_numpy().astype(np.int64), edges.column("b").to_numpy().astype(np.int64))
 
 
 def spark_hash_rows(spark, input_dir: Path, meta: pa.Table, eligible: np.ndarray, job=None):

@@ -177,7 +177,7 @@ def _exact_drops(elig, value, reason: str):
         "key", F.lit(reason).alias("r"), F.col("rep").alias("d"))
 
 
-def _band_edges(items, values, check):
+def verified_band_edges(items, values, check):
     """Verified edges from (node, band, bucket) items: a self-join on (band, bucket), the exact ``check``
     on columns ``<name>_a``/``<name>_b`` of ``values`` (node, ...)."""
     from pyspark.sql import functions as F
@@ -232,7 +232,7 @@ def _caption_level(spark, elig, config: DedupConfig, scratch: Scratch):
     items = feats.select("node", F.posexplode("bands").alias("band", "bucket"))
     inter = F.size(F.array_intersect("g_a", "g_b")).cast("double")
     check = inter / F.size(F.array_union("g_a", "g_b")).cast("double") >= F.lit(float(config.caption_threshold))
-    edges = _band_edges(items, feats.select("node", F.col("grams").alias("g")), check)
+    edges = verified_band_edges(items, feats.select("node", F.col("grams").alias("g")), check)
     return [_node_drops(spark, members, edges, "duplicate_caption", scratch)]
 
 
@@ -286,7 +286,7 @@ def _phash_level(spark, input_dir: Path, elig, config: DedupConfig, scratch: Scr
         return F.bit_count(F.col(x).bitwiseXOR(F.col(y)))
 
     check = F.least(*[dist(f"h{i}_a", f"h{j}_b") for i, j in VARIANT_PAIRS]) <= config.phash_threshold
-    edges = _band_edges(items, nodes.select("node", *hcols), check)
+    edges = verified_band_edges(items, nodes.select("node", *hcols), check)
     return [bad, _node_drops(spark, members, edges, "duplicate_phash", scratch)]
 
 
