@@ -1,65 +1,58 @@
-"""Scaled curation simulation: in-process engine vs Spark local mode at a fixed small driver memory.
+"""Scaled curation simulation: the in-process engine vs Spark local mode at a fixed small driver memory.
 
 For each size (default 1M, 4M, 16M rows) a synthetic download folder (metadata only, the download parquet
-format: img2dataset keys, realistic URLs with tracking-parameter variants, SHA-256, Chinese captions, sizes,
-~5% failures; 10% exact repeats of an earlier row (same bytes, caption, URL or a utm_ variant of it) and
-3% near-duplicate captions (one character changed)) is curated twice, each run a fresh process:
+format, 250k rows per parquet: img2dataset keys, URLs on 200 CDN hosts, SHA-256, Chinese captions, sizes;
+~5% failures with null sha256/size as img2dataset writes them; 10% exact repeats of an earlier original row
+(same bytes and caption; half at a ``utm_`` variant of its URL, half at a mirror URL) and 3% near-duplicate
+captions (one character changed)) is curated by the ``ccmb`` CLI of this working tree, each step a fresh
+process:
 
 * ``local``: ``ccmb filter`` then ``ccmb dedup --keep filter.parquet`` with the url, sha256 and caption
-  levels (pHash needs the images: timed separately by perf/bench_corpus.py);
-* ``spark``: the same with ``--engine spark`` in local mode (``local[C]``, ``spark.driver.memory=1g``): the
-  executors read the parquet files and write partitioned tables; nothing per row reaches the driver.
+  levels (pHash needs the images: timed by perf/bench_corpus.py); ``--memory-gb G`` is passed to every step
+  whose ``--help`` offers it (the bounded-memory in-process engine);
+* ``spark``: the same with ``--engine spark --spark-master local[C] --spark-conf spark.driver.memory=1g``
+  (in local mode the executors live in the driver's JVM, so its heap cap bounds both).
 
-Reported per size and engine: wall time, rows/s per core, the peak RSS of the Python driver, of the JVM
-(in local mode the executors live in the driver's JVM, so its heap cap bounds both) and of the whole
-process tree (sampled every 0.2 s from /proc), and the drop counts (both engines must agree).
+Generation streams part by part (memory independent of the size) and is cached: a folder for a
+(size, seed, generator version) under ``--work-dir`` is reused by later runs, and full parts of a smaller
+cached folder of the same seed are hard-linked (part i is the same for every size).
 
-    python perf/bench_scale.py                              # 1M, 4M, 16M (hours on 2 cores)
-    python perf/bench_scale.py --sizes 1M,2M,4M --engines local,spark --cores 2
+Reported per size and engine: wall s (both steps, process start included), rows/s per core (rows / wall /
+cores), rows per CPU second (the CPU time of the whole process tree: honest on a loaded machine), the peak
+RSS of the driver Python process, of the JVM, of Python workers and of the whole tree (sampled every 0.2 s
+from /proc), the mean 1-min load average during the run and the drop counts (both engines must agree).
+Then the per-core ratio in-process/Spark per size and the slopes (s and MB per million rows, linear fit
+over the sizes run).
+
+    python perf/bench_scale.py                               # 1M, 4M, 16M, both engines (hours on 2 cores)
+    python perf/bench_scale.py --sizes 1M --json /tmp/b1m.json
+    python perf/bench_scale.py --sizes 16M --engines spark --levels url,sha256 --json /tmp/b16s.json
+    python perf/bench_scale.py --report /tmp/b1m.json /tmp/b16s.json      # one table from earlier runs
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 ROWS_PER_FILE = 250_000
 LEVELS = ("url", "sha256", "caption")
-
-CHILD = """
-import json, os, resource, sys, time
-sys.path.insert(0, {root!r})
-from pathlib import Path
-engine, d, out, cores, driver_mem = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-import pyarrow as pa
-if engine == "local":
-    pa.set_cpu_count(cores)
-from ccmb.corpus.filter import filter_samples
-from ccmb.corpus.dedup import dedup_samples
-spark = None
-t0 = time.perf_counter()
-if engine == "spark":
-    from ccmb.corpus.engine_spark import session
-    spark = session(f"local[{{cores}}]", conf={{"spark.driver.memory": driver_mem,
-                                                "spark.sql.shuffle.partitions": str(max(8, 4 * cores))}})
-t1 = time.perf_counter()
-f = filter_samples(d, out / "filter.parquet", engine=engine, spark=spark)
-t2 = time.perf_counter()
-dd = dedup_samples(d, out / "dedup.parquet", levels={levels!r}, keep_tables=[out / "filter.parquet"],
-                   engine=engine, spark=spark)
-t3 = time.perf_counter()
-print(json.dumps(dict(start=t1 - t0, filter=t2 - t1, dedup=t3 - t2, rows=dd.rows, kept=dd.kept,
-                      dropped=dd.dropped, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
-"""
+ALL_LEVELS = ("url", "sha256", "phash", "caption")
+GEN_VERSION = 2  # bump when make_part's output changes (the cache is keyed by it)
+REPEAT_SHARE, NEAR_SHARE, FAIL_SHARE = 0.10, 0.03, 0.05
+CJK_LO, CJK_HI = 0x4E00, 0x9FA5
 
 
 def parse_size(text: str) -> int:
@@ -82,77 +75,143 @@ def _cjk_strings(codes, lengths):
                                                              pa.py_buffer(utf8.tobytes())])
 
 
-def make_folder(out: Path, rows: int, seed: int = 0) -> None:
-    """The synthetic download folder (see the module docstring), ROWS_PER_FILE rows per parquet."""
+def _sources(rng, n: int):
+    """(repeat, near, src): which rows copy an earlier *original* row (never a copy: no chains) and which."""
+    import numpy as np
+
+    idx = np.arange(n)
+    u = rng.random(n)
+    repeat = u < REPEAT_SHARE
+    near = (u >= REPEAT_SHARE) & (u < REPEAT_SHARE + NEAR_SHARE)
+    repeat[0] = near[0] = False
+    copy = repeat | near
+    orig = np.flatnonzero(~copy)
+    # searchsorted: the number of originals before row i; step back 1..5000 originals (clipped at the first)
+    back = np.searchsorted(orig, idx[copy]) - rng.integers(1, 5000, size=int(copy.sum()))
+    src = idx.copy()
+    src[copy] = orig[np.maximum(back, 0)]
+    return repeat, near, src
+
+
+def make_part(f: int, n: int, seed: int = 0):
+    """Part ``f`` of a synthetic download folder (``n`` rows) as a table of ``ccmb.shards.PARQUET_SCHEMA``.
+
+    Depends only on (seed, f, n), so part f is the same in every folder of the seed. Fully vectorised.
+    """
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from ccmb.shards import PARQUET_SCHEMA
 
+    rng = np.random.default_rng([seed, f])
+    repeat, near, src = _sources(rng, n)
+    copy = repeat | near
+    keys = pc.binary_join_element_wise(f"{f:05d}", pc.utf8_lpad(pa.array(np.arange(n)).cast(pa.string()), 6, "0"),
+                                       "")
+    # captions: copies take their source's text (one gather: sources are originals), near ones change one char
+    lengths = rng.integers(12, 40, size=n)
+    lengths[copy] = lengths[src[copy]]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    codes = rng.integers(CJK_LO, CJK_HI, size=int(lengths.sum()))
+    row = np.repeat(np.arange(n), lengths)
+    codes = codes[starts[src][row] + (np.arange(len(codes)) - starts[row])]
+    nr = np.flatnonzero(near)
+    pos = starts[nr] + lengths[nr] // 2
+    codes[pos] = CJK_LO + (codes[pos] - CJK_LO + 1) % (CJK_HI - CJK_LO)
+    caption = _cjk_strings(codes.astype(np.uint32), lengths)
+    # image bytes: repeats have their source's SHA-256
+    raw = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    raw[repeat] = raw[src[repeat]]
     hexchars = np.frombuffer(b"0123456789abcdef", np.uint8)
+    hexed = np.empty((n, 64), np.uint8)
+    hexed[:, 0::2] = hexchars[raw >> 4]
+    hexed[:, 1::2] = hexchars[raw & 15]
+    offsets = pa.py_buffer(np.arange(0, 64 * n + 1, 64, dtype=np.int32).tobytes())
+    sha = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(hexed.tobytes())])
+    host = pc.cast(pa.array(rng.integers(0, 200, n)), pa.string())
+    url = pc.binary_join_element_wise("https://img", host, ".cdn-example.com/",
+                                      pc.cast(pa.array(rng.integers(2010, 2024, n)), pa.string()), "/",
+                                      pc.utf8_slice_codeunits(sha, 0, 20), ".jpg", "")
+    # half the repeats at the source's URL with a utm_ parameter (the URL level), half at a mirror (sha256)
+    same_url = repeat & (rng.random(n) < 0.5)
+    url = url.take(pa.array(np.where(same_url, src, np.arange(n))))
+    url = pc.if_else(pa.array(same_url), pc.binary_join_element_wise(url, "?utm_source=feed", ""), url)
+    w = rng.integers(80, 2000, size=n).astype(np.int32)
+    h = (w * rng.uniform(0.4, 1.6, size=n)).astype(np.int32)
+    ok = pa.array(rng.random(n) >= FAIL_SHARE)
+    null_int = pa.scalar(None, pa.int32())
+    w, h = pc.if_else(ok, pa.array(w), null_int), pc.if_else(ok, pa.array(h), null_int)
+    status = pc.if_else(ok, "success", "failed_to_download")
+    err = pc.if_else(ok, pa.scalar(None, pa.string()), "HTTP Error 404: Not Found")
+    cols = {"key": keys, "url": url, "title": caption, "caption": caption, "width": w, "height": h,
+            "original_width": w, "original_height": h, "sha256": pc.if_else(ok, sha, pa.scalar(None, pa.string())),
+            "status": status, "error_message": err}
+    return pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
+                     zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
+
+
+def folder_for(work_dir: Path, rows: int, seed: int) -> Path:
+    return Path(work_dir) / f"download_{rows}_seed{seed}_v{GEN_VERSION}"
+
+
+def make_folder(out: Path, rows: int, seed: int = 0, rows_per_file: int = ROWS_PER_FILE,
+                reuse: Sequence[Path] = ()) -> None:
+    """Write the synthetic download folder part by part (atomic writes; parts already there are kept, so an
+    interrupted generation resumes). Parts of the same index and size in ``reuse`` folders (same seed and
+    version: the same bytes) are hard-linked."""
+    import pyarrow.parquet as pq
+
+    from ccmb.atomic import commit, temp_path_for
+
     out.mkdir(parents=True, exist_ok=True)
-    for f, lo in enumerate(range(0, rows, ROWS_PER_FILE)):
-        rng = np.random.default_rng([seed, f])
-        n = min(ROWS_PER_FILE, rows - lo)
-        keys = pc.binary_join_element_wise(f"{f:05d}", pc.utf8_lpad(pa.array(np.arange(n)).cast(pa.string()), 6, "0"), "")
-        raw = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
-        lengths = rng.integers(12, 40, size=n)
-        codes = rng.integers(0x4E00, 0x9FA5, size=int(lengths.sum()))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        src = np.maximum(0, np.arange(n) - rng.integers(1, 5000, size=n))  # an earlier row of the file
-        u = rng.random(n)
-        repeat = (u < 0.10) & (np.arange(n) > 0)
-        near = (u >= 0.10) & (u < 0.13) & (np.arange(n) > 0)
-        raw[repeat] = raw[src[repeat]]
-        copy = repeat | near
-        lengths[copy] = lengths[src[copy]]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        codes = np.resize(codes, int(lengths.sum()))
-        rows_idx = np.flatnonzero(copy)  # copy the source caption (rows are in order: sources are final)
-        for i in rows_idx:  # vectorising this would need sorted dependencies; it is a few % of rows
-            codes[starts[i]: starts[i] + lengths[i]] = codes[starts[src[i]]: starts[src[i]] + lengths[i]]
-        nr = np.flatnonzero(near)
-        pos = starts[nr] + lengths[nr] // 2
-        codes[pos] = 0x4E00 + (codes[pos] - 0x4E00 + 1) % (0x9FA5 - 0x4E00)
-        caption = _cjk_strings(codes.astype(np.uint32), lengths)
-        hexed = np.empty((n, 64), np.uint8)
-        hexed[:, 0::2] = hexchars[raw >> 4]
-        hexed[:, 1::2] = hexchars[raw & 15]
-        offsets = pa.py_buffer(np.arange(0, 64 * n + 1, 64, dtype=np.int32).tobytes())
-        sha = pa.Array.from_buffers(pa.string(), n, [None, offsets, pa.py_buffer(hexed.tobytes())])
-        host = pc.cast(pa.array(rng.integers(0, 200, n)), pa.string())
-        url = pc.binary_join_element_wise("https://img", host, ".cdn-example.com/",
-                                          pc.cast(pa.array(rng.integers(2010, 2024, n)), pa.string()), "/",
-                                          pc.utf8_slice_codeunits(sha, 0, 20), ".jpg", "")
-        # half the repeats at the source's URL (a utm_ variant: the URL level), half at a mirror (sha256 level)
-        same_url = repeat & (rng.random(n) < 0.5)
-        url = url.take(pa.array(np.where(same_url, src, np.arange(n))))
-        url = pc.if_else(pa.array(same_url), pc.binary_join_element_wise(url, "?utm_source=feed", ""), url)
-        w = rng.integers(80, 2000, size=n).astype(np.int32)
-        h = (w * rng.uniform(0.4, 1.6, size=n)).astype(np.int32)
-        ok = rng.random(n) < 0.95
-        status = pc.if_else(pa.array(ok), "success", "failed_to_download")
-        err = pc.if_else(pa.array(ok), pa.scalar(None, pa.string()), "HTTP Error 404: Not Found")
-        cols = {"key": keys, "url": url, "title": caption, "caption": caption, "width": w, "height": h,
-                "original_width": w, "original_height": h, "sha256": sha, "status": status, "error_message": err}
-        table = pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
-                          zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
-        pq.write_table(table, out / f"{f:05d}.parquet")
-
-
-def _tree(pid: int) -> Dict[int, int]:
-    """{pid: ppid} of every process (from /proc)."""
-    out = {}
-    for p in os.listdir("/proc"):
-        if p.isdigit():
+    for f, lo in enumerate(range(0, rows, rows_per_file)):
+        n = min(rows_per_file, rows - lo)
+        dest = out / f"{f:05d}.parquet"
+        if dest.exists():
+            continue
+        donor = next((d / dest.name for d in reuse if (d / dest.name).exists()
+                      and pq.read_metadata(d / dest.name).num_rows == n), None)  # a short last part differs
+        if donor is not None:
             try:
-                with open(f"/proc/{p}/stat") as fh:
-                    out[int(p)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+                os.link(donor, dest)
+                continue
             except OSError:
                 pass
-    return out
+        tmp = temp_path_for(dest)
+        pq.write_table(make_part(f, n, seed), tmp)
+        commit(tmp, dest)
+
+
+def ensure_folder(work_dir: Path, rows: int, seed: int) -> Path:
+    """The cached folder for (rows, seed), generated when missing; returns its path."""
+    folder = folder_for(work_dir, rows, seed)
+    marker = folder / "_bench_complete.json"
+    if marker.exists():
+        return folder
+    # full parts of smaller/larger cached folders of the same seed (a part of 250k rows is the same in all)
+    reuse = [d for d in Path(work_dir).glob(f"download_*_seed{seed}_v{GEN_VERSION}")
+             if d != folder and (d / "_bench_complete.json").exists()]
+    t0 = time.perf_counter()
+    make_folder(folder, rows, seed, reuse=reuse)
+    marker.write_text(json.dumps({"rows": rows, "seed": seed, "version": GEN_VERSION}))
+    print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f}s: {folder}", flush=True)
+    return folder
+
+
+# ---------------------------------------------------------------- measuring a process tree from /proc
+
+_CLK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int):
+    """(ppid, cpu seconds) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _rss_mb(pid: int) -> float:
@@ -174,102 +233,289 @@ def _is_java(pid: int) -> bool:
         return False
 
 
+def _load1() -> float:
+    with open("/proc/loadavg") as fh:
+        return float(fh.read().split()[0])
+
+
 class Sampler(threading.Thread):
-    """Peak RSS of a process, of its JVM descendants and of its whole tree, sampled every ``period`` s."""
+    """Peak RSS of a process, of its JVM descendants, of other (Python worker) descendants and of the whole
+    tree; the CPU seconds of every process of the tree seen; the 1-min load average. Every ``period`` s."""
 
     def __init__(self, pid: int, period: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.period = pid, period
         self.peak = {"driver_py": 0.0, "jvm": 0.0, "workers_py": 0.0, "tree": 0.0}
+        self.cpu: Dict[int, float] = {}
+        self.loads: List[float] = []
         self.stop = threading.Event()
+
+    def sample(self) -> None:
+        stats = {}
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                st = _proc_stat(int(p))
+                if st is not None:
+                    stats[int(p)] = st
+        kids: Dict[int, List[int]] = {}
+        for p, (pp, _) in stats.items():
+            kids.setdefault(pp, []).append(p)
+        desc, todo = [], [self.pid]
+        while todo:
+            p = todo.pop()
+            desc.append(p)
+            todo += kids.get(p, [])
+        for p in desc:
+            if p in stats:
+                self.cpu[p] = max(self.cpu.get(p, 0.0), stats[p][1])
+        rss = {p: _rss_mb(p) for p in desc}
+        jvm = sum(v for p, v in rss.items() if p != self.pid and _is_java(p))
+        now = {"driver_py": rss.get(self.pid, 0.0), "jvm": jvm,
+               "workers_py": sum(rss.values()) - rss.get(self.pid, 0.0) - jvm, "tree": sum(rss.values())}
+        for k, v in now.items():
+            self.peak[k] = max(self.peak[k], v)
+        self.loads.append(_load1())
 
     def run(self) -> None:
         while not self.stop.is_set():
-            parents = _tree(self.pid)
-            kids: Dict[int, List[int]] = {}
-            for p, pp in parents.items():
-                kids.setdefault(pp, []).append(p)
-            desc, todo = [], [self.pid]
-            while todo:
-                p = todo.pop()
-                desc.append(p)
-                todo += kids.get(p, [])
-            rss = {p: _rss_mb(p) for p in desc}
-            jvm = sum(v for p, v in rss.items() if p != self.pid and _is_java(p))
-            now = {"driver_py": rss.get(self.pid, 0.0), "jvm": jvm,
-                   "workers_py": sum(rss.values()) - rss.get(self.pid, 0.0) - jvm, "tree": sum(rss.values())}
-            for k, v in now.items():
-                self.peak[k] = max(self.peak[k], v)
+            self.sample()
             self.stop.wait(self.period)
 
 
-def run_one(engine: str, folder: Path, work: Path, cores: int, driver_mem: str, levels=LEVELS) -> Dict:
-    work.mkdir(parents=True, exist_ok=True)
-    code = CHILD.format(root=str(ROOT), levels=tuple(levels))
+# ---------------------------------------------------------------- one curation step, one engine run
+
+def ccmb_cmd() -> List[str]:
+    """The ``ccmb`` CLI of this working tree (not whatever is installed)."""
+    return [sys.executable, "-m", "ccmb"]
+
+
+def _env() -> Dict[str, str]:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def has_option(command: str, option: str) -> bool:
+    """Whether ``ccmb COMMAND --help`` lists ``option`` (e.g. ``--memory-gb``, added by a newer engine)."""
+    out = subprocess.run(ccmb_cmd() + [command, "--help"], capture_output=True, text=True, env=_env(),
+                         cwd=ROOT, check=True).stdout
+    return re.search(rf"(^|\s){re.escape(option)}[\s,=]", out) is not None
+
+
+def parse_summary(stdout: str) -> Dict:
+    """``rows N, kept K, dropped D`` and the ``  reason: count`` lines a curation command prints."""
+    m = re.search(r"^rows (\d+), kept (\d+), dropped (\d+)", stdout, re.M)
+    if not m:
+        raise RuntimeError(f"no summary line in the command's output:\n{stdout[-2000:]}")
+    reasons = dict((r, int(c)) for r, c in re.findall(r"^  (\S+): (\d+)$", stdout[m.end():], re.M))
+    return {"rows": int(m.group(1)), "kept": int(m.group(2)), "dropped": reasons}
+
+
+def run_step(args: List[str], timeout_s: Optional[float], log: Path) -> Dict:
+    """Run one CLI step in a fresh process group; wall, peaks, CPU seconds, load, its summary."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, engine, str(folder), str(work), str(cores), driver_mem],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    sampler = Sampler(proc.pid)
-    sampler.start()
-    out, err = proc.communicate()
-    sampler.stop.set()
-    sampler.join()
-    wall = time.perf_counter() - t0
+    with open(log, "w") as err:
+        proc = subprocess.Popen(ccmb_cmd() + args, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(),
+                                cwd=ROOT, start_new_session=True)
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        timed_out = False
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)  # the group this call started (driver, JVM, workers)
+            out, _ = proc.communicate()
+        sampler.stop.set()
+        sampler.join()
+    res = {"wall": time.perf_counter() - t0, "peak": dict(sampler.peak), "cpu_s": sum(sampler.cpu.values()),
+           "load1": sum(sampler.loads) / max(1, len(sampler.loads)), "timed_out": timed_out}
+    if timed_out:
+        return res
     if proc.returncode:
-        raise RuntimeError(f"{engine} run failed:\n{err[-3000:]}")
-    res = json.loads(out.strip().splitlines()[-1])
-    res.update(wall=wall, peak=sampler.peak, cores=cores)
-    res["work_seconds"] = res["filter"] + res["dedup"]
-    res["rows_per_s_core"] = res["rows"] / res["work_seconds"] / cores
-    res["driver_py_peak_mb"] = max(res["maxrss_mb"], sampler.peak["driver_py"])
+        raise RuntimeError(f"ccmb {' '.join(args)} failed ({proc.returncode}); log {log}:\n"
+                           f"{log.read_text()[-3000:]}")
+    res.update(parse_summary(out))
     return res
+
+
+def run_engine(engine: str, folder: Path, out: Path, cores: int, driver_mem: str, levels: Sequence[str],
+               memory_gb: Optional[float], spark_conf: Sequence[str], timeout_s: Optional[float],
+               mem_flag: Dict[str, bool]) -> Dict:
+    """``ccmb filter`` then ``ccmb dedup --keep`` with one engine; the two steps' measurements combined."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    common = ["--input", str(folder), "--engine", engine]
+    extra: Dict[str, List[str]] = {"filter": [], "dedup": []}
+    if engine == "spark":
+        conf = [f"spark.driver.memory={driver_mem}", *spark_conf]
+        for step in extra:
+            extra[step] = ["--spark-master", f"local[{cores}]"] + [a for c in conf for a in ("--spark-conf", c)]
+    elif memory_gb is not None:
+        for step in extra:
+            if mem_flag[step]:
+                extra[step] = ["--memory-gb", str(memory_gb)]
+    dedup_levels = [f"--{lv}" if lv in levels else f"--no-{lv}" for lv in ALL_LEVELS]
+    steps = {"filter": ["filter", *common, "--output", str(out / "filter.parquet"), *extra["filter"]],
+             "dedup": ["dedup", *common, "--output", str(out / "dedup.parquet"), "--keep", str(out / "filter.parquet"),
+                       *dedup_levels, *extra["dedup"]]}
+    res: Dict = {"engine": engine, "levels": list(levels), "cores": cores, "steps": {},
+                 "memory_gb": memory_gb if engine == "local" and any(mem_flag.values()) else None,
+                 "driver_memory": driver_mem if engine == "spark" else None,
+                 "spark_conf": list(spark_conf) if engine == "spark" else []}
+    left = timeout_s
+    for name, args in steps.items():
+        step = run_step(args, left, out / f"{name}.log")
+        res["steps"][name] = step
+        if left is not None:
+            left = max(1.0, left - step["wall"])
+        if step["timed_out"]:
+            break
+    done = list(res["steps"].values())
+    res["timed_out"] = any(s["timed_out"] for s in done)
+    res["wall"] = sum(s["wall"] for s in done)
+    res["cpu_s"] = sum(s["cpu_s"] for s in done)
+    res["load1"] = sum(s["load1"] * s["wall"] for s in done) / max(res["wall"], 1e-9)
+    res["peak"] = {k: max(s["peak"][k] for s in done) for k in done[0]["peak"]}
+    if not res["timed_out"]:
+        d = res["steps"]["dedup"]
+        res["rows"] = d["rows"]
+        res["dropped"] = dict(d["dropped"])
+        res["rows_per_s_core"] = d["rows"] / res["wall"] / cores
+        res["rows_per_cpu_s"] = d["rows"] / res["cpu_s"] if res["cpu_s"] else None
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+def fit(xs: Sequence[float], ys: Sequence[float]):
+    """(slope, intercept) of the least-squares line, or None with fewer than two distinct x."""
+    if len(set(xs)) < 2:
+        return None
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return slope, my - slope * mx
+
+
+def slopes(results: List[Dict]) -> Dict[str, Dict]:
+    """Per (engine, levels): per million rows, seconds and MB of each peak (linear fit over the sizes run)."""
+    out: Dict[str, Dict] = {}
+    groups: Dict[str, List[Dict]] = {}
+    for r in results:
+        if not r.get("timed_out"):
+            groups.setdefault(f"{r['engine']} {'+'.join(r['levels'])}", []).append(r)
+    for name, rs in groups.items():
+        xs = [r["size"] / 1e6 for r in rs]
+        lines = {"wall_s": fit(xs, [r["wall"] for r in rs]), "cpu_s": fit(xs, [r["cpu_s"] for r in rs])}
+        lines.update({f"{k}_mb": fit(xs, [r["peak"][k] for r in rs]) for k in ("driver_py", "jvm", "tree")})
+        if all(v is not None for v in lines.values()):
+            out[name] = {k: {"per_million": v[0], "fixed": v[1]} for k, v in lines.items()}
+            out[name]["sizes"] = sorted({r["size"] for r in rs})
+    return out
+
+
+def report(results: List[Dict]) -> Dict:
+    """Print the table, the per-core ratios and the slopes; return the ratios and slopes."""
+    print("\n| rows | engine | levels | wall s | rows/s per core | rows per CPU s | driver Python MB | JVM MB | "
+          "tree MB | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        pk = r["peak"]
+        eng = "in-process" + (f" --memory-gb {r['memory_gb']:g}" if r.get("memory_gb") else "") \
+            if r["engine"] == "local" else f"Spark local[{r['cores']}], driver {r['driver_memory']}"
+        if r.get("timed_out"):
+            rate = cpu_rate = "timed out"
+        else:
+            rate, cpu_rate = f"{r['rows_per_s_core']:,.0f}", f"{r['rows_per_cpu_s']:,.0f}"
+        print(f"| {r['size']:,} | {eng} | {'+'.join(r['levels'])} | {r['wall']:,.1f} | {rate} | {cpu_rate} | "
+              f"{pk['driver_py']:,.0f} | {pk['jvm']:,.0f} | {pk['tree']:,.0f} | {r['load1']:.1f} |")
+    ratios = []
+    by: Dict[tuple, Dict[str, Dict]] = {}
+    for r in results:
+        if not r.get("timed_out"):
+            by.setdefault((r["size"], tuple(r["levels"])), {})[r["engine"]] = r
+    print()
+    for (size, levels), d in sorted(by.items()):
+        if len(d) == 2:
+            same = d["local"]["dropped"] == d["spark"]["dropped"]
+            ratio = d["local"]["rows_per_s_core"] / d["spark"]["rows_per_s_core"]
+            ratios.append({"size": size, "levels": list(levels), "in_process_over_spark_per_core": ratio,
+                           "drops_agree": same})
+            print(f"{size:>12,} {'+'.join(levels)}: drop counts agree: {same}; rows/s per core in-process / "
+                  f"Spark = {ratio:.2f}x")
+    sl = slopes(results)
+    for name, s in sl.items():
+        print(f"slopes {name} over {', '.join(f'{x:,}' for x in s['sizes'])} rows, per million rows: "
+              f"{s['wall_s']['per_million']:+.1f} s (fixed {s['wall_s']['fixed']:.1f} s), "
+              f"{s['cpu_s']['per_million']:+.1f} CPU s, driver Python {s['driver_py_mb']['per_million']:+.0f} MB, "
+              f"JVM {s['jvm_mb']['per_million']:+.0f} MB, tree {s['tree_mb']['per_million']:+.0f} MB")
+    return {"ratios": ratios, "slopes": sl}
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.strip()
+    except OSError:
+        return ""
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1M,4M,16M")
     ap.add_argument("--engines", default="local,spark")
-    ap.add_argument("--cores", type=int, default=2, help="Spark local[C]; pyarrow threads in-process.")
-    ap.add_argument("--driver-memory", default="1g")
-    ap.add_argument("--workdir", default="/tmp/ccmb_bench_scale")
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 2,
+                    help="Spark local[C]; rows/s per core divides by it for both engines.")
+    ap.add_argument("--driver-memory", default="1g", help="spark.driver.memory of the Spark runs.")
+    ap.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                    help="Extra Spark setting for the Spark runs (repeatable).")
+    ap.add_argument("--memory-gb", type=float, default=2.0,
+                    help="Budget passed to the in-process steps whose --help offers --memory-gb.")
+    ap.add_argument("--work-dir", "--workdir", dest="work_dir", default="/tmp/ccmb_bench_scale",
+                    help="Generated folders (cached by size+seed) and the runs' outputs.")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--levels", default=",".join(LEVELS), help="Dedup levels (metadata ones).")
+    ap.add_argument("--timeout-s", type=float, default=None, help="Kill a run (its process group) after this.")
     ap.add_argument("--json", default=None, help="Also write the results here.")
+    ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                    help="Print one table from earlier --json files (runs nothing).")
     args = ap.parse_args()
-    workdir = Path(args.workdir)
+    if args.report:
+        results = [r for p in args.report for r in json.loads(Path(p).read_text())["results"]]
+        report(results)
+        return
+    work_dir = Path(args.work_dir)
     levels = tuple(args.levels.split(","))
+    unknown = set(levels) - set(ALL_LEVELS)
+    if unknown:
+        ap.error(f"--levels: unknown {sorted(unknown)} (metadata levels: {', '.join(ALL_LEVELS)})")
+    engines = args.engines.split(",")
+    mem_flag = {step: "local" in engines and has_option(step, "--memory-gb") for step in ("filter", "dedup")}
+    print(f"ccmb of {ROOT} at {_git_head()}; --memory-gb offered by: "
+          f"{[s for s, v in mem_flag.items() if v] or 'none'}", flush=True)
     results = []
+    meta = {"git": _git_head(), "cores": args.cores, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for size in [parse_size(s) for s in args.sizes.split(",")]:
-        folder = workdir / f"download_{size}"
-        if not (folder / ".complete").exists():
-            t0 = time.perf_counter()
-            make_folder(folder, size)
-            (folder / ".complete").write_text("ok")
-            print(f"generated {size} rows in {time.perf_counter() - t0:.0f}s", flush=True)
-        for engine in args.engines.split(","):
-            res = run_one(engine, folder, workdir / f"out_{size}_{engine}", args.cores, args.driver_memory,
-                          levels)
-            res.update(engine=engine, size=size)
+        folder = ensure_folder(work_dir, size, args.seed)
+        for engine in engines:
+            res = run_engine(engine, folder, work_dir / f"out_{size}_{engine}", args.cores, args.driver_memory,
+                             levels, args.memory_gb, args.spark_conf, args.timeout_s, mem_flag)
+            res.update(size=size, git=meta["git"])
             results.append(res)
             pk = res["peak"]
-            print(f"{size:>10,} {engine:>6}: wall {res['wall']:7.1f}s (filter {res['filter']:.1f}, dedup "
-                  f"{res['dedup']:.1f}, start {res['start']:.1f}), {res['rows_per_s_core']:>9,.0f} rows/s/core, "
-                  f"driver py {res['driver_py_peak_mb']:6.0f} MB, jvm {pk['jvm']:6.0f} MB, workers "
-                  f"{pk['workers_py']:6.0f} MB, tree {pk['tree']:6.0f} MB; dropped {res['dropped']}", flush=True)
-    print("\nsize        engine   wall_s  rows/s/core  driver_py_MB  jvm_MB  tree_MB")
-    for r in results:
-        print(f"{r['size']:>10,}  {r['engine']:>6}  {r['wall']:7.1f}  {r['rows_per_s_core']:>11,.0f}  "
-              f"{r['driver_py_peak_mb']:>12.0f}  {r['peak']['jvm']:>6.0f}  {r['peak']['tree']:>7.0f}")
-    by = {}
-    for r in results:
-        by.setdefault(r["size"], {})[r["engine"]] = r
-    for size, d in by.items():
-        if len(d) == 2:
-            same = d["local"]["dropped"] == d["spark"]["dropped"]
-            ratio = d["local"]["rows_per_s_core"] / d["spark"]["rows_per_s_core"]
-            print(f"{size:>10,}: drop counts agree: {same}; in-process / Spark rows/s per core: {ratio:.2f}x")
+            steps = ", ".join(f"{k} {v['wall']:.1f}s" for k, v in res["steps"].items())
+            rate = "TIMED OUT" if res["timed_out"] else f"{res['rows_per_s_core']:,.0f} rows/s/core"
+            print(f"{size:>12,} {engine:>6}: wall {res['wall']:7.1f}s ({steps}), {rate}, cpu {res['cpu_s']:.0f}s, "
+                  f"driver py {pk['driver_py']:,.0f} MB, jvm {pk['jvm']:,.0f} MB, workers {pk['workers_py']:,.0f} MB, "
+                  f"tree {pk['tree']:,.0f} MB, load {res['load1']:.1f}; dropped {res.get('dropped')}", flush=True)
+            if args.json:  # after every run: a killed series keeps what it measured
+                Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    summary = report(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results, **summary}, indent=1))
 
 
 if __name__ == "__main__":
