@@ -131,7 +131,7 @@ def _level_options(fn):
 @click.option("--ngram", default=3, show_default=True, help="Character n-gram size of captions.")
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Text of the caption level (caption falls back to title).")
-@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True),
               help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
                    "kept representative survives them.")
 @click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (in-process engine).")
