@@ -357,8 +357,12 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
                   phash_threshold: int = 4, phash_bands: Optional[int] = None, caption_threshold: float = 0.8,
                   minhash_perm: int = 64, minhash_bands: int = 16, ngram: int = 3, text_field: str = "caption",
                   keep_tables: Sequence[PathLike] = (), workers: int = 1, engine: str = "local",
-                  spark=None, progress: bool = False, params: Optional[Dict[str, Any]] = None) -> Summary:
-    """Dedup a download folder; write the decision table to ``output`` and return the drop counts."""
+                  spark=None, progress: bool = False, params: Optional[Dict[str, Any]] = None,
+                  memory_gb: Optional[float] = None, spill_buckets: Optional[int] = None) -> Summary:
+    """Dedup a download folder; write the decision table to ``output`` and return the drop counts.
+
+    In-process, memory is bounded by ``memory_gb`` (default :data:`ccmb.corpus.spill.DEFAULT_MEMORY_GB`;
+    :mod:`ccmb.corpus.dedup_bounded`); ``spill_buckets`` overrides the number of on-disk buckets."""
     start = time.time()
     config = DedupConfig(levels=tuple(levels), phash_threshold=phash_threshold, phash_bands=phash_bands,
                          caption_threshold=caption_threshold,
@@ -371,6 +375,17 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
         summary = spark_dedup_to(input_dir, config, output, _session(spark), keep_tables=keep_tables)
         logger.info("dedup: %s", "; ".join(summary.lines()))
         return summary
+    if engine == "local":
+        from .dedup_bounded import dedup_bounded
+        from .spill import DEFAULT_MEMORY_GB
+
+        for t in keep_tables:
+            check_source(t, input_dir)  # a table of another download folder is refused, naming both
+        summary = dedup_bounded(input_dir, config, output, DEFAULT_MEMORY_GB if memory_gb is None else memory_gb,
+                                keep_tables=keep_tables, buckets=spill_buckets)
+        if summary is not None:
+            logger.info("dedup: %s", "; ".join(summary.lines()))
+            return summary
     table = dedup_table(input_dir, config, keep_tables=keep_tables, engine=engine, spark=spark)
     write_decisions(output, table, kind="dedup", source=input_dir)
     summary = Summary.of(table, output, time.time() - start)

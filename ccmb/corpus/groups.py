@@ -344,3 +344,31 @@ def first_occurrence_strings(column, eligible: np.ndarray) -> np.ndarray:
             for r, value in zip(differ.tolist(), column.take(pa.array(differ)).to_pylist()):
                 reps[r] = seen.setdefault(value, r)
     return reps
+
+
+def star_reps_of_edges(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`star_reps` over an edge list alone, for nodes numbered by their lowest row (so node order is
+    row order): (linked nodes ascending, the centre node each stands for; itself when it is a centre).
+
+    Same greedy as :func:`star_reps`: memory is per edge, never per row of the corpus."""
+    if not len(a):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+    m = len(nodes)
+    ia, ib = inv[: len(a)], inv[len(a):]
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(2 * len(ia), np.int8), (np.concatenate([ia, ib]), np.concatenate([ib, ia]))),
+                       shape=(m, m)).tocsr()
+    indptr, indices = graph.indptr, graph.indices
+    rep = np.arange(m, dtype=np.int64)
+    assigned = np.zeros(m, bool)
+    for node in range(m):  # ascending node = ascending lowest row, as star_reps visits them
+        if assigned[node]:
+            continue
+        assigned[node] = True
+        nb = indices[indptr[node]: indptr[node + 1]]
+        nb = nb[~assigned[nb]]
+        assigned[nb] = True
+        rep[nb] = node
+    return nodes, nodes[rep]
