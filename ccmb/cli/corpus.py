@@ -140,11 +140,14 @@ def _level_options(fn):
                    "embeddings).")
 @click.option("--eps", default=0.05, show_default=True, help="Semantic level: drop when cosine >= 1 - eps.")
 @click.option("--clusters", default=0, show_default=True, help="Semantic level: k-means clusters (0: n/256).")
+@click.option("--memory-gb", type=float, default=4.0, show_default=True,
+              help="In-process engine: memory budget in GB; rows stream in batches and spill to hash-partitioned "
+                   "buckets next to --output, so memory follows this, not the row count (url, sha256, caption).")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold, minhash_perm, minhash_bands,
-              ngram, text_field, keep_tables, workers, semantic_scores, eps, clusters, engine, spark_master,
+              ngram, text_field, keep_tables, workers, semantic_scores, eps, clusters, memory_gb, engine, spark_master,
               **switches) -> None:
     """Drop duplicates level by level (URL, exact bytes, pHash, caption, ...); the lowest key of a group stays.
 
@@ -164,7 +167,8 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
                             phash_bands=phash_bands, caption_threshold=caption_threshold, minhash_perm=minhash_perm,
                             minhash_bands=minhash_bands, ngram=ngram, text_field=text_field,
                             keep_tables=keep_tables, workers=workers, engine=engine,
-                            spark=_spark(engine, spark_master), progress=True, params=params)
+                            spark=_spark(engine, spark_master), progress=True, params=params,
+                            memory_gb=memory_gb)
     _echo_summary(summary)
 
 
