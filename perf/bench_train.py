@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 from models.train.config import LossConfig  # noqa: E402
-from models.train.loop import enable_gradient_checkpointing, make_optimizer  # noqa: E402
+from models.train.loop import clip_gradients, enable_gradient_checkpointing, make_optimizer  # noqa: E402
 from models.train.objective import R2D2Objective  # noqa: E402
 from models.train.pretrain import UNUSED_PREFIXES  # noqa: E402
 
@@ -70,6 +70,7 @@ class Runner:
                                  special_ids=[0, 2, 3, 4], patch_size=self.model.config.patch_size).to(device)
         self.obj.drop_tokens = drop_tokens
         self.opt = make_optimizer(self.obj, 1e-5, 0.02)  # the trainer's optimizer (fused AdamW)
+        self.trainable = [p for p in self.obj.parameters() if p.requires_grad]
         self.batch = make_batch(self.model.config, args.batch_size, args.text_len, device)
         self.name, self.device, self.bf16 = name, device, device.type == "cuda"
 
@@ -79,7 +80,7 @@ class Runner:
         with ctx:
             out = self.obj(self.batch)
         out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        clip_gradients(self.trainable, 1.0)  # the trainer's clipping, over the trainer's list
         self.opt.step()
         self.obj.after_step()
 

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -103,6 +103,27 @@ def make_optimizer(module: nn.Module, lr: float, weight_decay: float, betas=(0.9
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def clip_gradients(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """:func:`torch.nn.utils.clip_grad_norm_` (2-norm) with the same result, cheaper on CPU: the norms in one
+    ``_foreach_norm`` over a list built once per call, and on CPU no multiply when nothing is clipped (torch
+    multiplies every gradient by exactly 1.0 then; reading the norm is no device sync on CPU). Returns the
+    total norm before clipping. Gradients on several devices or dtypes fall back to torch's function."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    first = grads[0]
+    if any(g.device != first.device or g.dtype != first.dtype for g in grads):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    coef = float(max_norm) / (total + 1e-6)
+    if first.device.type == "cpu":
+        if not float(coef) >= 1.0:  # also a non-finite norm, as torch
+            torch._foreach_mul_(grads, coef)
+    else:  # no host sync on accelerators: multiply by the clamped coefficient as torch does
+        torch._foreach_mul_(grads, torch.clamp(coef, max=1.0))
+    return total
 
 
 def batch_digest(keys: List[str]) -> str:
@@ -240,7 +261,7 @@ def run_training(objective: R2D2Objective, cfg: TrainConfig, run_dir: Path, info
             micro = 0
             grad_norm = None
             if cfg.clip_grad and cfg.clip_grad > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad))
+                grad_norm = float(clip_gradients(trainable, cfg.clip_grad))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()

@@ -25,6 +25,9 @@ from .losses import (FGRLoss, FgDLoss, GCPRLoss, MatchLoss, TgDLoss, positive_ma
 from .teacher import EMATeacher, FeatureQueue, drop_patches, keep_patch_indices, mask_tokens, mlm_mask
 
 MODES = ("pretrain", "match", "clip")
+#: the teacher's parameters the losses read: TgD and FgD call only its ``encode_image`` / ``encode_text``, so
+#: its cross encoders and match heads are never updated by the EMA (see :class:`EMATeacher`)
+TEACHER_READS = ("visual_encoder.", "text_encoder.", "vision_proj.", "text_proj.")
 
 
 def _has_cross_encoders(model: nn.Module) -> bool:
@@ -84,7 +87,8 @@ class R2D2Objective(nn.Module):
         self.__dict__["queue"] = None
         if self.needs_teacher:
             embed_dim = int(getattr(getattr(model, "config", None), "embed_dim", 0)) or None
-            self.__dict__["teacher"] = EMATeacher(model, losses.momentum)
+            reads = TEACHER_READS if all(hasattr(model, p[:-1]) for p in TEACHER_READS) else None
+            self.__dict__["teacher"] = EMATeacher(model, losses.momentum, reads=reads)
             if "tgd" in self.weights:
                 if embed_dim is None:
                     raise ValueError("TgD needs model.config.embed_dim for its queues")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,29 +12,48 @@ import torch.nn.functional as F
 class EMATeacher(nn.Module):
     """A frozen copy of the student updated as ``t = m * t + (1 - m) * s`` after every optimizer step.
 
-    The whole model is copied (encoders, projections, cross encoders); it runs in eval mode under
-    ``no_grad``. Parameters frozen in the student (a frozen vision tower) are copied unchanged.
+    The whole model is copied (encoders, projections, cross encoders, so checkpoints hold a complete model);
+    it runs in eval mode under ``no_grad``. ``reads``: name prefixes of the parameters the teacher's users
+    read (the objective: the two encoders and projections); only those follow the student, the others keep
+    their initial copy (an EMA of weights nobody reads is compute spent for nothing). ``None``: every
+    parameter. Parameters frozen in the student (a frozen vision tower) are copied unchanged.
     """
 
-    def __init__(self, student: nn.Module, momentum: float = 0.995) -> None:
+    def __init__(self, student: nn.Module, momentum: float = 0.995,
+                 reads: Optional[Sequence[str]] = None) -> None:
         super().__init__()
         self.model = copy.deepcopy(student)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
         self.momentum = momentum
+        self.reads = None if reads is None else tuple(reads)
+        self._pairs: Optional[Tuple[int, List[torch.Tensor], List[torch.Tensor]]] = None
 
     def train(self, mode: bool = True) -> "EMATeacher":  # the teacher stays in eval mode
         super().train(False)
         return self
 
+    def tracked_names(self) -> List[str]:
+        """Names of the parameters the EMA update moves."""
+        return [n for n, _ in self.model.named_parameters() if self.reads is None or n.startswith(self.reads)]
+
+    def _tracked(self, student: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(teacher, student) parameters that the update moves, listed once per student module."""
+        if self._pairs is None or self._pairs[0] != id(student):
+            names = set(self.tracked_names())
+            source = dict(student.named_parameters())
+            pairs = [(t, source[n]) for n, t in self.model.named_parameters() if n in names]
+            self._pairs = (id(student), [t for t, _ in pairs], [s for _, s in pairs])
+        return self._pairs[1], self._pairs[2]
+
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        m = self.momentum
-        teacher = list(self.model.parameters())
-        source = [s.detach().to(t.dtype) for t, s in zip(teacher, student.parameters())]
+        teacher, source = self._tracked(student)
+        if any(t.dtype != s.dtype or t.device != s.device for t, s in zip(teacher, source)):
+            source = [s.to(t.device, t.dtype) for t, s in zip(teacher, source)]  # a student in another precision
         # t + (1 - m) * (s - t) = m * t + (1 - m) * s: one fused kernel per group instead of two
-        torch._foreach_lerp_(teacher, source, 1 - m)
+        torch._foreach_lerp_(teacher, source, 1 - self.momentum)
         for t, s in zip(self.model.buffers(), student.buffers()):
             t.copy_(s)
 
