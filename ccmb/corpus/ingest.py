@@ -20,17 +20,21 @@ import io
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import atomic
 from ..safejson import loads_bounded, nesting_depth
 from ..types import PathLike
+from .spill import DEFAULT_MEMORY_GB, RepeatFinder, SpillDir, plan
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +452,6 @@ def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *
     buffer: Dict[str, List[Optional[str]]] = {c: [] for c in columns}
     parts: List[Path] = []
     refused: Counter = Counter()
-    seen_keys: set = set()
 
     def flush() -> None:
         if not buffer["url"]:
@@ -465,25 +468,34 @@ def normalize_inputs(files: Sequence[Path], out_dir: PathLike, layout: Layout, *
         for f in files:
             yield from iter_records(f)
 
-    examples: List[str] = []
+    examples: List[Tuple[int, str]] = []
     log = atomic.atomic_open(refused_path, "w", encoding="utf-8") if refused_path else contextlib.nullcontext()
-    with log as log_fh:
-        rows = _normalize_rows(records(), layout, columns, buffer, flush, refused, examples, log_fh, seen_keys,
+    total_bytes = sum(f.stat().st_size for f in files if f.is_file())
+    with log as log_fh, SpillDir(out_dir / "keys", ".ccmb-ingest-") as spills, \
+            tempfile.TemporaryFile("w+", encoding="utf-8", dir=spills.path) as early_log:
+        keys = _KeyCheck(spills, plan(DEFAULT_MEMORY_GB, total_bytes // 64 + 1).buckets)
+        rows = _normalize_rows(records(), layout, columns, buffer, flush, refused, examples, early_log, keys,
                                limit=limit, strict=strict, part_rows=part_rows, refused_examples=refused_examples)
-    flush()
+        flush()
+        dup_rows, dup_lines = keys.refuse_repeats(parts, part_rows, refused)
+        _merge_refusals(early_log, dup_rows, dup_lines, examples, refused_examples, log_fh)
+    examples_out = [e for _, e in sorted(examples)[:refused_examples]]
     if rows == 0:
         raise InputError(f"no rows in the input ({', '.join(map(str, files))})")
     if refused:
         logger.warning("%d of %d input rows refused before download: %s", sum(refused.values()), rows,
                        dict(refused.most_common(10)))
-    return IngestResult(parts=parts, rows=rows, refused=dict(refused), refused_examples=examples,
+    return IngestResult(parts=parts, rows=rows, refused=dict(refused), refused_examples=examples_out,
                         columns=layout.columns)
 
 
 def _normalize_rows(records: Iterator[Record], layout: Layout, columns: List[str], buffer: Dict[str, list],
-                    flush: Any, refused: Counter, examples: List[str], log_fh: Any, seen_keys: set, *,
+                    flush: Any, refused: Counter, examples: List[Tuple[int, str]], log_fh: Any, keys: "_KeyCheck", *,
                     limit: Optional[int], strict: bool, part_rows: int, refused_examples: int) -> int:
+    """Normalise and buffer every record; refused rows go to ``log_fh`` as ``row<TAB>where<TAB>reason``.
+    Image keys of accepted rows go to ``keys`` (duplicates are refused after the pass, externally)."""
     rows = 0
+    label = "ImageKey" if layout.mode == "zero" else layout.id_col
     for rec in records:
         if limit is not None and rows >= limit:
             break
@@ -491,24 +503,100 @@ def _normalize_rows(records: Iterator[Record], layout: Layout, columns: List[str
         if error is not None and strict and (rec.fields is None or error == "non-UTF-8 text"):
             raise InputError(f"{rec.where}: {error}")
         if error is None and dedup is not None:
-            digest = hashlib.blake2b(dedup.encode("utf-8"), digest_size=12).digest()
-            if digest in seen_keys:
-                error = f"duplicate {'ImageKey' if layout.mode == 'zero' else layout.id_col} {dedup!r}"
-            else:
-                seen_keys.add(digest)
+            keys.add(dedup, rows, rec.where, f"duplicate {label} {dedup!r}")
         if error is not None:
             _refuse(row, error, rec.where)
             refused[reason_class(error)] += 1
             if len(examples) < refused_examples:
-                examples.append(f"{rec.where}: {error}")
-            if log_fh is not None:
-                log_fh.write(f"{rec.where}\t{_one_line(error)}\n")
+                examples.append((rows, f"{rec.where}: {error}"))
+            log_fh.write(f"{rows}\t{rec.where}\t{_one_line(error)}\n")
         for c in columns:
             buffer[c].append(row.get(c))
         rows += 1
         if len(buffer["url"]) >= part_rows:
             flush()
     return rows
+
+
+class _KeyCheck:
+    """The duplicate image-key check, external: (128-bit digest, row, where, message) spilled in buckets by
+    digest (:class:`ccmb.corpus.spill.RepeatFinder`), so memory does not grow with the input; after the
+    pass every later row of a repeated key is refused in its part (rewritten atomically)."""
+
+    FLUSH = 1 << 16
+
+    def __init__(self, spills: SpillDir, buckets: int) -> None:
+        self.finder = RepeatFinder(spills, buckets)
+        self.digests: List[bytes] = []
+        self.rows: List[int] = []
+        self.info: List[str] = []
+
+    def add(self, key: str, row: int, where: str, error: str) -> None:
+        self.digests.append(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest())
+        self.rows.append(row)
+        self.info.append(f"{where}\t{error}")
+        if len(self.rows) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        d = np.frombuffer(b"".join(self.digests), np.uint64).reshape(-1, 2)
+        self.finder.add(d[:, 0].copy(), d[:, 1].copy(), np.asarray(self.rows, np.int64), self.info)
+        self.digests, self.rows, self.info = [], [], []
+
+    def refuse_repeats(self, parts: List[Path], part_rows: int, refused: Counter) -> Tuple[np.ndarray, List[str]]:
+        """Refuse the repeated keys' later rows in the written parts; (their rows, ``where<TAB>reason``)."""
+        self.flush()
+        rows, infos = self.finder.repeats()
+        lines = []
+        for p in np.unique(rows // part_rows).tolist():
+            sel = (rows // part_rows) == p
+            local = rows[sel] - p * part_rows
+            where_err = [infos[i].split("\t", 1) for i in np.flatnonzero(sel).tolist()]
+            errors = [f"{err} ({where})" for where, err in where_err]
+            table = pq.read_table(parts[p])
+            n = table.num_rows
+            mask = np.zeros(n, bool)
+            mask[local] = True
+            url = table.column("url").combine_chunks()
+            mask_arr = pa.array(mask)
+            table = table.set_column(table.column_names.index(INPUT_URL_COLUMN), INPUT_URL_COLUMN,
+                                     pc.replace_with_mask(table.column(INPUT_URL_COLUMN).combine_chunks(), mask_arr,
+                                                          url.filter(mask_arr)))
+            table = table.set_column(table.column_names.index("url"), "url",
+                                     pc.replace_with_mask(url, mask_arr, pa.array([""] * len(local), pa.string())))
+            table = table.set_column(table.column_names.index(ERROR_COLUMN), ERROR_COLUMN,
+                                     pc.replace_with_mask(table.column(ERROR_COLUMN).combine_chunks(), mask_arr,
+                                                          pa.array(errors, pa.string())))
+            with atomic.atomic_open(parts[p], "wb") as fh:
+                pq.write_table(table, fh)
+            for (where, err) in where_err:
+                refused[reason_class(err)] += 1
+                lines.append(f"{where}\t{_one_line(err)}")
+        return rows, lines
+
+
+def _merge_refusals(early_log: Any, dup_rows: np.ndarray, dup_lines: List[str], examples: List[Tuple[int, str]],
+                    refused_examples: int, log_fh: Any) -> None:
+    """Refused rows of the pass and the repeated keys, in input order: into ``examples`` (the first few)
+    and the refused log (``where<TAB>reason`` per line)."""
+    for r, line in zip(dup_rows[:refused_examples].tolist(), dup_lines[:refused_examples]):
+        where, err = line.split("\t", 1)
+        examples.append((r, f"{where}: {err}"))
+    if log_fh is None:
+        return
+    early_log.seek(0)
+    i = 0
+    for line in early_log:
+        row_text, rest = line.split("\t", 1)
+        row = int(row_text)
+        while i < len(dup_lines) and dup_rows[i] < row:
+            log_fh.write(dup_lines[i] + "\n")
+            i += 1
+        log_fh.write(rest)
+    for line in dup_lines[i:]:
+        log_fh.write(line + "\n")
 
 
 def _one_line(text: str) -> str:

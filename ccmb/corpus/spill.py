@@ -138,31 +138,24 @@ class SpillDir:
         self.close()
 
 
-def first_rows_u64(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per position, the lowest row among positions with an equal value (``rows`` ascending)."""
-    from .groups import first_occurrence_u64
-
-    local = first_occurrence_u64(values, np.ones(len(values), bool))
-    return rows[local]
-
-
-REPEAT_SCHEMA = pa.schema([pa.field("h", pa.uint64()), pa.field("lo", pa.uint64()), pa.field("row", pa.int64())])
+REPEAT_SCHEMA = pa.schema([pa.field("h", pa.uint64()), pa.field("lo", pa.uint64()), pa.field("row", pa.int64()),
+                           pa.field("info", pa.string())])
 
 
 class RepeatFinder:
-    """External check for values seen before: feed (128-bit digest as two uint64, row) in row order, then
-    :meth:`repeats` gives (rows whose value occurred at a lower row, the first such row), bucket by
-    bucket (memory: one bucket; the result is per repeated row)."""
+    """External check for values seen before: feed (128-bit digest as two uint64, row, an info string),
+    then :meth:`repeats` gives the rows whose value occurred at a lower row (ascending) and their info,
+    bucket by bucket (memory: one bucket; the result is per repeated row)."""
 
     def __init__(self, spills: SpillDir, buckets: int) -> None:
         self.spill = spills.spill("repeats", REPEAT_SCHEMA, buckets)
 
-    def add(self, hi: np.ndarray, lo: np.ndarray, rows: np.ndarray) -> None:
+    def add(self, hi: np.ndarray, lo: np.ndarray, rows: np.ndarray, info: List[str]) -> None:
         self.spill.add(hi, pa.table({"h": pa.array(hi, pa.uint64()), "lo": pa.array(lo, pa.uint64()),
-                                     "row": pa.array(rows, pa.int64())}))
+                                     "row": pa.array(rows, pa.int64()), "info": pa.array(info, pa.string())}))
 
-    def repeats(self) -> Tuple[np.ndarray, np.ndarray]:
-        out_rows, out_first = [], []
+    def repeats(self) -> Tuple[np.ndarray, List[str]]:
+        out_rows, out_info = [], []
         for t in self.spill:
             if not t.num_rows:
                 continue
@@ -170,16 +163,14 @@ class RepeatFinder:
             lo = t.column("lo").to_numpy()
             rows = t.column("row").to_numpy()
             order = np.lexsort((rows, lo, hi))
-            hi, lo, rows = hi[order], lo[order], rows[order]
-            new = np.ones(len(rows), bool)
+            hi, lo = hi[order], lo[order]
+            new = np.ones(len(order), bool)
             new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-            first = rows[np.flatnonzero(new)][np.cumsum(new) - 1]
-            rep = ~new
+            rep = order[~new]
             out_rows.append(rows[rep])
-            out_first.append(first[rep])
+            out_info.append(t.column("info").take(pa.array(rep)))
         if not out_rows:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return np.zeros(0, np.int64), []
         rows = np.concatenate(out_rows)
-        first = np.concatenate(out_first)
         order = np.argsort(rows)
-        return rows[order], first[order]
+        return rows[order], pa.chunked_array(out_info, pa.string()).take(pa.array(order)).to_pylist()
