@@ -455,6 +455,28 @@ def report(results: List[Dict]) -> Dict:
     return {"ratios": ratios, "slopes": sl}
 
 
+def extrapolate(sl: Dict[str, Dict], bench_cores: int, rows_list: Sequence[int], cores_list: Sequence[int]) -> Dict:
+    """Time and peak memory at other sizes from the slopes: linear in rows; Spark's per-row work linear in
+    cores (its fixed cost is not divided), the in-process engine's not (one process, the cores measured)."""
+    out: Dict[str, Dict] = {}
+    print("\nextrapolation (linear in rows; Spark's per-row time / (cores / bench cores); fixed cost kept):")
+    for name, s in sl.items():
+        spark = name.startswith("spark")
+        for rows in rows_list:
+            m = rows / 1e6
+            peaks = {k: s[f"{k}_mb"]["fixed"] + s[f"{k}_mb"]["per_million"] * m for k in ("driver_py", "jvm", "tree")}
+            for cores in (cores_list if spark else [bench_cores]):
+                per_row = s["wall_s"]["per_million"] * m * (bench_cores / cores if spark else 1)
+                total = s["wall_s"]["fixed"] + per_row
+                out[f"{name} {rows} {cores}"] = {"engine": name, "rows": rows, "cores": cores, "hours": total / 3600,
+                                                 "per_row_s": per_row, "fixed_s": s["wall_s"]["fixed"], "peak_mb": peaks}
+                print(f"  {name:28s} {rows:>13,} rows on {cores:>3} cores: {total / 3600:6.2f} h "
+                      f"({per_row / 60:,.1f} min + {s['wall_s']['fixed']:.0f} s fixed); peaks if linear: driver "
+                      f"Python {peaks['driver_py'] / 1024:,.1f} GB, JVM {peaks['jvm'] / 1024:,.1f} GB, tree "
+                      f"{peaks['tree'] / 1024:,.1f} GB")
+    return out
+
+
 def _git_head() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -482,10 +504,15 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="Also write the results here.")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="Print one table from earlier --json files (runs nothing).")
+    ap.add_argument("--extrapolate", default="23M,250M", help="Sizes the slopes are extrapolated to.")
+    ap.add_argument("--target-cores", default="16,160", help="Spark cores of the extrapolation (1 x 16, 10 x 16).")
     args = ap.parse_args()
+    targets = [parse_size(s) for s in args.extrapolate.split(",")]
+    target_cores = [int(c) for c in args.target_cores.split(",")]
     if args.report:
         results = [r for p in args.report for r in json.loads(Path(p).read_text())["results"]]
-        report(results)
+        summary = report(results)
+        extrapolate(summary["slopes"], results[0]["cores"], targets, target_cores)
         return
     work_dir = Path(args.work_dir)
     levels = tuple(args.levels.split(","))
@@ -514,6 +541,7 @@ def main() -> None:
             if args.json:  # after every run: a killed series keeps what it measured
                 Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     summary = report(results)
+    summary["extrapolation"] = extrapolate(summary["slopes"], args.cores, targets, target_cores)
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results, **summary}, indent=1))
 
