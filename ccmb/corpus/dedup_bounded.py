@@ -40,19 +40,22 @@ import pyarrow.parquet as pq
 from .. import atomic
 from ..types import PathLike
 from . import groups, minhash, spill
-from .dedup import LEVELS, DedupConfig, LevelDrops, caption_texts, get_level
+from .dedup import (REASON_UNDECODABLE, DedupConfig, LevelDrops, caption_texts, get_level,
+                    phash_bands_of_variants)
+from .phash import VARIANT_COLUMNS, VARIANTS, compute_phashes, variant_distance
 from .table import (DICTIONARY_COLUMNS, KEYS_FINGERPRINT, REASON_NOT_DOWNLOADED, TABLE_KIND, TABLE_SOURCE,
-                    CurationError, DECISION_SCHEMA, KeysFingerprint, Summary, _column_names, _decision_reason_codes,
+                    CurationError, DECISION_SCHEMA, KeysFingerprint, Summary, _column_names,
                     decision_metadata, iter_shard_batches, list_parquets, load_metadata, release_memory,
                     sha256_to_binary)
 from .urlnorm import normalize_urls
 
 logger = logging.getLogger(__name__)
 
-BOUNDED_LEVELS = ("url", "sha256", "caption")
+BOUNDED_LEVELS = ("url", "sha256", "phash", "caption")
 ROW_SCHEMA_URL = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.string())])
 ROW_SCHEMA_SHA = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.binary(32))])
 ROW_SCHEMA_TEXT = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.string())])
+PHASH_SCHEMA = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.binary(8 * VARIANTS))])
 BAND_SCHEMA = pa.schema([pa.field("node", pa.int64()), pa.field("band", pa.int16()),
                          pa.field("value", pa.int64())])
 
@@ -233,8 +236,14 @@ class BoundedDedup:
             bands.add(bv.ravel(), pa.table({"node": pa.array(np.repeat(node_rows, nb)),
                                             "band": pa.array(np.tile(np.arange(nb, dtype=np.int16), len(node_rows))),
                                             "value": pa.array(bv.ravel())}))
+        ea, eb = self._verify(self._band_candidates(bands), eligible)
+        return _star_drops(get_level("caption").reason, ea, eb, same_rows, same_nodes)
+
+    def _band_candidates(self, bands: spill.Spill) -> np.ndarray:
+        """Candidate node pairs (packed ``lo * n + hi``, unique) of items with an equal value in one band,
+        band by band within each bucket; pairs of one node's items are skipped. The spill is removed."""
         found = []
-        for t in bands:  # B: candidate pairs, band by band within each bucket
+        for t in bands:
             if t.num_rows < 2:
                 continue
             node = t.column("node").to_numpy()
@@ -244,21 +253,12 @@ class BoundedDedup:
                 sel = np.flatnonzero(band == j)
                 for a, b in groups.band_pairs(np.ascontiguousarray(value[sel])):
                     a, b = node[sel[a]], node[sel[b]]
-                    found.append(np.unique(np.minimum(a, b) * self.n + np.maximum(a, b)))
+                    other = a != b
+                    if other.any():
+                        a, b = a[other], b[other]
+                        found.append(np.unique(np.minimum(a, b) * self.n + np.maximum(a, b)))
         bands.remove()
-        ea, eb = self._verify(np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64), eligible)
-        nodes, centre = groups.star_reps_of_edges(ea, eb)  # C: star groups in row order over the edges
-        moved = centre != nodes
-        drop_rows = [nodes[moved]]
-        drop_reps = [centre[moved]]
-        if same_rows:
-            rows, node = np.concatenate(same_rows), np.concatenate(same_nodes)
-            pos = np.searchsorted(nodes, node)
-            pos = np.minimum(pos, max(len(nodes) - 1, 0))
-            hit = (nodes[pos] == node) if len(nodes) else np.zeros(len(node), bool)
-            drop_rows.append(rows)
-            drop_reps.append(np.where(hit, centre[pos] if len(nodes) else node, node))
-        return _drops(get_level("caption").reason, drop_rows, drop_reps)
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
     def _verify(self, packed: np.ndarray, eligible: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Exact Jaccard of every candidate pair; only the candidate nodes' texts are read back."""
@@ -284,6 +284,95 @@ class BoundedDedup:
             ok[lo: lo + step] = minhash.jaccard(texts, ia[lo: lo + step], ib[lo: lo + step],
                                                 self.config.minhash.ngram) >= threshold
         return a[ok], b[ok]
+
+    def phash_level(self, eligible: np.ndarray, spills: spill.SpillDir) -> List[LevelDrops]:
+        """pHash near-duplicates: tars hashed a group at a time (the eligible keys of those tars only), the
+        variant hashes spilled by their value; then as the caption level (equal hashes one node, bands of
+        every variant spilled, candidates verified with the exact variant distance, star groups)."""
+        hashes = spills.spill("phash", PHASH_SCHEMA, self.plan.buckets)
+        bad_rows: List[np.ndarray] = []
+        group = max(8, 4 * self.config.workers)
+        pending: List[Tuple[Path, np.ndarray, pa.Array]] = []  # (tar, rows, keys) of eligible samples
+
+        def hash_pending() -> None:
+            if not pending:
+                return
+            by_tar = {tar.name: keys.to_pylist() for tar, _, keys in pending}
+            ph = compute_phashes([tar for tar, _, _ in pending], by_tar, workers=self.config.workers,
+                                 progress=False)
+            all_keys = pa.chunked_array([k for _, _, k in pending], pa.string())
+            all_rows = np.concatenate([r for _, r, _ in pending])
+            idx = pc.index_in(ph.column("key"), value_set=all_keys).to_numpy(zero_copy_only=False)
+            idx = idx.astype(np.int64)
+            has = ph.column("phash").is_valid().to_numpy(zero_copy_only=False)
+            bad_rows.append(np.sort(all_rows[idx[~has]]))
+            got = np.zeros(len(all_rows), bool)
+            got[idx] = True
+            if not got.all():
+                i = int(np.flatnonzero(~got)[0])
+                tar = next(t for t, r, _ in pending if all_rows[i] in r)
+                raise CurationError(f"{tar.name}: sample {all_keys[i].as_py()} is in the parquet as downloaded but "
+                                    f"not in the tar ({int((~got).sum())} such samples)")
+            good = ph.filter(pa.array(has))
+            values = np.stack([good.column(c).to_numpy() for c in VARIANT_COLUMNS], axis=1).astype(np.int64)
+            rows = all_rows[idx[has]]
+            order = np.argsort(rows)
+            rows, values = rows[order], values[order]
+            hashes.add(_tuple_hash(values), pa.table({"row": pa.array(rows), "value": _fixed(values)}))
+            pending.clear()
+
+        at = 0
+        for path in self.parquets:
+            tar = path.with_suffix(".tar")
+            for batch in iter_shard_batches(path, ["key"], self.plan.batch_rows):
+                m = batch.num_rows
+                sel = np.flatnonzero(eligible[at: at + m])
+                if len(sel):
+                    pending.append((tar, sel + at, batch.column("key").take(pa.array(sel)).combine_chunks()))
+                at += m
+            if len(pending) >= group:
+                hash_pending()
+        hash_pending()
+        bad = np.concatenate(bad_rows) if bad_rows else np.zeros(0, np.int64)
+
+        threshold, nbands = self.config.phash_threshold, self.config.bands
+        bands = spills.spill("phash_bands", BAND_SCHEMA, self.plan.buckets)
+        same_rows, same_nodes = [], []
+        for t in hashes:  # nodes: distinct variant tuples; band values of every variant, spilled
+            if not t.num_rows:
+                continue
+            rows = t.column("row").to_numpy()
+            local = groups.first_occurrence_fixed(t.column("value"), np.ones(len(rows), bool))
+            is_node = local == np.arange(len(rows))
+            same_rows.append(rows[~is_node])
+            same_nodes.append(rows[local[~is_node]])
+            uniq = _unfixed(t.column("value").filter(pa.array(is_node)), VARIANTS)
+            items, node_of_item = phash_bands_of_variants(uniq, nbands)
+            node = rows[is_node][node_of_item]
+            bands.add(items.ravel(), pa.table({
+                "node": pa.array(np.repeat(node, nbands)),
+                "band": pa.array(np.tile(np.arange(nbands, dtype=np.int16), len(node))),
+                "value": pa.array(items.ravel())}))
+        packed = self._band_candidates(bands)
+        ea, eb = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if len(packed):
+            a, b = packed // self.n, packed % self.n
+            need = np.unique(np.concatenate([a, b]))
+            got_rows, got_values = [], []
+            for t in hashes:
+                rows = t.column("row").to_numpy()
+                sel = np.isin(rows, need, assume_unique=True)
+                if sel.any():
+                    got_rows.append(rows[sel])
+                    got_values.append(_unfixed(t.column("value").filter(pa.array(sel)), VARIANTS))
+            rows = np.concatenate(got_rows)
+            order = np.argsort(rows)
+            rows, values = rows[order], np.concatenate(got_values)[order]
+            ok = variant_distance(values[np.searchsorted(rows, a)], values[np.searchsorted(rows, b)]) <= threshold
+            ea, eb = a[ok], b[ok]
+        hashes.remove()
+        return [LevelDrops(REASON_UNDECODABLE, bad, np.full(len(bad), -1, np.int64)),
+                _star_drops(get_level("phash").reason, ea, eb, same_rows, same_nodes)]
 
     def fallback_level(self, name: str, eligible: np.ndarray) -> List[LevelDrops]:
         """A level without a bounded implementation: its in-memory function on the columns it reads."""
@@ -321,6 +410,8 @@ class BoundedDedup:
                     level_drops = [self.exact_level(name, eligible)]
                 elif name == "caption":
                     level_drops = [self.caption_level(eligible, spills)]
+                elif name == "phash":
+                    level_drops = self.phash_level(eligible, spills)
                 else:
                     level_drops = self.fallback_level(name, eligible)
                 for d in level_drops:
@@ -419,6 +510,46 @@ class BoundedDedup:
                     out.append(batch.column("key").take(pa.array(rows[lo:hi] - at)).combine_chunks())
                 at += m
         return pa.chunked_array(out, pa.string())
+
+
+def _tuple_hash(values: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of an int64 matrix (bucketing only; equality is checked in full)."""
+    h = np.zeros(len(values), np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(values.shape[1]):
+            h = minhash.splitmix64(h ^ values[:, j].view(np.uint64))
+    return h
+
+
+def _fixed(values: np.ndarray) -> pa.Array:
+    """Rows of an int64 matrix as fixed-size binaries (compared in full by the exact grouping)."""
+    values = np.ascontiguousarray(values)
+    width = values.shape[1] * 8
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(values)])
+
+
+def _unfixed(column, width: int) -> np.ndarray:
+    views, _ = groups.fixed_width_rows(column)
+    if not views:
+        return np.zeros((0, width), np.int64)
+    return np.ascontiguousarray(np.concatenate(views)).view(np.int64).reshape(-1, width)
+
+
+def _star_drops(reason: str, ea: np.ndarray, eb: np.ndarray, same_rows: List[np.ndarray],
+                same_nodes: List[np.ndarray]) -> LevelDrops:
+    """Star groups in row order over verified node edges (nodes numbered by their lowest row); rows equal
+    to a lower row's node follow that node's centre."""
+    nodes, centre = groups.star_reps_of_edges(ea, eb)
+    moved = centre != nodes
+    drop_rows, drop_reps = [nodes[moved]], [centre[moved]]
+    if same_rows:
+        rows, node = np.concatenate(same_rows), np.concatenate(same_nodes)
+        if len(nodes):
+            pos = np.minimum(np.searchsorted(nodes, node), len(nodes) - 1)
+            node = np.where(nodes[pos] == node, centre[pos], node)
+        drop_rows.append(rows)
+        drop_reps.append(node)
+    return _drops(reason, drop_rows, drop_reps)
 
 
 def _drops(reason: str, rows: List[np.ndarray], reps: List[np.ndarray]) -> LevelDrops:

@@ -65,14 +65,14 @@ def synthetic(tmp_path_factory):
 
 
 def test_tiny_budget_many_buckets_gives_the_in_memory_table(synthetic, planted_scale, tmp_path):
-    for name, folder in (("synthetic", synthetic), ("planted", planted_scale)):
-        ref = dedup_table(folder, DedupConfig(levels=METADATA_LEVELS))
+    for name, folder, levels in (("synthetic", synthetic, METADATA_LEVELS),
+                                 ("planted", planted_scale, ("url", "sha256", "phash", "caption"))):
+        ref = dedup_table(folder, DedupConfig(levels=levels))
         reasons = set(ref.column("reason").to_pylist())
-        assert {"duplicate_url", "duplicate_sha256", "duplicate_caption"} <= reasons
+        assert {f"duplicate_{lv}" for lv in levels} <= reasons
         for buckets, memory_gb in ((None, 8.0), (1, 0.001), (7, 0.001), (64, 0.001)):
             out = tmp_path / f"{name}_{buckets}.parquet"
-            summary = dedup_samples(folder, out, levels=METADATA_LEVELS, memory_gb=memory_gb,
-                                    spill_buckets=buckets)
+            summary = dedup_samples(folder, out, levels=levels, memory_gb=memory_gb, spill_buckets=buckets)
             got = read_decisions(out)
             assert got.equals(ref), [(a, b) for a, b in zip(got.to_pylist(), ref.to_pylist()) if a != b][:5]
             assert summary.rows == ref.num_rows and summary.kept == sum(ref.column("keep").to_pylist())
@@ -166,11 +166,11 @@ def _peak_mb(folder: Path, out: Path, memory_gb: float) -> float:
 
 
 def test_peak_memory_is_flat_from_n_to_4n_rows(tmp_path):
-    n = 25_000
+    n = 20_000
     small = synthetic_folder(tmp_path / "n", n, 5000, seed=1)
     large = synthetic_folder(tmp_path / "4n", 4 * n, 5000, seed=1)
-    a = _peak_mb(small, tmp_path / "a.parquet", 0.02)
-    b = _peak_mb(large, tmp_path / "b.parquet", 0.02)
-    # the in-memory engine grows ~1.7 GB per million rows (+130 MB here); bounded: 2 bytes per row + dups
+    a = _peak_mb(small, tmp_path / "a.parquet", 0.05)
+    b = _peak_mb(large, tmp_path / "b.parquet", 0.05)
+    # the in-memory engine grows ~1.7 GB per million rows (+100 MB here); bounded: 2 bytes per row + dups
     assert b - a < 25, (a, b)
     assert read_decisions(tmp_path / "b.parquet").num_rows == 4 * n
