@@ -181,7 +181,8 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Data root of the evaluation sets (their official layout).")
 @click.option("--split", default=None, help="Split of every set (default: the split the benchmark evaluates).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--output", required=True, type=click.Path(),
+              help="Decision table to write (.parquet; a folder of parts with --engine spark).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Report (JSON): per set, images and texts with copies in the corpus, with examples.")
 @click.option("--phash-threshold", default=6, show_default=True,
@@ -229,8 +230,9 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
 @click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Final shard folder.")
-@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Decision tables; a sample is kept when all keep it. Without: default filter + dedup run here.")
+@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True),
+              help="Decision tables (files or partitioned folders); a sample is kept when all keep it. Without: "
+                   "default filter + dedup run here.")
 @click.option("--samples-per-shard", default=10000, show_default=True, help="Samples per output shard.")
 @click.option("--shuffle", is_flag=True, help="Shuffle samples across shards (seeded).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")

@@ -12,9 +12,11 @@ Spark task.
   tar matches that record, so the build stays restartable shard by shard;
 * provenance: as in-process (kind, fingerprint, drop count of every table; the decontamination report).
 
-Tables made independently that need the keep-aware *restore* of :mod:`ccmb.corpus.combine` (dedup kept R
-and dropped D, another table drops R) are detected on the executors and refused with the fix (run dedup
-with ``--keep`` of the other tables, which never needs restoring, or build with ``--engine local``).
+Tables made independently are combined keep-aware with the in-process rule of :mod:`ccmb.corpus.combine`,
+on the executors (joins and a window, nothing collected): when one table drops D as a duplicate of R, every
+other table keeps D and the combination drops R, D is *restored*; for an exact level (``DedupLevel.exact``:
+equal normalised URL / SHA-256) only the lowest key of each (R, value) group of such D, for a near-duplicate
+level every such D. The plan records the restored counts per reason, as in-process.
 The output folder and the download folder must be on storage every executor reads and writes.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .. import atomic
 from .. import shards as fmt
-from .table import REASON_NOT_DOWNLOADED, CurationError, decision_metadata
+from .table import REASON_NOT_DOWNLOADED, decision_metadata
 from ..types import PathLike
 
 logger = logging.getLogger(__name__)
@@ -96,12 +98,13 @@ def spark_plan(spark, input_dir: Path, build_dir: Path, tables: Sequence[PathLik
         drop = ~F.coalesce(F.col("keep"), F.lit(False))
         tab = tab.select("key", F.when(drop, F.coalesce(F.col("reason"), F.lit("dropped"))).alias(f"r{i}"),
                          F.lit(True).alias(f"has{i}"), drop.alias(f"d{i}"),
-                         F.when(drop, F.col("duplicate_of")).alias(f"dup{i}"))
+                         F.when(drop, F.col("duplicate_of")).alias(f"dup{i}"),
+                         F.when(drop, F.col("reason")).alias(f"raw{i}"))
         df = df.join(tab, "key", "left")
         df = df.withColumn("reason", F.coalesce(F.col("reason"), F.when(F.col(f"has{i}").isNull(), F.lit(
             f"not_in:{Path(t).name}")).otherwise(F.col(f"r{i}")))).drop(f"r{i}")
     df = df.localCheckpoint()
-    _refuse_restores(df, tables)
+    df, restored = _restore(spark, input_dir, df, len(tables))
     counts = df.where(F.col("reason").isNotNull()).groupBy("reason").count().collect()
     dropped = dict(sorted(((r["reason"], int(r["count"])) for r in counts), key=lambda kv: (-kv[1], kv[0])))
     kept = df.where(F.col("reason").isNull() & F.col("key").isNotNull()).select("key", "shard")
@@ -115,29 +118,77 @@ def spark_plan(spark, input_dir: Path, build_dir: Path, tables: Sequence[PathLik
     plan.write.mode("overwrite").parquet(str(plan_dir))
     stats = spark.read.parquet(str(plan_dir)).agg(F.count("*").alias("n"), F.max("out_shard").alias("m")).collect()[0]
     samples = int(stats["n"])
-    return {"samples": samples, "dropped": dropped, "restored": {}, "plan_file": PLAN_DIR,
+    return {"samples": samples, "dropped": dropped, "restored": restored, "plan_file": PLAN_DIR,
             "provenance": _provenance(spark, tables, dropped_by),
             "shards": int(stats["m"]) + 1 if samples else 0}
 
 
-def _refuse_restores(df, tables: Sequence[PathLike]) -> None:
-    """Refuse tables whose combination would lose both copies of a duplicate (see the module docstring):
-    a row only table i drops, as a duplicate of a row the combination drops."""
+def exact_level_columns() -> Dict[str, str]:
+    """{reason: metadata column} of the exact dedup levels (the level table's ``exact`` with a column): the
+    values by which restored duplicates are regrouped (as :func:`ccmb.corpus.combine.combine_tables`)."""
+    from .dedup import LEVELS
+
+    out: Dict[str, str] = {}
+    for lv in LEVELS.values():
+        if lv.exact and lv.columns and lv.reason not in out:
+            out[lv.reason] = lv.columns[0]
+    return out
+
+
+def _restore(spark, input_dir: Path, df, n_tables: int):
+    """The keep-aware restore of :mod:`ccmb.corpus.combine` on the executors: (df with the restored rows
+    kept, {reason: restored count}). A row only table i drops, as a duplicate of a row the combination drops,
+    is restored (exact levels: the lowest key per (table, reason, kept copy, value))."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    from .engine_spark import read_metadata_df, spark_normalize_url
+
     reps = df.select(F.col("key").alias("rep"), F.col("reason").alias("rep_reason"))
-    for i, t in enumerate(tables):
+    lost = None
+    for i in range(n_tables):
         only_i = F.col(f"d{i}") & ~F.col("nd") & F.col(f"dup{i}").isNotNull()
-        for j in range(len(tables)):
+        for j in range(n_tables):
             if j != i:
                 only_i = only_i & F.col(f"has{j}") & ~F.col(f"d{j}")
-        lost = (df.where(only_i).select("key", F.col(f"dup{i}").alias("rep"))
-                .join(reps, "rep").where(F.col("rep_reason").isNotNull()).limit(3).collect())
-        if lost:
-            ex = ", ".join(f"{r['key']} (its kept copy {r['rep']} is dropped: {r['rep_reason']})" for r in lost)
-            raise CurationError(f"{t}: duplicates whose kept copy another table drops, e.g. {ex}; both copies "
-                                f"would be lost. Run dedup after the other steps (`ccmb dedup --keep "
-                                f"filter.parquet ...`) or build with --engine local (it restores them)")
+        part = (df.where(only_i).select("key", F.col(f"dup{i}").alias("rep"), F.col(f"raw{i}").alias("why"),
+                                        F.lit(i).alias("tab"))
+                .join(reps, "rep").where(F.col("rep_reason").isNotNull()).drop("rep_reason"))
+        lost = part if lost is None else lost.unionByName(part)
+    if lost is None:
+        return df, {}
+    lost = lost.localCheckpoint()
+    if not lost.limit(1).count():
+        return df, {}
+    exact = exact_level_columns()
+    cols = sorted(set(exact.values()))
+    value = F.lit(None).cast("string")
+    if cols:
+        meta = read_metadata_df(spark, input_dir, ["key"] + cols)
+        for reason, col in exact.items():
+            v = spark_normalize_url(F.col(col)) if col == "url" else F.col(col)
+            value = F.when(F.col("why") == reason, v.cast("string")).otherwise(value)
+        lost = lost.join(meta.select("key", *cols), "key", "left")
+    is_exact = F.col("why").isin(list(exact)) if exact else F.lit(False)
+    first = F.row_number().over(Window.partitionBy("tab", "why", "rep", "value").orderBy("key")) == 1
+    take = (lost.withColumn("value", value).withColumn("exact", is_exact).withColumn("first", first)
+            .where(~F.col("exact") | F.col("first")).select("key", "tab", "why", "exact").localCheckpoint())
+    counts = take.groupBy("tab", "why", "exact").count().collect()
+    restored: Dict[str, int] = {}
+    for r in sorted(counts, key=lambda r: (r["tab"], r["why"] or "")):
+        restored[r["why"]] = restored.get(r["why"], 0) + int(r["count"])
+    if restored:
+        logger.warning("build-shards: restored %s: duplicates whose kept copy another table drops (otherwise "
+                       "both copies would be lost)", ", ".join(f"{v} {k}" for k, v in restored.items()))
+    near = sum(int(r["count"]) for r in counts if not r["exact"])
+    if near:
+        logger.warning("build-shards: %d restored near-duplicates were never compared with each other; for "
+                       "exact results run dedup after the other steps: `ccmb dedup --keep filter.parquet ...`", near)
+    back = take.select("key", F.lit(True).alias("restored"))
+    df = df.join(back, "key", "left").withColumn(
+        "reason", F.when(F.coalesce(F.col("restored"), F.lit(False)), F.lit(None).cast("string"))
+        .otherwise(F.col("reason"))).drop("restored")
+    return df.localCheckpoint(), restored
 
 
 def _write_task(input_dir: str, output_dir: str, plan_path: str):

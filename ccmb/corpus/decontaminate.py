@@ -18,7 +18,9 @@ never match) are counted in the report; with ``drop_caption_matches`` they are d
 
 The decision table has the usual schema (:mod:`ccmb.corpus.table`); the report (JSON) gives per
 evaluation set how many images and texts have copies in the corpus, with examples. ``engine="spark"``
-hashes and matches the tars in Spark tasks (the evaluation hashes travel with the task).
+(:mod:`ccmb.corpus.decontaminate_spark`) applies the same rule on the executors: tars hashed and matched,
+captions normalised and matched, the decision table written as a partitioned table, nothing per row on
+the driver.
 """
 from __future__ import annotations
 
@@ -213,15 +215,6 @@ class TarMatcher:
                 [(path, k) for k in lost], values[rows].tolist())
 
 
-def _run_jobs(jobs, matcher: TarMatcher, engine: str, spark, workers: int, progress: bool):
-    if engine == "spark":
-        from .engine_spark import _session
-
-        spark = _session(spark)
-        return spark.sparkContext.parallelize(jobs, max(1, len(jobs))).map(matcher).collect() if jobs else []
-    return map_jobs(matcher, jobs, workers=workers, progress=progress, desc="decontaminate")
-
-
 # ----------------------------------------------------------------------------------- text matching
 
 def match_texts(corpus_texts: List[Optional[str]], index: EvalIndex, config: DecontaminationConfig
@@ -277,6 +270,11 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
     """The decision table (and report) of decontaminating ``input_dir`` against ``index``."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "spark":  # the same rule on the executors; the table brought back here
+        from .decontaminate_spark import spark_decontamination_table
+        from .engine_spark import _session
+
+        return spark_decontamination_table(input_dir, index, config, _session(spark))
     start = time.time()
     input_dir = Path(input_dir)
     cols = ["key", "status", "sha256", "caption", "title", "content", "query"]
@@ -317,8 +315,8 @@ def decontamination_table(input_dir: PathLike, index: EvalIndex, config: Deconta
     hashed = 0
     bad: List[str] = []
     missing: List[Tuple[str, str]] = []
-    for keys, ev, dist, errors, count, lost, matched in _run_jobs(jobs, matcher, engine, spark, config.workers,
-                                                                 config.progress):
+    for keys, ev, dist, errors, count, lost, matched in map_jobs(matcher, jobs, workers=config.workers,
+                                                                 progress=config.progress, desc="decontaminate"):
         hashed += count
         missing.extend(lost)
         bad.extend(errors)
@@ -428,6 +426,15 @@ def decontaminate(input_dir: PathLike, against: Sequence[str], root: PathLike, o
     if not against:
         raise CurationError("decontaminate: name at least one evaluation set (--against)")
     index = build_index(against, root, split=split, progress=config.progress)
+    if engine == "spark":  # on the executors: a partitioned table, nothing per row on the driver
+        from .decontaminate_spark import spark_decontaminate_to
+        from .engine_spark import _session
+
+        summary, report = spark_decontaminate_to(input_dir, index, config, output, _session(spark))
+        if report_path:
+            atomic.write_json(report_path, report)
+        logger.info("decontaminate: %s", "; ".join(summary.lines()))
+        return summary, report
     res = decontamination_table(input_dir, index, config, engine=engine, spark=spark)
     info = json.dumps({"against": res.report["against"], "report": res.report}, ensure_ascii=False)
     write_decisions(output, res.table, kind="decontaminate", info=info, source=input_dir)
