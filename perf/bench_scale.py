@@ -46,6 +46,8 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: Where the measured ``ccmb`` runs from: this working tree, or (``--at-commit``) an export of a commit.
+CODE = ROOT
 
 ROWS_PER_FILE = 250_000
 LEVELS = ("url", "sha256", "caption")
@@ -285,20 +287,40 @@ class Sampler(threading.Thread):
 # ---------------------------------------------------------------- one curation step, one engine run
 
 def ccmb_cmd() -> List[str]:
-    """The ``ccmb`` CLI of this working tree (not whatever is installed)."""
+    """The ``ccmb`` CLI of ``CODE`` (run there, first on the path; not whatever is installed)."""
     return [sys.executable, "-m", "ccmb"]
 
 
 def _env() -> Dict[str, str]:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(CODE) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def export_commit(ref: str, work_dir: Path) -> Path:
+    """The committed tree of ``ref`` exported (``git archive``) under ``work_dir``: measures a commit, not the
+    uncommitted edits of a shared working tree."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.strip()
+    dest = Path(work_dir) / f"src_{sha[:12]}"
+    if not (dest / ".exported").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", "--format=tar", sha], capture_output=True, cwd=ROOT, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        (dest / ".exported").write_text(sha)
+    return dest
+
+
+def ccmb_location() -> str:
+    """Where the measured runs import ccmb from (a check that ``CODE`` is what runs)."""
+    return subprocess.run([sys.executable, "-c", "import ccmb; print(ccmb.__file__)"], capture_output=True,
+                          text=True, env=_env(), cwd=CODE, check=True).stdout.strip()
 
 
 def has_option(command: str, option: str) -> bool:
     """Whether ``ccmb COMMAND --help`` lists ``option`` (e.g. ``--memory-gb``, added by a newer engine)."""
     out = subprocess.run(ccmb_cmd() + [command, "--help"], capture_output=True, text=True, env=_env(),
-                         cwd=ROOT, check=True).stdout
+                         cwd=CODE, check=True).stdout
     return re.search(rf"(^|\s){re.escape(option)}[\s,=]", out) is not None
 
 
@@ -316,7 +338,7 @@ def run_step(args: List[str], timeout_s: Optional[float], log: Path) -> Dict:
     t0 = time.perf_counter()
     with open(log, "w") as err:
         proc = subprocess.Popen(ccmb_cmd() + args, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(),
-                                cwd=ROOT, start_new_session=True)
+                                cwd=CODE, start_new_session=True)
         sampler = Sampler(proc.pid)
         sampler.start()
         timed_out = False
@@ -501,6 +523,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--levels", default=",".join(LEVELS), help="Dedup levels (metadata ones).")
     ap.add_argument("--timeout-s", type=float, default=None, help="Kill a run (its process group) after this.")
+    ap.add_argument("--at-commit", default=None, metavar="REF",
+                    help="Measure the committed code of REF (exported under --work-dir), not the working tree.")
     ap.add_argument("--json", default=None, help="Also write the results here.")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="Print one table from earlier --json files (runs nothing).")
@@ -520,11 +544,15 @@ def main() -> None:
     if unknown:
         ap.error(f"--levels: unknown {sorted(unknown)} (metadata levels: {', '.join(ALL_LEVELS)})")
     engines = args.engines.split(",")
+    global CODE
+    if args.at_commit:
+        CODE = export_commit(args.at_commit, work_dir)
+    code_desc = f"commit {CODE.name[4:]}" if args.at_commit else f"working tree at {_git_head()} (+ uncommitted edits)"
     mem_flag = {step: "local" in engines and has_option(step, "--memory-gb") for step in ("filter", "dedup")}
-    print(f"ccmb of {ROOT} at {_git_head()}; --memory-gb offered by: "
+    print(f"ccmb of {code_desc}: {ccmb_location()}; --memory-gb offered by: "
           f"{[s for s, v in mem_flag.items() if v] or 'none'}", flush=True)
     results = []
-    meta = {"git": _git_head(), "cores": args.cores, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    meta = {"git": code_desc, "cores": args.cores, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for size in [parse_size(s) for s in args.sizes.split(",")]:
         folder = ensure_folder(work_dir, size, args.seed)
         for engine in engines:
