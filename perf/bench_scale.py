@@ -479,7 +479,8 @@ def report(results: List[Dict]) -> Dict:
 
 def extrapolate(sl: Dict[str, Dict], bench_cores: int, rows_list: Sequence[int], cores_list: Sequence[int]) -> Dict:
     """Time and peak memory at other sizes from the slopes: linear in rows; Spark's per-row work linear in
-    cores (its fixed cost is not divided), the in-process engine's not (one process, the cores measured)."""
+    cores (its fixed cost is not divided), the in-process engine's not (one process, the cores measured).
+    Also from the CPU-second slopes (what an idle machine would take: Spark's CPU spread over the cores)."""
     out: Dict[str, Dict] = {}
     print("\nextrapolation (linear in rows; Spark's per-row time / (cores / bench cores); fixed cost kept):")
     for name, s in sl.items():
@@ -490,12 +491,16 @@ def extrapolate(sl: Dict[str, Dict], bench_cores: int, rows_list: Sequence[int],
             for cores in (cores_list if spark else [bench_cores]):
                 per_row = s["wall_s"]["per_million"] * m * (bench_cores / cores if spark else 1)
                 total = s["wall_s"]["fixed"] + per_row
+                # from CPU seconds (an idle machine): Spark's spread over the cores, in-process's on one
+                cpu_row = s["cpu_s"]["per_million"] * m / (cores if spark else 1)
+                cpu_total = max(0.0, s["cpu_s"]["fixed"]) / (cores if spark else 1) + cpu_row
                 out[f"{name} {rows} {cores}"] = {"engine": name, "rows": rows, "cores": cores, "hours": total / 3600,
-                                                 "per_row_s": per_row, "fixed_s": s["wall_s"]["fixed"], "peak_mb": peaks}
-                print(f"  {name:28s} {rows:>13,} rows on {cores:>3} cores: {total / 3600:6.2f} h "
-                      f"({per_row / 60:,.1f} min + {s['wall_s']['fixed']:.0f} s fixed); peaks if linear: driver "
-                      f"Python {peaks['driver_py'] / 1024:,.1f} GB, JVM {peaks['jvm'] / 1024:,.1f} GB, tree "
-                      f"{peaks['tree'] / 1024:,.1f} GB")
+                                                 "per_row_s": per_row, "fixed_s": s["wall_s"]["fixed"],
+                                                 "hours_from_cpu": cpu_total / 3600, "peak_mb": peaks}
+                print(f"  {name:28s} {rows:>13,} rows on {cores:>3} cores: {total / 3600:6.2f} h from wall "
+                      f"({per_row / 60:,.1f} min + {s['wall_s']['fixed']:.0f} s fixed), {cpu_total / 3600:6.2f} h "
+                      f"from CPU s; peaks if linear: driver Python {peaks['driver_py'] / 1024:,.1f} GB, JVM "
+                      f"{peaks['jvm'] / 1024:,.1f} GB, tree {peaks['tree'] / 1024:,.1f} GB")
     return out
 
 
