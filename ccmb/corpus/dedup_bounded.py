@@ -197,66 +197,58 @@ class BoundedDedup:
     def exact_level(self, name: str, eligible: np.ndarray) -> LevelDrops:
         """Equal values within each bucket; the lowest row of a group is its representative."""
         drop_rows, drop_reps = [], []
-        for t in self.spills[name]:
-            rows = t.column("row").to_numpy()
-            keep = eligible[rows]
-            if not keep.any():
-                continue
-            rows = rows[keep]
-            values = t.column("value").filter(pa.array(keep))
-            if name == "sha256":
-                local = groups.first_occurrence_fixed(values, np.ones(len(rows), bool))
-            else:
-                local = groups.first_occurrence_strings(values, np.ones(len(rows), bool))
-            dup = np.flatnonzero((local >= 0) & (local != np.arange(len(rows))))
-            drop_rows.append(rows[dup])
-            drop_reps.append(rows[local[dup]])
+        for i in range(self.spills[name].buckets):
+            rows, reps = _exact_bucket(self.spills[name].bucket(i), eligible, fixed=name == "sha256")
+            drop_rows.append(rows)
+            drop_reps.append(reps)
+            spill.trim_memory()
         return _drops(get_level(name).reason, drop_rows, drop_reps)
 
     def caption_level(self, eligible: np.ndarray, spills: spill.SpillDir) -> LevelDrops:
         params = self.config.minhash
         bands = spills.spill("bands", BAND_SCHEMA, self.plan.buckets)
         same_rows, same_nodes = [], []  # rows whose normalised text equals a lower row's (their node)
-        for t in self.spills["caption"]:  # A: nodes (distinct texts), their MinHash band values, spilled
-            rows = t.column("row").to_numpy()
-            keep = eligible[rows]
-            if not keep.any():
-                continue
-            rows = rows[keep]
-            texts = t.column("value").filter(pa.array(keep))
-            local = groups.first_occurrence_strings(texts, np.ones(len(rows), bool))
-            is_node = local == np.arange(len(rows))
-            same_rows.append(rows[~is_node])
-            same_nodes.append(rows[local[~is_node]])
-            node_rows = rows[is_node]
-            sig, _ = minhash.signatures(texts.filter(pa.array(is_node)).to_pylist(), params)
-            bv = minhash.band_values(sig, params)  # (nodes, bands)
-            del sig
-            nb = params.bands
-            bands.add(bv.ravel(), pa.table({"node": pa.array(np.repeat(node_rows, nb)),
-                                            "band": pa.array(np.tile(np.arange(nb, dtype=np.int16), len(node_rows))),
-                                            "value": pa.array(bv.ravel())}))
-        ea, eb = self._verify(self._band_candidates(bands), eligible)
+        for i in range(self.spills["caption"].buckets):  # A: nodes (distinct texts), band values spilled
+            self._caption_nodes(self.spills["caption"].bucket(i), eligible, params, bands, same_rows, same_nodes)
+            spill.trim_memory()  # the bucket's arrays are freed on return: hand them back
+        logger.debug("caption: band values spilled (peak RSS %d MB)", peak_mb())
+        packed = self._band_candidates(bands)
+        logger.debug("caption: %d candidate pairs (peak RSS %d MB)", len(packed), peak_mb())
+        ea, eb = self._verify(packed, eligible)
+        logger.debug("caption: %d verified edges (peak RSS %d MB)", len(ea), peak_mb())
         return _star_drops(get_level("caption").reason, ea, eb, same_rows, same_nodes)
+
+    @staticmethod
+    def _caption_nodes(t: pa.Table, eligible: np.ndarray, params: minhash.MinHashParams, bands: spill.Spill,
+                       same_rows: List[np.ndarray], same_nodes: List[np.ndarray]) -> None:
+        """One text bucket: equal texts collapse to their lowest row's node; nodes' band values spilled."""
+        rows = t.column("row").to_numpy()
+        keep = eligible[rows]
+        if not keep.any():
+            return
+        rows = rows[keep]
+        texts = t.column("value").filter(pa.array(keep))
+        local = groups.first_occurrence_strings(texts, np.ones(len(rows), bool))
+        is_node = local == np.arange(len(rows))
+        same_rows.append(rows[~is_node])
+        same_nodes.append(rows[local[~is_node]])
+        node_rows = rows[is_node]
+        sig, _ = minhash.signatures(texts.filter(pa.array(is_node)).to_pylist(), params)
+        del texts, local
+        bv = minhash.band_values(sig, params).ravel()  # (nodes x bands)
+        del sig
+        nb = params.bands
+        bands.add(bv, pa.table({"node": pa.array(np.repeat(node_rows, nb)),
+                                "band": pa.array(np.tile(np.arange(nb, dtype=np.int16), len(node_rows))),
+                                "value": pa.array(bv)}))
 
     def _band_candidates(self, bands: spill.Spill) -> np.ndarray:
         """Candidate node pairs (packed ``lo * n + hi``, unique) of items with an equal value in one band,
         band by band within each bucket; pairs of one node's items are skipped. The spill is removed."""
         found = []
-        for t in bands:
-            if t.num_rows < 2:
-                continue
-            node = t.column("node").to_numpy()
-            band = t.column("band").to_numpy()
-            value = t.column("value").to_numpy()
-            for j in np.unique(band).tolist():
-                sel = np.flatnonzero(band == j)
-                for a, b in groups.band_pairs(np.ascontiguousarray(value[sel])):
-                    a, b = node[sel[a]], node[sel[b]]
-                    other = a != b
-                    if other.any():
-                        a, b = a[other], b[other]
-                        found.append(np.unique(np.minimum(a, b) * self.n + np.maximum(a, b)))
+        for i in range(bands.buckets):
+            found.extend(_bucket_pairs(bands.bucket(i), self.n))
+            spill.trim_memory()
         bands.remove()
         return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
@@ -279,7 +271,8 @@ class BoundedDedup:
         ia, ib = np.searchsorted(rows[order], a), np.searchsorted(rows[order], b)
         threshold = self.config.caption_threshold
         ok = np.zeros(len(a), bool)
-        step = 1 << 20
+        # pairs are sorted by their first node; a chunk's n-gram sets (~4 KB per text) stay within the budget
+        step = max(1 << 12, int(self.plan.memory_gb * (1 << 30) / 4 / 8192))
         for lo in range(0, len(a), step):
             ok[lo: lo + step] = minhash.jaccard(texts, ia[lo: lo + step], ib[lo: lo + step],
                                                 self.config.minhash.ngram) >= threshold
@@ -388,6 +381,7 @@ class BoundedDedup:
         start = time.time()
         with spill.SpillDir(self.output, ".ccmb-dedup-") as spills:
             ok, fingerprint = self.scan(spills)
+            logger.info("dedup scan: %d rows in %.1fs (peak RSS %d MB)", self.n, time.time() - start, peak_mb())
             names: List[str] = []
             codes = np.full(self.n, -1, np.int8)  # reason per row (-1 kept): 1 byte per row
 
@@ -418,8 +412,8 @@ class BoundedDedup:
                     eligible[d.rows] = False
                     codes[d.rows] = code(d.reason)
                 drops.extend(level_drops)
-                logger.info("dedup level %s: %s in %.1fs", name,
-                            ", ".join(f"{d.reason} {len(d.rows)}" for d in level_drops), time.time() - t0)
+                logger.info("dedup level %s: %s in %.1fs (peak RSS %d MB)", name,
+                            ", ".join(f"{d.reason} {len(d.rows)}" for d in level_drops), time.time() - t0, peak_mb())
                 release_memory()
             del eligible
             rows, reps = resolve(drops)
@@ -510,6 +504,49 @@ class BoundedDedup:
                     out.append(batch.column("key").take(pa.array(rows[lo:hi] - at)).combine_chunks())
                 at += m
         return pa.chunked_array(out, pa.string())
+
+
+def peak_mb() -> int:
+    """Peak resident memory of this process so far, in MB (0 where unknown)."""
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    except (ImportError, OSError):
+        return 0
+
+
+def _exact_bucket(t: pa.Table, eligible: np.ndarray, fixed: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """One bucket of an exact level: (rows that repeat a lower row's value, that lowest row)."""
+    rows = t.column("row").to_numpy()
+    keep = eligible[rows]
+    if not keep.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = rows[keep]
+    values = t.column("value").filter(pa.array(keep))
+    first = groups.first_occurrence_fixed if fixed else groups.first_occurrence_strings
+    local = first(values, np.ones(len(rows), bool))
+    dup = np.flatnonzero((local >= 0) & (local != np.arange(len(rows))))
+    return rows[dup], rows[local[dup]]
+
+
+def _bucket_pairs(t: pa.Table, n: int) -> List[np.ndarray]:
+    """One bucket of band items: node pairs (packed ``lo * n + hi``) with an equal value in one band."""
+    found: List[np.ndarray] = []
+    if t.num_rows < 2:
+        return found
+    node = t.column("node").to_numpy()
+    band = t.column("band").to_numpy()
+    value = t.column("value").to_numpy()
+    for j in np.unique(band).tolist():
+        sel = np.flatnonzero(band == j)
+        for a, b in groups.band_pairs(np.ascontiguousarray(value[sel])):
+            a, b = node[sel[a]], node[sel[b]]
+            other = a != b
+            if other.any():
+                a, b = a[other], b[other]
+                found.append(np.unique(np.minimum(a, b) * n + np.maximum(a, b)))
+    return found
 
 
 def _tuple_hash(values: np.ndarray) -> np.ndarray:

@@ -59,6 +59,27 @@ def plan(memory_gb: float, rows: int, buckets: Optional[int] = None) -> Plan:
     return Plan(memory_gb, batch_rows, buckets)
 
 
+_LIBC = None
+
+
+def trim_memory() -> None:
+    """Give freed memory back to the OS after a bucket: pyarrow's pool and the C heap (numpy's large
+    arrays come from glibc malloc, whose dynamic mmap threshold otherwise lets freed buckets fragment the
+    heap: resident memory then creeps up bucket after bucket)."""
+    global _LIBC
+    pa.default_memory_pool().release_unused()
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018  (glibc only)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def bucket_of(hashes: np.ndarray, buckets: int) -> np.ndarray:
     """The bucket of each 64-bit hash (its high bits: the low ones may also order rows in a bucket)."""
     h = hashes.view(np.uint64) if hashes.dtype == np.int64 else hashes.astype(np.uint64, copy=False)
@@ -108,8 +129,10 @@ class Spill:
         return pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
 
     def __iter__(self) -> Iterator[pa.Table]:
+        """The buckets in turn (memory handed back to the OS between them, :func:`trim_memory`)."""
         for i in range(self.buckets):
             yield self.bucket(i)
+            trim_memory()
 
     def remove(self) -> None:
         for path in self.files:
