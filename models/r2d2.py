@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from models.config import CONFIG_FILE, R2D2Config
-from models.cross_encoder import CrossEncoder, init_bert_weights, init_fan_in_weights
+from models.cross_encoder import (CrossEncoder, KeyMask, attention, init_bert_weights, init_fan_in_weights,
+                                  use_fast_dropout)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,56 @@ def bert_config(cfg: R2D2Config) -> BertConfig:
     )
 
 
+BERT_ATTENTION = "ccmb_sdpa"  # the text encoder's attention implementation (registered below)
+_last_mask: List[Optional[object]] = [None, None]  # (transformers' mask tensor, its KeyMask): shared by the layers
+
+
+def _bert_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
+                    **kwargs):
+    """transformers' ``sdpa`` attention, except in training on CPU with attention dropout: there
+    :func:`models.cross_encoder.attention` computes the same thing with a cheaper dropout (torch's math fallback
+    draws a per-element Bernoulli and converts the mask in every layer)."""
+    default_scale = scaling is None or scaling == query.shape[-1] ** -0.5
+    if not (module.training and dropout > 0.0 and query.device.type == "cpu" and default_scale):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    mask = None
+    if attention_mask is not None:
+        if _last_mask[0] is not attention_mask:
+            _last_mask[:] = [attention_mask, KeyMask(attention_mask)]
+        mask = _last_mask[1]
+    out = attention(query, key, value, mask, dropout, True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_bert_attention() -> bool:
+    """Register :func:`_bert_attention` (with transformers' sdpa masks) under :data:`BERT_ATTENTION`."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(BERT_ATTENTION, _bert_attention)
+        AttentionMaskInterface.register(BERT_ATTENTION, sdpa_mask)
+        return True
+    except (ImportError, AttributeError):  # another transformers: keep its sdpa attention
+        return False
+
+
+_BERT_ATTENTION_OK = _register_bert_attention()
+
+
+def use_fast_training_attention(text_encoder: nn.Module) -> None:
+    """Training-time internals of the BERT text encoder, no parameter or output changed: :class:`FastDropout`
+    for its dropout layers and :func:`_bert_attention` as its attention implementation."""
+    use_fast_dropout(text_encoder)
+    if _BERT_ATTENTION_OK and hasattr(text_encoder, "set_attn_implementation"):
+        try:
+            text_encoder.set_attn_implementation(BERT_ATTENTION)
+        except (ValueError, ImportError) as e:  # pragma: no cover - depends on the transformers version
+            logger.debug("text encoder keeps its attention implementation: %s", e)
+
+
 class R2D2Model(nn.Module):
     """R2D2 (``config.joint_layers > 0``) or PRD2 (no cross encoders). Build with :func:`models.build_model`
     or :func:`models.load_model`."""
@@ -62,6 +114,7 @@ class R2D2Model(nn.Module):
         self.load_report = None  # set by models.load_model
         self.visual_encoder = CLIPVisionModel(clip_vision_config(config))
         self.text_encoder = BertModel(bert_config(config), add_pooling_layer=True)
+        use_fast_training_attention(self.text_encoder)
         self.vision_proj = nn.Linear(config.vision_width, config.embed_dim)
         self.text_proj = nn.Linear(config.text_width, config.embed_dim)
         self.temp = nn.Parameter(torch.full((), float(config.temp_init)))
@@ -217,11 +270,15 @@ class R2D2Model(nn.Module):
         kv_img = self.text_joint_layer.context_kv(image_hidden)
         kv_txt = self.img_joint_layer.context_kv(text_hidden)
         ii, tt = image_index.to(image_hidden.device), text_index.to(text_hidden.device)
-        pair_mask = mask[tt]
-        text_out = self.text_joint_layer(first_txt[tt], pair_mask, None, None, cls_only=True,
-                                         context_kv=[(k[ii], v[ii]) for k, v in kv_img], first_self_done=True)
-        image_out = self.img_joint_layer(first_img[ii], None, None, pair_mask, cls_only=True,
-                                         context_kv=[(k[tt], v[tt]) for k, v in kv_txt], first_self_done=True)
+        # index_select, not x[idx]: the same rows, and its backward is an index_add (x[idx]'s is an
+        # accumulating index_put, several times slower on CPU)
+        pair_mask = KeyMask(mask.index_select(0, tt))  # one mask (and its additive form) for both encoders
+        text_out = self.text_joint_layer(first_txt.index_select(0, tt), pair_mask, None, None, cls_only=True,
+                                         context_kv=[(k.index_select(0, ii), v.index_select(0, ii)) for k, v in kv_img],
+                                         first_self_done=True)
+        image_out = self.img_joint_layer(first_img.index_select(0, ii), None, None, pair_mask, cls_only=True,
+                                         context_kv=[(k.index_select(0, tt), v.index_select(0, tt)) for k, v in kv_txt],
+                                         first_self_done=True)
         return self.itm_head(text_out[:, 0]), self.itm_head_i(image_out[:, 0])
 
     def match_prob(self, image_hidden: torch.Tensor, text_hidden: torch.Tensor,

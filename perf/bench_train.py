@@ -95,6 +95,74 @@ class Runner:
         return time.perf_counter() - t
 
 
+def step_breakdown(runner: Runner, steps: int, repeats: int) -> Dict[str, float]:
+    """Median ms per training step of each part of ``runner``'s step (the same work as :meth:`Runner.step`):
+    forward components timed by wrapping the objective's methods, then backward, clipping, AdamW and the
+    EMA update. ``forward other`` is what no wrapper covers (masking, negative sampling, the queue)."""
+    obj, model = runner.obj, runner.model
+    cuda = runner.device.type == "cuda"
+    spent: Dict[str, float] = {}
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def wrap(owner, attr: str, label: str) -> None:
+        inner = getattr(owner, attr)
+
+        def timed(*a, **kw):
+            t = now()
+            out = inner(*a, **kw)
+            spent[label] = spent.get(label, 0.0) + now() - t
+            return out
+        owner.__dict__[attr] = timed
+
+    parts = [(model, "encode_image", "student image (all calls)"), (model, "encode_text", "student text"),
+             (obj, "_masked_image", "FgD masked image"), (obj.gcpr, "forward", "GCPR loss"),
+             (obj.tgd, "forward", "TgD loss"), (obj.fgd, "forward", "FgD loss"), (obj, "_fgr", "FGR (all)"),
+             (model, "itm_logits_pairs", "FGR cross encoders")]
+    if obj.teacher is not None:
+        parts += [(obj.teacher.model, "encode_image", "teacher image"),
+                  (obj.teacher.model, "encode_text", "teacher text")]
+    for owner, attr, label in parts:
+        wrap(owner, attr, label)
+    rows: Dict[str, List[float]] = {}
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    try:
+        for _ in range(steps * repeats):
+            spent.clear()
+            t0 = now()
+            runner.opt.zero_grad(set_to_none=True)
+            with ctx:
+                out = obj(runner.batch)
+            t1 = now()
+            out["loss"].backward()
+            t2 = now()
+            clip_gradients(runner.trainable, 1.0)
+            t3 = now()
+            runner.opt.step()
+            t4 = now()
+            obj.after_step()
+            t5 = now()
+            part = dict(spent)
+            if "FgD masked image" in part:  # nested in the student image calls
+                part["student image (all calls)"] -= part["FgD masked image"]
+            if "FGR cross encoders" in part:
+                part["FGR (all)"] -= part["FGR cross encoders"]
+            part = {("student image" if k.startswith("student image") else
+                     "FGR sampling, gathers, loss" if k == "FGR (all)" else k): v for k, v in part.items()}
+            part["forward other"] = (t1 - t0) - sum(part.values())
+            part.update({"forward": t1 - t0, "backward": t2 - t1, "gradient clipping": t3 - t2,
+                         "AdamW": t4 - t3, "EMA + temperature clamp": t5 - t4, "step": t5 - t0})
+            for k, v in part.items():
+                rows.setdefault(k, []).append(v * 1000)
+    finally:
+        for owner, attr, _ in parts:
+            owner.__dict__.pop(attr, None)
+    return {k: round(statistics.median(v), 2) for k, v in rows.items()}
+
+
 def main(argv: List[str] = None) -> Dict[str, object]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -108,6 +176,8 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print the ms per step of each part of a CLIP and an R2D2 step")
     ap.add_argument("--skip-data", action="store_true", help="skip the data-pipeline comparison")
     ap.add_argument("--skip-objective", action="store_true", help="only the data-pipeline comparison")
     ap.add_argument("--fgd-config", default="r2d2-vitb16",
@@ -164,6 +234,14 @@ def main(argv: List[str] = None) -> Dict[str, object]:
     if device.type == "cuda":
         print(f"  peak memory                     : {result['max_memory_gib']} GiB (all models resident)")
         print(f"  reference                       : CLIP ViT-B/16 about {CLIP_B16_A100:.0f} samples/s per A100")
+    print(f"  ratio R2D2/CLIP (full objective, samples/s, median): {rate['r2d2'] / rate['clip']:.3f}")
+    if args.breakdown:
+        result["breakdown_ms"] = {r.name: step_breakdown(r, args.steps, args.repeats) for r in runners[:2]}
+        clip_ms, r2d2_ms = result["breakdown_ms"]["clip"], result["breakdown_ms"]["r2d2"]
+        print(f"ms per step, median of {args.steps * args.repeats} steps (components timed one by one):")
+        print(f"  {'part':34s} {'CLIP':>8s} {'R2D2':>8s}")
+        for k in r2d2_ms:
+            print(f"  {k:34s} {clip_ms.get(k, 0.0):8.2f} {r2d2_ms[k]:8.2f}")
     result["fgd_student_pass"] = bench_masked_pass(args, device)
     if not args.skip_data:
         result["data"] = bench_data(args)

@@ -125,14 +125,16 @@ class TgDLoss(nn.Module):
                 t_image_all: torch.Tensor, t_text_all: torch.Tensor,
                 ids_local: torch.Tensor, ids_all: torch.Tensor, alpha: float) -> torch.Tensor:
         col_ids = ids_all
-        gt = soft_targets(ids_local, col_ids)
+        # the temperature divides the [B, D] rows, not the [B, B + queue] logits (the same values, and the
+        # division and its backward run on D columns instead of thousands)
         with torch.no_grad():
-            t_i2t = t_image_local @ t_text_all.t() / temp
-            t_t2i = t_text_local @ t_image_all.t() / temp
-            tgt_i2t = alpha * torch.softmax(t_i2t.float(), dim=1) + (1 - alpha) * gt
-            tgt_t2i = alpha * torch.softmax(t_t2i.float(), dim=1) + (1 - alpha) * gt
-        s_i2t = image_embeds @ t_text_all.t() / temp
-        s_t2i = text_embeds @ t_image_all.t() / temp
+            gt = soft_targets(ids_local, col_ids).mul_(1 - alpha)  # shared by both directions
+            t_i2t = (t_image_local / temp) @ t_text_all.t()
+            t_t2i = (t_text_local / temp) @ t_image_all.t()
+            tgt_i2t = torch.softmax(t_i2t.float(), dim=1).mul_(alpha).add_(gt)
+            tgt_t2i = torch.softmax(t_t2i.float(), dim=1).mul_(alpha).add_(gt)
+        s_i2t = (image_embeds / temp) @ t_text_all.t()
+        s_t2i = (text_embeds / temp) @ t_image_all.t()
         ce = 0.5 * (soft_cross_entropy(s_i2t, tgt_i2t) + soft_cross_entropy(s_t2i, tgt_t2i))
         # reported as KL(targets || student) = CE - H(targets): the same gradient as ALBEF's cross-entropy, but
         # the value no longer carries the targets' entropy, which grows while the queue fills with features

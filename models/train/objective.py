@@ -255,9 +255,11 @@ class R2D2Objective(nn.Module):
         txt_hidden_all = txt_hidden if local else gather_with_grad(txt_hidden)
         mask_all = mask if local else gather_nograd(mask)
         # 2B images (own, negatives) and 2B texts (own, negatives) make the 3B pairs
-        images = torch.cat([img_hidden, img_hidden_all[neg_img]])
-        texts = torch.cat([txt_hidden, txt_hidden_all[neg_txt]])
-        text_mask = torch.cat([mask, mask_all[neg_txt]])
+        neg_img, neg_txt = neg_img.to(img_hidden_all.device), neg_txt.to(txt_hidden_all.device)
+        # index_select: its backward is an index_add (x[idx]'s is a slower accumulating index_put on CPU)
+        images = torch.cat([img_hidden, img_hidden_all.index_select(0, neg_img)])
+        texts = torch.cat([txt_hidden, txt_hidden_all.index_select(0, neg_txt)])
+        text_mask = torch.cat([mask, mask_all.index_select(0, neg_txt.to(mask_all.device))])
         own = torch.arange(b)
         image_index = torch.cat([own, own + b, own])   # (own image, own text), (negative image, own text),
         text_index = torch.cat([own, own, own + b])    # (own image, negative text)

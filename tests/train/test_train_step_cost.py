@@ -83,3 +83,87 @@ def test_ema_of_a_generic_module_moves_everything():
     teacher.update(student)
     for t, s in zip(teacher.model.parameters(), student.parameters()):
         assert torch.allclose(t, s.detach() - 1.0)
+
+
+def test_fast_dropout_has_dropouts_distribution():
+    from models.cross_encoder import FastDropout, fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.003  # 200k draws: 0.1 +- 5 sigma
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))  # survivors scaled as F.dropout
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+    d = FastDropout(0.25)
+    assert isinstance(d, torch.nn.Dropout) and d.p == 0.25 and not list(d.state_dict())
+    x = torch.randn(64, 40, requires_grad=True)
+    out = d.train()(x)
+    out.sum().backward()  # the gradient is the same mask and scale
+    assert torch.allclose(x.grad, (out != 0).float() / 0.75)
+
+
+@pytest.mark.parametrize("queries,masked", [(16, True), (17, False), (1, True), (1, False)])
+def test_training_attention_equals_sdpa(queries, masked):
+    """The CPU training path (written-out attention, elementwise for one query) computes SDPA's values; with
+    a vanishing dropout rate they must agree, gradients included."""
+    import torch.nn.functional as F
+
+    from models.cross_encoder import KeyMask, attention
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(6, 4, queries, 10, generator=g, requires_grad=True)
+    k = torch.randn(6, 4, 17, 10, generator=g, requires_grad=True)
+    v = torch.randn(6, 4, 17, 10, generator=g, requires_grad=True)
+    keep = torch.rand(6, 17, generator=g) > 0.4
+    keep[:, 0] = True
+    mask = KeyMask(keep) if masked else None
+    ours = attention(q, k, v, mask, 1e-12, training=True)
+    grads = torch.autograd.grad(ours.sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :] if masked else None)
+    ref_grads = torch.autograd.grad(ref.sum(), (q, k, v))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    # evaluation: SDPA itself
+    assert torch.equal(attention(q, k, v, mask, 0.1, training=False), ref)
+
+
+def test_training_attention_drops_probabilities():
+    from models.cross_encoder import attention
+
+    torch.manual_seed(0)
+    q, k = torch.zeros(200, 4, 1, 8), torch.zeros(200, 4, 10, 8)
+    v = torch.eye(10)[None, None].expand(200, 4, 10, 10)[..., :8].clone()  # value j = unit vector j (j < 8)
+    out = attention(q, k, v, None, 0.5, training=True)  # uniform probabilities 0.1, half dropped, rest x2
+    vals = out[..., :8].flatten()
+    assert bool(((vals == 0) | torch.isclose(vals, torch.tensor(0.2))).all())
+    assert abs((vals == 0).float().mean().item() - 0.5) < 0.03
+
+
+def test_text_encoder_training_internals_keep_outputs():
+    """The text encoder's fast dropout and attention change nothing in evaluation, and in training without
+    dropout they give the sdpa model's values."""
+    from models.cross_encoder import FastDropout
+
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny")
+    te = model.text_encoder
+    assert te.config._attn_implementation == "ccmb_sdpa"
+    assert not any(type(m) is torch.nn.Dropout for m in te.modules())
+    assert any(isinstance(m, FastDropout) for m in te.modules())
+    ref = copy.deepcopy(te)
+    ref.set_attn_implementation("sdpa")
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        assert torch.equal(te.eval()(input_ids=ids, attention_mask=mask).last_hidden_state,
+                           ref.eval()(input_ids=ids, attention_mask=mask).last_hidden_state)
+    for m in list(te.modules()) + list(ref.modules()):
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 1e-12  # the training paths, with a vanishing dropout rate
+    a = te.train()(input_ids=ids, attention_mask=mask).last_hidden_state
+    b = ref.train()(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-5)
