@@ -41,8 +41,23 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 def target_entropy(targets: torch.Tensor) -> torch.Tensor:
     """Mean over rows of the entropy of (constant) target distributions, ``0 log 0 = 0``."""
+    return -_neg_entropy_rows(targets).mean()
+
+
+def _neg_entropy_rows(targets: torch.Tensor) -> torch.Tensor:
+    """``sum(t log t)`` per row of constant targets, ``0 log 0 = 0``: ``log`` of the targets clamped to the
+    smallest normal float (the product stays 0 where t = 0), vectorised, where ``xlogy`` is a scalar loop on
+    CPU (~8x slower on the TgD logits)."""
+    with torch.no_grad():
+        t = targets.detach().float()
+        return (t * t.clamp_min(torch.finfo(t.dtype).tiny).log()).sum(dim=1)
+
+
+def kl_to_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``KL(targets || softmax(logits))`` for constant targets: the cross-entropy minus the
+    targets' entropy (the gradient is the cross-entropy's)."""
     t = targets.detach().float()
-    return -torch.special.xlogy(t, t).sum(dim=1).mean()
+    return (_neg_entropy_rows(t) - (t * F.log_softmax(logits.float(), dim=1)).sum(dim=1)).mean()
 
 
 class GCPRLoss(nn.Module):
@@ -135,11 +150,10 @@ class TgDLoss(nn.Module):
             tgt_t2i = torch.softmax(t_t2i.float(), dim=1).mul_(alpha).add_(gt)
         s_i2t = (image_embeds / temp) @ t_text_all.t()
         s_t2i = (text_embeds / temp) @ t_image_all.t()
-        ce = 0.5 * (soft_cross_entropy(s_i2t, tgt_i2t) + soft_cross_entropy(s_t2i, tgt_t2i))
         # reported as KL(targets || student) = CE - H(targets): the same gradient as ALBEF's cross-entropy, but
         # the value no longer carries the targets' entropy, which grows while the queue fills with features
         # of a young teacher (the logged loss rose for a whole short run although the student improved)
-        return ce - 0.5 * (target_entropy(tgt_i2t) + target_entropy(tgt_t2i))
+        return 0.5 * (kl_to_targets(s_i2t, tgt_i2t) + kl_to_targets(s_t2i, tgt_t2i))
 
 
 class FgDLoss(nn.Module):
