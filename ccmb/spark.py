@@ -8,6 +8,10 @@ from typing import Any, Dict, Optional
 
 logger = logging.getLogger(__name__)
 
+#: Set (to "true") on a session whose ``spark.sql.shuffle.partitions`` the user did not choose: the curation
+#: steps then size it to their input (:func:`ccmb.corpus.spark_dist.size_shuffle_partitions`).
+AUTO_SHUFFLE_FLAG = "spark.ccmb.shuffle.auto"
+
 
 def get_spark_session(master: Optional[str] = None, app_name: str = "ccmb",
                       conf: Optional[Dict[str, Any]] = None):
@@ -16,6 +20,9 @@ def get_spark_session(master: Optional[str] = None, app_name: str = "ccmb",
     ``master`` defaults to ``$CCMB_SPARK_MASTER`` or ``local[*]``. On a cluster pass the cluster's
     master and, in ``conf``, ``spark.driver.bindAddress``/``spark.driver.host`` for your network; the
     loopback defaults below are for local mode. The web UI stays off unless ``conf`` turns it on.
+    Adaptive query execution coalesces small shuffle partitions and turns joins with a small side into
+    broadcast joins; without ``spark.sql.shuffle.partitions`` in ``conf`` the session is marked so that
+    the curation steps size it to their input.
     """
     try:
         from pyspark.sql import SparkSession
@@ -29,6 +36,9 @@ def get_spark_session(master: Optional[str] = None, app_name: str = "ccmb",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.shuffle.partitions": "8",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        AUTO_SHUFFLE_FLAG: "false" if "spark.sql.shuffle.partitions" in (conf or {}) else "true",
     }
     if master.startswith("local"):
         settings.update({"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"})

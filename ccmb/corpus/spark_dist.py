@@ -18,9 +18,12 @@ Groups are formed on the executors with the same semantics as in-process (:mod:`
   (nodes visited by lowest key; a centre takes its undecided neighbours), so both engines give the same
   table; the number of rounds is the longest chain of lower neighbours, small for duplicate graphs.
 
-``duplicate_of`` pointers across levels are followed (a join per level) so each names a kept sample.
-Intermediate results are written to a scratch folder next to the output (parquet, removed at the end):
-the executors spill to disk, lineage stays short.
+``duplicate_of`` pointers across levels are followed on the drops only (a small join per level) so each
+names a kept sample. Few jobs: the corpus state is read once and cached by the executors (memory, then
+disk); each level computes its drops from it (the rows earlier levels dropped are excluded by an
+anti-join with the accumulated drops, which are small); nothing is counted between steps except the
+star rounds' "anything undecided?". Steps whose input is costly to recompute (pHash of the images, the
+semantic vectors) still go to a scratch folder next to the output (parquet, removed at the end).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from . import parts
 from .dedup import REASON_UNDECODABLE, DedupConfig
 from .filter import FILTER_COLUMNS, FilterConfig
 from .table import REASON_NOT_DOWNLOADED, CurationError, Summary, check_source
+from ..spark import AUTO_SHUFFLE_FLAG
 from ..types import PathLike
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class Scratch:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.count = 0
+        self.cached: list = []
 
     def keep(self, df, name: str = "df"):
         self.count += 1
@@ -61,29 +66,59 @@ class Scratch:
         df.write.mode("overwrite").parquet(str(path))
         return self.spark.read.parquet(str(path))
 
+    def cache(self, df):
+        """``df`` cached by the executors (memory, spilling to disk) when first computed; released by close."""
+        from pyspark import StorageLevel
+
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        self.cached.append(df)
+        return df
+
     def close(self) -> None:
+        for df in self.cached:
+            df.unpersist()
+        self.cached.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _part_entry_counts(path: str):
+    """(marker entry, {reason: rows}) of one written part: one Spark task reads it once."""
+    import pyarrow.parquet as pq
+
+    reasons = pq.read_table(path, columns=["reason"]).column("reason").drop_null().value_counts()
+    counts = {str(v["values"]): int(v["counts"]) for v in reasons.to_pylist()}
+    return parts.part_entry(path), counts
 
 
 def write_table_df(spark, df, output: PathLike, *, kind: str, source: Optional[dict],
                    info: Optional[str] = None, seconds_from: Optional[float] = None) -> Summary:
-    """Write a decision DataFrame as a partitioned table (key order), marker last; return the counts."""
+    """Write a decision DataFrame as a partitioned table (key order), marker last; return the counts.
+
+    ``df`` is cached while it is written: the sort's range sampling and the write compute it once. The
+    tasks that hash each part for the marker also count its reasons (no second read of the table)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     output = Path(output)
     tmp = parts.temp_folder(output)
-    (df.select(*OUT_COLUMNS).orderBy(F.col("key").asc_nulls_last())
-     .write.option("compression", "snappy").parquet(str(tmp)))
+    df = df.select(*OUT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        df.orderBy(F.col("key").asc_nulls_last()).write.option("compression", "snappy").parquet(str(tmp))
+    finally:
+        df.unpersist()
     files = [str(p) for p in parts.part_files(tmp)]
-    entries = spark.sparkContext.parallelize(files, max(1, len(files))).map(parts.part_entry).collect() \
+    got = spark.sparkContext.parallelize(files, max(1, len(files))).map(_part_entry_counts).collect() \
         if files else []
+    entries = [e for e, _ in got]
+    dropped_counts: dict = {}
+    for _, counts in got:
+        for reason, n in counts.items():
+            dropped_counts[reason] = dropped_counts.get(reason, 0) + n
     for junk in tmp.iterdir():  # Spark's own _SUCCESS and .crc files
         if junk.name.startswith(("_", ".")):
             junk.unlink()
     parts.finish(tmp, output, entries, kind=kind, info=info, source=source)
-    counts = (spark.read.parquet(*[str(output / e["name"]) for e in entries]).where(F.col("reason").isNotNull())
-              .groupBy("reason").count().collect()) if entries else []
-    dropped = dict(sorted(((r["reason"], int(r["count"])) for r in counts), key=lambda kv: (-kv[1], kv[0])))
+    dropped = dict(sorted(dropped_counts.items(), key=lambda kv: (-kv[1], kv[0])))
     rows = sum(e["rows"] for e in entries)
     return Summary(rows=rows, kept=rows - sum(dropped.values()), dropped=dropped, output=str(output),
                    seconds=time.time() - seconds_from if seconds_from else 0.0)
@@ -96,6 +131,7 @@ def spark_filter_to(input_dir: PathLike, config: FilterConfig, output: PathLike,
     from .engine_spark import filter_reason_column, read_metadata_df
 
     start = time.time()
+    size_shuffle_partitions(spark, input_dir)
     df = read_metadata_df(spark, input_dir, FILTER_COLUMNS)
     reason = filter_reason_column(config)
     out = df.select(F.col("key"), F.col("shard"), reason.isNull().alias("keep"), reason.alias("reason"),
@@ -130,13 +166,14 @@ def _check_unique(df, input_dir) -> None:
 
 def star_centres(spark, edges, scratch: Scratch):
     """Per node of the verified ``edges`` (columns a < b, node ids ordered like keys): its centre, by the
-    greedy star rule (see the module docstring). Returns a DataFrame (node, centre)."""
+    greedy star rule (see the module docstring). Returns a DataFrame (node, centre).
+
+    One job per round: the round's status is checkpointed and counted ("anything undecided?") in one pass."""
     from pyspark.sql import functions as F
 
-    edges = scratch.keep(edges.select("a", "b").distinct(), "edges")
+    edges = scratch.cache(edges.select("a", "b").distinct())
     status = edges.select(F.col("a").alias("node")).union(edges.select(F.col("b").alias("node"))).distinct()
     status = status.select("node", F.lit("U").alias("st"), F.lit(None).cast("string").alias("centre"))
-    status = scratch.keep(status, "status")
     for rnd in range(MAX_ROUNDS):
         lower = edges.join(status.select(F.col("node").alias("a"), F.col("st").alias("st_a")), "a")
         agg = lower.groupBy(F.col("b").alias("node")).agg(
@@ -144,13 +181,15 @@ def star_centres(spark, edges, scratch: Scratch):
             F.min(F.when(F.col("st_a") == "C", F.col("a"))).alias("minc"))
         joined = status.join(agg, "node", "left")
         ready = (F.col("st") == "U") & (F.coalesce(F.col("und"), F.lit(0)) == 0)
+        # checkpointed by the executors as the count computes it: the next round's plan starts here
+        # (a cached plan would nest every earlier round, twice per round)
         status = joined.select(
             "node",
             F.when(ready, F.when(F.col("minc").isNull(), F.lit("C")).otherwise(F.lit("N"))).otherwise(F.col("st"))
             .alias("st"),
-            F.when(ready, F.coalesce(F.col("minc"), F.col("node"))).otherwise(F.col("centre")).alias("centre"))
-        status = scratch.keep(status, f"status{rnd}")
-        if not status.where(F.col("st") == "U").limit(1).count():
+            F.when(ready, F.coalesce(F.col("minc"), F.col("node"))).otherwise(F.col("centre")).alias("centre")
+        ).localCheckpoint(eager=False)
+        if not status.where(F.col("st") == "U").count():
             logger.info("star groups: %d rounds", rnd + 1)
             return status.select("node", "centre")
     raise RuntimeError("star groups did not converge")  # pragma: no cover
@@ -177,23 +216,39 @@ def _exact_drops(elig, value, reason: str):
         "key", F.lit(reason).alias("r"), F.col("rep").alias("d"))
 
 
-def verified_band_edges(items, values, check):
-    """Verified edges from (node, band, bucket) items: a self-join on (band, bucket), the exact ``check``
-    on columns ``<name>_a``/``<name>_b`` of ``values`` (node, ...)."""
+#: All pairs (a < b) of the nodes ``ns`` sharing a (band, bucket), as Spark SQL.
+_PAIRS = ("flatten(transform(sequence(0, size(ns) - 2), i -> transform(slice(ns, i + 2, size(ns) - i - 1), "
+          "y -> named_struct('a', least(ns[i], y), 'b', greatest(ns[i], y)))))")
+
+
+def candidate_pairs(items):
+    """Distinct candidate pairs (a < b) of (node, band, bucket) items: grouped by (band, bucket) (no
+    self-join), buckets of one node dropped first, pairs deduplicated before anything is verified."""
     from pyspark.sql import functions as F
 
-    a, b = items.alias("x"), items.alias("y")
-    pairs = (a.join(b, (F.col("x.band") == F.col("y.band")) & (F.col("x.bucket") == F.col("y.bucket"))
-                    & (F.col("x.node") < F.col("y.node")))
-             .select(F.col("x.node").alias("a"), F.col("y.node").alias("b")).distinct())
+    from pyspark.sql import Window
+
+    # almost every bucket holds one node: count them first (one shuffle, codegen), so that the object
+    # aggregation collecting node lists only sees shared buckets
+    shared = items.withColumn("n", F.count(F.lit(1)).over(Window.partitionBy("band", "bucket"))).where(F.col("n") > 1)
+    grouped = shared.groupBy("band", "bucket").agg(F.collect_set("node").alias("ns")).where(F.size("ns") > 1)
+    return grouped.select(F.explode(F.expr(_PAIRS)).alias("p")).select("p.a", "p.b").distinct()
+
+
+def verified_band_edges(items, values, check):
+    """Verified edges from (node, band, bucket) items: candidate pairs sharing a (band, bucket), the exact
+    ``check`` on columns ``<name>_a``/``<name>_b`` of ``values`` (node, ...)."""
+    from pyspark.sql import functions as F
+
+    pairs = candidate_pairs(items)
     va = values.select(*[F.col(c).alias(f"{c}_a") for c in values.columns])
     vb = values.select(*[F.col(c).alias(f"{c}_b") for c in values.columns])
     pairs = pairs.join(va, F.col("a") == F.col("node_a")).join(vb, F.col("b") == F.col("node_b"))
     return pairs.where(check).select("a", "b")
 
 
-def _caption_features(params, threshold_ngram: int):
-    """mapInArrow: (node, text) -> (node, bands, grams) with the in-process MinHash code."""
+def _caption_bands(params):
+    """mapInArrow: (node, normalised text) -> (node, bands) with the in-process MinHash code (numpy)."""
     from . import minhash
 
     def fn(batches):
@@ -201,10 +256,25 @@ def _caption_features(params, threshold_ngram: int):
             texts = batch.column(1).to_pylist()
             sig, _ = minhash.signatures(texts, params)
             bands = minhash.band_values(sig, params) if len(texts) else np.zeros((0, params.bands), np.int64)
-            grams = [sorted(minhash.ngrams(t, params.ngram)) for t in texts]
+            flat = pa.array(np.ascontiguousarray(bands).reshape(-1), pa.int64())
             yield pa.RecordBatch.from_arrays(
-                [batch.column(0), pa.array(list(bands), pa.list_(pa.int64())), pa.array(grams, pa.list_(pa.string()))],
-                names=["node", "bands", "grams"])
+                [batch.column(0), pa.FixedSizeListArray.from_arrays(flat, params.bands).cast(pa.list_(pa.int64()))],
+                names=["node", "bands"])
+    return fn
+
+
+def _jaccard_pairs(ngram: int, threshold: float):
+    """mapInArrow: candidate pairs (a, b, text_a, text_b) -> the pairs whose exact n-gram Jaccard similarity
+    reaches ``threshold`` (the in-process check, :func:`ccmb.corpus.minhash.jaccard`)."""
+    from . import minhash
+
+    def fn(batches):
+        for batch in batches:
+            ta, tb = batch.column(2).to_pylist(), batch.column(3).to_pylist()
+            ok = [minhash.jaccard_sets(minhash.ngrams(x, ngram), minhash.ngrams(y, ngram)) >= threshold
+                  for x, y in zip(ta, tb)]
+            yield pa.RecordBatch.from_arrays([batch.column(0), batch.column(1)], names=["a", "b"]).filter(
+                pa.array(ok, pa.bool_()))
     return fn
 
 
@@ -217,23 +287,25 @@ def _normalise_texts(batches):
 
 
 def _caption_level(spark, elig, config: DedupConfig, scratch: Scratch):
+    """Nodes are distinct normalised captions named by their lowest key (a window, one shuffle); their
+    MinHash bands give candidate pairs; each pair is verified in Python with the in-process Jaccard."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     text = F.col(config.text_field)
     if config.text_field == "caption":
         text = F.coalesce(text, F.col("title"))
     norm = elig.select("key", text.alias("text")).mapInArrow(_normalise_texts, "key string, norm string")
-    norm = scratch.keep(norm.where(F.length("norm") > 0), "norm")
-    nodes = norm.groupBy("norm").agg(F.min("key").alias("node"))
-    members = norm.join(nodes, "norm").select("key", "node")
-    feats = scratch.keep(nodes.select("node", "norm").mapInArrow(
-        _caption_features(config.minhash, config.minhash.ngram), "node string, bands array<long>, grams array<string>"),
-        "captionfeats")
-    items = feats.select("node", F.posexplode("bands").alias("band", "bucket"))
-    inter = F.size(F.array_intersect("g_a", "g_b")).cast("double")
-    check = inter / F.size(F.array_union("g_a", "g_b")).cast("double") >= F.lit(float(config.caption_threshold))
-    edges = verified_band_edges(items, feats.select("node", F.col("grams").alias("g")), check)
-    return [_node_drops(spark, members, edges, "duplicate_caption", scratch)]
+    norm = norm.where(F.length("norm") > 0)
+    members = scratch.cache(norm.withColumn("node", F.min("key").over(Window.partitionBy("norm"))))
+    nodes = members.where(F.col("key") == F.col("node")).select("node", "norm")
+    bands = nodes.mapInArrow(_caption_bands(config.minhash), "node string, bands array<long>")
+    pairs = candidate_pairs(bands.select("node", F.posexplode("bands").alias("band", "bucket")))
+    pairs = (pairs.join(nodes.select(F.col("node").alias("a"), F.col("norm").alias("ta")), "a")
+             .join(nodes.select(F.col("node").alias("b"), F.col("norm").alias("tb")), "b"))
+    edges = pairs.select("a", "b", "ta", "tb").mapInArrow(
+        _jaccard_pairs(config.minhash.ngram, float(config.caption_threshold)), "a string, b string")
+    return [_node_drops(spark, members.select("key", "node"), edges, "duplicate_caption", scratch)]
 
 
 def _phash_rows(input_dir: str):
@@ -292,7 +364,11 @@ def _phash_level(spark, input_dir: Path, elig, config: DedupConfig, scratch: Scr
 
 def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, spark,
                    keep_tables: Sequence[PathLike] = ()) -> Summary:
-    """``ccmb dedup --engine spark``: every level on the executors, the table written by them."""
+    """``ccmb dedup --engine spark``: every level on the executors, the table written by them.
+
+    The state (key, shard, base reason, the columns of the levels) is cached once; each level reads its
+    eligible rows from it minus the rows earlier levels dropped (an anti-join with the accumulated drops);
+    ``duplicate_of`` chains are followed on the drops; one final join writes the table."""
     from pyspark.sql import functions as F
 
     from .engine_spark import read_metadata_df, spark_normalize_url
@@ -301,13 +377,13 @@ def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, s
     input_dir, output = Path(input_dir), Path(output)
     for t in keep_tables:
         check_source(t, input_dir)
+    size_shuffle_partitions(spark, input_dir)
     df = read_metadata_df(spark, input_dir, config.columns())
-    _check_unique(df, input_dir)
     scratch = Scratch(spark, output)
     try:
         ok = F.coalesce(F.col("status"), F.lit("")) == "success"
         state = df.withColumn("reason", F.when(~ok, F.lit(REASON_NOT_DOWNLOADED)).otherwise(
-            F.lit(None).cast("string"))).withColumn("duplicate_of", F.lit(None).cast("string"))
+            F.lit(None).cast("string"))).drop("status")
         for t in keep_tables:  # the first table that drops a row names the reason
             tab = read_table_df(spark, t).select(
                 "key", F.when(~F.coalesce(F.col("keep"), F.lit(False)), F.coalesce(F.col("reason"), F.lit("dropped")))
@@ -315,10 +391,12 @@ def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, s
             state = state.join(tab, "key", "left").withColumn(
                 "reason", F.coalesce(F.col("reason"), F.when(F.col("t_has").isNull(), F.lit(f"not_in:{Path(t).name}"))
                                      .otherwise(F.col("t_reason")))).drop("t_reason", "t_has")
-        state = scratch.keep(state, "state")
+        state = scratch.cache(state)
+        _check_unique(state, input_dir)  # also fills the cache
+        base = state.where(F.col("reason").isNull() & F.col("key").isNotNull())
+        dropped = None  # (key, r, d) of every level so far (a small share of the rows)
         for name in config.levels:
-            t0 = time.time()
-            elig = state.where(F.col("reason").isNull() & F.col("key").isNotNull())
+            elig = base if dropped is None else base.join(dropped.select("key"), "key", "left_anti")
             if name == "url":
                 drops = [_exact_drops(elig, spark_normalize_url(F.col("url")), "duplicate_url")]
             elif name == "sha256":
@@ -334,28 +412,51 @@ def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, s
                 drops = spark_semantic_drops(spark, elig, config, scratch)
             else:
                 raise ValueError(f"dedup level {name!r} has no distributed Spark implementation")
-            all_drops = drops[0]
+            level = drops[0]
             for d in drops[1:]:
-                all_drops = all_drops.union(d)
-            state = state.join(all_drops, "key", "left").select(
-                *[c for c in state.columns if c not in ("reason", "duplicate_of")],
-                F.coalesce(F.col("reason"), F.col("r")).alias("reason"),
-                F.coalesce(F.col("duplicate_of"), F.col("d")).alias("duplicate_of"))
-            state = scratch.keep(state, name)
-            logger.info("dedup level %s on Spark in %.1fs", name, time.time() - t0)
-        for _ in range(len(config.levels) + 1):  # follow duplicate_of to a kept sample
-            target = state.select(F.col("key").alias("duplicate_of"), F.col("duplicate_of").alias("next"))
-            state = scratch.keep(state.join(target, "duplicate_of", "left").withColumn(
-                "duplicate_of", F.coalesce(F.col("next"), F.col("duplicate_of"))).drop("next"), "chains")
-            chained = state.alias("s").join(state.alias("t"), F.col("s.duplicate_of") == F.col("t.key")).where(
-                F.col("t.duplicate_of").isNotNull()).limit(1).count()
-            if not chained:
-                break
-        out = state.select("key", "shard", F.col("reason").isNull().alias("keep"), "reason", "duplicate_of")
-        return write_table_df(spark, out, output, kind="dedup", source=parts.source_of(input_dir),
-                              seconds_from=start)
+                level = level.union(d)
+            level = scratch.cache(level.select("key", "r", "d"))
+            dropped = level if dropped is None else dropped.union(level)
+            logger.info("dedup level %s planned on Spark", name)
+        final = state.select("key", "shard", "reason", F.lit(None).cast("string").alias("duplicate_of"))
+        if dropped is not None:
+            # a pointer names a row eligible at its level, dropped (if at all) by a later level: at most
+            # one hop per level leads to a kept sample (or to a row dropped without pointer, as in-process)
+            target = dropped.select(F.col("key").alias("d"), F.col("d").alias("next"))
+            for _ in config.levels:
+                dropped = dropped.join(target, "d", "left").select(
+                    "key", "r", F.coalesce(F.col("next"), F.col("d")).alias("d"))
+            final = state.join(dropped, "key", "left").select(
+                "key", "shard", F.coalesce(F.col("reason"), F.col("r")).alias("reason"),
+                F.col("d").alias("duplicate_of"))
+        out = final.select("key", "shard", F.col("reason").isNull().alias("keep"), "reason", "duplicate_of")
+        summary = write_table_df(spark, out, output, kind="dedup", source=parts.source_of(input_dir),
+                                 seconds_from=start)
+        logger.info("dedup on Spark in %.1fs", time.time() - start)
+        return summary
     finally:
         scratch.close()
+
+
+#: Shuffle input per partition when ccmb sizes ``spark.sql.shuffle.partitions`` (AQE coalesces further).
+SHUFFLE_BYTES = 128 << 20
+MAX_SHUFFLE_PARTITIONS = 20_000
+
+
+def size_shuffle_partitions(spark, input_dir: PathLike) -> int:
+    """Size ``spark.sql.shuffle.partitions`` to the download folder (its parquet bytes / 128 MB, at least
+    one per core, a multiple of the cores) unless the user set it (``--spark-conf``); returns the value."""
+    from .table import list_parquets
+
+    if spark.conf.get(AUTO_SHUFFLE_FLAG, "false") != "true":
+        return int(spark.conf.get("spark.sql.shuffle.partitions"))
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    total = sum(p.stat().st_size for p in list_parquets(input_dir))
+    n = min(MAX_SHUFFLE_PARTITIONS, max(1, -(-total // SHUFFLE_BYTES)))
+    n = cores * -(-n // cores)
+    spark.conf.set("spark.sql.shuffle.partitions", str(n))
+    logger.info("spark.sql.shuffle.partitions=%d (%.0f MB of parquet, %d cores)", n, total / 2**20, cores)
+    return n
 
 
 def table_paths(tables: Sequence[PathLike]) -> List[str]:
