@@ -174,3 +174,16 @@ def test_peak_memory_is_flat_from_n_to_4n_rows(tmp_path):
     # the in-memory engine grows ~1.7 GB per million rows (+100 MB here); bounded: 2 bytes per row + dups
     assert b - a < 25, (a, b)
     assert read_decisions(tmp_path / "b.parquet").num_rows == 4 * n
+
+
+def test_folder_out_of_key_order_falls_back_to_the_in_memory_engine(synthetic, tmp_path, caplog):
+    d = tmp_path / "dl"
+    d.mkdir()
+    files = sorted(synthetic.glob("*.parquet"))[:2]
+    (d / "00000.parquet").write_bytes(files[1].read_bytes())  # the later keys first
+    (d / "00001.parquet").write_bytes(files[0].read_bytes())
+    ref = dedup_table(d, DedupConfig(levels=METADATA_LEVELS))  # sorts by key
+    dedup_samples(d, tmp_path / "x.parquet", levels=METADATA_LEVELS, memory_gb=0.001, spill_buckets=5)
+    assert "not in ascending order" in caplog.text
+    assert read_decisions(tmp_path / "x.parquet").equals(ref)
+    assert not list(tmp_path.glob(".ccmb-dedup-*"))
