@@ -140,7 +140,7 @@ def _level_options(fn):
                    "embeddings).")
 @click.option("--eps", default=0.05, show_default=True, help="Semantic level: drop when cosine >= 1 - eps.")
 @click.option("--clusters", default=0, show_default=True, help="Semantic level: k-means clusters (0: n/256).")
-@click.option("--memory-gb", type=float, default=4.0, show_default=True,
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
               help="In-process engine: memory budget in GB; rows stream in batches and spill to hash-partitioned "
                    "buckets next to --output, so memory follows this, not the row count (url, sha256, caption).")
 @ENGINE_OPTION
