@@ -70,8 +70,24 @@ def read_metadata_df(spark, input_dir, columns: List[str]):
     return df.select(*[F.col(c) for c in columns], shard.alias("shard"))
 
 
+def with_text_measures(df, config: FilterConfig):
+    """``df`` plus ``_text_len`` and ``_cjk_len`` of the trimmed text, each computed once per row (the rules
+    read them several times; inline, Spark would trim and scan the text once per rule)."""
+    from pyspark.sql import functions as F
+
+    text = F.col(config.text_field)
+    if config.text_field == "caption":
+        text = F.coalesce(text, F.col("title"))
+    df = df.withColumn("_text", F.regexp_replace(text, TRIM_JAVA, ""))
+    cjk = F.coalesce(F.length(F.regexp_replace(F.col("_text"), NON_CJK_CLASS, "")), F.lit(0)) \
+        if config.min_chinese_share else F.lit(0)
+    return df.select(*[c for c in df.columns if c != "_text"], F.coalesce(F.length("_text"), F.lit(0)).alias("_text_len"),
+                     cjk.alias("_cjk_len"))
+
+
 def filter_reason_column(config: FilterConfig):
-    """The filter rules of ``config`` as one Spark column (null = kept), first failing rule wins."""
+    """The filter rules of ``config`` as one Spark column (null = kept), first failing rule wins; reads the
+    columns of :func:`with_text_measures`."""
     from pyspark.sql import functions as F
 
     rules = [(F.coalesce(F.col("status"), F.lit("")) != "success", REASON_NOT_DOWNLOADED)]
@@ -84,18 +100,13 @@ def filter_reason_column(config: FilterConfig):
             rules.append((short < float(config.min_side), "too_small"))
         if config.max_ratio:
             rules.append((long_ > short * float(config.max_ratio), "aspect_ratio"))
-    text = F.col(config.text_field)
-    if config.text_field == "caption":
-        text = F.coalesce(text, F.col("title"))
-    text = F.regexp_replace(text, TRIM_JAVA, "")
-    length = F.coalesce(F.length(text), F.lit(0))
+    length = F.col("_text_len")
     if config.min_text_len:
         rules.append((length < config.min_text_len, "text_too_short"))
     if config.max_text_len:
         rules.append((length > config.max_text_len, "text_too_long"))
     if config.min_chinese_share:
-        cjk = F.coalesce(F.length(F.regexp_replace(text, NON_CJK_CLASS, "")), F.lit(0))
-        rules.append((cjk.cast("double") < length.cast("double") * float(config.min_chinese_share),
+        rules.append((F.col("_cjk_len").cast("double") < length.cast("double") * float(config.min_chinese_share),
                       "low_chinese_share"))
     pattern = config.blocklist_regex()
     if pattern:
@@ -112,7 +123,7 @@ def spark_filter_table(input_dir, config: FilterConfig, spark=None) -> pa.Table:
     from pyspark.sql import functions as F
 
     spark = _session(spark)
-    df = read_metadata_df(spark, input_dir, FILTER_COLUMNS)
+    df = with_text_measures(read_metadata_df(spark, input_dir, FILTER_COLUMNS), config)
     reason = filter_reason_column(config)
     out = df.select(F.col("key"), F.col("shard"), reason.isNull().alias("keep"), reason.alias("reason"),
                     F.lit(None).cast("string").alias("duplicate_of"))

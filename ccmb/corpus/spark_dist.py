@@ -128,11 +128,11 @@ def spark_filter_to(input_dir: PathLike, config: FilterConfig, output: PathLike,
     """``ccmb filter --engine spark``: the rules as column expressions, the table written by executors."""
     from pyspark.sql import functions as F
 
-    from .engine_spark import filter_reason_column, read_metadata_df
+    from .engine_spark import filter_reason_column, read_metadata_df, with_text_measures
 
     start = time.time()
     size_shuffle_partitions(spark, input_dir)
-    df = read_metadata_df(spark, input_dir, FILTER_COLUMNS)
+    df = with_text_measures(read_metadata_df(spark, input_dir, FILTER_COLUMNS), config)
     reason = filter_reason_column(config)
     out = df.select(F.col("key"), F.col("shard"), reason.isNull().alias("keep"), reason.alias("reason"),
                     F.lit(None).cast("string").alias("duplicate_of"))
@@ -164,14 +164,44 @@ def _check_unique(df, input_dir) -> None:
         raise CurationError(f"{input_dir}: sample keys are not unique, e.g. {sorted(r['key'] for r in dup)}")
 
 
+#: Up to this many verified edges, star groups are formed in one executor task (numpy, the in-process
+#: :func:`ccmb.corpus.groups.star_reps`); above it, in rounds of joins over all executors.
+ONE_TASK_EDGES = 10_000_000
+
+
+def _star_one_task(batches):
+    """mapInArrow over all the edges (a, b) in one partition: (node, centre) by the in-process greedy."""
+    import pyarrow.compute as pc
+
+    from .groups import star_reps
+
+    batches = list(batches)
+    if not batches:
+        return
+    tab = pa.Table.from_batches(batches)
+    ends = pa.concat_arrays([tab.column("a").combine_chunks(), tab.column("b").combine_chunks()])
+    nodes = pc.unique(ends)
+    nodes = nodes.take(pc.array_sort_indices(nodes))  # byte order of UTF-8 = Spark's string order
+    ids = pc.index_in(ends, value_set=nodes).to_numpy(zero_copy_only=False).astype(np.int64)
+    n, m = len(nodes), tab.num_rows
+    reps = star_reps(np.arange(n, dtype=np.int64), n, (ids[:m], ids[m:]))
+    yield pa.RecordBatch.from_arrays([nodes, nodes.take(pa.array(reps))], names=["node", "centre"])
+
+
 def star_centres(spark, edges, scratch: Scratch):
     """Per node of the verified ``edges`` (columns a < b, node ids ordered like keys): its centre, by the
     greedy star rule (see the module docstring). Returns a DataFrame (node, centre).
 
-    One job per round: the round's status is checkpointed and counted ("anything undecided?") in one pass."""
+    Up to :data:`ONE_TASK_EDGES` edges (counted once) the groups are formed in one executor task with
+    the in-process code; above, one job per round: the round's status is checkpointed and counted
+    ("anything undecided?") in one pass."""
     from pyspark.sql import functions as F
 
     edges = scratch.cache(edges.select("a", "b").distinct())
+    n_edges = edges.count()
+    if n_edges <= ONE_TASK_EDGES:  # the usual case: the whole graph in one executor task
+        logger.info("star groups: %d edges in one task", n_edges)
+        return edges.repartition(1).mapInArrow(_star_one_task, "node string, centre string")
     status = edges.select(F.col("a").alias("node")).union(edges.select(F.col("b").alias("node"))).distinct()
     status = status.select("node", F.lit("U").alias("st"), F.lit(None).cast("string").alias("centre"))
     for rnd in range(MAX_ROUNDS):
