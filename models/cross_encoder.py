@@ -67,6 +67,7 @@ class KeyMask:
 
 
 def as_key_mask(mask: Union[None, torch.Tensor, KeyMask]) -> Optional[KeyMask]:
+    """``mask`` as a :class:`KeyMask` (None stays None)."""
     return mask if mask is None or isinstance(mask, KeyMask) else KeyMask(mask)
 
 
