@@ -530,6 +530,8 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=None, help="Kill a run (its process group) after this.")
     ap.add_argument("--at-commit", default=None, metavar="REF",
                     help="Measure the committed code of REF (exported under --work-dir), not the working tree.")
+    ap.add_argument("--code-dir", default=None, metavar="DIR",
+                    help="Measure the ccmb in DIR (e.g. a snapshot of a working tree), not this working tree.")
     ap.add_argument("--json", default=None, help="Also write the results here.")
     ap.add_argument("--report", nargs="+", default=None, metavar="JSON",
                     help="Print one table from earlier --json files (runs nothing).")
@@ -552,7 +554,12 @@ def main() -> None:
     global CODE
     if args.at_commit:
         CODE = export_commit(args.at_commit, work_dir)
-    code_desc = f"commit {CODE.name[4:]}" if args.at_commit else f"working tree at {_git_head()} (+ uncommitted edits)"
+        code_desc = f"commit {CODE.name[4:]}"
+    elif args.code_dir:
+        CODE = Path(args.code_dir).resolve()
+        code_desc = f"code in {CODE}"
+    else:
+        code_desc = f"working tree at {_git_head()} (+ uncommitted edits)"
     mem_flag = {step: "local" in engines and has_option(step, "--memory-gb") for step in ("filter", "dedup")}
     print(f"ccmb of {code_desc}: {ccmb_location()}; --memory-gb offered by: "
           f"{[s for s, v in mem_flag.items() if v] or 'none'}", flush=True)
