@@ -19,8 +19,8 @@ Groups are formed on the executors with the same semantics as in-process (:mod:`
   table; the number of rounds is the longest chain of lower neighbours, small for duplicate graphs.
 
 ``duplicate_of`` pointers across levels are followed on the drops only (a small join per level) so each
-names a kept sample. Few jobs: the corpus state is read once and cached by the executors (memory, then
-disk); each level computes its drops from it (the rows earlier levels dropped are excluded by an
+names a kept sample. Few jobs: the corpus state is read once and cached by the executors (on their
+local disks); each level computes its drops from it (the rows earlier levels dropped are excluded by an
 anti-join with the accumulated drops, which are small); nothing is counted between steps except the
 star rounds' "anything undecided?". Steps whose input is costly to recompute (pHash of the images, the
 semantic vectors) still go to a scratch folder next to the output (parquet, removed at the end).
@@ -67,10 +67,11 @@ class Scratch:
         return self.spark.read.parquet(str(path))
 
     def cache(self, df):
-        """``df`` cached by the executors (memory, spilling to disk) when first computed; released by close."""
+        """``df`` cached by the executors on their local disks when first computed (streamed: a memory
+        cache of a corpus-sized partition does not fit a small heap); released by close."""
         from pyspark import StorageLevel
 
-        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        df = df.persist(StorageLevel.DISK_ONLY)
         self.cached.append(df)
         return df
 
@@ -101,7 +102,7 @@ def write_table_df(spark, df, output: PathLike, *, kind: str, source: Optional[d
 
     output = Path(output)
     tmp = parts.temp_folder(output)
-    df = df.select(*OUT_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK)
+    df = df.select(*OUT_COLUMNS).persist(StorageLevel.DISK_ONLY)
     try:
         df.orderBy(F.col("key").asc_nulls_last()).write.option("compression", "snappy").parquet(str(tmp))
     finally:
