@@ -436,6 +436,7 @@ def slopes(results: List[Dict]) -> Dict[str, Dict]:
         if all(v is not None for v in lines.values()):
             out[name] = {k: {"per_million": v[0], "fixed": v[1]} for k, v in lines.items()}
             out[name]["sizes"] = sorted({r["size"] for r in rs})
+            out[name]["max_mb"] = {k: max(r["peak"][k] for r in rs) for k in ("driver_py", "jvm", "tree")}
     return out
 
 
@@ -487,7 +488,9 @@ def extrapolate(sl: Dict[str, Dict], bench_cores: int, rows_list: Sequence[int],
         spark = name.startswith("spark")
         for rows in rows_list:
             m = rows / 1e6
-            peaks = {k: s[f"{k}_mb"]["fixed"] + s[f"{k}_mb"]["per_million"] * m for k in ("driver_py", "jvm", "tree")}
+            # a peak that did not grow over the sizes run (slope <= 0: noise) is taken as flat at its largest
+            peaks = {k: max(s[f"{k}_mb"]["fixed"] + s[f"{k}_mb"]["per_million"] * m, s["max_mb"][k])
+                     for k in ("driver_py", "jvm", "tree")}
             for cores in (cores_list if spark else [bench_cores]):
                 per_row = s["wall_s"]["per_million"] * m * (bench_cores / cores if spark else 1)
                 total = s["wall_s"]["fixed"] + per_row
