@@ -11,7 +11,7 @@ table-returning API below:
   collected.
 * dedup: URL and SHA-256 groups are Spark window aggregations (lowest key per group); pHashes are computed
   by Spark tasks, one per tar (the tars must be on storage every executor reads); LSH candidate pairs of
-  pHash and MinHash are Spark self-joins on (band, bucket) with the exact check in Spark SQL (Hamming
+  pHash and MinHash come from Spark groups by (band, bucket) with the exact check in Spark SQL (Hamming
   distance of the hash variants; Jaccard of the n-gram sets). Only dropped rows and verified edges come
   back to the driver, which forms the same star groups as in-process (numpy) and writes the table. The
   driver holds the key/status columns of the metadata (for the output table).
