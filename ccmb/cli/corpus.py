@@ -10,6 +10,7 @@ import sys
 import click
 
 from .. import shards as fmt
+from ..corpus.parts import PartitionError, check_replaceable
 from ..corpus.table import CurationError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
@@ -35,7 +36,7 @@ def _errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (CurationError, fmt.ShardFormatError, FileNotFoundError) as exc:
+        except (CurationError, PartitionError, fmt.ShardFormatError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from exc
     return wrapper
 
@@ -60,7 +61,8 @@ def _echo_summary(summary) -> None:
 @click.command("filter")
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--output", required=True, type=click.Path(),
+              help="Decision table to write (.parquet; with --engine spark a folder of parts). An existing table is replaced.")
 @click.option("--min-side", default=200, show_default=True, help="Minimum short side of the original image, px (0: off).")
 @click.option("--max-ratio", default=3.0, show_default=True, help="Maximum long/short side ratio (0: off).")
 @click.option("--min-text-len", default=2, show_default=True, help="Minimum text length, characters (0: off).")
@@ -90,6 +92,7 @@ def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_le
     """
     from ..corpus.filter import filter_samples
 
+    check_replaceable(output)
     if scores and (min_score is None) == (keep_top_percent is None):
         raise click.UsageError("--scores needs exactly one of --min-score and --keep-top-percent")
     if not scores and (min_score is not None or keep_top_percent is not None):
@@ -119,7 +122,8 @@ def _level_options(fn):
 @click.command("dedup")
 @click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Decision table to write (.parquet).")
+@click.option("--output", required=True, type=click.Path(),
+              help="Decision table to write (.parquet; with --engine spark a folder of parts). An existing table is replaced.")
 @_level_options
 @click.option("--phash-threshold", default=4, show_default=True,
               help="Max Hamming distance of 64-bit pHashes (best of whole/centre-crop variants).")
@@ -156,6 +160,7 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
     """
     from ..corpus.dedup import dedup_samples
 
+    check_replaceable(output)
     levels = [name[len("level_"):] for name, on in switches.items() if name.startswith("level_") and on]
     params = {}
     if semantic_scores:

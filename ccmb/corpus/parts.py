@@ -113,9 +113,27 @@ def remove_table(path: PathLike) -> None:
     """Remove an old decision table (file or folder, complete or partial) before writing a new one."""
     path = Path(path)
     if path.is_dir():
+        check_replaceable(path)
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+def check_replaceable(path: PathLike) -> None:
+    """Refuse an output path that is a folder but not a decision table (e.g. the download folder given by
+    mistake): writing a table replaces what is there."""
+    path = Path(path)
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if not _is_table_entry(p.name))
+        if foreign:
+            raise PartitionError(f"{path}: is a folder but not a decision table (it holds {foreign[0]!r}); "
+                                 "refusing to replace it: choose another --output")
+
+
+def _is_table_entry(name: str) -> bool:
+    """Whether ``name`` is something a table folder's writers put there (parts, marker, Spark's files)."""
+    return (name == MARKER or name.endswith(".parquet") or name.startswith(("_SUCCESS", "._SUCCESS"))
+            or (name.startswith(".") and name.endswith(".crc")))
 
 
 def temp_folder(final: PathLike) -> Path:
