@@ -162,23 +162,35 @@ def star_reps(node_of_row: np.ndarray, n_nodes: int, edges: Tuple[np.ndarray, np
     rep_node = np.arange(n_nodes, dtype=np.int64)
     a, b = edges
     if len(a):
-        from scipy.sparse import coo_matrix
-
-        graph = coo_matrix((np.ones(2 * len(a), np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))),
-                           shape=(n_nodes, n_nodes)).tocsr()
-        indptr, indices = graph.indptr, graph.indices
-        linked = np.flatnonzero(np.diff(indptr) > 0)
-        assigned = np.zeros(n_nodes, bool)
-        for node in linked[np.argsort(first[linked], kind="stable")].tolist():
-            if assigned[node]:
-                continue
-            assigned[node] = True
-            nb = indices[indptr[node]: indptr[node + 1]]
-            nb = nb[~assigned[nb]]
-            assigned[nb] = True
-            rep_node[nb] = node
+        rep_node = greedy_star_centres(a, b, n_nodes, first)
     out[rows] = first[rep_node[node_of_row[rows]]]
     return out
+
+
+def greedy_star_centres(a: np.ndarray, b: np.ndarray, n_nodes: int,
+                        priority: Optional[np.ndarray] = None) -> np.ndarray:
+    """The centre each node stands for (itself when it is a centre or unlinked) under the greedy star rule:
+    linked nodes are visited by ascending ``priority`` (node number when None); an unassigned node becomes
+    a centre and takes its unassigned neighbours."""
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(2 * len(a), np.int8), (np.concatenate([a, b]), np.concatenate([b, a]))),
+                       shape=(n_nodes, n_nodes)).tocsr()
+    indptr, indices = graph.indptr, graph.indices
+    linked = np.flatnonzero(np.diff(indptr) > 0)
+    if priority is not None:
+        linked = linked[np.argsort(priority[linked], kind="stable")]
+    rep = np.arange(n_nodes, dtype=np.int64)
+    assigned = np.zeros(n_nodes, bool)
+    for node in linked.tolist():
+        if assigned[node]:
+            continue
+        assigned[node] = True
+        nb = indices[indptr[node]: indptr[node + 1]]
+        nb = nb[~assigned[nb]]
+        assigned[nb] = True
+        rep[nb] = node
+    return rep
 
 
 def unique_nodes(values: np.ndarray, rows: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -354,21 +366,6 @@ def star_reps_of_edges(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.nda
     if not len(a):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    m = len(nodes)
-    ia, ib = inv[: len(a)], inv[len(a):]
-    from scipy.sparse import coo_matrix
-
-    graph = coo_matrix((np.ones(2 * len(ia), np.int8), (np.concatenate([ia, ib]), np.concatenate([ib, ia]))),
-                       shape=(m, m)).tocsr()
-    indptr, indices = graph.indptr, graph.indices
-    rep = np.arange(m, dtype=np.int64)
-    assigned = np.zeros(m, bool)
-    for node in range(m):  # ascending node = ascending lowest row, as star_reps visits them
-        if assigned[node]:
-            continue
-        assigned[node] = True
-        nb = indices[indptr[node]: indptr[node + 1]]
-        nb = nb[~assigned[nb]]
-        assigned[nb] = True
-        rep[nb] = node
+    # ascending node = ascending lowest row, as star_reps visits them
+    rep = greedy_star_centres(inv[: len(a)], inv[len(a):], len(nodes))
     return nodes, nodes[rep]
