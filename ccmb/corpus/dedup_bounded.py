@@ -51,6 +51,13 @@ from .urlnorm import normalize_urls
 
 logger = logging.getLogger(__name__)
 
+
+def _progress(items, desc: str, unit: str):
+    """A tqdm bar on stderr over ``items`` (long corpora: one tick per parquet or bucket)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, leave=False)
+
 BOUNDED_LEVELS = ("url", "sha256", "phash", "caption")
 ROW_SCHEMA_URL = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.string())])
 ROW_SCHEMA_SHA = pa.schema([pa.field("row", pa.int64()), pa.field("value", pa.binary(32))])
@@ -151,7 +158,7 @@ class BoundedDedup:
         fingerprint = KeysFingerprint()
         order = _KeyOrder(str(self.input_dir))
         at = 0
-        for path in self.parquets:
+        for path in _progress(self.parquets, "dedup: scan", "parquet"):
             for batch in iter_shard_batches(path, cols, self.plan.batch_rows):
                 m = batch.num_rows
                 keys = batch.column("key")
@@ -197,7 +204,7 @@ class BoundedDedup:
     def exact_level(self, name: str, eligible: np.ndarray) -> LevelDrops:
         """Equal values within each bucket; the lowest row of a group is its representative."""
         drop_rows, drop_reps = [], []
-        for i in range(self.spills[name].buckets):
+        for i in _progress(range(self.spills[name].buckets), f"dedup: {name}", "bucket"):
             rows, reps = _exact_bucket(self.spills[name].bucket(i), eligible, fixed=name == "sha256")
             drop_rows.append(rows)
             drop_reps.append(reps)
@@ -208,7 +215,8 @@ class BoundedDedup:
         params = self.config.minhash
         bands = spills.spill("bands", BAND_SCHEMA, self.plan.buckets)
         same_rows, same_nodes = [], []  # rows whose normalised text equals a lower row's (their node)
-        for i in range(self.spills["caption"].buckets):  # A: nodes (distinct texts), band values spilled
+        # A: nodes (distinct texts), band values spilled
+        for i in _progress(range(self.spills["caption"].buckets), "dedup: caption", "bucket"):
             self._caption_nodes(self.spills["caption"].bucket(i), eligible, params, bands, same_rows, same_nodes)
             spill.trim_memory()  # the bucket's arrays are freed on return: hand them back
         logger.debug("caption: band values spilled (peak RSS %d MB)", peak_mb())
