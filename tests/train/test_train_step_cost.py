@@ -104,19 +104,21 @@ def test_fast_dropout_has_dropouts_distribution():
     assert torch.allclose(x.grad, (out != 0).float() / 0.75)
 
 
-@pytest.mark.parametrize("queries,masked", [(16, True), (17, False), (1, True), (1, False)])
-def test_training_attention_equals_sdpa(queries, masked):
-    """The CPU training path (written-out attention, elementwise for one query) computes SDPA's values; with
-    a vanishing dropout rate they must agree, gradients included."""
+@pytest.mark.parametrize("queries,keys,masked", [(16, 17, True), (17, 17, False), (1, 17, True), (1, 17, False), (16, 12, True),
+                                                 (16, 16, True), (9, 9, True), (16, 9, False)])
+def test_training_attention_equals_sdpa(queries, keys, masked):
+    """The CPU training path (written-out attention: keys-major softmax for key lengths off the vector width,
+    elementwise for one query) computes SDPA's values; with a vanishing dropout rate they must agree,
+    gradients included."""
     import torch.nn.functional as F
 
     from models.cross_encoder import KeyMask, attention
 
     g = torch.Generator().manual_seed(1)
     q = torch.randn(6, 4, queries, 10, generator=g, requires_grad=True)
-    k = torch.randn(6, 4, 17, 10, generator=g, requires_grad=True)
-    v = torch.randn(6, 4, 17, 10, generator=g, requires_grad=True)
-    keep = torch.rand(6, 17, generator=g) > 0.4
+    k = torch.randn(6, 4, keys, 10, generator=g, requires_grad=True)
+    v = torch.randn(6, 4, keys, 10, generator=g, requires_grad=True)
+    keep = torch.rand(6, keys, generator=g) > 0.4
     keep[:, 0] = True
     mask = KeyMask(keep) if masked else None
     ours = attention(q, k, v, mask, 1e-12, training=True)
@@ -130,11 +132,12 @@ def test_training_attention_equals_sdpa(queries, masked):
     assert torch.equal(attention(q, k, v, mask, 0.1, training=False), ref)
 
 
-def test_training_attention_drops_probabilities():
+@pytest.mark.parametrize("queries", [1, 3])
+def test_training_attention_drops_probabilities(queries):
     from models.cross_encoder import attention
 
     torch.manual_seed(0)
-    q, k = torch.zeros(200, 4, 1, 8), torch.zeros(200, 4, 10, 8)
+    q, k = torch.zeros(200, 4, queries, 8), torch.zeros(200, 4, 10, 8)  # 10 keys: the keys-major path for 3
     v = torch.eye(10)[None, None].expand(200, 4, 10, 10)[..., :8].clone()  # value j = unit vector j (j < 8)
     out = attention(q, k, v, None, 0.5, training=True)  # uniform probabilities 0.1, half dropped, rest x2
     vals = out[..., :8].flatten()
