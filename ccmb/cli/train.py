@@ -153,6 +153,10 @@ def _train_options(f):
         click.option("--fgr-negatives", "loss_fgr_negatives", type=click.Choice(["global", "local"]),
                      help="FGR hard negatives from the global batch (gathers hidden states with gradient) or this "
                           "rank's." + _defaults("loss_fgr_negatives")),
+        click.option("--student-view", "loss_student_view", type=click.Choice(["full", "masked"]),
+                     help="With FgD on: the student sees the full input plus a masked FgD pass (full), or only "
+                          "FgD's masked input, read by every loss (masked: about half the cost at ViT-B/16)."
+                          + _defaults("loss_student_view")),
         click.option("--resume", type=str, help="'latest' (of --output; falls back to the newest intact "
                                                 "checkpoint) or a checkpoint folder."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
@@ -166,7 +170,7 @@ def _train_keys():
     from models.train.config import LOSS_NAMES
 
     return ([field for _, field, _, _ in _CONFIG_OPTIONS] + ["precision", "grad_checkpointing", "freeze_vision",
-            "loss_fgr_negatives"] + [f"loss_{n}" for n in LOSS_NAMES])
+            "loss_fgr_negatives", "loss_student_view"] + [f"loss_{n}" for n in LOSS_NAMES])
 
 
 def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):

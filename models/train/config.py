@@ -32,6 +32,8 @@ LOSSES: Tuple[LossSpec, ...] = (
     LossSpec("mlm", "masked language modelling on the text-side cross encoder"),
 )
 LOSS_NAMES: Tuple[str, ...] = tuple(s.name for s in LOSSES)
+#: what the student's encoders see when FgD is on (:attr:`LossConfig.student_view`)
+STUDENT_VIEWS: Tuple[str, ...] = ("full", "masked")
 #: Keys of a training log record that are losses (the pre-training ones, fine-tuning's match loss, the total).
 LOG_LOSS_KEYS: Tuple[str, ...] = ("loss",) + LOSS_NAMES + ("match",)
 
@@ -71,6 +73,12 @@ class LossConfig:
     #: FgD image masking: half of the patch tokens are dropped from the student's ViT input (FLIP's 50 %:
     #: the masked student pass costs about half; the kept half still identifies the image for alignment).
     patch_drop_ratio: float = 0.5
+    #: What the student's encoders see when FgD is on. "full": the unmasked input for GCPR, FGR and TgD, plus a
+    #: second, masked pass for FgD. "masked": one pass over FgD's masked input (15 % of tokens -> [MASK], 50 %
+    #: of the patch tokens dropped) that every student loss reads, as R2D2's FgD ("the student a masked input")
+    #: and FLIP; the teacher still sees the whole input. "masked" costs about half at ViT-B/16 (the ViT and
+    #: the image side of the cross encoders see half the image tokens; docs/training.md, "Student view").
+    student_view: str = "full"
     #: MLM: BERT's 15 % of real tokens chosen, of which 80 % -> [MASK], 10 % -> a random token, 10 % kept.
     mlm_ratio: float = 0.15
     #: Temperature bounds (ALBEF clamps to [0.001, 0.5]).
@@ -80,6 +88,8 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.fgr_negatives not in ("global", "local"):
             raise ValueError(f"fgr_negatives {self.fgr_negatives!r}: use global or local")
+        if self.student_view not in STUDENT_VIEWS:
+            raise ValueError(f"student_view {self.student_view!r}: use one of {STUDENT_VIEWS}")
         if not 0.0 <= self.patch_drop_ratio < 1.0:
             raise ValueError(f"patch_drop_ratio {self.patch_drop_ratio}: use 0 <= ratio < 1")
         for name in LOSS_NAMES:

@@ -158,8 +158,17 @@ class R2D2Objective(nn.Module):
             image_ids = torch.arange(pix.shape[0], device=pix.device) + rank() * pix.shape[0]
         need_hidden = "fgr" in self.weights or "mlm" in self.weights
         gen = self._generator()
-        s_txt = None
-        if "fgd" in self.weights:
+        s_txt = s_img = None
+        if self.masked_view:
+            # one student pass over FgD's masked input; every student loss reads it (LossConfig.student_view)
+            m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
+                                self.special_ids, generator=gen)
+            text = model.encode_text(m_ids.to(ids.device), mask, return_hidden=need_hidden)
+            image = self._masked_image(model, pix, gen, return_hidden=need_hidden)
+            (txt_emb, txt_hidden), (img_emb, img_hidden) = (text, image) if need_hidden else \
+                ((text, None), (image, None))
+            s_txt, s_img = txt_emb, img_emb
+        elif "fgd" in self.weights:
             # FgD's masked text runs through the student's text encoder in the same call as the unmasked
             # text (one batch of 2B rows, same attention mask: the same values, half the per-call work)
             m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
@@ -200,24 +209,33 @@ class R2D2Objective(nn.Module):
             if self.training:
                 self.queue.enqueue(t_img_all, t_txt_all, ids_all)
         if "fgd" in self.weights:
-            s_img = self._masked_image(model, pix, gen)
+            if s_img is None:
+                s_img = self._masked_image(model, pix, gen)
             out["fgd"] = self.fgd([(s_img, t_img), (s_txt, t_txt)])
         if "mlm" in self.weights:
             out["mlm"] = self._mlm(ids, mask, img_hidden, gen)
         out["loss"] = sum(self.weights[k] * out[k] for k in self.weights)
         return out
 
-    def _masked_image(self, model: nn.Module, pix: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The student's image embedding of a masked view: patch *tokens* dropped when the model supports it
-        (fewer tokens, less compute), else patches zeroed in pixel space."""
+    @property
+    def masked_view(self) -> bool:
+        """Whether the student's single pass sees FgD's masked input (``student_view="masked"`` with FgD on)."""
+        return self.mode == "pretrain" and self.cfg.student_view == "masked" and "fgd" in self.weights
+
+    def _masked_image(self, model: nn.Module, pix: torch.Tensor, gen: torch.Generator,
+                      return_hidden: bool = False):
+        """The student's image embedding of a masked view (and its hidden state with ``return_hidden``): patch
+        *tokens* dropped when the model supports it (fewer tokens, less compute), else patches zeroed in
+        pixel space."""
         ratio = self.cfg.patch_drop_ratio
         num_patches = getattr(getattr(model, "config", None), "num_patches", None)
         if ratio <= 0:
-            return model.encode_image(pix)
+            return model.encode_image(pix, return_hidden=return_hidden)
         if self.drop_tokens and num_patches and hasattr(model, "visual_encoder"):
             keep = keep_patch_indices(pix.shape[0], num_patches, ratio, generator=gen)
-            return model.encode_image(pix, keep_patches=keep)
-        return model.encode_image(drop_patches(pix, self.patch_size, ratio, generator=gen))
+            return model.encode_image(pix, keep_patches=keep, return_hidden=return_hidden)
+        return model.encode_image(drop_patches(pix, self.patch_size, ratio, generator=gen),
+                                  return_hidden=return_hidden)
 
     def _mlm(self, ids, mask, img_hidden, gen) -> torch.Tensor:
         """Masked-LM through the text encoder and the text-side cross encoder (attending to the image)."""

@@ -173,11 +173,17 @@ def test_mlm_alone_loss_falls(world):
 
 
 @pytest.mark.slow
-def test_all_objectives_together(world):
-    model, _, hist = train(world, LossConfig(queue_size=256, momentum=0.99), steps=250)
+@pytest.mark.parametrize("view", ["full", "masked"])
+def test_all_objectives_together(world, view):
+    """Every loss at once, with the student seeing the full input (plus FgD's masked pass) or only FgD's
+    masked input; the held-out evaluation sees whole images and texts either way."""
+    model, _, hist = train(world, LossConfig(queue_size=256, momentum=0.99, student_view=view), steps=250)
+    # the masked view's training losses are measured on half the patches and 15 % masked tokens, so they sit
+    # higher and fall more slowly (FGR 0.69 -> 0.48 in this run, against 0.19 with the full view)
+    falls, fgr_below = (0.7, 0.45) if view == "full" else (0.8, 0.6)
     for k in ("loss", "gcpr", "fgr"):
-        assert mean(hist, k, "last") < 0.7 * mean(hist, k, "first"), (k, hist[0], hist[-1])
-    assert mean(hist, "fgr", "last") < 0.45
+        assert mean(hist, k, "last") < falls * mean(hist, k, "first"), (k, hist[0], hist[-1])
+    assert mean(hist, "fgr", "last") < fgr_below  # ln 2 = 0.693 is chance
     assert matching_auc(model, world) > 80
     assert retrieval_r1(model, world) >= 50
 
@@ -230,3 +236,52 @@ def test_text_groups():
     g = objective_module.text_groups(ids)
     assert g[0] == g[2] and g[0] != g[1]
 
+
+
+@pytest.mark.parametrize("view", ["full", "masked"])
+def test_student_view_decides_what_the_student_encoders_see(world, view):
+    """``student_view="full"``: the student encodes the whole image and, for FgD, a token-dropped one (text:
+    whole and masked rows in one call). ``"masked"``: one image pass over the kept patches and one text pass
+    over the masked tokens, whose hidden states the cross encoders read; the teacher sees whole inputs."""
+    torch.manual_seed(0)
+    model = models.build_model("r2d2-tiny").train()
+    tok = world["tok"]
+    obj = R2D2Objective(model, LossConfig(queue_size=32, student_view=view), mask_token_id=tok.mask_token_id,
+                        special_ids=special_token_ids(tok), patch_size=8)
+    calls = {"image": [], "text": [], "teacher_image": [], "cross_tokens": []}
+
+    def spy(owner, attr, log, record):
+        real = getattr(owner, attr)
+
+        def wrapped(*a, **kw):
+            log.append(record(*a, **kw))
+            return real(*a, **kw)
+        owner.__dict__[attr] = wrapped
+    spy(model, "encode_image", calls["image"], lambda pix, **kw: kw.get("keep_patches") is not None)
+    spy(model, "encode_text", calls["text"], lambda ids, mask, **kw: (ids.shape[0], int((ids == tok.mask_token_id).sum())))
+    spy(obj.teacher.model, "encode_image", calls["teacher_image"], lambda pix, **kw: kw.get("keep_patches") is not None)
+    spy(model, "itm_logits_pairs", calls["cross_tokens"], lambda images, *a: images.shape[1])
+    b = batch(world, random.Random(0))
+    out = obj(b)
+    out["loss"].backward()
+    num_patches = model.config.num_patches
+    if view == "full":
+        assert calls["image"] == [False, True]             # whole image, then FgD's token-dropped pass
+        assert [n for n, _ in calls["text"]] == [2 * len(b["input_ids"])]  # whole + masked rows, one call
+        assert calls["cross_tokens"] == [1 + num_patches]
+    else:
+        assert calls["image"] == [True]                    # one pass over the kept patches
+        assert len(calls["text"]) == 1 and calls["text"][0][0] == len(b["input_ids"]) and calls["text"][0][1] > 0
+        assert calls["cross_tokens"] == [1 + num_patches // 2]
+    assert calls["teacher_image"] == [False]
+    assert set(out) >= {"gcpr", "fgr", "tgd", "fgd", "loss"} and torch.isfinite(out["loss"])
+
+
+def test_student_view_is_validated_and_travels_through_the_config():
+    from models.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="student_view 'half'"):
+        LossConfig(student_view="half")
+    cfg = TrainConfig().override(loss_student_view="masked")
+    assert cfg.losses.student_view == "masked"
+    assert TrainConfig.from_dict(cfg.to_dict()).losses.student_view == "masked"
