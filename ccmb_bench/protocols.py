@@ -21,7 +21,7 @@ more conservative rules everywhere. The rules that differ:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 PROTOCOL_NAMES = ("official", "strict")
 DEFAULT_PROTOCOL = "official"
@@ -89,6 +89,21 @@ def resolve(name: str, spec: Any) -> Protocol:
     base = REFERENCES[key]
     version = getattr(spec, "protocol_version", "") or base.version
     return Protocol("official", Rules(**{**base.describe(), "version": version}))
+
+
+def evaluation_rules(data: Any, rules: Optional[Rules] = None, data_format: str = "") -> Tuple[Rules, str]:
+    """The rules and registry format a task evaluator applies to ``data``: the given ``rules`` win; by default
+    the **official** protocol of the registered dataset named ``data.name`` (as ``ccmb-bench run``), and the
+    strict rules only for data that is no registered dataset (nothing to follow)."""
+    if rules is not None:
+        return rules, data_format
+    from ccmb.datasets import UnknownDatasetError, get_spec
+
+    try:
+        spec = get_spec(str(getattr(data, "name", "")))
+    except UnknownDatasetError:
+        return STRICT, data_format
+    return resolve(DEFAULT_PROTOCOL, spec).rules, data_format or spec.format
 
 
 def clean_text(text: str, how: Optional[str]) -> str:

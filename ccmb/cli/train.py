@@ -36,9 +36,17 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
     from ccmb_bench.cache import EmbeddingCache
     from ccmb_bench.tasks import evaluator
 
+    from ccmb_bench.protocols import evaluation_rules
+
     run = evaluator(task)
     spec = next((sp for sp in list_datasets() if sp.name == getattr(data, "name", None)), None)
     extra = {"top_k": spec.top_k} if task == "retrieval" and spec is not None else {}  # the dataset's top_k
+    # the validation numbers (and the best epoch they choose) follow the dataset's official protocol, as
+    # ``ccmb-bench run``'s default
+    rules, data_format = evaluation_rules(data)
+    extra.update(rules=rules, data_format=data_format)
+    logger.info("epoch evaluation of %s/%s follows %s", getattr(data, "name", "?"), getattr(data, "split", "?"),
+                rules.reference)
 
     def evaluate(model, epoch: int) -> Dict[str, float]:
         device = str(next(model.parameters()).device)

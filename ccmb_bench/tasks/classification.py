@@ -10,7 +10,7 @@ from ccmb.datasets import ClassificationData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.metrics import classification_from_ranks, classification_ranks
-from ccmb_bench.protocols import STRICT, Rules
+from ccmb_bench.protocols import Rules, evaluation_rules
 from ccmb_bench.tasks.encode import dual_scores, encode_images, encode_texts
 
 
@@ -24,10 +24,11 @@ def class_embeddings(adapter: ModelAdapter, data: ClassificationData, cache: Emb
 
 
 def evaluate(adapter: ModelAdapter, data: ClassificationData, cache: EmbeddingCache, batch_size: int = 64,
-             rules: Rules = STRICT, data_format: str = "",
+             rules: Optional[Rules] = None, data_format: str = "",
              per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
     """``top1``/``top5``/``mean_per_class_recall``; ``rules.ties`` orders tied logits (CLIP_benchmark:
     ``100 * image @ classes`` ranked by ``torch.topk``, top-1 prediction by ``argmax``)."""
+    rules, data_format = evaluation_rules(data, rules, data_format)  # default: the dataset's official protocol
     classes = class_embeddings(adapter, data, cache, batch_size)
     images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache)["embeds"]
     scores = dual_scores(images, classes)

@@ -18,7 +18,7 @@ from ccmb.datasets import MatchingData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.metrics import matching_metrics
-from ccmb_bench.protocols import STRICT, Rules
+from ccmb_bench.protocols import Rules, evaluation_rules
 from ccmb_bench.tasks.encode import _cat, encode_images, encode_texts
 from ccmb_bench.tasks.views import MatchingView, matching_view
 
@@ -59,11 +59,12 @@ def streamed_scores(adapter: ModelAdapter, data: MatchingData, view: MatchingVie
 
 
 def evaluate(adapter: ModelAdapter, data: MatchingData, cache: EmbeddingCache, batch_size: int = 64,
-             max_hidden_gb: float = 8.0, chunk_pairs: int = 4096, rules: Rules = STRICT, data_format: str = "",
+             max_hidden_gb: float = 8.0, chunk_pairs: int = 4096, rules: Optional[Rules] = None, data_format: str = "",
              per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
     """R2D2: mean of the two cross encoders' match probability; dual encoders: the cosine similarity
     (its AUC is meaningful, its accuracy at 0.5 is only indicative). ``rules`` (the protocol) decides whether
     every annotation line is a pair or repeated pairs are dropped; ``per_query`` receives scores and labels."""
+    rules, data_format = evaluation_rules(data, rules, data_format)  # default: the dataset's official protocol
     view = matching_view(data, rules, data_format)
     hidden = adapter.has_reranker
     texts = sorted(set(view.pair_texts))

@@ -11,7 +11,7 @@ from ccmb.datasets import RetrievalData
 from ccmb_bench.adapters import ModelAdapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.metrics import DEFAULT_KS, recall_metrics, retrieval_ranks
-from ccmb_bench.protocols import STRICT, Rules
+from ccmb_bench.protocols import Rules, evaluation_rules
 from ccmb_bench.tasks.encode import context_length, dual_scores, encode_images, encode_texts, prefixed
 from ccmb_bench.tasks.views import RetrievalView, retrieval_view
 
@@ -28,12 +28,14 @@ def _rank_rules(rules: Rules, view: RetrievalView) -> Dict[str, Any]:
 
 
 def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, batch_size: int = 64,
-             top_k: Optional[int] = None, rerank: bool = True, rules: Rules = STRICT, data_format: str = "",
+             top_k: Optional[int] = None, rerank: bool = True, rules: Optional[Rules] = None, data_format: str = "",
              per_query: Optional[Dict[str, Dict[str, np.ndarray]]] = None) -> Dict[str, Any]:
     """R@1/5/10 per direction (``i2t_R@K``, ``t2i_R@K``), per-direction means and ``MR`` under ``rules`` (the
-    protocol; ``data_format`` is the registry format, for per-line reading). With a re-ranker the headline
+    protocol; default: the official one of the registered dataset ``data.name``, else strict; ``data_format`` is
+    the registry format, for per-line reading). With a re-ranker the headline
     numbers are the two-stage ones (``top_k`` candidates per query, default the model's) and the dual-encoder
     stage is reported as ``prerank_*``. ``per_query`` (a dict) receives each direction's ranks and query ids."""
+    rules, data_format = evaluation_rules(data, rules, data_format)  # default: the dataset's official protocol
     use_rerank = rerank and adapter.has_reranker
     view = retrieval_view(data, rules, data_format)
     images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache, with_hidden=use_rerank)

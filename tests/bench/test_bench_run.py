@@ -16,6 +16,7 @@ from ccmb_bench.adapters import load_adapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.cli import main
 from ccmb_bench.metrics import query_ranks
+from ccmb_bench.protocols import STRICT
 from ccmb_bench.results import make_result, write_result
 from ccmb_bench.tasks import retrieval
 
@@ -80,9 +81,9 @@ def test_two_stage_matches_reference_and_cache(tiny_models, bench_root, tmp_path
     adapter = load_adapter(str(tiny_models.r2d2), device="cpu")
     data = ds.load_dataset("flickr30k-cna", bench_root)
     cache = EmbeddingCache(tmp_path / "cache", adapter.name, adapter.fingerprint, data.name, data.split)
-    m = retrieval.evaluate(adapter, data, cache, batch_size=4, top_k=4)
+    m = retrieval.evaluate(adapter, data, cache, batch_size=4, top_k=4, rules=STRICT)
     assert cache.misses == 2 and m["top_k"] == 4
-    # reference: model.rank on freshly encoded inputs, plain-loop ranks
+    # reference: model.rank on freshly encoded inputs, plain-loop ranks (strict ties: a tie ranks first)
     imgs = adapter.encode_images(adapter.preprocess([data.load_image(i) for i in range(data.num_images)]), True)
     txts = adapter.encode_texts(data.texts, True)
     i2t, t2i = adapter.model.rank(imgs["embeds"], imgs["hidden"], txts["embeds"], txts["hidden"], txts["mask"],
@@ -98,9 +99,29 @@ def test_two_stage_matches_reference_and_cache(tiny_models, bench_root, tmp_path
         list(query_ranks(t2i.numpy(), data.text_to_images, data.num_images))
     # second run: served from the cache, same numbers
     cache2 = EmbeddingCache(tmp_path / "cache", adapter.name, adapter.fingerprint, data.name, data.split)
-    m2 = retrieval.evaluate(adapter, data, cache2, batch_size=4, top_k=4)
+    m2 = retrieval.evaluate(adapter, data, cache2, batch_size=4, top_k=4, rules=STRICT)
     assert cache2.hits == 2 and cache2.misses == 0
     assert {k: v for k, v in m2.items()} == pytest.approx(m)
+
+
+@pytest.mark.parametrize("name", ["icr", "flickr30k-cna"])
+def test_library_evaluator_defaults_to_the_official_protocol(tiny_models, bench_root, name):
+    """Called directly, a task evaluator follows the dataset's reference evaluation as ``ccmb-bench run`` does
+    by default; the strict rules only on request, or for data that is no registered dataset."""
+    from ccmb_bench.protocols import evaluation_rules, resolve
+
+    adapter = load_adapter(str(tiny_models.r2d2), device="cpu")
+    data = ds.load_dataset(name, bench_root)
+    spec = ds.get_spec(name)
+    official = resolve("official", spec).rules
+    assert evaluation_rules(data) == (official, spec.format)
+    assert evaluation_rules(data, STRICT, "x") == (STRICT, "x")
+
+    def run(**kw):
+        return retrieval.evaluate(adapter, data, EmbeddingCache(None, "", "", "", ""), batch_size=4, top_k=4, **kw)
+    assert run() == pytest.approx(run(rules=official, data_format=spec.format))
+    data.name = "my-own-set"  # not registered: nothing official to follow
+    assert evaluation_rules(data) == (STRICT, "")
 
 
 def test_second_run_uses_cache_and_skip_existing(tiny_models, bench_root, tmp_path):
