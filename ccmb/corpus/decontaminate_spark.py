@@ -143,11 +143,11 @@ def spark_decisions(spark, input_dir: Path, index: EvalIndex, config: Decontamin
     from pyspark.sql import functions as F
 
     from .engine_spark import read_metadata_df
-    from .spark_dist import _check_unique
+    from .spark_dist import check_unique_keys_spark
 
     text_cols = [config.text_field] + (["title"] if config.text_field == "caption" else [])
     meta = read_metadata_df(spark, input_dir, ["key", "status", "sha256"] + text_cols)
-    _check_unique(meta, input_dir)
+    check_unique_keys_spark(meta, input_dir)
     ok = F.coalesce(F.col("status"), F.lit("")) == "success"
     elig = meta.where(ok & F.col("key").isNotNull())
     ev_img, ev_txt, ev_sha = _eval_frames(spark, index)

@@ -157,7 +157,9 @@ def read_table_df(spark, path: PathLike, with_duplicate_of: bool = False):
     return df.select("key", "keep", "reason", *(["duplicate_of"] if with_duplicate_of else []))
 
 
-def _check_unique(df, input_dir) -> None:
+def check_unique_keys_spark(df, input_dir) -> None:
+    """The Spark form of :func:`ccmb.corpus.table.check_unique_keys`: raise :class:`CurationError` naming
+    ``input_dir`` and up to five repeated sample keys of the DataFrame ``df``."""
     from pyspark.sql import functions as F
 
     dup = df.where(F.col("key").isNotNull()).groupBy("key").count().where(F.col("count") > 1).limit(5).collect()
@@ -423,7 +425,7 @@ def spark_dedup_to(input_dir: PathLike, config: DedupConfig, output: PathLike, s
                 "reason", F.coalesce(F.col("reason"), F.when(F.col("t_has").isNull(), F.lit(f"not_in:{Path(t).name}"))
                                      .otherwise(F.col("t_reason")))).drop("t_reason", "t_has")
         state = scratch.cache(state)
-        _check_unique(state, input_dir)  # also fills the cache
+        check_unique_keys_spark(state, input_dir)  # also fills the cache
         base = state.where(F.col("reason").isNull() & F.col("key").isNotNull())
         dropped = None  # (key, r, d) of every level so far (a small share of the rows)
         for name in config.levels:
