@@ -81,7 +81,8 @@ def test_ddp_fgr_negatives_from_other_ranks_pass_gradient_back(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_full_objective(tmp_path):
+@pytest.mark.parametrize("view", ["full", "masked"])
+def test_torchrun_two_processes_full_objective(tmp_path, view):
     make_shards(tmp_path / "shards", n_shards=3, per_shard=8, size=32)
     vocab = write_vocab(tmp_path / "tok")
     out = tmp_path / "run"
@@ -90,7 +91,7 @@ def test_torchrun_two_processes_full_objective(tmp_path):
            "--master_port", str(free_port()), str(Path(sys.executable).parent / "ccmb"), "train", "pretrain",
            "--config", "r2d2-tiny", "--shards", str(tmp_path / "shards"), "--tokenizer", str(vocab),
            "--output", str(out), "--steps", "3", "--batch-size", "4", "--log-every", "1", "--num-workers", "1",
-           "--queue-size", "16", "--device", "cpu", "--grad-accum", "2"]
+           "--queue-size", "16", "--device", "cpu", "--grad-accum", "2", "--student-view", view]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -99,3 +100,4 @@ def test_torchrun_two_processes_full_objective(tmp_path):
     assert logs[-1]["samples_per_s"] == pytest.approx(2 * logs[-1]["samples_per_s_per_device"], rel=0.01)
     assert json.loads((out / "run_args.json").read_text())["world_size"] == 2
     assert (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "train_config.json").read_text())["losses"]["student_view"] == view
