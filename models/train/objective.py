@@ -12,6 +12,7 @@ them); :meth:`R2D2Objective.after_step` updates the teacher after each optimizer
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -23,6 +24,8 @@ from .distributed import gather_nograd, gather_with_grad, rank
 from .losses import (FGRLoss, FgDLoss, GCPRLoss, MatchLoss, TgDLoss, positive_mask,
                      sample_hard_negatives)
 from .teacher import EMATeacher, FeatureQueue, drop_patches, keep_patch_indices, mask_tokens, mlm_mask
+
+logger = logging.getLogger(__name__)
 
 MODES = ("pretrain", "match", "clip")
 #: the teacher's parameters the losses read: TgD and FgD call only its ``encode_image`` / ``encode_text``, so
@@ -81,6 +84,9 @@ class R2D2Objective(nn.Module):
         self.seed = seed
         #: FgD's masked image view: drop patch tokens (True, less compute) or zero patch pixels (False)
         self.drop_tokens = True
+        if losses.student_view == "masked" and mode == "pretrain" and "fgd" not in self.weights:
+            logger.warning("student_view 'masked' reads FgD's masked input, but FgD is off: the student sees the "
+                           "full input")
         self.step = 0  # set by the trainer: seeds negative sampling and masking reproducibly
         # kept out of the module tree on purpose (see the module docstring)
         self.__dict__["teacher"] = None
