@@ -138,7 +138,7 @@ _CONFIG_OPTIONS = (
 def _train_options(f):
     """Options shared by pretrain and finetune (None = keep the recipe's default). The loss weights are
     generated from ``models.train.config.LOSSES``; defaults shown come from the config dataclasses."""
-    from models.train.config import LOSSES
+    from models.train.config import LOSSES, STUDENT_VIEWS
 
     opts = [
         click.option("--train-config", type=click.Path(exists=True, dir_okay=False),
@@ -161,7 +161,7 @@ def _train_options(f):
         click.option("--fgr-negatives", "loss_fgr_negatives", type=click.Choice(["global", "local"]),
                      help="FGR hard negatives from the global batch (gathers hidden states with gradient) or this "
                           "rank's." + _defaults("loss_fgr_negatives")),
-        click.option("--student-view", "loss_student_view", type=click.Choice(["full", "masked"]),
+        click.option("--student-view", "loss_student_view", type=click.Choice(list(STUDENT_VIEWS)),
                      help="With FgD on: the student sees the full input plus a masked FgD pass (full), or only "
                           "FgD's masked input, read by every loss (masked: about half the cost at ViT-B/16)."
                           + _defaults("loss_student_view")),

@@ -165,10 +165,11 @@ class R2D2Objective(nn.Module):
         need_hidden = "fgr" in self.weights or "mlm" in self.weights
         gen = self._generator()
         s_txt = s_img = None
-        if self.masked_view:
-            # one student pass over FgD's masked input; every student loss reads it (LossConfig.student_view)
+        if "fgd" in self.weights:  # FgD's masked text (both views)
             m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
                                 self.special_ids, generator=gen)
+        if self.masked_view:
+            # one student pass over FgD's masked input; every student loss reads it (LossConfig.student_view)
             text = model.encode_text(m_ids.to(ids.device), mask, return_hidden=need_hidden)
             image = self._masked_image(model, pix, gen, return_hidden=need_hidden)
             (txt_emb, txt_hidden), (img_emb, img_hidden) = (text, image) if need_hidden else \
@@ -177,8 +178,6 @@ class R2D2Objective(nn.Module):
         elif "fgd" in self.weights:
             # FgD's masked text runs through the student's text encoder in the same call as the unmasked
             # text (one batch of 2B rows, same attention mask: the same values, half the per-call work)
-            m_ids = mask_tokens(ids, mask, self.mask_token_id, self.cfg.text_mask_ratio,
-                                self.special_ids, generator=gen)
             both = model.encode_text(torch.cat([ids, m_ids.to(ids.device)]), torch.cat([mask, mask]),
                                      return_hidden=need_hidden)
             b = ids.shape[0]
