@@ -7,7 +7,9 @@
    FgD's masked input (``--student-view masked``: one student pass, read by every loss; in the breakdown its
    image pass is the "FgD masked image" row). Batches are synthetic tensors already on the
    device (data loading excluded); each timed step is forward + backward + AdamW step + EMA update, as in
-   ``models.train.loop``; the runners alternate across repeats; medians are printed.
+   ``models.train.loop``; the runners alternate across repeats; medians are printed. Each step's matmul and
+   convolution FLOPs (``torch.utils.flop_counter``) are printed beside it: CLIP's FLOPs over R2D2's is the
+   samples/s ratio R2D2 would reach if its step ran at CLIP's FLOP rate.
 2. **Data pipeline alone** (shard read, JPEG decode, random resized crop + flip + normalise, tokenise, batch),
    one process, one thread: ours (``models.train.data.ShardStream``) next to open_clip's webdataset pipeline
    shape (``WebDataset -> shuffle -> decode("pilrgb") -> to_tuple -> map_tuple(transform, tokenize) ->
@@ -97,6 +99,16 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
+
+
+def step_flops(runner: Runner) -> float:
+    """Matmul and convolution FLOPs of one training step of ``runner`` (forward + backward), counted by
+    ``torch.utils.flop_counter`` (elementwise work is not counted). The step runs for real."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        runner.step()
+    return float(counter.get_total_flops())
 
 
 def step_breakdown(runner: Runner, steps: int, repeats: int) -> Dict[str, float]:
@@ -251,6 +263,17 @@ def main(argv: List[str] = None) -> Dict[str, object]:
         print(f"  peak memory                     : {result['max_memory_gib']} GiB (all models resident)")
         print(f"  reference                       : CLIP ViT-B/16 about {CLIP_B16_A100:.0f} samples/s per A100")
     print(f"  ratio R2D2/CLIP (full objective, samples/s, median): {rate['r2d2'] / rate['clip']:.3f}")
+    flops = {r.name: step_flops(r) for r in runners if r.name != "r2d2_pixel_fgd"}
+    result["gflop_per_step"] = {k: round(v / 1e9, 4) for k, v in flops.items()}
+    print("matmul/conv FLOPs per step (forward + backward, torch.utils.flop_counter; the samples/s ratio at CLIP's"
+          " FLOP rate is CLIP's FLOPs over R2D2's):")
+    for name, label in (("clip", "CLIP loss alone"), ("r2d2", "R2D2, default view"),
+                        ("r2d2_masked_view", "R2D2, masked view")):
+        at_equal_rate = flops["clip"] / flops[name]
+        measured = rate[name] / rate["clip"]
+        result[f"{name}_flop_ratio"] = round(at_equal_rate, 3)
+        print(f"  {label:30s}: {flops[name] / 1e9:8.3f} GFLOP  FLOP ratio {at_equal_rate:.3f}  "
+              f"measured ratio {measured:.3f}  (FLOP rate {measured / at_equal_rate:.2f}x CLIP's)")
     if args.breakdown:
         shown = [r for r in runners if r.name != "r2d2_pixel_fgd"]
         result["breakdown_ms"] = {r.name: step_breakdown(r, args.steps, args.repeats) for r in shown}
