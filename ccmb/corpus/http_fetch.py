@@ -2,7 +2,7 @@
 
 Limits, all enforced while the response streams in, each failure a short reason for the row:
 
-* a wall-clock **deadline per request** (``--timeout``: connect, headers, body and redirects together;
+* a wall-clock **deadline per request** (``--timeout``: DNS, connect, headers, body and redirects together;
   a server trickling one byte per second cannot hold a row longer): ``deadline exceeded``;
 * a **maximum response size** (``--max-bytes``): a larger ``Content-Length`` is refused before the body
   is read, a body without one is cut off at the cap: ``response larger than --max-bytes``;
@@ -168,10 +168,44 @@ def _shutdown(sock: socket.socket) -> None:
 
 # ----------------------------------------------------------------------------------- connections
 
+def resolve(host: str, port: int, request: "_Request") -> list:
+    """``socket.getaddrinfo(host, port)`` for TCP, within the request's deadline.
+
+    The lookup runs in a daemon thread: a resolver that hangs (a dead nameserver costs its own timeout times its
+    retries, often 30 s or more) fails the row with ``deadline exceeded`` when the request's time is up instead
+    of holding it. The abandoned lookup finishes in the background (``getaddrinfo`` cannot be interrupted)."""
+    if _is_ip_literal(host):  # nothing to look up: no thread
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    outcome: Dict[str, Any] = {}
+    finished = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the waiting request
+            outcome["error"] = exc
+        finished.set()
+
+    threading.Thread(target=lookup, name="ccmb-fetch-resolve", daemon=True).start()
+    if not finished.wait(request.remaining()):
+        raise FetchError(f"{DEADLINE} ({request.timeout:g}s per request; resolving {host} did not finish)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["infos"]
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 def _connect(host: str, port: int, request: _Request, deny_private: bool,
              source_address: Any = None) -> socket.socket:
     """Resolve ``host`` and connect to its first allowed address, within the request's deadline."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    infos = resolve(host, port, request)
     last: Optional[BaseException] = None
     refused = False
     for family, socktype, proto, _, addr in infos:
@@ -280,10 +314,10 @@ def _proxy_for(scheme: str, netloc: str) -> Optional[_Proxy]:
     return _Proxy(parts.netloc.rpartition("@")[2], authorization)
 
 
-def _check_target_address(host: str, port: int) -> None:
+def _check_target_address(host: str, port: int, request: "_Request") -> None:
     """``--deny-private`` through a proxy: refuse a target that resolves (here) to a refused address."""
     try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        infos = resolve(host, port, request)
     except socket.gaierror:
         return  # not resolvable here (common behind an egress proxy): the proxy resolves it
     for *_, addr in infos:
@@ -335,7 +369,7 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
             conn = cls(netloc, request=request, deny_private=limits.deny_private, **kw)
         else:
             if limits.deny_private:
-                _check_target_address(parts.hostname, parts.port or (443 if scheme == "https" else 80))
+                _check_target_address(parts.hostname, parts.port or (443 if scheme == "https" else 80), request)
             conn = cls(proxy.netloc, request=request, deny_private=False, **kw)  # the proxy may be private
             auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
             if scheme == "https":

@@ -159,3 +159,37 @@ def test_a_silent_tls_peer_is_cut_at_the_deadline():
         assert reason.startswith(http_fetch.DEADLINE) and time.monotonic() - t0 < 2.5, reason
     finally:
         listener.close()
+
+
+def test_a_hanging_dns_lookup_is_cut_at_the_deadline(image_server, monkeypatch):
+    """A resolver that never answers (a dead nameserver): the row fails at the deadline, not after the
+    resolver's own timeouts; a name that resolves at once still goes through the threaded lookup."""
+    import socket
+
+    real = socket.getaddrinfo
+    port = int(image_server.base.rsplit(":", 1)[1])
+
+    def getaddrinfo(host, *args, **kw):
+        if host == "hangs.example":
+            time.sleep(5)
+        if host in ("hangs.example", "fast.example"):
+            host = "127.0.0.1"
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    t0 = time.monotonic()
+    reason = _fails(f"http://hangs.example:{port}/img/1.jpg", FetchLimits(timeout=1))
+    assert reason.startswith(http_fetch.DEADLINE) and "resolving hangs.example" in reason, reason
+    assert time.monotonic() - t0 < 2.0
+    assert fetch(f"http://fast.example:{port}/img/2.jpg", FetchLimits(timeout=3)) == jpeg(2)
+
+
+def test_a_failed_dns_lookup_keeps_its_error(monkeypatch):
+    import socket
+
+    def getaddrinfo(host, *args, **kw):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(socket.gaierror, match="Name or service not known"):
+        fetch("http://nowhere.example/1.jpg", FetchLimits(timeout=3))

@@ -229,6 +229,28 @@ def test_deny_private_passes_on_a_name_only_the_proxy_resolves(image_server, pro
     assert proxy.request_lines == [f"GET http://images.internal:{port}/img/6.jpg HTTP/1.1"]
 
 
+
+def test_deny_private_target_lookup_that_hangs_is_cut_at_the_deadline(image_server, proxy, proxy_env,
+                                                                       monkeypatch):
+    """The local check of the target's addresses is bounded by the request's deadline too."""
+    import time
+
+    port = int(image_server.base.rsplit(":", 1)[1])
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kw):
+        if host == "slow-dns.internal":
+            time.sleep(5)
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    proxy_env(http_proxy=proxy.url)
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="resolving slow-dns.internal"):
+        fetch(f"http://slow-dns.internal:{port}/img/6.jpg", FetchLimits(timeout=1, deny_private=True))
+    assert time.monotonic() - t0 < 2.0
+    assert proxy.request_lines == []  # the proxy was never asked
+
 def test_https_goes_through_a_connect_tunnel(tls_server, proxy, proxy_env, monkeypatch):  # noqa: F811
     """TLS runs end to end with the target (its certificate and name are checked), the proxy sees CONNECT."""
     proxy_env(https_proxy=proxy.url.replace("http://", "http://bob:secret@"), http_proxy="http://127.0.0.1:9")
