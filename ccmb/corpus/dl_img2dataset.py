@@ -120,7 +120,27 @@ def _exit_now() -> None:
             stream.flush()
         except Exception:  # a closed or broken stream: nothing to keep
             pass
+    _remove_wandb_staging_dirs()
     os._exit(0)
+
+
+#: wandb (imported by img2dataset's logger) makes two empty staging folders in the temp dir at import, removed by
+#: handlers that ``os._exit`` skips: (module, attribute path) of each ``TemporaryDirectory``
+_WANDB_STAGING = (("wandb.sdk.data_types._private", "MEDIA_TMP"), ("wandb.sdk.artifacts.artifact", "Artifact._TMP_DIR"))
+
+
+def _remove_wandb_staging_dirs() -> None:
+    """Remove wandb's import-time staging folders in a worker about to ``os._exit`` (else two ``tmp*wandb-*``
+    folders per worker stay in the temp dir for good)."""
+    for module_name, path in _WANDB_STAGING:
+        obj = sys.modules.get(module_name)
+        try:
+            for attr in path.split("."):
+                obj = getattr(obj, attr) if obj is not None else None
+            if obj is not None:
+                obj.cleanup()
+        except Exception:  # a wandb version without them, or already removed: nothing to do
+            pass
 
 
 # --------------------------------------------------------------------------------- the fetch

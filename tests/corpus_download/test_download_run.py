@@ -146,3 +146,15 @@ def test_retry_failed_merges_successes_under_original_keys(tmp_path, image_serve
     report = shards.verify_shard_set(out)
     assert report.ok, report.problems
     assert not (out / "_ccmb" / "retry").exists()
+
+
+def test_download_workers_leave_nothing_in_the_temp_dir(tmp_path, image_server, small_opts, monkeypatch):
+    """Workers end with ``os._exit``; wandb's import-time staging folders (img2dataset imports wandb) used to stay
+    behind in the temp dir, two per worker and run."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # read by the spawned workers' tempfile
+    src = write_jsonl(tmp_path / "zero.jsonl", [zero_record(i, f"{image_server.base}/img/{i}.jpg") for i in range(4)])
+    summary = dl.download([src], tmp_path / "out", **{**small_opts, "processes": 2, "samples_per_shard": 2})
+    assert summary.successes == 4
+    assert sorted(p.name for p in temp.iterdir()) == []
