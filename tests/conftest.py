@@ -14,7 +14,21 @@ os.environ.setdefault("CCMB_OFFLINE", "1")  # ccmb fetch / ccmb-bench run never 
 for _var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
     os.environ.pop(_var, None)
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Processes the tests start (spawned download workers, CLI subprocesses, Spark's Python workers) put their temp
+# files into one folder per session, removed at its end: processes the tests kill on purpose (kill -9, dead
+# workers) cannot clean up after themselves. This process keeps the system temp dir (pytest's basetemp).
+tempfile.gettempdir()  # cached for this process before TMPDIR changes
+_CHILD_TMP = tempfile.mkdtemp(prefix="ccmb-tests-children-")
+os.environ["TMPDIR"] = _CHILD_TMP
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CHILD_TMP, ignore_errors=True)
 
 
 def _cuda_available() -> bool:

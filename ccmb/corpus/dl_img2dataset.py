@@ -101,6 +101,7 @@ def watch_parent() -> None:
         while True:
             time.sleep(PARENT_POLL_S)
             if os.getppid() != parent:
+                _remove_wandb_staging_dirs()
                 os._exit(1)
 
     threading.Thread(target=poll, name="ccmb-parent-watch", daemon=True).start()
