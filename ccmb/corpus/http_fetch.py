@@ -246,6 +246,19 @@ def _connection_class(base: type) -> type:
 
             self._create_connection = create_connection
 
+        def _tunnel(self) -> None:
+            # CONNECT [v6]:port: Python < 3.12 writes an IPv6 literal without its brackets ("CONNECT ::1:443"),
+            # which a proxy cannot parse; 3.12+ brackets it itself and leaves a bracketed host alone
+            host = self._tunnel_host
+            if host and ":" in host and not host.startswith("["):
+                self._tunnel_host = f"[{host}]"
+                try:
+                    super()._tunnel()
+                finally:
+                    self._tunnel_host = host
+                return
+            super()._tunnel()
+
         def connect(self) -> None:
             if not isinstance(self, http.client.HTTPSConnection):
                 super().connect()

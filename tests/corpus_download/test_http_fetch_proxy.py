@@ -275,6 +275,22 @@ def test_https_goes_through_a_connect_tunnel(tls_server, proxy, proxy_env, monke
         tls_server.trickle_s = 0.5
 
 
+
+def test_an_ipv6_literal_target_is_bracketed_in_connect(tls_server, proxy, proxy_env, monkeypatch):  # noqa: F811
+    """``CONNECT [::1]:PORT``: Python 3.11's http.client wrote ``CONNECT ::1:PORT``, which no proxy can parse.
+    The proxy maps the target to the TLS server on 127.0.0.1, whose certificate is not for ::1, so only the
+    tunnel and the request are checked here (no certificate check)."""
+    proxy_env(https_proxy=proxy.url)
+    port = int(tls_server.base.rsplit(":", 1)[1])
+    proxy.names["[::1]"] = ("127.0.0.1", port)
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    monkeypatch.setattr(http_fetch, "_SSL_CONTEXT", unverified)
+    n = len(tls_server.requests)
+    assert fetch(f"https://[::1]:{port}/img/7.jpg", FetchLimits(timeout=5)) == jpeg(7)
+    assert proxy.request_lines == [f"CONNECT [::1]:{port} HTTP/1.0"]
+    assert tls_server.requests[n:] == ["/img/7.jpg"]
+
 def test_a_refused_tunnel_is_a_failure_with_the_proxys_status(proxy_env):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
