@@ -34,9 +34,8 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
     from ccmb.datasets import list_datasets
     from ccmb_bench.adapters import R2D2Adapter
     from ccmb_bench.cache import EmbeddingCache
-    from ccmb_bench.tasks import evaluator
-
     from ccmb_bench.protocols import evaluation_rules
+    from ccmb_bench.tasks import evaluator
 
     run = evaluator(task)
     spec = next((sp for sp in list_datasets() if sp.name == getattr(data, "name", None)), None)

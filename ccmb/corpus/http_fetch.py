@@ -252,12 +252,10 @@ def _connection_class(base: type) -> type:
             host = self._tunnel_host
             if host and ":" in host and not host.startswith("["):
                 self._tunnel_host = f"[{host}]"
-                try:
-                    super()._tunnel()
-                finally:
-                    self._tunnel_host = host
-                return
-            super()._tunnel()
+            try:
+                super()._tunnel()
+            finally:
+                self._tunnel_host = host
 
         def connect(self) -> None:
             if not isinstance(self, http.client.HTTPSConnection):

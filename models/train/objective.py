@@ -84,7 +84,7 @@ class R2D2Objective(nn.Module):
         self.seed = seed
         #: FgD's masked image view: drop patch tokens (True, less compute) or zero patch pixels (False)
         self.drop_tokens = True
-        if losses.student_view == "masked" and mode == "pretrain" and "fgd" not in self.weights:
+        if losses.student_view == "masked" and mode == "pretrain" and not self.masked_view:
             logger.warning("student_view 'masked' reads FgD's masked input, but FgD is off: the student sees the "
                            "full input")
         self.step = 0  # set by the trainer: seeds negative sampling and masking reproducibly

@@ -285,3 +285,14 @@ def test_student_view_is_validated_and_travels_through_the_config():
     cfg = TrainConfig().override(loss_student_view="masked")
     assert cfg.losses.student_view == "masked"
     assert TrainConfig.from_dict(cfg.to_dict()).losses.student_view == "masked"
+
+
+def test_masked_view_without_fgd_warns_and_sees_the_full_input(world, caplog):
+    """``student_view="masked"`` reads FgD's masked input; with FgD off there is none: a warning, full view."""
+    model = models.build_model("r2d2-tiny").train()
+    tok = world["tok"]
+    with caplog.at_level("WARNING", logger="models.train.objective"):
+        obj = R2D2Objective(model, LossConfig(queue_size=32, student_view="masked", fgd=0.0),
+                            mask_token_id=tok.mask_token_id, special_ids=special_token_ids(tok), patch_size=8)
+    assert not obj.masked_view
+    assert any("FgD is off" in r.getMessage() for r in caplog.records)
