@@ -77,6 +77,10 @@ def classification_statistic(pq: PerQuery, w: Weights, ks: Sequence[int] = (1, 5
     hits = (rank[:, None] < np.asarray(ks)[None, :]).astype(np.float64)
     r = _wmean(wi, hits) * 100.0
     out = {f"top{k}": r[:, j] for j, k in enumerate(ks)}
+    if "topk" in g and len(g["topk"]):  # CLIP_benchmark with fewer than 5 classes: top-K above its k is NaN
+        for k in ks:
+            if k > int(g["topk"].max()):
+                out[f"top{k}"] = np.full(len(r), np.nan)
     order = np.argsort(label, kind="mergesort")
     starts = np.concatenate([[0], np.flatnonzero(np.diff(label[order])) + 1])
     per_class_n = np.add.reduceat(wi[:, order], starts, axis=1)
@@ -138,7 +142,8 @@ def point(statistic: Callable[[PerQuery, Weights], Dict[str, np.ndarray]], pq: P
 def confidence_intervals(statistic: Callable[[PerQuery, Weights], Dict[str, np.ndarray]], pq: PerQuery,
                          resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                          level: float = 0.95) -> Dict[str, List[float]]:
-    """Percentile bootstrap interval ``[lo, hi]`` of every metric (queries resampled with replacement)."""
+    """Percentile bootstrap interval ``[lo, hi]`` of every metric that is defined on some resample (queries
+    resampled with replacement)."""
     if resamples <= 0:
         return {}
     values = resampled(statistic, [pq], resamples, seed)[0]
@@ -146,8 +151,8 @@ def confidence_intervals(statistic: Callable[[PerQuery, Weights], Dict[str, np.n
     out = {}
     for m, v in values.items():
         v = v[np.isfinite(v)]
-        out[m] = ([float(np.percentile(v, alpha)), float(np.percentile(v, 100.0 - alpha))] if len(v)
-                  else [float("nan"), float("nan")])
+        if len(v):  # a metric undefined on every resample (e.g. top-5 of 3 classes) has no interval
+            out[m] = [float(np.percentile(v, alpha)), float(np.percentile(v, 100.0 - alpha))]
     return out
 
 
@@ -192,6 +197,24 @@ def unflatten(arrays: Dict[str, np.ndarray]) -> Tuple[PerQuery, Dict[str, object
         else:
             pq.setdefault(group, {})[name] = v
     return pq, meta
+
+
+def align_all(pqs: Sequence[PerQuery]) -> Tuple[List[PerQuery], Dict[str, List[int]]]:
+    """Restrict every per-query result to the queries (by ``query`` id, per group) that all of them have, in
+    the order of the first; returns them and, per group, how many queries each had before."""
+    groups = [g for g in pqs[0] if all(g in pq for pq in pqs)]
+    out: List[PerQuery] = [{} for _ in pqs]
+    before: Dict[str, List[int]] = {}
+    for g in groups:
+        ids = [[str(x) for x in pq[g]["query"]] for pq in pqs]
+        before[g] = [len(i) for i in ids]
+        shared = set(ids[0]).intersection(*ids[1:])
+        keep = [q for q in dict.fromkeys(ids[0]) if q in shared]
+        for j, pq in enumerate(pqs):
+            pos = {q: k for k, q in enumerate(ids[j])}  # a repeated id: its last row (ids are unique in our files)
+            idx = np.fromiter((pos[q] for q in keep), dtype=np.int64, count=len(keep))
+            out[j][g] = {k: v[idx] for k, v in pq[g].items()}
+    return out, before
 
 
 def align(a: PerQuery, b: PerQuery) -> Tuple[PerQuery, PerQuery, Dict[str, Tuple[int, int, int]]]:

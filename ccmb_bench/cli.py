@@ -93,8 +93,7 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 
 
 @main.command("compare")
-@click.argument("result_a", type=click.Path(exists=True, path_type=Path))
-@click.argument("result_b", type=click.Path(exists=True, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--bootstrap", "bootstrap_n", type=click.IntRange(1), default=run_default("bootstrap"),
               show_default=True, help="Paired bootstrap resamples.")
 @click.option("--seed", type=int, default=run_default("bootstrap_seed"), show_default=True)
@@ -102,16 +101,35 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
               help="With folders: compare only the results of this protocol.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @input_errors_as_click
-def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, protocol: Optional[str],
-                as_json: bool) -> None:
-    """Paired bootstrap p-value per metric of RESULT_A vs RESULT_B (result JSONs, or folders: every
-    dataset/split both hold), on the queries both evaluated. Same dataset, split and protocol required."""
-    from ccmb_bench.compare import compare
+def compare_cmd(runs: Tuple[Path, ...], bootstrap_n: int, seed: int, protocol: Optional[str], as_json: bool) -> None:
+    """Paired bootstrap tests between RUNS (result JSONs, or folders holding one run each), on the queries
+    all of them evaluated; same dataset, split and protocol required.
 
-    rows = compare(result_a, result_b, bootstrap_n, seed, protocol)
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+    Two runs: every metric, A - B with its 95% interval and p-value. Three or more: per dataset the rank
+    groups (Holm-corrected, 5%) and the pairwise table of the main metric.
+
+    Example: ccmb-bench compare bench/r2d2 bench/prd2 bench/cclip-h14 --protocol official
+    """
+    from ccmb_bench.compare import compare, compare_paths
+
+    if len(runs) < 2:
+        raise click.UsageError("give at least two runs (result JSONs or folders)")
+    if len(runs) == 2:
+        rows = compare(runs[0], runs[1], bootstrap_n, seed, protocol)
+        if as_json:
+            click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+            return
+        _echo_two(rows)
         return
+    tables = compare_paths(list(runs), bootstrap_n, seed, protocol)
+    if as_json:
+        click.echo(json.dumps(tables, ensure_ascii=False, indent=2))
+        return
+    for t in tables:
+        _echo_table(t)
+
+
+def _echo_two(rows) -> None:
     head = None
     for r in rows:
         if (r["a_file"], r["b_file"]) != head:
@@ -122,6 +140,27 @@ def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, pro
         lo, hi = r["diff_ci95"]
         click.echo(f"  {r['metric']:>22s}: A {r['a']:7.2f}  B {r['b']:7.2f}  A-B {r['diff']:+7.2f} "
                    f"[{lo:+.2f}, {hi:+.2f}]  p={r['p_value']:.4f}")
+
+
+def _echo_table(t) -> None:
+    main = t["main_metric"]
+    shared = ", ".join(f"{n} {g}" for g, n in t["shared_queries"].items())
+    click.echo(f"{t['dataset']}/{t['split']} {t['task']} [{t['protocol']}], shared queries: {shared}; "
+               f"{main}, paired bootstrap ({t['resamples']} resamples), Holm-corrected, alpha {t['alpha']:g}")
+    names = [f"R{k + 1}" for k in range(len(t["runs"]))]
+    for name, r in zip(names, t["runs"]):
+        group = f"group {r['group']}" if r["group"] is not None else "no group"
+        click.echo(f"  {name} {r['values'].get(main, float('nan')):7.2f}  {group:8s}  {r['model']}  ({r['file']})")
+    width = max(16, max(len(n) for n in names) + 2)
+    click.echo("  " + " " * 4 + "".join(f"{n:>{width}s}" for n in names[1:]))
+    cells = {(p["a"], p["b"]): p for p in t["pairs"][main]}
+    for i, name in enumerate(names[:-1]):
+        line = f"  {name:4s}"
+        for j in range(1, len(names)):
+            p = cells.get((i, j))
+            line += f"{'':>{width}s}" if p is None else f"{p['diff']:+7.2f} p={p['p_holm']:.3f}".rjust(width)
+        click.echo(line)
+    click.echo("  (row minus column; p = Holm-adjusted across the pairs)")
 
 
 @main.command("models")
@@ -152,15 +191,32 @@ def datasets_cmd(as_json: bool) -> None:
         click.echo(f"{s.name:24s} {s.task:15s} split={s.default_split:10s} protocol={s.protocol:14s} {s.description}")
 
 
+def _results_folder(results: Path) -> Path:
+    """``--results`` must be an existing folder (one line otherwise)."""
+    if not results.exists():
+        raise click.ClickException(f"{results}: no such folder (give the --output folder of `ccmb-bench run`, "
+                                   "or its results/)")
+    if not results.is_dir():
+        raise click.ClickException(f"{results}: not a folder (give the folder that holds the result JSONs)")
+    return results
+
+
 @main.command("leaderboard")
-@click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--results", type=click.Path(path_type=Path), required=True,
               help="Folder with result JSONs (searched recursively, e.g. the run --output).")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Write the table as CSV.")
 @click.option("--markdown", type=click.Path(path_type=Path), default=None,
               help="Write Markdown: the overview + one compact table per dataset and task.")
 @click.option("--html", type=click.Path(path_type=Path), default=None,
               help="Write a self-contained HTML page (overview matrix, per-dataset sections and charts).")
-@click.option("--include-paper", is_flag=True, help="Add the paper's published rows, marked reference=paper.")
+@click.option("--include-paper/--no-paper", default=True, show_default=True,
+              help="Show the published rows (data/paper_results.json) beside the runs, for the datasets run.")
+@click.option("--training-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A JSON of training-data declarations (format of ccmb_bench/data/training_data.json) added to "
+                   "the shipped ones, e.g. for your own registered names or decontamination reports.")
+@click.option("--bootstrap", "bootstrap_n", type=click.IntRange(1), default=run_default("bootstrap"),
+              show_default=True, help="Paired bootstrap resamples of the rank groups.")
+@click.option("--seed", type=int, default=run_default("bootstrap_seed"), show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["ccmb", "clip-benchmark"]), default="ccmb", show_default=True,
               help="CSV columns: ours (percent) or CLIP_benchmark's names (fractions).")
 @click.option("--title", default="CCMB leaderboard", show_default=True)
@@ -168,30 +224,49 @@ def datasets_cmd(as_json: bool) -> None:
               "and the file is skipped).")
 @input_errors_as_click
 def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[Path], html: Optional[Path],
-                    include_paper: bool, fmt: str, title: str, strict: bool) -> None:
-    """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given."""
-    from ccmb_bench.leaderboard import collect, export, to_markdown
+                    include_paper: bool, training_data: Optional[Path], bootstrap_n: int, seed: int, fmt: str,
+                    title: str, strict: bool) -> None:
+    """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given.
 
+    Runs are ranked in rank groups (paired bootstrap on their per-query results, 5%, Holm-corrected) within a
+    dataset, protocol and block (zero-shot, fine-tuned on the set, seen in training), beside the published
+    numbers of the same datasets.
+
+    Example: ccmb-bench leaderboard --results bench --html lb.html --markdown lb.md
+    """
+    from ccmb_bench.leaderboard import collect, export, to_markdown
+    from ccmb_bench.training import load_declarations
+
+    _results_folder(results)
+    decl = load_declarations(training_data)
     if not (csv_path or markdown or html):
-        click.echo(to_markdown(collect(results, include_paper, strict=strict), title=title))
+        click.echo(to_markdown(collect(results, include_paper, strict=strict, declarations=decl,
+                                       resamples=bootstrap_n, seed=seed), title=title))
         return
     rows = export(results, csv_path, markdown, html, include_paper=include_paper, fmt=fmt, title=title,
-                  strict=strict)
+                  strict=strict, declarations=decl, resamples=bootstrap_n, seed=seed)
     click.echo(f"{len(rows)} rows", err=True)
 
 
 @main.command("plot")
-@click.option("--results", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--results", type=click.Path(path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
-@click.option("--include-paper", is_flag=True, help="Also draw the paper's published rows.")
+@click.option("--include-paper", is_flag=True, help="Also draw the best published rows of the datasets run.")
+@click.option("--top", type=click.IntRange(0), default=5, show_default=True,
+              help="With --include-paper: the published rows drawn per panel (best MR first).")
 @input_errors_as_click
-def plot_cmd(results: Path, out: Path, include_paper: bool) -> None:
-    """Draw recall@K per model and retrieval dataset (PNG)."""
+def plot_cmd(results: Path, out: Path, include_paper: bool, top: int) -> None:
+    """Draw recall@K per model and retrieval dataset (PNG): one panel per dataset (more panels when it has
+    many runs), t2i solid, i2t dotted, one legend entry per model.
+
+    Example: ccmb-bench plot --results bench --out recall.png --include-paper
+    """
     from ccmb_bench.leaderboard import collect
     from ccmb_bench.plot import plot
 
+    _results_folder(results)
     try:
-        plot(collect(results, include_paper), out)
+        plot(collect(results, include_paper, rank=False), out, top_published=top)
     except ValueError as exc:
         raise click.ClickException(f"{results}: {exc}") from exc
     click.echo(str(out))

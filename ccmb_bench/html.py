@@ -1,6 +1,9 @@
-"""Self-contained HTML leaderboard: an overview matrix (models × datasets), one section per dataset and task
-(its metrics only, the paper's reference rows beside the runs, the protocols) and a bar chart with interval
-whiskers per section, all built by inline JavaScript through DOM APIs (no CDN, no network).
+"""Self-contained HTML leaderboard: an overview matrix (models × datasets; zero-shot, fine-tuned and
+seen-in-training blocks, each with its runs and the published rows, rank groups, training status,
+reproduction marks), one section per dataset and task (its metrics only, the protocols) and a bar chart with
+interval whiskers per section, all built by inline JavaScript through DOM APIs (no CDN, no network). Readable
+from 390 px up: tables and charts scroll in their own containers, headers wrap between words, charts are
+laid out for the width they get.
 
 No data is substituted into markup: the page is a fixed template; the title and every row travel as JSON
 inside ``<script type="application/json">`` with ``<``, ``>``, ``&`` (and U+2028/9) escaped, so no value can
@@ -30,20 +33,29 @@ def script_json(payload: Any) -> str:
     return "".join(_JSON_ESCAPES.get(ch, ch) for ch in text)
 
 
+def _cells(ln: Dict[str, Any], cols: Sequence[tuple]) -> List[Any]:
+    return [None if c not in ln["cells"] else {k: _clean(v) for k, v in ln["cells"][c].items()} for c in cols]
+
+
 def payload(rows: Sequence[Dict[str, Any]], title: str) -> Dict[str, Any]:
-    """What the page script renders: the overview matrix and the per-dataset sections."""
-    cols, lines = lb.overview(rows)
+    """What the page script renders: the overview blocks (runs and published rows per dataset column) and
+    the per-dataset sections."""
+    cols, blocks = lb.overview(rows)
     over = {"columns": [{"dataset": d, "split": s, "task": t, "metric": lb.MAIN_METRIC.get(t, "")}
                         for d, s, t in cols],
-            "lines": [{"model": ln["model"], "protocol": ln["protocol"] or "unspecified",
-                       "decontaminated": ln["decontaminated"],
-                       "cells": [None if c not in ln["cells"] or ln["cells"][c][0] is None else
-                                 {"value": ln["cells"][c][0], "ci": ln["cells"][c][1], "best": ln["cells"][c][2]}
-                                 for c in cols]} for ln in lines]}
+            "unpublished": lb.unpublished(cols),
+            "blocks": [{"block": b["block"], "title": b["title"],
+                        "lines": [{"model": ln["model"], "reference": ln["reference"],
+                                   "protocol": ln["protocol"] or "unspecified", "training": ln["training"],
+                                   "training_data": ln["training_data"], "decontaminated": ln["decontaminated"],
+                                   "sources": ln["sources"],
+                                   "url": ln["url"] if str(ln["url"]).startswith("https://") else "",
+                                   "cells": _cells(ln, cols)} for ln in b["lines"]]} for b in blocks]}
     sections: List[Dict[str, Any]] = []
     for (dataset, split, task), sub in lb.groups(rows):
+        if all(r.get("reference") for r in sub):
+            continue
         metrics = lb.task_metrics(sub, task)
-        marks = {m: lb.best_marks(sub, m) for m in metrics}
         main = lb.MAIN_METRIC.get(task, "")
         sections.append({
             "dataset": dataset, "split": split, "task": task, "main": main, "metrics": metrics,
@@ -51,13 +63,19 @@ def payload(rows: Sequence[Dict[str, Any]], title: str) -> Dict[str, Any]:
             "protocols": sorted({r.get("protocol") or "unspecified" for r in sub}),
             "rows": [{"model": r["model"], "label": lb.model_label(r), "reference": bool(r.get("reference")),
                       "protocol": r.get("protocol") or "unspecified",
-                      "protocol_detail": r.get("protocol_detail", ""),
+                      "protocol_detail": r.get("protocol_detail", ""), "block": r.get("block", ""),
+                      "training": r.get("training", ""), "training_why": r.get("training_why", ""),
+                      "training_data": r.get("training_data", ""),
                       "decontaminated": r.get("decontaminated", "unknown"),
                       "source": r.get("source", ""), "note": r.get("note", ""),
                       "url": r["url"] if str(r.get("url", "")).startswith("https://") else "",
                       "values": {m: _clean(r.get(m)) for m in metrics if lb._is_number(r.get(m))},
-                      "ci": lb.interval(r, main), "best": [m for m in metrics if marks[m][i]]}
-                     for i, r in enumerate(sub)]})
+                      "ci": lb.interval(r, main),
+                      "group": r["group"] if isinstance(r.get("group"), int) else None,
+                      "group_text": lb.group_text(r),
+                      "delta": _clean(r.get("delta")), "delta_metric": r.get("delta_metric", ""),
+                      "published": r.get("published", ""), "reproduced": r.get("reproduced") == "yes"}
+                     for r in sub]})
     return {"title": title, "overview": over, "sections": sections,
             "runs": sum(1 for r in rows if not r.get("reference")),
             "references": sum(1 for r in rows if r.get("reference"))}

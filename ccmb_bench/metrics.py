@@ -247,22 +247,27 @@ def classification_ranks(logits: ScoreSource, labels: Sequence[int], num_classes
                          block_rows: Optional[int] = None, max_k: int = 5) -> Dict[str, np.ndarray]:
     """``rank`` of each image's class (for top-K) and ``rank_top1`` (for the top-1 prediction behind mean
     per-class recall) under tie rule ``ties``: ``against`` (both ranks ties-against), ``torch-topk``
-    (CLIP_benchmark: ``rank`` in ``logits.topk(min(max_k, C))``, ``rank_top1`` by ``argmax``: first maximum)."""
+    (CLIP_benchmark: ``rank`` in ``logits.topk(max_k)``, ``rank_top1`` by ``argmax``: first maximum; with fewer
+    than ``max_k`` classes CLIP_benchmark computes top-1 alone, from ``topk(1)``, and top-5 is NaN: ``topk``
+    holds the k used, so that top-K above it is undefined)."""
     positives = [[int(c)] for c in labels]
     if ties == "torch-topk":
-        rank = query_ranks(logits, positives, num_classes, block_rows, ties="torch-topk",
-                           exact_below=min(max_k, num_classes))
+        k = max_k if num_classes >= max_k else 1
+        rank = query_ranks(logits, positives, num_classes, block_rows, ties="torch-topk", exact_below=k)
         top1 = query_ranks(logits, positives, num_classes, block_rows, ties="first", exact_below=1)
-    else:
-        rank = query_ranks(logits, positives, num_classes, block_rows, ties=ties, exact_below=max_k)
-        top1 = rank
-    return {"rank": rank, "rank_top1": top1, "label": np.asarray(labels, dtype=np.int64)}
+        return {"rank": rank, "rank_top1": top1, "label": np.asarray(labels, dtype=np.int64),
+                "topk": np.full(len(positives), k, dtype=np.int64)}
+    rank = query_ranks(logits, positives, num_classes, block_rows, ties=ties, exact_below=max_k)
+    return {"rank": rank, "rank_top1": rank, "label": np.asarray(labels, dtype=np.int64)}
 
 
 def classification_from_ranks(ranks: Dict[str, np.ndarray], ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """``top{K}`` and ``mean_per_class_recall`` (top-1 recall averaged over the classes that have images)."""
+    """``top{K}`` (NaN for a K above the ``topk`` the ranks were taken from) and ``mean_per_class_recall``
+    (top-1 recall averaged over the classes that have images)."""
     rank, top1, labels_np = ranks["rank"], ranks["rank_top1"], ranks["label"]
-    out = {f"top{k}": float((rank < k).mean() * 100.0) for k in ks}
+    limit = int(ranks["topk"].max()) if "topk" in ranks and len(ranks["topk"]) else None
+    out = {f"top{k}": float("nan") if limit is not None and k > limit else float((rank < k).mean() * 100.0)
+           for k in ks}
     per_class = [float((top1[labels_np == c] < 1).mean()) for c in np.unique(labels_np)]
     out["mean_per_class_recall"] = float(np.mean(per_class) * 100.0)
     out["images"] = int(len(labels_np))

@@ -16,7 +16,10 @@ more conservative rules everywhere. The rules that differ:
 - ``candidate_order``: ``file`` (annotation order) or ``id-bytes`` (Chinese-CLIP reads its images from an
   LMDB whose cursor returns them sorted by the UTF-8 bytes of their ids: ties fall to the smaller id);
 - ``clean_text``: text preprocessing before tokenising (Chinese-CLIP: lower case, curly quotes to ``"``);
-- ``context_length``: tokens kept per text (Chinese-CLIP: 52), for models whose own limit is longer.
+- ``context_length``: tokens kept per text (Chinese-CLIP: 52), for models whose own limit is longer;
+- ``reader``: whose reading of the annotation files the evaluation follows (``r2d2``: R2D2's datasets,
+  ``chinese-clip``: Chinese-CLIP's evaluation scripts; None: the data as ccmb's loader reads it). Where
+  that reader fails on a file, the official protocol refuses it with the reason.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class Rules:
     candidate_order: Dict[str, str] = field(default_factory=lambda: {"i2t": "file", "t2i": "file"})
     clean_text: Optional[str] = None
     context_length: Optional[int] = None  # tokens kept per text (None: the model's own limit)
+    reader: Optional[str] = None  # the reference's own reading of the files (None: ccmb's loader)
 
     def describe(self) -> Dict[str, Any]:
         return asdict(self)
@@ -52,16 +56,24 @@ class Rules:
 #: the reference evaluations named by the dataset registry (``DatasetSpec.protocol``)
 REFERENCES: Dict[str, Rules] = {
     "r2d2": Rules(reference="R2D2 itm_eval / sklearn roc_auc_score", version="", per_line=True, ties="numpy",
-                  no_positive={"i2t": "miss", "t2i": "miss"}),
+                  no_positive={"i2t": "miss", "t2i": "miss"}, reader="r2d2"),
     "chinese-clip": Rules(reference="Chinese-CLIP make_topk_predictions(_tr) + evaluation(_tr)", version="",
                           ties="first", no_positive={"i2t": "skip", "t2i": "miss"},
                           candidate_order={"i2t": "file", "t2i": "id-bytes"}, clean_text="chinese-clip",
-                          context_length=52),
+                          context_length=52, reader="chinese-clip"),
     "clip-benchmark": Rules(reference="CLIP_benchmark zeroshot_classification", version="", ties="torch-topk"),
     "ccmb": Rules(reference="ccmb", version=STRICT_VERSION),
 }
 
 STRICT = Rules(reference="ccmb strict", version=STRICT_VERSION)
+
+#: what the reference evaluates per task (a result names only the part that applies to its task)
+TASK_REFERENCES: Dict[Tuple[str, str], str] = {
+    ("r2d2", "retrieval"): "R2D2 itm_eval (train_r2d2_retrieval.py)",
+    ("r2d2", "matching"): "sklearn roc_auc_score (R2D2 train_r2d2_matching.py)",
+    ("chinese-clip", "retrieval"): REFERENCES["chinese-clip"].reference,
+    ("clip-benchmark", "classification"): REFERENCES["clip-benchmark"].reference,
+}
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,8 @@ def resolve(name: str, spec: Any) -> Protocol:
                             f"known: {', '.join(REFERENCES)}")
     base = REFERENCES[key]
     version = getattr(spec, "protocol_version", "") or base.version
-    return Protocol("official", Rules(**{**base.describe(), "version": version}))
+    reference = TASK_REFERENCES.get((key, str(getattr(spec, "task", ""))), base.reference)
+    return Protocol("official", Rules(**{**base.describe(), "version": version, "reference": reference}))
 
 
 def evaluation_rules(data: Any, rules: Optional[Rules] = None, data_format: str = "") -> Tuple[Rules, str]:
@@ -113,6 +126,22 @@ def clean_text(text: str, how: Optional[str]) -> str:
     if how == "chinese-clip":
         return text.lower().replace("\u201c", '"').replace("\u201d", '"')
     raise ProtocolError(f"unknown text cleaning {how!r}")
+
+
+def detail(protocol: Any, task: str) -> str:
+    """A result's protocol in words for the leaderboard: the reference evaluation of its task and the version,
+    e.g. ``R2D2 itm_eval (train_r2d2_retrieval.py), yuxie11/R2D2@6c9f74a`` (results written before references
+    were per task named both parts: only the one of ``task`` is kept)."""
+    if not isinstance(protocol, dict):
+        return ""
+    reference = str(protocol.get("reference") or "").strip()
+    if " / " in reference:  # "R2D2 itm_eval / sklearn roc_auc_score": one part per task
+        parts = reference.split(" / ")
+        reference = next((p for p in parts if ("roc_auc" in p) == (task == "matching")), reference)
+    version = str(protocol.get("version") or "").strip()
+    if version and version not in reference:
+        return f"{reference}, {version}" if reference else version
+    return reference
 
 
 def protocol_key(result: Dict[str, Any]) -> str:

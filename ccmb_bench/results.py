@@ -1,7 +1,6 @@
 """Result files: one JSON per (model, dataset, task), written atomically, and reading them back."""
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import re
@@ -12,6 +11,8 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ccmb.atomic import commit, temp_path_for, write_json
 from ccmb_bench.protocols import STRICT, Protocol
+from ccmb_bench.resultfiles import UnsafeFileError, json_files, optional_root, read_json, real_root
+from ccmb_bench.training import provenance, result_field
 
 logger = logging.getLogger(__name__)
 
@@ -58,50 +59,26 @@ def write_per_query(result_file: Path, per_query: Dict[str, Dict[str, Any]], met
     return path.name
 
 
-def read_per_query(result: Dict[str, Any], result_file: Optional[Path] = None):
-    """``(per_query, meta)`` of a result (its ``per_query_file``, relative to the result file); a missing or
+def read_per_query(result: Dict[str, Any], result_file: Optional[Path] = None, root: Optional[Path] = None):
+    """``(per_query, meta)`` of a result (its ``per_query_file``, relative to the result file, a regular file
+    inside ``root``, default the result's folder; arrays checked before they are read); a missing, unsafe or
     unreadable file raises ``ValueError`` naming it."""
-    import numpy as np
+    from ccmb_bench.groups import load_per_query
 
-    from ccmb_bench.bootstrap import unflatten
-
-    where = Path(result_file or result.get("_path", "."))
-    rel = result.get("per_query_file")
-    if not rel:
-        raise ValueError(f"{where}: the result has no per_query_file (run it again with --bootstrap > 0)")
-    path = where.parent / rel
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return unflatten({k: npz[k] for k in npz.files})
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: per-query file of {where} unreadable ({exc})") from exc
+    if result_file is not None:
+        result = dict(result, _path=str(result_file))
+    return load_per_query(result, optional_root(result.get("_path", "."), root))
 
 
 def training_data(model: str) -> Dict[str, Any]:
-    """What is known of the training data of ``model``: a trainer output folder's ``data_provenance.json``
-    (``{"shard_sets": [{"path", "provenance"}]}``), else nothing (official checkpoints: unknown)."""
-    folder = Path(model)
-    prov_file = folder / "data_provenance.json" if folder.is_dir() else None
-    if prov_file is None or not prov_file.is_file():
-        return {"provenance": False, "decontaminated_against": []}
-    try:
-        data = json.loads(prov_file.read_text(encoding="utf-8"))
-        against: List[str] = []
-        for shard_set in data.get("shard_sets", []):
-            decon = ((shard_set or {}).get("provenance") or {}).get("decontamination") or {}
-            against += [str(a) for a in decon.get("against", []) or []]
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        logger.warning("%s: unreadable provenance (%s); training data unknown", prov_file, exc)
-        return {"provenance": False, "decontaminated_against": []}
-    return {"provenance": True, "decontaminated_against": sorted(set(against))}
+    """What is known of the training data of ``model`` (a trainer run's provenance, see
+    :func:`ccmb_bench.training.provenance`; nothing for registered names, whose declarations are read by the
+    leaderboard)."""
+    return provenance(model)
 
 
 def _training_field(training: Optional[Dict[str, Any]], dataset: str, split: str) -> Dict[str, Any]:
-    training = training or {"provenance": False, "decontaminated_against": []}
-    against = list(training.get("decontaminated_against", []))
-    decontaminated = (f"{dataset}/{split}" in against) if training.get("provenance") else None
-    return {"provenance": bool(training.get("provenance")), "decontaminated_against": against,
-            "decontaminated": decontaminated}
+    return result_field(training, dataset, split)
 
 
 def versions() -> Dict[str, str]:
@@ -144,16 +121,28 @@ def write_result(output: Path, result: Dict[str, Any]) -> Path:
     return path
 
 
+def load_result_file(path: Path, root: Optional[Path] = None) -> Dict[str, Any]:
+    """One result JSON, read within bounds (a regular file inside ``root``, default its folder); ``_path`` set.
+    Raises ``ValueError`` naming the file when it is unsafe, unreadable or not a result."""
+    try:
+        data = read_json(path, optional_root(path, root))
+    except UnsafeFileError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a ccmb-bench result (schema {SCHEMA!r} expected)")
+    data["_path"] = str(path)
+    return data
+
+
 def iter_results(directory: Path) -> Iterator[Dict[str, Any]]:
-    """Every result JSON under ``directory`` (recursively); unreadable or foreign files are reported and
-    skipped."""
-    for path in sorted(Path(directory).rglob("*.json")):
-        if "cache" in path.parts:
-            continue
+    """Every result JSON under ``directory`` (recursively, ``cache`` folders aside), read within bounds;
+    unsafe or unreadable files are reported (one warning each) and skipped, foreign JSONs skipped silently."""
+    root = real_root(directory)
+    for path in json_files(directory):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            logger.warning("%s: not a readable JSON result (%s); skipped", path, exc)
+            data = read_json(path, root)
+        except UnsafeFileError as exc:
+            logger.warning("%s: skipped, %s", path, exc)
             continue
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             continue

@@ -47,7 +47,7 @@ def streamed_scores(adapter: ModelAdapter, data: MatchingData, view: MatchingVie
             texts = sorted(set(view.pair_texts[k] for k in sel))
             ipos = {img: j for j, img in enumerate(imgs)}
             tpos = {t: j for j, t in enumerate(texts)}
-            enc_i = [adapter.encode_images(adapter.preprocess([data.load_image(i) for i in imgs[b:b + batch_size]]),
+            enc_i = [adapter.encode_images(adapter.preprocess([view.load_image(i) for i in imgs[b:b + batch_size]]),
                                            with_hidden=True) for b in range(0, len(imgs), batch_size)]
             enc_t = [adapter.encode_texts(texts[b:b + batch_size], with_hidden=True)
                      for b in range(0, len(texts), batch_size)]
@@ -78,7 +78,7 @@ def evaluate(adapter: ModelAdapter, data: MatchingData, cache: EmbeddingCache, b
     else:
         text_index = {t: i for i, t in enumerate(texts)}
         img_pos = {img: k for k, img in enumerate(used)}
-        images = encode_images(adapter, lambda k: data.load_image(used[k]), [data.image_ids[i] for i in used],
+        images = encode_images(adapter, lambda k: view.load_image(used[k]), [view.image_ids[i] for i in used],
                                batch_size, cache, with_hidden=hidden)
         enc_texts = encode_texts(adapter, texts, batch_size, cache, with_hidden=hidden)
         ii = torch.tensor([img_pos[i] for i in view.pair_images], dtype=torch.long)

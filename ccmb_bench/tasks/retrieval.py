@@ -38,7 +38,7 @@ def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, 
     rules, data_format = evaluation_rules(data, rules, data_format)  # default: the dataset's official protocol
     use_rerank = rerank and adapter.has_reranker
     view = retrieval_view(data, rules, data_format)
-    images = encode_images(adapter, data.load_image, data.image_ids, batch_size, cache, with_hidden=use_rerank)
+    images = encode_images(adapter, view.load_image, view.image_ids, batch_size, cache, with_hidden=use_rerank)
     with context_length(adapter, rules.context_length) as capped:
         part = "texts" if view.unique_texts == data.texts and not capped else "texts-official"  # cache keeps both
         texts = encode_texts(adapter, view.unique_texts, batch_size, cache, part=part, with_hidden=use_rerank)
@@ -48,7 +48,7 @@ def evaluate(adapter: ModelAdapter, data: RetrievalData, cache: EmbeddingCache, 
     how = _rank_rules(rules, view)
     dual_ranks = retrieval_ranks(dual_scores(images["embeds"], texts["embeds"]),
                                  dual_scores(texts["embeds"], images["embeds"]), *args, **how)
-    out: Dict[str, Any] = {"images": data.num_images, "texts": view.num_texts,
+    out: Dict[str, Any] = {"images": len(view.image_ids), "texts": view.num_texts,
                            "directions": "+".join(data.directions)}
     if capped:
         out["context_length"] = rules.context_length

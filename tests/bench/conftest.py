@@ -60,15 +60,17 @@ def build_root(root: Path) -> Path:
     muge = root / "MUGE"
     muge.mkdir()
     (muge / "valid_imgs.tsv").write_text("".join(f"{200 + k}\t{base64.b64encode(_img(20 + k)).decode()}\n"
-                                                 for k in range(5)), encoding="utf-8")
+                                                 for k in range(10)), encoding="utf-8")  # Chinese-CLIP needs 10
     (muge / "valid_texts.jsonl").write_text(_jl(
         [{"text_id": t, "text": ITEMS[20 + t % 5].query + str(t), "image_ids": [200 + t % 5]} for t in range(7)]),
         encoding="utf-8")
     # text2image-cn (root-level Chinese-CLIP layout, split test)
+    # (10 of each: also read as COCO-CN/Flickr30k-CN in an `all` sweep, where Chinese-CLIP's evaluation needs 10)
     (root / "test_imgs.tsv").write_text("".join(f"{300 + k}\t{base64.b64encode(_img(30 + k)).decode()}\n"
-                                                for k in range(4)), encoding="utf-8")
+                                                for k in range(10)), encoding="utf-8")
     (root / "test_texts.jsonl").write_text(_jl(
-        [{"text_id": 50 + k, "text": ITEMS[30 + k].title, "image_ids": [300 + k]} for k in range(4)]), encoding="utf-8")
+        [{"text_id": 50 + k, "text": ITEMS[30 + k].title, "image_ids": [300 + k]} for k in range(10)]),
+        encoding="utf-8")
     # AIC-ICC captioning: validation (4 images) + train (6 images, the baseline's pool)
     for split, n, off in (("validation", 4, 40), ("train", 6, 50)):
         base = root / f"ai_challenger_caption_{split}_20170910"

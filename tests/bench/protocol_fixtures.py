@@ -259,14 +259,17 @@ def cclip_retrieval(texts_path: Path, ids: List[int]) -> Dict[str, float]:
 # -------------------------------------------------------------------- CLIP_benchmark reference (reading)
 
 def clip_benchmark_classification(logits: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
-    """``accuracy(logits, target, topk=(1, 5))`` and ``balanced_accuracy_score(target, logits.argmax(1))``."""
-    k5 = min(5, logits.shape[1])
-    pred = logits.topk(k5, 1, True, True)[1].t()
+    """``zeroshot_classification.evaluate``: with at least 5 classes ``accuracy(logits, target, topk=(1, 5))``,
+    else ``accuracy(..., topk=(1,))`` and ``acc5 = float("nan")``; ``balanced_accuracy_score(target,
+    logits.argmax(1))``. ``accuracy`` ranks by ``output.topk(max(topk), 1, True, True)``."""
+    topk = (1, 5) if logits.shape[1] >= 5 else (1,)
+    pred = logits.topk(max(topk), 1, True, True)[1].t()
     correct = pred.eq(target.view(1, -1).expand_as(pred))
-    acc = [float(correct[:k].reshape(-1).float().sum()) / len(target) * 100.0 for k in (1, k5)]
+    acc = [float(correct[:k].reshape(-1).float().sum()) / len(target) * 100.0 for k in topk]
     top1 = logits.argmax(dim=1)
     recalls = [float((top1[target == c] == c).double().mean()) for c in torch.unique(target)]
-    return {"top1": acc[0], "top5": acc[1], "mean_per_class_recall": float(np.mean(recalls)) * 100.0}
+    return {"top1": acc[0], "top5": acc[1] if len(acc) > 1 else float("nan"),
+            "mean_per_class_recall": float(np.mean(recalls)) * 100.0}
 
 
 # ----------------------------------------------------------------------- strict rules (today's ccmb)

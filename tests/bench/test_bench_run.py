@@ -36,7 +36,7 @@ def results(out: Path, model: str):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     d = tmp_path_factory.mktemp("generated")
-    for k, pid in enumerate((50, 51, 53)):  # prompt 52 missing
+    for k, pid in enumerate((50, 51, 53)):  # prompts 52, 54..59 missing
         Image.new("RGB", (36, 36), (60 * k, 120, 200)).save(d / f"{pid}.png")
     return d
 
@@ -65,12 +65,13 @@ def test_every_task_every_adapter(kind, tiny_models, bench_root, generated, tmp_
     assert 0 <= icm["AUC"] <= 100 and icm["pairs"] == 12
     assert icm["score"] == ("match-probability" if kind == "r2d2" else "cosine")
     cls = got[("elevater-cn/shapes", "classification")]["metrics"]
-    assert cls["top5"] == 100.0 and cls["classes"] == 3  # 3 classes: top-5 always hits
+    assert cls["top5"] != cls["top5"] and cls["classes"] == 3  # 3 classes: top-5 is NaN, as in CLIP_benchmark
+    assert "top5" not in got[("elevater-cn/shapes", "classification")]["metrics_ci95"]
     cap = got[("aic-icc-caption", "captioning")]["metrics"]
     assert cap["caption_source"] == "retrieval-baseline" and cap["images"] == 4
     assert 0 <= cap["BLEU-4"] <= 100 and cap["CIDEr"] >= 0
     t2i = got[("text2image-cn", "text-to-image")]["metrics"]
-    assert t2i["generated"] == 3 and t2i["missing"] == 1 and t2i["frechet_distance"] >= 0
+    assert t2i["generated"] == 3 and t2i["missing"] == 7 and t2i["frechet_distance"] >= 0
     if kind == "r2d2":
         assert fl["ranking"] == "two-stage" and "prerank_MR" in fl
     else:

@@ -4,13 +4,20 @@
 index, :class:`ccmb.datasets.imagesource.TsvImages`). ``{split}_texts.jsonl``: ``{"text_id", "text",
 "image_ids": [...]}`` per line; MUGE's original files use ``query_id``/``query_text``/``item_ids``.
 Hidden test splits have empty ``image_ids``.
+
+:func:`read_cclip_reference` is Chinese-CLIP's own reading of the texts file (``cn_clip/eval/data.py``
+``EvalTxtDataset``, ``evaluation.py`` ``read_reference``, ``transform_ir_annotation_to_tr.py``), used by the
+official protocol: ids and image ids as JSON gives them (its evaluation compares them with the integer ids of
+the image LMDB, so a string id never matches), texts as written.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
+from ...safejson import loads_bounded
 from ..base import ParseLog, PathLike, iter_json_objects
+from .captions import ReferenceReadError
 
 KEYS = (("text_id", "text", "image_ids"), ("query_id", "query_text", "item_ids"))
 
@@ -85,3 +92,42 @@ def text_ground_truth(rows: Sequence[TextRow], gallery: Sequence[str]
             idx.append(images[image_id])
         t2i.append(idx)
     return order, [r.text for r in rows], [r.text_id for r in rows], t2i
+
+
+@dataclass
+class CclipTextLine:
+    line: int
+    text_id: object  # as in the JSON (Chinese-CLIP's evaluation requires an integer)
+    text: str
+    image_ids: list  # as in the JSON
+
+
+def read_cclip_reference(path: PathLike) -> List[CclipTextLine]:
+    """Every line of a ``*_texts.jsonl`` as Chinese-CLIP's evaluation reads it (``json.loads(line.strip())``,
+    ``obj['text_id']``, ``obj['text']``, ``obj['image_ids']``); MUGE's original keys
+    (``query_id``/``query_text``/``item_ids``) are accepted too. A line it fails on is refused naming
+    ``file:line``: not JSON (a blank line too), a missing key, a ``text_id`` that is not an integer (its
+    evaluation refuses string ids), ``image_ids`` that is not a list."""
+    rows: List[CclipTextLine] = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                obj = loads_bounded(raw.decode("utf-8").strip())
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ReferenceReadError(f"{where}: not a JSON line ({str(exc)[:120]}); Chinese-CLIP's reader "
+                                         "fails here: remove it, or use --protocol strict") from None
+            if not isinstance(obj, dict):
+                raise ReferenceReadError(f"{where}: not a JSON object; Chinese-CLIP's reader fails here")
+            keys = next((k for k in KEYS if k[0] in obj), None)
+            if keys is None or keys[1] not in obj:
+                raise ReferenceReadError(f"{where}: no 'text_id'/'text' (KeyError in Chinese-CLIP's reader)")
+            text_id, text, images = obj[keys[0]], obj[keys[1]], obj.get(keys[2])
+            if not isinstance(text_id, int):
+                raise ReferenceReadError(f"{where}: text_id {text_id!r} is not an integer; Chinese-CLIP's "
+                                         "evaluation.py refuses it ('it should be an integer (not string)')")
+            if not isinstance(images, list):
+                raise ReferenceReadError(f"{where}: 'image_ids' missing or not a list; Chinese-CLIP's evaluation "
+                                         "fails here (read_reference, set(image_ids))")
+            rows.append(CclipTextLine(number, text_id, str(text), list(images)))
+    return rows

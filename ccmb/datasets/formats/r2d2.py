@@ -1,14 +1,22 @@
 """The R2D2 JSON-lines format (ICM, IQM, ICR, IQR).
 
 One JSON object per line: ``{"text": ..., "image_path": ..., "label": 0|1}`` (``label`` only in the
-matching sets). ``image_path`` is relative; only its basename names the file in the flat
-``IQR_IQM_ICR_ICM_images/`` folder.
+matching sets; JSON ``true``/``false`` read as 1/0, as R2D2 does). ``image_path`` is relative; only its
+basename names the file in the flat ``IQR_IQM_ICR_ICM_images/`` folder.
+
+:func:`read_r2d2_reference` is R2D2's own reading (``data/icr_dataset.py``, ``data/iqr_dataset.py``,
+``data/matching_datasets.py``), used by the official protocol: every line kept (empty texts too, texts as
+written), the image identified by its basename without the last four characters (so ``x.jpg`` and ``x.png``
+are one image, the first file named), labels as ``np.array(labels)`` reads them; a line R2D2 fails on is
+refused with the reason.
 """
 from __future__ import annotations
 
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from ...safejson import loads_bounded
 from ..base import ParseLog, PathLike, iter_json_objects
+from .captions import ReferenceReadError
 
 
 class R2D2Row(NamedTuple):
@@ -39,7 +47,7 @@ def parse_r2d2_jsonl(path: PathLike, log: ParseLog, *, with_label: bool) -> List
         label: Optional[int] = None
         if with_label:
             raw = obj.get("label")
-            if raw in (0, 1, "0", "1") and not isinstance(raw, bool):
+            if raw in (0, 1, "0", "1"):  # JSON true/false too (R2D2 reads them as 1/0)
                 label = int(raw)
             else:
                 log.bad(path, number, f"'label' must be 0 or 1, got {raw!r}")
@@ -93,3 +101,46 @@ def matching_pairs(rows: List[R2D2Row], path: PathLike,
         pair_texts.append(r.text)
         labels.append(int(r.label or 0))
     return list(images), pair_images, pair_texts, labels
+
+
+class R2D2Line(NamedTuple):
+    line: int
+    text: str  # as written (not stripped; may be empty)
+    image: str  # the file: basename of image_path (``image_path.split('/')[-1]``)
+    key: str  # R2D2's image id: ``image[:-4]``
+    label: Optional[int]
+
+
+def read_r2d2_reference(path: PathLike, *, with_label: bool) -> List[R2D2Line]:
+    """Every line as R2D2's evaluation datasets read it (``json.loads(line)``, ``d['text']``,
+    ``d['image_path'].split('/')[-1]``, image id ``[:-4]``; matching: ``d['label']`` collated by
+    ``np.array`` into int64). Lines R2D2 fails on are refused naming ``file:line``: not JSON, a missing or
+    non-string ``text``/``image_path``, a label that is not 0/1, true/false (a string label: numpy makes a
+    string array torch cannot convert)."""
+    rows: List[R2D2Line] = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            where = f"{path}:{number}"
+            try:
+                obj = loads_bounded(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise ReferenceReadError(f"{where}: not a JSON line ({str(exc)[:120]}); R2D2's json.loads fails "
+                                         "here (a blank line too): remove it, or use --protocol strict") from None
+            if not isinstance(obj, dict):
+                raise ReferenceReadError(f"{where}: not a JSON object; R2D2's reader fails here")
+            text, image_path = obj.get("text"), obj.get("image_path")
+            if not isinstance(text, str):
+                raise ReferenceReadError(f"{where}: 'text' missing or not a string; R2D2's tokenizer fails here")
+            if not isinstance(image_path, str) or not image_path.split("/")[-1]:
+                raise ReferenceReadError(f"{where}: 'image_path' missing or empty; R2D2's reader fails here")
+            image = image_path.split("/")[-1]
+            label: Optional[int] = None
+            if with_label:
+                value = obj.get("label")
+                if isinstance(value, str) or value is None or value not in (0, 1):
+                    raise ReferenceReadError(
+                        f"{where}: label {value!r}: R2D2 collates labels with np.array(...) into int64 and scores "
+                        "them with roc_auc_score; only 0/1 (or true/false) work there")
+                label = int(value)
+            rows.append(R2D2Line(number, text, image, image[:-4], label))
+    return rows
