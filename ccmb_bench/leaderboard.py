@@ -283,6 +283,8 @@ def _rank(rows: List[Dict[str, Any]], results: Dict[int, Dict[str, Any]], root: 
             classes.setdefault(_column(r) + (r.get("protocol", ""), r.get("block", "")), []).append(r)
     for key, members in classes.items():
         metric = MAIN_METRIC.get(key[2], "")
+        for r in members:
+            r["group"], r["group_note"] = "", "nothing to rank it against (the only run of its protocol and block)"
         members = [r for r in members if _finite(r.get(metric))]
         if len(members) < 2:
             continue
@@ -313,6 +315,7 @@ def _rank(rows: List[Dict[str, Any]], results: Dict[int, Dict[str, Any]], root: 
                 r["group_note"] = g.note
                 continue
             r["group"] = g.group
+            r.pop("group_note", None)
             r["group_leader"] = model_label(members[g.leader]) if g.leader is not None else ""
             if g.p_holm is not None:
                 r["group_p_holm"] = round(g.p_holm, 4)

@@ -36,12 +36,10 @@ def _font(size: int = 12):
 
 
 def _label(r: Dict[str, Any]) -> str:
-    label = r["model"] + (" [paper]" if r.get("reference") else "")
-    if r.get("setting"):
-        label += f" ({r['setting']})"
-    if r.get("protocol") and not r.get("reference"):
-        label += f" [{r['protocol']}]"
-    return label
+    if r.get("reference"):
+        return r["model"] + (" [paper, fine-tuned]" if r.get("setting") == "fine-tuned" else " [paper]")
+    label = r["model"] + (f" ({r['setting']})" if r.get("setting") else "")
+    return label + (f" [{r['protocol']}]" if r.get("protocol") else "")
 
 
 def _strength(values: Dict[str, List[Optional[float]]], row: Dict[str, Any]) -> Tuple[float, float]:
