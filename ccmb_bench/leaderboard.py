@@ -274,9 +274,11 @@ def reproduction(row: Dict[str, Any], published: Sequence[Dict[str, Any]]) -> No
 
 
 def _rank(rows: List[Dict[str, Any]], results: Dict[int, Dict[str, Any]], root: Path, resamples: int,
-          seed: int) -> None:
+          seed: int, strict: bool = False) -> None:
     """Rank groups per (dataset, split, task, protocol, block) of the run rows (``results[id(row)]`` is the
-    result behind a row); sets ``group`` (1 = top), ``group_leader``, ``group_p_holm``."""
+    result behind a row); sets ``group`` (1 = top), ``group_leader``, ``group_p_holm``. An unusable per-query
+    file is a warning (the row gets no group), or with ``strict`` a :class:`ResultFileError`."""
+    problems: List[str] = []
     classes: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in rows:
         if not r.get("reference"):
@@ -297,7 +299,9 @@ def _rank(rows: List[Dict[str, Any]], results: Dict[int, Dict[str, Any]], root: 
                 loaded.append(grp.load_per_query(res, root))
                 positions.append(k)
             except grp.PerQueryError as exc:
-                logger.warning("%s; no rank group for it", exc)
+                problems.append(str(exc))
+                if not strict:
+                    logger.warning("%s; no rank group for it", exc)
         joint = None
         if len(loaded) >= 2:
             statistic = _statistic(key[2], loaded[0][1])
@@ -321,6 +325,8 @@ def _rank(rows: List[Dict[str, Any]], results: Dict[int, Dict[str, Any]], root: 
                 r["group_p_holm"] = round(g.p_holm, 4)
             if g.note:
                 r["group_note"] = g.note
+    if strict and problems:
+        raise ResultFileError(f"{len(problems)} bad per-query file(s):\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def _statistic(task: str, meta: Dict[str, Any]):
@@ -337,6 +343,13 @@ def collect(results_dir: Path, include_paper: bool = True, strict: bool = False,
     of the datasets that have runs (``include_paper``). Bad files are warned about by name (``strict``: a
     :class:`ResultFileError`); a folder without any valid result raises :class:`NoResultsError`."""
     scan = scan_results(results_dir)
+    if strict:  # name every unusable per-query file too, before anything is built
+        for res in scan.results:
+            if res.get("per_query_file"):
+                try:
+                    grp.load_per_query(res, real_root(results_dir))
+                except grp.PerQueryError as exc:
+                    scan.notes.append((res["_path"], str(exc).replace(f"{res['_path']}: ", "", 1)))
     report_bad(scan.bad, strict, scan.notes)
     if not scan.results:
         what = (f"{scan.files} JSON file(s), none a valid result" if scan.files else "no JSON files")
@@ -360,7 +373,7 @@ def collect(results_dir: Path, include_paper: bool = True, strict: bool = False,
     for r in rows:
         reproduction(r, published)
     if rank:
-        _rank(rows, behind, real_root(results_dir), resamples, seed)
+        _rank(rows, behind, real_root(results_dir), resamples, seed, strict)
     if include_paper:
         rows += published
     return sort_rows(rows)

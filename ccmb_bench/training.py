@@ -355,10 +355,13 @@ def classify(result: Dict[str, Any], decl: Declarations) -> TrainingInfo:
 
 def result_field(training: Optional[Dict[str, Any]], dataset: str, split: str) -> Dict[str, Any]:
     """The ``training_data`` field of a result: the provenance plus ``decontaminated`` for this set
-    (true/false with provenance, null without)."""
+    (true/false when the pre-training shard sets are known, null otherwise)."""
     training = dict(training or {"provenance": False, "decontaminated_against": []})
     against = list(training.get("decontaminated_against", []))
     training["provenance"] = bool(training.get("provenance"))
     training["decontaminated_against"] = against
-    training["decontaminated"] = (f"{dataset}/{split}" in against) if training["provenance"] else None
+    stages = training.get("stages")
+    pretrained = stages is None or any(isinstance(st, dict) and st.get("stage") == "pre-training" for st in stages)
+    known = training["provenance"] and pretrained  # an official checkpoint fine-tuned here: its corpus unknown
+    training["decontaminated"] = (f"{dataset}/{split}" in against) if known else None
     return training

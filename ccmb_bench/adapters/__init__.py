@@ -29,6 +29,7 @@ from ccmb_bench.adapters.base import (
 )
 from ccmb_bench.adapters.chinese_clip import ChineseCLIPAdapter
 from ccmb_bench.adapters.r2d2 import R2D2Adapter
+from ccmb_bench.training import run_display_name
 
 #: kind -> family module (a new model family: one module and one line here)
 FAMILIES = {r2d2.KIND: r2d2, chinese_clip.KIND: chinese_clip}
@@ -76,7 +77,9 @@ def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cp
         path = run_model_dir(path)
         for family in FAMILIES.values():
             if family.claims_directory(path):
-                return family.load_directory(path, checkpoint, device, tokenizer)
+                adapter = family.load_directory(path, checkpoint, device, tokenizer)
+                adapter.name = run_display_name(path) or adapter.name  # RUN/model is "RUN", not "model"
+                return adapter
         raise UnknownModelError(f"{path}: not a model directory; expected "
                                 + " or ".join(f.DIRECTORY for f in FAMILIES.values()))
     for family in FAMILIES.values():
