@@ -307,7 +307,10 @@ def _provenance_summary(td: Dict[str, Any]) -> str:
             parts.append(f"fine-tuned on {st.get('dataset')}/{st.get('split')}")
         elif st.get("stage") == "init":
             parts.append(f"from {st.get('from')}")
-    return f"ccmb train run {td.get('run', '?')}: " + "; ".join(parts) if parts else "ccmb train run"
+    if not parts:  # a record written before runs kept their stages
+        against = td.get("decontaminated_against") or []
+        return "trainer provenance" + (f" (decontaminated against {', '.join(against)})" if against else "")
+    return f"ccmb train run {td.get('run', '?')}: " + "; ".join(parts)
 
 
 def _copies_kept(td: Dict[str, Any], key: str) -> Optional[str]:

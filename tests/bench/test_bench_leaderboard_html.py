@@ -1,6 +1,8 @@
 """The HTML leaderboard: rendered in headless Chromium at 1280 px (overview fits, sections, charts with
-interval whiskers, sorting), and the injection regressions of issue 17 (title / dataset names / model names
-never become markup)."""
+interval whiskers, sorting), at 390 px (a phone: nothing cut off, tables and charts scroll in their own
+containers, headers wrap between words; screenshots at both widths), the published rows and the switch that
+hides them, rank groups instead of a star, and the injection regressions of issue 17 (title / dataset names /
+model names never become markup)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -18,6 +21,9 @@ from ccmb_bench.cli import main
 from ccmb_bench.html import DATA_ELEMENT, render_html, script_json
 from ccmb_bench.leaderboard import paper_rows
 from ccmb_bench.results import make_result, write_result
+
+from browser import open_page
+from lb_helpers import matching_pq, write_with_per_query
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -66,6 +72,13 @@ def results_dir(tmp_path):
                                    decontaminated=dec))
     # model-b also under the strict protocol on flickr30k-cna: best there, but a separate ranking
     write_result(out / "strict", _res("model-b", "flickr30k-cna", "test", "retrieval", _rec(95, 95), protocol="strict"))
+    # three runs with per-query results on IQM: rank groups (two not separable, one clearly below)
+    rng = np.random.default_rng(0)
+    strong = matching_pq(rng, 400, 2.0)
+    score = strong["pairs"]["score"] + rng.normal(0, 0.02, 400)  # a tiny, random difference
+    for name, pq in (("grouped-a", strong), ("grouped-b", {"pairs": dict(strong["pairs"], score=score)}),
+                     ("grouped-c", matching_pq(rng, 400, 0.0))):
+        write_with_per_query(out / name, name, "iqm", "val", "matching", pq)
     return out
 
 
@@ -94,13 +107,6 @@ def dump_dom(url: str, profile: Path, width: int = 1280) -> str:
     return proc.stdout
 
 
-def screenshot(url: str, profile: Path, out: Path, width: int = 1280) -> Image.Image:
-    proc = subprocess.run([_browser(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},1200",
-                           f"--screenshot={out}", url], capture_output=True, text=True, timeout=90)
-    assert out.is_file(), proc.stderr[-2000:]
-    return Image.open(out)
-
-
 def _make_page(results_dir, tmp_path, title="Test board"):
     page = tmp_path / "lb.html"
     res = CliRunner().invoke(main, ["leaderboard", "--results", str(results_dir), "--html", str(page),
@@ -123,16 +129,28 @@ def test_overview_fits_1280_and_sections_render(results_dir, tmp_path):
     dom = dump_dom(page.as_uri(), tmp_path / "profile")
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-viewport="1280"' in body
-    assert 'data-overview-fits="true"' in body, body  # scrollWidth <= clientWidth of the overview box
+    assert 'data-overview-fits="true"' in body, body  # scrollWidth <= clientWidth of every overview box
+    page_w, client_w = re.search(r'data-page-scroll="(\d+)/(\d+)"', body).groups()
+    assert page_w == client_w  # the page itself never scrolls sideways
     overview = dom.split('<table class="overview" id="overview">')[1].split("</table>")[0]
-    # models x datasets: 6 models (+ model-b under strict) x 10 dataset columns, main metric with interval
-    assert overview.count("<tr data-model=") == 7
-    assert overview.count("<th data-dataset=") == 10
+    # models x datasets: 6 models (+ model-b under strict, + 3 grouped runs on iqm) x 10 dataset columns
+    runs = re.findall(r'<tr data-model="([^"]+)" data-block="zero-shot">', overview)
+    assert len(runs) == 10 and overview.count("<th data-dataset=") == 10
     assert '<span class="ci">' in overview and "AUC" in overview and "top1" in overview
-    # best marked per column and protocol: model-b (official) is best of the official rows on flickr30k-cna,
-    # and its strict row is marked separately (the only strict row: no mark)
-    assert overview.count('class="cell best"') == 10
-    assert all(f'title="decontaminated: {v}">{v}</span>' in overview for v in ("yes", "no", "unknown"))
+    # the published rows stand in the overview, zero-shot and fine-tuned apart, each with its source
+    blocks = re.findall(r'<tr class="block" data-block="([^"]+)">', overview)
+    assert blocks == ["zero-shot", "fine-tuned"]
+    published = re.findall(r'<tr data-model="([^"]+)" data-block="(zero-shot|fine-tuned)" class="reference">',
+                           overview)
+    assert ("Chinese-CLIP ViT-H/14", "zero-shot") in published and ("R2D2 ViT-L/14 (250M)", "fine-tuned") in published
+    assert "Chinese-CLIP Results.md" in overview
+    assert "No published numbers for aic-icc/validation, flickr30k-cna/test, icm/val, icr/val, imagenet-cn/test, " \
+           "iqm/val, iqr/val." in dom
+    # no star: rank groups, only where per-query results allow a test
+    assert "\u2605" not in dom and "★" not in dom and 'class="cell best"' not in dom
+    assert overview.count('class="group g1"') == 2 and overview.count('class="group"') == 1
+    assert overview.count('class="cell top"') == 2
+    assert "decontaminated</span>" in overview
     # one section per (dataset, split, task): its own metrics only, reference rows beside the runs
     sections = dom.split('<div class="section"')[1:]
     assert len(sections) == 10
@@ -147,6 +165,20 @@ def test_overview_fits_1280_and_sections_render(results_dir, tmp_path):
     assert dom.count('<svg class="chart"') == 10
     with_mr = sum(1 for r in paper_rows() if r["dataset"] == "flickr30k-cn" and "MR" in r)
     assert f30.count('class="whisker"') == 6 and f30.count('class="bar"') == 6 + with_mr
+
+
+def test_switch_hides_the_published_rows(results_dir, tmp_path):
+    page = _make_page(results_dir, tmp_path)
+    with open_page(page.as_uri() + "#paper=0", 1280) as p:
+        shown = p.evaluate("Array.from(document.querySelectorAll('tr.reference')).filter("
+                           "e => e.offsetParent !== null).length")
+        runs = p.evaluate("Array.from(document.querySelectorAll('#overview tr[data-model]')).filter("
+                          "e => e.offsetParent !== null).length")
+        bars = p.evaluate("document.querySelectorAll('.section[data-dataset=\"flickr30k-cn\"] .bar').length")
+        assert shown == 0 and runs == 10 and bars == 6
+        p.evaluate("document.getElementById('show-paper').click()")
+        assert p.evaluate("Array.from(document.querySelectorAll('tr.reference')).filter("
+                          "e => e.offsetParent !== null).length") > 20
 
 
 def test_many_datasets_stack_into_matrices_that_fit(tmp_path):
@@ -169,17 +201,73 @@ def test_many_datasets_stack_into_matrices_that_fit(tmp_path):
     assert all(t.count("<tr data-model=") == 3 for t in tables)
 
 
-def test_screenshot_at_1280(results_dir, tmp_path):
+#: Run in the page: what is cut off (outside the viewport and not inside a scrolling container), headers whose
+#: words break across lines, chart text outside its chart, the page's width.
+LAYOUT_AUDIT = r"""(() => {
+  const vw = window.innerWidth, out = {vw: vw, page: document.documentElement.scrollWidth, clipped: [],
+                                        broken: [], chart: [], boxes: 0, scrolling: 0};
+  const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  for (const e of document.body.querySelectorAll("*")) {
+    if (!visible(e) || e.closest(".scroll") || e.tagName === "SCRIPT") { continue; }
+    const r = e.getBoundingClientRect();
+    if (r.right > vw + 0.5 || r.left < -0.5) { out.clipped.push(e.tagName + " " + (e.textContent || "").slice(0, 40)); }
+  }
+  for (const s of document.querySelectorAll(".scroll")) {
+    out.boxes += 1;
+    if (s.scrollWidth > s.clientWidth) { out.scrolling += 1; }
+    const r = s.getBoundingClientRect();
+    if (r.right > vw + 0.5) { out.clipped.push("scroll box " + r.right); }
+    const cs = getComputedStyle(s);
+    if (s.scrollWidth > s.clientWidth && !["auto", "scroll"].includes(cs.overflowX)) { out.clipped.push("box"); }
+  }
+  for (const th of document.querySelectorAll("th")) {
+    if (!visible(th)) { continue; }
+    const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const re = /[^\s\-\/​·]+/g;
+      let m;
+      while ((m = re.exec(node.data)) !== null) {
+        const range = document.createRange();
+        range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+        const tops = new Set(Array.from(range.getClientRects()).map(x => Math.round(x.top)));
+        if (tops.size > 1) { out.broken.push(m[0]); }
+      }
+    }
+  }
+  for (const t of document.querySelectorAll("svg.chart text")) {
+    const r = t.getBoundingClientRect(), s = t.ownerSVGElement.getBoundingClientRect();
+    if (r.left < s.left - 1 || r.right > s.right + 1) { out.chart.push(t.textContent); }
+  }
+  return out;
+})()"""
+
+
+@pytest.mark.parametrize("width", [390, 1280])
+def test_readable_at_390_and_1280_with_screenshots(results_dir, tmp_path, width):
+    """Issue 27: at 390 px the page was 896 px wide, tables and charts cut off, headers broken letter by letter.
+    Now nothing leaves the viewport except inside a scrolling container, no header word breaks, chart text
+    stays in its chart; the full-page screenshot is exactly the viewport wide."""
     page = _make_page(results_dir, tmp_path)
-    img = screenshot(page.as_uri(), tmp_path / "profile", tmp_path / "shot.png")
-    assert img.size[0] == 1280
-    # the overview's right edge is on screen: a vertical table border (#ccc) runs down the right part of the
-    # image through the whole matrix (its 7 lines are > 150 px tall)
-    rgb = img.convert("RGB")
-    px = rgb.load()
-    border_x = [x for x in range(1000, 1280)
-                if sum(px[x, y] == (204, 204, 204) for y in range(100, 600)) > 150]
-    assert border_x, "no vertical border of the overview in x 1000..1279"
+    shot = tmp_path / f"leaderboard-{width}.png"
+    with open_page(page.as_uri(), width, profile=tmp_path / "profile") as p:
+        audit = p.evaluate(LAYOUT_AUDIT)
+        p.screenshot(shot)
+    assert audit["vw"] == width and audit["page"] == width, audit
+    assert audit["clipped"] == [] and audit["broken"] == [] and audit["chart"] == [], audit
+    assert audit["boxes"] >= 11  # the overview and every section's table and chart scroll on their own
+    if width == 390:
+        assert audit["scrolling"] >= 1  # the wide overview scrolls inside its box, not the page
+    img = Image.open(shot).convert("RGB")
+    assert img.size[0] == width and img.size[1] > 1000
+    px = img.load()
+    if width == 1280:  # the overview's right border (#ccc) is on screen: it fits
+        border_x = [x for x in range(1000, 1280) if sum(px[x, y] == (204, 204, 204) for y in range(250, 900)) > 150]
+        assert border_x, "no vertical border of the overview in x 1000..1279"
+    else:  # the page margin at the right edge stays blank all the way down: nothing runs off the screen
+        margin = [(x, y) for x in range(width - 5, width) for y in range(img.size[1]) if px[x, y] != (255, 255, 255)]
+        assert not margin, margin[:5]
+        # and the overview is cut by its own scrolling box: table cells reach the box's edge (x ~ 380)
+        assert any(px[x, 600] != (255, 255, 255) for x in range(width - 20, width - 6))
 
 
 def test_sections_sort_and_filter_by_deep_link(results_dir, tmp_path):
