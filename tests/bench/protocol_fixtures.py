@@ -312,3 +312,72 @@ def strict_retrieval(texts: List[str], positives: List[set], images: List, image
             recalls.append(out[f"{d}_R@{k}"])
     out["MR"] = float(np.mean(recalls))
     return out
+
+
+# ------------------------------------------------- Chinese-CLIP end to end, from the TSV ids (edge cases)
+
+class ReferenceFailure(RuntimeError):
+    """Where the reference scripts raise (ccmb's official protocol must refuse these inputs)."""
+
+
+def cclip_reference_eval(texts_path: Path, tsv_ids: List[str], index_of: Dict[str, int],
+                         directions: Sequence[str] = ("i2t", "t2i")) -> Dict[str, float]:
+    """The whole Chinese-CLIP evaluation from the TSV: ``build_lmdb_dataset`` (LMDB keys = the TSV id strings,
+    read back by a cursor in byte order), ``extract_features`` (image id ``int(key)``; texts
+    ``(obj['text_id'], _preprocess_text(str(obj['text'])))``), ``make_topk_predictions(_tr)`` (top 10 of
+    ``sorted(score_tuples, key=score, reverse=True)``), ``evaluation(_tr).read_submission`` (exactly 10
+    predictions per query, every reference query predicted, no duplicates) and the recall. ``index_of[tsv
+    id]`` is the image's index for :func:`grid_score`. Raises :class:`ReferenceFailure` where those scripts
+    raise."""
+    lmdb = sorted(tsv_ids, key=lambda s: s.encode("utf-8"))
+    try:
+        images = [(int(k), index_of[k]) for k in lmdb]
+    except ValueError as exc:
+        raise ReferenceFailure(f"extract_features: {exc}") from None
+    rows = [json.loads(line.strip()) for line in open(texts_path, encoding="utf-8")]
+    texts = [(r["text_id"], cclip_preprocess_text(str(r["text"]))) for r in rows]
+    reference = {r["text_id"]: r["image_ids"] for r in rows}
+
+    def read_submission(preds: Dict, ref: Dict) -> Dict:
+        for qid, ids in preds.items():
+            if len(ids) != 10:
+                raise ReferenceFailure(f"{qid} has {len(ids)} predictions, 10 required")
+            if len(set(ids)) != 10:
+                raise ReferenceFailure(f"{qid}: duplicate predictions")
+        missing = set(ref) - set(preds)
+        if missing:
+            raise ReferenceFailure(f"no prediction for {sorted(missing, key=str)}")
+        return preds
+
+    def recall(ref: Dict, preds: Dict) -> Tuple[float, float, float]:
+        stats = [0, 0, 0]
+        for qid in ref:
+            gt = set(ref[qid])
+            for j, k in enumerate((1, 5, 10)):
+                stats[j] += any(idx in preds[qid][:k] for idx in gt)
+        return tuple(100.0 * s / len(ref) for s in stats)  # type: ignore[return-value]
+
+    out: Dict[str, float] = {}
+    recalls: List[float] = []
+    if "t2i" in directions:
+        preds = {}
+        for text_id, text in texts:
+            scores = [(iid, float(grid_score(idx, text))) for iid, idx in images]
+            preds[text_id] = [e[0] for e in sorted(scores, key=lambda x: x[1], reverse=True)[:10]]
+        t2i = recall(reference, read_submission(preds, reference))
+        out.update({f"t2i_R@{k}": v for k, v in zip((1, 5, 10), t2i)})
+        recalls += list(t2i)
+    if "i2t" in directions:
+        tr: Dict = {}
+        for r in rows:  # transform_ir_annotation_to_tr
+            for iid in r["image_ids"]:
+                tr.setdefault(iid, []).append(r["text_id"])
+        preds = {}
+        for iid, idx in images:
+            scores = [(tid, float(grid_score(idx, text))) for tid, text in texts]
+            preds[iid] = [e[0] for e in sorted(scores, key=lambda x: x[1], reverse=True)[:10]]
+        i2t = recall(tr, read_submission(preds, tr))
+        out.update({f"i2t_R@{k}": v for k, v in zip((1, 5, 10), i2t)})
+        recalls += list(i2t)
+    out["MR"] = sum(recalls) / len(recalls)
+    return out
