@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 DECLARATIONS_FILE = Path(__file__).with_name("data") / "training_data.json"
 PROVENANCE_FILE = "data_provenance.json"  # models.train.pretrain.PROVENANCE_FILE
 RUN_ARGS_FILE = "run_args.json"  # models.train.pretrain.write_run_files
-RUN_MODEL_DIRS = ("model", "best")  # models.train.loop FINAL_DIR, BEST_DIR
+FINAL_MODEL_DIR = "model"  # models.train.loop.FINAL_DIR
 MAX_INIT_CHAIN = 8
 
 STATUSES = ("zero-shot", "fine-tuned", "seen", "unknown")
@@ -140,12 +140,9 @@ def load_declarations(extra: Optional[Path] = None) -> Declarations:
 
 def model_folder(path: Path) -> Path:
     """The model folder ``ccmb-bench run --model PATH`` reads: ``PATH`` itself, or a run's ``model/``/``best/``."""
-    if (path / "config.json").exists():
-        return path
-    for name in RUN_MODEL_DIRS:
-        if (path / name / "config.json").is_file():
-            return path / name
-    return path
+    from ccmb_bench.adapters import run_model_dir  # the adapters' own rule (imported late: adapters import us)
+
+    return run_model_dir(path)
 
 
 def run_folder(model_dir: Path) -> Optional[Path]:
@@ -166,7 +163,7 @@ def run_display_name(model_dir: Path) -> Optional[str]:
     if run is None or run == model_dir:
         return None
     if model_dir.parent == run:
-        return run.name if model_dir.name == RUN_MODEL_DIRS[0] else f"{run.name}-{model_dir.name}"
+        return run.name if model_dir.name == FINAL_MODEL_DIR else f"{run.name}-{model_dir.name}"
     return f"{run.name}-{model_dir.name}"
 
 

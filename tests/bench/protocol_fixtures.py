@@ -219,6 +219,16 @@ def cclip_preprocess_text(text: str) -> str:
     return text.lower().replace("“", "\"").replace("”", "\"")
 
 
+def cclip_recall(ref: Dict, preds: Dict) -> Tuple[float, float, float]:
+    """``evaluation(_tr).py``: a query is a hit at K when any of its reference ids is among its top-K."""
+    stats = [0, 0, 0]
+    for qid in ref:
+        gt = set(ref[qid])
+        for j, k in enumerate((1, 5, 10)):
+            stats[j] += any(idx in preds[qid][:k] for idx in gt)
+    return tuple(100.0 * s / len(ref) for s in stats)  # type: ignore[return-value]
+
+
 def cclip_retrieval(texts_path: Path, ids: List[int]) -> Dict[str, float]:
     """extract_features (images in LMDB key order, texts in file order) -> make_topk_predictions(_tr) ->
     evaluation(_tr)."""
@@ -228,19 +238,11 @@ def cclip_retrieval(texts_path: Path, ids: List[int]) -> Dict[str, float]:
     text_feats = [(r["text_id"], cclip_preprocess_text(r["text"])) for r in rows]
     reference = {r["text_id"]: r["image_ids"] for r in rows}
 
-    def recall(ref: Dict[int, List[int]], preds: Dict[int, List[int]]) -> Tuple[float, float, float]:
-        stats = [0, 0, 0]
-        for qid in ref:
-            gt = set(ref[qid])
-            for j, k in enumerate((1, 5, 10)):
-                stats[j] += any(idx in preds[qid][:k] for idx in gt)
-        return tuple(100.0 * s / len(ref) for s in stats)  # type: ignore[return-value]
-
     t2i_preds = {}
     for text_id, text in text_feats:
         score_tuples = [(iid, float(grid_score(k_of[iid], text))) for iid in lmdb_order]
         t2i_preds[text_id] = [e[0] for e in sorted(score_tuples, key=lambda x: x[1], reverse=True)[:10]]
-    t2i = recall(reference, t2i_preds)
+    t2i = cclip_recall(reference, t2i_preds)
     tr_reference: Dict[int, List[int]] = {}
     for r in rows:  # transform_ir_annotation_to_tr
         for iid in r["image_ids"]:
@@ -249,7 +251,7 @@ def cclip_retrieval(texts_path: Path, ids: List[int]) -> Dict[str, float]:
     for iid in lmdb_order:
         score_tuples = [(tid, float(grid_score(k_of[iid], text))) for tid, text in text_feats]
         i2t_preds[iid] = [e[0] for e in sorted(score_tuples, key=lambda x: x[1], reverse=True)[:10]]
-    i2t = recall(tr_reference, i2t_preds)
+    i2t = cclip_recall(tr_reference, i2t_preds)
     out = {f"t2i_R@{k}": v for k, v in zip((1, 5, 10), t2i)}
     out.update({f"i2t_R@{k}": v for k, v in zip((1, 5, 10), i2t)})
     out["MR"] = (sum(t2i) + sum(i2t)) / 6
@@ -349,22 +351,15 @@ def cclip_reference_eval(texts_path: Path, tsv_ids: List[str], index_of: Dict[st
             raise ReferenceFailure(f"no prediction for {sorted(missing, key=str)}")
         return preds
 
-    def recall(ref: Dict, preds: Dict) -> Tuple[float, float, float]:
-        stats = [0, 0, 0]
-        for qid in ref:
-            gt = set(ref[qid])
-            for j, k in enumerate((1, 5, 10)):
-                stats[j] += any(idx in preds[qid][:k] for idx in gt)
-        return tuple(100.0 * s / len(ref) for s in stats)  # type: ignore[return-value]
+    def top10(queries, candidates, score) -> Dict:  # make_topk_predictions(_tr): sorted(..., reverse=True)[:10]
+        return {qid: [e[0] for e in sorted(((cid, score(q, c)) for cid, c in candidates), key=lambda x: x[1],
+                                           reverse=True)[:10]] for qid, q in queries}
 
     out: Dict[str, float] = {}
     recalls: List[float] = []
     if "t2i" in directions:
-        preds = {}
-        for text_id, text in texts:
-            scores = [(iid, float(grid_score(idx, text))) for iid, idx in images]
-            preds[text_id] = [e[0] for e in sorted(scores, key=lambda x: x[1], reverse=True)[:10]]
-        t2i = recall(reference, read_submission(preds, reference))
+        preds = top10(texts, images, lambda text, idx: float(grid_score(idx, text)))
+        t2i = cclip_recall(reference, read_submission(preds, reference))
         out.update({f"t2i_R@{k}": v for k, v in zip((1, 5, 10), t2i)})
         recalls += list(t2i)
     if "i2t" in directions:
@@ -372,11 +367,8 @@ def cclip_reference_eval(texts_path: Path, tsv_ids: List[str], index_of: Dict[st
         for r in rows:  # transform_ir_annotation_to_tr
             for iid in r["image_ids"]:
                 tr.setdefault(iid, []).append(r["text_id"])
-        preds = {}
-        for iid, idx in images:
-            scores = [(tid, float(grid_score(idx, text))) for tid, text in texts]
-            preds[iid] = [e[0] for e in sorted(scores, key=lambda x: x[1], reverse=True)[:10]]
-        i2t = recall(tr, read_submission(preds, tr))
+        preds = top10(images, texts, lambda idx, text: float(grid_score(idx, text)))
+        i2t = cclip_recall(tr, read_submission(preds, tr))
         out.update({f"i2t_R@{k}": v for k, v in zip((1, 5, 10), i2t)})
         recalls += list(i2t)
     out["MR"] = sum(recalls) / len(recalls)

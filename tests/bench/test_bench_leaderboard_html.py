@@ -6,9 +6,7 @@ model names never become markup)."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from ccmb_bench.html import DATA_ELEMENT, render_html, script_json
 from ccmb_bench.leaderboard import paper_rows
 from ccmb_bench.results import make_result, write_result
 
-from browser import open_page
+from browser import chromium, open_page
 from lb_helpers import matching_pq, write_with_per_query
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -82,22 +80,8 @@ def results_dir(tmp_path):
     return out
 
 
-def find_chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 def _browser():
-    browser = find_chromium()
-    if browser is None:
-        if os.environ.get("CCMB_NO_BROWSER") == "1":
-            pytest.skip("CCMB_NO_BROWSER=1: static checks only")  # an explicit opt-out, never the default
-        pytest.fail("chromium not found on PATH: install it (apt-get update && apt-get install -y chromium) "
-                    "or set CCMB_NO_BROWSER=1 to accept static checks only")
-    return browser
+    return chromium()
 
 
 def dump_dom(url: str, profile: Path, width: int = 1280) -> str:
