@@ -41,7 +41,7 @@ def retrieval_statistic(pq: PerQuery, w: Weights, ks: Sequence[int]) -> Dict[str
         rank = pq[d]["rank"]
         valid = rank >= 0
         hits = (rank[valid, None] < np.asarray(ks)[None, :]).astype(np.float64)
-        r = _wmean(w[d][:, valid], hits) * 100.0
+        r = _wmean(w[d] if valid.all() else w[d][:, valid], hits) * 100.0  # no copy when every query counts
         for j, k in enumerate(ks):
             out[f"{d}_R@{k}"] = r[:, j]
         out[f"{d}_mean"] = r.mean(1)
