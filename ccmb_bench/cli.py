@@ -108,6 +108,7 @@ def compare_cmd(runs: Tuple[Path, ...], bootstrap_n: int, seed: int, protocol: O
     Two runs: every metric, A - B with its 95% interval and p-value. Three or more: per dataset the rank
     groups (Holm-corrected, 5%) and the pairwise table of the main metric.
 
+    \b
     Example: ccmb-bench compare bench/r2d2 bench/prd2 bench/cclip-h14 --protocol official
     """
     from ccmb_bench.compare import compare, compare_paths
@@ -232,6 +233,7 @@ def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[
     dataset, protocol and block (zero-shot, fine-tuned on the set, seen in training), beside the published
     numbers of the same datasets.
 
+    \b
     Example: ccmb-bench leaderboard --results bench --html lb.html --markdown lb.md
     """
     from ccmb_bench.leaderboard import collect, export, to_markdown
@@ -259,6 +261,7 @@ def plot_cmd(results: Path, out: Path, include_paper: bool, top: int) -> None:
     """Draw recall@K per model and retrieval dataset (PNG): one panel per dataset (more panels when it has
     many runs), t2i solid, i2t dotted, one legend entry per model.
 
+    \b
     Example: ccmb-bench plot --results bench --out recall.png --include-paper
     """
     from ccmb_bench.leaderboard import collect
