@@ -254,8 +254,8 @@ def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[
 @click.option("--results", type=click.Path(path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
 @click.option("--include-paper", is_flag=True, help="Also draw the best published rows of the datasets run.")
-@click.option("--top", type=click.IntRange(0), default=5, show_default=True,
-              help="With --include-paper: the published rows drawn per panel (best MR first).")
+@click.option("--top", type=click.IntRange(0), default=3, show_default=True,
+              help="With --include-paper: the published rows drawn beside the runs of each dataset (best MR first).")
 @input_errors_as_click
 def plot_cmd(results: Path, out: Path, include_paper: bool, top: int) -> None:
     """Draw recall@K per model and retrieval dataset (PNG): one panel per dataset (more panels when it has

@@ -3,8 +3,8 @@
 One panel per retrieval dataset; x = K (1, 5, 10), y = recall (0-100); per model one colour and one marker
 shape, t2i a solid line, i2t a dotted one (explained once in the title), one legend entry per model. Stays
 legible with many series: every run is drawn, published rows only the ``top_published`` best per dataset
-(by MR, then R@1), and a dataset with more than :data:`MAX_MODELS` models is split into several panels
-(small multiples), each with its own legend.
+(by MR, then R@1, of the runs' setting) beside the runs of each panel, and a dataset with more runs than a
+panel holds is split into several panels (small multiples), each with its own legend.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 MARKERS = ("circle", "square", "triangle", "diamond")
 KS = (1, 5, 10)
 PANEL_W, PANEL_H, MARGIN = 420, 300, 48
-MAX_MODELS = 8  # models per panel; more go to the next panel of the same dataset
+MAX_MODELS = 10  # models per panel; more runs go to the next panel of the same dataset
 LEGEND_LINE = 16
 LEGEND_CHARS = 60
 
@@ -50,9 +50,14 @@ def _strength(values: Dict[str, List[Optional[float]]], row: Dict[str, Any]) -> 
 
 def series(rows: Sequence[Dict[str, Any]], top_published: Optional[int] = None) -> Dict[str, List[Series]]:
     """``{dataset/split: [(label, published, {direction: [R@1, R@5, R@10]})]}`` of the retrieval rows: every
-    run, and the ``top_published`` best published rows of each dataset (all when None)."""
+    run, and the ``top_published`` best published rows of each dataset (all when None), of the runs' settings
+    (zero-shot runs beside zero-shot published rows)."""
     runs: Dict[str, List[Series]] = {}
     published: Dict[str, List[Tuple[Tuple[float, float], Series]]] = {}
+    run_blocks: Dict[str, set] = {}
+    for r in rows:
+        if r.get("task") == "retrieval" and not r.get("reference"):
+            run_blocks.setdefault(f"{r['dataset']}/{r['split']}", set()).add(r.get("block", "zero-shot"))
     for r in rows:
         if r.get("task") != "retrieval":
             continue
@@ -66,8 +71,9 @@ def series(rows: Sequence[Dict[str, Any]], top_published: Optional[int] = None) 
             continue
         name = f"{r['dataset']}/{r['split']}"
         item: Series = (_label(r), bool(r.get("reference")), values)
-        if r.get("reference"):
-            published.setdefault(name, []).append((_strength(values, r), item))
+        if r.get("reference"):  # beside runs: only the published rows of their setting (zero-shot, fine-tuned)
+            if name not in run_blocks or r.get("block", "zero-shot") in run_blocks[name]:
+                published.setdefault(name, []).append((_strength(values, r), item))
         else:
             runs.setdefault(name, []).append(item)
     out: Dict[str, List[Series]] = {}
@@ -78,12 +84,19 @@ def series(rows: Sequence[Dict[str, Any]], top_published: Optional[int] = None) 
 
 
 def panels(data: Dict[str, List[Series]]) -> List[Tuple[str, List[Series]]]:
-    """Small multiples: at most :data:`MAX_MODELS` models per panel (``name (1/3)`` ...)."""
+    """Small multiples: at most :data:`MAX_MODELS` models per panel; the published rows of a dataset appear in
+    each of its panels (the reference beside every group of runs), its runs are spread evenly over the panels
+    (``name (1/3)`` ...)."""
     out = []
     for name, items in data.items():
-        chunks = [items[i:i + MAX_MODELS] for i in range(0, len(items), MAX_MODELS)] or [[]]
+        runs = [it for it in items if not it[1]]
+        refs = [it for it in items if it[1]]
+        room = max(1, MAX_MODELS - len(refs))
+        n = max(1, -(-len(runs) // room))
+        size = max(1, -(-len(runs) // n))  # balanced: 12 runs, 7 per panel -> 6 + 6
+        chunks = [runs[i:i + size] for i in range(0, len(runs), size)] or [[]]
         for k, chunk in enumerate(chunks):
-            out.append((name if len(chunks) == 1 else f"{name} ({k + 1}/{len(chunks)})", chunk))
+            out.append((name if len(chunks) == 1 else f"{name} ({k + 1}/{len(chunks)})", chunk + refs))
     return out
 
 
@@ -112,7 +125,7 @@ def _fit(text: str, chars: int = LEGEND_CHARS) -> str:
 
 
 def draw_recall_chart(rows: Sequence[Dict[str, Any]], title: str = "Recall@K",
-                      top_published: Optional[int] = 5) -> Image.Image:
+                      top_published: Optional[int] = 3) -> Image.Image:
     """The chart as a PIL image (panels side by side, wrapping every 3)."""
     cells = panels(series(rows, top_published))
     if not cells or not any(items for _, items in cells):
@@ -161,7 +174,7 @@ def draw_recall_chart(rows: Sequence[Dict[str, Any]], title: str = "Recall@K",
 
 
 def plot(rows: Sequence[Dict[str, Any]], out: Path, title: str = "Recall@K per model and dataset",
-         top_published: Optional[int] = 5) -> Path:
+         top_published: Optional[int] = 3) -> Path:
     """Write the chart PNG atomically."""
     buf = io.BytesIO()
     draw_recall_chart(rows, title, top_published).save(buf, format="PNG")
