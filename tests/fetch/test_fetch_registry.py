@@ -112,7 +112,7 @@ def test_fetch_dataset_unpacks_into_the_root(registries, home, tmp_path):
     assert res.exit_code == 0, res.output
     assert "ccmb datasets verify muge --root" in res.output
     data = ds.load_dataset("muge", root)
-    assert len(data.texts) == 7 and len(data.image_ids) == 5
+    assert len(data.texts) == 7 and len(data.image_ids) == 10
     assert (home / "downloads" / "datasets" / "muge" / "MUGE.zip").is_file()  # kept for offline re-unpacking
     res = _ccmb("fetch", "dataset", "muge", "--root", root, "--offline")
     assert res.exit_code == 0 and "already in place" in res.output
