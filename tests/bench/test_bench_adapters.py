@@ -15,7 +15,7 @@ from ccmb_bench.cli import main
 
 
 def test_every_registered_model_belongs_to_a_family():
-    assert set(FAMILIES) == {"r2d2", "chinese-clip"}
+    assert set(FAMILIES) >= {"r2d2", "chinese-clip", "clip", "altclip", "siglip", "pair", "open-clip"}
     assert {s.kind for s in MODELS.values()} <= set(FAMILIES)
     assert list(MODELS)[:3] == ["r2d2-vitl14", "r2d2-vitb16", "prd2-vitl14"]
     # the historical import paths keep working
@@ -93,6 +93,21 @@ def test_truncated_chinese_clip_weights_name_the_folder(tiny_models, bench_root,
 def test_module_is_a_package():
     assert Path(adapters.__file__).name == "__init__.py"
     assert "ccmb_bench.adapters.r2d2" in sys.modules and "ccmb_bench.adapters.chinese_clip" in sys.modules
+
+
+def test_the_registry_is_readable_without_torch():
+    """Names, families and plug-in entry points are listed before any model library is imported (fast name
+    checks, `ccmb-bench models`)."""
+    import subprocess
+
+    probe = ("import sys, json; import ccmb_bench.adapters as a; names = a.model_names(); "
+             "print(json.dumps([len(names), a.is_model_name('altclip'), a.is_model_name('open_clip:ViT-B-32'), "
+             "a.is_model_name('nope'), sorted(m for m in ('torch', 'transformers', 'open_clip', 'PIL', 'numpy') "
+             "if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    n, altclip, oc, nope, heavy = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert n >= len(MODELS) and altclip and oc and not nope
+    assert heavy == []
 
 
 def test_a_trainer_run_directory_loads_its_model_folder(tiny_models, tmp_path):
