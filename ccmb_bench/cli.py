@@ -68,6 +68,9 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str, no_fetch: bool = False) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    from ccmb_bench.adapters.tvcompat import prepare_torchvision
+
+    prepare_torchvision()  # before transformers loads: a CUDA torchvision beside a CPU torch (open-clip extra)
     from ccmb.datasets import DatasetError
     from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
     from ccmb_bench.runner import DeviceError, MissingDataError, RunOptions, run

@@ -6,8 +6,9 @@ it claims by ``config.json`` ``model_type`` and its :class:`TextRecipe` — expo
 registry expects (``load_registered``, ``claims_directory``, ``load_directory``).
 
 What "as its library does" means here, per step:
-- images: the checkpoint's ``preprocessor_config.json`` through ``AutoImageProcessor`` (resize, crop, rescale,
-  normalise; the PIL backend when torchvision is absent, as transformers itself falls back);
+- images: the checkpoint's processor (``AutoProcessor``, whose call-time defaults apply; else its
+  ``AutoImageProcessor``): resize, crop, rescale, normalise (the PIL backend when torchvision is absent, as
+  transformers itself falls back);
 - texts: the checkpoint's tokenizer (lower-casing and cleaning are the tokenizer's), truncated at the model's
   context length, padded as the family's reference usage pads (``longest`` for CLIP-style models whose pooled
   token does not see the padding; ``max_length`` for SigLIP, which was trained on fixed-length padded text and
@@ -151,8 +152,16 @@ class HFDualEncoderAdapter(ModelAdapter):
 
 
 def load_image_processor(source: str) -> Any:
-    from transformers import AutoImageProcessor
+    """The checkpoint's processor when it has one (its call-time defaults apply, e.g. SigLIP 2's
+    ``max_num_patches``), else its image processor."""
+    from transformers import AutoImageProcessor, AutoProcessor
 
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError):
+        processor = None
+    if processor is not None and getattr(processor, "image_processor", None) is not None:
+        return processor
     return AutoImageProcessor.from_pretrained(source)
 
 
