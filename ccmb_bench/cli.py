@@ -130,15 +130,35 @@ def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, pro
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cmd(as_json: bool) -> None:
-    """List the registered models and where their weights are looked up."""
+    """List the registered models (built-in and plug-in families): family, size, source (hub id and
+    revision), where the weights are looked up and the published reference rows each has.
+
+    Example: ccmb-bench models --json
+    """
     from ccmb_bench.adapters import list_models
 
     rows = list_models()
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    pad = " " * 4
     for r in rows:
-        click.echo(f"{r['name']:26s} {r['kind']:14s} {r['description']}\n{'':41s}weights: {r['weights']}")
+        click.echo(f"{r['name']:30s} {r['kind']:13s} {r['description']}")
+        if r["size"]:
+            click.echo(f"{pad}size: {r['size']}")
+        if r["source"]:
+            rev = r["revision"]
+            rev = "" if not rev else (" (revision not pinned)" if rev == "unpinned" else f" @ {rev}")
+            click.echo(f"{pad}source: {r['source']}{rev}")
+        click.echo(f"{pad}weights: {r['weights']}")
+        for ref in r["reference"]:
+            value = "" if ref["value"] is None else f" {ref['metric']} {ref['value']}"
+            click.echo(f"{pad}reference: {ref['dataset']}/{ref['split']} {ref['setting']}{value} "
+                       f"[{ref['model']}; {ref['source']}]")
+        if r["notes"]:
+            click.echo(f"{pad}note: {r['notes']}")
+        if r["plugin"]:
+            click.echo(f"{pad}plug-in: {r['plugin']}")
 
 
 @main.command("datasets")
