@@ -122,3 +122,34 @@ def test_open_clip_parity_through_ccmb_bench_run(multilingual, bench_root, tmp_p
     diff = check(out, ref_t["images"], ref_t["texts"], view)
     print(f"parity open-clip ({'xlm-r' if multilingual else 'clip'} text): max |diff| images {diff['images']:.2e}, "
           f"texts {diff['texts']:.2e}")
+
+
+def test_a_protocol_context_truncates_but_keeps_the_family_padding(tmp_path):
+    """Chinese-CLIP's protocol caps texts at 52 tokens (here 6): SigLIP texts are cut there and still padded to
+    the model's length (it pools the last position); CLIP-style texts are cut and padded to the longest."""
+    from transformers import AutoProcessor, SiglipModel
+
+    from ccmb_bench.adapters import load_adapter
+    from ccmb_bench.tasks.encode import context_length
+
+    d = CASES["siglip2-fixed"][0](tmp_path / "sig")
+    adapter = load_adapter(str(d))
+    texts = ["一个红色的圆形在白色背景上", "蓝色方形"]
+    with context_length(adapter, 6) as capped:
+        assert capped
+        enc = adapter.tokenize(texts)
+        ours = adapter.encode_texts(texts)["embeds"]
+    assert enc["input_ids"].shape == (2, 64) and int(enc["attention_mask"][0].sum()) == 6
+    processor = AutoProcessor.from_pretrained(d)
+    cut = processor.tokenizer(texts, truncation=True, max_length=6)
+    ref_in = processor.tokenizer.pad(cut, padding="max_length", max_length=64, return_tensors="pt")
+    model = SiglipModel.from_pretrained(d).eval()
+    with torch.no_grad():
+        ref = model.get_text_features(**ref_in)
+    ref = torch.nn.functional.normalize(getattr(ref, "pooler_output", ref), dim=-1)
+    assert float((ours - ref).abs().max()) < TOL
+    assert adapter.max_len == 64  # restored after the run
+
+    clip = load_adapter(str(CASES["clip"][0](tmp_path / "clip")))
+    with context_length(clip, 6):
+        assert clip.tokenize(texts)["input_ids"].shape == (2, 6)
