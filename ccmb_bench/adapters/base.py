@@ -187,5 +187,9 @@ class ModelAdapter:
         raise NotImplementedError(f"{self.name} does not generate captions")
 
     def describe(self) -> Dict[str, Any]:
-        return {"model": self.name, "kind": self.kind, "fingerprint": self.fingerprint,
-                "reranker": self.has_reranker}
+        out = {"model": self.name, "kind": self.kind, "fingerprint": self.fingerprint,
+               "reranker": self.has_reranker}
+        instruction = getattr(self, "query_instruction", None)
+        if instruction:
+            out["query_instruction"] = instruction
+        return out

@@ -101,49 +101,33 @@ def _clip_image_processor():
 
 
 # ------------------------------------------------------------------------------------------ builders
-def build_clip(d: Path) -> Path:
-    from transformers import CLIPConfig, CLIPModel
+def _clip_like(d: Path, config_class: str, model_class: str, tok, max_positions: int, **text) -> Path:
+    """A CLIP-architecture model (text tower + image tower + projections) with ``tok`` and CLIP's image
+    processor, saved in ``d``."""
+    import transformers
 
-    tok = clip_tokenizer(32)
-    cfg = CLIPConfig(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=32,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id),
-                     vision_config=VISION, projection_dim=16)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = getattr(transformers, config_class)(
+        text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=max_positions, **ids, **text),
+        vision_config=VISION, projection_dim=16)
     torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(d)
+    getattr(transformers, model_class)(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     _clip_image_processor().save_pretrained(d)
     return d
+
+
+def build_clip(d: Path) -> Path:
+    return _clip_like(d, "CLIPConfig", "CLIPModel", clip_tokenizer(32), 32)
 
 
 def build_metaclip2(d: Path) -> Path:
-    from transformers import MetaClip2Config, MetaClip2Model
-
-    tok = xlmr_tokenizer(32)
-    cfg = MetaClip2Config(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=32,
-                                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                           pad_token_id=tok.pad_token_id),
-                          vision_config=VISION, projection_dim=16)
-    torch.manual_seed(0)
-    MetaClip2Model(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    _clip_image_processor().save_pretrained(d)
-    return d
+    return _clip_like(d, "MetaClip2Config", "MetaClip2Model", xlmr_tokenizer(32), 32)
 
 
 def build_altclip(d: Path) -> Path:
-    from transformers import AltCLIPConfig, AltCLIPModel
-
-    tok = xlmr_tokenizer(40)
-    cfg = AltCLIPConfig(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=42, project_dim=16,
-                                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                         eos_token_id=tok.eos_token_id),
-                        vision_config=VISION, projection_dim=16)
-    torch.manual_seed(0)
-    AltCLIPModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    _clip_image_processor().save_pretrained(d)
-    return d
+    """XLM-R positions start after the padding index: 40 tokens need 42 positions."""
+    return _clip_like(d, "AltCLIPConfig", "AltCLIPModel", xlmr_tokenizer(40), 42, project_dim=16)
 
 
 def build_siglip(d: Path) -> Path:
