@@ -33,25 +33,14 @@ def encode_images(adapter: ModelAdapter, load: Callable[[int], Image.Image], ids
     """Encode images ``load(i)`` for ``i < len(ids)`` (``ids`` name them for the cache key)."""
     key = f"{digest(list(ids))}:{len(ids)}:{int(with_hidden)}"
 
-    def prepare(start: int):
-        idx = range(start, min(len(ids), start + batch_size))
-        return len(idx), adapter.preprocess([load(i) for i in idx])
-
     def compute() -> Dict[str, torch.Tensor]:
-        from concurrent.futures import ThreadPoolExecutor
-
         parts = []
-        starts = list(range(0, len(ids), batch_size))
-        # the next batch is loaded and preprocessed in a thread while the model encodes this one (the forward
-        # releases the GIL; decoding and resizing overlap it); the order of the batches is unchanged
-        with tqdm(total=len(ids), desc=f"encode {desc}", unit="img", leave=False) as bar, \
-                ThreadPoolExecutor(max_workers=1) as pool:
-            ahead = pool.submit(prepare, starts[0]) if starts else None
-            for k in range(len(starts)):
-                n, pixels = ahead.result()
-                ahead = pool.submit(prepare, starts[k + 1]) if k + 1 < len(starts) else None
+        with tqdm(total=len(ids), desc=f"encode {desc}", unit="img", leave=False) as bar:
+            for start in range(0, len(ids), batch_size):
+                idx = range(start, min(len(ids), start + batch_size))
+                pixels = adapter.preprocess([load(i) for i in idx])
                 parts.append(adapter.encode_images(pixels, with_hidden=with_hidden))
-                bar.update(n)
+                bar.update(len(idx))
         if not parts:
             raise ValueError(f"no {desc} to encode")
         return _cat(parts)

@@ -96,11 +96,13 @@ def test_module_is_a_package():
 
 
 def test_the_registry_is_readable_without_torch():
-    """Names, families and plug-in entry points are listed before any model library is imported (fast name
-    checks, `ccmb-bench models`)."""
+    """Names, families and plug-in entry points are listed, and `ccmb-bench models` runs, without importing any
+    model library (fast name checks before torch)."""
     import subprocess
 
     probe = ("import sys, json; import ccmb_bench.adapters as a; names = a.model_names(); "
+             "from click.testing import CliRunner; from ccmb_bench.cli import main; "
+             "assert CliRunner().invoke(main, ['models']).exit_code == 0; "
              "print(json.dumps([len(names), a.is_model_name('altclip'), a.is_model_name('open_clip:ViT-B-32'), "
              "a.is_model_name('nope'), sorted(m for m in ('torch', 'transformers', 'open_clip', 'PIL', 'numpy') "
              "if m in sys.modules)]))")
