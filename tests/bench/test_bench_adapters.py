@@ -126,3 +126,29 @@ def test_a_trainer_run_directory_loads_its_model_folder(tiny_models, tmp_path):
     empty.mkdir()
     with pytest.raises(Exception, match="not a model directory"):
         load_adapter(str(empty))
+
+
+def test_the_makefile_installs_the_open_clip_extra_of_pyproject():
+    """`make install` puts the open-clip extra beside the venv with --no-deps: the same requirements as
+    pyproject's extra (torchvision pinned to the torch the Makefile installs), plus ftfy's wcwidth."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        pytest.skip("tomllib needs Python 3.11")
+    root = Path(__file__).resolve().parents[2]
+    extra = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    make = (root / "Makefile").read_text(encoding="utf-8")
+    torch_pin = re.search(r"^TORCH\s*\?=\s*torch==(\S+)", make, re.M).group(1)
+    vision_pin = re.search(r"^TORCHVISION\s*\?=\s*torchvision==(\S+)", make, re.M).group(1)
+    pkgs = re.search(r"^OPEN_CLIP_PKGS\s*\?=\s*(.+)$", make, re.M).group(1).replace("'", "").split()
+    pkgs = [p.replace("$(TORCHVISION)", f"torchvision=={vision_pin}") for p in pkgs]
+    for req in extra["open-clip"]:
+        name = re.split(r"[<>=!~ ]", req, 1)[0]
+        assert any(p.startswith(name) for p in pkgs), (req, pkgs)
+    assert "wcwidth" in pkgs
+    pairs = {"2.13": "0.28"}  # torch minor -> torchvision minor
+    assert vision_pin.startswith(pairs[".".join(torch_pin.split(".")[:2])])
+    assert f"torchvision=={vision_pin.rsplit('.', 1)[0]}.*" in extra["open-clip"]
+    assert "--no-deps" in make and "$(OPEN_CLIP_DIR)" in make
