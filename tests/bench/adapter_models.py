@@ -130,32 +130,26 @@ def build_altclip(d: Path) -> Path:
     return _clip_like(d, "AltCLIPConfig", "AltCLIPModel", xlmr_tokenizer(40), 42, project_dim=16)
 
 
-def build_siglip(d: Path) -> Path:
+def _siglip_model(d: Path, tok, max_positions: int) -> Path:
     from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    d.mkdir(parents=True, exist_ok=True)
-    tok = siglip_tokenizer(d, 16)
-    cfg = SiglipConfig(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=16),
+    cfg = SiglipConfig(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=max_positions),
                        vision_config=VISION)
     torch.manual_seed(0)
     SiglipModel(cfg).save_pretrained(d)
     tok.save_pretrained(d)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
     return d
+
+
+def build_siglip(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    return _siglip_model(d, siglip_tokenizer(d, 16), 16)
 
 
 def build_siglip2_fixed(d: Path) -> Path:
     """A fixed-resolution SigLIP 2 checkpoint: ``SiglipModel`` with a Gemma tokenizer, as google/siglip2-*-256."""
-    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
-
-    tok = gemma_tokenizer(64)
-    cfg = SiglipConfig(text_config=dict(LAYERS, vocab_size=len(tok), max_position_embeddings=64),
-                       vision_config=VISION)
-    torch.manual_seed(0)
-    SiglipModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
+    return _siglip_model(d, gemma_tokenizer(64), 64)
 
 
 def build_siglip2_naflex(d: Path) -> Path:
