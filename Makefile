@@ -2,6 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+# the open-clip extra of pyproject.toml (+ ftfy's wcwidth), torchvision paired with $(TORCH); installed with
+# --no-deps into a folder beside the venv: the PyPI torchvision is a CUDA build whose presence in the venv would
+# switch transformers' image processors to a backend that cannot import beside the CPU torch. The open_clip tests
+# put OPEN_CLIP_DIR on PYTHONPATH of their subprocesses.
+TORCHVISION ?= torchvision==0.28.0
+OPEN_CLIP_PKGS ?= 'open_clip_torch>=2.24' 'timm>=1.0.17' 'ftfy>=6' wcwidth '$(TORCHVISION)'
+OPEN_CLIP_DIR := $(VENV)/extras/open-clip
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -22,6 +29,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install '$(TORCH)'
 	$(PY) -m pip install -e '.[test,spark]'
+	$(PY) -m pip install --no-deps --upgrade --target $(OPEN_CLIP_DIR) $(OPEN_CLIP_PKGS)
 	touch $(STAMP)
 
 install: $(STAMP)

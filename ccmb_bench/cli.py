@@ -68,6 +68,9 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str, no_fetch: bool = False) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    from ccmb_bench.adapters.tvcompat import prepare_torchvision
+
+    prepare_torchvision()  # before transformers loads: a CUDA torchvision beside a CPU torch (open-clip extra)
     from ccmb.datasets import DatasetError
     from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
     from ccmb_bench.runner import DeviceError, MissingDataError, RunOptions, run
@@ -167,15 +170,35 @@ def _echo_table(t) -> None:
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cmd(as_json: bool) -> None:
-    """List the registered models and where their weights are looked up."""
+    """List the registered models (built-in and plug-in families): family, size, source (hub id and
+    revision), where the weights are looked up and the published reference rows each has.
+
+    Example: ccmb-bench models --json
+    """
     from ccmb_bench.adapters import list_models
 
     rows = list_models()
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    pad = " " * 4
     for r in rows:
-        click.echo(f"{r['name']:26s} {r['kind']:14s} {r['description']}\n{'':41s}weights: {r['weights']}")
+        click.echo(f"{r['name']:30s} {r['kind']:13s} {r['description']}")
+        if r["size"]:
+            click.echo(f"{pad}size: {r['size']}")
+        if r["source"]:
+            rev = r["revision"]
+            rev = "" if not rev else (" (revision not pinned)" if rev == "unpinned" else f" @ {rev}")
+            click.echo(f"{pad}source: {r['source']}{rev}")
+        click.echo(f"{pad}weights: {r['weights']}")
+        for ref in r["reference"]:
+            value = "" if ref["value"] is None else f" {ref['metric']} {ref['value']}"
+            click.echo(f"{pad}reference: {ref['dataset']}/{ref['split']} {ref['setting']}{value} "
+                       f"[{ref['model']}; {ref['source']}]")
+        if r["notes"]:
+            click.echo(f"{pad}note: {r['notes']}")
+        if r["plugin"]:
+            click.echo(f"{pad}plug-in: {r['plugin']}")
 
 
 @main.command("datasets")

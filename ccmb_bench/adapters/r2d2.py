@@ -5,10 +5,9 @@ trainer outputs (``config.json`` + ``model.safetensors``)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
-
-import torch
+from typing import Any, Optional
 
 from ccmb_bench.adapters.base import (
     MissingCheckpointError,
@@ -18,6 +17,7 @@ from ccmb_bench.adapters.base import (
     ModelSpec,
     fingerprint_path,
     folder_config,
+    registered,
     registered_location,
 )
 
@@ -29,14 +29,7 @@ DIRECTORY = "a trainer output (config.json + model.safetensors)"
 _DOWNLOAD = ("https://github.com/yuxie11/R2D2 (README 'Pre-trained models' / 'Fine-tuned models'); "
              "the tokenizer: https://huggingface.co/hfl/chinese-roberta-wwm-ext (vocab.txt)")
 _FILES = ("*.pth or model.safetensors", "vocab.txt")
-SPECS = (
-    ModelSpec("r2d2-vitl14", KIND, "R2D2 ViT-L/14 (Zero-250M pre-training), two-stage ranking", _DOWNLOAD,
-              config="r2d2-vitl14", files=_FILES),
-    ModelSpec("r2d2-vitb16", KIND, "R2D2 ViT-B/16 (fine-tuned checkpoints), two-stage ranking", _DOWNLOAD,
-              config="r2d2-vitb16", files=_FILES),
-    ModelSpec("prd2-vitl14", KIND, "PRD2 ViT-L/14 dual encoder (Zero-250M)", _DOWNLOAD,
-              config="prd2-vitl14", files=_FILES),
-)
+SPECS = tuple(replace(s, download=_DOWNLOAD, files=_FILES) for s in registered(KIND))
 
 
 class R2D2Adapter(ModelAdapter):
@@ -45,7 +38,9 @@ class R2D2Adapter(ModelAdapter):
     kind = "r2d2"
 
     def __init__(self, model, tokenizer, name: str, fingerprint: str, device: str = "cpu",
-                 hidden_dtype: Optional[torch.dtype] = None) -> None:
+                 hidden_dtype: Optional[Any] = None) -> None:
+        import torch
+
         from models.preprocess import ImageTransform
 
         self.model = model.to(device).eval()
@@ -61,25 +56,31 @@ class R2D2Adapter(ModelAdapter):
         self.hidden_dtype = hidden_dtype or (torch.float16 if device != "cpu" else torch.float32)
 
     def preprocess(self, images):
+        import torch
+
         return torch.stack([self.transform(im) for im in images])
 
-    @torch.no_grad()
     def encode_images(self, pixel_values, with_hidden=False):
-        if with_hidden and self.has_reranker:
-            e, h = self.model.encode_image(pixel_values.to(self.device), return_hidden=True)
-            return {"embeds": e.float().cpu(), "hidden": h.to(self.hidden_dtype).cpu()}
-        return {"embeds": self.model.encode_image(pixel_values.to(self.device)).float().cpu()}
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            if with_hidden and self.has_reranker:
+                e, h = self.model.encode_image(pixel_values.to(self.device), return_hidden=True)
+                return {"embeds": e.float().cpu(), "hidden": h.to(self.hidden_dtype).cpu()}
+            return {"embeds": self.model.encode_image(pixel_values.to(self.device)).float().cpu()}
+
     def encode_texts(self, texts, with_hidden=False):
+        import torch
+
         from models.tokenizer import tokenize
 
         enc = tokenize(self.tokenizer, texts, max_length=self.max_len)
-        if with_hidden and self.has_reranker:
-            e, h = self.model.encode_text(enc["input_ids"], enc["attention_mask"], return_hidden=True)
-            return {"embeds": e.float().cpu(), "hidden": h.to(self.hidden_dtype).cpu(),
-                    "mask": enc["attention_mask"].cpu()}
-        return {"embeds": self.model.encode_text(enc["input_ids"], enc["attention_mask"]).float().cpu()}
+        with torch.no_grad():
+            if with_hidden and self.has_reranker:
+                e, h = self.model.encode_text(enc["input_ids"], enc["attention_mask"], return_hidden=True)
+                return {"embeds": e.float().cpu(), "hidden": h.to(self.hidden_dtype).cpu(),
+                        "mask": enc["attention_mask"].cpu()}
+            return {"embeds": self.model.encode_text(enc["input_ids"], enc["attention_mask"]).float().cpu()}
 
     def pair_scores(self, images, texts, image_index, text_index):
         if not self.has_reranker:
@@ -178,9 +179,9 @@ def load_directory(path: Path, checkpoint: Optional[str], device: str, tokenizer
 
 
 def known_names():
-    import models as mdl
+    from models.config import list_configs
 
-    return mdl.list_configs()
+    return list_configs()
 
 
 def claims_name(model: str) -> bool:

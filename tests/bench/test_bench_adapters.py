@@ -15,7 +15,7 @@ from ccmb_bench.cli import main
 
 
 def test_every_registered_model_belongs_to_a_family():
-    assert set(FAMILIES) == {"r2d2", "chinese-clip"}
+    assert set(FAMILIES) >= {"r2d2", "chinese-clip", "clip", "altclip", "siglip", "pair", "open-clip"}
     assert {s.kind for s in MODELS.values()} <= set(FAMILIES)
     assert list(MODELS)[:3] == ["r2d2-vitl14", "r2d2-vitb16", "prd2-vitl14"]
     # the historical import paths keep working
@@ -95,6 +95,23 @@ def test_module_is_a_package():
     assert "ccmb_bench.adapters.r2d2" in sys.modules and "ccmb_bench.adapters.chinese_clip" in sys.modules
 
 
+def test_the_registry_is_readable_without_torch():
+    """Names, families and plug-in entry points are listed, and `ccmb-bench models` runs, without importing any
+    model library (fast name checks before torch)."""
+    import subprocess
+
+    probe = ("import sys, json; import ccmb_bench.adapters as a; names = a.model_names(); "
+             "from click.testing import CliRunner; from ccmb_bench.cli import main; "
+             "assert CliRunner().invoke(main, ['models']).exit_code == 0; "
+             "print(json.dumps([len(names), a.is_model_name('altclip'), a.is_model_name('open_clip:ViT-B-32'), "
+             "a.is_model_name('nope'), sorted(m for m in ('torch', 'transformers', 'open_clip', 'PIL', 'numpy') "
+             "if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    n, altclip, oc, nope, heavy = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert n >= len(MODELS) and altclip and oc and not nope
+    assert heavy == []
+
+
 def test_a_trainer_run_directory_loads_its_model_folder(tiny_models, tmp_path):
     """``ccmb-bench run --model RUN_DIR``: the trainer's run folder has no config.json of its own; its model/
     folder (with the vocab.txt the trainer copies) is used, with no --tokenizer."""
@@ -109,3 +126,29 @@ def test_a_trainer_run_directory_loads_its_model_folder(tiny_models, tmp_path):
     empty.mkdir()
     with pytest.raises(Exception, match="not a model directory"):
         load_adapter(str(empty))
+
+
+def test_the_makefile_installs_the_open_clip_extra_of_pyproject():
+    """`make install` puts the open-clip extra beside the venv with --no-deps: the same requirements as
+    pyproject's extra (torchvision pinned to the torch the Makefile installs), plus ftfy's wcwidth."""
+    import re
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        pytest.skip("tomllib needs Python 3.11")
+    root = Path(__file__).resolve().parents[2]
+    extra = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    make = (root / "Makefile").read_text(encoding="utf-8")
+    torch_pin = re.search(r"^TORCH\s*\?=\s*torch==(\S+)", make, re.M).group(1)
+    vision_pin = re.search(r"^TORCHVISION\s*\?=\s*torchvision==(\S+)", make, re.M).group(1)
+    pkgs = re.search(r"^OPEN_CLIP_PKGS\s*\?=\s*(.+)$", make, re.M).group(1).replace("'", "").split()
+    pkgs = [p.replace("$(TORCHVISION)", f"torchvision=={vision_pin}") for p in pkgs]
+    for req in extra["open-clip"]:
+        name = re.split(r"[<>=!~ ]", req, 1)[0]
+        assert any(p.startswith(name) for p in pkgs), (req, pkgs)
+    assert "wcwidth" in pkgs
+    pairs = {"2.13": "0.28"}  # torch minor -> torchvision minor
+    assert vision_pin.startswith(pairs[".".join(torch_pin.split(".")[:2])])
+    assert f"torchvision=={vision_pin.rsplit('.', 1)[0]}.*" in extra["open-clip"]
+    assert "--no-deps" in make and "$(OPEN_CLIP_DIR)" in make
