@@ -68,6 +68,16 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str, no_fetch: bool = False) -> None:
     """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    from ccmb.fetch import offline
+    from ccmb_bench import precheck
+
+    params = parse_key_values(param)
+    fetch = not no_fetch and not offline()
+    # names and paths first: a mistake is answered before torch and transformers are imported
+    precheck.check_run(model, datasets.split(","), root, split=split, params=params, checkpoint=checkpoint,
+                       tokenizer=tokenizer, fetch=fetch)
+    precheck.set_offline(not fetch)
+
     from ccmb.datasets import DatasetError
     from ccmb_bench.adapters import MissingCheckpointError, UnknownModelError
     from ccmb_bench.runner import DeviceError, MissingDataError, RunOptions, run
@@ -75,9 +85,9 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 
     opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
-                      params=parse_key_values(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
+                      params=params, predictions=predictions, generated=generated, caption_pool=caption_pool,
                       setting=setting, max_hidden_gb=max_hidden_gb, protocol=protocol, bootstrap=bootstrap_n,
-                      bootstrap_seed=bootstrap_seed, fetch=not no_fetch)
+                      bootstrap_seed=bootstrap_seed, fetch=fetch)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
     except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError, DeviceError,

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .. import shards as fmt
+from ..clikit import input_errors_as_click
 
 
 @click.group("shards")
@@ -17,6 +18,7 @@ def shards_group() -> None:
 
 @shards_group.command("finalize")
 @click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@input_errors_as_click
 def finalize_cmd(shard_dir: str) -> None:
     """Write sizes.json and manifest.json for the NNNNN.tar files in SHARD_DIR."""
     manifest = fmt.finalize_shard_set(shard_dir, command=shlex.join(sys.argv))
@@ -26,6 +28,7 @@ def finalize_cmd(shard_dir: str) -> None:
 @shards_group.command("ls")
 @click.argument("shard_dir", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@input_errors_as_click
 def ls_cmd(shard_dir: str, as_json: bool) -> None:
     """List the shards of SHARD_DIR with their sample counts."""
     rows = {p.name: fmt.count_tar_samples(p) for p in fmt.list_shards(shard_dir)}

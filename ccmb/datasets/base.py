@@ -41,6 +41,10 @@ class UnknownDatasetError(DatasetError):
     """A dataset name that is not registered; the message lists the known names."""
 
 
+class UnknownSplitError(DatasetError):
+    """A split the dataset does not have; the message names the splits it has."""
+
+
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The data root (or a file of its layout) is missing; the message prints the expected layout."""
 

@@ -29,6 +29,7 @@ from ccmb_bench.adapters.base import (
 )
 from ccmb_bench.adapters.chinese_clip import ChineseCLIPAdapter
 from ccmb_bench.adapters.r2d2 import R2D2Adapter
+from ccmb_bench.precheck import RUN_MODEL_DIRS, run_model_dir  # noqa: F401 (the light rules, shared with precheck)
 
 #: kind -> family module (a new model family: one module and one line here)
 FAMILIES = {r2d2.KIND: r2d2, chinese_clip.KIND: chinese_clip}
@@ -48,21 +49,6 @@ def list_models() -> List[Dict[str, str]]:
                  "description": " or ".join(f.DIRECTORY for f in FAMILIES.values()),
                  "weights": "the directory itself"})
     return rows
-
-
-#: model folders inside a ``ccmb train`` run directory, in the order ``--model RUN_DIR`` picks them
-RUN_MODEL_DIRS = ("model", "best")
-
-
-def run_model_dir(path: Path) -> Path:
-    """``path`` itself, or for a trainer's run directory (no ``config.json`` of its own) its final model folder
-    (``model/``, else ``best/``), so ``ccmb-bench run --model RUN_DIR`` works."""
-    if (path / "config.json").exists():
-        return path
-    for name in RUN_MODEL_DIRS:
-        if (path / name / "config.json").is_file():
-            return path / name
-    return path
 
 
 def load_adapter(model: str, checkpoint: Optional[str] = None, device: str = "cpu",
