@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import posixpath
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -65,6 +67,74 @@ class MissingImageError(DatasetError, FileNotFoundError):
 
 class UnsafeImagePathError(DatasetError):
     """An image id that would name a file outside its image folder (absolute, ``..``)."""
+
+
+class UnsafeFileError(DatasetError):
+    """A file the dataset names that must not be read: not a regular file (a FIFO, a device such as a link to
+    ``/dev/zero``, a folder), a link leading outside its folder, or larger than the bound. The message names it."""
+
+
+#: Bounds of what a dataset file may hold: an image file, one annotation line, a whole annotation file read at
+#: once (AIC-ICC's largest JSON is about 100 MB). ``-p max_image_bytes=N`` raises the first.
+MAX_IMAGE_BYTES = 64 << 20
+MAX_LINE_BYTES = 16 << 20
+MAX_TEXT_FILE_BYTES = 2 << 30
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: PathLike, *, max_bytes: int, what: str = "file",
+                 within: Sequence[str] = ()) -> Tuple[int, int]:
+    """Open ``path`` for reading after checking it (:class:`UnsafeFileError` naming it otherwise): a regular file
+    (a link to ``/dev/zero`` or a FIFO is refused without being opened for a blocking read), of at most
+    ``max_bytes``, and, when ``within`` names folders, whose real path lies inside one of them. Returns
+    ``(file descriptor, size)``; a missing file raises ``FileNotFoundError``."""
+    path = os.fspath(path)
+    st = os.stat(path)  # follows links: what would be read
+    if not stat.S_ISREG(st.st_mode):
+        link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise UnsafeFileError(f"{path}: {what} is {_kind(st.st_mode)}{link}, not a regular file; refusing to read it")
+    if within:
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in within):
+            raise UnsafeFileError(f"{path}: {what} is a link to {real}, outside {within[0]}; refusing to read it "
+                                  "(-p image_root=DIR allows links into DIR)")
+    if st.st_size > max_bytes:
+        raise UnsafeFileError(f"{path}: {what} of {st.st_size:,} bytes, more than the bound of {max_bytes:,}")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)  # the file opened is the file checked
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(f"{path}: {what} is {_kind(st.st_mode)}, not a regular file; refusing to read it")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_regular(path: PathLike, *, max_bytes: int, what: str = "file", within: Sequence[str] = ()) -> bytes:
+    """The bytes of a checked file (:func:`open_regular`), read at most ``max_bytes`` (a file that grew past the
+    bound while being read is refused too)."""
+    fd, _ = open_regular(path, max_bytes=max_bytes, what=what, within=within)
+    try:
+        chunks, got = [], 0
+        while got <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    if got > max_bytes:
+        raise UnsafeFileError(f"{path}: {what} grew past the bound of {max_bytes:,} bytes while being read")
+    return b"".join(chunks)
 
 
 def unsafe_image_id(image_id: str) -> Optional[str]:
@@ -130,8 +200,19 @@ def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple
     (strict: raised) and skipped. Line numbers are 1-based and count blank lines.
     """
     log = log or ParseLog()
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
+    fd, _ = open_regular(path, max_bytes=MAX_TEXT_FILE_BYTES, what="annotation file")
+    with os.fdopen(fd, "rb") as fh:
+        number = 0
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            number += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):  # bounded: skip the rest of the line
+                while raw and not raw.endswith(b"\n"):
+                    raw = fh.readline(MAX_LINE_BYTES + 1)
+                log.bad(path, number, f"line longer than {MAX_LINE_BYTES:,} bytes")
+                continue
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM):]
             raw = raw.rstrip(b"\r\n")
@@ -160,9 +241,12 @@ def iter_json_objects(path: PathLike, log: ParseLog) -> Iterator[Tuple[int, dict
 
 
 def read_text(path: PathLike) -> str:
-    """A whole UTF-8 file (BOM removed, universal newlines)."""
-    with open(path, "r", encoding="utf-8-sig", newline=None) as fh:
-        return fh.read()
+    """A whole UTF-8 file (BOM removed, universal newlines), read bounded (:data:`MAX_TEXT_FILE_BYTES`, a regular
+    file)."""
+    import io
+
+    data = read_regular(path, max_bytes=MAX_TEXT_FILE_BYTES, what="annotation file")
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline=None).read()
 
 
 def first_existing(candidates: Sequence[Path], *, kind: str = "file") -> Optional[Path]:
