@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from ccmb import __version__
-from ccmb.clikit import input_errors_as_click, parse_key_values, setup_logging
+from ccmb.clikit import finish_help, input_errors_as_click, parse_key_values, setup_logging
 from ccmb_bench.options import default as run_default
 from ccmb_bench.protocols import PROTOCOL_NAMES
 
@@ -19,7 +19,13 @@ from ccmb_bench.protocols import PROTOCOL_NAMES
 @click.version_option(__version__, prog_name="ccmb-bench")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards."""
+    """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards.
+
+    \b
+    Examples:
+      ccmb-bench run --model r2d2-vitl14 --dataset icr,iqr --root /data/ccmb
+      ccmb-bench leaderboard --results bench_out/results --html leaderboard.html
+    """
     setup_logging(verbose)
 
 
@@ -67,7 +73,13 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
             bootstrap_n: int, bootstrap_seed: int, no_rerank: bool, output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str, no_fetch: bool = False) -> None:
-    """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset.
+
+    \b
+    Examples:
+      ccmb-bench run --model r2d2-vitl14 --dataset icr,iqr,flickr30k-cna --root /data/ccmb
+      ccmb-bench run --model runs/icr/best --dataset icr --root /data/ccmb --setting fine-tuned
+    """
     from ccmb.fetch import offline
     from ccmb_bench import precheck
 
@@ -115,7 +127,12 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, protocol: Optional[str],
                 as_json: bool) -> None:
     """Paired bootstrap p-value per metric of RESULT_A vs RESULT_B (result JSONs, or folders: every
-    dataset/split both hold), on the queries both evaluated. Same dataset, split and protocol required."""
+    dataset/split both hold), on the queries both evaluated. Same dataset, split and protocol required.
+
+    \b
+    Examples:
+      ccmb-bench compare runs/a/results runs/b/results --protocol official
+    """
     from ccmb_bench.compare import compare
 
     rows = compare(result_a, result_b, bootstrap_n, seed, protocol)
@@ -137,7 +154,12 @@ def compare_cmd(result_a: Path, result_b: Path, bootstrap_n: int, seed: int, pro
 @main.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models_cmd(as_json: bool) -> None:
-    """List the registered models and where their weights are looked up."""
+    """List the registered models and where their weights are looked up.
+
+    \b
+    Examples:
+      ccmb-bench models --json
+    """
     from ccmb_bench.adapters import list_models
 
     rows = list_models()
@@ -151,7 +173,12 @@ def models_cmd(as_json: bool) -> None:
 @main.command("datasets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def datasets_cmd(as_json: bool) -> None:
-    """List the datasets the harness can evaluate, with task, default split and reference protocol."""
+    """List the datasets the harness can evaluate, with task, default split and reference protocol.
+
+    \b
+    Examples:
+      ccmb-bench datasets --json
+    """
     from ccmb.datasets import list_datasets
 
     specs = list_datasets()
@@ -179,7 +206,12 @@ def datasets_cmd(as_json: bool) -> None:
 @input_errors_as_click
 def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[Path], html: Optional[Path],
                     include_paper: bool, fmt: str, title: str, strict: bool) -> None:
-    """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given."""
+    """Collect results into a leaderboard (CSV / Markdown / HTML); prints Markdown when no file is given.
+
+    \b
+    Examples:
+      ccmb-bench leaderboard --results bench_out/results --html leaderboard.html --include-paper
+    """
     from ccmb_bench.leaderboard import collect, export, to_markdown
 
     if not (csv_path or markdown or html):
@@ -196,7 +228,12 @@ def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[
 @click.option("--include-paper", is_flag=True, help="Also draw the paper's published rows.")
 @input_errors_as_click
 def plot_cmd(results: Path, out: Path, include_paper: bool) -> None:
-    """Draw recall@K per model and retrieval dataset (PNG)."""
+    """Draw recall@K per model and retrieval dataset (PNG).
+
+    \b
+    Examples:
+      ccmb-bench plot --results bench_out/results --out recall.png
+    """
     from ccmb_bench.leaderboard import collect
     from ccmb_bench.plot import plot
 
@@ -206,6 +243,8 @@ def plot_cmd(results: Path, out: Path, include_paper: bool) -> None:
         raise click.ClickException(f"{results}: {exc}") from exc
     click.echo(str(out))
 
+
+finish_help(main)  # every command's --help ends with its examples (keep this after the last command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -32,13 +32,23 @@ def _check(name: str, split, params) -> dict:
 @click.group("datasets")
 def datasets_group() -> None:
     """Downstream datasets: ICM, IQM, ICR, IQR, Flickr30k-CNA/CN, COCO-CN, MUGE, AIC-ICC, ImageNet-CN,
-    ELEVATER-CN and text-to-image sets (see docs/datasets.md)."""
+    ELEVATER-CN and text-to-image sets (see docs/datasets.md).
+
+    \b
+    Examples:
+      ccmb datasets info icr --root /data/ccmb
+    """
 
 
 @datasets_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_cmd(as_json: bool) -> None:
-    """List registered datasets with task, format, default split and expected layout."""
+    """List registered datasets with task, format, default split and expected layout.
+
+    \b
+    Examples:
+      ccmb datasets list --json
+    """
     specs = ds.list_datasets()
     if as_json:
         click.echo(json.dumps([s.to_dict() for s in specs], ensure_ascii=False, indent=2))
@@ -61,7 +71,12 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--lenient", is_flag=True, help="Skip and count malformed lines instead of failing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info_cmd(name: str, root: str, split: str, params, lenient: bool, as_json: bool) -> None:
-    """Counts of NAME: images, texts, pairs, positives, classes (no image is opened)."""
+    """Counts of NAME: images, texts, pairs, positives, classes (no image is opened).
+
+    \b
+    Examples:
+      ccmb datasets info flickr30k-cna --root /data/ccmb --split test
+    """
     parsed = _check(name, split, params)
     try:
         data = ds.load_dataset(name, root, split, lenient=lenient, **parsed)
@@ -95,6 +110,10 @@ def verify_cmd(name: str, root: str, split: str, params, no_decode: bool, as_jso
     """Check that every line parses and every referenced image exists and decodes.
 
     Exits 1 when there is any problem (malformed line named by file:line, missing or undecodable image).
+
+    \b
+    Examples:
+      ccmb datasets verify icr --root /data/ccmb --split val
     """
     parsed = _check(name, split, params)
     from ..datasets.verify import verify_dataset
@@ -125,7 +144,12 @@ def verify_cmd(name: str, root: str, split: str, params, no_decode: bool, as_jso
 @click.option("--lenient", is_flag=True, help="Skip and count malformed lines instead of failing.")
 def convert_cmd(name: str, root: str, output: str, split: str, params, samples_per_shard: int,
                 lenient: bool) -> None:
-    """Write NAME as ccmb shards (one sample per image with all its texts; see docs/datasets.md)."""
+    """Write NAME as ccmb shards (one sample per image with all its texts; see docs/datasets.md).
+
+    \b
+    Examples:
+      ccmb datasets convert icr --root /data/ccmb --split train --output shards/icr_train
+    """
     parsed = _check(name, split, params)
     from ..datasets.convert import convert_dataset
 

@@ -72,7 +72,13 @@ def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[
 @click.option("--mismatches", type=int, default=20, show_default=True,
               help="Planted mismatched pairs (an image under another scene's caption) for the score filter.")
 def demo_cmd(workdir: Path, images: int, steps: int, seed: int, mismatches: int) -> None:
-    """Run the end-to-end demo on loopback data (CPU, no downloads from the internet)."""
+    """Run the end-to-end demo on loopback data (CPU, no downloads from the internet).
+
+    \b
+    Examples:
+      ccmb demo --workdir demo_out
+      ccmb demo --workdir demo_small --images 200 --steps 100
+    """
     started = time.time()
     if workdir.exists():
         shutil.rmtree(workdir)

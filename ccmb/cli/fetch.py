@@ -35,7 +35,13 @@ def _run(fn, offline: bool):
 @click.group("fetch")
 def fetch_group() -> None:
     """Download official weights and public evaluation sets by name (resumable, verified, cached under
-    $CCMB_HOME, default ~/.cache/ccmb). Extra mirrors: CCMB_MIRRORS or $CCMB_HOME/mirrors.txt."""
+    $CCMB_HOME, default ~/.cache/ccmb). Extra mirrors: CCMB_MIRRORS or $CCMB_HOME/mirrors.txt.
+
+    \b
+    Examples:
+      ccmb fetch model r2d2-vitb16
+      ccmb fetch dataset muge --root /data/ccmb
+    """
 
 
 @fetch_group.command("model")
@@ -45,7 +51,13 @@ def fetch_group() -> None:
 @_common
 @input_errors_as_click
 def model_cmd(name: str, folder: Optional[Path], allow_file_urls: bool, offline: bool) -> None:
-    """Fetch (or verify the cached copy of) the weights and tokenizer of model NAME."""
+    """Fetch (or verify the cached copy of) the weights and tokenizer of model NAME.
+
+    \b
+    Examples:
+      ccmb fetch model r2d2-vitl14
+      ccmb fetch model r2d2-vitb16-icr --dir models/icr
+    """
     from ccmb_bench.precheck import registered_names
     from models import hub
 
@@ -74,7 +86,12 @@ def model_cmd(name: str, folder: Optional[Path], allow_file_urls: bool, offline:
 @input_errors_as_click
 def dataset_cmd(name: str, root: Optional[Path], remove_archive: bool, allow_file_urls: bool,
                 offline: bool) -> None:
-    """Fetch dataset NAME into the data root, or print the manual steps for sets behind a login/request."""
+    """Fetch dataset NAME into the data root, or print the manual steps for sets behind a login/request.
+
+    \b
+    Examples:
+      ccmb fetch dataset muge --root /data/ccmb
+    """
     from ccmb.datasets import sources
     from ccmb.fetch import datasets_dir
 
@@ -95,7 +112,12 @@ def dataset_cmd(name: str, root: Optional[Path], remove_archive: bool, allow_fil
 @fetch_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
-    """List what can be fetched (models, datasets), with sources and manual steps."""
+    """List what can be fetched (models, datasets), with sources and manual steps.
+
+    \b
+    Examples:
+      ccmb fetch list --json
+    """
     from ccmb.datasets import sources
     from models import hub
 

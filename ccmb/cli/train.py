@@ -238,7 +238,12 @@ def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):
 
 @click.group("train")
 def train_group() -> None:
-    """Train R2D2/PRD2: pre-training on shards, fine-tuning on downstream sets (1 process or torchrun)."""
+    """Train R2D2/PRD2: pre-training on shards, fine-tuning on downstream sets (1 process or torchrun).
+
+    \b
+    Examples:
+      ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
+    """
     import os
 
     # tokenisation runs in forked DataLoader workers: keep the Rust tokenizer single-threaded there
@@ -269,10 +274,11 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
     """Pre-train on a ccmb shard set (GCPR + FGR + TgD + FgD).
 
     \b
-    ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
-    torchrun --nproc_per_node 8 "$(which ccmb)" train pretrain --config r2d2-vitb16 \\
-        --shards '/data/zero/{00000..02299}.tar' --init-vision clip-vit-b16/ --init-text roberta-wwm/ \\
-        --output runs/zero2m --epochs 10 --batch-size 128
+    Examples:
+      ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
+      torchrun --nproc_per_node 8 "$(which ccmb)" train pretrain --config r2d2-vitb16 \\
+          --shards '/data/zero/{00000..02299}.tar' --init-vision clip-vit-b16/ --init-text roberta-wwm/ \\
+          --output runs/zero2m --epochs 10 --batch-size 128
     """
     _check_config(model_config)
     _check_shards(shards)
@@ -332,8 +338,9 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
     wd 0.05, 500 warm-up steps, cosine).
 
     \b
-    ccmb train finetune --task retrieval --dataset icr --root /data/ccmb --init runs/zero2m/model \\
-        --tokenizer roberta-wwm/ --output runs/icr
+    Examples:
+      ccmb train finetune --task retrieval --dataset icr --root /data/ccmb --init runs/zero2m/model \\
+          --tokenizer roberta-wwm/ --output runs/icr
     """
     if val_split == "test" and not no_eval:
         raise click.UsageError("the best checkpoint is chosen on validation, never on test: pick --val-split")
