@@ -34,6 +34,15 @@ def connect_timeout() -> float:
         return 10.0
 
 
+def read_timeout() -> float:
+    """Seconds to wait for the next bytes of an answer: ``$CCMB_FETCH_READ_TIMEOUT``, default the larger of the
+    connect timeout and 30 (a slow mirror is not a dead one)."""
+    try:
+        return float(os.environ["CCMB_FETCH_READ_TIMEOUT"])
+    except (KeyError, ValueError):
+        return max(connect_timeout(), 30.0)
+
+
 def describe_error(exc: BaseException, url: str = "") -> str:
     """One readable line for a failed transfer: what went wrong with which host ("cannot resolve
     drive.google.com: no network or no DNS"), never the nested repr of urllib3's retry errors."""
@@ -60,7 +69,8 @@ def describe_error(exc: BaseException, url: str = "") -> str:
             return f"TLS error with {where}: {getattr(e, 'reason', None) or _short(e)}"
         if isinstance(e, (socket.timeout, TimeoutError)) or name in ("ConnectTimeoutError", "ConnectTimeout",
                                                                       "ReadTimeoutError", "ReadTimeout"):
-            return f"timed out talking to {where} (after {connect_timeout():g} s; $CCMB_FETCH_TIMEOUT sets it)"
+            return (f"timed out talking to {where} (connect {connect_timeout():g} s, read {read_timeout():g} s: "
+                    "$CCMB_FETCH_TIMEOUT, $CCMB_FETCH_READ_TIMEOUT)")
         if isinstance(e, OSError) and e.errno is not None and e.strerror and name not in ("ConnectionError",):
             return f"{e.strerror.lower()} ({where})"
         nested = [getattr(e, "reason", None), e.__cause__, e.__context__]
@@ -158,7 +168,7 @@ def download(url: str, dest: Path, *, allow_file: bool = False, timeout: Optiona
         if meta.get("validator"):
             req_headers["If-Range"] = meta["validator"]
     try:
-        resp = requests.get(url, headers=req_headers, stream=True, timeout=(timeout, max(timeout, 30.0)),
+        resp = requests.get(url, headers=req_headers, stream=True, timeout=(timeout, read_timeout()),
                             allow_redirects=True)
     except requests.RequestException as exc:
         raise DownloadError(f"{url}: {describe_error(exc, url)}") from exc
