@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 from typing import Callable, Dict, Iterable, Iterator, List, Tuple, Type
 
 import click
@@ -63,7 +62,6 @@ def parse_key_values(pairs: Iterable[str], param_hint: str = "--param") -> Dict[
 # ------------------------------------------------------------------------------------------ examples
 #: The heading of the example section that ends every command's ``--help``.
 EXAMPLES_HEADING = "Examples:"
-_EXAMPLE_START = re.compile(r"(?:^|\n)[ \t]*(?:\x08[ \t]*\n[ \t]*)?Examples?:[ \t]*\n", re.IGNORECASE)
 
 
 def _examples_text(lines: Iterable[str]) -> str:
@@ -93,17 +91,20 @@ def examples_to_epilog(cmd: click.Command) -> None:
     ``--help`` ends with it (after the options); a command with an epilog already is left as it is."""
     if cmd.epilog or not cmd.help:
         return
-    matches = list(_EXAMPLE_START.finditer(cmd.help))
-    if not matches:
+    lines = cmd.help.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.strip().lower() in ("example:", "examples:")]
+    if not heads:
         return
-    start = matches[-1]
-    lines = [line for line in cmd.help[start.end():].splitlines() if line.strip() and line.strip() != "\b"]
-    if not lines:
+    start = heads[-1]
+    body = [line for line in lines[start + 1:] if line.strip() and line.strip() != "\b"]
+    if not body:
         return
-    indent = min(len(line) - len(line.lstrip()) for line in lines)
-    cmd.help = cmd.help[:start.start()].rstrip()
+    if start and lines[start - 1].strip() == "\b":  # click's "do not re-wrap" marker of the section
+        start -= 1
+    indent = min(len(line) - len(line.lstrip()) for line in body)
+    cmd.help = "\n".join(lines[:start]).rstrip()
     cmd.epilog = _examples_text("  " + line[indent:] if line[indent:].startswith(" ") else line[indent:]
-                                for line in lines)
+                                for line in body)
 
 
 def iter_commands(cmd: click.Command, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], click.Command]]:
