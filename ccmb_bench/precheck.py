@@ -80,8 +80,8 @@ def weights_entries() -> Dict[str, Dict[str, Any]]:
 
 
 def registered_names() -> List[str]:
-    """The registered model names: ``ccmb_bench.adapters.MODELS`` when something already imported it (an API
-    user, a test that registers a model), else :data:`BUILTIN_MODEL_NAMES` (the same names, without torch)."""
+    """The registered model names: ``ccmb_bench.adapters.MODELS`` when something already imported it, else
+    :data:`BUILTIN_MODEL_NAMES` (the same names, without torch)."""
     adapters = sys.modules.get("ccmb_bench.adapters")
     models = getattr(adapters, "MODELS", None)
     return list(models) if models is not None else list(BUILTIN_MODEL_NAMES)
@@ -177,10 +177,16 @@ def check_model(model: str, checkpoint: Optional[str] = None, tokenizer: Optiona
         raise PrecheckError(f"--checkpoint {checkpoint}: no such file or folder{_how_to_get(model)}")
     if tokenizer is not None and not Path(tokenizer).exists():
         raise PrecheckError(f"--tokenizer {tokenizer}: no such file or folder")
+    path = Path(model).expanduser()
+    if "ccmb_bench.adapters" in sys.modules:
+        # the full resolution is loaded already (an API user, a test that registers a family): it decides about
+        # names; only the files are checked here
+        if path.is_dir() and (run_model_dir(path) / CONFIG_FILE).is_file():
+            check_model_config(run_model_dir(path) / CONFIG_FILE)
+        return
     if model in registered_names() or model in weights_entries():
         _check_registered(model, checkpoint, tokenizer, fetch)
         return
-    path = Path(model).expanduser()
     if path.is_dir():
         _check_directory(path, checkpoint, tokenizer)
         return
