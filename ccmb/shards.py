@@ -667,23 +667,15 @@ MAX_MANIFEST_DEPTH = 32
 
 def _read_small_json(path: Path, missing: str) -> Any:
     """A bounded JSON file (size, depth, UTF-8); every problem is a :class:`ShardFormatError` naming it."""
-    import os
-    import stat as _stat
+    from .boundedio import read_regular
 
     try:
-        st = os.stat(path)
+        raw = read_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="shard-set file", error=ShardFormatError)
+        return loads_bounded(raw.decode("utf-8"), max_depth=MAX_MANIFEST_DEPTH, max_bytes=MAX_MANIFEST_BYTES)
+    except ShardFormatError:
+        raise
     except FileNotFoundError:
         raise ShardFormatError(f"{path}: {missing}") from None
-    except OSError as exc:
-        raise ShardFormatError(f"{path}: unreadable: {exc.strerror or exc}") from None
-    if not _stat.S_ISREG(st.st_mode):
-        raise ShardFormatError(f"{path}: not a regular file")
-    if st.st_size > MAX_MANIFEST_BYTES:
-        raise ShardFormatError(f"{path}: {st.st_size} bytes, more than {MAX_MANIFEST_BYTES} (not a ccmb file)")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
-        return loads_bounded(raw.decode("utf-8"), max_depth=MAX_MANIFEST_DEPTH, max_bytes=MAX_MANIFEST_BYTES)
     except OSError as exc:
         raise ShardFormatError(f"{path}: unreadable: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

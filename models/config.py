@@ -152,22 +152,11 @@ def read_json_object(path: Path, what: str = "config", max_bytes: int = MAX_CONF
                      max_depth: int = MAX_CONFIG_DEPTH) -> Dict[str, Any]:
     """A small JSON object file read bounded: a regular file of at most ``max_bytes``, UTF-8, nested at most
     ``max_depth`` levels; anything else is a :class:`ConfigError` naming ``path``."""
+    from ccmb.boundedio import read_regular
     from ccmb.safejson import loads_bounded
 
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
-    import stat as _stat
-
-    if not _stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: the {what} is not a regular file")
-    if st.st_size > max_bytes:
-        raise ConfigError(f"{path}: {st.st_size} bytes is too large for a {what} file (at most {max_bytes})")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(max_bytes + 1)
-        text = raw.decode("utf-8-sig")
+        text = read_regular(path, max_bytes=max_bytes, what=what, error=ConfigError).decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:

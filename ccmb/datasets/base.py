@@ -12,11 +12,11 @@ import gc
 import logging
 import os
 import posixpath
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from .. import boundedio
 from ..safejson import loads_bounded
 from ..types import PathLike
 
@@ -81,60 +81,15 @@ MAX_LINE_BYTES = 16 << 20
 MAX_TEXT_FILE_BYTES = 2 << 30
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def open_regular(path: PathLike, *, max_bytes: int, what: str = "file",
                  within: Sequence[str] = ()) -> Tuple[int, int]:
-    """Open ``path`` for reading after checking it (:class:`UnsafeFileError` naming it otherwise): a regular file
-    (a link to ``/dev/zero`` or a FIFO is refused without being opened for a blocking read), of at most
-    ``max_bytes``, and, when ``within`` names folders, whose real path lies inside one of them. Returns
-    ``(file descriptor, size)``; a missing file raises ``FileNotFoundError``."""
-    path = os.fspath(path)
-    st = os.stat(path)  # follows links: what would be read
-    if not stat.S_ISREG(st.st_mode):
-        link = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-        raise UnsafeFileError(f"{path}: {what} is {_kind(st.st_mode)}{link}, not a regular file; refusing to read it")
-    if within:
-        real = os.path.realpath(path)
-        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in within):
-            raise UnsafeFileError(f"{path}: {what} is a link to {real}, outside {within[0]}; refusing to read it "
-                                  "(-p image_root=DIR allows links into DIR)")
-    if st.st_size > max_bytes:
-        raise UnsafeFileError(f"{path}: {what} of {st.st_size:,} bytes, more than the bound of {max_bytes:,}")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        st = os.fstat(fd)  # the file opened is the file checked
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(f"{path}: {what} is {_kind(st.st_mode)}, not a regular file; refusing to read it")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st.st_size
+    """:func:`ccmb.boundedio.open_regular` raising :class:`UnsafeFileError` (a dataset error naming the file)."""
+    return boundedio.open_regular(path, max_bytes=max_bytes, what=what, within=within, error=UnsafeFileError)
 
 
 def read_regular(path: PathLike, *, max_bytes: int, what: str = "file", within: Sequence[str] = ()) -> bytes:
-    """The bytes of a checked file (:func:`open_regular`), read at most ``max_bytes`` (a file that grew past the
-    bound while being read is refused too)."""
-    fd, _ = open_regular(path, max_bytes=max_bytes, what=what, within=within)
-    try:
-        chunks, got = [], 0
-        while got <= max_bytes:
-            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - got))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            got += len(chunk)
-    finally:
-        os.close(fd)
-    if got > max_bytes:
-        raise UnsafeFileError(f"{path}: {what} grew past the bound of {max_bytes:,} bytes while being read")
-    return b"".join(chunks)
+    """:func:`ccmb.boundedio.read_regular` raising :class:`UnsafeFileError`."""
+    return boundedio.read_regular(path, max_bytes=max_bytes, what=what, within=within, error=UnsafeFileError)
 
 
 def unsafe_image_id(image_id: str) -> Optional[str]:
@@ -202,15 +157,8 @@ def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple
     log = log or ParseLog()
     fd, _ = open_regular(path, max_bytes=MAX_TEXT_FILE_BYTES, what="annotation file")
     with os.fdopen(fd, "rb") as fh:
-        number = 0
-        while True:
-            raw = fh.readline(MAX_LINE_BYTES + 1)
-            if not raw:
-                break
-            number += 1
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):  # bounded: skip the rest of the line
-                while raw and not raw.endswith(b"\n"):
-                    raw = fh.readline(MAX_LINE_BYTES + 1)
+        for number, raw, _ in boundedio.bounded_lines(fh, MAX_LINE_BYTES):
+            if raw is None:
                 log.bad(path, number, f"line longer than {MAX_LINE_BYTES:,} bytes")
                 continue
             if number == 1 and raw.startswith(BOM):

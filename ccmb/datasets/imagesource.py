@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from PIL import Image
 
 from .. import atomic
+from ..boundedio import bounded_lines
 from ..images import decode_image
 from .base import (BOM, MAX_IMAGE_BYTES, MissingImageError, ParseLog, PathLike, UnsafeImagePathError,
                    open_regular, read_regular, unsafe_image_id)
@@ -132,18 +133,10 @@ def build_tsv_index(tsv: PathLike) -> Dict[str, object]:
     malformed: List[Tuple[int, str]] = []
     offset = 0
     with open(tsv, "rb") as fh:
-        number = 0
-        while True:
-            line = fh.readline(MAX_TSV_LINE_BYTES + 1)
-            if not line:
-                break
-            number += 1
+        for number, line, consumed in bounded_lines(fh, MAX_TSV_LINE_BYTES):
             start = offset
-            offset += len(line)
-            if len(line) > MAX_TSV_LINE_BYTES and not line.endswith(b"\n"):  # bounded: skip the rest
-                while line and not line.endswith(b"\n"):
-                    line = fh.readline(MAX_TSV_LINE_BYTES + 1)
-                    offset += len(line)
+            offset += consumed
+            if line is None:
                 malformed.append((number, f"line longer than {MAX_TSV_LINE_BYTES:,} bytes"))
                 continue
             if number == 1 and line.startswith(BOM):
