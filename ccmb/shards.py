@@ -660,26 +660,52 @@ def finalize_shard_set(output_dir: PathLike, command: Optional[str] = None,
     return manifest
 
 
-def read_manifest(shard_dir: PathLike) -> Dict[str, Any]:
-    path = Path(shard_dir) / MANIFEST_FILE
+#: ``manifest.json`` / ``sizes.json`` are read bounded: a larger or deeper file is not ours
+MAX_MANIFEST_BYTES = 256 << 20
+MAX_MANIFEST_DEPTH = 32
+
+
+def _read_small_json(path: Path, missing: str) -> Any:
+    """A bounded JSON file (size, depth, UTF-8); every problem is a :class:`ShardFormatError` naming it."""
+    from .boundedio import read_regular
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        raw = read_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="shard-set file", error=ShardFormatError)
+        return loads_bounded(raw.decode("utf-8"), max_depth=MAX_MANIFEST_DEPTH, max_bytes=MAX_MANIFEST_BYTES)
+    except ShardFormatError:
+        raise
     except FileNotFoundError:
-        raise ShardFormatError(f"{path}: missing (not a finished shard set: finish it with `ccmb build-shards`, "
-                               f"a rerun of `ccmb download`, or `ccmb shards finalize`)") from None
+        raise ShardFormatError(f"{path}: {missing}") from None
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ShardFormatError(f"{path}: not JSON (binary data: not UTF-8 at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise ShardFormatError(f"{path}: invalid JSON: {exc}") from exc
+        raise ShardFormatError(f"{path}: invalid JSON: {exc}") from None
+    except ValueError as exc:
+        raise ShardFormatError(f"{path}: invalid JSON: {exc}") from None
+
+
+def read_manifest(shard_dir: PathLike) -> Dict[str, Any]:
+    """``manifest.json`` of a finished shard set, checked to be a JSON object whose ``shards`` is an object of
+    entries (a :class:`ShardFormatError` naming the file otherwise)."""
+    path = Path(shard_dir) / MANIFEST_FILE
+    doc = _read_small_json(path, "missing (not a finished shard set: finish it with `ccmb build-shards`, a rerun "
+                                 "of `ccmb download`, or `ccmb shards finalize`)")
+    if not isinstance(doc, dict):
+        raise ShardFormatError(f"{path}: not a manifest (a JSON {type(doc).__name__}, not an object)")
+    shards = doc.get("shards", {})
+    if not isinstance(shards, dict) or not all(isinstance(v, dict) for v in shards.values()):
+        raise ShardFormatError(f"{path}: 'shards' must map tar names to entries")
+    return doc
 
 
 def read_sizes(shard_dir: PathLike) -> Dict[str, int]:
     path = Path(shard_dir) / SIZES_FILE
+    doc = _read_small_json(path, "missing")
     try:
-        with open(path, encoding="utf-8") as fh:
-            return {str(k): int(v) for k, v in json.load(fh).items()}
-    except FileNotFoundError:
-        raise ShardFormatError(f"{path}: missing") from None
-    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        return {str(k): int(v) for k, v in doc.items()}
+    except (ValueError, AttributeError, TypeError) as exc:
         raise ShardFormatError(f"{path}: invalid: {exc}") from exc
 
 

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from ccmb import __version__
-from ccmb.clikit import input_errors_as_click, parse_key_values, setup_logging
+from ccmb.clikit import finish_help, input_errors_as_click, parse_key_values, setup_logging
 from ccmb_bench.options import default as run_default
 from ccmb_bench.protocols import PROTOCOL_NAMES
 
@@ -19,7 +19,13 @@ from ccmb_bench.protocols import PROTOCOL_NAMES
 @click.version_option(__version__, prog_name="ccmb-bench")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards."""
+    """ccmb-bench: evaluate models on the CCMB downstream tasks and publish leaderboards.
+
+    \b
+    Examples:
+      ccmb-bench run --model r2d2-vitl14 --dataset icr,iqr --root /data/ccmb
+      ccmb-bench leaderboard --results bench_out/results --html leaderboard.html
+    """
     setup_logging(verbose)
 
 
@@ -67,7 +73,23 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
             bootstrap_n: int, bootstrap_seed: int, no_rerank: bool, output: Path, skip_existing: bool, no_cache: bool, param: Tuple[str, ...], predictions: Optional[str],
             caption_pool: str, generated: Optional[str], max_hidden_gb: float,
             setting: str, no_fetch: bool = False) -> None:
-    """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset."""
+    """Evaluate a model on one or more downstream datasets; writes one result JSON per dataset.
+
+    \b
+    Examples:
+      ccmb-bench run --model r2d2-vitl14 --dataset icr,iqr,flickr30k-cna --root /data/ccmb
+      ccmb-bench run --model runs/icr/best --dataset icr --root /data/ccmb --setting fine-tuned
+    """
+    from ccmb.fetch import offline
+    from ccmb_bench import precheck
+
+    params = parse_key_values(param)
+    fetch = not no_fetch and not offline()
+    # names and paths first: a mistake is answered before torch and transformers are imported
+    precheck.check_run(model, datasets.split(","), root, split=split, params=params, checkpoint=checkpoint,
+                       tokenizer=tokenizer, fetch=fetch)
+    precheck.set_offline(not fetch)
+
     from ccmb_bench.adapters.tvcompat import prepare_torchvision
 
     prepare_torchvision()  # before transformers loads: a CUDA torchvision beside a CPU torch (open-clip extra)
@@ -78,9 +100,9 @@ def run_cmd(model: str, checkpoint: Optional[str], tokenizer: Optional[str], dat
 
     opts = RunOptions(root=root, output=output, split=split, device=device, batch_size=batch_size, top_k=top_k,
                       skip_existing=skip_existing, cache=not no_cache, rerank=not no_rerank,
-                      params=parse_key_values(param), predictions=predictions, generated=generated, caption_pool=caption_pool,
+                      params=params, predictions=predictions, generated=generated, caption_pool=caption_pool,
                       setting=setting, max_hidden_gb=max_hidden_gb, protocol=protocol, bootstrap=bootstrap_n,
-                      bootstrap_seed=bootstrap_seed, fetch=not no_fetch)
+                      bootstrap_seed=bootstrap_seed, fetch=fetch)
     try:
         paths = run(model, datasets.split(","), opts, checkpoint=checkpoint, tokenizer=tokenizer)
     except (UnknownModelError, MissingCheckpointError, MissingDataError, DatasetError, DeviceError,
@@ -112,7 +134,9 @@ def compare_cmd(runs: Tuple[Path, ...], bootstrap_n: int, seed: int, protocol: O
     groups (Holm-corrected, 5%) and the pairwise table of the main metric.
 
     \b
-    Example: ccmb-bench compare bench/r2d2 bench/prd2 bench/cclip-h14 --protocol official
+    Examples:
+      ccmb-bench compare bench/r2d2 bench/prd2 bench/cclip-h14 --protocol official
+      ccmb-bench compare runs/a/results runs/b/results
     """
     from ccmb_bench.compare import compare, compare_paths
 
@@ -173,7 +197,9 @@ def models_cmd(as_json: bool) -> None:
     """List the registered models (built-in and plug-in families): family, size, source (hub id and
     revision), where the weights are looked up and the published reference rows each has.
 
-    Example: ccmb-bench models --json
+    \b
+    Examples:
+      ccmb-bench models --json
     """
     from ccmb_bench.adapters import list_models
 
@@ -204,7 +230,12 @@ def models_cmd(as_json: bool) -> None:
 @main.command("datasets")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def datasets_cmd(as_json: bool) -> None:
-    """List the datasets the harness can evaluate, with task, default split and reference protocol."""
+    """List the datasets the harness can evaluate, with task, default split and reference protocol.
+
+    \b
+    Examples:
+      ccmb-bench datasets --json
+    """
     from ccmb.datasets import list_datasets
 
     specs = list_datasets()
@@ -257,7 +288,8 @@ def leaderboard_cmd(results: Path, csv_path: Optional[Path], markdown: Optional[
     numbers of the same datasets.
 
     \b
-    Example: ccmb-bench leaderboard --results bench --html lb.html --markdown lb.md
+    Examples:
+      ccmb-bench leaderboard --results bench --html lb.html --markdown lb.md
     """
     from ccmb_bench.leaderboard import collect, export, to_markdown
     from ccmb_bench.training import load_declarations
@@ -285,7 +317,8 @@ def plot_cmd(results: Path, out: Path, include_paper: bool, top: int) -> None:
     many runs), t2i solid, i2t dotted, one legend entry per model.
 
     \b
-    Example: ccmb-bench plot --results bench --out recall.png --include-paper
+    Examples:
+      ccmb-bench plot --results bench --out recall.png --include-paper
     """
     from ccmb_bench.leaderboard import collect
     from ccmb_bench.plot import plot
@@ -297,6 +330,8 @@ def plot_cmd(results: Path, out: Path, include_paper: bool, top: int) -> None:
         raise click.ClickException(f"{results}: {exc}") from exc
     click.echo(str(out))
 
+
+finish_help(main)  # every command's --help ends with its examples (keep this after the last command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

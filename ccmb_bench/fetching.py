@@ -29,7 +29,7 @@ def load_adapter_or_fetch(load: Callable[..., Any], model: str, checkpoint: Opti
         if checkpoint is not None or model not in hub.weights_names():
             raise
         if not fetch:
-            raise MissingCheckpointError(f"{exc}\n(--no-fetch: not fetched; `ccmb fetch model {model}` "
+            raise MissingCheckpointError(f"{exc}\n(--no-fetch or CCMB_OFFLINE=1: not fetched; `ccmb fetch model {model}` "
                                          "downloads it)") from exc
         from ccmb.fetch import FetchError, VerificationError
 
@@ -58,7 +58,7 @@ def load_data_or_fetch(load: Callable[..., Any], missing_error: type, name: str,
         if not fetchable:
             raise missing_error(f"{exc}\nhow to get it: {steps}") from exc
         if not fetch:
-            raise missing_error(f"{exc}\n(--no-fetch: not fetched; `ccmb fetch dataset {name} --root {root}` "
+            raise missing_error(f"{exc}\n(--no-fetch or CCMB_OFFLINE=1: not fetched; `ccmb fetch dataset {name} --root {root}` "
                                 "downloads it)") from exc
         from ccmb.fetch import FetchError, VerificationError
 

@@ -12,6 +12,7 @@ from ccmb_bench.adapters import ModelAdapter, load_adapter
 from ccmb_bench.cache import EmbeddingCache
 from ccmb_bench.fetching import load_adapter_or_fetch, load_data_or_fetch, prepare_root
 from ccmb_bench.options import RunOptions
+from ccmb_bench.precheck import check_data, check_model, expand_datasets  # noqa: F401 (expand_datasets: API)
 from ccmb_bench.protocols import Protocol, resolve
 from ccmb_bench.results import make_result, result_path, training_data, write_per_query, write_result
 from ccmb_bench.tasks import evaluator
@@ -36,20 +37,6 @@ def resolve_device(device: str) -> str:
         raise DeviceError("--device cuda: CUDA is not available here (torch "
                            f"{torch.__version__}); use --device cpu or auto")
     return device
-
-
-def expand_datasets(names: Sequence[str]) -> List[str]:
-    """``all`` -> every registered dataset (the ``elevater-cn/<name>`` pattern excluded); validates names."""
-    out: List[str] = []
-    for name in names:
-        name = name.strip()
-        if not name:
-            continue
-        if name == "all":
-            out += [s.name for s in ds.list_datasets() if "<" not in s.name]
-        else:
-            out.append(ds.get_spec(name).name)  # raises UnknownDatasetError listing the known names
-    return list(dict.fromkeys(out))
 
 
 def load_data(name: str, root: Path, split: Optional[str], params: Dict[str, Any]):
@@ -130,11 +117,9 @@ def run(model: str, dataset_names: Sequence[str], opts: RunOptions, checkpoint: 
         tokenizer: Optional[str] = None) -> List[Path]:
     """Evaluate ``model`` on every dataset of ``dataset_names`` (``all`` for all); the public API of
     ``ccmb-bench run``. Text-to-image without ``generated`` is skipped with a warning in an ``all`` sweep."""
-    names = expand_datasets(dataset_names)
+    names = check_data(dataset_names, opts.root, opts.split, opts.params, opts.fetch)  # before anything heavy
+    check_model(model, checkpoint, tokenizer, opts.fetch)
     prepare_root(names, opts.root, opts.fetch)
-    if not Path(opts.root).is_dir():
-        layouts = "\n\n".join(f"[{n}]\n{ds.get_spec(n).render_layout(opts.split)}" for n in names)
-        raise MissingDataError(f"data root {opts.root} does not exist; expected layout:\n{layouts}")
     device = resolve_device(opts.device)
     adapter = load_adapter_or_fetch(load_adapter, model, checkpoint, device, tokenizer, opts.fetch)
     provenance = training_data(model)

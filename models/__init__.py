@@ -11,8 +11,8 @@ from typing import Any
 _EXPORTS = {
     "R2D2Config": "models.config", "ConfigError": "models.config", "get_config": "models.config",
     "list_configs": "models.config",
-    "IGNORABLE_KEY_PATTERNS": "models.loading", "CheckpointError": "models.loading", "LoadReport": "models.loading",
-    "build_model": "models.loading", "init_from_hf": "models.loading", "is_ignorable_key": "models.loading",
+    "IGNORABLE_KEY_PATTERNS": "models.keys", "CheckpointError": "models.loading", "LoadReport": "models.loading",
+    "build_model": "models.loading", "init_from_hf": "models.loading", "is_ignorable_key": "models.keys",
     "load_model": "models.loading", "read_state_dict": "models.loading",
     "NoCrossEncoderError": "models.r2d2", "R2D2Model": "models.r2d2",
 }

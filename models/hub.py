@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ccmb.fetch import Artifact, FetchResult, fetch_artifact, models_dir
 from ccmb.fetch.core import file_spec_from_dict
+from ccmb.suggest import unknown
 
 WEIGHTS_FILE = Path(__file__).with_name("weights.json")
+#: where the official R2D2 / PRD2 checkpoints are listed (their README)
+R2D2_RELEASES = "https://github.com/yuxie11/R2D2 (README 'Pre-trained models' / 'Fine-tuned models')"
 KEYS_FILE = Path(__file__).with_name("official_keys.json")
 
 
@@ -47,12 +50,12 @@ def entry(name: str) -> Dict[str, Any]:
 def artifact(name: str, registry: Optional[Mapping[str, Any]] = None,
              keys: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None) -> Artifact:
     """The fetchable entry ``name`` (``registry``/``keys`` default to the shipped JSON files)."""
-    from models.loading import IGNORABLE_KEY_PATTERNS
+    from models.keys import IGNORABLE_KEY_PATTERNS
 
     reg = registry or _registry()
     entries = reg["models"]
     if name not in entries:
-        raise UnknownWeightsError(f"no weights entry {name!r}; known: {', '.join(entries)}")
+        raise UnknownWeightsError(unknown("model", name, entries))
     entry = entries[name]
     where = f"{WEIGHTS_FILE.name}:{name}"
     keys = keys if keys is not None else official_keys()
@@ -78,11 +81,13 @@ def model_dir(name: str) -> Path:
 
 def fetch_weights(name: str, folder: Optional[Path] = None, *, allow_file: bool = False,
                   offline: Optional[bool] = None, registry: Optional[Mapping[str, Any]] = None,
-                  keys: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None) -> FetchResult:
+                  keys: Optional[Mapping[str, Mapping[str, Sequence[int]]]] = None,
+                  report: Optional[Callable[[str], None]] = None) -> FetchResult:
     """Fetch (or verify the cached copy of) the weights and tokenizer of ``name`` into ``folder``
-    (default ``$CCMB_HOME/models/<name>``)."""
+    (default ``$CCMB_HOME/models/<name>``); ``report`` receives a line per thing tried."""
     art = artifact(name, registry, keys)
-    return fetch_artifact(art, Path(folder) if folder else model_dir(name), allow_file=allow_file, offline=offline)
+    return fetch_artifact(art, Path(folder) if folder else model_dir(name), allow_file=allow_file, offline=offline,
+                          report=report)
 
 
 def describe(registry: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:

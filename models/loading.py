@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
@@ -19,15 +18,11 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import torch
 
 from models.config import CONFIG_FILE, ConfigLike, get_config
+from models.keys import IGNORABLE_KEY_PATTERNS, is_ignorable_key  # noqa: F401 (re-exported)
 from models.r2d2 import WEIGHTS_FILE, R2D2Model
 
 logger = logging.getLogger(__name__)
 
-IGNORABLE_KEY_PATTERNS: Tuple[str, ...] = (
-    r"(^|\.)position_ids$",
-    r"^(text|img)_joint_layer\.embeddings\.",
-)
-_IGNORABLE = re.compile("|".join(IGNORABLE_KEY_PATTERNS))
 _SHOW = 20
 
 
@@ -47,11 +42,6 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         return not self.missing and not self.unexpected
-
-
-def is_ignorable_key(key: str) -> bool:
-    """True for checkpoint keys the loader drops silently (see module docstring)."""
-    return bool(_IGNORABLE.search(key))
 
 
 def _fmt(keys: List[str]) -> str:
@@ -88,6 +78,12 @@ def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         except Exception as exc:  # SafetensorError / OSError on truncated or garbage files
             raise CheckpointError(f"{path}: unreadable safetensors file ({type(exc).__name__}: "
                                   f"{exc or 'no detail'}; truncated or corrupt?)") from exc
+    from ccmb.fetch.verify import VerificationError, check_checkpoint_archive
+
+    try:  # bounded before torch inflates anything
+        check_checkpoint_archive(path)
+    except VerificationError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

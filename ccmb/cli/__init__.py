@@ -11,14 +11,20 @@ import importlib
 import click
 
 from .. import __version__
-from ..clikit import setup_logging
+from ..clikit import finish_help, setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ccmb")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
-    """ccmb: the CCMB data toolkit (Zero corpus, downstream datasets, shards, training)."""
+    """ccmb: the CCMB data toolkit (Zero corpus, downstream datasets, shards, training).
+
+    \b
+    Examples:
+      ccmb demo --workdir demo_out
+      ccmb datasets list
+    """
     setup_logging(verbose)
 
 
@@ -44,3 +50,4 @@ COMMANDS = (
 for _spec in COMMANDS:
     _module, _, _attr = _spec.partition(":")
     main.add_command(getattr(importlib.import_module(f".{_module}", __name__), _attr))
+finish_help(main)  # every command's --help ends with its examples

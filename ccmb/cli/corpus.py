@@ -89,6 +89,10 @@ def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_le
     (and image-text agreement with --scores).
 
     Writes one row per input row (key, shard, keep, reason) and prints drop counts per reason.
+
+    \b
+    Examples:
+      ccmb filter --input dl/ --output filter.parquet --min-side 64 --max-ratio 3 --min-chinese-share 0.5
     """
     from ..corpus.filter import filter_samples
 
@@ -157,6 +161,10 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
 
     Each dropped row records the kept sample it duplicates (duplicate_of); near-duplicates are checked
     exactly and never chained. Run it after the filter with --keep filter.parquet.
+
+    \b
+    Examples:
+      ccmb dedup --input dl/ --output dedup.parquet --keep filter.parquet
     """
     from ..corpus.dedup import dedup_samples
 
@@ -211,6 +219,10 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
     Exact bytes (sha256) and perceptual copies (pHash variants, robust to re-encoding, resizing, small
     crops, brightness, overlays and flips); captions copying evaluation texts are reported. Pass the table
     to build-shards with --keep.
+
+    \b
+    Examples:
+      ccmb decontaminate --input dl/ --against icr,icm,flickr30k-cna --root /data/ccmb --output decontaminate.parquet --report decontaminate.json
     """
     from ..corpus.decontaminate import DecontaminationConfig, decontaminate, format_report
     from ..datasets.base import DatasetError
@@ -247,7 +259,12 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 @_errors
 def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed, workers, engine,
                      spark_master) -> None:
-    """Rewrite the kept samples into final shards with sizes.json and manifest.json (restartable)."""
+    """Rewrite the kept samples into final shards with sizes.json and manifest.json (restartable).
+
+    \b
+    Examples:
+      ccmb build-shards --input dl/ --keep filter.parquet --keep dedup.parquet --keep decontaminate.parquet --output shards/ --shuffle
+    """
     from ..corpus.build import build_shards
 
     summary = build_shards(input_dir, output_dir, keep_tables=keep_tables, samples_per_shard=samples_per_shard,
@@ -262,7 +279,12 @@ def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuf
 @click.option("--no-images", is_flag=True, help="Skip decoding every image (checksums and counts only).")
 @_errors
 def verify_cmd(shard_dir, no_images) -> None:
-    """Check SHARD_DIR against its manifest: checksums, counts, every image; exit 1 on any problem."""
+    """Check SHARD_DIR against its manifest: checksums, counts, every image; exit 1 on any problem.
+
+    \b
+    Examples:
+      ccmb verify shards/
+    """
     from ..corpus.verify import verify_shards
 
     report = verify_shards(shard_dir, decode_images=not no_images, progress=True)
@@ -282,7 +304,13 @@ def verify_cmd(shard_dir, no_images) -> None:
               help="With --scores: write the score histogram (keep-top-percent thresholds marked) to this PNG.")
 @_errors
 def stats_cmd(path, as_json, scores, histogram) -> None:
-    """Counts, status reasons, text-length and image-size distributions of a download or shard folder."""
+    """Counts, status reasons, text-length and image-size distributions of a download or shard folder.
+
+    \b
+    Examples:
+      ccmb stats dl/
+      ccmb stats --scores scores.parquet --histogram scores.png
+    """
     from ..corpus.stats import corpus_stats, format_stats
 
     if not path and not scores:

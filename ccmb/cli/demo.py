@@ -1,45 +1,127 @@
 """``ccmb demo``: the whole path on a laptop, from web URLs to a leaderboard, on loopback data.
 
-1. renders distinct coloured-shape scenes with Chinese captions and serves them on 127.0.0.1 as Zero records
-   (plus a dead link and a non-http URL, to show how failures are accounted for), with planted copies: a
-   repeated URL, the same bytes at another URL, near-copies (re-encoded, resized, cropped, darker,
-   watermarked), a repeated caption, and near-copies of the held-out evaluation images;
-2. ``ccmb download zero`` (img2dataset) -> ``ccmb filter`` + ``ccmb dedup`` + ``ccmb decontaminate`` ->
-   ``ccmb build-shards`` -> ``ccmb verify``; prints what curation did with each planted copy;
-3. ``ccmb train pretrain`` a tiny R2D2 on the shards (CPU, a few minutes);
-4. writes held-out ICR (retrieval) and ICM (matching) sets in their official layout, and
-   ``ccmb-bench run`` the trained model and an untrained one on them;
-5. ``ccmb-bench leaderboard`` -> CSV, markdown and a self-contained HTML page; ``ccmb-bench plot`` -> recall@K PNG.
+1. ``ccmb demo prepare`` renders distinct coloured-shape scenes with Chinese captions as Zero records (plus a
+   dead link and a non-http URL, to show how failures are accounted for), with planted copies: a repeated URL,
+   the same bytes at another URL, near-copies (re-encoded, resized, cropped, darker, watermarked), a repeated
+   caption, and near-copies of the held-out evaluation images; held-out ICR (retrieval) and ICM (matching) sets
+   in their official layout; a tokenizer vocabulary;
+2. ``ccmb demo serve web -- ccmb download zero`` (img2dataset, the scenes served on 127.0.0.1) ->
+   ``ccmb filter`` + ``ccmb dedup`` + ``ccmb decontaminate`` -> ``ccmb build-shards`` -> ``ccmb verify``;
+   prints what curation did with each planted copy;
+3. ``ccmb train pretrain`` a tiny R2D2 on the shards (CPU, a few minutes); says when too few steps were trained
+   for the numbers to mean anything;
+4. ``ccmb-bench run`` the trained model and an untrained one on the held-out sets;
+5. ``ccmb score`` + model-based curation; ``ccmb-bench leaderboard`` -> CSV, markdown and a self-contained HTML
+   page; ``ccmb-bench plot`` -> recall@K PNG.
 
-Every step is the real command, run as a subprocess and printed first, so the output doubles as a tutorial.
+Every step is the real console command (``ccmb ...``, ``ccmb-bench ...``, ``cp -R``, ``python -c``), run from
+the work folder with relative paths, printed first and recorded in ``commands.sh``: ``bash commands.sh`` in an
+empty folder replays the run there. The work folder is ccmb's own (``ccmb.outdir``): a new or empty folder, or
+one an earlier demo made (replaced); any other folder is refused.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import click
 
-from .. import synthetic
+from .. import outdir, synthetic
+from ..clikit import input_errors_as_click
+
+KIND = "demo"
+#: the demo needs a training batch of 32 after curation and ten scenes to plant copies of
+MIN_IMAGES = 40
+#: fewer pre-training steps than this leave the tiny model near chance: the demo says so
+MEANINGFUL_STEPS = 150
+N_EVAL = 100
+#: the records' base URL until ``ccmb demo serve`` points them at the port it serves on
+PLACEHOLDER_BASE = "http://127.0.0.1:0"
+RECORDS = "data/zero_demo.jsonl"
+EVAL_ROOT = "data/ccmb"
+VOCAB = "tokenizer/vocab.txt"
+#: everything the demo writes into its folder (an older demo folder without the owner marker is recognised by it)
+DEMO_NAMES = frozenset({
+    "web", "data", "download", "shards", "run", "bench", "tokenizer", "r2d2-tiny-demo", "r2d2-tiny-untrained",
+    "filter.parquet", "dedup.parquet", "decontaminate.parquet", "decontaminate.json", "planted.json",
+    "scores.parquet", "scores.png", "filter_scores.parquet", "semantic.parquet", "model_curation.json",
+    "leaderboard.csv", "leaderboard.md", "leaderboard.html", "recall.png", "commands.sh"})
 
 
-def _run(cmd: List[str], log: List[str]) -> None:
-    shown = " ".join(shlex.quote(c) for c in cmd).replace(f"{shlex.quote(sys.executable)} -m ", "")
-    click.secho(f"\n$ {shown}", fg="cyan", bold=True)
-    log.append(shown)
-    start = time.time()
-    res = subprocess.run(cmd)
-    if res.returncode != 0:
-        raise click.ClickException(f"step failed (exit {res.returncode}): {shown}")
-    click.secho(f"  ({time.time() - start:.1f}s)", fg="bright_black")
+def _legacy_demo(folder: Path) -> bool:
+    """A folder an earlier ccmb demo wrote before output folders carried a marker: only the demo's names."""
+    names = {p.name for p in folder.iterdir()} - {outdir.OWNER_FILE, outdir.LOCK_FILE}
+    return bool(names) and names <= DEMO_NAMES and bool(names & {"web", "data", "commands.sh"})
+
+
+def claim_workdir(workdir: Path, *, empty: bool = True) -> Path:
+    """The demo's folder: new, empty, or an earlier demo's (its contents removed when ``empty``); any other folder
+    is an :class:`~ccmb.outdir.OutputFolderError` naming it."""
+    folder = outdir.claim(workdir, KIND, legacy=_legacy_demo,
+                          hint="choose a new or empty folder for the demo (--workdir)")
+    if empty:
+        outdir.clear(folder, KIND)
+    return folder
+
+
+def _distinct(images: int, mismatches: int) -> bool:
+    """Whether the demo's scenes can all differ (else captions repeat and caption dedup is left out)."""
+    return images + N_EVAL + len(PLANTED_CAPTIONS) + mismatches <= len(synthetic.all_items())
+
+
+class Transcript:
+    """Runs each step from the work folder as the console command a user would type, prints it first and
+    appends it to ``commands.sh`` (a header sets PATH to this environment, so the script replays as it ran)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.bindir = Path(sys.executable).parent
+        self.python = Path(sys.executable).name
+        self.env = dict(os.environ, PATH=f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+                        WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"), NO_ALBUMENTATIONS_UPDATE="1")
+        self.lines: List[str] = []
+
+    def tool(self, script: str, module: str) -> List[str]:
+        """``[script]`` when this environment has the console script, else ``[python, -m, module]``."""
+        return [script] if (self.bindir / script).is_file() else [self.python, "-m", module]
+
+    def ccmb(self, *args: str) -> List[str]:
+        return [*self.tool("ccmb", "ccmb"), *args]
+
+    def bench(self, *args: str) -> List[str]:
+        return [*self.tool("ccmb-bench", "ccmb_bench"), *args]
+
+    def header(self) -> str:
+        from .. import __version__
+
+        return "\n".join([
+            "#!/usr/bin/env bash",
+            f"# `ccmb demo` transcript (ccmb {__version__}): every command the demo ran, in order, from its folder.",
+            "# Replay it in an empty folder: mkdir replay && cd replay && bash /path/to/commands.sh",
+            "set -euo pipefail",
+            f"export PATH={shlex.quote(str(self.bindir))}:\"$PATH\"  # the environment the demo ran in",
+            "export WANDB_MODE=disabled NO_ALBUMENTATIONS_UPDATE=1", ""])
+
+    def run(self, cmd: Sequence[str]) -> None:
+        shown = shlex.join(cmd)
+        click.secho(f"\n$ {shown}", fg="cyan", bold=True)
+        self.lines.append(shown)
+        (self.workdir / "commands.sh").write_text(self.header() + "\n".join(self.lines) + "\n", encoding="utf-8")
+        start = time.time()
+        res = subprocess.run(list(cmd), cwd=self.workdir, env=self.env)
+        if res.returncode != 0:
+            raise click.ClickException(f"step failed (exit {res.returncode}): {shown}")
+        click.secho(f"  ({time.time() - start:.1f}s)", fg="bright_black")
 
 
 def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[str]:
@@ -63,110 +145,188 @@ def _write_downstream(root: Path, n_images: int, seed: int, items=None) -> List[
     return names
 
 
-@click.command("demo")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
-              show_default=True, help="Where every artefact of the demo goes (replaced if it exists).")
-@click.option("--images", type=int, default=600, show_default=True, help="Training images to serve.")
-@click.option("--steps", type=int, default=300, show_default=True, help="Pre-training steps of the tiny R2D2.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mismatches", type=int, default=20, show_default=True,
-              help="Planted mismatched pairs (an image under another scene's caption) for the score filter.")
-def demo_cmd(workdir: Path, images: int, steps: int, seed: int, mismatches: int) -> None:
-    """Run the end-to-end demo on loopback data (CPU, no downloads from the internet)."""
-    started = time.time()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    web, data, dl, shards, run, bench = (workdir / d for d in ("web", "data", "download", "shards", "run", "bench"))
-    py = sys.executable
-    log: List[str] = []
-    env_note = "NO_ALBUMENTATIONS_UPDATE"
-    os.environ.setdefault(env_note, "1")
-    os.environ.setdefault("WANDB_MODE", "disabled")
+_images_option = click.option("--images", type=click.IntRange(MIN_IMAGES), default=600, show_default=True,
+                              help=f"Training images to serve (at least {MIN_IMAGES}: a training batch of 32 "
+                                   "after curation).")
+_seed_option = click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+_mismatches_option = click.option("--mismatches", type=click.IntRange(0), default=20, show_default=True,
+                                  help="Planted mismatched pairs (an image under another scene's caption) for the "
+                                       "score filter.")
 
+
+@click.group("demo", invoke_without_command=True)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
+              show_default=True, help="Where every artefact of the demo goes: a new or empty folder, or an earlier "
+              "demo's (replaced); any other folder is refused.")
+@_images_option
+@click.option("--steps", type=click.IntRange(1), default=300, show_default=True,
+              help=f"Pre-training steps of the tiny R2D2 (below {MEANINGFUL_STEPS} it stays near chance).")
+@_seed_option
+@_mismatches_option
+@click.pass_context
+@input_errors_as_click
+def demo_cmd(ctx: click.Context, workdir: Path, images: int, steps: int, seed: int, mismatches: int) -> None:
+    """Run the end-to-end demo on loopback data (CPU, no downloads from the internet); the commands it ran are in
+    WORKDIR/commands.sh (`bash commands.sh` in an empty folder replays them).
+
+    \b
+    Examples:
+      ccmb demo --workdir demo_out
+      ccmb demo --workdir demo_small --images 200 --steps 100
+    """
+    if ctx.invoked_subcommand is None:
+        run_demo(workdir, images, steps, seed, mismatches)
+
+
+def run_demo(workdir: Path, images: int, steps: int, seed: int, mismatches: int) -> None:
+    started = time.time()
+    workdir = claim_workdir(workdir)  # refuses a folder the demo did not make, before anything is written
+    t = Transcript(workdir)
     click.secho(f"ccmb demo: everything goes to {workdir}/", bold=True)
-    eval_root, _ = _curate(workdir, images, seed, log, mismatches=mismatches)
+    _curate(t, images, seed, mismatches)
+
+    t.run(t.ccmb("train", "pretrain", "--config", "r2d2-tiny", "--shards", "shards", "--tokenizer", VOCAB,
+                 "--output", "run", "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3", "--warmup-steps",
+                 str(min(20, steps)), "--log-every", "50", "--save-every", str(steps), "--text-choice", "random",
+                 "--num-workers", "0", "--seed", str(seed)))
+    if steps < MEANINGFUL_STEPS:
+        click.secho(f"\nnote: {steps} pre-training steps are too few for the tiny model to learn anything (it needs "
+                    f"about {MEANINGFUL_STEPS}+; the default is 300): its numbers below stay near chance and only "
+                    "show that every stage runs.", fg="yellow", bold=True)
+
+    # The harness names a model after its folder: give both models telling names.
+    t.run(["cp", "-R", str(_final_model_dir(workdir / "run").relative_to(workdir)), "r2d2-tiny-demo"])
+    t.run([t.python, "-c", f'import torch; torch.manual_seed({seed}); from models import build_model; '
+                           'build_model("r2d2-tiny").save_pretrained("r2d2-tiny-untrained")'])
+    for model_dir, label in (("r2d2-tiny-demo", "pre-trained"), ("r2d2-tiny-untrained", "random-init")):
+        t.run(t.bench("run", "--model", model_dir, "--tokenizer", VOCAB, "--dataset", "icr,icm", "--root", EVAL_ROOT,
+                      "--output", "bench", "--device", "cpu", "--setting", label))
+    gain = _show_stages(workdir / "bench" / "results")
+    if gain is not None and gain < 1.0:
+        click.secho(f"note: the trained model is not better than the untrained one on ICR (mean recall "
+                    f"{gain:+.1f}): {steps} steps did not teach it anything; train longer (--steps).",
+                    fg="yellow", bold=True)
+    _score_step(t)
+    t.run(t.bench("leaderboard", "--results", "bench/results", "--csv", "leaderboard.csv", "--markdown",
+                  "leaderboard.md", "--html", "leaderboard.html"))
+    t.run(t.bench("plot", "--results", "bench/results", "--out", "recall.png"))
+
+    click.secho("\nLeaderboard (" + str(workdir / "leaderboard.md") + "):", bold=True)
+    click.echo((workdir / "leaderboard.md").read_text(encoding="utf-8"))
+    click.secho(f"demo finished in {time.time() - started:.0f}s; the commands are in {workdir}/commands.sh (`bash "
+                f"commands.sh` in an empty folder replays them); open {workdir}/leaderboard.html in a browser; "
+                f"recall@K chart: {workdir}/recall.png", fg="green", bold=True)
+
+
+@demo_cmd.command("prepare")
+@_images_option
+@_seed_option
+@_mismatches_option
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Where to write (a new or empty folder, or a demo's).")
+@input_errors_as_click
+def prepare_cmd(images: int, seed: int, mismatches: int, folder: Path) -> None:
+    """Write the demo's inputs: web/ (scenes and planted copies), data/zero_demo.jsonl (Zero records, their URLs
+    pointed at a server by `ccmb demo serve`), data/ccmb/ (held-out ICR and ICM), tokenizer/vocab.txt and
+    planted.json (what was planted, for the curation report).
+
+    \b
+    Examples:
+      ccmb demo prepare --images 80 --seed 0
+    """
+    folder = claim_workdir(folder, empty=False)
+    prepare(folder, images, seed, mismatches)
+
+
+def prepare(workdir: Path, images: int, seed: int, mismatches: int) -> None:
+    web = workdir / "web"
+    # Distinct scenes (no two captions or images are duplicates) for training and held-out evaluation;
+    # the evaluation set is written first so that the corpus can hold planted copies of its images.
+    n_spare = len(PLANTED_CAPTIONS) + mismatches
+    distinct = _distinct(images, mismatches)
+    pool = synthetic.sample_items(images + N_EVAL + n_spare, seed=seed, distinct=distinct)
+    items, eval_items, spare = pool[:images], pool[images:images + N_EVAL], pool[images + N_EVAL:]
+    spare, mismatch_items = spare[:len(PLANTED_CAPTIONS)], spare[len(PLANTED_CAPTIONS):]
+    eval_root = workdir / EVAL_ROOT
+    eval_names = _write_downstream(eval_root, n_images=N_EVAL, seed=seed + 1, items=eval_items)
+    eval_dir = eval_root / "IQR_IQM_ICR_ICM_images"
+    names = synthetic.write_images(items, web, size=256, seed=seed,
+                                   avoid=synthetic.image_hashes(eval_dir, eval_names))
+    base = PLACEHOLDER_BASE
+    records = synthetic.zero_records(items, base, names)
+    planted = _plant_copies(records, web, base, eval_dir, eval_names, spare, seed)
+    mismatched = _plant_mismatches(records, web, base, mismatch_items, seed)
+    (workdir / "planted.json").write_text(json.dumps({"copies": planted, "mismatched": mismatched},
+                                                     ensure_ascii=False, indent=1), encoding="utf-8")
+    records.append(dict(records[0], ImageKey="dead-link", ImageUrl=f"{base}/gone.jpg"))
+    records.append(dict(records[1], ImageKey="ftp-url", ImageUrl="ftp://example.org/a.jpg"))
+    synthetic.write_jsonl(records, workdir / RECORDS)
 
     from models.tokenizer import write_test_vocab
 
     chars = synthetic.caption_chars() + "".join(sorted({ch for t in PLANTED_CAPTIONS for ch in t}))
-    vocab = write_test_vocab(workdir / "tokenizer", extra_chars=chars)
-    _run([py, "-m", "ccmb", "train", "pretrain", "--config", "r2d2-tiny", "--shards", str(shards),
-          "--tokenizer", str(vocab), "--output", str(run), "--steps", str(steps), "--batch-size", "32",
-          "--lr", "1e-3", "--warmup-steps", "20", "--log-every", "50", "--save-every", str(steps),
-          "--text-choice", "random", "--num-workers", "0", "--seed", str(seed)], log)
-
-    # The harness names a model after its folder: give both models telling names.
-    trained = workdir / "r2d2-tiny-demo"
-    shutil.copytree(_final_model_dir(run), trained)
-    untrained = workdir / "r2d2-tiny-untrained"
-    from models import build_model, get_config
-
-    build_model(get_config("r2d2-tiny")).save_pretrained(str(untrained))
-    for model_dir, label in ((trained, "pre-trained"), (untrained, "random-init")):
-        _run([py, "-m", "ccmb_bench", "run", "--model", str(model_dir), "--tokenizer", str(vocab),
-              "--dataset", "icr,icm", "--root", str(eval_root), "--output", str(bench), "--device", "cpu",
-              "--setting", label], log)
-    _show_stages(bench / "results")
-    _score_step(workdir, trained, vocab, log)
-    _run([py, "-m", "ccmb_bench", "leaderboard", "--results", str(bench / "results"),
-          "--csv", str(workdir / "leaderboard.csv"), "--markdown", str(workdir / "leaderboard.md"),
-          "--html", str(workdir / "leaderboard.html")], log)
-    _run([py, "-m", "ccmb_bench", "plot", "--results", str(bench / "results"), "--out", str(workdir / "recall.png")], log)
-
-    click.secho("\nLeaderboard (" + str(workdir / "leaderboard.md") + "):", bold=True)
-    click.echo((workdir / "leaderboard.md").read_text(encoding="utf-8"))
-    (workdir / "commands.sh").write_text("\n".join(log) + "\n", encoding="utf-8")
-    click.secho(f"demo finished in {time.time() - started:.0f}s; the commands are in {workdir}/commands.sh; "
-                f"open {workdir}/leaderboard.html in a browser; recall@K chart: {workdir}/recall.png", fg="green", bold=True)
+    write_test_vocab((workdir / VOCAB).parent, extra_chars=chars)
+    click.echo(f"{len(names)} distinct scenes + {len(planted)} planted copies + {len(mismatched)} mismatched pairs in "
+               f"{web}/; {len(records)} Zero records in {workdir / RECORDS}; held-out ICR/ICM in {eval_root}/")
 
 
-def _curate(workdir: Path, images: int, seed: int, log: List[str], mismatches: int = 0):
-    """Steps 1-2: serve scenes with planted copies, download, filter, dedup, decontaminate, build shards,
-    verify; returns (the evaluation data root, the planted-copy outcome of :func:`_show_curation`)."""
-    web, data, dl, shards = (workdir / d for d in ("web", "data", "download", "shards"))
-    py = sys.executable
-    # Distinct scenes (no two captions or images are duplicates) for training and held-out evaluation;
-    # the evaluation set is written first so that the corpus can hold planted copies of its images.
-    n_eval = 100
-    n_spare = len(PLANTED_CAPTIONS) + mismatches
-    distinct = images + n_eval + n_spare <= len(synthetic.all_items())
-    pool = synthetic.sample_items(images + n_eval + n_spare, seed=seed, distinct=distinct)
-    items, eval_items, spare = pool[:images], pool[images:images + n_eval], pool[images + n_eval:]
-    spare, mismatch_items = spare[:len(PLANTED_CAPTIONS)], spare[len(PLANTED_CAPTIONS):]
-    eval_root = data / "ccmb"
-    eval_names = _write_downstream(eval_root, n_images=n_eval, seed=seed + 1, items=eval_items)
-    eval_dir = eval_root / "IQR_IQM_ICR_ICM_images"
-    names = synthetic.write_images(items, web, size=256, seed=seed,
-                                   avoid=synthetic.image_hashes(eval_dir, eval_names))
-    with synthetic.serve_folder(web) as base:
-        records = synthetic.zero_records(items, base, names)
-        planted = _plant_copies(records, web, base, eval_dir, eval_names, spare, seed)
-        mismatched = _plant_mismatches(records, web, base, mismatch_items, seed)
-        (workdir / "planted.json").write_text(json.dumps({"copies": planted, "mismatched": mismatched},
-                                                         ensure_ascii=False, indent=1), encoding="utf-8")
-        records.append(dict(records[0], ImageKey="dead-link", ImageUrl=f"{base}/gone.jpg"))
-        records.append(dict(records[1], ImageKey="ftp-url", ImageUrl="ftp://example.org/a.jpg"))
-        synthetic.write_jsonl(records, data / "zero_demo.jsonl")
-        click.echo(f"serving {len(names)} distinct scenes + {len(planted)} planted copies + {len(mismatched)} "
-                   f"mismatched pairs at {base}; "
-                   f"{len(records)} Zero records in {data}/zero_demo.jsonl")
-        _run([py, "-m", "ccmb", "download", "zero", "-i", str(data / "zero_demo.jsonl"), "-o", str(dl),
-              "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5"], log)
+@demo_cmd.command("serve")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--records", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A JSON-lines file whose http://127.0.0.1:PORT URLs are pointed at the served port first.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def serve_cmd(folder: Path, records: Optional[Path], command: Sequence[str]) -> None:
+    """Serve FOLDER over HTTP on 127.0.0.1 while COMMAND (after --) runs; exits with COMMAND's exit code.
 
-    tables = [workdir / "filter.parquet", workdir / "dedup.parquet", workdir / "decontaminate.parquet"]
-    _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(tables[0])], log)
+    \b
+    Examples:
+      ccmb demo serve web --records data/zero_demo.jsonl -- ccmb download zero -i data/zero_demo.jsonl -o download
+    """
+    with synthetic.serve_folder(folder) as base:
+        if records is not None:
+            _point_records_at(records, base)
+        click.echo(f"serving {folder}/ at {base} while `{shlex.join(command)}` runs", err=True)
+        try:
+            code = subprocess.call(list(command))
+        except OSError as exc:
+            raise click.ClickException(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+    sys.exit(code)
+
+
+def _point_records_at(records: Path, base: str) -> None:
+    """Rewrite the loopback base URL of every record (atomic): the served port changes from run to run."""
+    from ..atomic import write_text
+
+    text = records.read_text(encoding="utf-8")
+    write_text(records, re.sub(r"http://127\.0\.0\.1:\d+", base, text))
+
+
+def _url_path(url: str) -> str:
+    """The path of a URL: planted copies are matched by it (the served port differs between runs)."""
+    return urllib.parse.urlsplit(url).path
+
+
+def _curate(t: Transcript, images: int, seed: int, mismatches: int) -> dict:
+    """Steps 1-2: prepare the inputs, serve them while downloading, filter, dedup, decontaminate, build shards,
+    verify; returns the planted-copy outcome of :func:`_show_curation`."""
+    workdir = t.workdir
+    t.run(t.ccmb("demo", "prepare", "--images", str(images), "--seed", str(seed), "--mismatches", str(mismatches)))
+    t.run(t.ccmb("demo", "serve", "web", "--records", RECORDS, "--",
+                 *t.ccmb("download", "zero", "-i", RECORDS, "-o", "download", "--processes", "1", "--threads", "8",
+                         "--samples-per-shard", "256", "--timeout", "5")))
+    tables = ["filter.parquet", "dedup.parquet", "decontaminate.parquet"]
+    t.run(t.ccmb("filter", "--input", "download", "--output", tables[0]))
     # Dedup after the filter (--keep): representatives are samples the filter keeps.
-    _run([py, "-m", "ccmb", "dedup", "--input", str(dl), "--output", str(tables[1]), "--keep", str(tables[0]),
-          *([] if distinct else ["--no-caption"])], log)
+    t.run(t.ccmb("dedup", "--input", "download", "--output", tables[1], "--keep", tables[0],
+                 *([] if _distinct(images, mismatches) else ["--no-caption"])))
     # Copies of the benchmark's own images must not be trained on.
-    _run([py, "-m", "ccmb", "decontaminate", "--input", str(dl), "--against", "icr,icm", "--root", str(eval_root),
-          "--output", str(tables[2]), "--report", str(workdir / "decontaminate.json")], log)
-    _run([py, "-m", "ccmb", "build-shards", "--input", str(dl), "--output", str(shards),
-          *[a for t in tables for a in ("--keep", str(t))],
-          "--samples-per-shard", "200", "--shuffle", "--seed", str(seed)], log)
-    _run([py, "-m", "ccmb", "verify", str(shards)], log)
-    return eval_root, _show_curation(dl, tables, planted)
-
+    t.run(t.ccmb("decontaminate", "--input", "download", "--against", "icr,icm", "--root", EVAL_ROOT,
+                 "--output", tables[2], "--report", "decontaminate.json"))
+    t.run(t.ccmb("build-shards", "--input", "download", "--output", "shards", *[a for x in tables for a in ("--keep", x)],
+                 "--samples-per-shard", "200", "--shuffle", "--seed", str(seed)))
+    t.run(t.ccmb("verify", "shards"))
+    planted = json.loads((workdir / "planted.json").read_text(encoding="utf-8"))["copies"]
+    return _show_curation(workdir / "download", [workdir / x for x in tables], planted)
 
 
 #: Captions of planted copies (web reposts rarely keep the original caption).
@@ -227,20 +387,17 @@ def _plant_mismatches(records: List[dict], web: Path, base: str, items, seed: in
     return urls
 
 
-def _score_step(workdir: Path, model: Path, vocab: Path, log: List[str]) -> None:
+def _score_step(t: Transcript) -> None:
     """Model-based curation with the demo's own trained model: ``ccmb score`` the download, look at the
     histogram, filter by agreement and dedup semantically; prints precision/recall against what was planted."""
-    py = sys.executable
-    dl, scores = workdir / "download", workdir / "scores.parquet"
-    _run([py, "-m", "ccmb", "score", "--input", str(dl), "--model", str(model), "--tokenizer", str(vocab),
-          "--output", str(scores), "--device", "cpu"], log)
-    _run([py, "-m", "ccmb", "stats", "--scores", str(scores), "--histogram", str(workdir / "scores.png")], log)
-    _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(workdir / "filter_scores.parquet"),
-          "--scores", str(scores), "--keep-top-percent", str(SCORE_KEEP_TOP_PERCENT)], log)
-    _run([py, "-m", "ccmb", "dedup", "--input", str(dl), "--output", str(workdir / "semantic.parquet"),
-          "--no-url", "--no-sha256", "--no-phash", "--no-caption", "--semantic", str(scores),
-          "--eps", str(SEMANTIC_EPS)], log)
-    _show_model_curation(workdir)
+    t.run(t.ccmb("score", "--input", "download", "--model", "r2d2-tiny-demo", "--tokenizer", VOCAB,
+                 "--output", "scores.parquet", "--device", "cpu"))
+    t.run(t.ccmb("stats", "--scores", "scores.parquet", "--histogram", "scores.png"))
+    t.run(t.ccmb("filter", "--input", "download", "--output", "filter_scores.parquet", "--scores", "scores.parquet",
+                 "--keep-top-percent", str(SCORE_KEEP_TOP_PERCENT)))
+    t.run(t.ccmb("dedup", "--input", "download", "--output", "semantic.parquet", "--no-url", "--no-sha256",
+                 "--no-phash", "--no-caption", "--semantic", "scores.parquet", "--eps", str(SEMANTIC_EPS)))
+    _show_model_curation(t.workdir)
 
 
 #: The demo's thresholds for model-based curation (chosen on the histogram; see docs/curation.md).
@@ -257,13 +414,13 @@ def _show_model_curation(workdir: Path) -> dict:
 
     planted = json.loads((workdir / "planted.json").read_text(encoding="utf-8"))
     meta = load_metadata(workdir / "download", ["key", "url", "status"])
-    ok = [(k, u) for k, u, st in zip(meta.column("key").to_pylist(), meta.column("url").to_pylist(),
-                                     meta.column("status").to_pylist()) if st == "success"]
-    mismatched = {k for k, u in ok if u in set(planted["mismatched"])}
+    ok = [(k, _url_path(u)) for k, u, st in zip(meta.column("key").to_pylist(), meta.column("url").to_pylist(),
+                                                meta.column("status").to_pylist()) if st == "success"]
+    mismatched = {k for k, u in ok if u in {_url_path(m) for m in planted["mismatched"]}}
     copies = set()
     for p in planted["copies"]:  # the same picture again (not a new image under an old caption)
         if p["expect"] in ("duplicate_url", "duplicate_sha256", "duplicate_phash"):
-            keys = sorted(k for k, u in ok if u == p["url"])
+            keys = sorted(k for k, u in ok if u == _url_path(p["url"]))
             copies.add(keys[-1])
 
     def pr(table: str, reason: str, truth: set) -> dict:
@@ -312,8 +469,8 @@ def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
     from ..corpus.table import load_metadata
 
     meta = load_metadata(dl, ["key", "url", "status"])
-    url_of = {k: u for u, k, st in zip(meta.column("url").to_pylist(), meta.column("key").to_pylist(),
-                                       meta.column("status").to_pylist()) if st == "success"}
+    url_of = {k: _url_path(u) for u, k, st in zip(meta.column("url").to_pylist(), meta.column("key").to_pylist(),
+                                                  meta.column("status").to_pylist()) if st == "success"}
     decided = {}
     for t in tables:
         for r in pq.read_table(t).to_pylist():
@@ -323,7 +480,7 @@ def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
     planted_keys = set()
     outcome = []
     for p in planted:  # a repeated URL: the first occurrence is the original, the last the planted copy
-        keys = sorted(k for k, u in url_of.items() if u == p["url"])
+        keys = sorted(k for k, u in url_of.items() if u == _url_path(p["url"]))
         key = keys[-1] if keys else None
         planted_keys.add(key)
         got = decided.get(key)
@@ -339,10 +496,11 @@ def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
     return {"planted": outcome, "others": others}
 
 
-def _show_stages(results: Path) -> None:
+def _show_stages(results: Path) -> Optional[float]:
     """What each R2D2 stage gives: ICR mean recall of the dual-encoder stage alone (pre-ranking) and after
-    the cross encoders re-rank its top-k (the two stages), and ICM match AUC (cross encoders alone)."""
-    rows = []
+    the cross encoders re-rank its top-k (the two stages), and ICM match AUC (cross encoders alone). Returns the
+    trained model's ICR mean recall minus the untrained one's (None when either is missing)."""
+    rows, mean_recall = [], {}
     for f in sorted(Path(results).rglob("*.json")):
         try:
             r = json.loads(f.read_text(encoding="utf-8"))
@@ -352,6 +510,7 @@ def _show_stages(results: Path) -> None:
             continue
         m, label = r["metrics"], (r.get("settings") or {}).get("setting") or r.get("model", "?")
         if "prerank_MR" in m and "MR" in m:
+            mean_recall[label] = m["MR"]
             rows.append(f"  {label:<12} ICR MR: dual-encoder stage {m['prerank_MR']:6.2f} -> two stages "
                         f"{m['MR']:6.2f} ({m['MR'] - m['prerank_MR']:+.2f} from re-ranking top {m.get('top_k', '?')})")
         if "AUC" in m:
@@ -359,6 +518,9 @@ def _show_stages(results: Path) -> None:
     if rows:
         click.secho("\nWhat each stage gives:", bold=True)
         click.echo("\n".join(rows))
+    if "pre-trained" in mean_recall and "random-init" in mean_recall:
+        return mean_recall["pre-trained"] - mean_recall["random-init"]
+    return None
 
 
 def _final_model_dir(run: Path) -> Path:

@@ -82,6 +82,10 @@ def download_group() -> None:
     ones are removed and downloaded again. Only http(s) URLs are fetched (redirects too); every input
     row ends up in the shards' parquet files as a success or a failure with its reason. A full disk
     stops the run with one error line; free space and run the same command again.
+
+    \b
+    Examples:
+      ccmb download zero -i zero_2m/ -o dl/ --processes 16 --threads 64
     """
 
 

@@ -31,6 +31,10 @@ def score_cmd(input_dir, model, output, checkpoint, tokenizer, embeddings, batch
     Resumable per shard: a rerun skips shards whose part is written. Then choose a threshold with
     `ccmb stats --scores SCORES.parquet --histogram scores.png` and filter with
     `ccmb filter --scores SCORES.parquet --keep-top-percent P`.
+
+    \b
+    Examples:
+      ccmb score --input dl/ --model r2d2-vitb16 --output scores.parquet --device cuda
     """
     from ccmb_bench.adapters import load_adapter
     from ccmb_bench.scoring import default_device, score_corpus

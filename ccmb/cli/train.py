@@ -12,6 +12,7 @@ trainer itself never imports the benchmark).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -56,6 +57,50 @@ def bench_evaluator(task: str, data, tokenizer, batch_size: int = 64) -> Callabl
     return evaluate
 
 
+# ------------------------------------------------------------------------------------------ checks
+# Everything that can be judged from names and paths is checked before torch is imported (within a second).
+def _check_config(model_config: str) -> None:
+    """A shipped config name, a config JSON or a model folder whose config builds (``models.config``, light)."""
+    from models.config import get_config
+
+    get_config(model_config)  # ConfigError (a ValueError): "did you mean", or the file and the field
+
+
+def _check_shards(shards: str) -> None:
+    """A local shard set: tars that exist and a ``sizes.json`` beside them (remote URLs are left to the run)."""
+    from ..shards import SIZES_FILE, list_shards
+
+    if "://" in shards:
+        return
+    try:
+        paths = list_shards(shards)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(f"{exc} (a folder of NNNNN.tar, a tar, or DIR/{{00000..00099}}.tar)",
+                                 param_hint="--shards") from None
+    if not paths:
+        raise click.BadParameter(f"no NNNNN.tar shards in {shards} (make them with `ccmb build-shards` or "
+                                 "`ccmb download`)", param_hint="--shards")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise click.BadParameter(f"shard not found: {missing[0]} (from {shards})", param_hint="--shards")
+    for folder in dict.fromkeys(p.parent for p in paths):
+        if not (folder / SIZES_FILE).is_file():
+            raise click.BadParameter(f"{folder / SIZES_FILE}: missing (not a finished shard set: finish it with "
+                                     "`ccmb build-shards` or `ccmb shards finalize`)", param_hint="--shards")
+
+
+def _check_dataset(dataset: str, *splits: str, task: Optional[str] = None, root: Optional[str] = None):
+    """A registered dataset with these splits (and of ``task``); returns its spec."""
+    from ..datasets import get_spec
+
+    spec = get_spec(dataset)  # UnknownDatasetError: "did you mean"
+    for split in splits:
+        spec.check_split(split)  # UnknownSplitError: the splits it has
+    if task is not None and spec.task != task:
+        raise click.UsageError(f"{spec.name} is a {spec.task} dataset, not {task}")
+    return spec
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def _checkpoint_errors_as_click(func: Callable) -> Callable:
     """A corrupt checkpoint or model file (``models.CheckpointError``, its message names the file) is shown as
@@ -64,11 +109,12 @@ def _checkpoint_errors_as_click(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from models.loading import CheckpointError
-
         try:
             return func(*args, **kwargs)
-        except CheckpointError as exc:
+        except Exception as exc:  # a CheckpointError means models.loading (and torch) is loaded: never import it here
+            loading = sys.modules.get("models.loading")
+            if loading is None or not isinstance(exc, loading.CheckpointError):
+                raise
             logger.debug("traceback", exc_info=True)
             raise click.ClickException(str(exc)) from exc
     return wrapper
@@ -114,23 +160,26 @@ def _defaults(field: str) -> str:
 
 
 #: (option, TrainConfig field, type, help): the flags that override the training config.
+_POSITIVE = click.IntRange(1)
+_NATURAL = click.IntRange(0)
 _CONFIG_OPTIONS = (
-    ("--steps", "steps", int, "Optimizer steps (wins over --epochs)."),
-    ("--epochs", "epochs", int, "Epochs (pre-training: virtual epochs from sizes.json)."),
-    ("--batch-size", "batch_size", int, "Samples per process per micro-batch."),
-    ("--grad-accum", "grad_accum", int, "Micro-batches per optimizer step."),
-    ("--lr", "lr", float, "Peak learning rate (AdamW)."),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay (matrices only)."),
-    ("--warmup-steps", "warmup_steps", int, "Linear warm-up steps."),
-    ("--clip-grad", "clip_grad", float, "Max global grad norm (0: off)."),
-    ("--num-workers", "num_workers", int, "DataLoader workers per process."),
-    ("--seed", "seed", int, "Seed of weights, data order, augmentation and masking."),
-    ("--log-every", "log_every", int, "Log a line every N steps (and at the first step)."),
-    ("--save-every", "save_every", int, "Checkpoint every N steps."),
-    ("--keep-last", "keep_last", int, "Checkpoints kept."),
-    ("--queue-size", "loss_queue_size", int, "TgD feature-queue length."),
-    ("--momentum", "loss_momentum", float, "EMA momentum of the distillation teacher."),
-    ("--patch-drop-ratio", "loss_patch_drop_ratio", float, "FgD: share of image patch tokens the student drops."),
+    ("--steps", "steps", _POSITIVE, "Optimizer steps (wins over --epochs)."),
+    ("--epochs", "epochs", _POSITIVE, "Epochs (pre-training: virtual epochs from sizes.json)."),
+    ("--batch-size", "batch_size", _POSITIVE, "Samples per process per micro-batch."),
+    ("--grad-accum", "grad_accum", _POSITIVE, "Micro-batches per optimizer step."),
+    ("--lr", "lr", click.FloatRange(0, min_open=True), "Peak learning rate (AdamW)."),
+    ("--weight-decay", "weight_decay", click.FloatRange(0), "AdamW weight decay (matrices only)."),
+    ("--warmup-steps", "warmup_steps", _NATURAL, "Linear warm-up steps."),
+    ("--clip-grad", "clip_grad", click.FloatRange(0), "Max global grad norm (0: off)."),
+    ("--num-workers", "num_workers", _NATURAL, "DataLoader workers per process."),
+    ("--seed", "seed", _NATURAL, "Seed of weights, data order, augmentation and masking."),
+    ("--log-every", "log_every", _POSITIVE, "Log a line every N steps (and at the first step)."),
+    ("--save-every", "save_every", _POSITIVE, "Checkpoint every N steps."),
+    ("--keep-last", "keep_last", _POSITIVE, "Checkpoints kept."),
+    ("--queue-size", "loss_queue_size", _POSITIVE, "TgD feature-queue length."),
+    ("--momentum", "loss_momentum", click.FloatRange(0, 1), "EMA momentum of the distillation teacher."),
+    ("--patch-drop-ratio", "loss_patch_drop_ratio", click.FloatRange(0, 1, max_open=True),
+     "FgD: share of image patch tokens the student drops."),
 )
 
 
@@ -153,7 +202,7 @@ def _train_options(f):
         click.option("--grad-checkpointing/--no-grad-checkpointing", default=None),
         click.option("--freeze-vision/--train-vision", default=None, help="Freeze the ViT." + _defaults("freeze_vision")),
     ]
-    opts += [click.option(f"--{spec.name}", f"loss_{spec.name}", type=float,
+    opts += [click.option(f"--{spec.name}", f"loss_{spec.name}", type=click.FloatRange(0),
                           help=f"{spec.name.upper()} weight, 0 disables: {spec.help}." + _defaults(f"loss_{spec.name}"))
              for spec in LOSSES]
     opts += [
@@ -189,7 +238,12 @@ def _build_cfg(base, train_config: Optional[str], kw: Dict[str, Any]):
 
 @click.group("train")
 def train_group() -> None:
-    """Train R2D2/PRD2: pre-training on shards, fine-tuning on downstream sets (1 process or torchrun)."""
+    """Train R2D2/PRD2: pre-training on shards, fine-tuning on downstream sets (1 process or torchrun).
+
+    \b
+    Examples:
+      ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
+    """
     import os
 
     # tokenisation runs in forked DataLoader workers: keep the Rust tokenizer single-threaded there
@@ -220,11 +274,26 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
     """Pre-train on a ccmb shard set (GCPR + FGR + TgD + FgD).
 
     \b
-    ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
-    torchrun --nproc_per_node 8 "$(which ccmb)" train pretrain --config r2d2-vitb16 \\
-        --shards '/data/zero/{00000..02299}.tar' --init-vision clip-vit-b16/ --init-text roberta-wwm/ \\
-        --output runs/zero2m --epochs 10 --batch-size 128
+    Examples:
+      ccmb train pretrain --config r2d2-tiny --shards shards/ --tokenizer vocab.txt --output runs/tiny --steps 100
+      torchrun --nproc_per_node 8 "$(which ccmb)" train pretrain --config r2d2-vitb16 \\
+          --shards '/data/zero/{00000..02299}.tar' --init-vision clip-vit-b16/ --init-text roberta-wwm/ \\
+          --output runs/zero2m --epochs 10 --batch-size 128
     """
+    _check_config(model_config)
+    _check_shards(shards)
+    if not (tokenizer or init_text or (init_dir and (Path(init_dir) / "vocab.txt").is_file())):
+        raise click.UsageError("a tokenizer is needed: pass --tokenizer (vocab.txt or a directory), --init-text, "
+                               "or an --init model folder that holds vocab.txt")
+    if eval_dataset:
+        if not eval_root:
+            raise click.UsageError("--eval-dataset needs --eval-root")
+        if eval_split == "test":
+            raise click.UsageError("evaluate on a validation split during training, never on test")
+        spec = _check_dataset(eval_dataset, eval_split)
+        if spec.task != "retrieval":
+            raise click.UsageError(f"{eval_dataset} is a {spec.task} dataset; pre-training evaluates retrieval")
+
     from models.train.config import TrainConfig
     from models.train.pretrain import pretrain
 
@@ -236,13 +305,7 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
         from ccmb.datasets import load_dataset
         from models.tokenizer import load_tokenizer
 
-        if not eval_root:
-            raise click.UsageError("--eval-dataset needs --eval-root")
-        if eval_split == "test":
-            raise click.UsageError("evaluate on a validation split during training, never on test")
         data = load_dataset(eval_dataset, eval_root, eval_split)
-        if data.task != "retrieval":
-            raise click.UsageError(f"{eval_dataset} is a {data.task} dataset; pre-training evaluates retrieval")
         evaluate_fn = bench_evaluator("retrieval", data, load_tokenizer(tokenizer or init_text))
     result = pretrain(model_config, shards, output, cfg, tokenizer_path=tokenizer, init_vision=init_vision,
                       init_text=init_text, init=init_dir, resume=resume, device=device, objective=objective,
@@ -264,7 +327,7 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
               help="Split evaluated each epoch; the best checkpoint is chosen on it (never on test).")
 @click.option("--select-metric", help="Metric choosing the best epoch (default: MR for retrieval, AUC for "
                                       "matching).")
-@click.option("--eval-batch-size", type=int, default=64, show_default=True)
+@click.option("--eval-batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--no-eval", is_flag=True, help="Skip the per-epoch evaluation.")
 @_train_options
 @input_errors_as_click
@@ -275,21 +338,30 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
     wd 0.05, 500 warm-up steps, cosine).
 
     \b
-    ccmb train finetune --task retrieval --dataset icr --root /data/ccmb --init runs/zero2m/model \\
-        --tokenizer roberta-wwm/ --output runs/icr
+    Examples:
+      ccmb train finetune --task retrieval --dataset icr --root /data/ccmb --init runs/zero2m/model \\
+          --tokenizer roberta-wwm/ --output runs/icr
     """
-    from ccmb.datasets import load_dataset
-    from models.tokenizer import load_tokenizer
-    from models.train.config import finetune_defaults
-    from models.train.finetune import finetune
-
     if val_split == "test" and not no_eval:
         raise click.UsageError("the best checkpoint is chosen on validation, never on test: pick --val-split")
+    _check_dataset(dataset, train_split, *([] if no_eval else [val_split]), task=task)
+    if Path(init).is_dir():
+        _check_config(init)
+    elif model_config:
+        _check_config(model_config)
+    else:
+        raise click.UsageError(f"--init {init} is a checkpoint file: pass --config (its model config)")
     if tokenizer is None and Path(init).is_dir() and (Path(init) / "vocab.txt").is_file():
         tokenizer = str(Path(init) / "vocab.txt")  # a trainer output folder carries its tokenizer
     if tokenizer is None:
         raise click.UsageError("--tokenizer is required (vocab.txt or a tokenizer directory) unless --init is a "
                                "model folder with vocab.txt")
+
+    from ccmb.datasets import load_dataset
+    from models.tokenizer import load_tokenizer
+    from models.train.config import finetune_defaults
+    from models.train.finetune import finetune
+
     cfg = _build_cfg(finetune_defaults(task), train_config, kw)
     cfg = cfg.override(select_metric=select_metric or SELECT_METRIC[task])
     train_data = load_dataset(dataset, root, train_split)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import (DatasetError, DatasetFormatError, DatasetNotFoundError, MissingImageError,
-                   ParseLog, UnknownDatasetError)
+                   ParseLog, UnknownDatasetError, UnknownSplitError, UnsafeFileError)
 from .data import (TASK_NAMES, CaptionData, ClassificationData, ImageData, MatchingData, RetrievalData,
                    TextToImageData)
 from .imagesource import FolderImages, TsvImages, build_tsv_index, load_tsv_index
@@ -24,7 +24,7 @@ _TORCH_NAMES = ("ImageDataset", "TextDataset", "PairDataset", "collate_images", 
                 "collate_pairs", "make_loader")
 
 __all__ = ["DatasetError", "DatasetFormatError", "DatasetNotFoundError", "MissingImageError",
-           "ParseLog", "UnknownDatasetError", "TASK_NAMES", "CaptionData", "ClassificationData", "ImageData",
+           "ParseLog", "UnknownDatasetError", "UnknownSplitError", "UnsafeFileError", "TASK_NAMES", "CaptionData", "ClassificationData", "ImageData",
            "MatchingData", "RetrievalData", "TextToImageData", "FolderImages", "TsvImages",
            "build_tsv_index", "load_tsv_index", "DatasetSpec", "get_spec", "list_datasets",
            "load_dataset", "register", "get_templates", *_TORCH_NAMES]

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from .. import boundedio
 from ..safejson import loads_bounded
 from ..types import PathLike
 
@@ -41,6 +43,10 @@ class UnknownDatasetError(DatasetError):
     """A dataset name that is not registered; the message lists the known names."""
 
 
+class UnknownSplitError(DatasetError):
+    """A split the dataset does not have; the message names the splits it has."""
+
+
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The data root (or a file of its layout) is missing; the message prints the expected layout."""
 
@@ -61,6 +67,29 @@ class MissingImageError(DatasetError, FileNotFoundError):
 
 class UnsafeImagePathError(DatasetError):
     """An image id that would name a file outside its image folder (absolute, ``..``)."""
+
+
+class UnsafeFileError(DatasetError):
+    """A file the dataset names that must not be read: not a regular file (a FIFO, a device such as a link to
+    ``/dev/zero``, a folder), a link leading outside its folder, or larger than the bound. The message names it."""
+
+
+#: Bounds of what a dataset file may hold: an image file, one annotation line, a whole annotation file read at
+#: once (AIC-ICC's largest JSON is about 100 MB). ``-p max_image_bytes=N`` raises the first.
+MAX_IMAGE_BYTES = 64 << 20
+MAX_LINE_BYTES = 16 << 20
+MAX_TEXT_FILE_BYTES = 2 << 30
+
+
+def open_regular(path: PathLike, *, max_bytes: int, what: str = "file",
+                 within: Sequence[str] = ()) -> Tuple[int, int]:
+    """:func:`ccmb.boundedio.open_regular` raising :class:`UnsafeFileError` (a dataset error naming the file)."""
+    return boundedio.open_regular(path, max_bytes=max_bytes, what=what, within=within, error=UnsafeFileError)
+
+
+def read_regular(path: PathLike, *, max_bytes: int, what: str = "file", within: Sequence[str] = ()) -> bytes:
+    """:func:`ccmb.boundedio.read_regular` raising :class:`UnsafeFileError`."""
+    return boundedio.read_regular(path, max_bytes=max_bytes, what=what, within=within, error=UnsafeFileError)
 
 
 def unsafe_image_id(image_id: str) -> Optional[str]:
@@ -126,8 +155,12 @@ def iter_lines(path: PathLike, log: Optional[ParseLog] = None) -> Iterator[Tuple
     (strict: raised) and skipped. Line numbers are 1-based and count blank lines.
     """
     log = log or ParseLog()
-    with open(path, "rb") as fh:
-        for number, raw in enumerate(fh, 1):
+    fd, _ = open_regular(path, max_bytes=MAX_TEXT_FILE_BYTES, what="annotation file")
+    with os.fdopen(fd, "rb") as fh:
+        for number, raw, _ in boundedio.bounded_lines(fh, MAX_LINE_BYTES):
+            if raw is None:
+                log.bad(path, number, f"line longer than {MAX_LINE_BYTES:,} bytes")
+                continue
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM):]
             raw = raw.rstrip(b"\r\n")
@@ -156,9 +189,12 @@ def iter_json_objects(path: PathLike, log: ParseLog) -> Iterator[Tuple[int, dict
 
 
 def read_text(path: PathLike) -> str:
-    """A whole UTF-8 file (BOM removed, universal newlines)."""
-    with open(path, "r", encoding="utf-8-sig", newline=None) as fh:
-        return fh.read()
+    """A whole UTF-8 file (BOM removed, universal newlines), read bounded (:data:`MAX_TEXT_FILE_BYTES`, a regular
+    file)."""
+    import io
+
+    data = read_regular(path, max_bytes=MAX_TEXT_FILE_BYTES, what="annotation file")
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline=None).read()
 
 
 def first_existing(candidates: Sequence[Path], *, kind: str = "file") -> Optional[Path]:

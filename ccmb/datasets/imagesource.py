@@ -16,17 +16,22 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
 from .. import atomic
+from ..boundedio import bounded_lines
 from ..images import decode_image
-from .base import BOM, MissingImageError, ParseLog, PathLike, UnsafeImagePathError, unsafe_image_id
+from .base import (BOM, MAX_IMAGE_BYTES, MissingImageError, ParseLog, PathLike, UnsafeImagePathError,
+                   open_regular, read_regular, unsafe_image_id)
 
 logger = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
+#: bounds of a base64 TSV: the file, and one line (an image of MAX_IMAGE_BYTES in base64, plus its id)
+MAX_TSV_BYTES = 1 << 40
+MAX_TSV_LINE_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 4096
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -48,11 +53,18 @@ class ImageSource:
 
 
 class FolderImages(ImageSource):
-    """Images as files of one folder; an id without an image extension gets ``default_ext``."""
+    """Images as files of one folder; an id without an image extension gets ``default_ext``.
 
-    def __init__(self, folder: PathLike, default_ext: str = ".jpg") -> None:
+    Every image is read checked (:func:`~ccmb.datasets.base.read_regular`): a regular file whose real path lies
+    in the folder (or in one of ``roots``, e.g. a shared image store the folder links into), of at most
+    ``max_bytes``; a link to ``/dev/zero``, a FIFO or an oversized file is an :class:`UnsafeFileError` naming it."""
+
+    def __init__(self, folder: PathLike, default_ext: str = ".jpg", *, roots: Sequence[PathLike] = (),
+                 max_bytes: int = MAX_IMAGE_BYTES) -> None:
         self.folder = Path(folder)
         self.default_ext = default_ext
+        self.roots = tuple(os.path.realpath(r) for r in (self.folder, *roots))
+        self.max_bytes = int(max_bytes)
 
     def file_name(self, image_id: str) -> str:
         return image_id if image_id.lower().endswith(IMAGE_EXTS) else image_id + self.default_ext
@@ -67,13 +79,13 @@ class FolderImages(ImageSource):
         return str(self.folder / name)
 
     def exists(self, image_id: str) -> bool:
-        return os.path.isfile(self.path_of(image_id))
+        """Something is there (reading it says whether it may be read)."""
+        return os.path.exists(self.path_of(image_id))
 
     def read_bytes(self, image_id: str) -> bytes:
         path = self.path_of(image_id)
         try:
-            with open(path, "rb") as fh:
-                return fh.read()
+            return read_regular(path, max_bytes=self.max_bytes, what="image", within=self.roots)
         except FileNotFoundError:
             raise MissingImageError(path) from None
 
@@ -110,6 +122,8 @@ def index_paths(tsv: Path) -> List[Path]:
 def build_tsv_index(tsv: PathLike) -> Dict[str, object]:
     """Scan a TSV once: the byte range of every line, its id, duplicates and malformed lines."""
     tsv = Path(tsv)
+    fd, _ = open_regular(tsv, max_bytes=MAX_TSV_BYTES, what="image TSV")
+    os.close(fd)
     st = tsv.stat()
     ids: List[str] = []
     starts: List[int] = []
@@ -119,9 +133,12 @@ def build_tsv_index(tsv: PathLike) -> Dict[str, object]:
     malformed: List[Tuple[int, str]] = []
     offset = 0
     with open(tsv, "rb") as fh:
-        for number, line in enumerate(fh, 1):
+        for number, line, consumed in bounded_lines(fh, MAX_TSV_LINE_BYTES):
             start = offset
-            offset += len(line)
+            offset += consumed
+            if line is None:
+                malformed.append((number, f"line longer than {MAX_TSV_LINE_BYTES:,} bytes"))
+                continue
             if number == 1 and line.startswith(BOM):
                 start += len(BOM)
                 line = line[len(BOM):]
@@ -236,8 +253,8 @@ class TsvImages(ImageSource):
         pid = os.getpid()
         if self._fd is None or self._pid != pid:
             with self._lock:
-                if self._fd is None or self._pid != pid:  # after fork: a fresh descriptor
-                    self._fd = os.open(self.tsv, os.O_RDONLY)
+                if self._fd is None or self._pid != pid:  # after fork: a fresh descriptor, of a checked file
+                    self._fd, _ = open_regular(self.tsv, max_bytes=MAX_TSV_BYTES, what="image TSV")
                     self._pid = pid
         return self._fd
 

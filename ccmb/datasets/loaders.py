@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
-from .base import DatasetNotFoundError, ParseLog, first_existing, image_refs, iter_lines, unsafe_image_id
+from .base import (MAX_IMAGE_BYTES, DatasetError, DatasetNotFoundError, ParseLog, first_existing, image_refs,
+                   iter_lines, unsafe_image_id)
 from .data import CaptionData, ClassificationData, MatchingData, RetrievalData, TextToImageData
 from .formats import aic, captions, cclip, elevater, r2d2
 from .imagesource import FolderImages, MultiFolderImages, TsvImages
@@ -62,6 +63,17 @@ class LoadContext:
             raise self.missing(what, tried)
         return found
 
+    def images(self, folder: Path, cls: type = FolderImages, **kw: Any) -> FolderImages:
+        """The image folder as an image source with the read bounds of the parameters: ``image_root=DIR``
+        (images may be links into DIR) and ``max_image_bytes=N`` (default :data:`MAX_IMAGE_BYTES`)."""
+        roots = [self.params["image_root"]] if self.params.get("image_root") else []
+        try:
+            max_bytes = int(self.params.get("max_image_bytes") or MAX_IMAGE_BYTES)
+        except ValueError:
+            raise DatasetError(f"-p max_image_bytes={self.params['max_image_bytes']!r}: expected a number of "
+                               "bytes") from None
+        return cls(folder, roots=roots, max_bytes=max_bytes, **kw)
+
     def kw(self, **files: Path) -> Dict[str, Any]:
         return {"log": self.log, "files": {k: str(v) for k, v in files.items()}}
 
@@ -102,7 +114,7 @@ def load_r2d2(ctx: LoadContext):
     ann = ctx.file("annotation file", [f"{folder}/{split}/{name}", f"{split}/{name}", name],
                    param="annotations")
     img_dir = ctx.folder("image folder", [R2D2_IMAGES])
-    images = FolderImages(img_dir, default_ext="")
+    images = ctx.images(img_dir, default_ext="")
     matching = spec.task == "matching"
     rows = r2d2.parse_r2d2_jsonl(ann, ctx.log, with_label=matching)
     rows = _inside_image_folder(ctx, ann, rows, lambda r: r.image, lambda r: r.line)
@@ -136,7 +148,7 @@ def _caption_retrieval(ctx: LoadContext, ann: Path, clean: bool) -> RetrievalDat
     rows = captions.parse_caption_lines(ann, ctx.log, clean=clean)
     rows = _inside_image_folder(ctx, ann, rows, lambda r: r.image, lambda r: r.line)
     image_ids, texts, text_ids, t2i = captions.caption_ground_truth(rows)
-    return RetrievalData(ctx.spec.name, ctx.split, image_ids, FolderImages(img_dir), texts, t2i,
+    return RetrievalData(ctx.spec.name, ctx.split, image_ids, ctx.images(img_dir), texts, t2i,
                          directions=ctx.spec.directions, text_ids=text_ids,
                          image_refs=image_refs(ann, ((r.image, r.line) for r in rows)),
                          **ctx.kw(annotations=ann, images=img_dir))
@@ -261,7 +273,7 @@ def load_aic_retrieval(ctx: LoadContext) -> RetrievalData:
             texts.append(c)
             text_ids.append(f"{item.image_id}#{k}")
             t2i.append([i])
-    return RetrievalData(ctx.spec.name, ctx.split, [it.image_id for it in items], FolderImages(img_dir),
+    return RetrievalData(ctx.spec.name, ctx.split, [it.image_id for it in items], ctx.images(img_dir),
                          texts, t2i, directions=ctx.spec.directions, text_ids=text_ids,
                          image_refs=_aic_refs(ann, items), **ctx.kw(annotations=ann, images=img_dir))
 
@@ -269,7 +281,7 @@ def load_aic_retrieval(ctx: LoadContext) -> RetrievalData:
 def load_aic_caption(ctx: LoadContext) -> CaptionData:
     """AIC-ICC as captioning: every image with its reference captions."""
     ann, img_dir, items = _aic_items(ctx)
-    return CaptionData(ctx.spec.name, ctx.split, [it.image_id for it in items], FolderImages(img_dir),
+    return CaptionData(ctx.spec.name, ctx.split, [it.image_id for it in items], ctx.images(img_dir),
                        [it.captions for it in items], image_refs=_aic_refs(ann, items),
                        **ctx.kw(annotations=ann, images=img_dir))
 
@@ -303,5 +315,5 @@ def load_elevater(ctx: LoadContext) -> ClassificationData:
         templates = [line.strip() for _, line in iter_lines(tfile, ctx.log)]
     else:
         templates = get_templates(ctx.spec.options.get("templates", ctx.spec.name))
-    return ClassificationData(ctx.spec.name, split_dir.name, image_ids, MultiFolderImages(base), labels,
+    return ClassificationData(ctx.spec.name, split_dir.name, image_ids, ctx.images(base, MultiFolderImages), labels,
                               classnames, templates, **ctx.kw(labels=labels_file, images=split_dir))

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .base import ParseLog, PathLike, UnknownDatasetError, gc_paused
+from ..suggest import and_list, did_you_mean, unknown
+from .base import ParseLog, PathLike, UnknownDatasetError, UnknownSplitError, gc_paused
 from . import loaders
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,19 @@ class DatasetSpec:
     protocol: str = "ccmb"
     protocol_version: str = ""
     top_k: Optional[int] = None  # R2D2 two-stage retrieval: candidates re-ranked per query (None: the model's)
+    split_aliases: Dict[str, str] = field(default_factory=dict)  # other names the loader accepts (val -> valid)
+
+    def check_split(self, split: Optional[str], params: Optional[Dict[str, Any]] = None) -> str:
+        """``split`` (default: the paper's) when this dataset has it (or an alias of one); otherwise
+        :class:`UnknownSplitError` naming the splits it has. An explicit annotation file (``-p annotations=``,
+        ``texts=``, ``captions=``) makes the split a free label."""
+        split = split or self.default_split
+        if split in self.splits or split in self.split_aliases or FILE_PARAMS & set(params or {}):
+            return split
+        has = and_list(list(self.splits))
+        note = f" (the published evaluation uses {self.default_split})" if len(self.splits) > 1 else ""
+        raise UnknownSplitError(f"{self.name} has {has}{note}, no split {split!r}"
+                                f"{did_you_mean(split, self.splits)}")
 
     def render_layout(self, split: Optional[str] = None) -> str:
         return self.layout.replace("{split}", split or self.default_split)
@@ -53,6 +67,10 @@ class DatasetSpec:
         if self.task == "retrieval":
             out["directions"] = list(self.directions)
         return out
+
+
+#: dataset parameters that name the annotation file directly (the split is then only a label)
+FILE_PARAMS = frozenset({"annotations", "texts", "captions"})
 
 
 def _r2d2_layout(folder: str, file: str) -> str:
@@ -115,7 +133,7 @@ def _builtin() -> List[DatasetSpec]:
         params={"captions": "raw '<id>.jpg#k\\t<caption>' file (POS tags/segmentation stripped)",
                 "images": "image folder for raw captions", "rebuild_index": "1 to rebuild the TSV index"},
         options={"dirs": ["Flickr30k-CN", "flickr30k-cn"], "raw_captions": True},
-        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1], split_aliases=dict(loaders.CCLIP_SPLIT_ALIASES)))
     specs.append(DatasetSpec(
         name="coco-cn", task="retrieval", format="cclip-tsv", default_split="test",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_retrieval, source=_CCLIP_SOURCE,
@@ -123,7 +141,7 @@ def _builtin() -> List[DatasetSpec]:
         description="COCO-CN; test = 1,000 images, 1,053 texts",
         params={"rebuild_index": "1 to rebuild the TSV index"},
         options={"dirs": ["COCO-CN", "coco-cn"]},
-        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1], split_aliases=dict(loaders.CCLIP_SPLIT_ALIASES)))
     specs.append(DatasetSpec(
         name="muge", task="retrieval", format="cclip-tsv", default_split="valid",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_retrieval, source=_CCLIP_SOURCE,
@@ -132,7 +150,7 @@ def _builtin() -> List[DatasetSpec]:
         description="MUGE e-commerce text-to-image retrieval; test labels are hidden, evaluate on valid",
         params={"rebuild_index": "1 to rebuild the TSV index"},
         options={"dirs": ["MUGE", "muge"]},
-        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1]))
+        protocol=CCLIP_EVAL[0], protocol_version=CCLIP_EVAL[1], split_aliases=dict(loaders.CCLIP_SPLIT_ALIASES)))
     specs.append(DatasetSpec(
         name="aic-icc", task="retrieval", format="aic-icc-json", default_split="validation",
         splits=("train", "validation"), loader=loaders.load_aic_retrieval,
@@ -141,14 +159,14 @@ def _builtin() -> List[DatasetSpec]:
         description="AIC-ICC captions as retrieval; the paper's image subset is unpublished: num_images=N "
                     "takes the first N images of the split (default all)",
         params={"num_images": "first N images of the split (default: all)", "images": "image folder",
-                "annotations": "annotation JSON"}))
+                "annotations": "annotation JSON"}, split_aliases=dict(loaders.AIC_SPLIT_ALIASES)))
     specs.append(DatasetSpec(
         name="aic-icc-caption", task="captioning", format="aic-icc-json", default_split="validation",
         splits=("train", "validation"), loader=loaders.load_aic_caption,
         source="AI Challenger 2017 image Chinese captioning", layout=_AIC_LAYOUT,
         description="AIC-ICC image captioning (5 reference captions per image)",
         params={"num_images": "first N images of the split (default: all)", "images": "image folder",
-                "annotations": "annotation JSON"}))
+                "annotations": "annotation JSON"}, split_aliases=dict(loaders.AIC_SPLIT_ALIASES)))
     specs.append(DatasetSpec(
         name="imagenet-cn", task="classification", format="elevater", default_split="test",
         splits=("test",), loader=loaders.load_elevater,
@@ -157,14 +175,14 @@ def _builtin() -> List[DatasetSpec]:
         description="ImageNet-1k val, 1,000 Chinese class names; top-1/top-5/mean per-class recall",
         params={"templates": "'|'-separated templates overriding the defaults"},
         options={"subdir": "imagenet-cn", "templates": "imagenet-cn"},
-        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1]))
+        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1], split_aliases={"val": "test"}))
     specs.append(DatasetSpec(
         name="text2image-cn", task="text-to-image", format="cclip-tsv", default_split="test",
         splits=("train", "valid", "test"), loader=loaders.load_cclip_text_to_image,
         source="any set in the Chinese-CLIP layout (e.g. COCO-CN, MUGE valid)",
         layout=_CCLIP_LAYOUT + "\n(each prompt's first image id is its reference image)",
         description="generic Chinese text-to-image generation set: prompts + reference images",
-        params={"rebuild_index": "1 to rebuild the TSV index"}))
+        params={"rebuild_index": "1 to rebuild the TSV index"}, split_aliases=dict(loaders.CCLIP_SPLIT_ALIASES)))
     return specs
 
 
@@ -182,7 +200,7 @@ def _elevater_spec(sub: str) -> DatasetSpec:
         description=f"ELEVATER-CN {sub}: zero-shot classification",
         params={"templates": "'|'-separated templates overriding the defaults"},
         options={"subdir": sub, "templates": "default"},
-        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1])
+        protocol=CLIP_BENCHMARK_EVAL[0], protocol_version=CLIP_BENCHMARK_EVAL[1], split_aliases={"val": "test"})
 
 
 def register(spec: DatasetSpec) -> None:
@@ -206,7 +224,7 @@ def get_spec(name: str) -> DatasetSpec:
         return _REGISTRY[key]
     if key.startswith(ELEVATER_PREFIX) and len(key) > len(ELEVATER_PREFIX) and "<" not in key:
         return _elevater_spec(name.strip()[len(ELEVATER_PREFIX):])
-    raise UnknownDatasetError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    raise UnknownDatasetError(unknown("dataset", name, dataset_names()))
 
 
 def load_dataset(name: str, root: PathLike, split: Optional[str] = None, *, lenient: bool = False,
@@ -218,7 +236,7 @@ def load_dataset(name: str, root: PathLike, split: Optional[str] = None, *, leni
     ``params`` are dataset parameters (``images=DIR``, ``num_images=N``, ... see ``get_spec(name).params``).
     """
     spec = get_spec(name)
-    split = split or spec.default_split
+    split = spec.check_split(split, params)
     ctx = loaders.LoadContext(spec=spec, root=Path(root), split=split, params=params,
                               log=ParseLog(lenient=lenient))
     with gc_paused():

@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ccmb.fetch import Artifact, FetchResult, datasets_dir, downloads_dir, fetch_artifact
 from ccmb.fetch.core import file_spec_from_dict
+from ccmb.suggest import unknown
 
 SOURCES_FILE = Path(__file__).with_name("sources.json")
 ELEVATER_PATTERN = "elevater-cn/<name>"
@@ -40,7 +41,7 @@ def _key(name: str) -> str:
         return key
     if key.startswith("elevater-cn/") and "<" not in key:
         return ELEVATER_PATTERN
-    raise NoSourceError(f"no source entry for dataset {name!r}; known: {', '.join(entries)}")
+    raise NoSourceError(unknown("dataset", name, entries))
 
 
 def entry(name: str) -> Dict[str, Any]:
@@ -86,13 +87,15 @@ def archive_dir(name: str) -> Path:
 
 
 def fetch_dataset(name: str, root: Optional[Path] = None, *, allow_file: bool = False,
-                  offline: Optional[bool] = None, keep_archives: bool = True) -> FetchResult:
+                  offline: Optional[bool] = None, keep_archives: bool = True,
+                  report: Optional[Callable[[str], None]] = None) -> FetchResult:
     """Fetch ``name`` into ``root`` (default ``$CCMB_HOME/datasets``); a set that is already unpacked there is
-    left alone. Raises :class:`ccmb.fetch.FetchError` (with the manual steps) when it cannot."""
+    left alone. Raises :class:`ccmb.fetch.FetchError` (with the manual steps) when it cannot. ``report``
+    receives a line per thing tried."""
     root = Path(root) if root is not None else datasets_dir()
     art = dataset_artifact(name, root)
     return fetch_artifact(art, archive_dir(name), unpack_to=root, allow_file=allow_file, offline=offline,
-                          keep_archives=keep_archives)
+                          keep_archives=keep_archives, report=report)
 
 
 def describe() -> List[Dict[str, Any]]:

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import atomic
 from . import http, unpack, verify
@@ -27,6 +27,20 @@ from .sources import Source, SourceError, mirror_sources
 logger = logging.getLogger(__name__)
 
 RECORD = ".ccmb-fetch.json"
+
+
+#: ``report(line)``: what a fetch tries as it goes (the CLI prints these lines; the library logs them)
+Reporter = Callable[[str], None]
+
+
+def _size_text(n: Optional[int]) -> str:
+    if n is None:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # pragma: no cover
 
 
 class FetchError(RuntimeError):
@@ -131,8 +145,9 @@ def all_sources(artifact: Artifact, spec: FileSpec) -> List[Source]:
 
 
 def fetch_file(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: bool = False,
-               offline: Optional[bool] = None, retries: int = 1) -> Tuple[Path, bool]:
+               offline: Optional[bool] = None, retries: int = 1, report: Optional[Reporter] = None) -> Tuple[Path, bool]:
     """``(path, downloaded)`` of ``spec`` in ``folder``: the verified cached file, or a fresh download.
+    ``report`` receives a line for each thing tried (source, size, outcome).
 
     Two processes fetching the same file wait for each other (a lock file beside it)."""
     from filelock import FileLock
@@ -140,14 +155,21 @@ def fetch_file(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / f".{spec.name}.lock")):
-        return _fetch_file_locked(artifact, spec, folder, allow_file=allow_file, offline=offline, retries=retries)
+        return _fetch_file_locked(artifact, spec, folder, allow_file=allow_file, offline=offline, retries=retries,
+                                  report=report)
 
 
 def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allow_file: bool,
-                       offline: Optional[bool], retries: int) -> Tuple[Path, bool]:
+                       offline: Optional[bool], retries: int, report: Optional[Reporter] = None) -> Tuple[Path, bool]:
+    def say(line: str) -> None:
+        logger.info("%s/%s: %s", artifact.kind, artifact.name, line)
+        if report is not None:
+            report(line)
+
     path = folder / spec.name
     if path.is_file():
         if _trusted(folder, spec, path):
+            say(f"{spec.name}: cached in {folder}, verified earlier")
             return path, False
         try:
             digest = verify_file(spec, path)
@@ -157,41 +179,46 @@ def _fetch_file_locked(artifact: Artifact, spec: FileSpec, folder: Path, *, allo
             os.replace(path, rejected)
         else:
             _save_record(folder, spec.name, path, digest, "present")
+            say(f"{spec.name}: present in {folder}, verified ({spec.describe_checks()})")
             return path, False
     offline = _offline_env() if offline is None else offline
     sources = all_sources(artifact, spec)
     if offline:
-        raise FetchError(_failure(artifact, spec, path, [], sources, "offline ($CCMB_OFFLINE=1): no source tried"))
+        raise FetchError(_failure(artifact, spec, path, [], sources,
+                                  "offline (--offline, --no-fetch or $CCMB_OFFLINE=1): no source tried"))
     if not sources:
         raise FetchError(_failure(artifact, spec, path, [], [], "no download source is known"))
     folder.mkdir(parents=True, exist_ok=True)
     attempts: List[str] = []
-    for source in sources:
+    for i, source in enumerate(sources, 1):
         for attempt in range(1 + max(0, retries)):
             t0 = time.perf_counter()
             try:
-                logger.info("%s/%s: fetching %s from %s", artifact.kind, artifact.name, spec.name, source.describe())
+                say(f"{spec.name} ({_size_text(spec.size)}): trying source {i}/{len(sources)}, "
+                    f"{source.describe()}" + (" (resuming)" if attempt else ""))
                 got = source.fetch(path, allow_file=allow_file)
             except SourceError as exc:
-                attempts.append(f"{exc} [{time.perf_counter() - t0:.1f}s]")
+                took = time.perf_counter() - t0
+                attempts.append(f"{exc} [{took:.1f}s]")
+                say(f"  failed after {took:.1f}s: {str(exc).removeprefix(source.describe() + ': ')}")
                 part = http.part_path(path)
                 resumable = part.is_file() and part.stat().st_size > 0
                 if resumable and attempt < retries:
-                    logger.info("%s: retrying %s (resume)", spec.name, source.describe())
                     continue
                 break
             try:
                 digest = verify_file(spec, got)
             except verify.VerificationError as exc:
                 attempts.append(f"{source.describe()}: downloaded but failed verification: {exc}")
-                logger.warning("%s: %s; removed, trying the next source", spec.name, exc)
+                say(f"  downloaded but failed verification: {exc}; removed")
                 got.unlink(missing_ok=True)
                 http.discard_partial(path)
                 break
             if got != path:
                 got.replace(path)
             _save_record(folder, spec.name, path, digest, source.describe())
-            logger.info("%s/%s: %s ready (%s)", artifact.kind, artifact.name, path, spec.describe_checks())
+            say(f"  got {_size_text(path.stat().st_size)} in {time.perf_counter() - t0:.1f}s; verified "
+                f"({spec.describe_checks()}) -> {path}")
             return path, True
     raise FetchError(_failure(artifact, spec, path, attempts, sources, "every source failed"))
 
@@ -213,7 +240,7 @@ def _failure(artifact: Artifact, spec: FileSpec, path: Path, attempts: List[str]
 
 def fetch_artifact(artifact: Artifact, folder: Path, *, unpack_to: Optional[Path] = None,
                    allow_file: bool = False, offline: Optional[bool] = None, keep_archives: bool = True,
-                   retries: int = 1) -> FetchResult:
+                   retries: int = 1, report: Optional[Reporter] = None) -> FetchResult:
     """Fetch every file of ``artifact`` into ``folder``; archives (``unpack``) are unpacked into ``unpack_to``
     (default ``folder``) unless their expected layout is already there."""
     result = FetchResult(artifact.name)
@@ -227,10 +254,12 @@ def fetch_artifact(artifact: Artifact, folder: Path, *, unpack_to: Optional[Path
             result.cached.append(spec.name)
             continue
         path, downloaded = fetch_file(artifact, spec, folder, allow_file=allow_file, offline=offline,
-                                      retries=retries)
+                                      retries=retries, report=report)
         (result.downloaded if downloaded else result.cached).append(spec.name)
         result.files.append(path)
         if spec.unpack:
+            if report is not None:
+                report(f"{spec.name}: unpacking into {target}")
             result.unpacked += unpack.unzip(path, target)
             missing = unpack.first_missing(target, list(spec.expect))
             if missing:

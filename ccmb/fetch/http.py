@@ -34,6 +34,61 @@ def connect_timeout() -> float:
         return 10.0
 
 
+def read_timeout() -> float:
+    """Seconds to wait for the next bytes of an answer: ``$CCMB_FETCH_READ_TIMEOUT``, default the larger of the
+    connect timeout and 30 (a slow mirror is not a dead one)."""
+    try:
+        return float(os.environ["CCMB_FETCH_READ_TIMEOUT"])
+    except (KeyError, ValueError):
+        return max(connect_timeout(), 30.0)
+
+
+def describe_error(exc: BaseException, url: str = "") -> str:
+    """One readable line for a failed transfer: what went wrong with which host ("cannot resolve
+    drive.google.com: no network or no DNS"), never the nested repr of urllib3's retry errors."""
+    import socket
+    import ssl
+
+    parts = urllib.parse.urlsplit(url) if url else None
+    host = (parts.hostname or "") if parts else ""
+    where = f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}" if host else "the server"
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, socket.gaierror) or name == "NameResolutionError":
+            return f"cannot resolve {host or 'the host name'}: no network or no DNS"
+        if isinstance(e, ConnectionRefusedError):
+            return f"connection refused by {where} (nothing listens there)"
+        if isinstance(e, ConnectionResetError):
+            return f"connection reset by {where}"
+        if isinstance(e, ssl.SSLError) or name == "SSLError" and not isinstance(e, OSError):
+            return f"TLS error with {where}: {getattr(e, 'reason', None) or _short(e)}"
+        if isinstance(e, (socket.timeout, TimeoutError)) or name in ("ConnectTimeoutError", "ConnectTimeout",
+                                                                      "ReadTimeoutError", "ReadTimeout"):
+            return (f"timed out talking to {where} (connect {connect_timeout():g} s, read {read_timeout():g} s: "
+                    "$CCMB_FETCH_TIMEOUT, $CCMB_FETCH_READ_TIMEOUT)")
+        if isinstance(e, OSError) and e.errno is not None and e.strerror and name not in ("ConnectionError",):
+            return f"{e.strerror.lower()} ({where})"
+        nested = [getattr(e, "reason", None), e.__cause__, e.__context__]
+        nested += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        todo += [n for n in nested if isinstance(n, BaseException)]
+    return _short(exc)
+
+
+def _short(exc: BaseException) -> str:
+    """``Type: first line`` without object reprs (``<urllib3... object at 0x...>``), at most 200 characters."""
+    import re
+
+    text = " ".join(str(exc).split())
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*", "", text)
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def check_scheme(url: str, allow_file: bool = False) -> str:
     """The URL's scheme if allowed: http(s) always, ``file`` only with ``allow_file``."""
     scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -113,10 +168,10 @@ def download(url: str, dest: Path, *, allow_file: bool = False, timeout: Optiona
         if meta.get("validator"):
             req_headers["If-Range"] = meta["validator"]
     try:
-        resp = requests.get(url, headers=req_headers, stream=True, timeout=(timeout, max(timeout, 30.0)),
+        resp = requests.get(url, headers=req_headers, stream=True, timeout=(timeout, read_timeout()),
                             allow_redirects=True)
     except requests.RequestException as exc:
-        raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise DownloadError(f"{url}: {describe_error(exc, url)}") from exc
     with resp:
         if resp.status_code == 416 and have:  # our range starts at/after the end: maybe already complete
             total = _total_from_content_range(resp.headers.get("Content-Range", ""))
@@ -153,7 +208,7 @@ def download(url: str, dest: Path, *, allow_file: bool = False, timeout: Optiona
                         if progress is not None:
                             progress(done, total)
         except (requests.RequestException, OSError) as exc:
-            raise DownloadError(f"{url}: interrupted after {done} bytes ({type(exc).__name__}: {exc}); "
+            raise DownloadError(f"{url}: interrupted after {done} bytes ({describe_error(exc, url)}); "
                                 f"partial file kept for resume: {part}") from exc
         if total is not None and done != total:
             raise DownloadError(f"{url}: got {done} of {total} bytes; partial file kept for resume: {part}")

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -100,7 +101,7 @@ class HFSource(Source):
                                   local_dir=str(local), endpoint=self.endpoint(),
                                   etag_timeout=http.connect_timeout())
         except Exception as exc:  # network errors, 404s, offline mode: the message says which
-            raise SourceError(f"{self.describe()}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise SourceError(f"{self.describe()}: {http.describe_error(exc, self.url())}") from exc
         os.replace(got, dest)
         shutil.rmtree(local, ignore_errors=True)
         return dest
@@ -126,6 +127,7 @@ class GDriveSource(Source):
             http.check_scheme(url, allow_file=False)
         except http.DownloadError as exc:
             raise SourceError(str(exc)) from exc
+        _reachable(url, self.describe())  # fail in seconds with one readable line
         try:
             import gdown
         except ImportError as exc:  # pragma: no cover - a declared dependency
@@ -134,10 +136,10 @@ class GDriveSource(Source):
         try:
             # gdown keeps <name>XXXXXXXX.part beside the output and resumes it with resume=True
             kwargs = {"timeout": (timeout, max(timeout, 60.0))} if _accepts(gdown.download, "timeout") else {}
-            got = gdown.download(url=url, output=str(dest), quiet=not logger.isEnabledFor(logging.INFO),
-                                 resume=True, use_cookies=False, **kwargs)
+            quiet = not (logger.isEnabledFor(logging.INFO) or sys.stderr.isatty())  # its own progress bar
+            got = gdown.download(url=url, output=str(dest), quiet=quiet, resume=True, use_cookies=False, **kwargs)
         except Exception as exc:  # gdown raises its own errors, requests' and ValueError
-            raise SourceError(f"{self.describe()}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise SourceError(f"{self.describe()}: {http.describe_error(exc, url)}") from exc
         if not got or not Path(got).is_file():
             raise SourceError(f"{self.describe()}: gdown returned no file")
         return Path(got)
@@ -161,7 +163,7 @@ def _reachable(url: str, what: str) -> None:
         with socket.create_connection((parts.hostname or "", port), timeout=http.connect_timeout()):
             pass
     except OSError as exc:
-        raise SourceError(f"{what}: cannot reach {parts.hostname}:{port} ({type(exc).__name__}: {exc})") from exc
+        raise SourceError(f"{what}: {http.describe_error(exc, url)}") from exc
 
 
 def _accepts(func, name: str) -> bool:
@@ -171,11 +173,6 @@ def _accepts(func, name: str) -> bool:
         return name in inspect.signature(func).parameters
     except (TypeError, ValueError):  # pragma: no cover
         return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:400]
 
 
 def _progress(name: str):

@@ -3,6 +3,10 @@
 Checkpoint keys are read without loading the tensors: ``.safetensors`` by its JSON header, torch ``.pth``/``.pt``
 (zip format) with ``torch.load(..., weights_only=True, mmap=True)`` (tensors stay memory-mapped, nothing is
 read but the pickle), older torch files with a plain ``weights_only=True`` load.
+
+A torch zip checkpoint is inspected before torch opens it (:func:`check_checkpoint_archive`): torch writes its
+members uncompressed, so members that would inflate far beyond the file's size (a 3 MB file claiming 3 GiB) are
+refused before anything is inflated.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import hashlib
 import json
 import logging
 import re
+import os
 import struct
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -45,6 +51,42 @@ def check_size_and_hash(path: Path, size: Optional[int] = None, sha256: Optional
     return None
 
 
+#: a torch zip checkpoint may inflate to at most this many times its size on disk (plus the slack below):
+#: torch stores its members uncompressed, so a legitimate file inflates by a factor of 1.0
+MAX_INFLATION = 2.0
+INFLATION_SLACK = 64 << 20
+MAX_ARCHIVE_MEMBERS = 1_000_000
+
+
+def check_checkpoint_archive(path: Path, max_bytes: Optional[int] = None) -> int:
+    """The bytes a checkpoint file holds once inflated, checked before anything is read: for a zip (torch's
+    format since 1.6) the sum of its members' uncompressed sizes from the central directory, which must not
+    exceed ``max_bytes`` (default: :data:`MAX_INFLATION` x the size on disk + :data:`INFLATION_SLACK`); other
+    files (safetensors, legacy torch) cannot inflate: their size. Raises :class:`VerificationError` naming the
+    file (a zip bomb, an unreadable archive)."""
+    path = Path(path)
+    size = os.stat(path).st_size
+    if not zipfile.is_zipfile(path):
+        return size
+    limit = max_bytes if max_bytes is not None else int(size * MAX_INFLATION) + INFLATION_SLACK
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
+        raise VerificationError(f"{path}: unreadable zip archive ({type(exc).__name__}: {exc})") from exc
+    if len(infos) > MAX_ARCHIVE_MEMBERS:
+        raise VerificationError(f"{path}: {len(infos)} archive members (at most {MAX_ARCHIVE_MEMBERS}); "
+                                "not a checkpoint")
+    total = sum(max(0, i.file_size) for i in infos)
+    if total > limit:
+        big = max(infos, key=lambda i: i.file_size)
+        raise VerificationError(
+            f"{path}: its archive members would inflate to {total:,} bytes from {size:,} on disk (member "
+            f"{big.filename!r}: {big.file_size:,} bytes); refusing to load it (more than {limit:,} bytes; a "
+            "zip bomb or not a torch checkpoint)")
+    return total
+
+
 def read_checkpoint_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
     """``{key: shape}`` of a checkpoint file without materialising its tensors.
 
@@ -54,6 +96,7 @@ def read_checkpoint_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
     path = Path(path)
     if path.suffix == ".safetensors":
         return _safetensors_shapes(path)
+    check_checkpoint_archive(path)
     import torch
 
     try:

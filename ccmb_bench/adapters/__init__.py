@@ -39,6 +39,7 @@ from ccmb_bench.adapters.base import (
 )
 from ccmb_bench.adapters.chinese_clip import ChineseCLIPAdapter
 from ccmb_bench.adapters.r2d2 import R2D2Adapter
+from ccmb_bench.precheck import RUN_MODEL_DIRS  # the light rules, shared with precheck
 from ccmb_bench.training import run_display_name
 
 logger = logging.getLogger(__name__)
@@ -166,10 +167,6 @@ def list_models() -> List[Dict[str, Any]]:
                  "size": "", "source": "", "revision": "", "weights": "the directory itself", "reference": [],
                  "notes": "", "plugin": ""})
     return rows
-
-
-#: model folders inside a ``ccmb train`` run directory, in the order ``--model RUN_DIR`` picks them
-RUN_MODEL_DIRS = ("model", "best")
 
 
 def run_model_dir(path: Path) -> Path:

@@ -67,9 +67,11 @@ def folder_config(path: Path) -> Any:
     cfg = path / "config.json"
     if not cfg.is_file():
         return None
-    try:
+    try:  # bounded: a huge or deeply nested file is unreadable, not a MemoryError or RecursionError
+        if cfg.stat().st_size > 1 << 20:
+            return UNREADABLE_CONFIG
         return json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return UNREADABLE_CONFIG
 
 

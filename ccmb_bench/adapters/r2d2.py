@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
+from ccmb_bench.precheck import find_tokenizer, weights_in  # noqa: F401 (the light rules, shared with precheck)
 from ccmb_bench.adapters.base import (
     MissingCheckpointError,
     ModelAdapter,
@@ -96,27 +97,6 @@ class R2D2Adapter(ModelAdapter):
                                texts["hidden"], texts["mask"], top_k=top_k)
 
 
-def find_tokenizer(*candidates: Optional[Path]) -> Optional[Path]:
-    """The first folder holding ``vocab.txt``/``tokenizer.json`` (or a ``tokenizer/`` sub-folder)."""
-    for c in candidates:
-        if c is None:
-            continue
-        c = Path(c)
-        for d in ([c] if c.is_dir() else [c.parent]):
-            if (d / "vocab.txt").is_file() or (d / "tokenizer.json").is_file():
-                return d
-            if (d / "tokenizer").is_dir():
-                return d / "tokenizer"
-    return None
-
-
-def weights_in(directory: Path) -> Optional[Path]:
-    if (directory / "model.safetensors").is_file():
-        return directory / "model.safetensors"
-    pths = sorted(directory.glob("*.pth")) + sorted(directory.glob("*.pt"))
-    return pths[0] if pths else None
-
-
 def build(config, weights: Path, name: str, device: str, tokenizer: Optional[str], where: Path) -> R2D2Adapter:
     """Load ``weights`` into ``config`` (a config name or a directory/JSON path) with its tokenizer."""
     import models as mdl
@@ -134,6 +114,8 @@ def build(config, weights: Path, name: str, device: str, tokenizer: Optional[str
         model = mdl.load_model(config, checkpoint=weights, device=device)
     except (MemoryError, KeyboardInterrupt):
         raise
+    except mdl.ConfigError as exc:  # a config.json the family cannot build: the message names it and the field
+        raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # truncated safetensors, pickle errors, wrong keys: name the file
         logger.debug("loading %s failed", weights, exc_info=True)
         msg = str(exc)
