@@ -62,7 +62,7 @@ def test_driver_disk_full_is_one_error_line(tmp_path, image_server, monkeypatch)
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "sizes.json"))
 
-    monkeypatch.setattr(dl.shards, "finalize_shard_set", full)
+    monkeypatch.setattr(shards, "finalize_shard_set", full)
     res = CliRunner().invoke(main, ["download", "zero", "-i", str(src), "-o", str(out)] + OPTS)
     assert res.exit_code == 1
     errors = [line for line in res.output.splitlines() if "disk full" in line]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ccmb.corpus import dl_img2dataset
-from ccmb.corpus.dl_img2dataset import DiskFullError, pool_distributor
+from ccmb.corpus.download import glue as dl_img2dataset
+from ccmb.corpus.download.glue import DiskFullError, pool_distributor
 from stress_pool import one_run
 
 

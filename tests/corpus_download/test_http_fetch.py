@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from ccmb.corpus import http_fetch
-from ccmb.corpus.http_fetch import FetchError, FetchLimits, fetch
+from ccmb.corpus.download import http_fetch
+from ccmb.corpus.download.http_fetch import FetchError, FetchLimits, fetch
 from dl_fault_server import start_server
 from dl_helpers import jpeg
 

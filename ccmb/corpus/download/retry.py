@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401
 import pyarrow.parquet as pq
 
-from .. import atomic, shards
-from . import ingest
-from .dl_folder import (ORIG_KEY_COLUMN, RETRYABLE, STATE_DIR, CcmbShardWriter, PathLike, clean_meta,
+from ... import atomic, shards
+from .. import ingest
+from .folder import (ORIG_KEY_COLUMN, RETRYABLE, STATE_DIR, CcmbShardWriter, PathLike, clean_meta,
                         extra_columns, failure_row, read_json, read_table)
-from .dl_img2dataset import Options, run_img2dataset
+from .glue import Options, run_img2dataset
 
 logger = logging.getLogger(__name__)
 

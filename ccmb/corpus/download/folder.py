@@ -20,9 +20,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__, atomic, shards
-from . import ingest
-from ..types import PathLike
+from ... import __version__, atomic, shards
+from .. import ingest
+from ...types import PathLike
 
 logger = logging.getLogger(__name__)
 

@@ -53,10 +53,11 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pyarrow as pa  # noqa: E402
 
-from .. import shards  # noqa: E402
-from ..images import MAX_IMAGE_PIXELS  # noqa: E402
-from . import http_fetch, ingest  # noqa: E402
-from .dl_folder import STATUS_FAILED_INPUT, finish_shard, is_disk_full  # noqa: E402
+from ... import shards  # noqa: E402
+from ...images import MAX_IMAGE_PIXELS  # noqa: E402
+from .. import ingest  # noqa: E402
+from . import http_fetch  # noqa: E402
+from .folder import STATUS_FAILED_INPUT, finish_shard, is_disk_full  # noqa: E402
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
@@ -487,7 +488,7 @@ def _ensure_spark(opt: Options):
     """
     from pyspark.sql import SparkSession
 
-    from ..spark import get_spark_session
+    from ...spark import get_spark_session
 
     active = SparkSession.getActiveSession()
     if active is None:

@@ -30,14 +30,15 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .. import __version__, atomic, shards
-from . import http_fetch, ingest
-from .dl_folder import (ORIG_KEY_COLUMN, REFUSED_EXAMPLES, REFUSED_FILE, RETRYABLE, SHARD_FILE_RE,  # noqa: F401
+from ... import __version__, atomic, shards
+from .. import ingest
+from . import http_fetch
+from .folder import (ORIG_KEY_COLUMN, REFUSED_EXAMPLES, REFUSED_FILE, RETRYABLE, SHARD_FILE_RE,  # noqa: F401
                         STATE_DIR, STATUS_FAILED_INPUT, DownloadError, DownloadSummary, PathLike,
                         disk_full_error, failure_reason, finish_shard, is_disk_full, read_json, summarize,
                         tidy_output)
-from .dl_img2dataset import DiskFullError, Options, run_img2dataset
-from .dl_retry import retry_failed
+from .glue import DiskFullError, Options, run_img2dataset
+from .retry import retry_failed
 
 logger = logging.getLogger(__name__)
 
