@@ -172,7 +172,7 @@ def guarded_download_image(row, timeout, user_agent_token, disallowed_header_dir
         if url[:7].lower() == "file://":  # only reaches here when ingest allowed it (--allow-file-urls)
             return key, io.BytesIO(_read_local(url, limits.max_bytes)), None
         data = http_fetch.fetch(url, http_fetch.FetchLimits(timeout=timeout, max_bytes=limits.max_bytes,
-                                                             deny_private=limits.deny_private),
+                                                             allow_private=limits.allow_private),
                                 headers={"User-Agent": agent}, check_headers=robots)
         return key, io.BytesIO(data), None
     except Exception as err:  # every failure is the row's reason
@@ -443,7 +443,7 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
     i2d_main = sys.modules["img2dataset.main"]  # the package re-exports a function named ``main``
 
     downloader_cls = __getattr__("RetryDownloader" if retry else "CcmbDownloader")
-    limits = http_fetch.FetchLimits(timeout=opt.timeout, max_bytes=opt.max_bytes, deny_private=opt.deny_private)
+    limits = http_fetch.FetchLimits(timeout=opt.timeout, max_bytes=opt.max_bytes, allow_private=not opt.deny_private)
     spark_owned = None
     if opt.distributor == "pyspark":
         spark_owned = _ensure_spark(opt)
