@@ -74,7 +74,7 @@ def test_ctrl_c_exits_non_zero_at_once(tmp_path, image_server):
                                                 for i in range(40)])
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "ccmb"), "download", "zero", "-i", str(src), "-o", str(out),
-           "--processes", "1", "--threads", "2", "--samples-per-shard", "4", "--image-size", "32"]
+           "--processes", "1", "--threads", "2", "--samples-per-shard", "4", "--image-size", "32", "--allow-private"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
     deadline = time.monotonic() + 200

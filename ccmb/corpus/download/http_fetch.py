@@ -400,17 +400,19 @@ HeaderCheck = Callable[[http.client.HTTPMessage], Optional[str]]
 
 def fetch(url: str, limits: FetchLimits, headers: Optional[dict] = None, check_headers: Optional[HeaderCheck] = None,
           *, check_hop: Optional[Callable[[str], Optional[str]]] = None, max_redirects: int = MAX_REDIRECTS,
-          same_authority: bool = False) -> bytes:
+          same_authority: bool = False, truncate_at: Optional[int] = None) -> bytes:
     """GET ``url`` (http or https) within ``limits``; returns the body, raises :class:`FetchError` or OSError.
 
     ``check_headers`` may refuse the final response by its headers (returns a reason, or None);
     ``check_hop`` may refuse a redirect target before it is requested (same). With ``same_authority`` a
     redirect to another scheme/host/port raises :class:`CrossAuthorityRedirect` instead of being followed.
+    ``truncate_at`` returns the first that many bytes of a longer body instead of failing (robots.txt).
     """
     request = _Request(limits.timeout)
     _WATCHDOG.add(request)
     try:
-        return _fetch(url, limits, request, headers or {}, check_headers, check_hop, max_redirects, same_authority)
+        return _fetch(url, limits, request, headers or {}, check_headers, check_hop, max_redirects, same_authority,
+                      truncate_at)
     except (OSError, http.client.HTTPException) as exc:
         if request.expired or time.monotonic() >= request.end:
             raise FetchError(f"{DEADLINE} ({limits.timeout:g}s per request)") from exc
@@ -426,7 +428,8 @@ def authority(parts) -> Tuple[str, str, int]:
 
 
 def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict, check_headers: Optional[HeaderCheck],
-           check_hop: Optional[Callable[[str], Optional[str]]], max_redirects: int, same_authority: bool) -> bytes:
+           check_hop: Optional[Callable[[str], Optional[str]]], max_redirects: int, same_authority: bool,
+           truncate_at: Optional[int] = None) -> bytes:
     seen = set()
     first = authority(urlsplit(url))
     for hop in range(max_redirects + 1):
@@ -485,7 +488,7 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict, chec
                 reason = check_headers(resp.msg)
                 if reason:
                     raise FetchError(reason)
-            return _read_body(resp, limits, request)
+            return _read_body(resp, limits, request, truncate_at)
         finally:
             conn.close()
             request.set_socket(None)
@@ -499,7 +502,8 @@ def _quote(text: str) -> str:
     return quote(text, safe="!#$%&'()*+,/:;=?@[]~")
 
 
-def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request) -> bytes:
+def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request,
+               truncate_at: Optional[int] = None) -> bytes:
     length = resp.getheader("Content-Length")
     expected: Optional[int] = None
     if length is not None:
@@ -507,7 +511,9 @@ def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Re
             expected = int(length.strip())
         except ValueError:
             expected = None
-        if expected is not None and expected > limits.max_bytes:
+        if truncate_at is not None:
+            expected = None if expected is None or expected > truncate_at else expected
+        elif expected is not None and expected > limits.max_bytes:
             raise FetchError(f"{TOO_LARGE} (Content-Length {expected} > {limits.max_bytes})")
     buf = io.BytesIO()
     size = 0
@@ -517,6 +523,9 @@ def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Re
         if not chunk:
             break
         size += len(chunk)
+        if truncate_at is not None and size >= truncate_at:
+            buf.write(chunk[: len(chunk) - (size - truncate_at)])
+            return buf.getvalue()
         if size > limits.max_bytes:
             raise FetchError(f"{TOO_LARGE} (more than {limits.max_bytes} bytes)")
         buf.write(chunk)
