@@ -64,6 +64,7 @@ class HostState:
         self.interval = 1.0 / config.rate
         self.crawl_delay: Optional[float] = None
         self.in_flight = 0
+        self.last_start = 0.0  # monotonic: the latest request start
         self.next_start = 0.0  # monotonic: the earliest next request start (rate / crawl-delay)
         self.not_before = 0.0  # monotonic: Retry-After, backoff, pause
         self.failures = 0  # consecutive
@@ -75,6 +76,7 @@ class HostState:
             self.crawl_delay = delay
             self.interval = max(1.0 / config.rate, delay)
             self.cap = 1
+            self.next_start = max(self.next_start, self.last_start + self.interval)  # robots.txt's request counts
         else:
             self.crawl_delay = None
             self.interval = 1.0 / config.rate
@@ -257,6 +259,7 @@ class Scheduler:
             return None
         q.popleft()
         st.in_flight += 1
+        st.last_start = now
         st.next_start = now + st.interval
         self.stats.requests += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, st.in_flight)
