@@ -23,7 +23,7 @@ from ...images import MAX_IMAGE_PIXELS, ImageDecodeError, decode_bytes_needed, p
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 DEFAULT_BUDGET_MB = 1024
 #: Rows composited at a time (bounds the temporaries of alpha compositing).
-ALPHA_BLOCK_ROWS = 256
+ALPHA_BLOCK_ROWS = 64
 
 Result = Tuple[Optional[bytes], Optional[int], Optional[int], Optional[int], Optional[int], Optional[str]]
 
@@ -128,7 +128,12 @@ def composite_on_white(img: np.ndarray) -> np.ndarray:
     for y in range(0, img.shape[0], ALPHA_BLOCK_ROWS):
         block = img[y:y + ALPHA_BLOCK_ROWS]
         alpha = block[:, :, colors:].astype(np.uint16)
-        mixed = block[:, :, :colors].astype(np.uint16) * alpha + (255 - alpha) * 255 + 127
+        mixed = block[:, :, :colors].astype(np.uint16)
+        mixed *= alpha
+        np.subtract(255, alpha, out=alpha)
+        alpha *= 255
+        mixed += alpha
+        mixed += 127
         mixed //= 255
         out[y:y + ALPHA_BLOCK_ROWS] = mixed if colors > 1 else mixed[:, :, 0]
     return out

@@ -67,6 +67,7 @@ class HostState:
         self.last_start = 0.0  # monotonic: the latest request start
         self.next_start = 0.0  # monotonic: the earliest next request start (rate / crawl-delay)
         self.not_before = 0.0  # monotonic: Retry-After, backoff, pause
+        self.asked_until = 0.0  # monotonic: the latest Retry-After's end
         self.failures = 0  # consecutive
         self.pauses = 0
         self.gone: Optional[str] = None  # set once the host is given up: the rows' failure reason
@@ -198,11 +199,18 @@ class Scheduler:
         else:
             heapq.heappush(self.timed, (at, next(self._seq), host))
 
+    def _due(self, st: Optional[HostState]) -> float:
+        """When a host's next row should be looked at: when it may be asked again, or now when it asked to wait
+        longer than ``max_retry_after`` (its rows then fail at once, see :meth:`_next_from`)."""
+        if st is None:
+            return 0.0
+        now = time.monotonic()
+        return now if st.asked_until - now > self.config.max_retry_after else st.ready_at()
+
     def _unpark(self, host: str, why: str) -> None:
         if self.parked.get(host) == why:
             del self.parked[host]
-            st = HOSTS.get(host)
-            self._schedule(host, st.ready_at() if st else 0.0)
+            self._schedule(host, self._due(HOSTS.get(host)))
 
     # -- the threads' side
     def take(self) -> Optional[Task]:
@@ -233,8 +241,8 @@ class Scheduler:
         st = host_state(host, self.config)
         task = q[0]
         reason = st.gone or self.precheck(task)
-        if reason is None and st.not_before - now > self.config.max_retry_after:
-            reason = (f"{PACED_OUT} ({host} asked to wait {st.not_before - now:.0f}s, more than "
+        if reason is None and st.asked_until - now > self.config.max_retry_after:
+            reason = (f"{PACED_OUT} ({host} asked to wait {st.asked_until - now:.0f}s, more than "
                       f"--max-retry-after {self.config.max_retry_after:g}s)")
         if reason is None:
             state = self.robots_state(task)
@@ -284,6 +292,7 @@ class Scheduler:
                 self.stats.throttled += 1
             if retry_after is not None:
                 wait = retry_after
+                st.asked_until = max(st.asked_until, now + retry_after)
                 self.stats.retry_after_max_s = max(self.stats.retry_after_max_s, retry_after)
             else:
                 wait = min(self.config.backoff_max, self.config.backoff_base * 2 ** min(st.failures - 1, 30))
@@ -304,7 +313,7 @@ class Scheduler:
         if task.robots_url:
             task.robots_url = None
             self._unpark(task.host, "robots")
-        self._schedule(task.host, st.ready_at())
+        self._schedule(task.host, self._due(st))
 
     def done(self, task: Task, outcome: Optional[str] = None, retry_after: Optional[float] = None) -> None:
         """The row has its outcome; ``outcome`` (OK/THROTTLED/FAILED) when a request was made."""
