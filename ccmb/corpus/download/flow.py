@@ -172,6 +172,9 @@ def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> Do
             raise ValueError(str(exc)) from None
     policy = _policy(o, blocklist, files_bl)
     files = ingest.resolve_inputs(inputs)
+    layout = ingest.Layout(mode=o["mode"], caption_field=o["caption_field"], url_col=o["url_col"],
+                           caption_col=o["caption_col"], id_col=o["id_col"], allow_file_urls=o["allow_file_urls"])
+    ingest.check_inputs(files, layout)  # a wrong kind of input: refused before the output folder is touched
     outdir.refuse_inside(output, [p for p in inputs if Path(p).is_dir()])
     try:
         outdir.claim(output, OUTPUT_KIND, legacy=looks_like_download,
@@ -183,12 +186,13 @@ def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> Do
     except outdir.OutputFolderError as exc:
         raise DownloadError(str(exc)) from None
     try:
-        return _run(files, output, o, policy, t0)
+        return _run(files, layout, output, o, policy, t0)
     finally:
         lock.release()
 
 
-def _run(files, output: Path, o: Dict[str, Any], policy: CrawlPolicy, t0: float) -> DownloadSummary:
+def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy: CrawlPolicy,
+         t0: float) -> DownloadSummary:
     command = o["command"]
     if o["overwrite"]:
         outdir.clear(output, OUTPUT_KIND)
@@ -196,8 +200,6 @@ def _run(files, output: Path, o: Dict[str, Any], policy: CrawlPolicy, t0: float)
     if not policy.respect_robots:
         logger.warning("!!! --ignore-robots: robots.txt is NOT read; sites' crawling rules are ignored (recorded "
                        "in %s and in the summary) !!!", output / STATE_DIR / "state.json")
-    layout = ingest.Layout(mode=o["mode"], caption_field=o["caption_field"], url_col=o["url_col"],
-                           caption_col=o["caption_col"], id_col=o["id_col"], allow_file_urls=o["allow_file_urls"])
     sps = o["samples_per_shard"]
     groups = o["host_groups"]
     key_options = {"mode": o["mode"], "caption_field": o["caption_field"], "url_col": o["url_col"],
@@ -218,7 +220,6 @@ def _run(files, output: Path, o: Dict[str, Any], policy: CrawlPolicy, t0: float)
         if state and finished_before:
             raise DownloadError(f"{output} holds a download of other inputs or options ({state.get('command')}); "
                                 f"use another --output, or --overwrite to start again")
-        ingest.check_inputs(files, layout)
         res = ingest.normalize_inputs(files, parts_dir, layout, samples_per_shard=sps, limit=o["limit"],
                                       strict=o["strict"], refused_path=state_dir / REFUSED_FILE,
                                       refused_examples=REFUSED_EXAMPLES)
