@@ -151,7 +151,8 @@ def _curate(workdir: Path, images: int, seed: int, log: List[str], mismatches: i
                    f"mismatched pairs at {base}; "
                    f"{len(records)} Zero records in {data}/zero_demo.jsonl")
         _run([py, "-m", "ccmb", "download", "zero", "-i", str(data / "zero_demo.jsonl"), "-o", str(dl),
-              "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5"], log)
+              "--processes", "1", "--threads", "8", "--samples-per-shard", "256", "--timeout", "5",
+              "--allow-private"], log)  # the demo's web server is on 127.0.0.1
 
     tables = [workdir / "filter.parquet", workdir / "dedup.parquet", workdir / "decontaminate.parquet"]
     _run([py, "-m", "ccmb", "filter", "--input", str(dl), "--output", str(tables[0])], log)

@@ -8,7 +8,10 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
+from click.testing import CliRunner
+
 from ccmb import shards
+from ccmb.cli import main
 from ccmb.corpus import download as dl
 from dl_helpers import write_jsonl, zero_record
 from dl_sites import Site
@@ -123,6 +126,13 @@ def test_robots_optouts_pacing_and_backoff(tmp_path, sites):
     assert saved["refusals"] == summary.refusals
     report = summary.report()
     assert "refusals: robots 9, opt_out 4" in report and "crawl-delay: 127.0.0.4 0.5s" in report
+    # ccmb stats shows the same
+    res = CliRunner().invoke(main, ["stats", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "refusals: robots 9, opt_out 4, paced_out" in res.output and "robots_disallowed" in res.output
+    assert "given up: 127.0.0.8" in res.output and "ccmb/0.1.0 (+mailto:crawl-test@example.org" in res.output
+    stats = json.loads(CliRunner().invoke(main, ["stats", str(out), "--json"]).output)
+    assert stats["download"]["refusals"]["opt_out"] == 4 and stats["download"]["pacing"]["requests"] >= 40
 
 
 def test_host_groups_keep_a_host_in_one_worker(tmp_path, sites):
