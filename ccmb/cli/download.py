@@ -58,7 +58,8 @@ def _common_options(fn: Callable) -> Callable:
                      help="Most requests in flight to one host (1 when robots.txt sets a Crawl-delay)."),
         click.option("--host-rate", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
                      help="Most request starts per second to one host (Crawl-delay lowers it)."),
-        click.option("--host-groups", type=click.IntRange(0, 4096), default=64, show_default=True,
+        click.option("--host-groups", type=click.IntRange(0, 4096), default=None,
+                     show_default="one per worker process (Spark: per core)",
                      help="Group the input by host hash into N groups, each downloaded by one worker at a time, so "
                           "the per-host limits hold for the whole run (also on Spark); 0: no grouping (the limits "
                           "then hold per worker process)."),

@@ -81,3 +81,5 @@ def test_pyspark_distributor_local_mode(tmp_path, image_server, spark):
     for name in shards.finished_shards(tmp_path / "out"):
         assert "ccmb" in json.loads((tmp_path / "out" / f"{name}_stats.json").read_text())
     assert spark.sparkContext._jsc is not None  # our session was used and is still alive
+    state = json.loads((tmp_path / "out" / "_ccmb" / "state.json").read_text())
+    assert state["host_groups"] == spark.sparkContext.defaultParallelism  # one host group per core, one task each

@@ -137,13 +137,14 @@ def test_robots_optouts_pacing_and_backoff(tmp_path, sites):
 
 def test_host_groups_keep_a_host_in_one_worker(tmp_path, sites):
     """Two processes, host cap 1: grouped by host, no host ever sees two requests at once; without grouping
-    (the limits are per worker process) the same input does (this shows the check can fail)."""
+    (the limits are per worker process) the same input does (this shows the check can fail). 64 groups: the two
+    hosts fall in two groups (by default, one group per process)."""
     x, y = sites("127.0.0.10", slow_s=0.25), sites("127.0.0.11", slow_s=0.25)
     urls = [f"{s.base}/slow/{i}.jpg" for i in range(16) for s in (x, y)]
     src = write_jsonl(tmp_path / "zero.jsonl", [zero_record(i, u) for i, u in enumerate(urls)])
     opts = dict(processes=2, threads=4, image_size=32, timeout=5, retries=0, samples_per_shard=8, allow_private=True,
                 host_concurrency=1, host_rate=100)
-    summary = dl.download([src], tmp_path / "grouped", **opts)
+    summary = dl.download([src], tmp_path / "grouped", host_groups=64, **opts)
     assert summary.successes == 32 and x.max_in_flight == 1 and y.max_in_flight == 1
     state = json.loads((tmp_path / "grouped" / "_ccmb" / "state.json").read_text())
     assert len(set(state["lanes"])) == 2 and summary.expected_shards == 4  # one group per host, 2 shards each

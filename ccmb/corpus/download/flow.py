@@ -40,7 +40,7 @@ from .decode import DEFAULT_BUDGET_MB, RESIZE_MODES
 from .folder import (REFUSED_EXAMPLES, REFUSED_FILE, STATE_DIR, DownloadError, DownloadSummary, PathLike,
                      disk_full_error, finish_shard, is_disk_full, looks_like_download, read_json, summarize,
                      tidy_output)
-from .glue import DiskFullError, Options, run_img2dataset
+from .glue import DiskFullError, Options, ensure_spark, run_img2dataset
 from .grouping import MAX_GROUPS, ShardLanes, group_by_host
 from .pacing import PacingConfig
 from .policy import CrawlPolicy, check_contact, user_agent
@@ -55,7 +55,6 @@ USER_AGENT_TOKEN = user_agent(None)
 FAILURE_WARNING_RATE = 0.30
 DISTRIBUTORS = ("multiprocessing", "pyspark")
 DEFAULT_MAX_BYTES = http_fetch.DEFAULT_MAX_BYTES
-DEFAULT_HOST_GROUPS = 64
 #: Bumped when the stored bytes of the same image and options change (joins the resume fingerprint).
 DECODER_VERSION = 2
 OUTPUT_KIND = "download"
@@ -71,7 +70,7 @@ def download(inputs: Sequence[PathLike], output_dir: PathLike, *, mode: str = "z
              overwrite: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, allow_private: bool = False,
              contact: Optional[str] = None, ignore_robots: bool = False, robots_retry: float = ERROR_TTL,
              host_concurrency: int = PacingConfig.concurrency, host_rate: float = PacingConfig.rate,
-             host_groups: int = DEFAULT_HOST_GROUPS, max_retry_after: float = PacingConfig.max_retry_after,
+             host_groups: Optional[int] = None, max_retry_after: float = PacingConfig.max_retry_after,
              backoff_base: float = PacingConfig.backoff_base, host_fail_after: int = PacingConfig.fail_after,
              host_pause: float = PacingConfig.pause, decode_budget_mb: int = DEFAULT_BUDGET_MB,
              blocklist: Union[None, PathLike, Sequence[PathLike]] = None,
@@ -90,8 +89,9 @@ def download(inputs: Sequence[PathLike], output_dir: PathLike, *, mode: str = "z
     ``host_concurrency`` requests at once and ``host_rate`` per second, ``Retry-After`` up to
     ``max_retry_after`` seconds, backoff from ``backoff_base`` seconds, ``retries`` per row, a host failing
     ``host_fail_after`` times in a row paused ``host_pause`` seconds then given up; the input grouped into
-    ``host_groups`` groups by host (0: no grouping; the limits then hold per worker process); the user agent
-    carries ``contact``. ``blocklist``: file(s) of MD5/SHA-256 hashes, URLs and domains never stored.
+    ``host_groups`` groups by host, each downloaded by one worker at a time (None: one group per worker
+    process, or per core of the Spark session; 0: no grouping, the limits then hold per worker process); the
+    user agent carries ``contact``. ``blocklist``: file(s) of MD5/SHA-256 hashes, URLs and domains never stored.
     ``decode_budget_mb`` bounds the memory of decoding one image. ``overwrite`` empties an earlier download in
     ``output_dir`` first; ``strict`` makes malformed records fatal.
 
@@ -131,6 +131,8 @@ def _check_options(o: Dict[str, Any]) -> None:
               "host_groups": (0, MAX_GROUPS), "host_fail_after": (1, None), "decode_budget_mb": (16, None)}
     for name, (lo, hi) in ranges.items():
         v = o[name]
+        if v is None and name == "host_groups":
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
             raise ValueError(f"{name} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
     if o["processes"] is not None and not (isinstance(o["processes"], int) and 1 <= o["processes"] <= 1024):
@@ -193,7 +195,6 @@ def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> Do
 
 def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy: CrawlPolicy,
          t0: float) -> DownloadSummary:
-    command = o["command"]
     if o["overwrite"]:
         outdir.clear(output, OUTPUT_KIND)
     finished_before = tidy_output(output)
@@ -201,11 +202,38 @@ def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy
         logger.warning("!!! --ignore-robots: robots.txt is NOT read; sites' crawling rules are ignored (recorded "
                        "in %s and in the summary) !!!", output / STATE_DIR / "state.json")
     sps = o["samples_per_shard"]
-    groups = o["host_groups"]
+    processes = o["processes"] or max(1, os.cpu_count() or 1)
+    opt = Options(processes=processes, threads=o["threads"], image_size=o["image_size"], resize_mode=o["resize_mode"],
+                  samples_per_shard=sps, distributor=o["distributor"], encode_quality=o["encode_quality"],
+                  spark_master=o["spark_master"], policy=policy, decode_budget_mb=o["decode_budget_mb"])
+    spark_owned = ensure_spark(opt) if o["distributor"] == "pyspark" else None
+    try:
+        return _run_with(files, layout, output, o, policy, t0, opt, spark_owned, finished_before)
+    finally:
+        if spark_owned is not None:
+            spark_owned.stop()
+
+
+def _auto_groups(opt: Options, spark) -> int:
+    """One host group per worker: the processes, or the Spark session's default parallelism."""
+    if opt.distributor == "pyspark":
+        from pyspark.sql import SparkSession
+
+        session = spark or SparkSession.getActiveSession()
+        workers = session.sparkContext.defaultParallelism if session is not None else opt.processes
+    else:
+        workers = opt.processes
+    return max(1, min(MAX_GROUPS, int(workers)))
+
+
+def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy: CrawlPolicy, t0: float,
+              opt: Options, spark, finished_before) -> DownloadSummary:
+    command = o["command"]
+    sps = o["samples_per_shard"]
     key_options = {"mode": o["mode"], "caption_field": o["caption_field"], "url_col": o["url_col"],
                    "caption_col": o["caption_col"], "id_col": o["id_col"], "limit": o["limit"],
                    "samples_per_shard": sps, "strict": o["strict"], "allow_file_urls": o["allow_file_urls"],
-                   "ccmb_format": shards.FORMAT_VERSION, "host_groups": groups, "image_size": o["image_size"],
+                   "ccmb_format": shards.FORMAT_VERSION, "host_groups": o["host_groups"], "image_size": o["image_size"],
                    "resize_mode": o["resize_mode"], "encode_quality": o["encode_quality"],
                    "decoder": DECODER_VERSION}
     fingerprint = ingest.fingerprint_inputs(files, key_options)
@@ -224,11 +252,13 @@ def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy
                                       strict=o["strict"], refused_path=state_dir / REFUSED_FILE,
                                       refused_examples=REFUSED_EXAMPLES)
         parts, lanes = list(res.parts), None
+        groups = o["host_groups"] if o["host_groups"] is not None else _auto_groups(opt, spark)
         if groups:
             parts, lanes = group_by_host(parts, parts_dir, groups, sps)
         state = {"fingerprint": fingerprint, "rows": res.rows, "columns": res.columns, "refused": res.refused,
                  "refused_examples": res.refused_examples, "parts": [p.name for p in parts],
                  "expected_shards": len(parts) if groups else math.ceil(res.rows / sps), "lanes": lanes,
+                 "host_groups": groups,
                  "inputs": [str(f) for f in files], "options": key_options, "command": command,
                  "ccmb_version": __version__}
         runs = []
@@ -240,10 +270,6 @@ def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy
     expected = int(state.get("expected_shards") or math.ceil(input_rows / sps))
     lanes = ShardLanes(tuple(state["lanes"])) if state.get("lanes") else None
     successes_before = summarize(output, input_rows, expected).successes if finished_before else 0
-    opt = Options(processes=o["processes"] or max(1, os.cpu_count() or 1), threads=o["threads"],
-                  image_size=o["image_size"], resize_mode=o["resize_mode"], samples_per_shard=sps,
-                  distributor=o["distributor"], encode_quality=o["encode_quality"], spark_master=o["spark_master"],
-                  policy=policy, decode_budget_mb=o["decode_budget_mb"])
 
     t_ingest = time.time()
     logger.info("ingest: %d rows in %.2fs", input_rows, t_ingest - t0)
@@ -258,7 +284,7 @@ def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy
 
     retried = recovered = 0
     if o["retry_failed_rows"]:
-        retried, recovered = retry_failed(output, opt, groups)
+        retried, recovered = retry_failed(output, opt, int(state.get("host_groups") or 0))
         known = {f"{n}.tar": finish_shard(output, int(n)) for n in shards.finished_shards(output)}
 
     summary = summarize(output, input_rows, expected)

@@ -474,7 +474,7 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
 
     spark_owned = None
     if opt.distributor == "pyspark":
-        spark_owned = _ensure_spark(opt)
+        spark_owned = ensure_spark(opt)
     downloader = functools.partial(RetryShardDownloader if retry else ShardDownloader, policy=opt.policy,
                                    image_size=opt.image_size, resize_mode=opt.resize_mode,
                                    encode_quality=opt.encode_quality, decode_budget_mb=opt.decode_budget_mb)
@@ -514,7 +514,7 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
             spark_owned.stop()
 
 
-def _ensure_spark(opt: Options):
+def ensure_spark(opt: Options):
     """Create our Spark session before img2dataset asks for one (it reuses the active session).
 
     Returns the session when this call created it (and so must stop it), else None.
