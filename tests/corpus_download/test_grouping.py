@@ -40,7 +40,8 @@ def test_group_by_host_keeps_every_row_once_in_order(tmp_path, monkeypatch):
     for lane, r in rows:
         host = (r["url"] or r[ingest.INPUT_URL_COLUMN]).split("/")[2].lower().split(":8080")[0]
         assert lane_of_host.setdefault(host, lane) == lane  # a host in one group
-        assert lane == grouping.group_of(host if not host.startswith("[") else host, 3)
+    load = [sum(1 for g, _ in rows if g == lane) for lane in range(3)]
+    assert max(load) - min(load) <= 20, load  # balanced by rows (a.example alone has 32)
     for lane in set(lanes):  # input order within a group
         order = [int(r["caption"]) for g, r in rows if g == lane]
         assert order == sorted(order)
@@ -48,3 +49,13 @@ def test_group_by_host_keeps_every_row_once_in_order(tmp_path, monkeypatch):
     names = [p.name for p in new_parts]
     assert names == sorted(names) and names[0].startswith("part-000000-")
     assert grouping.ShardLanes(tuple(lanes)).lane_of(len(lanes) + 5) < 0  # unknown shards are their own group
+
+
+def test_hosts_are_placed_largest_first_into_the_lightest_group():
+    counts = {"a": 50, "b": 30, "c": 20, "d": 20, "e": 10}
+    placed = grouping.place_hosts(counts, 2)
+    assert placed["a"] == 0 and placed["b"] == 1
+    loads = [sum(n for h, n in counts.items() if placed[h] == g) for g in (0, 1)]
+    assert sorted(loads) == [60, 70]
+    assert grouping.place_hosts(counts, 2) == placed  # deterministic
+    assert set(grouping.place_hosts(counts, 8).values()) == {0, 1, 2, 3, 4}  # one host per group when there is room

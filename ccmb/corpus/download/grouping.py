@@ -2,19 +2,23 @@
 
 img2dataset cuts the input into shards of consecutive rows and runs shards in parallel, so one host's URLs
 land in many workers at once and per-worker pacing would multiply. :func:`group_by_host` rewrites the
-normalised input into *host groups*: a row's group is a hash of its URL's host modulo ``groups``; each group's
-rows keep their input order and are cut into shards of their own (one part file per shard, named so that the
-groups' shards interleave). The distributors (:mod:`ccmb.corpus.download.glue`) then run at most one shard of
+normalised input into *host groups*: every row of a host goes to the same group; hosts are placed by their row
+counts, largest first, each into the group with the fewest rows so far (ties by a stable hash of the host), so
+the groups carry about the same work; each group's rows keep their input order and are cut into shards of their
+own (one part file per shard, named so that the groups' shards interleave). The distributors (:mod:`ccmb.corpus.download.glue`) then run at most one shard of
 a group at a time, so a host's requests come from one worker process, and its per-host limits hold for the
 whole run (on a Spark cluster too: one task per group).
 
-Keys follow the grouped order (each row keeps its input fields; the parquet maps key -> URL). Memory: rows
-are spilled per group in Arrow files under a bounded in-memory buffer (:data:`BUFFER_ROWS`).
+Keys follow the grouped order (each row keeps its input fields; the parquet maps key -> URL). Memory: one count
+per distinct host (~100 bytes each), and rows spilled per group in Arrow files under a bounded in-memory buffer
+(:data:`BUFFER_ROWS`).
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -37,12 +41,28 @@ def group_of(host: str, groups: int) -> int:
     return int.from_bytes(hashlib.blake2b(host.encode("utf-8"), digest_size=8).digest(), "big") % groups
 
 
-def host_groups(urls: pa.Array, groups: int) -> pa.Array:
-    """The group of each URL's host (an int32 array); a row without a host goes by the empty host."""
-    hosts = pc.fill_null(pc.utf8_lower(pc.struct_field(pc.extract_regex(pc.fill_null(urls, ""), _HOST_RE), [0])), "")
-    uniq = pc.unique(hosts)
-    ids = pa.array([group_of(h, groups) for h in uniq.to_pylist()], pa.int32())
-    return pc.take(ids, pc.index_in(hosts, value_set=uniq))
+def hosts_of(urls: pa.Array) -> pa.Array:
+    """The lower-case host of each URL ("" when it has none)."""
+    return pc.fill_null(pc.utf8_lower(pc.struct_field(pc.extract_regex(pc.fill_null(urls, ""), _HOST_RE), [0])), "")
+
+
+def place_hosts(counts: Dict[str, int], groups: int) -> Dict[str, int]:
+    """Each host's group: largest hosts first, each into the group with the fewest rows so far (ties: the lower
+    group); hosts of equal size in the order of their stable hash. Deterministic for the same counts."""
+    heap = [(0, g) for g in range(groups)]
+    placed: Dict[str, int] = {}
+    for host in sorted(counts, key=lambda h: (-counts[h], group_of(h, 1 << 62), h)):
+        load, g = heapq.heappop(heap)
+        placed[host] = g
+        heapq.heappush(heap, (load + counts[host], g))
+    return placed
+
+
+def _row_urls(batch) -> pa.Array:
+    urls = batch.column("url")
+    if ingest.INPUT_URL_COLUMN in batch.schema.names:  # a refused row's URL: where it would have gone
+        urls = pc.if_else(pc.equal(pc.fill_null(urls, ""), ""), batch.column(ingest.INPUT_URL_COLUMN), urls)
+    return urls
 
 
 @dataclass(frozen=True)
@@ -80,13 +100,19 @@ def group_by_host(parts: Sequence[Path], out_dir: Path, groups: int, samples_per
                 w.write_batch(b)
         spilled.setdefault(g, []).append(path)
 
+    counts: Counter = Counter()
+    for part in parts:  # rows per host, to balance the groups
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=65536, columns=_url_columns(part)):
+            for row in pc.value_counts(hosts_of(_row_urls(batch))).to_pylist():
+                counts[row["values"]] += int(row["counts"])
+    placed = place_hosts(counts, groups)
+    del counts
     total = 0
     for part in parts:
         for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
-            urls = batch.column("url")
-            if ingest.INPUT_URL_COLUMN in batch.schema.names:  # a refused row's URL: where it would have gone
-                urls = pc.if_else(pc.equal(pc.fill_null(urls, ""), ""), batch.column(ingest.INPUT_URL_COLUMN), urls)
-            ids = host_groups(urls, groups)
+            hosts = hosts_of(_row_urls(batch))
+            uniq = pc.unique(hosts)
+            ids = pc.take(pa.array([placed[h] for h in uniq.to_pylist()], pa.int32()), pc.index_in(hosts, uniq))
             for g in pc.unique(ids).to_pylist():
                 rows = batch.filter(pc.equal(ids, g))
                 buffers.setdefault(g, []).append(rows)
@@ -122,6 +148,11 @@ def group_by_host(parts: Sequence[Path], out_dir: Path, groups: int, samples_per
     tmp_out.rename(out_dir)
     named.sort()
     return [out_dir / n for n, _ in named], [g for _, g in named]
+
+
+def _url_columns(part: Path) -> List[str]:
+    names = pq.read_schema(part).names
+    return [c for c in ("url", ingest.INPUT_URL_COLUMN) if c in names]
 
 
 def _write_part(folder: Path, table: pa.Table, group: int, chunk: int) -> Tuple[str, int]:

@@ -170,6 +170,7 @@ class Scheduler:
         self._seq = itertools.count()
         self.pending = 0  # tasks not yet given back
         self.closed = False
+        self._timer = False  # a thread is waiting for the next timed host
         self.robots_state = robots_state or (lambda task: "ok")
         self.precheck = precheck or (lambda task: None)
         self.stats = PacingStats()
@@ -214,23 +215,40 @@ class Scheduler:
 
     # -- the threads' side
     def take(self) -> Optional[Task]:
+        # Few wake-ups: one waiting thread (the timer) sleeps until the next host's time, the others until they
+        # are notified, one at a time (a thread that takes a task wakes the next when more work is there).
         with self.cond:
             while True:
                 if self.closed:
                     return None
-                if self.immediate:
-                    return self.immediate.popleft()
-                now = time.monotonic()
-                while self.timed and self.timed[0][0] <= now:
-                    self.ready.append(heapq.heappop(self.timed)[2])
-                while self.ready:
-                    task = self._next_from(self.ready.popleft(), now)
-                    if task is not None:
-                        return task
+                task = self._take_now()
+                if task is not None:
+                    if self.immediate or self.ready or (self.timed and not self._timer):
+                        self.cond.notify()
+                    return task
                 if self.pending == 0:
                     self.cond.notify_all()
                     return None
-                self.cond.wait(self.timed[0][0] - now if self.timed else None)
+                if self.timed and not self._timer:
+                    self._timer = True
+                    try:
+                        self.cond.wait(self.timed[0][0] - time.monotonic())
+                    finally:
+                        self._timer = False
+                else:
+                    self.cond.wait()
+
+    def _take_now(self) -> Optional[Task]:
+        if self.immediate:
+            return self.immediate.popleft()
+        now = time.monotonic()
+        while self.timed and self.timed[0][0] <= now:
+            self.ready.append(heapq.heappop(self.timed)[2])
+        while self.ready:
+            task = self._next_from(self.ready.popleft(), now)
+            if task is not None:
+                return task
+        return None
 
     def _next_from(self, host: str, now: float) -> Optional[Task]:
         """The next task of ``host`` if it may start now (slot reserved), else None (host re-filed)."""
@@ -321,7 +339,7 @@ class Scheduler:
             if outcome is not None:
                 self._release(task, outcome, retry_after)
             self.pending -= 1
-            self.cond.notify_all()
+            self._wake()
 
     def again(self, task: Task, outcome: Optional[str] = None, retry_after: Optional[float] = None, *,
               front: bool = False) -> None:
@@ -331,7 +349,15 @@ class Scheduler:
                 self._release(task, outcome, retry_after)
             self.pending -= 1
             self._enqueue(task, front=front)
+            self._wake()
+
+    def _wake(self) -> None:
+        """After a task came back: every thread when all is done (they return), else one (it takes the next task,
+        becomes the timer, or goes back to sleep)."""
+        if self.pending == 0:
             self.cond.notify_all()
+        else:
+            self.cond.notify()
 
     def close(self) -> None:
         """Stop handing out rows (the shard ended early): waiting threads return."""
