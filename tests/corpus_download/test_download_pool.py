@@ -42,6 +42,35 @@ def test_a_dead_worker_fails_its_shards_which_are_retried(tmp_path, monkeypatch)
     assert (tmp_path / "died-5").exists()
 
 
+class _Timed:
+    """Records when each shard ran (start, end) in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def __call__(self, row):
+        start = time.time()
+        time.sleep(0.3)
+        (Path(self.folder) / f"ran-{row[0]}").write_text(f"{start} {time.time()}")
+        return True, row
+
+
+@pytest.mark.timeout(120)
+def test_one_shard_of_a_host_group_at_a_time(tmp_path):
+    from ccmb.corpus.download.grouping import ShardLanes
+
+    lanes = ShardLanes((0, 1, 0, 1, 0, 1, 2, 2))
+    pool_distributor(2, _Timed(tmp_path), iter([(i, f"s{i}") for i in range(8)]), None, 1, lanes=lanes)
+    spans = {i: tuple(map(float, (tmp_path / f"ran-{i}").read_text().split())) for i in range(8)}
+    for a in range(8):
+        for b in range(a + 1, 8):
+            overlap = min(spans[a][1], spans[b][1]) - max(spans[a][0], spans[b][0])
+            if lanes.lane_of(a) == lanes.lane_of(b):
+                assert overlap <= 0, (a, b)  # the same group: one after the other
+    assert any(min(spans[a][1], spans[b][1]) > max(spans[a][0], spans[b][0])
+               for a in range(8) for b in range(a + 1, 8))  # two groups did run at once
+
+
 @pytest.mark.timeout(120)
 def test_disk_full_stops_the_run(tmp_path):
     with pytest.raises(DiskFullError, match="No space left"):

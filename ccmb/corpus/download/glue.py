@@ -303,6 +303,15 @@ class _FsspecShim:
 
 # --------------------------------------------------------------------------------- the distributors
 
+def _lane_function(lanes: Optional[ShardLanes]):
+    """row (img2dataset's ``(shard_id, arrow_file)``) -> its host group; without groups every shard is its own."""
+    def lane_of(row) -> int:
+        shard_id = row[0] if isinstance(row, tuple) else row
+        return lanes.lane_of(shard_id) if lanes is not None else -1 - shard_id
+
+    return lane_of
+
+
 def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shard_retry, *,
                      lanes: Optional[ShardLanes] = None):
     """img2dataset's distributor interface, on ``ProcessPoolExecutor`` pools that never kill a worker.
@@ -320,7 +329,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
 
     ctx = multiprocessing.get_context("spawn")
     per_pool = SHARDS_PER_POOL * processes_count
-    lane_of = lanes.lane_of if lanes is not None else (lambda shard_id: shard_id)
+    lane_of = _lane_function(lanes)
 
     def run(shard_iter):
         failed: List[Any] = []
@@ -338,7 +347,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
         def next_row():
             nonlocal exhausted
             for k, row in enumerate(waiting):
-                if lane_of(row[0]) not in busy:
+                if lane_of(row) not in busy:
                     return waiting.pop(k)
             while not exhausted and len(waiting) < 4 * processes_count + 16:
                 try:
@@ -346,7 +355,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                 except StopIteration:
                     exhausted = True
                     break
-                if lane_of(row[0]) not in busy:
+                if lane_of(row) not in busy:
                     return row
                 waiting.append(row)
             return None
@@ -365,7 +374,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                         submitted = 0
                     try:
                         pending[pool.submit(downloader, row)] = (row, pool)
-                        busy.add(lane_of(row[0]))
+                        busy.add(lane_of(row))
                         submitted += 1
                     except BrokenProcessPool:
                         failed.append(row)
@@ -375,7 +384,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     row, owner = pending.pop(fut)
-                    busy.discard(lane_of(row[0]))
+                    busy.discard(lane_of(row))
                     progress.update(1)
                     try:
                         ok, _row = fut.result()
@@ -415,7 +424,7 @@ def spark_distributor(processes_count, downloader, reader, subjob_size, max_shar
     spark = SparkSession.getActiveSession()
     if spark is None:
         raise RuntimeError("no active Spark session (ccmb creates one before img2dataset runs)")
-    lane_of = lanes.lane_of if lanes is not None else (lambda shard_id: shard_id)
+    lane_of = _lane_function(lanes)
 
     def run_lane(rows):
         return [downloader(row) for row in rows]
@@ -436,7 +445,7 @@ def spark_distributor(processes_count, downloader, reader, subjob_size, max_shar
                     failed.append(row)
 
         for row in shard_iter:
-            batch.setdefault(lane_of(row[0]), []).append(row)
+            batch.setdefault(lane_of(row), []).append(row)
             count += 1
             if count % max(1, subjob_size) == 0:
                 flush()
