@@ -67,6 +67,21 @@ class ImageServer:
         return self._gzip_bomb
 
 
+def send(handler: http.server.BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "image/jpeg",
+         headers: Optional[Dict[str, str]] = None) -> None:
+    """A complete response with its Content-Length (a client gone away is not an error)."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _handler(state: ImageServer):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -75,16 +90,7 @@ def _handler(state: ImageServer):
             pass
 
         def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", headers: Dict[str, str] = None):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            send(self, code, body, ctype, headers)
 
         def _redirect(self, location: str) -> None:
             self.send_response(302)

@@ -19,6 +19,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from dl_fault_server import send
 from dl_helpers import jpeg
 
 
@@ -55,16 +56,7 @@ class Site:
             def _send(self, code: int, body: bytes, headers: Optional[Dict[str, str]] = None,
                       ctype: str = "image/jpeg") -> None:
                 self._finished()
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send(self, code, body, ctype, headers)
 
             def do_GET(self):  # noqa: N802
                 path = self.path.split("?")[0]
