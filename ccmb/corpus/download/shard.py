@@ -25,6 +25,7 @@ from .decode import DEFAULT_BUDGET_MB, Resizer
 from .folder import finish_shard, is_disk_full
 from .policy import CrawlPolicy
 from .report import refusal_counts
+from .safetext import escape_controls
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class ShardDownloader:
                     img, width, height, original_width, original_height, error = resizer(body)
                     if error is not None:
                         status = "failed_to_resize"
+                        error = escape_controls(error)  # a decoder's message may quote the file
                     else:
                         meta.update(md5=_md5(img), sha256=hashlib.sha256(img).hexdigest(), original_md5=_md5(body),
                                     width=width, height=height, original_width=original_width,
