@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .download.report import download_report, format_report  # refusals and pacing of a download folder
 from .. import shards as fmt
-from .download.report import download_report, format_report
 from .table import CurationError, list_parquets, read_shard_metadata
 
 logger = logging.getLogger(__name__)
