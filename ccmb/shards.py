@@ -63,6 +63,7 @@ METADATA_FIELDS: Dict[str, pa.DataType] = {
     "original_width": pa.int32(),
     "original_height": pa.int32(),
     "sha256": pa.string(),
+    "md5": pa.string(),
     "source": pa.string(),
 }
 
@@ -138,6 +139,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def md5_bytes(data: bytes) -> str:
+    """MD5 of the stored bytes: not for integrity (sha256 is), for matching the MD5 hash lists used to audit
+    web datasets (``--blocklist``)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -208,13 +215,14 @@ class ShardWriter:
 
     def write(self, key: str, image: bytes, text: str, meta: Optional[Dict[str, Any]] = None,
               image_ext: str = "jpg") -> None:
-        """Add a successful sample. ``meta`` holds the metadata fields (key, sha256, source are filled in)."""
+        """Add a successful sample. ``meta`` holds the metadata fields (key, sha256, md5, source are filled in)."""
         check_key(key)
         if key in self.keys:
             raise ValueError(f"duplicate key {key} in shard {self.name}")
         meta = dict(meta or {})
         meta["key"] = key
         meta.setdefault("sha256", sha256_bytes(image))
+        meta.setdefault("md5", md5_bytes(image))
         if self.source and not meta.get("source"):
             meta["source"] = self.source
         meta.setdefault("caption", text)

@@ -313,7 +313,8 @@ def _curate(t: Transcript, images: int, seed: int, mismatches: int) -> dict:
     t.run(t.ccmb("demo", "prepare", "--images", str(images), "--seed", str(seed), "--mismatches", str(mismatches)))
     t.run(t.ccmb("demo", "serve", "web", "--records", RECORDS, "--",
                  *t.ccmb("download", "zero", "-i", RECORDS, "-o", "download", "--processes", "1", "--threads", "8",
-                         "--samples-per-shard", "256", "--timeout", "5")))
+                         "--samples-per-shard", "256", "--timeout", "5",
+                         "--allow-private")))  # the demo's web server is on 127.0.0.1
     tables = ["filter.parquet", "dedup.parquet", "decontaminate.parquet"]
     t.run(t.ccmb("filter", "--input", "download", "--output", tables[0]))
     # Dedup after the filter (--keep): representatives are samples the filter keeps.

@@ -17,6 +17,7 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -408,6 +409,36 @@ def _refuse(row: Dict[str, Optional[str]], error: str, where: str) -> None:
     row[INPUT_URL_COLUMN] = row["url"]
     row["url"] = ""  # img2dataset fails this row at once, without any network access
     row[ERROR_COLUMN] = f"{error} ({where})"
+
+
+#: Rows of each input file looked at by :func:`check_inputs`.
+SNIFF_ROWS = 100
+
+
+def check_inputs(files: Sequence[Path], layout: "Layout", rows: int = SNIFF_ROWS) -> None:
+    """Refuse, before anything is downloaded, an input file whose first ``rows`` records all lack the URL field
+    (a file of another kind: a dataset's annotations, a results table ...), naming the fields it has:
+    ``f.jsonl: not Zero metadata: no ImageUrl; fields found: text, image_path``. Files whose first rows are all
+    unreadable are left to the per-row accounting."""
+    want = "imageurl" if layout.mode == "zero" else layout.url_col.strip().lower()
+    for path in files:
+        seen: Dict[str, None] = {}
+        parsed = 0
+        for rec in itertools.islice(iter_records(path), rows):
+            if rec.fields is None:
+                continue
+            parsed += 1
+            keys = [str(k).strip() for k in rec.fields]
+            if any(k.lower() == want for k in keys):
+                break
+            for k in keys:
+                seen.setdefault(k, None)
+        else:
+            if parsed:
+                found = ", ".join(list(seen)[:12]) + (" ..." if len(seen) > 12 else "")
+                what = ("not Zero metadata: no ImageUrl" if layout.mode == "zero"
+                        else f"not a URL list: no column {layout.url_col!r}")
+                raise InputError(f"{path}: {what}; fields found: {found or '(none)'} (first {parsed} rows)")
 
 
 def fingerprint_inputs(files: Sequence[Path], options: Dict[str, Any]) -> str:

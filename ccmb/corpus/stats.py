@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .download.report import download_report, format_report  # refusals and pacing of a download folder
 from .. import shards as fmt
 from .table import CurationError, list_parquets, read_shard_metadata
 
@@ -177,6 +178,9 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     }
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(MIN_SIDE_BINS, MIN_SIDE_BINS[1:])] + [f">={MIN_SIDE_BINS[-1]}"]
     out["image_size"]["min_side_histogram"] = {lab: int(c) for lab, c in zip(labels, hist)}
+    report = download_report(path) if path.is_dir() else None  # refusals by reason, pacing, the run's policy
+    if report is not None:
+        out["download"] = report
     manifest = path / fmt.MANIFEST_FILE
     if manifest.exists():
         try:
@@ -206,6 +210,8 @@ def format_stats(stats: Dict[str, Any]) -> str:
         if d["count"]:
             lines.append(f"  {f:<18} {d['count']:>6} {d['p5']:>6.0f} {d['p50']:>6.0f} {d['p95']:>6.0f} {d['max']:>6.0f}")
     lines.append("short side: " + ", ".join(f"{k} {v}" for k, v in stats["image_size"]["min_side_histogram"].items()))
+    if "download" in stats:
+        lines += format_report(stats["download"])
     if "manifest" in stats:
         lines.append(f"manifest: {stats['manifest']}")
     return "\n".join(lines)

@@ -40,8 +40,8 @@ def refused_url() -> str:
 
 @pytest.fixture
 def small_opts() -> dict:
-    """Download options for tests: one process, few threads, tiny images, short timeout."""
-    return dict(processes=1, threads=4, image_size=32, timeout=2, retries=0, samples_per_shard=10)
+    """Download options for tests: one process, few threads, tiny images, short timeout, loopback allowed."""
+    return dict(processes=1, threads=4, image_size=32, timeout=2, retries=0, samples_per_shard=10, allow_private=True)
 
 
 @pytest.fixture(scope="module")

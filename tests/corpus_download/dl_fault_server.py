@@ -6,7 +6,8 @@ bytes than its Content-Length, then close), ``noai``, ``flaky``, ``bomb`` (PNG c
 pixels), ``gzipbomb`` (a gzip stream of ``gzip_bomb_mb`` MB of zeros, ``Content-Encoding: gzip``),
 ``trickle`` (one byte every ``trickle_s`` seconds), ``huge`` (``huge_bytes`` of body, no Content-Length),
 ``hugelen`` (claims a Content-Length of 10**12), ``redir/<ftp|file|data|img>`` (redirects to such a URL),
-``to?u=URL`` (redirects to URL).
+``to?u=URL`` (redirects to URL), ``early`` (``103 Early Hints`` and ``100 Continue`` first), ``esc`` (a status
+line with terminal escapes).
 """
 from __future__ import annotations
 
@@ -66,6 +67,21 @@ class ImageServer:
         return self._gzip_bomb
 
 
+def send(handler: http.server.BaseHTTPRequestHandler, code: int, body: bytes, ctype: str = "image/jpeg",
+         headers: Optional[Dict[str, str]] = None) -> None:
+    """A complete response with its Content-Length (a client gone away is not an error)."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _handler(state: ImageServer):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
@@ -74,16 +90,7 @@ def _handler(state: ImageServer):
             pass
 
         def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", headers: Dict[str, str] = None):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            send(self, code, body, ctype, headers)
 
         def _redirect(self, location: str) -> None:
             self.send_response(302)
@@ -163,6 +170,14 @@ def _handler(state: ImageServer):
                 self._redirect({"ftp": "ftp://127.0.0.1/x.jpg", "file": "file:///etc/hostname",
                                 "data": "data:image/jpeg;base64,/9j/4AAQSkZJRgABAQ==",
                                 "img": f"/img/{n}.jpg"}.get(target, "/404/0"))
+            elif kind == "early":  # 103 Early Hints (and a 100 Continue) before the final response
+                self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                                 b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._send(200, jpeg(n))
+            elif kind == "esc":  # a status line with terminal escapes and a bidi override (UTF-8 bytes)
+                self.wfile.write(b"HTTP/1.0 500 \x1b[2J\x1b]0;owned\x07 \xe2\x80\xaeevil\r\n"
+                                 b"Content-Length: 0\r\n\r\n")
+                self.close_connection = True
             elif kind == "to":
                 self._redirect(parse_qs(urlsplit(self.path).query)["u"][0])
             else:

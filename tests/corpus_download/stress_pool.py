@@ -33,7 +33,7 @@ def one_run(base: str, folder: Path, limit_s: float) -> Tuple[bool, float, str]:
     ccmb = str(Path(sys.executable).parent / "ccmb")
     cmd = [ccmb, "download", "zero", "-i", str(src), "-o", str(out), "--processes", str(PROCESSES),
            "--threads", "4", "--image-size", "32", "--timeout", "5", "--retries", "0",
-           "--samples-per-shard", str(PER_SHARD)]
+           "--samples-per-shard", str(PER_SHARD), "--allow-private", "--host-groups", "0"]
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
     t0 = time.monotonic()
     try:

@@ -41,7 +41,7 @@ def test_cli_urls_csv_and_parquet_with_file_urls_and_limit(tmp_path, image_serve
     pq.write_table(pa.Table.from_pylist([{"url": f"{b}/img/{10 + i}.jpg", "caption": f"说明{i}",
                                           "similarity": 0.3 + i / 10} for i in range(3)]), tmp_path / "laion.parquet")
     out = tmp_path / "out"
-    base = ["download", "urls", "-i", str(csv_path), "-i", str(tmp_path / "laion.parquet"), "-o", str(out),
+    base = ["download", "urls", "--allow-private", "-i", str(csv_path), "-i", str(tmp_path / "laion.parquet"), "-o", str(out),
             "--processes", "1", "--threads", "2", "--image-size", "32", "--samples-per-shard", "4", "--limit", "7",
             "--url-col", "url", "--caption-col", "caption"]
     res = CliRunner().invoke(main, base)
@@ -70,7 +70,7 @@ def test_pyspark_distributor_local_mode(tmp_path, image_server, spark):
     b = image_server.base
     src = write_jsonl(tmp_path / "zero.jsonl", [zero_record(i, f"{b}/img/{i}.jpg") for i in range(9)]
                       + [zero_record(9, f"{b}/404/9.jpg"), zero_record(10, "ftp://x/y.jpg")])
-    summary = dl.download([src], tmp_path / "out", distributor="pyspark", threads=2, image_size=32, timeout=2,
+    summary = dl.download([src], tmp_path / "out", distributor="pyspark", allow_private=True, threads=2, image_size=32, timeout=2,
                           retries=0, samples_per_shard=4)
     assert summary.complete and summary.rows == 11 and summary.successes == 9
     assert summary.failures == {"failed_to_download: HTTP Error 404": 1,
@@ -81,3 +81,5 @@ def test_pyspark_distributor_local_mode(tmp_path, image_server, spark):
     for name in shards.finished_shards(tmp_path / "out"):
         assert "ccmb" in json.loads((tmp_path / "out" / f"{name}_stats.json").read_text())
     assert spark.sparkContext._jsc is not None  # our session was used and is still alive
+    state = json.loads((tmp_path / "out" / "_ccmb" / "state.json").read_text())
+    assert state["host_groups"] == spark.sparkContext.defaultParallelism  # one host group per core, one task each

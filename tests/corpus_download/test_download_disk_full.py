@@ -18,7 +18,7 @@ from dl_helpers import write_jsonl, zero_record
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SITE = Path(__file__).parent / "disk_full_site"
-OPTS = ["--processes", "1", "--threads", "4", "--image-size", "32", "--timeout", "5", "--retries", "0",
+OPTS = ["--allow-private", "--processes", "1", "--threads", "4", "--image-size", "32", "--timeout", "5", "--retries", "0",
         "--samples-per-shard", "4"]
 
 
@@ -62,7 +62,7 @@ def test_driver_disk_full_is_one_error_line(tmp_path, image_server, monkeypatch)
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "sizes.json"))
 
-    monkeypatch.setattr(dl.shards, "finalize_shard_set", full)
+    monkeypatch.setattr(shards, "finalize_shard_set", full)
     res = CliRunner().invoke(main, ["download", "zero", "-i", str(src), "-o", str(out)] + OPTS)
     assert res.exit_code == 1
     errors = [line for line in res.output.splitlines() if "disk full" in line]
@@ -70,6 +70,6 @@ def test_driver_disk_full_is_one_error_line(tmp_path, image_server, monkeypatch)
     assert errors[0].startswith(f"Error: disk full writing {out / 'sizes.json'} (No space left on device)")
     assert "Traceback" not in res.output
     monkeypatch.undo()
-    summary = dl.download([src], out, processes=1, threads=4, image_size=32, timeout=5, retries=0,
+    summary = dl.download([src], out, allow_private=True, processes=1, threads=4, image_size=32, timeout=5, retries=0,
                           samples_per_shard=4)
     assert summary.complete and summary.successes == 6 and (out / "manifest.json").exists()

@@ -42,7 +42,7 @@ def test_limits_and_bad_lines_are_counted_failures(tmp_path, image_server):
     image_server.trickle_s = 0.5
     assert image_server.gzip_bomb  # built before the timed run (compressing 64 MB takes a moment)
     t0 = time.monotonic()
-    summary = dl.download([src], tmp_path / "out", processes=1, threads=12, image_size=32, timeout=2, retries=0,
+    summary = dl.download([src], tmp_path / "out", allow_private=True, processes=1, threads=12, image_size=32, timeout=2, retries=0,
                           samples_per_shard=10, max_bytes=1 << 20)
     elapsed = time.monotonic() - t0
     rows = _rows(tmp_path / "out")
@@ -80,16 +80,26 @@ def test_limits_and_bad_lines_are_counted_failures(tmp_path, image_server):
     assert elapsed < 90
 
 
-def test_cli_deny_private_and_max_bytes(tmp_path, image_server):
+def test_cli_private_addresses_are_refused_by_default_and_zero_successes_fail(tmp_path, image_server):
     b = image_server.base
     src = write_jsonl(tmp_path / "zero.jsonl", [zero_record(i, f"{b}/img/{i}.jpg") for i in range(3)])
     base = ["download", "zero", "-i", str(src), "--processes", "1", "--threads", "2", "--image-size", "32",
             "--timeout", "3", "--retries", "0", "--samples-per-shard", "4"]
-    res = CliRunner().invoke(main, base + ["-o", str(tmp_path / "deny"), "--deny-private"])
-    assert res.exit_code == 0, res.output
+    n = len(image_server.requests)
+    res = CliRunner().invoke(main, base + ["-o", str(tmp_path / "deny")])
+    assert len(image_server.requests) == n  # not even robots.txt was asked of the loopback server
+    assert res.exit_code == 1, res.output
     assert "successes       0" in res.output and "failed_to_download: private address refused" in res.output
-    res = CliRunner().invoke(main, base + ["-o", str(tmp_path / "small"), "--max-bytes", "100"])
-    assert res.exit_code == 0, res.output
+    assert "private_address 3" in res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: no image was downloaded (3 rows failed; top reasons: failed_to_download: private "
+                           "address refused (3))"), last
+    assert (tmp_path / "deny" / "_ccmb" / "summary.json").exists()  # the summary is still written
+    assert not (tmp_path / "deny" / "manifest.json").exists()  # an empty shard set is not finalized
+    res = CliRunner().invoke(main, base + ["-o", str(tmp_path / "small"), "--allow-private", "--max-bytes", "100"])
+    assert res.exit_code == 1, res.output
     assert "3  failed_to_download: response larger than --max-bytes" in res.output
+    res = CliRunner().invoke(main, base + ["-o", str(tmp_path / "small"), "--allow-private"])  # resumable: same
+    assert res.exit_code != 0 and "other inputs or options" not in res.output
     res = CliRunner().invoke(main, ["download", "zero", "--help"])
-    assert "--deny-private" in res.output and "--max-bytes" in res.output
+    assert "--allow-private" in res.output and "--max-bytes" in res.output and "--contact" in res.output

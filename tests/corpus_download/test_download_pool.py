@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ccmb.corpus import dl_img2dataset
-from ccmb.corpus.dl_img2dataset import DiskFullError, pool_distributor
+from ccmb.corpus.download import glue as dl_img2dataset
+from ccmb.corpus.download.glue import DiskFullError, pool_distributor
 from stress_pool import one_run
 
 
@@ -40,6 +40,35 @@ def test_a_dead_worker_fails_its_shards_which_are_retried(tmp_path, monkeypatch)
     pool_distributor(2, _Task(tmp_path, die_on=5), iter(range(12)), None, 1)
     assert _done(tmp_path) == list(range(12))
     assert (tmp_path / "died-5").exists()
+
+
+class _Timed:
+    """Records when each shard ran (start, end) in ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+
+    def __call__(self, row):
+        start = time.time()
+        time.sleep(0.3)
+        (Path(self.folder) / f"ran-{row[0]}").write_text(f"{start} {time.time()}")
+        return True, row
+
+
+@pytest.mark.timeout(120)
+def test_one_shard_of_a_host_group_at_a_time(tmp_path):
+    from ccmb.corpus.download.grouping import ShardLanes
+
+    lanes = ShardLanes((0, 1, 0, 1, 0, 1, 2, 2))
+    pool_distributor(2, _Timed(tmp_path), iter([(i, f"s{i}") for i in range(8)]), None, 1, lanes=lanes)
+    spans = {i: tuple(map(float, (tmp_path / f"ran-{i}").read_text().split())) for i in range(8)}
+    for a in range(8):
+        for b in range(a + 1, 8):
+            overlap = min(spans[a][1], spans[b][1]) - max(spans[a][0], spans[b][0])
+            if lanes.lane_of(a) == lanes.lane_of(b):
+                assert overlap <= 0, (a, b)  # the same group: one after the other
+    assert any(min(spans[a][1], spans[b][1]) > max(spans[a][0], spans[b][0])
+               for a in range(8) for b in range(a + 1, 8))  # two groups did run at once
 
 
 @pytest.mark.timeout(120)
@@ -74,7 +103,7 @@ def test_ctrl_c_exits_non_zero_at_once(tmp_path, image_server):
                                                 for i in range(40)])
     out = tmp_path / "out"
     cmd = [str(Path(sys.executable).parent / "ccmb"), "download", "zero", "-i", str(src), "-o", str(out),
-           "--processes", "1", "--threads", "2", "--samples-per-shard", "4", "--image-size", "32"]
+           "--processes", "1", "--threads", "2", "--samples-per-shard", "4", "--image-size", "32", "--allow-private"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
     deadline = time.monotonic() + 200

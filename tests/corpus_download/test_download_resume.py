@@ -17,7 +17,7 @@ from dl_helpers import write_jsonl, zero_record
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-OPTS = ["--processes", "1", "--threads", "2", "--image-size", "32", "--timeout", "5", "--retries", "0",
+OPTS = ["--allow-private", "--processes", "1", "--threads", "2", "--image-size", "32", "--timeout", "5", "--retries", "0",
         "--samples-per-shard", "4"]
 
 
@@ -90,7 +90,7 @@ def test_resume_after_kill_9(tmp_path, image_server):
     assert new < 16  # finished shards were kept, not downloaded again
 
     fresh = tmp_path / "fresh"
-    summary = dl.download([src], fresh, processes=1, threads=2, image_size=32, timeout=5, retries=0,
+    summary = dl.download([src], fresh, allow_private=True, processes=1, threads=2, image_size=32, timeout=5, retries=0,
                           samples_per_shard=4)
     assert summary.complete and summary.successes == 16
     k_samples, k_rows = _keys(killed)

@@ -14,8 +14,8 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from ccmb.corpus import http_fetch
-from ccmb.corpus.http_fetch import FetchError, FetchLimits, fetch
+from ccmb.corpus.download import http_fetch
+from ccmb.corpus.download.http_fetch import FetchError, FetchLimits, fetch
 from dl_fault_server import start_server
 from dl_helpers import jpeg
 
@@ -116,7 +116,7 @@ def proxy_env(monkeypatch):
 def test_http_goes_through_the_proxy_by_absolute_uri(image_server, proxy, proxy_env):
     proxy_env(http_proxy=proxy.url)
     n = len(image_server.requests)
-    assert fetch(f"{image_server.base}/img/3.jpg", FetchLimits(timeout=3)) == jpeg(3)
+    assert fetch(f"{image_server.base}/img/3.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(3)
     assert proxy.request_lines == [f"GET {image_server.base}/img/3.jpg HTTP/1.1"]
     assert proxy.headers[0]["host"] == image_server.base[len("http://"):]
     assert "proxy-authorization" not in proxy.headers[0]
@@ -125,33 +125,33 @@ def test_http_goes_through_the_proxy_by_absolute_uri(image_server, proxy, proxy_
 
 def test_redirects_through_the_proxy_keep_their_checks(image_server, proxy, proxy_env):
     proxy_env(HTTP_PROXY=proxy.url)  # upper case works too
-    assert fetch(f"{image_server.base}/redir/img/4", FetchLimits(timeout=3)) == jpeg(4)
+    assert fetch(f"{image_server.base}/redir/img/4", FetchLimits(allow_private=True, timeout=3)) == jpeg(4)
     assert [line.split()[1] for line in proxy.request_lines] == [f"{image_server.base}/redir/img/4",
                                                                  f"{image_server.base}/img/4.jpg"]
     with pytest.raises(FetchError, match=re.escape(http_fetch.BAD_REDIRECT)):
-        fetch(f"{image_server.base}/redir/file/1", FetchLimits(timeout=3))
+        fetch(f"{image_server.base}/redir/file/1", FetchLimits(allow_private=True, timeout=3))
 
 
 def test_no_proxy_bypasses_the_proxy(image_server, proxy, proxy_env):
     proxy_env(http_proxy=proxy.url, no_proxy="example.org,127.0.0.1")
-    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(timeout=3)) == jpeg(1)
+    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(1)
     assert proxy.request_lines == []
 
 
 def test_proxy_settings_are_read_once_per_process(image_server, proxy, proxy_env, monkeypatch):
     proxy_env()  # no proxy: cached as such
-    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(timeout=3)) == jpeg(1)
+    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(1)
     monkeypatch.setenv("http_proxy", proxy.url)
-    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(timeout=3)) == jpeg(1)
+    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(1)
     assert proxy.request_lines == []
     monkeypatch.setattr(http_fetch, "_PROXIES", (-1, {}))  # as after a fork: the new process reads its own
-    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(timeout=3)) == jpeg(1)
+    assert fetch(f"{image_server.base}/img/1.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(1)
     assert len(proxy.request_lines) == 1
 
 
 def test_proxy_credentials_become_proxy_authorization(image_server, proxy, proxy_env):
     proxy_env(http_proxy=proxy.url.replace("http://", "http://al%40ice:p%3Ass@"))
-    assert fetch(f"{image_server.base}/img/2.jpg", FetchLimits(timeout=3)) == jpeg(2)
+    assert fetch(f"{image_server.base}/img/2.jpg", FetchLimits(allow_private=True, timeout=3)) == jpeg(2)
     assert proxy.headers[0]["proxy-authorization"] == "Basic " + base64.b64encode(b"al@ice:p:ss").decode()
     assert proxy.request_lines[0].startswith(f"GET {image_server.base}/img/2.jpg ")  # no credentials in it
 
@@ -162,7 +162,7 @@ def test_the_deadline_fires_through_a_trickling_proxy(image_server, proxy, proxy
     try:
         t0 = time.monotonic()
         with pytest.raises(FetchError, match=re.escape(http_fetch.DEADLINE)):
-            fetch(f"{image_server.base}/trickle/1.jpg", FetchLimits(timeout=1.5))
+            fetch(f"{image_server.base}/trickle/1.jpg", FetchLimits(allow_private=True, timeout=1.5))
         elapsed = time.monotonic() - t0
     finally:
         image_server.trickle_s = 0.5
@@ -180,7 +180,7 @@ def test_the_deadline_covers_a_silent_proxy(proxy_env):
         for url in ("http://images.test/x.jpg", "https://images.test/x.jpg"):
             t0 = time.monotonic()
             with pytest.raises(FetchError, match=re.escape(http_fetch.DEADLINE)):
-                fetch(url, FetchLimits(timeout=1))
+                fetch(url, FetchLimits(allow_private=True, timeout=1))
             assert time.monotonic() - t0 < 2.5, url
     finally:
         listener.close()
@@ -189,18 +189,18 @@ def test_the_deadline_covers_a_silent_proxy(proxy_env):
 def test_max_bytes_applies_through_the_proxy(image_server, proxy, proxy_env):
     proxy_env(http_proxy=proxy.url)
     with pytest.raises(FetchError, match="more than 1048576 bytes"):
-        fetch(f"{image_server.base}/huge/1.jpg", FetchLimits(timeout=10, max_bytes=1 << 20))
+        fetch(f"{image_server.base}/huge/1.jpg", FetchLimits(allow_private=True, timeout=10, max_bytes=1 << 20))
     with pytest.raises(FetchError, match="Content-Length 1000000000000"):
-        fetch(f"{image_server.base}/hugelen/1.jpg", FetchLimits(timeout=3))
+        fetch(f"{image_server.base}/hugelen/1.jpg", FetchLimits(allow_private=True, timeout=3))
 
 
 def test_deny_private_allows_the_proxy_but_not_a_private_target(proxy, proxy_env, monkeypatch):
     """Only 127.0.0.1 counts as private here: the proxy on it is used, a target on it is refused."""
     inner, server = start_server("127.0.0.2")
     try:
-        monkeypatch.setattr(http_fetch, "refused_ip", lambda ip: str(ip) == "127.0.0.1")
+        monkeypatch.setattr(http_fetch, "refused_ip", lambda ip: "stub" if str(ip) == "127.0.0.1" else None)
         proxy_env(http_proxy=proxy.url)
-        limits = FetchLimits(timeout=3, deny_private=True)
+        limits = FetchLimits(timeout=3)
         assert fetch(f"{inner.base}/img/2.jpg", limits) == jpeg(2)
         assert len(proxy.request_lines) == 1
         with pytest.raises(FetchError, match=re.escape(http_fetch.PRIVATE)):
@@ -225,7 +225,7 @@ def test_deny_private_passes_on_a_name_only_the_proxy_resolves(image_server, pro
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     proxy_env(http_proxy=proxy.url)
-    assert fetch(f"http://images.internal:{port}/img/6.jpg", FetchLimits(timeout=3, deny_private=True)) == jpeg(6)
+    assert fetch(f"http://images.internal:{port}/img/6.jpg", FetchLimits(timeout=3)) == jpeg(6)
     assert proxy.request_lines == [f"GET http://images.internal:{port}/img/6.jpg HTTP/1.1"]
 
 
@@ -247,7 +247,7 @@ def test_deny_private_target_lookup_that_hangs_is_cut_at_the_deadline(image_serv
     proxy_env(http_proxy=proxy.url)
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="resolving slow-dns.internal"):
-        fetch(f"http://slow-dns.internal:{port}/img/6.jpg", FetchLimits(timeout=1, deny_private=True))
+        fetch(f"http://slow-dns.internal:{port}/img/6.jpg", FetchLimits(timeout=1))
     assert time.monotonic() - t0 < 2.0
     assert proxy.request_lines == []  # the proxy was never asked
 
@@ -258,18 +258,18 @@ def test_https_goes_through_a_connect_tunnel(tls_server, proxy, proxy_env, monke
     proxy.names["images.test"] = ("127.0.0.1", int(port))
     monkeypatch.setattr(http_fetch, "_SSL_CONTEXT", ssl.create_default_context(cafile=tls_server.cafile))
     n = len(tls_server.requests)
-    assert fetch(f"{tls_server.base}/img/5.jpg", FetchLimits(timeout=5)) == jpeg(5)
+    assert fetch(f"{tls_server.base}/img/5.jpg", FetchLimits(allow_private=True, timeout=5)) == jpeg(5)
     assert proxy.request_lines == [f"CONNECT 127.0.0.1:{port} HTTP/1.0"]
     assert proxy.headers[0]["proxy-authorization"] == "Basic " + base64.b64encode(b"bob:secret").decode()
     assert tls_server.requests[n:] == ["/img/5.jpg"]  # the origin gets the path, not the absolute URI
     # the certificate is for 127.0.0.1: a tunnel to another name fails verification against that name
     with pytest.raises(ssl.SSLCertVerificationError, match="images.test"):
-        fetch(f"https://images.test:{port}/img/5.jpg", FetchLimits(timeout=5))
+        fetch(f"https://images.test:{port}/img/5.jpg", FetchLimits(allow_private=True, timeout=5))
     tls_server.trickle_s = 0.2
     try:
         t0 = time.monotonic()
         with pytest.raises(FetchError, match=re.escape(http_fetch.DEADLINE)):
-            fetch(f"{tls_server.base}/trickle/1.jpg", FetchLimits(timeout=1.5))
+            fetch(f"{tls_server.base}/trickle/1.jpg", FetchLimits(allow_private=True, timeout=1.5))
         assert time.monotonic() - t0 < 3.0
     finally:
         tls_server.trickle_s = 0.5
@@ -287,7 +287,7 @@ def test_an_ipv6_literal_target_is_bracketed_in_connect(tls_server, proxy, proxy
     unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
     monkeypatch.setattr(http_fetch, "_SSL_CONTEXT", unverified)
     n = len(tls_server.requests)
-    assert fetch(f"https://[::1]:{port}/img/7.jpg", FetchLimits(timeout=5)) == jpeg(7)
+    assert fetch(f"https://[::1]:{port}/img/7.jpg", FetchLimits(allow_private=True, timeout=5)) == jpeg(7)
     assert proxy.request_lines == [f"CONNECT [::1]:{port} HTTP/1.0"]
     assert tls_server.requests[n:] == ["/img/7.jpg"]
 
@@ -306,7 +306,7 @@ def test_a_refused_tunnel_is_a_failure_with_the_proxys_status(proxy_env):
     try:
         proxy_env(https_proxy=f"http://127.0.0.1:{listener.getsockname()[1]}")
         with pytest.raises(OSError, match="Tunnel connection failed: 407"):
-            fetch("https://images.test/x.jpg", FetchLimits(timeout=3))
+            fetch("https://images.test/x.jpg", FetchLimits(allow_private=True, timeout=3))
     finally:
         listener.close()
 

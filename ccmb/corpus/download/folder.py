@@ -20,9 +20,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__, atomic, shards
-from . import ingest
-from ..types import PathLike
+from ... import __version__, atomic, outdir, shards
+from ...types import PathLike
+from .. import ingest
+from .report import format_report, refusal_counts
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ STATUS_FAILED_INPUT = shards.STATUS_FAILED_INPUT
 RETRYABLE = ("failed_to_download", "failed_to_resize")
 ORIG_KEY_COLUMN = "ccmb_orig_key"
 #: Fields of img2dataset's rows that are not sample metadata.
-_DROP_META = {"status", "error_message", "sha256", "md5", "sha512", ORIG_KEY_COLUMN, *ingest.INTERNAL_COLUMNS}
+_DROP_META = {"status", "error_message", "sha256", "sha512", ORIG_KEY_COLUMN, *ingest.INTERNAL_COLUMNS}
 SHARD_FILE_RE = re.compile(r"^(\d{5,})(\.tar|\.parquet|_stats\.json)$")
 #: How many refused input lines the summary names.
 REFUSED_EXAMPLES = 5
@@ -73,6 +74,9 @@ class DownloadSummary:
     recovered: int = 0
     refused_total: int = 0  # input lines refused before download (malformed, bad URL, duplicate ...)
     refused_examples: List[str] = field(default_factory=list)  # the first few, as "file:line: reason"
+    refusals: Dict[str, Dict[str, int]] = field(default_factory=dict)  # category -> reason -> rows (report.py)
+    pacing: Dict[str, Any] = field(default_factory=dict)  # what per-host pacing did (report.merge_pacing)
+    policy: Dict[str, Any] = field(default_factory=dict)  # the run's identity, robots, limits (CrawlPolicy)
 
     @property
     def failed(self) -> int:
@@ -114,15 +118,32 @@ class DownloadSummary:
                          f"{Path(self.output_dir) / STATE_DIR / REFUSED_FILE} and, as failed_input rows, in the "
                          f"shards' parquet):")
             lines.extend(f"    {e}" for e in self.refused_examples)
+        if self.refusals or self.pacing or self.policy:
+            totals = {c: sum(r.values()) for c, r in self.refusals.items()}
+            lines.extend("  " + line for line in format_report({"refusals": totals, "refusal_reasons": self.refusals,
+                                                                "pacing": self.pacing, "policy": self.policy}))
         if self.retried:
             lines.append(f"  retried         {self.retried} failed rows, {self.recovered} recovered")
         lines.append(f"  this run        {self.new_successes} new images in {self.elapsed_s:.1f}s "
                      f"({self.images_per_s:.1f} images/s)")
         if not self.complete:
             lines.append("  INCOMPLETE: run the same command again to resume")
+        elif not self.successes:
+            lines.append("  NO IMAGE was stored: the shard set is not finalized (see the reasons above)")
         return "\n".join(lines)
 
 # ------------------------------------------------------------------------------- output folder
+
+def looks_like_download(folder: Path) -> bool:
+    """A folder an earlier ccmb download made (before the owner marker): its state file, or shard stats with
+    ccmb's record in them."""
+    if (folder / STATE_DIR / "state.json").is_file():
+        return True
+    for p in folder.glob("[0-9]*_stats.json"):
+        doc = read_json(p)
+        return bool(doc and ("ccmb" in doc or "ccmb_version" in doc))
+    return False
+
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
@@ -149,7 +170,7 @@ def tidy_output(output_dir: Path) -> List[str]:
         m = SHARD_FILE_RE.match(p.name)
         if m:
             groups[m.group(1)][m.group(2)] = p
-        elif p.suffix == ".json":
+        elif p.suffix == ".json" and p.name != outdir.OWNER_FILE:
             raise DownloadError(f"{p}: unexpected JSON file in the output folder (img2dataset's resume reads "
                                 f"every *.json there as a shard's stats); move it away")
     finished = []
@@ -232,11 +253,14 @@ def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
     reasons = Counter(str(e or s) for s, e in zip(status, t.column("error_message").to_pylist())
                       if s != shards.STATUS_SUCCESS)
     counts = Counter(status)
+    messages = Counter(str(e) for s, e in zip(status, t.column("error_message").to_pylist())
+                       if s != shards.STATUS_SUCCESS and e)
     tar = output_dir / f"{name}.tar"
     entry = {"samples": counts[shards.STATUS_SUCCESS], "bytes": tar.stat().st_size, "sha256": shards.sha256_file(tar)}
     stats.update(count=len(status), successes=counts[shards.STATUS_SUCCESS],
                  failed_to_download=counts["failed_to_download"], failed_to_resize=counts["failed_to_resize"],
                  failed_input=counts[STATUS_FAILED_INPUT], status_dict=dict(reasons), ccmb_version=__version__,
+                 refusals=refusal_counts(messages),
                  ccmb={"tar": entry, "parquet": shards.parquet_entry(output_dir / f"{name}.parquet", len(status)),
                        "format_version": shards.FORMAT_VERSION})
     atomic.write_json(stats_path, stats)
@@ -270,7 +294,7 @@ def failure_reason(error: Optional[str]) -> str:
         return "redirect loop"
     if "CV_IO_MAX_IMAGE_PIXELS" in text:
         return "image too large (decompression bomb guard)"
-    if "X-Robots-Tag" in text:
-        return "disallowed by X-Robots-Tag"
+    if text.startswith(("robots_", "opted out by", "host_paced_out", "blocklisted")):
+        return text.split(" (", 1)[0]
     return ingest.reason_class(text.splitlines()[0] if text else text)
 

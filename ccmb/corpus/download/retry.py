@@ -16,17 +16,21 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401
 import pyarrow.parquet as pq
 
-from .. import atomic, shards
-from . import ingest
-from .dl_folder import (ORIG_KEY_COLUMN, RETRYABLE, STATE_DIR, CcmbShardWriter, PathLike, clean_meta,
+from ... import atomic, shards
+from .. import ingest
+from .folder import (ORIG_KEY_COLUMN, RETRYABLE, STATE_DIR, CcmbShardWriter, PathLike, clean_meta,
                         extra_columns, failure_row, read_json, read_table)
-from .dl_img2dataset import Options, run_img2dataset
+from .glue import Options, run_img2dataset
+from .grouping import ShardLanes, group_by_host
+from .report import FINAL_CATEGORIES
 
 logger = logging.getLogger(__name__)
 
-def retry_failed(output_dir: PathLike, opt: Options) -> tuple:
+def retry_failed(output_dir: PathLike, opt: Options, host_groups: int = 0) -> tuple:
     """Download again the failed rows of finished shards and merge the successes under their keys.
 
+    Refusals that a second request would meet again (robots.txt rules, opt-outs, private addresses, the
+    blocklist) are not retried. The rows are grouped by host like the first run (``host_groups``).
     Returns (rows retried, rows recovered).
     """
     output_dir = Path(output_dir)
@@ -40,7 +44,11 @@ def retry_failed(output_dir: PathLike, opt: Options) -> tuple:
             if c not in extra:
                 extra.append(c)
         mask = pa.compute.is_in(table.column("status"), pa.array(list(RETRYABLE)))
-        failed_rows.extend(table.filter(mask).to_pylist())
+        final = pa.compute.fill_null(pa.compute.starts_with(table.column("error_message"), FINAL_CATEGORIES[0]), False)
+        for prefix in FINAL_CATEGORIES[1:]:
+            final = pa.compute.or_(final, pa.compute.fill_null(
+                pa.compute.starts_with(table.column("error_message"), prefix), False))
+        failed_rows.extend(table.filter(pa.compute.and_(mask, pa.compute.invert(final))).to_pylist())
     if not failed_rows:
         logger.info("retry-failed: no failed rows to retry")
         return 0, 0
@@ -51,8 +59,13 @@ def retry_failed(output_dir: PathLike, opt: Options) -> tuple:
     table = pa.Table.from_pydict({c: pa.array(v, pa.string()) for c, v in data.items()})
     with atomic.atomic_open(work / "input" / "part-00000.parquet", "wb") as fh:
         pq.write_table(table, fh)
+    lanes = None
+    if host_groups:
+        _, groups = group_by_host([work / "input" / "part-00000.parquet"], work / "input", host_groups,
+                                  opt.samples_per_shard)
+        lanes = ShardLanes(tuple(groups))
     logger.warning("retry-failed: downloading %d failed rows again", len(failed_rows))
-    run_img2dataset(work / "input", work / "out", columns, opt, retry=True)
+    run_img2dataset(work / "input", work / "out", columns, opt, retry=True, lanes=lanes)
 
     # orig key -> retry outcome (row) and sample location
     outcome: Dict[str, Dict[str, Any]] = {}

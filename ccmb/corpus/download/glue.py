@@ -1,15 +1,18 @@
-"""img2dataset glue: the classes swapped into ``img2dataset.main`` for a call, and our process pool.
+"""img2dataset glue: what is swapped into ``img2dataset.main`` for a call, and our distributors.
 
 For the duration of :func:`run_img2dataset`, ``img2dataset.main`` uses:
 
-* ``CcmbDownloader`` -- img2dataset's shard downloader with our guarded fetch
-  (:mod:`ccmb.corpus.http_fetch`: per-request deadline, size cap, http(s)-only redirects, optional
-  private-address refusal) in place of its urllib one, a stop on a full disk, and :func:`finish_shard`
-  in the same worker;
-* ``CcmbSampleWriter`` -- writes the ccmb format directly (``sha256`` of the stored bytes, refused
-  rows as ``failed_input``); on ENOSPC it stops writing and the shard ends with :class:`DiskFullError`;
-* ``CcmbLoggerProcess`` -- img2dataset's progress logger;
-* :func:`pool_distributor` instead of img2dataset's ``multiprocessing_distributor``.
+* :class:`ccmb.corpus.download.shard.ShardDownloader` as its ``Downloader`` -- our shard loop (robots.txt,
+  opt-outs, per-host pacing, the guarded fetch, the memory-bounded decoder, hashes, blocklist);
+* ``CcmbSampleWriter`` -- writes the ccmb format directly (refused rows as ``failed_input``); on ENOSPC it
+  stops writing and the shard ends with :class:`DiskFull`;
+* ``CcmbLoggerProcess`` -- img2dataset's progress logger, which exits with its parent;
+* a quiet ``Reader`` (no line per input part), and an output filesystem whose ``*.json`` listing holds only
+  shard stats (img2dataset reads every ``*.json`` of the folder as a finished shard; the folder also holds
+  ccmb's owner marker);
+* :func:`pool_distributor` / :func:`spark_distributor` instead of img2dataset's distributors: both run at most
+  one shard of a host group at a time (:mod:`ccmb.corpus.download.grouping`), so each host is downloaded by
+  one worker and its pacing holds across the whole run.
 
 Why our own pool: img2dataset's ``Pool(maxtasksperchild=5)`` ends with ``terminate()``; any worker
 killed while it holds the pool's queue lock (as the parent-death signal we used to set did, when the
@@ -31,8 +34,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -41,7 +42,7 @@ import signal
 import sys
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -53,10 +54,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pyarrow as pa  # noqa: E402
 
-from .. import shards  # noqa: E402
-from ..images import MAX_IMAGE_PIXELS  # noqa: E402
-from . import http_fetch, ingest  # noqa: E402
-from .dl_folder import STATUS_FAILED_INPUT, finish_shard, is_disk_full  # noqa: E402
+from ... import shards  # noqa: E402
+from ...images import MAX_IMAGE_PIXELS  # noqa: E402
+from .. import ingest  # noqa: E402
+from .decode import DEFAULT_BUDGET_MB  # noqa: E402
+from .folder import SHARD_FILE_RE, STATUS_FAILED_INPUT, is_disk_full  # noqa: E402
+from .grouping import ShardLanes  # noqa: E402
+from .policy import CrawlPolicy  # noqa: E402
+from .shard import DiskFull, DiskFullError, RetryShardDownloader, ShardDownloader  # noqa: E402
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
@@ -66,16 +71,8 @@ logger = logging.getLogger(__name__)
 #: (bounds leaks in long runs, like img2dataset's maxtasksperchild=5).
 SHARDS_PER_POOL = 5
 PARENT_POLL_S = 0.2
-#: The reason of rows skipped once the disk of a shard is full (never stored: the shard is not finished).
-SKIPPED_DISK_FULL = "skipped: disk full"
 
 
-class DiskFullError(Exception):
-    """A worker could not write its shard: no space left on the device (message: the OS error)."""
-
-
-class _DiskFull(BaseException):
-    """Raised inside img2dataset's shard code: a BaseException passes its ``except Exception`` blocks."""
 
 
 # --------------------------------------------------------------------------------- orphan watch
@@ -144,95 +141,7 @@ def _remove_wandb_staging_dirs() -> None:
             pass
 
 
-# --------------------------------------------------------------------------------- the fetch
-
-_USER_AGENT = "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:72.0) Gecko/20100101 Firefox/72.0"
-_STOP = threading.Event()  # set in a worker once its disk is full: remaining rows are skipped at once
-
-
-def guarded_download_image(row, timeout, user_agent_token, disallowed_header_directives, *,
-                           limits: http_fetch.FetchLimits):
-    """Drop-in for ``img2dataset.downloader.download_image``: (key, BytesIO or None, error or None)."""
-    from img2dataset.downloader import is_disallowed
-
-    key, url = row
-    if _STOP.is_set():
-        return key, None, SKIPPED_DISK_FULL
-    agent = _USER_AGENT
-    if user_agent_token:
-        agent += f" (compatible; {user_agent_token}; +https://github.com/rom1504/img2dataset)"
-
-    def robots(headers) -> Optional[str]:
-        if disallowed_header_directives and is_disallowed(headers, user_agent_token, disallowed_header_directives):
-            return "Use of image disallowed by X-Robots-Tag directive"
-        return None
-
-    try:
-        if url[:7].lower() == "file://":  # only reaches here when ingest allowed it (--allow-file-urls)
-            return key, io.BytesIO(_read_local(url, limits.max_bytes)), None
-        data = http_fetch.fetch(url, http_fetch.FetchLimits(timeout=timeout, max_bytes=limits.max_bytes,
-                                                             deny_private=limits.deny_private),
-                                headers={"User-Agent": agent}, check_headers=robots)
-        return key, io.BytesIO(data), None
-    except Exception as err:  # every failure is the row's reason
-        return key, None, str(err) or type(err).__name__
-
-
-def _read_local(url: str, max_bytes: int) -> bytes:
-    from urllib.parse import urlsplit
-    from urllib.request import url2pathname
-
-    path = url2pathname(urlsplit(url).path)
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise http_fetch.FetchError(f"{http_fetch.TOO_LARGE} (more than {max_bytes} bytes)")
-    return data
-
-
 # --------------------------------------------------------------------------------- the classes
-
-def _downloader_class():
-    import img2dataset.downloader as i2d_downloader
-    from img2dataset.downloader import Downloader
-
-    class CcmbDownloader(Downloader):
-        """img2dataset's shard downloader with the guarded fetch, then :func:`finish_shard` in the worker."""
-
-        normalize = True
-
-        def __init__(self, *args, fetch_limits: Optional[http_fetch.FetchLimits] = None, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.fetch_limits = fetch_limits or http_fetch.FetchLimits()
-
-        def __call__(self, row):
-            watch_parent()
-            i2d_downloader.download_image = functools.partial(guarded_download_image, limits=self.fetch_limits)
-            try:
-                ok, row = super().__call__(row)
-            except _DiskFull as exc:
-                raise DiskFullError(str(exc)) from None
-            if ok and self.normalize:
-                try:
-                    finish_shard(self.output_folder, row[0])
-                except OSError as exc:
-                    if is_disk_full(exc):
-                        raise DiskFullError(str(exc)) from None
-                    logging.getLogger(__name__).exception("finishing shard %s failed", row[0])
-                except Exception:  # the driver's pass finishes it again and raises there
-                    logging.getLogger(__name__).exception("finishing shard %s failed", row[0])
-            return ok, row
-
-        def download_shard(self, row):
-            try:
-                super().download_shard(row)
-            except OSError as exc:  # e.g. img2dataset's write_stats
-                if is_disk_full(exc):
-                    raise _DiskFull(f"{exc.strerror or exc} ({exc.filename or self.output_folder})") from None
-                raise
-
-    return CcmbDownloader
-
 
 def _sample_writer_class():
     from img2dataset.writer import WebDatasetSampleWriter
@@ -240,12 +149,12 @@ def _sample_writer_class():
     internal = set(ingest.INTERNAL_COLUMNS)
 
     class CcmbSampleWriter(WebDatasetSampleWriter):
-        """img2dataset's webdataset writer, writing the ccmb format directly: ``sha256`` of the stored
-        bytes, rows refused before download as ``failed_input`` with their reason and original URL,
-        JSON members without img2dataset's status fields and our internal columns.
+        """img2dataset's webdataset writer, writing the ccmb format directly: rows refused before download as
+        ``failed_input`` with their reason and original URL, JSON members without img2dataset's status
+        fields and our internal columns.
 
-        On ENOSPC it stops writing (no traceback per row), makes the worker skip its remaining rows,
-        and :meth:`close` ends the shard with :class:`_DiskFull` (the shard stays unfinished)."""
+        On ENOSPC it stops writing (no traceback per row) and sets ``disk_full`` (the shard loop stops), and
+        :meth:`close` ends the shard with :class:`DiskFull` (the shard stays unfinished)."""
 
         def __init__(self, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format):
             schema = pa.schema([f for f in schema if f.name not in internal])
@@ -262,7 +171,6 @@ def _sample_writer_class():
                             url=meta.get(ingest.INPUT_URL_COLUMN))
             try:
                 if img_str is not None:
-                    meta["sha256"] = hashlib.sha256(img_str).hexdigest()
                     sample = {"__key__": key, self.encode_format: img_str,
                               "json": json.dumps({k: v for k, v in meta.items()
                                                   if k not in internal and k not in ("status", "error_message")},
@@ -275,7 +183,6 @@ def _sample_writer_class():
                 if not is_disk_full(exc):
                     raise
                 self.disk_full = exc
-                _STOP.set()
 
         def close(self):
             try:
@@ -286,7 +193,7 @@ def _sample_writer_class():
                 self.disk_full = self.disk_full or exc
             if self.disk_full is not None:
                 exc = self.disk_full
-                raise _DiskFull(f"{exc.strerror or exc} (writing shard {self._shard_id:05d} in {self._output_folder})")
+                raise DiskFull(f"{exc.strerror or exc} (writing shard {self._shard_id:05d} in {self._output_folder})")
 
     return CcmbSampleWriter
 
@@ -305,8 +212,11 @@ def _logger_class():
             super().start()
 
         def run(self):
+            import img2dataset.logger
+
             watch_parent()
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the driver ends it (no traceback)
+            img2dataset.logger.fsspec = _FsspecShim()  # lists shard stats only (this is a fresh process)
             super().run()
 
     return CcmbLoggerProcess
@@ -316,33 +226,100 @@ _CLASSES: Dict[str, Any] = {}
 
 
 def __getattr__(name: str):  # lazy: importing img2dataset (cv2, albumentations) is slow
-    if name in ("CcmbDownloader", "RetryDownloader", "CcmbLoggerProcess", "CcmbSampleWriter"):
+    if name in ("CcmbLoggerProcess", "CcmbSampleWriter", "QuietReader"):
         if not _CLASSES:
-            base = _downloader_class()
-            base.__module__ = __name__
-            base.__qualname__ = "CcmbDownloader"
-            retry = type("RetryDownloader", (base,), {"normalize": False, "__module__": __name__})
             log = _logger_class()
             log.__module__ = __name__
             log.__qualname__ = "CcmbLoggerProcess"
             writer = _sample_writer_class()
             writer.__module__ = __name__
             writer.__qualname__ = "CcmbSampleWriter"
-            _CLASSES.update(CcmbDownloader=base, RetryDownloader=retry, CcmbLoggerProcess=log,
-                            CcmbSampleWriter=writer)
+            reader = _reader_class()
+            reader.__module__ = __name__
+            reader.__qualname__ = "QuietReader"
+            _CLASSES.update(CcmbLoggerProcess=log, CcmbSampleWriter=writer, QuietReader=reader)
         return _CLASSES[name]
     raise AttributeError(name)
 
 
-# --------------------------------------------------------------------------------- the pool
+def _reader_class():
+    from img2dataset.reader import Reader
 
-def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shard_retry):
+    class QuietReader(Reader):
+        """img2dataset's reader without a printed line per input part (a grouped input has one part per shard)."""
+
+        def __iter__(self):
+            start = self.start_shard_id
+            for input_file in self.input_files:
+                shard_list, count = self._save_to_arrow(input_file, start)
+                yield from shard_list
+                start += count
+
+    return QuietReader
+
+
+class _ShardStatsFS:
+    """An fsspec filesystem whose ``glob("<folder>/*.json")`` lists only ``NNNNN_stats.json`` files (img2dataset
+    takes every ``*.json`` of the output folder for a finished shard's stats; ccmb's owner marker is one)."""
+
+    def __init__(self, fs) -> None:
+        self._fs = fs
+
+    def __getattr__(self, name: str):
+        return getattr(self._fs, name)
+
+    def glob(self, pattern: str, **kw):
+        found = self._fs.glob(pattern, **kw)
+        if pattern.endswith("/*.json"):
+            found = [f for f in found if SHARD_FILE_RE.match(f.rsplit("/", 1)[-1] or "")
+                     and f.endswith("_stats.json")]
+        return found
+
+
+class _FsspecShim:
+    """Stands in for the ``fsspec`` module inside img2dataset's main and logger (``fsspec.core.url_to_fs``)."""
+
+    def __init__(self) -> None:
+        import fsspec
+
+        self._fsspec = fsspec
+        shim = self
+
+        class _Core:
+            def __getattr__(self, name: str):
+                return getattr(fsspec.core, name)
+
+            @staticmethod
+            def url_to_fs(url, **kw):
+                fs, path = fsspec.core.url_to_fs(url, **kw)
+                return _ShardStatsFS(fs), path
+
+        self.core = _Core()
+        del shim
+
+    def __getattr__(self, name: str):
+        return getattr(self._fsspec, name)
+
+
+# --------------------------------------------------------------------------------- the distributors
+
+def _lane_function(lanes: Optional[ShardLanes]):
+    """row (img2dataset's ``(shard_id, arrow_file)``) -> its host group; without groups every shard is its own."""
+    def lane_of(row) -> int:
+        shard_id = row[0] if isinstance(row, tuple) else row
+        return lanes.lane_of(shard_id) if lanes is not None else -1 - shard_id
+
+    return lane_of
+
+
+def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shard_retry, *,
+                     lanes: Optional[ShardLanes] = None):
     """img2dataset's distributor interface, on ``ProcessPoolExecutor`` pools that never kill a worker.
 
-    At most ``processes_count`` shards run at once; a pool takes ``SHARDS_PER_POOL * processes_count``
-    shards, then a fresh pool takes over while the old one drains. A worker that dies fails its
-    pool's running shards (retried once, as img2dataset does); :class:`DiskFullError` stops the run
-    (no new shard starts; running ones end) and is raised.
+    At most ``processes_count`` shards run at once, and at most one shard of a host group (``lanes``) at a
+    time; a pool takes ``SHARDS_PER_POOL * processes_count`` shards, then a fresh pool takes over while the
+    old one drains. A worker that dies fails its pool's running shards (retried once, as img2dataset does);
+    :class:`DiskFullError` stops the run (no new shard starts; running ones end) and is raised.
     """
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -352,6 +329,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
 
     ctx = multiprocessing.get_context("spawn")
     per_pool = SHARDS_PER_POOL * processes_count
+    lane_of = _lane_function(lanes)
 
     def run(shard_iter):
         failed: List[Any] = []
@@ -359,13 +337,35 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
         pool = None
         submitted = 0
         pending: Dict[Any, Any] = {}
+        busy: set = set()  # host groups with a shard running
+        waiting: List[Any] = []  # shards whose group is busy, in order
         stop: Optional[BaseException] = None
         it = iter(shard_iter)
         exhausted = False
         progress = tqdm(desc="shards", unit="shard", disable=None)
+
+        def next_row():
+            nonlocal exhausted
+            for k, row in enumerate(waiting):
+                if lane_of(row) not in busy:
+                    return waiting.pop(k)
+            while not exhausted and len(waiting) < 4 * processes_count + 16:
+                try:
+                    row = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                if lane_of(row) not in busy:
+                    return row
+                waiting.append(row)
+            return None
+
         try:
             while True:
-                while stop is None and not exhausted and len(pending) < processes_count:
+                while stop is None and len(pending) < processes_count:
+                    row = next_row()
+                    if row is None:
+                        break
                     if pool is None or submitted >= per_pool:
                         if pool is not None:
                             pool.shutdown(wait=False)  # its workers exit after their current shard
@@ -373,12 +373,8 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                         pools.append(pool)
                         submitted = 0
                     try:
-                        row = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    try:
                         pending[pool.submit(downloader, row)] = (row, pool)
+                        busy.add(lane_of(row))
                         submitted += 1
                     except BrokenProcessPool:
                         failed.append(row)
@@ -388,6 +384,7 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     row, owner = pending.pop(fut)
+                    busy.discard(lane_of(row))
                     progress.update(1)
                     try:
                         ok, _row = fut.result()
@@ -416,40 +413,87 @@ def pool_distributor(processes_count, downloader, reader, _subjob_size, max_shar
     retrier(run, failed_shards, max_shard_retry)
 
 
+def spark_distributor(processes_count, downloader, reader, subjob_size, max_shard_retry, *,
+                      lanes: Optional[ShardLanes] = None):
+    """img2dataset's pyspark distributor, by host group: one Spark task per group runs the group's shards one
+    after another (so a host is downloaded by one executor process at a time, and its pacing holds on the
+    cluster); groups go to Spark in batches of ``subjob_size`` shards. Uses the active Spark session."""
+    from img2dataset.distributor import retrier
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is None:
+        raise RuntimeError("no active Spark session (ccmb creates one before img2dataset runs)")
+    lane_of = _lane_function(lanes)
+
+    def run_lane(rows):
+        return [downloader(row) for row in rows]
+
+    def run(shard_iter):
+        failed: List[Any] = []
+        batch: Dict[int, List[Any]] = {}
+        count = 0
+
+        def flush() -> None:
+            groups = list(batch.values())
+            batch.clear()
+            if not groups:
+                return
+            rdd = spark.sparkContext.parallelize(groups, len(groups))
+            for status, row in rdd.flatMap(run_lane).collect():
+                if status is False:
+                    failed.append(row)
+
+        for row in shard_iter:
+            batch.setdefault(lane_of(row), []).append(row)
+            count += 1
+            if count % max(1, subjob_size) == 0:
+                flush()
+        flush()
+        return failed
+
+    failed_shards = run(reader)
+    retrier(run, failed_shards, max_shard_retry)
+
+
 # --------------------------------------------------------------------------------- the call
 
 @dataclass
 class Options:
+    """What one img2dataset call needs (the driver's side of the options)."""
+
     processes: int
     threads: int
     image_size: int
     resize_mode: str
-    timeout: int
-    retries: int
     samples_per_shard: int
     distributor: str
     encode_quality: int
-    user_agent_token: str
     spark_master: Optional[str]
-    max_bytes: int = http_fetch.DEFAULT_MAX_BYTES
-    deny_private: bool = False
+    policy: CrawlPolicy = field(default_factory=CrawlPolicy)
+    decode_budget_mb: int = DEFAULT_BUDGET_MB
 
 
-def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Options, retry: bool = False) -> None:
-    """One ``img2dataset.download`` call with our classes and pool (restored afterwards)."""
+def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Options, retry: bool = False,
+                    lanes: Optional[ShardLanes] = None) -> None:
+    """One ``img2dataset.download`` call with our classes and distributors (restored afterwards)."""
     import img2dataset
 
     i2d_main = sys.modules["img2dataset.main"]  # the package re-exports a function named ``main``
 
-    downloader_cls = __getattr__("RetryDownloader" if retry else "CcmbDownloader")
-    limits = http_fetch.FetchLimits(timeout=opt.timeout, max_bytes=opt.max_bytes, deny_private=opt.deny_private)
     spark_owned = None
     if opt.distributor == "pyspark":
-        spark_owned = _ensure_spark(opt)
-    patched = {"Downloader": functools.partial(downloader_cls, fetch_limits=limits),
+        spark_owned = ensure_spark(opt)
+    downloader = functools.partial(RetryShardDownloader if retry else ShardDownloader, policy=opt.policy,
+                                   image_size=opt.image_size, resize_mode=opt.resize_mode,
+                                   encode_quality=opt.encode_quality, decode_budget_mb=opt.decode_budget_mb)
+    patched = {"Downloader": downloader,
                "LoggerProcess": __getattr__("CcmbLoggerProcess"),
                "WebDatasetSampleWriter": __getattr__("CcmbSampleWriter"),
-               "multiprocessing_distributor": pool_distributor}
+               "Reader": __getattr__("QuietReader"),
+               "fsspec": _FsspecShim(),
+               "multiprocessing_distributor": functools.partial(pool_distributor, lanes=lanes),
+               "pyspark_distributor": functools.partial(spark_distributor, lanes=lanes)}
     saved = {k: getattr(i2d_main, k) for k in patched}
     old_sigint = signal.getsignal(signal.SIGINT)
     for k, v in patched.items():
@@ -459,11 +503,10 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
             url_list=str(url_list), output_folder=str(output), input_format="parquet", url_col="url",
             caption_col="caption", save_additional_columns=list(columns), output_format="webdataset",
             processes_count=opt.processes, thread_count=opt.threads, image_size=opt.image_size,
-            resize_mode=opt.resize_mode, encode_quality=opt.encode_quality, timeout=opt.timeout,
-            retries=opt.retries, number_sample_per_shard=opt.samples_per_shard, distributor=opt.distributor,
-            incremental_mode="incremental", extract_exif=False, compute_hash="sha256", enable_wandb=False,
-            oom_shard_count=shards.SHARD_DIGITS, user_agent_token=opt.user_agent_token,
-            disallowed_header_directives=None,  # None = img2dataset's default: noai, noimageai, noindex, noimageindex
+            resize_mode=opt.resize_mode, encode_quality=opt.encode_quality, timeout=opt.policy.timeout,
+            retries=0, number_sample_per_shard=opt.samples_per_shard, distributor=opt.distributor,
+            incremental_mode="incremental", extract_exif=False, compute_hash=None, enable_wandb=False,
+            oom_shard_count=shards.SHARD_DIGITS, user_agent_token=None, disallowed_header_directives=[],
             max_shard_retry=1,
         )
     except SystemExit:  # img2dataset's SIGINT handler exits with status 0: an interrupted run must not
@@ -480,14 +523,14 @@ def run_img2dataset(url_list: Path, output: Path, columns: List[str], opt: Optio
             spark_owned.stop()
 
 
-def _ensure_spark(opt: Options):
+def ensure_spark(opt: Options):
     """Create our Spark session before img2dataset asks for one (it reuses the active session).
 
     Returns the session when this call created it (and so must stop it), else None.
     """
     from pyspark.sql import SparkSession
 
-    from ..spark import get_spark_session
+    from ...spark import get_spark_session
 
     active = SparkSession.getActiveSession()
     if active is None:

@@ -8,16 +8,25 @@ Limits, all enforced while the response streams in, each failure a short reason 
   is read, a body without one is cut off at the cap: ``response larger than --max-bytes``;
 * **redirects only to http(s)** (``file:``, ``data:``, ``ftp:`` ... refused): ``redirect to non-http(s)
   URL``; at most :data:`MAX_REDIRECTS` hops: ``redirect loop``;
-* with ``deny_private`` (``--deny-private``), no connection to loopback, private, link-local, multicast
-  or reserved addresses, checked on the address actually connected to, at every hop (so also after a
-  redirect and a DNS answer that changes): ``private address refused``.
+* unless ``allow_private`` (``--allow-private``), no connection to an address that is not public unicast
+  (:mod:`ccmb.corpus.download.netguard`: every IANA special-purpose range, IPv4-mapped/NAT64/6to4 forms),
+  checked on the address actually connected to, at every hop (so also after a redirect and a DNS answer
+  that changes): ``private address refused``;
+* informational responses (``1xx``, e.g. ``103 Early Hints``) are skipped, the final response is read;
+* a response that is not 2xx fails as ``HTTP Error <status>: <reason>`` (:class:`HTTPStatusError`, which
+  carries the status and the parsed ``Retry-After``), with the server's text escaped
+  (:func:`ccmb.corpus.download.safetext.escape_controls`).
+
+``check_hop`` may refuse any URL of the redirect chain before it is requested, and
+``same_authority`` stops at a redirect to another scheme/host/port (:class:`CrossAuthorityRedirect`, so
+the caller can check robots.txt and pace the new host first).
 
 **Proxies** follow urllib's environment (``http_proxy``, ``https_proxy``, ``no_proxy`` and their upper-case
 forms; :func:`urllib.request.getproxies` / ``proxy_bypass_environment``), read once per process: an http
 target is requested from the proxy by absolute URI, an https target through a ``CONNECT`` tunnel (TLS and
 certificate checks end to end with the target); ``user:pass@`` in the proxy URL becomes a Basic
 ``Proxy-Authorization``. The deadline and the size cap apply unchanged (the watchdog holds the socket to
-the proxy). With ``deny_private`` the proxy's own address is allowed (corporate proxies often sit on
+the proxy). The private-address guard allows the proxy's own address (corporate proxies often sit on
 private addresses); the *target* host is resolved locally and refused if any of its addresses is refused
 (best effort: the proxy resolves it again itself, and a name that does not resolve locally is passed on).
 
@@ -28,6 +37,7 @@ whose deadline has passed, which wakes any blocked read at once. No content deco
 from __future__ import annotations
 
 import base64
+import email.utils
 import heapq
 import http.client
 import io
@@ -43,7 +53,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from .netguard import parse_ip, refused_ip
+from .safetext import escape_controls
+
 MAX_REDIRECTS = 10
+#: Informational (1xx) responses skipped before the final one; more fail the request.
+MAX_INTERIM = 8
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 CHUNK = 64 * 1024
 REDIRECT_CODES = (301, 302, 303, 307, 308)
@@ -61,22 +76,48 @@ class FetchError(Exception):
     """A request failed; ``str()`` is the reason stored for the row."""
 
 
+class HTTPStatusError(FetchError):
+    """The final response was not 2xx: ``status``, and ``retry_after`` (seconds) when the server sent one."""
+
+    def __init__(self, status: int, reason: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(f"HTTP Error {status}: {escape_controls(reason, 200)}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+class CrossAuthorityRedirect(Exception):
+    """With ``same_authority``: the server redirects to ``url`` on another scheme, host or port."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"redirect to {escape_controls(url, 200)}")
+        self.url = url
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     """Per-request limits (picklable: they travel to the download workers)."""
 
     timeout: float = 10.0  # wall-clock seconds for the whole request, redirects included
     max_bytes: int = DEFAULT_MAX_BYTES
-    deny_private: bool = False
+    allow_private: bool = False  # connect to loopback/private/special-purpose addresses too
 
 
-def refused_ip(ip: "ipaddress._BaseAddress") -> bool:
-    """True for addresses ``--deny-private`` refuses: loopback, private, link-local, multicast, reserved."""
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified)
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value[:12]))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # ----------------------------------------------------------------------------------- the watchdog
@@ -202,15 +243,16 @@ def _is_ip_literal(host: str) -> bool:
         return False
 
 
-def _connect(host: str, port: int, request: _Request, deny_private: bool,
+def _connect(host: str, port: int, request: _Request, allow_private: bool,
              source_address: Any = None) -> socket.socket:
     """Resolve ``host`` and connect to its first allowed address, within the request's deadline."""
     infos = resolve(host, port, request)
     last: Optional[BaseException] = None
-    refused = False
+    refused: Optional[str] = None
     for family, socktype, proto, _, addr in infos:
-        if deny_private and refused_ip(ipaddress.ip_address(addr[0].split("%")[0])):
-            refused = True
+        why = None if allow_private else refused_ip(parse_ip(addr[0]))
+        if why:
+            refused = refused or f"{addr[0]}: {why}"
             continue
         sock = socket.socket(family, socktype, proto)
         try:
@@ -229,18 +271,32 @@ def _connect(host: str, port: int, request: _Request, deny_private: bool,
     if last is not None:
         raise last
     if refused:
-        raise FetchError(f"{PRIVATE} ({host} resolves to a loopback/private/link-local address; --deny-private)")
+        raise FetchError(f"{PRIVATE} ({host} -> {refused}; --allow-private allows it)")
     raise OSError(f"getaddrinfo returned no address for {host}")
+
+
+class _Response(http.client.HTTPResponse):
+    """A response that skips informational (1xx) responses, such as ``103 Early Hints``, before the final one."""
+
+    def _read_status(self):  # type: ignore[override]
+        for _ in range(MAX_INTERIM + 1):
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim response's headers: discarded
+        raise FetchError(f"more than {MAX_INTERIM} informational (1xx) responses")
 
 
 def _connection_class(base: type) -> type:
     class Guarded(base):  # type: ignore[misc, valid-type]
-        def __init__(self, host: str, *, request: _Request, deny_private: bool, **kw: Any) -> None:
+        response_class = _Response
+
+        def __init__(self, host: str, *, request: _Request, allow_private: bool, **kw: Any) -> None:
             super().__init__(host, timeout=request.timeout, **kw)
             self._request = request
 
             def create_connection(address, timeout=None, source_address=None):
-                sock = _connect(address[0], address[1], request, deny_private, source_address)
+                sock = _connect(address[0], address[1], request, allow_private, source_address)
                 sock.settimeout(min(request.timeout, max(request.end - time.monotonic(), 0.001)))
                 return sock
 
@@ -326,29 +382,37 @@ def _proxy_for(scheme: str, netloc: str) -> Optional[_Proxy]:
 
 
 def _check_target_address(host: str, port: int, request: "_Request") -> None:
-    """``--deny-private`` through a proxy: refuse a target that resolves (here) to a refused address."""
+    """The guard through a proxy: refuse a target that resolves (here) to a refused address."""
     try:
         infos = resolve(host, port, request)
     except socket.gaierror:
         return  # not resolvable here (common behind an egress proxy): the proxy resolves it
     for *_, addr in infos:
-        if refused_ip(ipaddress.ip_address(addr[0].split("%")[0])):
-            raise FetchError(f"{PRIVATE} ({host} resolves to a loopback/private/link-local address; "
-                             "--deny-private)")
+        why = refused_ip(parse_ip(addr[0]))
+        if why:
+            raise FetchError(f"{PRIVATE} ({host} -> {addr[0]}: {why}; --allow-private allows it)")
 
 
 # ----------------------------------------------------------------------------------- the fetch
 
-def fetch(url: str, limits: FetchLimits, headers: Optional[dict] = None,
-          check_headers: Optional[Callable[[http.client.HTTPMessage], Optional[str]]] = None) -> bytes:
+HeaderCheck = Callable[[http.client.HTTPMessage], Optional[str]]
+
+
+def fetch(url: str, limits: FetchLimits, headers: Optional[dict] = None, check_headers: Optional[HeaderCheck] = None,
+          *, check_hop: Optional[Callable[[str], Optional[str]]] = None, max_redirects: int = MAX_REDIRECTS,
+          same_authority: bool = False, truncate_at: Optional[int] = None) -> bytes:
     """GET ``url`` (http or https) within ``limits``; returns the body, raises :class:`FetchError` or OSError.
 
-    ``check_headers`` may refuse the final response by its headers (returns a reason, or None).
+    ``check_headers`` may refuse the final response by its headers (returns a reason, or None);
+    ``check_hop`` may refuse a redirect target before it is requested (same). With ``same_authority`` a
+    redirect to another scheme/host/port raises :class:`CrossAuthorityRedirect` instead of being followed.
+    ``truncate_at`` returns the first that many bytes of a longer body instead of failing (robots.txt).
     """
     request = _Request(limits.timeout)
     _WATCHDOG.add(request)
     try:
-        return _fetch(url, limits, request, headers or {}, check_headers)
+        return _fetch(url, limits, request, headers or {}, check_headers, check_hop, max_redirects, same_authority,
+                      truncate_at)
     except (OSError, http.client.HTTPException) as exc:
         if request.expired or time.monotonic() >= request.end:
             raise FetchError(f"{DEADLINE} ({limits.timeout:g}s per request)") from exc
@@ -357,16 +421,30 @@ def fetch(url: str, limits: FetchLimits, headers: Optional[dict] = None,
         request.finish()
 
 
-def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
-           check_headers: Optional[Callable[[http.client.HTTPMessage], Optional[str]]]) -> bytes:
+def authority(parts) -> Tuple[str, str, int]:
+    """(scheme, host, port) of a split URL: what one robots.txt covers."""
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict, check_headers: Optional[HeaderCheck],
+           check_hop: Optional[Callable[[str], Optional[str]]], max_redirects: int, same_authority: bool,
+           truncate_at: Optional[int] = None) -> bytes:
     seen = set()
-    for _hop in range(MAX_REDIRECTS + 1):
+    first = authority(urlsplit(url))
+    for hop in range(max_redirects + 1):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise FetchError(f"unsupported URL scheme {scheme!r} (only http/https)")
         if not parts.hostname:
             raise FetchError("invalid URL: no host")
+        if hop:
+            if same_authority and authority(parts) != first:
+                raise CrossAuthorityRedirect(url)
+            reason = check_hop(url) if check_hop is not None else None
+            if reason:
+                raise FetchError(reason)
         seen.add(url)
         netloc = parts.netloc.rpartition("@")[2]
         cls = _HTTPSConnection if scheme == "https" else _HTTPConnection
@@ -377,11 +455,11 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
         extra = {}
         proxy = _proxy_for(scheme, netloc)
         if proxy is None:
-            conn = cls(netloc, request=request, deny_private=limits.deny_private, **kw)
+            conn = cls(netloc, request=request, allow_private=limits.allow_private, **kw)
         else:
-            if limits.deny_private:
+            if not limits.allow_private:
                 _check_target_address(parts.hostname, parts.port or (443 if scheme == "https" else 80), request)
-            conn = cls(proxy.netloc, request=request, deny_private=False, **kw)  # the proxy may be private
+            conn = cls(proxy.netloc, request=request, allow_private=True, **kw)  # the proxy may be private
             auth = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else {}
             if scheme == "https":
                 conn.set_tunnel(netloc, headers=auth)  # CONNECT; credentials go to the proxy only
@@ -396,22 +474,25 @@ def _fetch(url: str, limits: FetchLimits, request: _Request, headers: dict,
             if location is not None:
                 new = urljoin(url, location.strip())
                 if urlsplit(new).scheme.lower() not in ("http", "https"):
-                    raise FetchError(f"{BAD_REDIRECT} ({urlsplit(new).scheme or 'no'} scheme)")
+                    raise FetchError(f"{BAD_REDIRECT} ({escape_controls(urlsplit(new).scheme, 40) or 'no'} scheme)")
                 if new in seen:
                     raise FetchError(f"{REDIRECT_LOOP} (back to an earlier URL)")
                 url = new.split("#")[0]
                 continue
             if not 200 <= resp.status < 300:
-                raise FetchError(f"HTTP Error {resp.status}: {resp.reason}")
+                retry_after = None
+                if resp.status in (429, 503):
+                    retry_after = parse_retry_after(resp.getheader("Retry-After"))
+                raise HTTPStatusError(resp.status, resp.reason or "", retry_after)
             if check_headers is not None:
                 reason = check_headers(resp.msg)
                 if reason:
                     raise FetchError(reason)
-            return _read_body(resp, limits, request)
+            return _read_body(resp, limits, request, truncate_at)
         finally:
             conn.close()
             request.set_socket(None)
-    raise FetchError(f"{REDIRECT_LOOP} (more than {MAX_REDIRECTS} redirects)")
+    raise FetchError(f"{REDIRECT_LOOP} (more than {max_redirects} redirects)")
 
 
 def _quote(text: str) -> str:
@@ -421,7 +502,8 @@ def _quote(text: str) -> str:
     return quote(text, safe="!#$%&'()*+,/:;=?@[]~")
 
 
-def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request) -> bytes:
+def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Request,
+               truncate_at: Optional[int] = None) -> bytes:
     length = resp.getheader("Content-Length")
     expected: Optional[int] = None
     if length is not None:
@@ -429,7 +511,9 @@ def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Re
             expected = int(length.strip())
         except ValueError:
             expected = None
-        if expected is not None and expected > limits.max_bytes:
+        if truncate_at is not None:
+            expected = None if expected is None or expected > truncate_at else expected
+        elif expected is not None and expected > limits.max_bytes:
             raise FetchError(f"{TOO_LARGE} (Content-Length {expected} > {limits.max_bytes})")
     buf = io.BytesIO()
     size = 0
@@ -439,6 +523,9 @@ def _read_body(resp: http.client.HTTPResponse, limits: FetchLimits, request: _Re
         if not chunk:
             break
         size += len(chunk)
+        if truncate_at is not None and size >= truncate_at:
+            buf.write(chunk[: len(chunk) - (size - truncate_at)])
+            return buf.getvalue()
         if size > limits.max_bytes:
             raise FetchError(f"{TOO_LARGE} (more than {limits.max_bytes} bytes)")
         buf.write(chunk)

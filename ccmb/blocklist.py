@@ -1,0 +1,244 @@
+"""Hash, URL and domain blocklists: a takedown or opt-out list applied to a download or an existing corpus.
+
+A list file holds one entry per line (``#`` starts a comment; blank lines are skipped):
+
+* 32 hex digits: an **MD5**, 64 hex digits: a **SHA-256** of an image (``md5:``/``sha256:`` prefixes allowed);
+* ``http://`` or ``https://``: a **URL** (compared after normalising scheme and host case, default port and
+  fragment away);
+* anything else: a **domain** (``example.com``, ``*.example.com`` or ``.example.com``), which blocks that
+  host and every host under it (``domain:`` prefix allowed).
+
+Hashes are compared with a row's ``md5``/``sha256`` (the stored image) and ``original_md5`` (the image as
+downloaded) columns when present; URLs with ``url`` and ``page_url``; domains with their hosts. During
+``ccmb download`` the original bytes' MD5 and SHA-256 are checked too.
+
+:func:`blocked` is the pure step over Arrow data (any engine can apply it to its batches):
+``reasons = blocked(batch, blocklist)`` gives per row ``None`` or the reason (``"blocklisted (md5 ...)"``).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Union
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BLOCKLISTED = "blocklisted"
+#: Columns :func:`blocked` reads when present.
+HASH_COLUMNS = ("md5", "sha256", "original_md5")
+URL_COLUMNS = ("url", "page_url")
+#: Longest line accepted (a URL); longer lines are an error naming the line.
+MAX_LINE = 16384
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+#: The host of an absolute URL (Arrow regex: RE2 syntax).
+_HOST_RE = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#\[\]]*)"
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+class BlocklistError(ValueError):
+    """A blocklist file cannot be read; the message names the file and line."""
+
+
+def normalize_url(url: str) -> str:
+    """``url`` for exact comparison: scheme and host lower case, default port and fragment dropped."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port
+    except ValueError:
+        return url.strip()
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None or port == {"http": 80, "https": 443}.get(scheme) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def host_of(url: Optional[str]) -> str:
+    """The lower-case host of ``url`` ("" when it has none)."""
+    if not url:
+        return ""
+    try:
+        return (urlsplit(url.strip()).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    """The entries of one or more list files (:meth:`load`)."""
+
+    md5: FrozenSet[str] = frozenset()
+    sha256: FrozenSet[str] = frozenset()
+    urls: FrozenSet[str] = frozenset()
+    domains: FrozenSet[str] = frozenset()
+    sources: tuple = field(default=(), compare=False)
+    digest: str = ""  # SHA-256 of the sorted entries: identifies the list in a run's record
+
+    def __len__(self) -> int:
+        return len(self.md5) + len(self.sha256) + len(self.urls) + len(self.domains)
+
+    @classmethod
+    def load(cls, paths: Union[str, Path, Sequence[Union[str, Path]]]) -> "Blocklist":
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        md5, sha, urls, domains = set(), set(), set(), set()
+        for path in paths:
+            path = Path(path)
+            try:
+                fh = open(path, "rb")
+            except OSError as exc:
+                raise BlocklistError(f"{path}: cannot read the blocklist: {exc.strerror or exc}") from None
+            with fh:
+                for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE + 1), b""), 1):
+                    if len(raw) > MAX_LINE:
+                        raise BlocklistError(f"{path}:{lineno}: line longer than {MAX_LINE} bytes")
+                    try:
+                        line = raw.decode("utf-8").split("#", 1)[0].strip()
+                    except UnicodeDecodeError:
+                        raise BlocklistError(f"{path}:{lineno}: not UTF-8 text") from None
+                    if not line:
+                        continue
+                    kind, entry = _classify(line)
+                    if kind is None:
+                        raise BlocklistError(f"{path}:{lineno}: not an MD5, SHA-256, http(s) URL or domain: "
+                                             f"{line[:80]!r}")
+                    {"md5": md5, "sha256": sha, "url": urls, "domain": domains}[kind].add(entry)
+        h = hashlib.sha256()
+        for kind, entries in (("md5", md5), ("sha256", sha), ("url", urls), ("domain", domains)):
+            for e in sorted(entries):
+                h.update(f"{kind}:{e}\n".encode())
+        return cls(frozenset(md5), frozenset(sha), frozenset(urls), frozenset(domains),
+                   tuple(str(p) for p in paths), h.hexdigest())
+
+    def describe(self) -> dict:
+        """What the list holds (for a run's record)."""
+        return {"files": list(self.sources), "sha256": self.digest, "md5": len(self.md5), "sha256_hashes":
+                len(self.sha256), "urls": len(self.urls), "domains": len(self.domains)}
+
+    # -- single values (the download's per-row checks)
+    def match_url(self, url: Optional[str], what: str = "url") -> Optional[str]:
+        """The reason ``url`` is blocked (its URL or a domain above its host), or None."""
+        if not url or not (self.urls or self.domains):
+            return None
+        if self.urls and normalize_url(url) in self.urls:
+            return f"{BLOCKLISTED} ({what})"
+        domain = self.match_host(host_of(url))
+        return f"{BLOCKLISTED} (domain {domain} of the {what})" if domain else None
+
+    def match_host(self, host: str) -> Optional[str]:
+        """The listed domain ``host`` is in or under, or None."""
+        if not host or not self.domains:
+            return None
+        parts = host.lower().split(".")
+        for i in range(len(parts)):
+            candidate = ".".join(parts[i:])
+            if candidate in self.domains:
+                return candidate
+        return None
+
+    def match_bytes(self, data: bytes, what: str) -> Optional[str]:
+        """The reason image bytes are blocked by their MD5 or SHA-256, or None (hashes only when the list has some)."""
+        if self.md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() in self.md5:
+            return f"{BLOCKLISTED} (md5 of the {what})"
+        if self.sha256 and hashlib.sha256(data).hexdigest() in self.sha256:
+            return f"{BLOCKLISTED} (sha256 of the {what})"
+        return None
+
+    def match_hashes(self, md5: Optional[str] = None, sha256: Optional[str] = None, what: str = "image") -> Optional[str]:
+        if md5 and md5.lower() in self.md5:
+            return f"{BLOCKLISTED} (md5 of the {what})"
+        if sha256 and sha256.lower() in self.sha256:
+            return f"{BLOCKLISTED} (sha256 of the {what})"
+        return None
+
+
+def _classify(line: str):
+    low = line.lower()
+    prefix, colon, rest = low.partition(":")
+    if colon and prefix in ("md5", "sha256", "domain") and not rest.startswith("//"):
+        low = rest.strip()
+        kind = prefix
+    else:
+        kind = None
+    if kind in (None, "md5", "sha256") and _HEX.match(low) and len(low) in (32, 64):
+        found = "md5" if len(low) == 32 else "sha256"
+        return (found, low) if kind in (None, found) else (None, None)
+    if kind is None and low.startswith(("http://", "https://")):
+        return "url", normalize_url(line.strip())
+    if kind in (None, "domain"):
+        domain = low.lstrip("*").lstrip(".").rstrip(".")
+        if _DOMAIN.match(domain) and (kind == "domain" or "." in domain):
+            return "domain", domain
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------- the Arrow step
+
+def blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist) -> pa.Array:
+    """Per row of ``batch``, the reason it is blocked or null (a string array, same length).
+
+    Reads the columns of :data:`HASH_COLUMNS` and :data:`URL_COLUMNS` that ``batch`` has; pure (no I/O), so
+    the local and Spark engines apply it to their own batches. Rows match in this order: hashes, URLs,
+    domains (the first reason is given)."""
+    n = batch.num_rows
+    names = set(batch.schema.names)
+    reasons: List[Optional[str]] = [None] * n
+
+    def column(name: str):
+        col = batch.column(name)
+        return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+    def fill(mask: pa.Array, reason: str) -> None:
+        for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist():
+            if reasons[i] is None:
+                reasons[i] = reason
+
+    for name in HASH_COLUMNS:
+        if name not in names:
+            continue
+        values = pc.utf8_lower(pc.cast(column(name), pa.string()))
+        for kind, entries in (("md5", blocklist.md5), ("sha256", blocklist.sha256)):
+            if entries:
+                what = "original image" if name.startswith("original_") else "image"
+                fill(pc.is_in(values, value_set=pa.array(sorted(entries), pa.string())),
+                     f"{BLOCKLISTED} ({kind} of the {what})")
+    for name in URL_COLUMNS:
+        if name not in names:
+            continue
+        values = pc.cast(column(name), pa.string())
+        if blocklist.urls:
+            listed = [u for u in pc.unique(values).to_pylist() if u and normalize_url(u) in blocklist.urls]
+            if listed:
+                fill(pc.is_in(values, value_set=pa.array(listed, pa.string())), f"{BLOCKLISTED} ({name})")
+        if blocklist.domains:
+            hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(values, _HOST_RE), [0]))
+            by_domain = {}
+            for h in pc.unique(hosts).to_pylist():
+                domain = blocklist.match_host(h.rstrip(".")) if h else None
+                if domain:
+                    by_domain.setdefault(domain, []).append(h)
+            for domain, hs in sorted(by_domain.items()):
+                fill(pc.is_in(hosts, value_set=pa.array(hs, pa.string())),
+                     f"{BLOCKLISTED} (domain {domain} of the {name})")
+    return pa.array(reasons, pa.string())
+
+
+def drop_blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist):
+    """``(kept rows, counts by reason)``: :func:`blocked` applied as a filter."""
+    reasons = blocked(batch, blocklist)
+    keep = pc.is_null(reasons)
+    counts = {r["values"]: int(r["counts"]) for r in pc.value_counts(pc.drop_null(reasons)).to_pylist()}
+    return batch.filter(keep), counts
+
+
+def merge_counts(total: dict, counts: Iterable) -> dict:
+    """Add per-batch counts (from :func:`drop_blocked`) into ``total``."""
+    for reason, n in dict(counts).items():
+        total[reason] = total.get(reason, 0) + n
+    return total
