@@ -10,11 +10,12 @@ from curation_helpers import jpeg, rand_image
 from PIL import Image
 
 from ccmb.cli import main
-from ccmb.corpus import groups, minhash
-from ccmb.corpus.dedup import DedupConfig, dedup_samples, dedup_table
-from ccmb.corpus.phash import hamming, phash_bytes
-from ccmb.corpus.table import CurationError
-from ccmb.corpus.urlnorm import normalize_urls
+from ccmb.corpus.primitives import groups, minhash
+from ccmb.corpus.api import dedup_samples, dedup_table
+from ccmb.corpus.steps.levels import DedupConfig
+from ccmb.corpus.primitives.phash import hamming, phash_bytes
+from ccmb.corpus.tables.schema import CurationError
+from ccmb.corpus.primitives.urlnorm import normalize_urls
 
 
 def _by_key(table: pa.Table):
@@ -57,7 +58,7 @@ def test_levels_are_switchable(planted):
 
 def test_keep_tables_exclude_filtered_samples(planted, tmp_path):
     d, k = planted
-    from ccmb.corpus.filter import filter_samples
+    from ccmb.corpus.api import filter_samples
 
     # orig0 is filtered out (blocklist on its caption): its URL duplicates are then kept, the lowest of them
     filter_samples(d, tmp_path / "f.parquet", blocklist=["故宫"])
@@ -110,8 +111,6 @@ def test_phash_grouping_recall_is_exact_within_threshold():
 
 
 def _phash_nodes(values, threshold):
-    from ccmb.corpus.dedup import phash_reps  # noqa: F401  (same path as dedup)
-
     rows = np.arange(len(values))
     uniq, node = groups.unique_nodes(values, rows, len(values))
     edges = groups.candidate_edges(groups.phash_bands(uniq, threshold + 1),
@@ -190,20 +189,27 @@ def test_first_occurrence_fixed_is_exact_under_prefix_collisions():
     assert np.array_equal(got, ref)
 
 
-def test_keep_tables_with_other_rows_are_matched_by_key(planted, tmp_path):
+def test_keep_tables_are_matched_by_key_never_by_position(planted, tmp_path):
+    """A table re-sorted with pyarrow (and a key missing) decides the same rows as the original, by key."""
     d, k = planted
-    from ccmb.corpus.filter import FilterConfig, filter_table
-    from ccmb.corpus.table import prior_reasons, write_decisions
+    from ccmb.corpus.api import filter_table
+    from ccmb.corpus.steps.filter import FilterConfig
+    from ccmb.corpus.tables.writer import write_table
 
     full = filter_table(d, FilterConfig(blocklist=["故宫"]))
-    # a table with rows reversed and one key missing: looked up by key, not by position
+    write_table(tmp_path / "full.parquet", full, kind="filter", source=d)
+    meta = pq.read_metadata(tmp_path / "full.parquet").metadata
+    # reversed rows, the first key missing, the original's metadata kept (as a user's pyarrow rewrite does)
     part = full.slice(1).take(pa.array(list(range(full.num_rows - 2, -1, -1))))
-    write_decisions(tmp_path / "part.parquet", part)
-    write_decisions(tmp_path / "full.parquet", full)
-    keys = full.column("key")
-    assert prior_reasons(keys, [tmp_path / "full.parquet"]).to_pylist() == full.column("reason").to_pylist()
-    got = prior_reasons(keys, [tmp_path / "part.parquet"]).to_pylist()
-    assert got[0] == "not_in:part.parquet" and got[1:] == full.column("reason").to_pylist()[1:]
+    pq.write_table(part.replace_schema_metadata(meta), tmp_path / "part.parquet")
+    assert pq.read_table(tmp_path / "part.parquet").column("key").to_pylist() != sorted(part.column("key").to_pylist())
+    a = {r["key"]: r["reason"] for r in dedup_table(d, DedupConfig(levels=("url",)),
+                                                    keep_tables=[tmp_path / "full.parquet"]).to_pylist()}
+    b = {r["key"]: r["reason"] for r in dedup_table(d, DedupConfig(levels=("url",)),
+                                                    keep_tables=[tmp_path / "part.parquet"]).to_pylist()}
+    first = full.column("key")[0].as_py()
+    assert b.pop(first) == "not_in:part.parquet" and a.pop(first) == "blocklist"
+    assert a == b and "duplicate_url" in a.values()
 
 
 def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypatch):
@@ -222,7 +228,7 @@ def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypat
 
 
 def test_url_normal_form_keeps_parameters_that_only_start_like_tracking_ones():
-    from ccmb.corpus.urlnorm import normalize_urls
+    from ccmb.corpus.primitives.urlnorm import normalize_urls
 
     got = normalize_urls([
         "https://img.x.cn/p.jpg?spmid=7", "https://img.x.cn/p.jpg?id=7",
