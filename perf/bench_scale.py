@@ -1,7 +1,8 @@
 """Scaled curation simulation: the in-process engine vs Spark local mode at a fixed small driver memory.
 
 For each size (default 1M, 4M, 16M rows) a synthetic download folder (metadata only, the download parquet
-format, 250k rows per parquet: img2dataset keys, URLs on 200 CDN hosts, SHA-256, Chinese captions, sizes;
+format, 250k rows per parquet in completion order as ``ccmb download`` writes them: img2dataset keys, URLs on
+200 CDN hosts, SHA-256, Chinese captions, sizes;
 ~5% failures with null sha256/size as img2dataset writes them; 10% exact repeats of an earlier original row
 (same bytes and caption; half at a ``utm_`` variant of its URL, half at a mirror URL) and 3% near-duplicate
 captions (one character changed)) is curated by the ``ccmb`` CLI of this working tree, each step a fresh
@@ -52,7 +53,7 @@ CODE = ROOT
 ROWS_PER_FILE = 250_000
 LEVELS = ("url", "sha256", "caption")
 ALL_LEVELS = ("url", "sha256", "phash", "caption")
-GEN_VERSION = 2  # bump when make_part's output changes (the cache is keyed by it)
+GEN_VERSION = 3  # bump when make_part's output changes (the cache is keyed by it); 3: completion order
 REPEAT_SHARE, NEAR_SHARE, FAIL_SHARE = 0.10, 0.03, 0.05
 CJK_LO, CJK_HI = 0x4E00, 0x9FA5
 
@@ -98,7 +99,9 @@ def _sources(rng, n: int):
 def make_part(f: int, n: int, seed: int = 0):
     """Part ``f`` of a synthetic download folder (``n`` rows) as a table of ``ccmb.shards.PARQUET_SCHEMA``.
 
-    Depends only on (seed, f, n), so part f is the same in every folder of the seed. Fully vectorised.
+    Depends only on (seed, f, n), so part f is the same in every folder of the seed. Fully vectorised. Rows
+    are in *completion order* (a seeded permutation of the part's keys), as ``ccmb download`` writes them:
+    img2dataset appends a row when its download finishes.
     """
     import numpy as np
     import pyarrow as pa
@@ -149,8 +152,9 @@ def make_part(f: int, n: int, seed: int = 0):
     cols = {"key": keys, "url": url, "title": caption, "caption": caption, "width": w, "height": h,
             "original_width": w, "original_height": h, "sha256": pc.if_else(ok, sha, pa.scalar(None, pa.string())),
             "status": status, "error_message": err}
-    return pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
-                     zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
+    table = pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
+                      zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
+    return table.take(pa.array(np.random.default_rng([seed, f, 1]).permutation(n)))  # completion order
 
 
 def folder_for(work_dir: Path, rows: int, seed: int) -> Path:

@@ -15,6 +15,9 @@ from ..outdir import OutputFolderError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                              help="Where the metadata work runs: in-process (pyarrow/numpy) or on Spark.")
+MEMORY_OPTION = click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                             help="In-process engine: memory budget in GB; rows stream in batches and spill to "
+                                  "hash-partitioned buckets next to the output, so memory follows this, not the rows.")
 _MASTER = click.option("--spark-master", default=None,
                        help="Spark master for --engine spark (default $CCMB_SPARK_MASTER or local[*]).")
 _CONF = click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
@@ -46,7 +49,7 @@ def _spark(engine: str, master):
     if engine != "spark":
         return None
     from ..clikit import parse_key_values
-    from ..corpus.engines.spark import session
+    from ..corpus.api import spark_session as session
 
     master, conf = master if isinstance(master, tuple) else (master, ())
     return session(master, conf=parse_key_values(conf, "--spark-conf"))
@@ -80,11 +83,12 @@ def _echo_summary(summary) -> None:
               help="Keep the top P% of scored samples (ties at the threshold kept).")
 @click.option("--score-field", type=click.Choice(["score", "score_title", "score_content", "score_query"]),
               default="score", show_default=True, help="Which cosine the threshold applies to.")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_len, min_chinese_share, blocklist,
-               text_field, scores, min_score, keep_top_percent, score_field, engine, spark_master) -> None:
+               text_field, scores, min_score, keep_top_percent, score_field, memory_gb, engine, spark_master) -> None:
     """Filter a download folder by image size, aspect ratio, text length, Chinese share and a blocklist
     (and image-text agreement with --scores).
 
@@ -98,10 +102,12 @@ def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_le
         raise click.UsageError("--min-score / --keep-top-percent need --scores")
     summary = filter_samples(input_dir, output, min_side=min_side, max_ratio=max_ratio, min_text_len=min_text_len,
                              max_text_len=max_text_len, min_chinese_share=min_chinese_share, blocklist=blocklist,
-                             text_field=text_field, engine=engine, spark=_spark(engine, spark_master), progress=True)
+                             text_field=text_field, engine=engine, spark=_spark(engine, spark_master), progress=True,
+                             memory_gb=memory_gb)
     if scores:
         summary = apply_scores(output, scores, min_score=min_score, keep_top_percent=keep_top_percent,
-                               field=score_field, engine=engine, spark=_spark(engine, spark_master))
+                               field=score_field, engine=engine, spark=_spark(engine, spark_master),
+                               memory_gb=memory_gb)
         click.echo(f"{score_field} threshold {summary.threshold:.4f}")
     _echo_summary(summary)
 
@@ -140,9 +146,7 @@ def _level_options(fn):
               help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
                    "kept representative survives them.")
 @click.option("--workers", default=1, show_default=True, help="Processes of the in-process engine (pHash of the tars).")
-@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="In-process engine: memory budget in GB; rows stream in batches and spill to hash-partitioned "
-                   "buckets next to --output, so memory follows this, not the row count.")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
@@ -193,11 +197,13 @@ def dedup_cmd(input_dir, output, keep_tables, workers, memory_gb, engine, spark_
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Corpus text compared with the evaluation texts.")
 @click.option("--workers", default=1, show_default=True, help="Processes hashing tars (in-process engine).")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def decontaminate_cmd(input_dir, against, root, split, output, report_path, phash_threshold, caption_threshold,
-                      min_caption_chars, drop_caption_matches, text_field, workers, engine, spark_master) -> None:
+                      min_caption_chars, drop_caption_matches, text_field, workers, memory_gb, engine,
+                      spark_master) -> None:
     """Drop corpus samples whose image copies an image of the evaluation sets (reason eval_overlap).
 
     Exact bytes (sha256) and perceptual copies (pHash variants, robust to re-encoding, resizing, small
@@ -214,7 +220,8 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
                                    text_field=text_field, workers=workers, progress=True)
     try:
         summary, report = decontaminate(input_dir, names, root, output, split=split, report_path=report_path,
-                                        config=config, engine=engine, spark=_spark(engine, spark_master))
+                                        config=config, engine=engine, spark=_spark(engine, spark_master),
+                                        memory_gb=memory_gb)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in format_report(report):
@@ -236,8 +243,7 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 @click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
 @click.option("--workers", default=1, show_default=True, help="Processes of the in-process engine (writing shards, "
               "pHash of the default dedup).")
-@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="In-process engine: memory budget in GB (rows spill to buckets under OUTPUT/_build).")
+@MEMORY_OPTION
 @click.option("--allow-empty", is_flag=True, help="Write an empty shard set when every row is dropped (otherwise "
               "an error giving the drop counts).")
 @ENGINE_OPTION

@@ -68,6 +68,11 @@ def make_engine(kind: str, folder: DownloadFolder, near: PathLike, *, spark=None
     raise ValueError(f"engine must be one of {ENGINES}, got {kind!r}")
 
 
+def spark_session(master: Optional[str] = None, conf: Optional[Dict[str, Any]] = None):
+    """The Spark session of ``--engine spark`` (``--spark-master``, ``--spark-conf``)."""
+    return session(master, conf)
+
+
 def _collect_sorted(engine, ds) -> pa.Table:
     table = engine.collect(ds)
     return table.sort_by([("key", "ascending")]) if table.num_rows else table

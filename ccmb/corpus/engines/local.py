@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import resource
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -333,7 +334,6 @@ class LocalEngine:
                 for i, chain in enumerate(ds.chains):
                     for table in run_chain(chain):
                         yield i, table
-                    spill.trim_memory()
                     if bar is not None:
                         bar.update(1)
                 return
@@ -390,6 +390,8 @@ class LocalEngine:
                 if rows >= self.batch_rows:
                     flush()
         flush()
+        logger.debug("shuffle %s: %d rows into %d buckets (peak RSS %d MB)", desc or sp.name, sp.rows, buckets,
+                     peak_mb())
         files = tuple(str(f) for f in sp.files)
         chains = tuple(Chain(BucketPart(files, i, ds.schema), (fn,) if fn else ()) for i in range(buckets)
                        if sp.counts[i])
@@ -448,6 +450,7 @@ class LocalEngine:
                 w.close()
                 sink.close()
         chains = tuple(Chain(IpcPart(str(writers[i][2]), bucket_of(ds.chains[i]))) for i in sorted(writers))
+        logger.debug("cache %s: %d partitions (peak RSS %d MB)", desc or name, len(chains), peak_mb())
         return LocalDataset(chains, ds.schema, ds.partitioned_by, ds.buckets)
 
     def collect(self, ds: LocalDataset, desc: str = "") -> pa.Table:
@@ -525,6 +528,14 @@ class LocalEngine:
         except BaseException:
             writer.abort()
             raise
+
+
+def peak_mb() -> int:
+    """Peak resident memory of this process so far, in MB (0 where unknown)."""
+    try:
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    except OSError:
+        return 0
 
 
 def _identity(table: pa.Table) -> pa.Table:

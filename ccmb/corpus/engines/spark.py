@@ -17,13 +17,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 
-from ...spark import AUTO_SHUFFLE_FLAG
+from ...spark import AUTO_SHUFFLE_FLAG, get_spark_session
 from ...types import PathLike
 from ..tables import decisions
 from ..tables.dataflow import Fn, concat, conform
@@ -106,7 +109,6 @@ def _counts_task(batches):
 
 
 def _position_task(offsets, column: str, in_schema: pa.Schema, batches):
-    import numpy as np
     from pyspark import TaskContext
 
     at = offsets.get(TaskContext.get().partitionId(), 0)
@@ -294,11 +296,6 @@ def size_shuffle_partitions(spark, input_bytes: int) -> int:
 def session(master: Optional[str] = None, conf: Optional[dict] = None):
     """A Spark session for the curation commands (:func:`ccmb.spark.get_spark_session`); ``conf`` are Spark
     settings (``--spark-conf KEY=VALUE``)."""
-    import os
-    import sys
-
-    from ...spark import get_spark_session
-
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this interpreter (numpy, ccmb)
     return get_spark_session(master, app_name="ccmb-curation", conf=conf or None)
 

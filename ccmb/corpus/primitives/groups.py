@@ -68,26 +68,36 @@ def first_occurrence_u64(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def band_pairs(col: np.ndarray, max_pairs_per_step: int = 1 << 22) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Pairs (i, j), i != j, of positions with equal ``col`` values (one LSH band), in chunks.
 
-    Sort-based: equal values form runs; pairs are generated run-locally by increasing offset, so the
-    work is proportional to the number of candidate pairs, never to all pairs.
+    Sort-based: equal values form runs (values seen once, almost all, are dropped right after the sort);
+    pairs are generated run-locally by increasing offset, so the work is proportional to the number of
+    candidate pairs, never to all pairs.
     """
     m = len(col)
     if m < 2:
         return
-    order = np.argsort(col, kind="stable")
+    order = np.argsort(col)
     s = col[order]
-    new_run = np.concatenate([[True], s[1:] != s[:-1]])
+    same = s[1:] == s[:-1]
+    if not same.any():
+        return
+    repeated = np.zeros(m, bool)
+    repeated[:-1] |= same
+    repeated[1:] |= same
+    keep = np.flatnonzero(repeated)
+    order, s = order[keep], s[keep]
+    m = len(s)
+    new_run = np.empty(m, bool)
+    new_run[0] = True
+    np.not_equal(s[1:], s[:-1], out=new_run[1:])
     run_id = np.cumsum(new_run) - 1
     run_start = np.flatnonzero(new_run)
-    run_len = np.diff(np.concatenate([run_start, [m]]))
-    pos = np.arange(m)
-    remaining = run_len[run_id] - (pos - run_start[run_id]) - 1  # members after this one in its run
+    run_len = np.diff(np.append(run_start, m))
+    remaining = run_len[run_id] - (np.arange(m) - run_start[run_id]) - 1  # members after this one in its run
     cand = np.flatnonzero(remaining > 0)
     d = 1
     while len(cand):
-        i = cand
-        for lo in range(0, len(i), max_pairs_per_step):
-            part = i[lo: lo + max_pairs_per_step]
+        for lo in range(0, len(cand), max_pairs_per_step):
+            part = cand[lo: lo + max_pairs_per_step]
             yield order[part], order[part + d]
         d += 1
         cand = cand[remaining[cand] >= d]

@@ -12,6 +12,7 @@ finds values seen before (e.g. duplicate ImageKeys) with memory bounded by the b
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import shutil
@@ -70,8 +71,6 @@ def trim_memory() -> None:
     pa.default_memory_pool().release_unused()
     if _LIBC is None:
         try:
-            import ctypes
-
             _LIBC = ctypes.CDLL("libc.so.6")
             _LIBC.malloc_trim  # noqa: B018  (glibc only)
         except (OSError, AttributeError):

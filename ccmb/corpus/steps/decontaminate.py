@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ...datasets.registry import get_spec, load_dataset
+from ...images import ImageDecodeError
 from ...types import PathLike
 from ..primitives import minhash
 from ..primitives.columns import downloaded, primary_text, sha256_to_binary, text_columns
@@ -107,17 +109,12 @@ class EvalIndex:
 
 
 def default_split(name: str) -> str:
-    from ...datasets.registry import get_spec
-
     return get_spec(name).default_split
 
 
 def build_index(against: Sequence[str], root: PathLike, split: Optional[str] = None,
                 progress: bool = False) -> EvalIndex:
     """Index the evaluation sets ``against`` (registry names; ``name:split`` picks a split per set)."""
-    from ...datasets.registry import load_dataset
-    from ...images import ImageDecodeError
-
     index = EvalIndex()
     for entry in against:
         name, _, own_split = entry.partition(":")

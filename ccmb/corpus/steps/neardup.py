@@ -3,8 +3,8 @@
 The pipeline of the near-duplicate levels (caption, pHash; semdedup from its verified edges on):
 
 1. *nodes*: rows with equal values collapse to one node, named by its lowest key (shuffle by value);
-2. *items*: each node's LSH band values (a level function: MinHash bands, pHash bit bands);
-3. *candidates*: node pairs sharing a (band, bucket) (shuffle by it), each pair once (shuffle by the pair);
+2. *items*: each node's LSH band buckets (a level function: MinHash bands, pHash bit bands);
+3. *candidates*: node pairs sharing a bucket (shuffle by it), each pair once (shuffle by the pair);
 4. *verification*: both values joined to every candidate pair and the exact measure applied (a level
    function: n-gram Jaccard, pHash variant distance) - the index only proposes;
 5. *star groups* over the verified edges in key order (:func:`ccmb.corpus.primitives.groups.greedy_star_centres`,
@@ -21,12 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..primitives import groups
+from ..primitives.hashing import splitmix64
 from ..tables.dataflow import Fn
 from .exact import DROPS_SCHEMA
 
 PAIRS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 EDGES = pa.schema([("a", pa.int64()), ("b", pa.int64()), ("ka", pa.string()), ("kb", pa.string())])
-ITEMS = pa.schema([("node", pa.int64()), ("band", pa.int32()), ("bucket", pa.int64())])
+#: LSH items: a node and one of its band buckets (a 64-bit value that differs between bands).
+ITEMS = pa.schema([("node", pa.int64()), ("bucket", pa.int64())])
 CENTRES = pa.schema([("node", pa.int64()), ("node_key", pa.string()), ("centre", pa.int64()),
                      ("centre_key", pa.string())])
 
@@ -84,16 +86,10 @@ def pairs_sharing(run: np.ndarray, node: np.ndarray) -> tuple:
 
 
 def _band_pairs(t: pa.Table) -> pa.Table:
-    """One partition of items (every item of a (band, bucket) is here): the node pairs sharing one."""
+    """One partition of items (every item of a bucket is here): the node pairs sharing one."""
     if t.num_rows < 2:
         return PAIRS.empty_table()
-    band = t.column("band").to_numpy()
-    bucket = t.column("bucket").to_numpy()
-    order = np.lexsort((bucket, band))
-    band, bucket = band[order], bucket[order]
-    new = np.ones(len(order), bool)
-    new[1:] = (band[1:] != band[:-1]) | (bucket[1:] != bucket[:-1])
-    a, b = pairs_sharing(np.cumsum(new), t.column("node").to_numpy()[order])
+    a, b = pairs_sharing(t.column("bucket").to_numpy(), t.column("node").to_numpy())
     return pa.table({"a": a, "b": b})
 
 
@@ -156,10 +152,17 @@ def value_nodes(engine, members, value_type: pa.DataType, desc: str = ""):
     return with_node, engine.cache(engine.shuffle(nodes, ["node"], desc=f"{desc} nodes by id"))
 
 
+def band_bucket(band: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """One 64-bit bucket per (band, value) (values of different bands land apart; a rare collision only
+    proposes an extra candidate, which the exact check rejects)."""
+    with np.errstate(over="ignore"):
+        return splitmix64(value.astype(np.int64).view(np.uint64) ^ splitmix64(band.astype(np.uint64))).view(np.int64)
+
+
 def candidate_pairs(engine, nodes_by_id, items: Fn, desc: str = ""):
-    """Distinct node pairs sharing a (band, bucket) of the level's ``items`` (node, band, bucket)."""
+    """Distinct node pairs sharing a bucket of the level's ``items`` (node, bucket)."""
     it = engine.map(nodes_by_id, items)
-    pairs = engine.shuffle(it, ["band", "bucket"], Fn(_band_pairs, PAIRS), desc=f"{desc} candidates")
+    pairs = engine.shuffle(it, ["bucket"], Fn(_band_pairs, PAIRS), desc=f"{desc} candidates")
     return engine.shuffle(pairs, ["a", "b"], Fn(_distinct_pairs, PAIRS))
 
 

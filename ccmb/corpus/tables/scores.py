@@ -48,6 +48,14 @@ def read_scores(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.T
     return table
 
 
+def is_scores_file(path: PathLike) -> bool:
+    """Whether ``path`` is a scores parquet ``ccmb score`` wrote (it carries :data:`SCORES_INFO`)."""
+    try:
+        return SCORES_INFO in (pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowException):
+        return False
+
+
 def scores_info(path: PathLike) -> Dict[str, Any]:
     meta = pq.read_schema(path).metadata or {}
     try:

@@ -44,10 +44,9 @@ def band_items(p: minhash.MinHashParams, t: pa.Table) -> pa.Table:
     if not texts:
         return ITEMS.empty_table()
     sig, _ = minhash.signatures(texts, p)
-    bands = minhash.band_values(sig, p)
-    nb = p.bands
-    return pa.table({"node": np.repeat(t.column("node").to_numpy(), nb),
-                     "band": np.tile(np.arange(nb, dtype=np.int32), len(texts)), "bucket": bands.ravel()})
+    # band values already differ between bands (the band number is hashed in)
+    return pa.table({"node": np.repeat(t.column("node").to_numpy(), p.bands),
+                     "bucket": minhash.band_values(sig, p).ravel()})
 
 
 def exact_check(ngram: int, threshold: float, va, vb) -> np.ndarray:

@@ -18,7 +18,7 @@ from ...tables.dataflow import Fn
 from ...tables.folder import DownloadFolder
 from ...tables.schema import CurationError
 from ..exact import DROPS_SCHEMA
-from ..neardup import ITEMS, constant, member_schema, near_duplicate_drops
+from ..neardup import ITEMS, band_bucket, constant, member_schema, near_duplicate_drops
 from . import REASON_UNDECODABLE, DedupLevel, Option
 
 REASON = "duplicate_phash"
@@ -89,8 +89,8 @@ def band_items(bands: int, t: pa.Table) -> pa.Table:
         return ITEMS.empty_table()
     items = np.concatenate([groups.phash_bands(np.ascontiguousarray(uniq[:, j]), bands) for j in range(VARIANTS)])
     node = np.tile(t.column("node").to_numpy(), VARIANTS)
-    return pa.table({"node": np.repeat(node, bands), "band": np.tile(np.arange(bands, dtype=np.int32), len(node)),
-                     "bucket": items.ravel()})
+    band = np.tile(np.arange(bands, dtype=np.int64), len(node))
+    return pa.table({"node": np.repeat(node, bands), "bucket": band_bucket(band, items.ravel())})
 
 
 def exact_check(threshold: int, va, vb) -> np.ndarray:
