@@ -230,7 +230,7 @@ class SparkEngine:
         later steps start here instead of nesting every earlier step, and a big partition is streamed)."""
         from pyspark import StorageLevel
 
-        df = self._action(lambda: ds.df.localCheckpoint(eager=True, storageLevel=StorageLevel.DISK_ONLY))
+        df = self._action(lambda: ds.df.localCheckpoint(eager=False, storageLevel=StorageLevel.DISK_ONLY))
         self._cached.append(df)
         return SparkDataset(df, ds.schema)
 
