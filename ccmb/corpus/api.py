@@ -45,10 +45,10 @@ from .primitives.phash import VARIANTS
 from .steps.levels import DedupConfig
 from .steps.levels import caption as caption_level
 from .steps.levels import phash as phash_level
-from .tables.decisions import check_source, open_table, read_decisions, table_fingerprint
+from .tables.decisions import check_source, open_table, table_fingerprint
 from .tables.folder import DownloadFolder
 from .tables.dataflow import Fn
-from .tables.schema import DECISION_SCHEMA, CurationError
+from .tables.schema import CurationError
 from .tables.writer import Summary, check_output, table_lock
 
 logger = logging.getLogger(__name__)
@@ -383,7 +383,3 @@ def apply_scores(table_path: PathLike, scores_path: PathLike, *, min_score: Opti
     logger.info("%s: %s threshold %.4f: %s", output, field, threshold, "; ".join(summary.lines()))
     summary.threshold = threshold  # type: ignore[attr-defined]
     return summary
-
-
-__all__ = ["ENGINES", "apply_scores", "filter_samples", "filter_table", "make_engine", "read_decisions",
-           "DECISION_SCHEMA", "Dict", "Any", "Sequence"]

@@ -132,12 +132,6 @@ def test_minhash_similarity_tracks_jaccard():
     assert 0.75 < s < 1.0                             # true Jaccard of 3-grams: 16/18
 
 
-def test_first_occurrence_and_chains():
-    vals = pa.array(["b", "a", None, "b", "a", "c"])
-    assert groups.first_occurrence(vals).tolist() == [0, 1, -1, 0, 1, 5]
-    assert groups.resolve_chains(np.array([-1, 0, 1, -1, 3])).tolist() == [-1, 0, 0, -1, 3]
-
-
 def test_unreadable_tar_names_the_file(planted, tmp_path):
     d, _ = planted
     (d / "00001.tar").write_bytes(b"garbage" * 100)
@@ -172,23 +166,6 @@ def test_cli_switches(planted, tmp_path):
     assert "duplicate_phash" not in res.output
 
 
-def test_first_occurrence_fixed_is_exact_under_prefix_collisions():
-    rng = np.random.default_rng(0)
-    vals = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
-    vals[10:20, :8] = vals[0:10, :8]                      # same first 8 bytes, different values
-    data = vals[rng.integers(0, 300, size=5000)]
-    eligible = rng.random(5000) < 0.8
-
-    def fixed(d):
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(d), [None, pa.py_buffer(d.tobytes())])
-
-    got = groups.first_occurrence_fixed(pa.chunked_array([fixed(data[:2000]), fixed(data[2000:])]), eligible)
-    first, ref = {}, np.full(5000, -1)
-    for i in np.flatnonzero(eligible):
-        ref[i] = first.setdefault(data[i].tobytes(), i)
-    assert np.array_equal(got, ref)
-
-
 def test_keep_tables_are_matched_by_key_never_by_position(planted, tmp_path):
     """A table re-sorted with pyarrow (and a key missing) decides the same rows as the original, by key."""
     d, k = planted
@@ -212,19 +189,28 @@ def test_keep_tables_are_matched_by_key_never_by_position(planted, tmp_path):
     assert a == b and "duplicate_url" in a.values()
 
 
-def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypatch):
+def test_equal_values_group_exactly_even_if_every_bucket_hash_collides(monkeypatch):
+    """The exact levels group by value within a partition (pyarrow's exact grouping): even if every value fell
+    into one bucket (all hashes equal), every row points at the lowest key of its value."""
+    import pyarrow as pa
+
+    from ccmb.corpus.steps import exact
+
     rng = np.random.default_rng(0)
-    pool = [f"//a.com/{i}" for i in range(100)] + ["", "猫" * 40]
+    pool = [f"//a.com/{i}" for i in range(100)] + ["猫" * 40]
+    keys = [f"{i:06d}" for i in range(3000)]
     vals = [pool[i] if i < len(pool) else None for i in rng.integers(0, len(pool) + 3, 3000)]
-    col = pa.chunked_array([pa.array(vals[:1000], pa.string()), pa.array(vals[1000:], pa.string())])
-    eligible = rng.random(3000) < 0.8
-    first, ref = {}, np.full(3000, -1)
-    for i in np.flatnonzero(eligible):
-        if vals[i] is not None:
-            ref[i] = first.setdefault(vals[i], i)
-    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
-    monkeypatch.setattr(groups, "string_hashes", lambda c: np.zeros(len(c), np.uint64))
-    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
+    order = rng.permutation(3000)  # any row order
+    t = pa.table({"key": pa.array(keys).take(pa.array(order)), "v": pa.array(vals).take(pa.array(order))})
+    got = exact._first_of_value("duplicate_url", exact._valued("v", t))
+    first = {}
+    want = {}
+    for k, v in zip(keys, vals):
+        if v is not None:
+            rep = first.setdefault(v, k)
+            if rep != k:
+                want[k] = rep
+    assert dict(zip(got.column("key").to_pylist(), got.column("duplicate_of").to_pylist())) == want
 
 
 def test_url_normal_form_keeps_parameters_that_only_start_like_tracking_ones():

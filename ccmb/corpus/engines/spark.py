@@ -206,7 +206,9 @@ class SparkEngine:
     def join(self, left: SparkDataset, right: SparkDataset, on: Sequence[str], how: str = "left",
              desc: str = "") -> SparkDataset:
         kind = {"left": "left", "inner": "inner", "anti": "left_anti"}[how]
-        df = left.df.join(right.df, list(on), kind)
+        # a shuffle join, never a broadcast: the size of a step's output is unknown when the plan is made,
+        # and a "small" side that is not small would be collected by the driver
+        df = left.df.join(right.df.hint("merge"), list(on), kind)
         if how == "anti":
             return SparkDataset(df.select(*left.schema.names), left.schema)
         schema = pa.schema(list(left.schema) + [f for f in right.schema if f.name not in on])

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 FRAGMENT = r"#.*$"
-URL_PARTS = r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?]*)(.*)$"
 DEFAULT_PORT = r":(80|443)$"
 # A run of tracking parameters, each ending at "&" or the end, after its separator (group 1, kept). The
 # name must end there or at "=": "spmid=7" is not "spm" (RE2 has no look-ahead, so the "&" is consumed).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -180,20 +180,3 @@ def iter_parquet_batches(path: PathLike, columns: Sequence[str], schema: pa.Sche
             yield pa.Table.from_batches([batch]).select(list(columns)).cast(schema)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
-
-
-def iter_tar_samples(tar: PathLike):
-    """The samples of one tar (read once, never extracted), from the one sample reader of :mod:`ccmb.shards`."""
-    return fmt.iter_tar_samples(tar)
-
-
-def open_binary(path: PathLike):
-    """A file of a download folder or table opened for reading bytes."""
-    return open(path, "rb")
-
-
-def rows_of(path: PathLike) -> Optional[int]:
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, pa.ArrowException):
-        return None
