@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -45,8 +45,17 @@ _STEP_ERROR = re.compile(r"(?:CurationError|PartitionError): (.*)")
 
 @dataclass(frozen=True)
 class SparkDataset:
+    """A DataFrame (of ``base``) and the step functions still to run on it, fused into one Python pass when
+    the rows are needed (``whole``: the first runs over whole partitions, after a shuffle)."""
+
     df: Any
-    schema: pa.Schema
+    base: pa.Schema
+    fns: Tuple[Fn, ...] = ()
+    whole: bool = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.fns[-1].schema if self.fns else self.base
 
 
 def spark_schema(schema: pa.Schema):
@@ -90,14 +99,21 @@ def _read_files_task(paths, columns, schema, fn, batches):
             yield from _batches((fn(t) if fn else t for t in tables), fn.schema if fn else schema)
 
 
-def _map_task(fn: Fn, in_schema: pa.Schema, batches):
-    yield from _batches((fn(t) for t in _in_tables(batches, in_schema)), fn.schema)
+def _apply(fns, table: pa.Table) -> pa.Table:
+    for fn in fns:
+        table = fn(table)
+    return table
 
 
-def _partition_task(fn: Fn, in_schema: pa.Schema, batches):
-    table = concat(_in_tables(batches, in_schema), in_schema)
-    if table.num_rows:
-        yield from _batches([fn(table)], fn.schema)
+def _fns_task(fns, in_schema: pa.Schema, whole: bool, batches):
+    """The pending step functions of a dataset over a partition: the first over the whole partition when
+    ``whole``, the others (or all) batch by batch."""
+    if whole:
+        table = concat(_in_tables(batches, in_schema), in_schema)
+        if table.num_rows:
+            yield from _batches([_apply(fns, table)], fns[-1].schema)
+        return
+    yield from _batches((_apply(fns, t) for t in _in_tables(batches, in_schema)), fns[-1].schema)
 
 
 def _counts_task(batches):
@@ -164,6 +180,14 @@ class SparkEngine:
     def _ids(self, n: int):
         return self.spark.range(0, max(n, 0), 1, numPartitions=max(1, n))
 
+    @staticmethod
+    def _df(ds: SparkDataset):
+        """The DataFrame of a dataset, its pending step functions run (in one Python pass)."""
+        if not ds.fns:
+            return ds.df
+        task = functools.partial(_fns_task, ds.fns, ds.base, ds.whole)
+        return ds.df.mapInArrow(task, spark_schema(ds.schema))
+
     # ----------------------------------------------------------------------------------------- sources
     def read_folder(self, folder: DownloadFolder, columns: Sequence[str], fn: Optional[Fn] = None) -> SparkDataset:
         files = tuple(str(p) for p in folder.parquets)
@@ -192,56 +216,50 @@ class SparkEngine:
 
     # ----------------------------------------------------------------------------------------- verbs
     def map(self, ds: SparkDataset, fn: Fn, partitioned_by: Optional[Sequence[str]] = None) -> SparkDataset:
-        task = functools.partial(_map_task, fn, ds.schema)
-        return SparkDataset(ds.df.mapInArrow(task, spark_schema(fn.schema)), fn.schema)
+        return SparkDataset(ds.df, ds.base, ds.fns + (fn,), ds.whole)  # runs with the pending ones
 
     def shuffle(self, ds: SparkDataset, by: Sequence[str], fn: Optional[Fn] = None, desc: str = "",
                 min_partitions: int = 1) -> SparkDataset:
-        df = ds.df.repartition(max(self.partitions, int(min_partitions)), *by)
-        if fn is None:
-            return SparkDataset(df, ds.schema)
-        task = functools.partial(_partition_task, fn, ds.schema)
-        return SparkDataset(df.mapInArrow(task, spark_schema(fn.schema)), fn.schema)
+        df = self._df(ds).repartition(max(self.partitions, int(min_partitions)), *by)
+        return SparkDataset(df, ds.schema, (fn,) if fn else (), whole=fn is not None)
 
     def join(self, left: SparkDataset, right: SparkDataset, on: Sequence[str], how: str = "left",
              desc: str = "") -> SparkDataset:
         kind = {"left": "left", "inner": "inner", "anti": "left_anti"}[how]
         # a shuffle join, never a broadcast: the size of a step's output is unknown when the plan is made,
         # and a "small" side that is not small would be collected by the driver
-        df = left.df.join(right.df.hint("merge"), list(on), kind)
+        df = self._df(left).join(self._df(right).hint("shuffle_hash"), list(on), kind)
         if how == "anti":
             return SparkDataset(df.select(*left.schema.names), left.schema)
         schema = pa.schema(list(left.schema) + [f for f in right.schema if f.name not in on])
         return SparkDataset(df.select(*schema.names), schema)
 
     def union(self, *datasets: SparkDataset) -> SparkDataset:
-        df = datasets[0].df
+        schema = datasets[0].schema
+        df = self._df(datasets[0])
         for d in datasets[1:]:
-            df = df.unionByName(d.df.select(*datasets[0].schema.names))
-        return SparkDataset(df, datasets[0].schema)
+            df = df.unionByName(self._df(d).select(*schema.names))
+        return SparkDataset(df, schema)
 
     def gather(self, ds: SparkDataset, fn: Optional[Fn] = None) -> SparkDataset:
-        df = ds.df.repartition(1)
-        if fn is None:
-            return SparkDataset(df, ds.schema)
-        task = functools.partial(_partition_task, fn, ds.schema)
-        return SparkDataset(df.mapInArrow(task, spark_schema(fn.schema)), fn.schema)
+        df = self._df(ds).repartition(1)
+        return SparkDataset(df, ds.schema, (fn,) if fn else (), whole=fn is not None)
 
     def cache(self, ds: SparkDataset, desc: str = "") -> SparkDataset:
         """Compute ``ds`` once and cut its lineage (a local checkpoint on the executors' disks: the plans of
         later steps start here instead of nesting every earlier step, and a big partition is streamed)."""
         from pyspark import StorageLevel
 
-        df = self._action(lambda: ds.df.localCheckpoint(eager=False, storageLevel=StorageLevel.DISK_ONLY))
+        df = self._action(lambda: self._df(ds).localCheckpoint(eager=False, storageLevel=StorageLevel.DISK_ONLY))
         self._cached.append(df)
         return SparkDataset(df, ds.schema)
 
     def collect(self, ds: SparkDataset, desc: str = "") -> pa.Table:
-        table = self._action(ds.df.toArrow)
+        table = self._action(self._df(ds).toArrow)
         return conform(table, ds.schema) if table.num_rows else ds.schema.empty_table()
 
     def count(self, ds: SparkDataset) -> int:
-        return int(self._action(ds.df.count))
+        return int(self._action(self._df(ds).count))
 
     def run(self, fn: Callable[[Any], Any], jobs: Sequence[Any], desc: str = "") -> List[Any]:
         jobs = list(jobs)
@@ -253,7 +271,7 @@ class SparkEngine:
     def _ordered(self, ds: SparkDataset, by: Sequence[str]):
         from pyspark.sql import functions as F
 
-        return ds.df.orderBy(*[F.col(c).asc_nulls_last() for c in by])
+        return self._df(ds).orderBy(*[F.col(c).asc_nulls_last() for c in by])
 
     def sort(self, ds: SparkDataset, by: Sequence[str], position: Optional[str] = None,
              desc: str = "") -> SparkDataset:
@@ -277,7 +295,7 @@ class SparkEngine:
         schema = schema or ds.schema
         tmp = temp_folder(path)
         task = functools.partial(_write_task, str(tmp), schema)
-        ordered = self._ordered(SparkDataset(ds.df.select(*schema.names), schema), sort_by)
+        ordered = self._ordered(SparkDataset(self._df(ds).select(*schema.names), schema), sort_by)
         rows = self._action(ordered.mapInArrow(task, "entry string").collect)
         return publish_parts(tmp, path, [json.loads(r["entry"]) for r in rows], kind=kind, info=info, source=source)
 
