@@ -36,6 +36,27 @@ def primary_text(table: pa.Table, field: str = "caption"):
     return text
 
 
+def binary_matrix(column, dtype, width: int) -> np.ndarray:
+    """Fixed-size values packed in a binary column (``width`` items of ``dtype`` each) as an (n, width)
+    numpy view, zero-copy where the column allows (pHash variant triples, embedding vectors)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if not n:
+        return np.zeros((0, width), dtype)
+    _, ob, db = arr.buffers()
+    offsets = np.frombuffer(ob, np.int32, n + 1, arr.offset * 4)
+    data = np.frombuffer(db, np.uint8, int(offsets[-1] - offsets[0]), int(offsets[0]))
+    return data.view(dtype).reshape(n, width)
+
+
+def packed_binary(values: np.ndarray) -> pa.Array:
+    """Rows of a 2-D numpy array as a binary column (the inverse of :func:`binary_matrix`)."""
+    values = np.ascontiguousarray(values)
+    n, row = len(values), values.dtype.itemsize * (values.shape[1] if values.ndim > 1 else 1)
+    offsets = np.arange(0, row * n + 1, row, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values.tobytes())])
+
+
 def sha256_to_binary(column, where: str = "") -> pa.Array:
     """Hex SHA-256 strings as 32-byte binaries (half the memory; hashing is faster). Values that are
     not 64 hex digits become null (logged): they take no part in exact dedup."""

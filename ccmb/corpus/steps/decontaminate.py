@@ -43,7 +43,7 @@ from ..primitives.phash import VARIANT_PAIRS, VARIANTS, phash_tar, phash_with_mi
 from ..tables.dataflow import ROW_ID, Fn
 from ..tables.folder import DownloadFolder
 from ..tables.schema import DECISION_SCHEMA, REASON_NOT_DOWNLOADED, CurationError
-from .dedup import check_unique_keys
+from .dedup import check_unique_keys, decided_rows
 from .levels import REASON_UNDECODABLE
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,17 @@ def build_index(against: Sequence[str], root: PathLike, split: Optional[str] = N
 PAIRS = tuple(VARIANT_PAIRS) + tuple((i, j + VARIANTS) for i, j in VARIANT_PAIRS)
 
 
+def _distances(corpus: np.ndarray, ev: np.ndarray):
+    """(first row, distances of a chunk of corpus rows to every evaluation image), chunk by chunk: the
+    smallest Hamming distance over :data:`PAIRS` (variants, the mirror image's too)."""
+    for lo in range(0, len(corpus), CHUNK_ROWS):
+        c = corpus[lo: lo + CHUNK_ROWS]
+        best = np.full((len(c), len(ev)), 64, np.uint8)
+        for ci, ej in PAIRS:
+            np.minimum(best, np.bitwise_count(c[:, ci, None] ^ ev[None, :, ej]), out=best)
+        yield lo, best
+
+
 def match_hashes(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) -> Tuple[np.ndarray, np.ndarray,
                                                                                         np.ndarray]:
     """Exhaustive exact matching: for each corpus row (variants, shape (n, VARIANTS)) the closest evaluation
@@ -159,11 +170,7 @@ def match_hashes(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) ->
     if not len(ev) or not len(corpus):
         z = np.zeros(0, np.int64)
         return z, z, z
-    for lo in range(0, len(corpus), CHUNK_ROWS):
-        c = corpus[lo: lo + CHUNK_ROWS]
-        best = np.full((len(c), len(ev)), 64, np.uint8)
-        for ci, ej in PAIRS:
-            np.minimum(best, np.bitwise_count(c[:, ci, None] ^ ev[None, :, ej]), out=best)
+    for lo, best in _distances(corpus, ev):
         hit = best.min(axis=1) <= threshold
         if hit.any():
             r = np.flatnonzero(hit)
@@ -184,11 +191,7 @@ def all_matches(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) -> 
     corpus = np.asarray(corpus, np.int64).view(np.uint64).reshape(-1, VARIANTS)
     ev = eval_hashes.view(np.uint64)
     out = []
-    for lo in range(0, len(corpus), CHUNK_ROWS):
-        c = corpus[lo: lo + CHUNK_ROWS]
-        best = np.full((len(c), len(ev)), 64, np.uint8)
-        for ci, ej in PAIRS:
-            np.minimum(best, np.bitwise_count(c[:, ci, None] ^ ev[None, :, ej]), out=best)
+    for _, best in _distances(corpus, ev):
         out.extend(np.flatnonzero(row <= threshold) for row in best)
     return out
 
@@ -350,13 +353,6 @@ def _base(t: pa.Table) -> pa.Table:
     return t.select(["key", "shard", "reason"])
 
 
-def _final(t: pa.Table) -> pa.Table:
-    reason = pc.coalesce(t.column("reason"), t.column("d_reason"))
-    dup = pc.if_else(pc.is_null(t.column("reason")), t.column("d_dup"), pa.scalar(None, pa.string()))
-    return pa.table({"key": t.column("key"), "shard": t.column("shard"), "keep": pc.is_null(reason),
-                     "reason": reason, "duplicate_of": dup})
-
-
 # ------------------------------------------------------------------------------------------- the pipeline
 
 @dataclass
@@ -453,7 +449,7 @@ def decontamination_dataset(engine, folder: DownloadFolder, index: EvalIndex, co
     report = make_report(index, matches, config)
     report.update({"corpus": str(folder.path), "rows": folder.rows(), "images_scanned": matches.hashed,
                    "undecodable": len(matches.undecodable), "dropped": decisions.num_rows})
-    return engine.map(joined, Fn(_final, DECISION_SCHEMA)), report
+    return engine.map(joined, Fn(decided_rows, DECISION_SCHEMA)), report
 
 
 def make_report(index: EvalIndex, matches: Matches, config: DecontaminationConfig) -> Dict[str, Any]:

@@ -82,7 +82,9 @@ def _hop(t: pa.Table) -> pa.Table:
                      "duplicate_of": pc.coalesce(t.column("next"), t.column("duplicate_of"))})
 
 
-def _final(t: pa.Table) -> pa.Table:
+def decided_rows(t: pa.Table) -> pa.Table:
+    """Decision rows from the scan's rows (key, shard, reason so far) joined with what a step decided
+    (``d_reason``, ``d_dup``): the earlier reason wins, a pointer only with the step's reason."""
     reason = pc.coalesce(t.column("reason"), t.column("d_reason"))
     dup = pc.if_else(pc.is_null(t.column("reason")), t.column("d_dup"), pa.scalar(None, pa.string()))
     return pa.table({"key": t.column("key"), "shard": t.column("shard"), "keep": pc.is_null(reason),
@@ -135,7 +137,7 @@ def dedup_dataset(engine, folder: DownloadFolder, config: DedupConfig, tables: S
                                                                            ("d_reason", pa.string()),
                                                                            ("d_dup", pa.string())]))),
                         ["key"], "left", desc="dedup: table")
-    return engine.map(final, Fn(_final, DECISION_SCHEMA))
+    return engine.map(final, Fn(decided_rows, DECISION_SCHEMA))
 
 
 def _base_rows(t: pa.Table) -> pa.Table:

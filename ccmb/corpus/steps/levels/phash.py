@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...primitives import groups
+from ...primitives.columns import binary_matrix, packed_binary
 from ...primitives.phash import VARIANTS, phash_tar, variant_distance
 from ...tables.dataflow import Fn
 from ...tables.folder import DownloadFolder
@@ -27,21 +28,11 @@ HASHED = pa.schema([("key", pa.string()), ("_id", pa.int64()), ("v", pa.binary()
 
 def variants_of(column) -> np.ndarray:
     """(n, VARIANTS) int64 hash variants from their packed binaries (``VARIANTS * 8`` bytes each)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    if not n:
-        return np.zeros((0, VARIANTS), np.int64)
-    _, ob, db = arr.buffers()
-    offsets = np.frombuffer(ob, np.int32, n + 1, arr.offset * 4)
-    data = np.frombuffer(db, np.uint8, int(offsets[-1] - offsets[0]), int(offsets[0]))
-    return data.view(np.int64).reshape(n, VARIANTS)
+    return binary_matrix(column, np.int64, VARIANTS)
 
 
 def packed(values: np.ndarray) -> pa.Array:
-    values = np.ascontiguousarray(values, np.int64)
-    n = len(values)
-    offsets = np.arange(0, 8 * VARIANTS * n + 1, 8 * VARIANTS, dtype=np.int32)
-    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values.tobytes())])
+    return packed_binary(np.asarray(values, np.int64))
 
 
 def hash_tars(folder: str, t: pa.Table) -> pa.Table:

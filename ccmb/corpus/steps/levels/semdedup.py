@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...primitives import groups
+from ...primitives.columns import binary_matrix, packed_binary
 from ...primitives.hashing import splitmix64, string_hashes
 from ...tables.dataflow import Fn
 from ...tables.schema import CurationError
@@ -147,23 +148,16 @@ def _vectors(emb_dir: str, t: pa.Table) -> pa.Table:
     shards = t.column("s_shard")
     for shard in pc.unique(shards).to_pylist():
         rows = t.filter(pc.equal(shards, shard))
-        emb = read_vectors(emb_dir, shard, rows.column("s_row").to_numpy(zero_copy_only=False))
-        dim = emb.shape[1] * 4
-        offsets = np.arange(0, dim * len(emb) + 1, dim, dtype=np.int32)
-        vec = pa.Array.from_buffers(pa.binary(), len(emb), [None, pa.py_buffer(offsets),
-                                                            pa.py_buffer(np.ascontiguousarray(emb).tobytes())])
+        vec = packed_binary(read_vectors(emb_dir, shard, rows.column("s_row").to_numpy(zero_copy_only=False)))
         out.append(pa.table({"key": rows.column("key"), "_id": rows.column("_id"), "vec": vec}))
     return pa.concat_tables(out) if out else VECS.empty_table()
 
 
 def as_matrix(column) -> np.ndarray:
+    """float32 vectors from their packed binaries."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not len(arr):
-        return np.zeros((0, 0), np.float32)
-    _, ob, db = arr.buffers()
-    offsets = np.frombuffer(ob, np.int32, len(arr) + 1, arr.offset * 4)
-    data = np.frombuffer(db, np.uint8, int(offsets[-1] - offsets[0]), int(offsets[0]))
-    return data.view(np.float32).reshape(len(arr), -1)
+    width = len(arr[0].as_py()) // 4 if len(arr) else 0
+    return binary_matrix(arr, np.float32, width)
 
 
 def _sample(n: int, sample: int, t: pa.Table) -> pa.Table:
