@@ -161,7 +161,8 @@ class GatherPart(Part):
 
 @dataclass(frozen=True)
 class SortedPart(Part):
-    """One range bucket sorted by ``by``, with the global position of its first row (``offset``)."""
+    """One range bucket (or, ``index`` -1, one cached partition) sorted by ``by``, with the global position of
+    its first row (``offset``)."""
 
     files: Tuple[str, ...]
     index: int
@@ -171,7 +172,10 @@ class SortedPart(Part):
     position: Optional[str]
 
     def load(self):
-        t = spill.read_bucket(self.files, self.index, self.schema)
+        if self.index < 0:  # one cached partition, whole
+            t = concat(IpcPart(self.files[0]).load(), self.schema)
+        else:
+            t = spill.read_bucket(self.files, self.index, self.schema)
         if t.num_rows:
             t = t.sort_by([(c, "ascending") for c in self.by])
         if self.position:
@@ -483,16 +487,32 @@ class LocalEngine:
     # ----------------------------------------------------------------------------------------- order
     def _sorted(self, ds: LocalDataset, by: Sequence[str], position: Optional[str], desc: str
                 ) -> Tuple[LocalDataset, int]:
-        """``ds`` range-partitioned by its first ``by`` column (bucket boundaries: quantiles of a sample of
-        the values, so bucket i holds smaller values than bucket i + 1), each bucket sorted by ``by`` when
-        read; with ``position``, the global rank of each row. Returns it and the row count."""
+        """``ds`` in the order of ``by``, partition after partition; with ``position``, the global rank of each
+        row. Returns it and the row count.
+
+        ``ds`` is computed once into a file per partition while the first ``by`` column is sampled and each
+        partition's range noted. When the partitions' ranges do not overlap and each fits a bucket (a download
+        folder's parquets: each holds its own keys, in the order the downloads completed), each is sorted on
+        its own, in range order. Otherwise the rows are range-partitioned (boundaries: quantiles of the
+        sample, so bucket i holds smaller values than bucket i + 1) and each bucket is sorted when read."""
         first = by[0]
-        cached = self.cache(ds, desc)
-        rows = sum(_ipc_rows(c.part.file) for c in cached.chains)
-        buckets = max(1, min(self.buckets, rows))
-        stride = max(1, rows // max(1, buckets * SAMPLE_PER_BUCKET))
-        sample = [_sort_values(t.take(pa.array(np.arange(0, t.num_rows, stride))), first)
-                  for t in self.tables(cached) if t.num_rows]
+        buckets = max(1, self.buckets)
+        stride = max(1, self.rows_hint // (buckets * SAMPLE_PER_BUCKET))
+        cached, ranges, sample = self._cache_ranges(ds, first, stride, desc)
+        rows = sum(r[2] for r in ranges)
+        schema = ds.schema if not position else pa.schema(list(ds.schema) + [pa.field(position, pa.int64())])
+        cap = max(self.batch_rows, int(self.plan.memory_gb * (1 << 30) / 4 / spill.BUCKET_BYTES_PER_ROW))
+        known = all(r[0] is not None for r in ranges)
+        order = sorted(range(len(ranges)), key=lambda i: ranges[i][0]) if known else []
+        lows, highs = [ranges[i][0] for i in order], [ranges[i][1] for i in order]
+        if known and all(r[2] <= cap for r in ranges) and all(highs[k] < lows[k + 1] for k in range(len(order) - 1)):
+            chains, at = [], 0
+            for i in order:
+                chains.append(Chain(SortedPart((cached.chains[i].part.file,), -1, ds.schema, tuple(by), at,
+                                               position)))
+                at += ranges[i][2]
+            return LocalDataset(tuple(chains), schema), rows
+        buckets = max(1, min(buckets, rows))
         values = np.sort(np.concatenate(sample)) if sample else np.zeros(0)
         bounds = values[(np.arange(1, buckets) * len(values)) // buckets] if len(values) else values
         sp = self.spills.spill(self._name("range"), ds.schema, buckets)
@@ -503,10 +523,34 @@ class LocalEngine:
             Path(c.part.file).unlink(missing_ok=True)
         files = tuple(str(f) for f in sp.files)
         offsets = np.concatenate([[0], np.cumsum(sp.counts)[:-1]])
-        schema = ds.schema if not position else pa.schema(list(ds.schema) + [pa.field(position, pa.int64())])
         chains = tuple(Chain(SortedPart(files, i, ds.schema, tuple(by), int(offsets[i]), position))
                        for i in range(sp.buckets) if sp.counts[i])
         return LocalDataset(chains, schema), rows
+
+    def _cache_ranges(self, ds: LocalDataset, column: str, stride: int, desc: str):
+        """:meth:`cache`, noting per cached partition (lowest, highest value of ``column``, rows) and sampling
+        every ``stride``-th value (sort values: nulls last)."""
+        cached = self.cache(ds, desc)
+        ranges, sample = [], []
+        for c in cached.chains:
+            lo = hi = None
+            n = nulls = 0
+            for t in run_chain(c):
+                if not t.num_rows:
+                    continue
+                col = t.column(column)
+                nulls += col.null_count
+                mm = pc.min_max(col).as_py()
+                if mm["min"] is not None:
+                    lo = mm["min"] if lo is None else min(lo, mm["min"])
+                    hi = mm["max"] if hi is None else max(hi, mm["max"])
+                n += t.num_rows
+                sample.append(_sort_values(t.select([column]).take(pa.array(np.arange(0, t.num_rows, stride))),
+                                           column))
+            if nulls or lo is None:  # nulls sort last: no range to compare (the general path)
+                lo, hi = None, None
+            ranges.append((lo, hi, n))
+        return cached, ranges, sample
 
     def sort(self, ds: LocalDataset, by: Sequence[str], position: Optional[str] = None,
              desc: str = "") -> LocalDataset:
