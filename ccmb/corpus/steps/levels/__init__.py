@@ -47,7 +47,9 @@ class LevelContext:
 class DedupLevel:
     """One row of the level table (see the module docstring).
 
-    ``prepare(table, config)`` returns the value columns (``fields``) the level needs per download row,
+    ``columns`` are the download columns it reads (a tuple, or a function of the config: the caption level's
+    depend on ``--text-field``); ``prepare(table, config)`` returns the value columns (``fields``) the level
+    needs per download row,
     computed once while the folder is scanned; ``drops(engine, rows, config, context)`` gets the rows still
     kept (key, shard, row id and the prepared columns) and returns a dataset of (key, reason, duplicate_of):
     the rows it drops and the kept row each stands for. ``value`` names the prepared column whose equal
@@ -58,7 +60,7 @@ class DedupLevel:
     help: str
     order: int
     drops: Callable[..., Any]
-    columns: Tuple[str, ...] = ()
+    columns: Any = ()
     prepare: Optional[Callable[[pa.Table, "DedupConfig"], Dict[str, Any]]] = None
     fields: Tuple[pa.Field, ...] = ()
     exact: bool = False
