@@ -138,24 +138,27 @@ class FolderLock:
     released on exit and by the kernel when the process dies.
     """
 
-    def __init__(self, folder: PathLike, command: Optional[str] = None) -> None:
+    def __init__(self, folder: PathLike, command: Optional[str] = None, *, lock_name: str = LOCK_FILE) -> None:
         self.folder = Path(folder)
         self.command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        self.lock_name = lock_name  # another name locks one output file of a shared folder (a decision table)
         self._fd: Optional[int] = None
 
     def acquire(self) -> "FolderLock":
         import fcntl
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK_FILE
+        path = self.folder / self.lock_name
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise OutputFolderError(f"{self.folder}: another run is writing this folder ({holder}); "
-                                    "wait for it to finish or stop it, or choose another folder") from None
+            what = "folder" if self.lock_name == LOCK_FILE else f"output {self.lock_name[1:-len(LOCK_FILE)]!r} in it"
+            other = "folder" if self.lock_name == LOCK_FILE else "output"
+            raise OutputFolderError(f"{self.folder}: another run is writing this {what} ({holder}); "
+                                    f"wait for it to finish or stop it, or choose another {other}") from None
         except OSError:
             os.close(fd)
             raise

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 logger = logging.getLogger(__name__)
 
 #: Set (to "true") on a session whose ``spark.sql.shuffle.partitions`` the user did not choose: the curation
-#: steps then size it to their input (:func:`ccmb.corpus.spark_dist.size_shuffle_partitions`).
+#: steps then size it to their input (:func:`ccmb.corpus.engines.spark.size_shuffle_partitions`).
 AUTO_SHUFFLE_FLAG = "spark.ccmb.shuffle.auto"
 
 

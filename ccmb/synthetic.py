@@ -134,7 +134,7 @@ def write_images(items: List[Item], folder: Path, size: int = 256, seed: int = 0
 
     An image whose pHash variants come within :data:`MIN_PHASH_DISTANCE` of an earlier one (or of the
     hash rows in ``avoid``) is re-drawn with the next seed, so the images are distinct for pHash dedup."""
-    from .corpus.phash import phash_variants_bytes, variant_distance
+    from .corpus.primitives.phash import phash_variants_bytes, variant_distance
 
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -157,7 +157,7 @@ def write_images(items: List[Item], folder: Path, size: int = 256, seed: int = 0
 
 def image_hashes(folder: Path, names: Sequence[str]) -> np.ndarray:
     """pHash variants of written images (to keep later images distinct from them)."""
-    from .corpus.phash import phash_variants_bytes
+    from .corpus.primitives.phash import phash_variants_bytes
 
     return phash_variants_bytes([(folder / n).read_bytes() for n in names])
 

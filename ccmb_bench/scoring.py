@@ -26,7 +26,7 @@ import torch
 
 from ccmb import atomic
 from ccmb import shards as fmt
-from ccmb.corpus.scores import SCORES_INFO, SCORES_SCHEMA
+from ccmb.corpus.tables.scores import SCORES_INFO, SCORES_SCHEMA
 from ccmb.images import ImageDecodeError, open_image
 from ccmb_bench.adapters import ModelAdapter
 

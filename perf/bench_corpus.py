@@ -8,7 +8,7 @@
    URL dedup (regex normalisation) is timed separately.
 3. ``ccmb download`` vs bare img2dataset on the same loopback input (``perf/bench_download.py``, run
    first; goal: wall overhead <= 1.10x).
-2. pHash images/s on one core: ours (``ccmb.corpus.phash.phash_tar``: JPEG draft decode, the three variants
+2. pHash images/s on one core: ours (``ccmb.corpus.primitives.phash.phash_tar``: JPEG draft decode, the three variants
    (whole, 90% and 80% centre), batched DCT) next
    to an imagehash-style per-image baseline (full PIL decode, LANCZOS, ``scipy.fft.dct`` per image).
    Goal: >= 300 images/s per core.
@@ -42,22 +42,17 @@ pa.set_cpu_count(1); pa.set_io_thread_count(1)
 
 OURS = """
 from pathlib import Path
-from ccmb.corpus.filter import FilterConfig, filter_table
-from ccmb.corpus.dedup import DedupConfig, dedup_table
-from ccmb.corpus.table import write_decisions
+from ccmb.corpus.api import dedup_samples, filter_samples
 d, tmp, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 c0 = time.process_time()
 t0 = time.perf_counter()
 if mode == "filter":      # `ccmb filter`
-    t = filter_table(d, FilterConfig())
-    write_decisions(tmp / "f.parquet", t)
+    s = filter_samples(d, tmp / "f.parquet")
 elif mode == "dedup":     # `ccmb dedup --no-url --no-phash --no-caption --keep f.parquet`
-    t = dedup_table(d, DedupConfig(levels=("sha256",)), keep_tables=[tmp / "f.parquet"])
-    write_decisions(tmp / "d.parquet", t)
+    s = dedup_samples(d, tmp / "d.parquet", levels=["sha256"], keep_tables=[tmp / "f.parquet"])
 else:                     # URL level alone
-    t = dedup_table(d, DedupConfig(levels=("url",)))
-res = dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, rows=t.num_rows,
-           kept=int(t.column("keep").to_numpy().sum()),
+    s = dedup_samples(d, tmp / "u.parquet", levels=["url"])
+res = dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, rows=s.rows, kept=s.kept,
            rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(res))
 """
@@ -108,7 +103,7 @@ print(json.dumps(res))
 """
 
 PHASH_OURS = """
-from ccmb.corpus.phash import phash_tar
+from ccmb.corpus.primitives.phash import phash_tar
 c0, t0 = time.process_time(), time.perf_counter()
 keys, h, err = phash_tar(sys.argv[1])
 print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0, "images": len(keys)}))

@@ -142,7 +142,7 @@ def ensure_data(work_dir: Path, rows: int, eval_n: int, seed: int):
 
 
 def quality(table_path: Path, planted: Dict[str, List[str]]) -> Dict[str, float]:
-    from ccmb.corpus.table import read_decisions
+    from ccmb.corpus.tables.decisions import read_decisions
 
     t = read_decisions(table_path).to_pylist()
     dropped = {r["key"] for r in t if r["reason"] == "eval_overlap"}
@@ -190,7 +190,7 @@ def main() -> None:
                   f"load {res['load1']:.1f}; precision {q['precision']:.3f} recall {q['recall']:.3f} "
                   f"({q['dropped']} dropped, {q['planted']} planted)", flush=True)
         if len(tables) == 2:
-            from ccmb.corpus.table import read_decisions
+            from ccmb.corpus.tables.decisions import read_decisions
 
             a, b = (read_decisions(p) for p in tables.values())
             same = a.equals(b)

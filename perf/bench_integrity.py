@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from PIL import Image  # noqa: E402
 
 from ccmb import shardverify, shards  # noqa: E402
-from ccmb.corpus import table  # noqa: E402
+from ccmb.corpus.tables import folder as table  # noqa: E402
 
 
 def make_folder(out: Path, n_shards: int, rows: int) -> None:
@@ -110,7 +110,7 @@ def main() -> None:
             if not checked:
                 shards.check_parquet = lambda path: 0
             try:
-                table.load_metadata(d, ["key", "status"])
+                table.read_columns(d, ["key", "status"])
             finally:
                 shards.check_parquet = saved
 

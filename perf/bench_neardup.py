@@ -44,9 +44,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccmb.corpus.decontaminate import match_hashes  # noqa: E402
-from ccmb.corpus.phash import VARIANT_PAIRS  # noqa: E402
-from ccmb.corpus.phash import VARIANTS, hamming, phash_variants_bytes, phash_with_mirror, variant_distance  # noqa: E402,E501
+from ccmb.corpus.steps.decontaminate import match_hashes  # noqa: E402
+from ccmb.corpus.primitives.phash import VARIANT_PAIRS  # noqa: E402
+from ccmb.corpus.primitives.phash import VARIANTS, hamming, phash_variants_bytes, phash_with_mirror, variant_distance  # noqa: E402,E501
 
 # photographs bundled with scikit-image (no download); "cat" is chelsea again, logo/colorwheel/horse are drawings
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
@@ -273,8 +273,8 @@ CAPTION_COPIES = {
 
 
 def bench_captions(thresholds):
-    from ccmb.corpus import groups, minhash
-    from ccmb.corpus.dedup import caption_reps
+    from ccmb.corpus.api import caption_reps
+    from ccmb.corpus.primitives import groups, minhash
 
     rng = np.random.default_rng(0)
     bases = [f"{s}第{k}号" for s in SUBJECTS for k in range(1, 61)]
@@ -313,9 +313,9 @@ def bench_captions(thresholds):
 
 def bench_speed(n_images: int, repeats: int):
     from ccmb import shards
-    from ccmb.corpus import minhash
-    from ccmb.corpus.decontaminate import DecontaminationConfig, EvalIndex, match_texts
-    from ccmb.corpus.phash import phash_tar
+    from ccmb.corpus.primitives import minhash
+    from ccmb.corpus.primitives.phash import phash_tar
+    from ccmb.corpus.steps.decontaminate import DecontaminationConfig, EvalIndex, match_texts
 
     print(f"\n4. speed, one core (medians of {repeats})")
     rng = np.random.default_rng(0)

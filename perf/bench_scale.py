@@ -1,7 +1,8 @@
 """Scaled curation simulation: the in-process engine vs Spark local mode at a fixed small driver memory.
 
 For each size (default 1M, 4M, 16M rows) a synthetic download folder (metadata only, the download parquet
-format, 250k rows per parquet: img2dataset keys, URLs on 200 CDN hosts, SHA-256, Chinese captions, sizes;
+format, 250k rows per parquet in completion order as ``ccmb download`` writes them: img2dataset keys, URLs on
+200 CDN hosts, SHA-256, Chinese captions, sizes;
 ~5% failures with null sha256/size as img2dataset writes them; 10% exact repeats of an earlier original row
 (same bytes and caption; half at a ``utm_`` variant of its URL, half at a mirror URL) and 3% near-duplicate
 captions (one character changed)) is curated by the ``ccmb`` CLI of this working tree, each step a fresh
@@ -52,7 +53,7 @@ CODE = ROOT
 ROWS_PER_FILE = 250_000
 LEVELS = ("url", "sha256", "caption")
 ALL_LEVELS = ("url", "sha256", "phash", "caption")
-GEN_VERSION = 2  # bump when make_part's output changes (the cache is keyed by it)
+GEN_VERSION = 3  # bump when make_part's output changes (the cache is keyed by it); 3: completion order
 REPEAT_SHARE, NEAR_SHARE, FAIL_SHARE = 0.10, 0.03, 0.05
 CJK_LO, CJK_HI = 0x4E00, 0x9FA5
 
@@ -98,7 +99,9 @@ def _sources(rng, n: int):
 def make_part(f: int, n: int, seed: int = 0):
     """Part ``f`` of a synthetic download folder (``n`` rows) as a table of ``ccmb.shards.PARQUET_SCHEMA``.
 
-    Depends only on (seed, f, n), so part f is the same in every folder of the seed. Fully vectorised.
+    Depends only on (seed, f, n), so part f is the same in every folder of the seed. Fully vectorised. Rows
+    are in *completion order* (a seeded permutation of the part's keys), as ``ccmb download`` writes them:
+    img2dataset appends a row when its download finishes.
     """
     import numpy as np
     import pyarrow as pa
@@ -149,8 +152,9 @@ def make_part(f: int, n: int, seed: int = 0):
     cols = {"key": keys, "url": url, "title": caption, "caption": caption, "width": w, "height": h,
             "original_width": w, "original_height": h, "sha256": pc.if_else(ok, sha, pa.scalar(None, pa.string())),
             "status": status, "error_message": err}
-    return pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
-                     zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
+    table = pa.table({name: cols.get(name, pa.nulls(n, fld.type)) for name, fld in
+                      zip(PARQUET_SCHEMA.names, PARQUET_SCHEMA)}).cast(PARQUET_SCHEMA)
+    return table.take(pa.array(np.random.default_rng([seed, f, 1]).permutation(n)))  # completion order
 
 
 def folder_for(work_dir: Path, rows: int, seed: int) -> Path:
@@ -475,7 +479,52 @@ def report(results: List[Dict]) -> Dict:
               f"{s['wall_s']['per_million']:+.1f} s (fixed {s['wall_s']['fixed']:.1f} s), "
               f"{s['cpu_s']['per_million']:+.1f} CPU s, driver Python {s['driver_py_mb']['per_million']:+.0f} MB, "
               f"JVM {s['jvm_mb']['per_million']:+.0f} MB, tree {s['tree_mb']['per_million']:+.0f} MB")
-    return {"ratios": ratios, "slopes": sl}
+    return {"ratios": ratios, "slopes": sl, "targets": targets(results, sl)}
+
+
+#: Issue 24's goals: in-process peak flat within 10% (with --memory-gb 2), Spark driver flat, in-process CPU
+#: per million rows no worse than the 33.5 s measured before, Spark per-core cost within 3x at the largest size.
+FLAT_SHARE, CPU_PER_MILLION, SPARK_FACTOR = 0.10, 33.5, 3.0
+
+
+def _size_mb(size: int, mb: float) -> str:
+    return f"{size:,}: {mb:,.0f}"
+
+
+def targets(results: List[Dict], sl: Dict[str, Dict]) -> Dict:
+    """Print the goals against what was measured (peak memory per size, the spread, the CPU slope, Spark's
+    per-row cost relative to in-process at the largest size run by both)."""
+    done = [r for r in results if not r.get("timed_out")]
+    out: Dict[str, Dict] = {}
+    print("\ntargets:")
+    for engine, peak in (("local", "driver_py"), ("spark", "driver_py")):
+        rs = sorted((r for r in done if r["engine"] == engine), key=lambda r: r["size"])
+        if len(rs) < 2:
+            continue
+        mb = [r["peak"][peak] for r in rs]
+        spread = max(mb) / min(mb) - 1
+        out[f"{engine}_peak"] = {"sizes": [r["size"] for r in rs], "mb": mb, "spread": spread}
+        print(f"  {'in-process' if engine == 'local' else 'Spark driver'} peak Python MB at "
+              f"{', '.join(_size_mb(r['size'], m) for r, m in zip(rs, mb))}: spread {100 * spread:.1f}% "
+              f"({'within' if spread <= FLAT_SHARE else 'ABOVE'} {100 * FLAT_SHARE:.0f}%)")
+    for name, s in sl.items():
+        if name.startswith("local"):
+            cpu = s["cpu_s"]["per_million"]
+            out["local_cpu_per_million"] = cpu
+            print(f"  in-process CPU s per million rows (slope): {cpu:.1f} ({'<=' if cpu <= CPU_PER_MILLION else '>'} "
+                  f"{CPU_PER_MILLION})")
+    sizes = {r["size"] for r in done if r["engine"] == "local"} & {r["size"] for r in done if r["engine"] == "spark"}
+    if sizes:
+        size = max(sizes)
+        loc = next(r for r in done if r["engine"] == "local" and r["size"] == size)
+        spk = next(r for r in done if r["engine"] == "spark" and r["size"] == size)
+        by_cpu = spk["cpu_s"] / loc["cpu_s"]
+        by_wall = loc["rows_per_s_core"] / spk["rows_per_s_core"]
+        out["spark_factor"] = {"size": size, "cpu": by_cpu, "wall_per_core": by_wall}
+        print(f"  Spark / in-process per row at {size:,} rows: {by_cpu:.2f}x by CPU seconds, {by_wall:.2f}x by "
+              f"rows/s per core ({'within' if min(by_cpu, by_wall) <= SPARK_FACTOR else 'ABOVE'} "
+              f"{SPARK_FACTOR:.0f}x)")
+    return out
 
 
 def extrapolate(sl: Dict[str, Dict], bench_cores: int, rows_list: Sequence[int], cores_list: Sequence[int]) -> Dict:

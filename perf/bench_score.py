@@ -67,8 +67,8 @@ def main() -> None:
 
     from models import build_model, get_config
     from models.tokenizer import write_test_vocab
-    from ccmb.corpus.scores import read_embeddings
-    from ccmb.corpus.semantic import semantic_reps
+    from ccmb.corpus.steps.levels.semdedup import semantic_reps
+    from ccmb.corpus.tables.scores import read_embeddings
     from ccmb_bench.adapters import load_adapter
     from ccmb_bench.scoring import score_corpus
 

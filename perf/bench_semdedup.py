@@ -1,4 +1,4 @@
-"""SemDeDup's k-means and candidate search: the numpy implementation (``ccmb.corpus.semantic``) next to
+"""SemDeDup's k-means and candidate search: the numpy implementation (``ccmb.corpus.steps.levels.semdedup``) next to
 scikit-learn (MiniBatchKMeans + NearestNeighbors) and faiss-cpu (spherical Kmeans + IndexFlatIP), on
 synthetic L2-normalised float32 embeddings, medians of ``--repeats`` runs, rows/s.
 
@@ -23,7 +23,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from ccmb.corpus.semantic import TARGET_CLUSTER_SIZE, kmeans, nearest_centroids
+from ccmb.corpus.steps.levels.semdedup import TARGET_CLUSTER_SIZE, kmeans, nearest_centroids
 
 Impl = Callable[[np.ndarray, int, int], Tuple[float, float, np.ndarray]]
 

@@ -10,11 +10,14 @@ import sys
 import click
 
 from .. import shards as fmt
-from ..corpus.parts import PartitionError, check_replaceable
-from ..corpus.table import CurationError
+from ..corpus.tables.schema import CurationError
+from ..outdir import OutputFolderError
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                              help="Where the metadata work runs: in-process (pyarrow/numpy) or on Spark.")
+MEMORY_OPTION = click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                             help="In-process engine: memory budget in GB; rows stream in batches and spill to "
+                                  "hash-partitioned buckets next to the output, so memory follows this, not the rows.")
 _MASTER = click.option("--spark-master", default=None,
                        help="Spark master for --engine spark (default $CCMB_SPARK_MASTER or local[*]).")
 _CONF = click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
@@ -36,7 +39,7 @@ def _errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (CurationError, PartitionError, fmt.ShardFormatError, FileNotFoundError) as exc:
+        except (CurationError, OutputFolderError, fmt.ShardFormatError, FileNotFoundError) as exc:
             raise click.ClickException(str(exc)) from exc
     return wrapper
 
@@ -46,7 +49,7 @@ def _spark(engine: str, master):
     if engine != "spark":
         return None
     from ..clikit import parse_key_values
-    from ..corpus.engine_spark import session
+    from ..corpus.api import spark_session as session
 
     master, conf = master if isinstance(master, tuple) else (master, ())
     return session(master, conf=parse_key_values(conf, "--spark-conf"))
@@ -80,11 +83,12 @@ def _echo_summary(summary) -> None:
               help="Keep the top P% of scored samples (ties at the threshold kept).")
 @click.option("--score-field", type=click.Choice(["score", "score_title", "score_content", "score_query"]),
               default="score", show_default=True, help="Which cosine the threshold applies to.")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_len, min_chinese_share, blocklist,
-               text_field, scores, min_score, keep_top_percent, score_field, engine, spark_master) -> None:
+               text_field, scores, min_score, keep_top_percent, score_field, memory_gb, engine, spark_master) -> None:
     """Filter a download folder by image size, aspect ratio, text length, Chinese share and a blocklist
     (and image-text agreement with --scores).
 
@@ -94,30 +98,43 @@ def filter_cmd(input_dir, output, min_side, max_ratio, min_text_len, max_text_le
     Examples:
       ccmb filter --input dl/ --output filter.parquet --min-side 64 --max-ratio 3 --min-chinese-share 0.5
     """
-    from ..corpus.filter import filter_samples
+    from ..corpus.api import apply_scores, filter_samples
 
-    check_replaceable(output)
     if scores and (min_score is None) == (keep_top_percent is None):
         raise click.UsageError("--scores needs exactly one of --min-score and --keep-top-percent")
     if not scores and (min_score is not None or keep_top_percent is not None):
         raise click.UsageError("--min-score / --keep-top-percent need --scores")
     summary = filter_samples(input_dir, output, min_side=min_side, max_ratio=max_ratio, min_text_len=min_text_len,
                              max_text_len=max_text_len, min_chinese_share=min_chinese_share, blocklist=blocklist,
-                             text_field=text_field, engine=engine, spark=_spark(engine, spark_master))
+                             text_field=text_field, engine=engine, spark=_spark(engine, spark_master), progress=True,
+                             memory_gb=memory_gb)
     if scores:
-        from ..corpus.scores import apply_scores
-
         summary = apply_scores(output, scores, min_score=min_score, keep_top_percent=keep_top_percent,
-                               field=score_field)
+                               field=score_field, engine=engine, spark=_spark(engine, spark_master),
+                               memory_gb=memory_gb)
         click.echo(f"{score_field} threshold {summary.threshold:.4f}")
     _echo_summary(summary)
 
 
-def _level_options(fn):
-    """One ``--NAME/--no-NAME`` switch per row of the dedup level table (``ccmb.corpus.dedup.LEVELS``)."""
-    from ..corpus.dedup import LEVELS
+def _click_type(opt):
+    if opt.type == "path":
+        return click.Path(exists=True, dir_okay=False)
+    if isinstance(opt.type, (tuple, list)):
+        return click.Choice(list(opt.type))
+    if opt.type is not None:
+        return opt.type
+    return type(opt.default) if opt.default is not None else str
 
-    for level in reversed(list(LEVELS.values())):
+
+def _level_options(fn):
+    """One ``--NAME/--no-NAME`` switch and the options of every level of the registry
+    (``ccmb.corpus.steps.levels``)."""
+    from ..corpus.steps.levels import levels
+
+    for level in reversed(list(levels().values())):
+        for opt in reversed(level.options):
+            fn = click.option(opt.flag, f"opt_{opt.param}", default=opt.default, type=_click_type(opt),
+                              show_default=opt.default is not None, help=opt.help)(fn)
         fn = click.option(level.flag, f"level_{level.name}", default=level.default, show_default=True,
                           help=level.help)(fn)
     return fn
@@ -129,34 +146,15 @@ def _level_options(fn):
 @click.option("--output", required=True, type=click.Path(),
               help="Decision table to write (.parquet; with --engine spark a folder of parts). An existing table is replaced.")
 @_level_options
-@click.option("--phash-threshold", default=4, show_default=True,
-              help="Max Hamming distance of 64-bit pHashes (best of whole/centre-crop variants).")
-@click.option("--phash-bands", type=int, default=None, help="LSH bands of the pHash (default threshold+1: exact recall).")
-@click.option("--caption-threshold", default=0.8, show_default=True,
-              help="Min exact Jaccard of caption n-grams (MinHash only proposes candidates).")
-@click.option("--minhash-perm", default=64, show_default=True, help="MinHash functions.")
-@click.option("--minhash-bands", default=16, show_default=True, help="LSH bands of the MinHash signature.")
-@click.option("--ngram", default=3, show_default=True, help="Character n-gram size of captions.")
-@click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
-              show_default=True, help="Text of the caption level (caption falls back to title).")
 @click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True),
               help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
                    "kept representative survives them.")
-@click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (in-process engine).")
-@click.option("--semantic", "semantic_scores", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Scores parquet of `ccmb score`: adds the semantic level (k-means + exact cosine of the image "
-                   "embeddings).")
-@click.option("--eps", default=0.05, show_default=True, help="Semantic level: drop when cosine >= 1 - eps.")
-@click.option("--clusters", default=0, show_default=True, help="Semantic level: k-means clusters (0: n/256).")
-@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="In-process engine: memory budget in GB; rows stream in batches and spill to hash-partitioned "
-                   "buckets next to --output, so memory follows this, not the row count (url, sha256, caption).")
+@click.option("--workers", default=1, show_default=True, help="Processes of the in-process engine (pHash of the tars).")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
-def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold, minhash_perm, minhash_bands,
-              ngram, text_field, keep_tables, workers, semantic_scores, eps, clusters, memory_gb, engine, spark_master,
-              **switches) -> None:
+def dedup_cmd(input_dir, output, keep_tables, workers, memory_gb, engine, spark_master, **switches) -> None:
     """Drop duplicates level by level (URL, exact bytes, pHash, caption, ...); the lowest key of a group stays.
 
     Each dropped row records the kept sample it duplicates (duplicate_of); near-duplicates are checked
@@ -166,22 +164,20 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
     Examples:
       ccmb dedup --input dl/ --output dedup.parquet --keep filter.parquet
     """
-    from ..corpus.dedup import dedup_samples
+    from ..corpus.api import dedup_samples
+    from ..corpus.steps.levels import levels as level_table
 
-    check_replaceable(output)
-    levels = [name[len("level_"):] for name, on in switches.items() if name.startswith("level_") and on]
-    params = {}
-    if semantic_scores:
-        levels.append("semdedup")
-        params = {"semantic_scores": semantic_scores, "semantic_eps": eps, "semantic_clusters": clusters}
-    if not levels:
+    table = level_table()
+    on = {name[len("level_"):] for name, value in switches.items() if name.startswith("level_") and value}
+    params = {name[len("opt_"):]: value for name, value in switches.items() if name.startswith("opt_")}
+    for level in table.values():
+        if any(o.enables and params.get(o.param) for o in level.options):
+            on.add(level.name)
+    if not on:
         raise click.UsageError("every dedup level is switched off")
-    summary = dedup_samples(input_dir, output, levels=levels, phash_threshold=phash_threshold,
-                            phash_bands=phash_bands, caption_threshold=caption_threshold, minhash_perm=minhash_perm,
-                            minhash_bands=minhash_bands, ngram=ngram, text_field=text_field,
-                            keep_tables=keep_tables, workers=workers, engine=engine,
-                            spark=_spark(engine, spark_master), progress=True, params=params,
-                            memory_gb=memory_gb)
+    summary = dedup_samples(input_dir, output, levels=[n for n in table if n in on], keep_tables=keep_tables,
+                            workers=workers, engine=engine, spark=_spark(engine, spark_master), progress=True,
+                            params=params, memory_gb=memory_gb)
     _echo_summary(summary)
 
 
@@ -209,11 +205,13 @@ def dedup_cmd(input_dir, output, phash_threshold, phash_bands, caption_threshold
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Corpus text compared with the evaluation texts.")
 @click.option("--workers", default=1, show_default=True, help="Processes hashing tars (in-process engine).")
+@MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def decontaminate_cmd(input_dir, against, root, split, output, report_path, phash_threshold, caption_threshold,
-                      min_caption_chars, drop_caption_matches, text_field, workers, engine, spark_master) -> None:
+                      min_caption_chars, drop_caption_matches, text_field, workers, memory_gb, engine,
+                      spark_master) -> None:
     """Drop corpus samples whose image copies an image of the evaluation sets (reason eval_overlap).
 
     Exact bytes (sha256) and perceptual copies (pHash variants, robust to re-encoding, resizing, small
@@ -224,7 +222,8 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
     Examples:
       ccmb decontaminate --input dl/ --against icr,icm,flickr30k-cna --root /data/ccmb --output decontaminate.parquet --report decontaminate.json
     """
-    from ..corpus.decontaminate import DecontaminationConfig, decontaminate, format_report
+    from ..corpus.api import decontaminate
+    from ..corpus.steps.decontaminate import DecontaminationConfig, format_report
     from ..datasets.base import DatasetError
 
     names = [a.strip() for a in against.split(",") if a.strip()]
@@ -233,7 +232,8 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
                                    text_field=text_field, workers=workers, progress=True)
     try:
         summary, report = decontaminate(input_dir, names, root, output, split=split, report_path=report_path,
-                                        config=config, engine=engine, spark=_spark(engine, spark_master))
+                                        config=config, engine=engine, spark=_spark(engine, spark_master),
+                                        memory_gb=memory_gb)
     except DatasetError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in format_report(report):
@@ -253,23 +253,30 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 @click.option("--samples-per-shard", default=10000, show_default=True, help="Samples per output shard.")
 @click.option("--shuffle", is_flag=True, help="Shuffle samples across shards (seeded).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --shuffle.")
-@click.option("--workers", default=1, show_default=True, help="Processes computing pHashes (default dedup).")
+@click.option("--workers", default=1, show_default=True, help="Processes of the in-process engine (writing shards, "
+              "pHash of the default dedup).")
+@MEMORY_OPTION
+@click.option("--allow-empty", is_flag=True, help="Write an empty shard set when every row is dropped (otherwise "
+              "an error giving the drop counts).")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
-def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed, workers, engine,
-                     spark_master) -> None:
+def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed, workers, memory_gb,
+                     allow_empty, engine, spark_master) -> None:
     """Rewrite the kept samples into final shards with sizes.json and manifest.json (restartable).
+
+    The output folder is locked while the command runs; a rerun with other settings is refused.
 
     \b
     Examples:
       ccmb build-shards --input dl/ --keep filter.parquet --keep dedup.parquet --keep decontaminate.parquet --output shards/ --shuffle
     """
-    from ..corpus.build import build_shards
+    from ..corpus.api import build_shards
 
     summary = build_shards(input_dir, output_dir, keep_tables=keep_tables, samples_per_shard=samples_per_shard,
                            shuffle=shuffle, seed=seed, engine=engine, spark=_spark(engine, spark_master),
-                           workers=workers, progress=True, command=shlex.join(sys.argv))
+                           workers=workers, progress=True, command=shlex.join(sys.argv), memory_gb=memory_gb,
+                           allow_empty=allow_empty)
     for line in summary.lines():
         click.echo(line)
 
@@ -319,7 +326,7 @@ def stats_cmd(path, as_json, scores, histogram) -> None:
         stats = corpus_stats(path)
         click.echo(json.dumps(stats, ensure_ascii=False, indent=2) if as_json else format_stats(stats))
     if scores:
-        from ..corpus.scores import format_score_stats, histogram_png, score_stats
+        from ..corpus.steps.scores import format_score_stats, histogram_png, score_stats
 
         sstats = score_stats(scores)
         click.echo(json.dumps(sstats, ensure_ascii=False, indent=2) if as_json else format_score_stats(sstats))

@@ -411,7 +411,7 @@ def _show_model_curation(workdir: Path) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from ..corpus.table import load_metadata
+    from ..corpus.tables.folder import read_columns as load_metadata
 
     planted = json.loads((workdir / "planted.json").read_text(encoding="utf-8"))
     meta = load_metadata(workdir / "download", ["key", "url", "status"])
@@ -433,7 +433,8 @@ def _show_model_curation(workdir: Path) -> dict:
 
     out = {"low_agreement": pr("filter_scores.parquet", "low_agreement", mismatched),
            "duplicate_semantic": pr("semantic.parquet", "duplicate_semantic", copies)}
-    from ..corpus.scores import read_scores, top_percent_threshold
+    from ..corpus.steps.scores import top_percent_threshold
+    from ..corpus.tables.scores import read_scores
 
     sc = read_scores(workdir / "scores.parquet", ["key", "score"]).to_pydict()
     pairs = [(k, v) for k, v in zip(sc["key"], sc["score"]) if v is not None]
@@ -467,7 +468,7 @@ def _show_curation(dl: Path, tables: List[Path], planted: List[dict]) -> dict:
     returns {"planted": [(what, expected reason, reason got)], "others": {key: (table, reason, of)}}."""
     import pyarrow.parquet as pq
 
-    from ..corpus.table import load_metadata
+    from ..corpus.tables.folder import read_columns as load_metadata
 
     meta = load_metadata(dl, ["key", "url", "status"])
     url_of = {k: _url_path(u) for u, k, st in zip(meta.column("url").to_pylist(), meta.column("key").to_pylist(),

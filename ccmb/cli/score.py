@@ -36,11 +36,26 @@ def score_cmd(input_dir, model, output, checkpoint, tokenizer, embeddings, batch
     Examples:
       ccmb score --input dl/ --model r2d2-vitb16 --output scores.parquet --device cuda
     """
+    from pathlib import Path
+
     from ccmb_bench.adapters import load_adapter
     from ccmb_bench.scoring import default_device, score_corpus
 
+    from .. import outdir
+    from ..corpus.tables.scores import is_scores_file
+
+    output = Path(output)
+    emb = Path(embeddings) if embeddings else output.with_name(output.stem + "_embeddings")
+    outdir.refuse_inside(output, [input_dir])
+    outdir.refuse_inside(emb, [input_dir])
+    if output.exists() and not is_scores_file(output):
+        raise click.ClickException(f"{output}: exists and is not a scores file of `ccmb score`; refusing to replace "
+                                   "it: choose another --output")
+    outdir.claim(emb, "score embeddings", legacy=lambda f: (f / "model.json").is_file(),
+                 hint="choose another --embeddings folder")
     adapter = load_adapter(model, checkpoint=checkpoint, device=device or default_device(), tokenizer=tokenizer)
-    summary = score_corpus(input_dir, adapter, output, embeddings=embeddings, batch_size=batch_size, progress=True,
-                           draft=draft)
+    with outdir.FolderLock(emb):
+        summary = score_corpus(input_dir, adapter, output, embeddings=emb, batch_size=batch_size, progress=True,
+                               draft=draft)
     for line in summary.lines():
         click.echo(line)

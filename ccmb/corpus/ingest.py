@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from .. import atomic
 from ..safejson import loads_bounded, nesting_depth
 from ..types import PathLike
-from .spill import DEFAULT_MEMORY_GB, RepeatFinder, SpillDir, plan
+from .primitives.spill import DEFAULT_MEMORY_GB, RepeatFinder, SpillDir, plan
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Works on a download folder or a final shard set: it reads the ``NNNNN.parquet`` files shard by shard,
 only the columns it reports (:data:`STATS_COLUMNS`), into exact value counts (memory bounded by the
 number of distinct lengths and sizes, not by the rows) (every input row,
-failures included), checked (:func:`ccmb.corpus.table.list_parquets`): a missing or damaged parquet is an
+failures included), checked (:class:`ccmb.corpus.tables.folder.DownloadFolder`): a missing or damaged parquet is an
 error naming it, never a silent fall-back. Only a folder of bare tars (no parquet and no ``_stats.json`` at
 all: a foreign webdataset set) or a single tar is read from the samples' ``{key}.json`` metadata.
 """
@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from .download.report import download_report, format_report  # refusals and pacing of a download folder
 from .. import shards as fmt
-from .table import CurationError, list_parquets, read_shard_metadata
+from .tables.folder import DownloadFolder, read_file_columns
+from .tables.schema import CurationError
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,12 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     if not path.exists():
         raise CurationError(f"{path}: no such folder")
     if path.is_dir() and fmt.expects_parquets(path):
-        parquets = list_parquets(path)
+        parquets = DownloadFolder(path).parquets
         source = "parquet"
 
         def tables():  # shard by shard, only the reported columns: memory does not grow with the corpus
             for p in parquets:
-                t = read_shard_metadata(p, columns=STATS_COLUMNS)
+                t = read_file_columns(p, STATS_COLUMNS)
                 _check_successes(p, t)
                 yield t
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Union
 
 from .. import shards as fmt
-from .table import CurationError
+from .tables.schema import CurationError
 
 logger = logging.getLogger(__name__)
 

@@ -8,12 +8,13 @@ from click.testing import CliRunner
 
 from ccmb import shards
 from ccmb.cli import main
-from ccmb.corpus import build as build_mod
-from ccmb.corpus.build import build_shards
-from ccmb.corpus.dedup import dedup_samples
-from ccmb.corpus.filter import filter_samples
+from ccmb.corpus import api
+from ccmb.corpus.steps import build as build_mod
+from ccmb.corpus.api import build_shards
+from ccmb.corpus.api import dedup_samples
+from ccmb.corpus.api import filter_samples
 from ccmb.corpus.stats import corpus_stats
-from ccmb.corpus.table import CurationError
+from ccmb.corpus.tables.schema import CurationError
 from ccmb.corpus.verify import verify_shards
 
 
@@ -60,26 +61,26 @@ def test_restart_after_a_crash(planted, tmp_path, monkeypatch):
     ref = tmp_path / "ref"
     build_shards(d, ref, samples_per_shard=3)
     out = tmp_path / "out"
-    real = build_mod._write_shard
+    real = build_mod.write_shard
     calls = []
 
-    def crashing(output_dir, index, rows, source):
+    def crashing(input_dir, output_dir, samples_per_shard, plan, index):
         calls.append(index)
         if index == 2:
             # die in the middle of shard 2: a temporary is left, no 00002.tar
             with shards.ShardWriter(output_dir, index):
                 raise KeyboardInterrupt("simulated kill")
-        return real(output_dir, index, rows, source)
+        return real(input_dir, output_dir, samples_per_shard, plan, index)
 
-    monkeypatch.setattr(build_mod, "_write_shard", crashing)
+    monkeypatch.setattr(build_mod, "write_shard", crashing)
     with pytest.raises(KeyboardInterrupt):
         build_shards(d, out, samples_per_shard=3)
     assert (out / "_build" / "plan.json").exists() and not (out / "manifest.json").exists()
     assert not (out / "00002.tar").exists() and (out / "00001.tar").exists()
     mtime0 = (out / "00000.tar").stat().st_mtime_ns
-    monkeypatch.setattr(build_mod, "_write_shard", real)
+    monkeypatch.setattr(build_mod, "write_shard", real)
     # the plan is reused: the filter/dedup step must not run again
-    monkeypatch.setattr(build_mod, "_decide", lambda *a, **k: pytest.fail("plan recomputed"))
+    monkeypatch.setattr(api, "_build_plan", lambda *a, **k: pytest.fail("plan recomputed"))
     summary = build_shards(d, out, samples_per_shard=3)
     assert summary.skipped == ["00000", "00001"] and summary.written == ["00002", "00003"]
     assert (out / "00000.tar").stat().st_mtime_ns == mtime0

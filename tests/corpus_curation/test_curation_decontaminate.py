@@ -12,8 +12,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from ccmb import shards as fmt
 from ccmb.cli import main
-from ccmb.corpus.build import build_shards
-from ccmb.corpus.decontaminate import DecontaminationConfig, build_index, decontamination_table
+from ccmb.corpus.api import build_shards
+from ccmb.corpus.api import decontamination_table
+from ccmb.corpus.steps.decontaminate import DecontaminationConfig, build_index
 
 EVAL_TEXTS = ["一只橘色的猫趴在木头桌子上晒太阳", "傍晚时分海边的灯塔和归来的渔船", "雨后的城市街道上撑伞的行人",
               "山谷里开满黄色油菜花的梯田", "厨房台面上摆着新鲜的蔬菜和水果", "雪地里奔跑玩耍的两只哈士奇"]
@@ -150,13 +151,3 @@ def test_bad_input_is_a_clear_error(corpus, tmp_path):
     res = CliRunner().invoke(main, ["decontaminate", "--input", str(d), "--against", "coco-cn", "--root",
                                     str(root), "--output", str(tmp_path / "x.parquet")])
     assert res.exit_code != 0 and "Error" in res.output and not (tmp_path / "x.parquet").exists()
-
-
-@pytest.mark.spark
-def test_spark_engine_gives_the_same_table(corpus, spark):
-    d, root, _ = corpus
-    index = build_index(["icr"], root)
-    local = decontamination_table(d, index, DecontaminationConfig())
-    remote = decontamination_table(d, index, DecontaminationConfig(), engine="spark", spark=spark)
-    assert local.table.equals(remote.table)
-    assert local.report["datasets"] == remote.report["datasets"]

@@ -10,11 +10,12 @@ from curation_helpers import jpeg, rand_image
 from PIL import Image
 
 from ccmb.cli import main
-from ccmb.corpus import groups, minhash
-from ccmb.corpus.dedup import DedupConfig, dedup_samples, dedup_table
-from ccmb.corpus.phash import hamming, phash_bytes
-from ccmb.corpus.table import CurationError
-from ccmb.corpus.urlnorm import normalize_urls
+from ccmb.corpus.primitives import groups, minhash
+from ccmb.corpus.api import dedup_samples, dedup_table
+from ccmb.corpus.steps.levels import DedupConfig
+from ccmb.corpus.primitives.phash import hamming, phash_bytes
+from ccmb.corpus.tables.schema import CurationError
+from ccmb.corpus.primitives.urlnorm import normalize_urls
 
 
 def _by_key(table: pa.Table):
@@ -57,7 +58,7 @@ def test_levels_are_switchable(planted):
 
 def test_keep_tables_exclude_filtered_samples(planted, tmp_path):
     d, k = planted
-    from ccmb.corpus.filter import filter_samples
+    from ccmb.corpus.api import filter_samples
 
     # orig0 is filtered out (blocklist on its caption): its URL duplicates are then kept, the lowest of them
     filter_samples(d, tmp_path / "f.parquet", blocklist=["故宫"])
@@ -110,8 +111,6 @@ def test_phash_grouping_recall_is_exact_within_threshold():
 
 
 def _phash_nodes(values, threshold):
-    from ccmb.corpus.dedup import phash_reps  # noqa: F401  (same path as dedup)
-
     rows = np.arange(len(values))
     uniq, node = groups.unique_nodes(values, rows, len(values))
     edges = groups.candidate_edges(groups.phash_bands(uniq, threshold + 1),
@@ -131,12 +130,6 @@ def test_minhash_similarity_tracks_jaccard():
     sig2, _ = minhash.signatures([a, a[:-1] + "呀"], minhash.MinHashParams(num_perm=256, bands=32))
     s = minhash.similarity(sig2, np.array([0]), np.array([1]))[0]
     assert 0.75 < s < 1.0                             # true Jaccard of 3-grams: 16/18
-
-
-def test_first_occurrence_and_chains():
-    vals = pa.array(["b", "a", None, "b", "a", "c"])
-    assert groups.first_occurrence(vals).tolist() == [0, 1, -1, 0, 1, 5]
-    assert groups.resolve_chains(np.array([-1, 0, 1, -1, 3])).tolist() == [-1, 0, 0, -1, 3]
 
 
 def test_unreadable_tar_names_the_file(planted, tmp_path):
@@ -173,56 +166,55 @@ def test_cli_switches(planted, tmp_path):
     assert "duplicate_phash" not in res.output
 
 
-def test_first_occurrence_fixed_is_exact_under_prefix_collisions():
-    rng = np.random.default_rng(0)
-    vals = rng.integers(0, 256, size=(300, 32), dtype=np.uint8)
-    vals[10:20, :8] = vals[0:10, :8]                      # same first 8 bytes, different values
-    data = vals[rng.integers(0, 300, size=5000)]
-    eligible = rng.random(5000) < 0.8
-
-    def fixed(d):
-        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(d), [None, pa.py_buffer(d.tobytes())])
-
-    got = groups.first_occurrence_fixed(pa.chunked_array([fixed(data[:2000]), fixed(data[2000:])]), eligible)
-    first, ref = {}, np.full(5000, -1)
-    for i in np.flatnonzero(eligible):
-        ref[i] = first.setdefault(data[i].tobytes(), i)
-    assert np.array_equal(got, ref)
-
-
-def test_keep_tables_with_other_rows_are_matched_by_key(planted, tmp_path):
+def test_keep_tables_are_matched_by_key_never_by_position(planted, tmp_path):
+    """A table re-sorted with pyarrow (and a key missing) decides the same rows as the original, by key."""
     d, k = planted
-    from ccmb.corpus.filter import FilterConfig, filter_table
-    from ccmb.corpus.table import prior_reasons, write_decisions
+    from ccmb.corpus.api import filter_table
+    from ccmb.corpus.steps.filter import FilterConfig
+    from ccmb.corpus.tables.writer import write_table
 
     full = filter_table(d, FilterConfig(blocklist=["故宫"]))
-    # a table with rows reversed and one key missing: looked up by key, not by position
+    write_table(tmp_path / "full.parquet", full, kind="filter", source=d)
+    meta = pq.read_metadata(tmp_path / "full.parquet").metadata
+    # reversed rows, the first key missing, the original's metadata kept (as a user's pyarrow rewrite does)
     part = full.slice(1).take(pa.array(list(range(full.num_rows - 2, -1, -1))))
-    write_decisions(tmp_path / "part.parquet", part)
-    write_decisions(tmp_path / "full.parquet", full)
-    keys = full.column("key")
-    assert prior_reasons(keys, [tmp_path / "full.parquet"]).to_pylist() == full.column("reason").to_pylist()
-    got = prior_reasons(keys, [tmp_path / "part.parquet"]).to_pylist()
-    assert got[0] == "not_in:part.parquet" and got[1:] == full.column("reason").to_pylist()[1:]
+    pq.write_table(part.replace_schema_metadata(meta), tmp_path / "part.parquet")
+    assert pq.read_table(tmp_path / "part.parquet").column("key").to_pylist() != sorted(part.column("key").to_pylist())
+    a = {r["key"]: r["reason"] for r in dedup_table(d, DedupConfig(levels=("url",)),
+                                                    keep_tables=[tmp_path / "full.parquet"]).to_pylist()}
+    b = {r["key"]: r["reason"] for r in dedup_table(d, DedupConfig(levels=("url",)),
+                                                    keep_tables=[tmp_path / "part.parquet"]).to_pylist()}
+    first = full.column("key")[0].as_py()
+    assert b.pop(first) == "not_in:part.parquet" and a.pop(first) == "blocklist"
+    assert a == b and "duplicate_url" in a.values()
 
 
-def test_first_occurrence_strings_is_exact_even_if_every_hash_collides(monkeypatch):
+def test_equal_values_group_exactly_even_if_every_bucket_hash_collides(monkeypatch):
+    """The exact levels group by value within a partition (pyarrow's exact grouping): even if every value fell
+    into one bucket (all hashes equal), every row points at the lowest key of its value."""
+    import pyarrow as pa
+
+    from ccmb.corpus.steps import exact
+
     rng = np.random.default_rng(0)
-    pool = [f"//a.com/{i}" for i in range(100)] + ["", "猫" * 40]
+    pool = [f"//a.com/{i}" for i in range(100)] + ["猫" * 40]
+    keys = [f"{i:06d}" for i in range(3000)]
     vals = [pool[i] if i < len(pool) else None for i in rng.integers(0, len(pool) + 3, 3000)]
-    col = pa.chunked_array([pa.array(vals[:1000], pa.string()), pa.array(vals[1000:], pa.string())])
-    eligible = rng.random(3000) < 0.8
-    first, ref = {}, np.full(3000, -1)
-    for i in np.flatnonzero(eligible):
-        if vals[i] is not None:
-            ref[i] = first.setdefault(vals[i], i)
-    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
-    monkeypatch.setattr(groups, "string_hashes", lambda c: np.zeros(len(c), np.uint64))
-    assert np.array_equal(groups.first_occurrence_strings(col, eligible), ref)
+    order = rng.permutation(3000)  # any row order
+    t = pa.table({"key": pa.array(keys).take(pa.array(order)), "v": pa.array(vals).take(pa.array(order))})
+    got = exact._first_of_value("duplicate_url", exact._valued("v", t))
+    first = {}
+    want = {}
+    for k, v in zip(keys, vals):
+        if v is not None:
+            rep = first.setdefault(v, k)
+            if rep != k:
+                want[k] = rep
+    assert dict(zip(got.column("key").to_pylist(), got.column("duplicate_of").to_pylist())) == want
 
 
 def test_url_normal_form_keeps_parameters_that_only_start_like_tracking_ones():
-    from ccmb.corpus.urlnorm import normalize_urls
+    from ccmb.corpus.primitives.urlnorm import normalize_urls
 
     got = normalize_urls([
         "https://img.x.cn/p.jpg?spmid=7", "https://img.x.cn/p.jpg?id=7",

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from ccmb import synthetic
-from ccmb.corpus import minhash
-from ccmb.corpus.phash import phash_variants_bytes, variant_distance
+from ccmb.corpus.primitives import minhash
+from ccmb.corpus.primitives.phash import phash_variants_bytes, variant_distance
 
 
 def test_distinct_scenes_are_distinct_for_caption_and_phash_levels(tmp_path):

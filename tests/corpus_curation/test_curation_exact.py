@@ -7,8 +7,10 @@ from click.testing import CliRunner
 from curation_helpers import jpeg, rand_image
 
 from ccmb.cli import main
-from ccmb.corpus import dedup, groups, minhash
-from ccmb.corpus.dedup import DedupConfig, DedupLevel, LevelDrops, caption_reps, dedup_table, phash_reps
+from ccmb.corpus.api import caption_reps, dedup_table, phash_reps
+from ccmb.corpus.primitives import groups, minhash
+from ccmb.corpus.steps import levels as dedup
+from ccmb.corpus.steps.levels import DedupConfig, DedupLevel
 
 
 def _norm(texts):
@@ -79,7 +81,7 @@ def test_star_reps_every_dropped_row_points_at_a_direct_neighbour():
 
 def test_phash_variants_tolerate_a_small_border_crop():
 
-    from ccmb.corpus.phash import phash_variants_bytes, variant_distance
+    from ccmb.corpus.primitives.phash import phash_variants_bytes, variant_distance
 
     img = rand_image(7, (320, 320))
     crop = img.crop((16, 16, 304, 304))  # 5% of each side cut away
@@ -89,35 +91,49 @@ def test_phash_variants_tolerate_a_small_border_crop():
     assert variant_distance(h[0], h[2])[0] > 12
 
 
-def test_level_table_unknown_level_raises_and_registering_is_one_entry(planted, monkeypatch):
+def _second_row_duplicates_the_first(calls, engine, rows, config, context):
+    """A test level: the second eligible row (key order) is a duplicate of the first."""
+    import pyarrow as pa
+
+    from ccmb.corpus.steps.exact import DROPS_SCHEMA
+    from ccmb.corpus.tables.dataflow import Fn
+
+    def step(t):
+        calls.append(t.num_rows)
+        keys = sorted(t.column("key").to_pylist())
+        return pa.table({"key": keys[1:2], "reason": ["duplicate_test"], "duplicate_of": keys[:1]})
+
+    return engine.gather(rows, Fn(step, DROPS_SCHEMA))
+
+
+def test_level_table_unknown_level_raises_and_registering_is_one_entry(planted):
+    from functools import partial
+
     d, k = planted
     with pytest.raises(ValueError, match="unknown dedup level"):
         DedupConfig(levels=("semantic",))
     with pytest.raises(ValueError, match="unknown dedup level"):
         dedup.get_level("semantic")
-    # no silent fall-through to another level: a level without a Spark function says so
     calls = []
-
-    def first_two(input_dir, meta, eligible, config):
-        calls.append(int(eligible.sum()))
-        rows = np.flatnonzero(eligible)[1:2]
-        return [LevelDrops("duplicate_test", rows, np.flatnonzero(eligible)[:1])]
-
-    monkeypatch.setattr(dedup, "LEVELS", dedup.LEVELS.copy())
-    dedup.register_level(DedupLevel("testlevel", "duplicate_test", first_two, None, (), "a test level",
-                                    default=False))
-    assert "testlevel" not in DedupConfig().levels
-    t = dedup_table(d, DedupConfig(levels=("sha256", "testlevel")))
-    reasons = t.column("reason").to_pylist()
-    assert reasons.count("duplicate_test") == 1 and reasons.count("duplicate_sha256") == 1 and calls == [16]
-    with pytest.raises(ValueError, match="no Spark implementation"):
-        dedup.spark_function(dedup.get_level("testlevel"))
+    level = DedupLevel("testlevel", "duplicate_test", "a test level", order=25,
+                       drops=partial(_second_row_duplicates_the_first, calls), default=False)
+    dedup.register_level(level)
+    try:
+        assert "testlevel" not in DedupConfig().levels
+        assert list(dedup.levels())[:3] == ["url", "sha256", "testlevel"]  # run order from the table
+        t = dedup_table(d, DedupConfig(levels=("sha256", "testlevel")))
+        reasons = t.column("reason").to_pylist()
+        assert reasons.count("duplicate_test") == 1 and reasons.count("duplicate_sha256") == 1 and calls == [16]
+        res = CliRunner().invoke(main, ["dedup", "--help"])  # the CLI switch comes from the table (at import)
+        assert res.exit_code == 0
+    finally:
+        dedup.unregister_level("testlevel")
 
 
 def test_cli_level_switches_come_from_the_table(planted, tmp_path):
     d, k = planted
     res = CliRunner().invoke(main, ["dedup", "--help"])
-    for name in dedup.LEVELS:
+    for name in dedup.levels():
         assert f"--{name} / --no-{name}" in res.output
     res = CliRunner().invoke(main, ["dedup", "--input", str(d), "--output", str(tmp_path / "x.parquet"),
                                     "--no-url", "--no-sha256", "--no-phash", "--no-caption"])

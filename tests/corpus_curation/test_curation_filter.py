@@ -7,8 +7,9 @@ from click.testing import CliRunner
 from curation_helpers import jpeg, rand_image
 
 from ccmb.cli import main
-from ccmb.corpus.filter import FilterConfig, escape_regex, filter_samples, filter_table
-from ccmb.corpus.table import CurationError
+from ccmb.corpus.api import filter_samples, filter_table
+from ccmb.corpus.steps.filter import FilterConfig, escape_regex
+from ccmb.corpus.tables.schema import CurationError
 
 GOOD = "一只可爱的小猫在草地上玩耍"
 
@@ -99,7 +100,7 @@ def test_cjk_count_equals_the_regex_count():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from ccmb.corpus.filter import CJK_CLASS, count_cjk
+    from ccmb.corpus.steps.filter import CJK_CLASS, count_cjk
 
     rng = np.random.default_rng(0)
     edges = [0x20, 0x41, 0xE9, 0x7FF, 0x3000, 0x33FF, 0x3400, 0x3FFF, 0x4000, 0x4DBF, 0x4DC0, 0x4DFF, 0x4E00,
@@ -115,7 +116,7 @@ def test_sha256_packing():
 
     import pyarrow as pa
 
-    from ccmb.corpus.table import sha256_to_binary
+    from ccmb.corpus.primitives.columns import sha256_to_binary
 
     h = hashlib.sha256(b"x").hexdigest()
     out = sha256_to_binary(pa.array([h, h.upper(), None, "zz" * 32, "abc"])).to_pylist()

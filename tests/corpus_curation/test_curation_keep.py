@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 from curation_helpers import jpeg, rand_image
 
 from ccmb import shards as fmt
-from ccmb.corpus.build import build_shards
-from ccmb.corpus.dedup import dedup_samples
-from ccmb.corpus.filter import filter_samples
+from ccmb.corpus.api import build_shards
+from ccmb.corpus.api import dedup_samples
+from ccmb.corpus.api import filter_samples
 
 
 def _rows(path):

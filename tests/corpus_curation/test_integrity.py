@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from ccmb import shards
 from ccmb.cli import main
-from ccmb.corpus.build import build_shards
+from ccmb.corpus.api import build_shards
 from ccmb.corpus.stats import corpus_stats
-from ccmb.corpus.table import CurationError
+from ccmb.corpus.tables.schema import CurationError
 from ccmb.corpus.verify import verify_shards
 
 

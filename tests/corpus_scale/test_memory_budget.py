@@ -14,17 +14,21 @@ import pytest
 
 from ccmb import shards as fmt
 from ccmb.corpus import ingest
-from ccmb.corpus.dedup import DedupConfig, dedup_samples, dedup_table
-from ccmb.corpus.filter import filter_samples
-from ccmb.corpus.table import CurationError, read_decisions
+from ccmb.corpus.api import dedup_samples, dedup_table
+from ccmb.corpus.steps.levels import DedupConfig
+from ccmb.corpus.api import filter_samples
+from ccmb.corpus.tables.decisions import read_decisions
+from ccmb.corpus.tables.schema import CurationError
 
 METADATA_LEVELS = ("url", "sha256", "caption")
 CJK = np.array(list("城市夜景山水花鸟人物春夏秋冬东南西北风雨雷电江河湖海日月星辰金木水火土天地玄黄宇宙洪荒"))
 
 
-def synthetic_folder(out: Path, rows: int, per_file: int, seed: int = 0) -> Path:
-    """A metadata-only download folder: keys in order, 5% failures, repeats at the same URL (with a
-    tracking parameter) or the same bytes, exact and near-duplicate captions and chains (A~B~C)."""
+def synthetic_folder(out: Path, rows: int, per_file: int, seed: int = 0, completion_order: bool = True) -> Path:
+    """A metadata-only download folder: 5% failures, repeats at the same URL (with a tracking parameter) or
+    the same bytes, exact and near-duplicate captions and chains (A~B~C); each parquet's rows in a shuffled
+    order, as ``ccmb download`` writes them (the order downloads complete in), unless ``completion_order``
+    is False (keys ascending)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     base = rng.integers(0, len(CJK), size=(rows, 30))
@@ -55,6 +59,8 @@ def synthetic_folder(out: Path, rows: int, per_file: int, seed: int = 0) -> Path
             cols[side] = [256 if o else None for o in ok[lo:hi]]
         table = pa.table({name: pa.array(cols[name], fld.type) if name in cols else pa.nulls(n, fld.type)
                           for name, fld in zip(fmt.PARQUET_SCHEMA.names, fmt.PARQUET_SCHEMA)})
+        if completion_order:
+            table = table.take(pa.array(rng.permutation(n)))
         pq.write_table(table, out / f"{f:05d}.parquet")
     return out
 
@@ -76,9 +82,9 @@ def test_tiny_budget_many_buckets_gives_the_in_memory_table(synthetic, planted_s
             got = read_decisions(out)
             assert got.equals(ref), [(a, b) for a, b in zip(got.to_pylist(), ref.to_pylist()) if a != b][:5]
             assert summary.rows == ref.num_rows and summary.kept == sum(ref.column("keep").to_pylist())
-            assert not list(tmp_path.glob(".ccmb-dedup-*"))  # the spill folder is removed
+            assert not list(tmp_path.glob(".ccmb-work-*"))  # the spill folder is removed
     # chains of near-duplicate captions are stars: every dropped caption is within the threshold of its kept one
-    from ccmb.corpus.minhash import jaccard_sets, ngrams, normalize_texts
+    from ccmb.corpus.primitives.minhash import jaccard_sets, ngrams, normalize_texts
 
     table = read_decisions(tmp_path / "synthetic_64.parquet").to_pylist()
     text = {}
@@ -100,17 +106,6 @@ def test_keep_table_and_buckets(synthetic, tmp_path):
     assert read_decisions(tmp_path / "a.parquet").equals(read_decisions(tmp_path / "b.parquet"))
 
 
-@pytest.mark.spark
-@pytest.mark.slow
-def test_many_buckets_agree_with_spark(planted_scale, spark, tmp_path):
-    local = dedup_samples(planted_scale, tmp_path / "l.parquet", levels=METADATA_LEVELS, memory_gb=0.001,
-                          spill_buckets=11)
-    remote = dedup_samples(planted_scale, tmp_path / "s.parquet", levels=METADATA_LEVELS, engine="spark",
-                           spark=spark)
-    assert local.dropped == remote.dropped
-    assert read_decisions(tmp_path / "l.parquet").equals(read_decisions(tmp_path / "s.parquet"))
-
-
 def test_duplicate_keys_name_the_files_with_many_buckets(synthetic, tmp_path):
     d = tmp_path / "dl"
     d.mkdir()
@@ -122,7 +117,7 @@ def test_duplicate_keys_name_the_files_with_many_buckets(synthetic, tmp_path):
     pq.write_table(t.set_column(0, "key", pa.array(keys, pa.string())), d / "00001.parquet")
     with pytest.raises(CurationError, match=r"not unique.*00000\.parquet.*00001\.parquet"):
         dedup_samples(d, tmp_path / "x.parquet", levels=METADATA_LEVELS, memory_gb=0.001, spill_buckets=9)
-    assert not (tmp_path / "x.parquet").exists() and not list(tmp_path.glob(".ccmb-dedup-*"))
+    assert not (tmp_path / "x.parquet").exists() and not list(tmp_path.glob(".ccmb-work-*"))
 
 
 def test_image_key_check_is_external_and_names_key_and_file(tmp_path, monkeypatch):
@@ -176,14 +171,23 @@ def test_peak_memory_is_flat_from_n_to_4n_rows(tmp_path):
     assert read_decisions(tmp_path / "b.parquet").num_rows == 4 * n
 
 
-def test_folder_out_of_key_order_falls_back_to_the_in_memory_engine(synthetic, tmp_path, caplog):
-    d = tmp_path / "dl"
-    d.mkdir()
-    files = sorted(synthetic.glob("*.parquet"))[:2]
-    (d / "00000.parquet").write_bytes(files[1].read_bytes())  # the later keys first
-    (d / "00001.parquet").write_bytes(files[0].read_bytes())
-    ref = dedup_table(d, DedupConfig(levels=METADATA_LEVELS))  # sorts by key
-    dedup_samples(d, tmp_path / "x.parquet", levels=METADATA_LEVELS, memory_gb=0.001, spill_buckets=5)
-    assert "not in ascending order" in caplog.text
-    assert read_decisions(tmp_path / "x.parquet").equals(ref)
-    assert not list(tmp_path.glob(".ccmb-dedup-*"))
+def test_any_row_order_gives_the_same_table(tmp_path, caplog):
+    """Keys ascending, rows in completion order within each parquet, parquets out of key order: one table."""
+    ordered = synthetic_folder(tmp_path / "ordered", 3000, 1000, seed=2, completion_order=False)
+    shuffled = synthetic_folder(tmp_path / "shuffled", 3000, 1000, seed=2)
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    for a, b in (("00000", "00002"), ("00001", "00001"), ("00002", "00000")):  # later keys first
+        (swapped / f"{a}.parquet").write_bytes((shuffled / f"{b}.parquet").read_bytes())
+    assert pq.read_table(shuffled / "00000.parquet").column("key").to_pylist() != \
+        sorted(pq.read_table(shuffled / "00000.parquet").column("key").to_pylist())
+    tables = []
+    for folder in (ordered, shuffled, swapped):
+        out = tmp_path / f"{folder.name}.parquet"
+        dedup_samples(folder, out, levels=METADATA_LEVELS, memory_gb=0.001, spill_buckets=5)
+        tables.append(read_decisions(out))
+        assert tables[-1].column("key").to_pylist() == sorted(tables[-1].column("key").to_pylist())
+    assert tables[0].equals(tables[1])
+    cols = ["key", "keep", "reason", "duplicate_of"]  # the swapped parquets name other tars
+    assert tables[0].select(cols).equals(tables[2].select(cols))
+    assert "in-memory engine" not in caplog.text and not list(tmp_path.glob(".ccmb-work-*"))

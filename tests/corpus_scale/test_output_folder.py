@@ -4,8 +4,10 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from ccmb.cli import main as cli
-from ccmb.corpus.dedup import DedupConfig, dedup_table
-from ccmb.corpus.table import read_decisions, write_decisions
+from ccmb.corpus.api import dedup_table
+from ccmb.corpus.steps.levels import DedupConfig
+from ccmb.corpus.tables.decisions import read_decisions
+from ccmb.corpus.tables.writer import write_table as write_decisions
 
 
 def _run(args):

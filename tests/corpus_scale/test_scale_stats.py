@@ -22,13 +22,13 @@ def test_value_counts_equal_numpy_percentiles():
 
 def test_stats_reads_only_reported_columns(planted_scale, monkeypatch):
     seen = []
-    real = stats_mod.read_shard_metadata
+    real = stats_mod.read_file_columns
 
-    def spy(path, columns=None):
+    def spy(path, columns):
         seen.append(columns)
-        return real(path, columns=columns)
+        return real(path, columns)
 
-    monkeypatch.setattr(stats_mod, "read_shard_metadata", spy)
+    monkeypatch.setattr(stats_mod, "read_file_columns", spy)
     s = stats_mod.corpus_stats(planted_scale)
     assert seen and all(c is not None and set(c) == set(STATS_COLUMNS) for c in seen)
     assert "url" not in STATS_COLUMNS and "sha256" not in STATS_COLUMNS

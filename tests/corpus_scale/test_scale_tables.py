@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from ccmb.corpus import parts
-from ccmb.corpus.build import build_shards
-from ccmb.corpus.dedup import DedupConfig, dedup_samples, dedup_table
-from ccmb.corpus.filter import filter_samples
-from ccmb.corpus.minhash import jaccard_sets, ngrams
-from ccmb.corpus.table import CurationError, decision_metadata, read_decisions, write_decisions
+from ccmb.corpus.tables import decisions as parts
+from ccmb.corpus.api import build_shards
+from ccmb.corpus.api import dedup_samples, dedup_table
+from ccmb.corpus.steps.levels import DedupConfig
+from ccmb.corpus.api import filter_samples
+from ccmb.corpus.primitives.minhash import jaccard_sets, ngrams
+from ccmb.corpus.tables.decisions import decision_metadata, read_decisions
+from ccmb.corpus.tables.schema import CurationError
+from ccmb.corpus.tables.writer import write_table as write_decisions
 from ccmb import shards as fmt
 
 from scale_helpers import write_planted
@@ -72,14 +75,14 @@ def test_table_of_another_download_folder_is_refused(planted_scale, tmp_path):
 def test_star_groups_never_chain(planted_scale):
     """The planted caption chain a~b~c (not a~c): no dropped caption is further than the threshold from
     the sample it names."""
-    from ccmb.corpus.table import load_metadata
+    from ccmb.corpus.tables.folder import read_columns as load_metadata
 
     table = dedup_table(planted_scale, DedupConfig(levels=("caption",)))
     caps = dict(zip(*[load_metadata(planted_scale, ["key", "caption"]).column(c).to_pylist()
                       for c in ("key", "caption")]))
     drops = [r for r in table.to_pylist() if r["reason"] == "duplicate_caption"]
     assert len(drops) >= 2
-    from ccmb.corpus.minhash import normalize_texts
+    from ccmb.corpus.primitives.minhash import normalize_texts
 
     def norm(t):
         return normalize_texts([t])[0].as_py()

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus_curation"))
 from curation_helpers import CAPTIONS, jpeg, rand_image, write_download  # noqa: E402
 
 from ccmb.cli import main  # noqa: E402
-from ccmb.corpus.scores import read_embeddings, read_scores  # noqa: E402
-from ccmb.corpus.table import read_decisions  # noqa: E402
+from ccmb.corpus.tables.decisions import read_decisions  # noqa: E402
+from ccmb.corpus.tables.scores import read_embeddings, read_scores  # noqa: E402
 
 
 @pytest.fixture(scope="module")

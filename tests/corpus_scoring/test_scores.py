@@ -9,9 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ccmb.corpus import scores as sc
-from ccmb.corpus.semantic import kmeans, semantic_reps
-from ccmb.corpus.table import DECISION_SCHEMA, read_decisions, write_decisions
+from ccmb.corpus.api import apply_scores
+from ccmb.corpus.steps import scores as sc
+from ccmb.corpus.steps.levels.semdedup import kmeans, semantic_reps
+from ccmb.corpus.tables.decisions import read_decisions
+from ccmb.corpus.tables.schema import DECISION_SCHEMA, CurationError
+from ccmb.corpus.tables.scores import SCORES_INFO, SCORES_SCHEMA
+from ccmb.corpus.tables.writer import write_table as write_decisions
 
 
 def test_top_percent_threshold_is_the_kth_best():
@@ -39,8 +43,8 @@ def _scores_file(path, keys, values, errors=None):
     vals = np.asarray(values, np.float32)
     cols = [pa.array(keys), pa.array(["00000.tar"] * n), pa.array(np.arange(n, dtype=np.int32)),
             pa.array(vals, mask=np.isnan(vals))] + [pa.nulls(n, pa.float32())] * 3 + [pa.array(errors, pa.string())]
-    pq.write_table(pa.Table.from_arrays(cols, schema=sc.SCORES_SCHEMA).replace_schema_metadata(
-        {sc.SCORES_INFO: json.dumps({"model": "m", "embeddings": "emb", "dim": 2}).encode()}), path)
+    pq.write_table(pa.Table.from_arrays(cols, schema=SCORES_SCHEMA).replace_schema_metadata(
+        {SCORES_INFO: json.dumps({"model": "m", "embeddings": "emb", "dim": 2}).encode()}), path)
     return path
 
 
@@ -58,17 +62,17 @@ def test_apply_scores_adds_low_agreement_and_not_scored(tmp_path):
     # 000004 has no score (decode error); 000005 is missing from the scores file
     s = _scores_file(tmp_path / "s.parquet", keys[:5], [0.9, 0.1, 0.05, 0.5, np.nan],
                      errors=[None, None, None, None, "cannot decode image"])
-    summary = sc.apply_scores(dec, s, min_score=0.3)
+    summary = apply_scores(dec, s, min_score=0.3)
     got = dict(zip(*[read_decisions(dec).column(c).to_pylist() for c in ("key", "reason")]))
     assert got == {"000000": None, "000001": "low_agreement", "000002": "too_small", "000003": None,
                    "000004": "not_scored", "000005": "not_scored"}
     assert summary.dropped == {"not_scored": 2, "low_agreement": 1, "too_small": 1}
     # the percentile is over every scored sample (4 values): top 50% -> the 2nd best, 0.5
     dec2 = _decisions(tmp_path / "f2.parquet", keys[:4], [None] * 4)
-    summary = sc.apply_scores(dec2, s, keep_top_percent=50)
+    summary = apply_scores(dec2, s, keep_top_percent=50)
     assert summary.threshold == pytest.approx(0.5) and summary.kept == 2
     with pytest.raises(ValueError):
-        sc.apply_scores(dec2, s)
+        apply_scores(dec2, s)
 
 
 def test_score_stats_percentiles_and_histogram(tmp_path):
@@ -80,7 +84,7 @@ def test_score_stats_percentiles_and_histogram(tmp_path):
     assert d["top_percent_thresholds"]["30"] == pytest.approx(0.7, abs=0.011)
     png = sc.histogram_png(st, tmp_path / "h.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(sc.CurationError):
+    with pytest.raises(CurationError):
         sc.histogram_png(st, tmp_path / "x.png", field="score_query")  # no values
 
 

@@ -13,8 +13,8 @@ import webdataset as wds
 from PIL import Image
 
 from ccmb import shards as fmt
-from ccmb.corpus.build import TarIndex
-from ccmb.corpus.table import CurationError
+from ccmb.corpus.steps.build import TarIndex
+from ccmb.corpus.tables.schema import CurationError
 from models.train.data import ShardStream, image_id
 
 

@@ -1,0 +1,273 @@
+"""``ccmb build-shards`` as steps: the shard plan and the writing of one output shard.
+
+* plan: the kept samples (:mod:`ccmb.corpus.steps.combine`) in key order, or in a seeded shuffle order
+  (:func:`shuffle_rank`, a hash of (seed, key) computed per row: every engine gives the same order), numbered
+  (``pos``) and cut into shards of ``samples_per_shard``; new keys follow img2dataset's layout. Each row
+  carries where its members are in the source tar (``members``: one header scan per source tar), so a
+  shard is written by seeking, never by scanning the source tars again;
+* write: one job per output shard reads its rows of the plan, copies the members (bytes unchanged, through
+  the one sample reader of :mod:`ccmb.shards`), writes the tar atomically with fixed mtimes (the same plan
+  gives byte-identical shards) and records ``_build/done/NNNNN.json`` (checksum and the plan's fingerprint):
+  a rerun skips a shard whose tar matches its record.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ... import atomic
+from ... import shards as fmt
+from ..primitives.hashing import splitmix64, string_hashes
+from ...types import PathLike
+from ..tables.dataflow import Fn
+from ..tables.decisions import iter_part_batches, read_marker
+from ..tables.folder import DownloadFolder
+from ..tables.schema import CurationError
+
+logger = logging.getLogger(__name__)
+
+BUILD_DIR = "_build"
+PLAN_DIR = "plan.parquet"
+PLAN_VERSION = 3  # 3: member offsets in the plan (2: the shuffle is a seeded hash order, the same on Spark)
+PLAN_SCHEMA = pa.schema([("pos", pa.int64()), ("out_shard", pa.int32()), ("out_key", pa.string()),
+                         ("key", pa.string()), ("shard", pa.string()), ("members", pa.string())])
+RANKED = pa.schema([("key", pa.string()), ("shard", pa.string()), ("rank", pa.int64())])
+MEMBERS = pa.schema([("key", pa.string()), ("members", pa.string())])
+#: Rows per part of a plan written in-process (a shard's job reads the parts its rows are in).
+PLAN_PART_ROWS = 1 << 17
+
+
+@dataclass
+class BuildSummary:
+    """What ``build_shards`` did."""
+
+    output: str
+    samples: int = 0
+    shards: int = 0
+    written: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    dropped: Dict[str, int] = field(default_factory=dict)
+    restored: Dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> List[str]:
+        out = [f"{self.samples} samples of {self.rows} rows in {self.shards} shards at {self.output} "
+               f"({len(self.written)} written, {len(self.skipped)} already done)"]
+        out += [f"  dropped {reason}: {count}" for reason, count in self.dropped.items()]
+        out += [f"  restored {reason}: {count} (their kept copy was dropped by another table)"
+                for reason, count in self.restored.items()]
+        return out
+
+
+def shuffle_rank(keys, seed: int) -> np.ndarray:
+    """The seeded shuffle order of keys: a 64-bit hash of (seed, key). Sorting by (rank, key) is the
+    shuffle; any engine computes it per row, so the plans are equal."""
+    h = string_hashes(keys)
+    with np.errstate(over="ignore"):
+        return splitmix64(h ^ splitmix64(np.full(len(h), seed, np.uint64))).view(np.int64)
+
+
+def _ranked(shuffle: bool, seed: int, t: pa.Table) -> pa.Table:
+    rank = shuffle_rank(t.column("key"), seed) if shuffle else np.zeros(t.num_rows, np.int64)
+    return pa.table({"key": t.column("key"), "shard": t.column("shard"), "rank": rank})
+
+
+def out_keys(out_shard: np.ndarray, index: np.ndarray, samples_per_shard: int) -> pa.Array:
+    """:func:`ccmb.shards.make_key` of many (shard, index) pairs, vectorised."""
+    width = max(1, math.ceil(math.log10(samples_per_shard))) if samples_per_shard > 1 else 1
+    a = pc.utf8_lpad(pa.array(out_shard.astype(np.int64)).cast(pa.string()), fmt.SHARD_DIGITS, "0")
+    b = pc.utf8_lpad(pa.array(index.astype(np.int64)).cast(pa.string()), width, "0")
+    return pc.binary_join_element_wise(a, b, "")
+
+
+def _plan_rows(samples_per_shard: int, t: pa.Table) -> pa.Table:
+    pos = t.column("pos").to_numpy()
+    shard, index = np.divmod(pos, samples_per_shard)
+    return pa.table({"pos": pos, "out_shard": shard.astype(np.int32), "out_key": out_keys(shard, index,
+                                                                                           samples_per_shard),
+                     "key": t.column("key"), "shard": t.column("shard")})
+
+
+def tar_members(tar: Path, keys=None) -> Dict[str, str]:
+    """``ext:offset:size`` of the members of ``keys`` (all when None) in one source tar (one header scan; a
+    sample with two members of one extension is refused, as webdataset does)."""
+    want = set(keys) if keys is not None else None
+    found: Dict[str, Dict[str, Tuple[int, int]]] = {}
+    try:
+        with tarfile.open(tar, mode="r:") as t:
+            for m in t.getmembers():
+                if not m.isfile():
+                    continue
+                key, ext = fmt.split_member_name(m.name)
+                if key is None or (want is not None and key not in want):
+                    continue
+                parts = found.setdefault(key, {})
+                if ext in parts:
+                    raise CurationError(f"{tar}: sample {key} has two .{ext} members ({m.name})")
+                parts[ext] = (m.offset_data, m.size)
+    except (OSError, tarfile.TarError) as exc:
+        raise CurationError(f"{tar}: unreadable tar: {exc}") from exc
+    return {k: ";".join(f"{e}:{o}:{s}" for e, (o, s) in sorted(v.items())) for k, v in found.items()}
+
+
+def _members(folder: str, t: pa.Table) -> pa.Table:
+    """One partition of kept rows (every row of a source tar is here): where each sample's members are."""
+    keys, members = [], []
+    shards = t.column("shard")
+    for shard in pc.unique(shards).to_pylist():
+        want = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
+        tar = DownloadFolder.tar_of(folder, shard)
+        got = tar_members(tar, want)
+        missing = sorted(set(want) - set(got))
+        if missing:
+            raise CurationError(f"{tar}: sample {missing[0]} is not in the tar ({len(missing)} such samples)")
+        keys += want
+        members += [got[k] for k in want]
+    return pa.table({"key": pa.array(keys, pa.string()), "members": pa.array(members, pa.string())})
+
+
+def _with_members(t: pa.Table) -> pa.Table:
+    return t.select(PLAN_SCHEMA.names)
+
+
+def plan_dataset(engine, folder: DownloadFolder, kept, samples_per_shard: int, shuffle: bool, seed: int):
+    """The plan rows (:data:`PLAN_SCHEMA`) of the kept samples (key, shard), on ``engine``."""
+    ranked = engine.map(kept, Fn(partial(_ranked, shuffle, seed), RANKED))
+    positioned = engine.sort(ranked, ["rank", "key"] if shuffle else ["key"], position="pos", desc="build: plan")
+    rows = engine.map(positioned, Fn(partial(_plan_rows, samples_per_shard),
+                                     pa.schema([f for f in PLAN_SCHEMA if f.name != "members"])))
+    members = engine.shuffle(kept, ["shard"], Fn(partial(_members, str(folder.path)), MEMBERS),
+                             desc="build: tar index")
+    return engine.map(engine.join(rows, members, ["key"], "left"), Fn(_with_members, PLAN_SCHEMA))
+
+
+# ------------------------------------------------------------------------------------------- one shard
+
+def done_path(output_dir: Path, name: str) -> Path:
+    return output_dir / BUILD_DIR / "done" / f"{name}.json"
+
+
+def finished(output_dir: Path, name: str, plan: str) -> Optional[Dict[str, Any]]:
+    """The recorded entry of a shard when its tar is there with the recorded checksum, written from this plan."""
+    done, tar = done_path(output_dir, name), output_dir / f"{name}.tar"
+    if not (done.exists() and tar.exists() and (output_dir / f"{name}_stats.json").exists()):
+        return None
+    try:
+        with open(done, encoding="utf-8") as fh:
+            entry = json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if entry.pop("plan", None) != plan:
+        logger.warning("%s was written from another plan: rewriting it", tar)
+        return None
+    if tar.stat().st_size != entry.get("bytes") or fmt.sha256_file(tar) != entry.get("sha256"):
+        logger.warning("%s differs from its recorded checksum: rewriting it", tar)
+        return None
+    return entry
+
+
+def plan_rows(plan_dir: Path, lo: int, hi: int) -> pa.Table:
+    """The plan rows with ``lo <= pos < hi``, in order, from the parts that hold them (each checked against
+    its recorded SHA-256)."""
+    doc = read_marker(plan_dir)
+    out, at = [], 0
+    for p in doc["parts"]:
+        first, at = at, at + int(p["rows"])
+        if at <= lo or first >= hi:
+            continue
+        for t in iter_part_batches(plan_dir / p["name"], p.get("sha256"), PLAN_SCHEMA.names, rows=p["rows"],
+                                   schema=PLAN_SCHEMA):
+            pos = t.column("pos")
+            out.append(t.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, hi))))
+    table = pa.concat_tables(out) if out else PLAN_SCHEMA.empty_table()
+    return table.sort_by([("pos", "ascending")])
+
+
+class TarIndex:
+    """Source tars read by offset (a few open at a time): a sample from its members' ``ext:offset:size``
+    (the plan carries them), or by key (one header scan of the tar, kept)."""
+
+    def __init__(self, folder: PathLike, max_open: int = 32) -> None:
+        self.folder, self.max_open = Path(folder), max_open
+        self.files: "OrderedDict[str, Any]" = OrderedDict()
+        self.members: Dict[str, Dict[str, str]] = {}
+
+    def read(self, shard: str, offset: int, size: int) -> bytes:
+        fh = self.files.pop(shard, None)
+        if fh is None:
+            fh = open(DownloadFolder.tar_of(self.folder, shard), "rb")
+            if len(self.files) >= self.max_open:
+                self.files.popitem(last=False)[1].close()
+        self.files[shard] = fh
+        fh.seek(offset)
+        data = fh.read(size)
+        if len(data) != size:
+            raise CurationError(f"{self.folder / shard}: truncated member at offset {offset}")
+        return data
+
+    def read_sample(self, shard: str, key: str, members: str) -> fmt.Sample:
+        parts = {}
+        for item in members.split(";"):
+            ext, off, size = item.split(":")
+            parts[ext] = (int(off), int(size))
+        data = {ext: self.read(shard, *parts[ext]) for ext in fmt.member_exts_used(parts)}
+        try:  # the one reader of the sample layout (ccmb.shards)
+            return fmt.sample_from_members(key, data, source=str(self.folder / shard))
+        except fmt.ShardFormatError as exc:
+            raise CurationError(str(exc)) from exc
+
+    def sample(self, shard: str, key: str) -> Tuple[bytes, str, Dict[str, Any], str]:
+        """(image, text, meta, image extension) of ``key`` in the source tar ``shard``."""
+        if shard not in self.members:
+            self.members[shard] = tar_members(DownloadFolder.tar_of(self.folder, shard))
+        members = self.members[shard].get(key)
+        if members is None:
+            raise CurationError(f"{self.folder / shard}: sample {key} is not in the tar")
+        s = self.read_sample(shard, key, members)
+        return s.image, s.text, s.meta, s.image_ext
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+        self.files.clear()
+
+
+def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, index: int
+                ) -> Tuple[str, Dict[str, Any], bool]:
+    """Write output shard ``index`` from the plan (a job: any process or Spark task); (name, manifest entry,
+    written now)."""
+    out = Path(output_dir)
+    name = fmt.shard_name(index)
+    entry = finished(out, name, plan)
+    if entry is not None:
+        return name, entry, False
+    rows = plan_rows(out / BUILD_DIR / PLAN_DIR, index * samples_per_shard, (index + 1) * samples_per_shard)
+    sources = TarIndex(input_dir)
+    try:
+        with fmt.ShardWriter(out, index, mtime=0) as writer:  # fixed mtimes: byte-identical for a plan
+            for out_key, key, shard, members in zip(rows.column("out_key").to_pylist(), rows.column("key").to_pylist(),
+                                                    rows.column("shard").to_pylist(),
+                                                    rows.column("members").to_pylist()):
+                s = sources.read_sample(shard, key, members)
+                meta = dict(s.meta)
+                meta["source_key"] = key
+                meta["key"] = out_key
+                writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
+    finally:
+        sources.close()
+    entry = fmt.shard_entry(out / f"{name}.tar")
+    atomic.write_json(done_path(out, name), {**entry, "plan": plan})
+    return name, entry, True
+

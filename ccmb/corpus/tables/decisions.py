@@ -1,0 +1,260 @@
+"""Reading decision tables, checked: one ``TABLE.parquet`` file or a folder of parts with its marker.
+
+A folder ``TABLE.parquet/`` holds parts (``part-NNNNN.parquet``, in key order) and the marker
+:data:`MARKER`, written last, listing every part with its byte size, row count, SHA-256 and reason counts,
+plus the table's kind, info and source (the download folder it was made from). A folder without marker, with
+a missing, extra or resized part is a partially written table (a killed job): refused naming the folder. A
+part whose bytes no longer hash to the recorded SHA-256 is refused when it is read.
+
+Every reader matches rows by key (never by position); a table whose columns have the wrong types is refused
+naming the file and the column (duplicate keys are refused where tables are joined,
+:mod:`ccmb.corpus.steps.keep`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ... import shards as fmt
+from ...types import PathLike
+from .folder import DownloadFolder
+from .schema import (DECISION_SCHEMA, LEGACY_KEYS_FINGERPRINT, TABLE_COUNTS, TABLE_INFO, TABLE_KIND, TABLE_SOURCE,
+                     CurationError)
+
+MARKER = "_ccmb_table.json"
+MARKER_VERSION = 2
+PART_FORMAT = "part-{:05d}.parquet"
+BATCH_ROWS = 1 << 18
+
+
+class PartitionError(CurationError):
+    """A partitioned table is incomplete or damaged (the message names the folder or part)."""
+
+
+def part_files(folder: PathLike) -> List[Path]:
+    """The parquet files of a partitioned table folder, by name (``_``/``.`` files are not parts)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix == ".parquet" and not p.name.startswith(("_", ".")))
+
+
+def read_marker(folder: PathLike, check_parts: bool = True) -> Dict[str, Any]:
+    """The marker of a complete partitioned table; :class:`PartitionError` when the folder is partial."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    hint = "the job that wrote it did not finish; rerun the step (it replaces the folder)"
+    if not marker.exists():
+        raise PartitionError(f"{folder}: partially written decision table (no {MARKER}: {hint})")
+    try:
+        with open(marker, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        parts = doc["parts"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PartitionError(f"{marker}: unreadable marker ({exc}): {hint}") from exc
+    if check_parts:
+        listed = {p["name"] for p in parts}
+        found = {p.name for p in part_files(folder)}
+        if listed != found:
+            missing, extra = sorted(listed - found), sorted(found - listed)
+            raise PartitionError(f"{folder}: parts differ from {MARKER} (missing {missing[:3]}, not listed "
+                                 f"{extra[:3]}): {hint}")
+        for p in parts:
+            size = (folder / p["name"]).stat().st_size
+            if size != p["bytes"]:
+                raise PartitionError(f"{folder / p['name']}: {size} bytes, {MARKER} says {p['bytes']}: {hint}")
+    return doc
+
+
+@dataclass
+class DecisionTable:
+    """A decision table opened for reading: its metadata and its parts (a file is one part without a
+    recorded checksum)."""
+
+    path: Path
+    kind: Optional[str] = None
+    info: Optional[str] = None
+    source: Optional[Dict[str, Any]] = None
+    counts: Optional[Dict[str, int]] = None
+    rows: Optional[int] = None
+    parts: List[Tuple[Path, Optional[str], Optional[int]]] = field(default_factory=list)  # (path, sha256, rows)
+    columns: List[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def metadata(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "info": self.info, "source": self.source, "counts": self.counts}
+
+
+def open_table(path: PathLike) -> DecisionTable:
+    """Open a decision table (file or complete folder), checking that it is one: key and keep columns of the
+    right types; errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise CurationError(f"{path}: no such decision table")
+    if path.is_dir():
+        doc = read_marker(path)
+        parts = [(path / p["name"], p.get("sha256"), p.get("rows")) for p in doc["parts"]]
+        counts: Optional[Dict[str, int]] = None
+        if all("reasons" in p for p in doc["parts"]):
+            counts = {}
+            for p in doc["parts"]:
+                for r, n in p["reasons"].items():
+                    counts[r] = counts.get(r, 0) + int(n)
+        table = DecisionTable(path, doc.get("kind"), doc.get("info"), doc.get("source"), counts, doc.get("rows"),
+                              parts)
+        schema = _schema(parts[0][0]) if parts else DECISION_SCHEMA
+    else:
+        try:
+            meta = pq.read_metadata(path)
+            kv = dict(meta.metadata or {})
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as exc:
+            raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+        table = DecisionTable(path, kind=kv.get(TABLE_KIND, b"").decode() or None,
+                              info=kv[TABLE_INFO].decode() if kv.get(TABLE_INFO) else None,
+                              source=_json(kv.get(TABLE_SOURCE)), counts=_json(kv.get(TABLE_COUNTS)),
+                              rows=meta.num_rows, parts=[(path, None, meta.num_rows)])
+    table.columns = list(schema.names)
+    check_schema(schema, path)
+    return table
+
+
+def _json(raw: Optional[bytes]):
+    if not raw:
+        return None
+    try:
+        return json.loads(raw.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+
+
+def _type_ok(have: pa.DataType, want: pa.DataType) -> bool:
+    if pa.types.is_dictionary(have):
+        have = have.value_type
+    if pa.types.is_string(want):
+        return pa.types.is_string(have) or pa.types.is_large_string(have) or pa.types.is_null(have)
+    return have.equals(want) or pa.types.is_null(have)
+
+
+def check_schema(schema: pa.Schema, path: PathLike) -> None:
+    """Refuse a table without key/keep columns or with a decision column of the wrong type, naming it."""
+    missing = [n for n in ("key", "keep") if n not in schema.names]
+    if missing:
+        raise CurationError(f"{path}: not a decision table (missing columns {missing})")
+    for f in DECISION_SCHEMA:
+        if f.name in schema.names and not _type_ok(schema.field(f.name).type, f.type):
+            raise CurationError(f"{path}: column {f.name!r} is {schema.field(f.name).type}, expected {f.type} "
+                                "(not a decision table written by ccmb)")
+
+
+def _check_part(path: Path, sha256: Optional[str]) -> None:
+    if sha256 is None:
+        return
+    got = fmt.sha256_file(path)
+    if got != sha256:
+        raise PartitionError(f"{path}: SHA-256 {got[:16]}... differs from {MARKER} ({sha256[:16]}...): the part "
+                             "changed after the table was written; rerun the step that wrote it")
+
+
+def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[str],
+                      batch_rows: int = BATCH_ROWS, rows: Optional[int] = None,
+                      schema: pa.Schema = DECISION_SCHEMA) -> Iterator[pa.Table]:
+    """One part of a decision table (or of another table of parts: ``schema``) in batches of ``columns``
+    typed as in ``schema`` (absent optional columns null), checked against its recorded SHA-256 first."""
+    path = Path(path)
+    _check_part(path, sha256)
+    want = [schema.field(c) for c in columns]
+    seen = 0
+    try:
+        pf = pq.ParquetFile(path)
+        if schema is DECISION_SCHEMA:
+            check_schema(pf.schema_arrow, path)
+        present = [f.name for f in want if f.name in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+            seen += batch.num_rows
+            cols = []
+            for f in want:
+                if f.name in present:
+                    col = batch.column(f.name)
+                    if pa.types.is_dictionary(col.type):
+                        col = col.dictionary_decode()
+                    cols.append(col.cast(f.type) if not col.type.equals(f.type) else col)
+                else:
+                    cols.append(pa.nulls(batch.num_rows, f.type))
+            yield pa.Table.from_arrays(cols, schema=pa.schema(want))
+    except (OSError, pa.ArrowException) as exc:
+        raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+    if rows is not None and seen != rows:
+        raise PartitionError(f"{path}: {seen} rows, {MARKER} says {rows}")
+
+
+def iter_batches(table: DecisionTable, columns: Sequence[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    for path, sha, rows in table.parts:
+        yield from iter_part_batches(path, sha, columns, batch_rows, rows)
+
+
+def read_decisions(path: PathLike, columns: Optional[Sequence[str]] = None) -> pa.Table:
+    """A whole decision table (file or complete folder) in memory, columns typed as :data:`DECISION_SCHEMA`
+    (tests and small tables; the steps stream it)."""
+    table = open_table(path)
+    columns = list(columns) if columns is not None else DECISION_SCHEMA.names
+    columns = [c for c in DECISION_SCHEMA.names if c in columns]
+    schema = pa.schema([DECISION_SCHEMA.field(c) for c in columns])
+    parts = list(iter_batches(table, columns))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def decision_metadata(path: PathLike) -> Dict[str, Any]:
+    """``kind``, ``info`` (str), ``source`` (dict) and ``counts`` of a decision table (None where not recorded)."""
+    return open_table(path).metadata()
+
+
+def is_decision_table_file(path: PathLike) -> bool:
+    """Whether ``path`` is a parquet file a ccmb step wrote (it carries the table metadata)."""
+    try:
+        kv = dict(pq.read_metadata(path).metadata or {})
+    except (OSError, pa.ArrowException):
+        return False
+    return TABLE_KIND in kv or LEGACY_KEYS_FINGERPRINT in kv
+
+
+def is_table_entry(name: str) -> bool:
+    """Whether ``name`` is something a table folder's writers put there (parts, marker, Spark's files)."""
+    return (name == MARKER or name.endswith(".parquet") or name.startswith(("_SUCCESS", "._SUCCESS", ".ccmb-"))
+            or (name.startswith(".") and name.endswith(".crc")))
+
+
+def is_decision_table_folder(path: PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and all(is_table_entry(p.name) for p in path.iterdir())
+
+
+def table_fingerprint(path: PathLike) -> str:
+    """A content fingerprint of a decision table: SHA-256 of the file, or of the marker (which lists the
+    SHA-256 of every part) for a folder."""
+    path = Path(path)
+    return "sha256:" + fmt.sha256_file(path / MARKER if path.is_dir() else path)
+
+
+def check_source(table: DecisionTable, folder: DownloadFolder) -> None:
+    """Refuse a decision table made from another download folder (the message names both). Tables that
+    record no source (older ones) pass."""
+    source = table.source
+    if not source or not source.get("fingerprint"):
+        return
+    if source["fingerprint"] != folder.fingerprint():
+        raise CurationError(f"{table.path}: decision table of the download folder {source.get('path')}, not of "
+                            f"{folder.path.resolve()} (its parquet files differ); rerun the step on this folder")
