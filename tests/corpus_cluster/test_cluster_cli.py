@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageEnhance
 
 from ccmb import shards as fmt
+from ccmb.synthetic import jpeg_bytes as _jpeg
 from ccmb.cli import main
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -29,14 +30,9 @@ TIMEOUT_S = 600
 
 
 def _image(seed: int, size=(256, 256)) -> Image.Image:
-    small = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
-
-
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    """A smooth random colour field (an 8x8 grid of colours, bicubic)."""
+    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(cells).resize(size, Image.Resampling.BICUBIC)
 
 
 def _corpus(base: Path):
