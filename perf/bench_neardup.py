@@ -1,56 +1,82 @@
 """Near-duplicate benchmark on real photographs: precision and recall of each image dedup level and of
-decontamination, next to ``imagehash``'s pHash (the baseline), and decontamination speed on one core.
+decontamination, with and without the second image check (:mod:`ccmb.corpus.primitives.imagecheck`), next to
+``imagehash``'s pHash (the baseline), and decontamination speed on one core.
 
-Data: the photographs scikit-image ships (``skimage.data``; ``pip install scikit-image imagehash`` - perf
-only, not a dependency of ccmb). Each photo is cut into non-overlapping crops (a 2x2 or 3x3 grid): crops of
-different regions are DISTINCT images (near-uniform crops, grey std < 8, are left out: they are blank, not
-photos). Every crop gets these COPIES: JPEG quality 30, resize to 50%, 5% border crop (each side), +20% and
--20% brightness, a small text overlay, a horizontal flip.
+Data: the photographs scikit-image ships (``skimage.data``; ``pip install 'ccmb[perf]'`` or
+``pip install scikit-image imagehash`` - perf only). Each photo is cut into non-overlapping crops (a 2x2 or
+3x3 grid): crops of different regions are DISTINCT images (near-uniform crops, grey std < 8, are left out:
+they are blank, not photos). HARD NEGATIVES, distinct images built from every crop, the same edit for all:
+``dark`` (gray levels x0.3, light blur) and ``fog`` (x0.3 + 150) photos carrying the same caption,
+``logo`` (dark photos under the same large centred watermark), ``framed`` (the photo inside the same
+"photo of the day" template); a dark or foggy version whose content is no longer visible (grey std < 3
+before the caption) is left out, like blank crops. Every distinct image gets these COPIES: JPEG quality
+30, resize to 50%, 5% border crop (each side), +20% and -20% brightness, a small text overlay, a
+horizontal flip. A hard negative and the crop it was made from are neither copies nor different photos:
+their pairs are not counted.
+
+The photos are SPLIT by name into a tuning set and a held-out set (alternating in :data:`PHOTOS`). The
+constants of :mod:`ccmb.corpus.primitives.imagecheck` were chosen on the tuning set (section 0 prints what they
+were chosen from); every table is printed for both sets, pairs within a set; the held-out numbers are the
+result.
 
 Printed:
-1. image dedup levels over all images (originals + copies): per transform the recall of (original, copy)
-   pairs, the precision of all reported pairs, and the number of distinct-image pairs merged;
-   ours: ``sha256`` and ``phash`` (whole + 90%/80% centre variants, exact Hamming check) at several thresholds;
-   baseline: ``imagehash.phash`` (64 bits) at the same thresholds; the alternative considered, a PDQ-like
-   256-bit DCT hash, at 4x the thresholds.
-2. decontamination: half the originals are the "evaluation set"; the corpus holds every copy of them and
-   every other image; recall of evaluation copies found, false corpus drops; ours (``match_hashes``, mirror
-   variants) vs imagehash pHash of the whole image.
+0. the second check on the tuning set: the share of differing pixels of the pHash candidates (at the
+   largest threshold), copies vs different photos, for several tolerances and variant pairs.
+1. image dedup levels: per transform the recall of (original, copy) pairs, the precision of all reported
+   pairs, and the number of different-photo pairs merged; ours: ``sha256``, ``phash`` (whole + 90%/80%
+   centre variants, exact Hamming check) and ``phash + check`` (a candidate merged only when
+   :func:`~ccmb.corpus.primitives.imagecheck.same_image` agrees) at several thresholds; baseline:
+   ``imagehash.phash`` (64 bits); the alternative considered, a PDQ-like 256-bit DCT hash, at 4x the
+   thresholds.
+2. decontamination: every other distinct image of a set is an "evaluation" image; the corpus holds every
+   copy of them and every other image; recall of evaluation copies found, false corpus drops; ours
+   (``all_matches``, mirror variants, with and without the check, mirror included) vs imagehash pHash.
 3. the caption level: distinct captions (templates with numbers, like the issue's ``一只小猫坐在窗台上第48号``
    / ``第42号``) and copies (punctuation, a repost prefix, a suffix, spaces and case); recall of copies and
    the number of distinct captions dropped, ours (exact Jaccard, star groups) next to the old behaviour
    (MinHash estimate trusted, transitive groups).
 4. speed, one core: pHash of JPEGs from a tar (images/s), the exhaustive hash matching (corpus rows/s
-   against a 5k-image evaluation index) and caption matching; extrapolated to a 1M-row corpus.
+   against a 5k-image evaluation index), the second check (candidate pairs/s) and caption matching;
+   extrapolated to a 1M-row corpus.
 
     python perf/bench_neardup.py [--thresholds 4,6,8,10] [--speed-images 2000] [--skip-speed]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps  # noqa: E402
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccmb.corpus.steps.decontaminate import match_hashes  # noqa: E402
-from ccmb.corpus.primitives.phash import VARIANT_PAIRS  # noqa: E402
-from ccmb.corpus.primitives.phash import VARIANTS, hamming, phash_variants_bytes, phash_with_mirror, variant_distance  # noqa: E402,E501
+from ccmb.corpus.primitives import imagecheck  # noqa: E402
+from ccmb.corpus.steps.decontaminate import all_matches, match_hashes  # noqa: E402
+from ccmb.corpus.primitives.phash import VARIANT_PAIRS, VARIANTS, gray32_variants, hamming, phash_arrays  # noqa: E402
+from ccmb.corpus.primitives.phash import phash_with_mirror, variant_distance  # noqa: E402
 
-# photographs bundled with scikit-image (no download); "cat" is chelsea again, logo/colorwheel/horse are drawings
+# photographs bundled with scikit-image (no download); "cat" is chelsea again, logo/colorwheel/horse are drawings.
+# Even positions: the tuning set; odd positions: the held-out set.
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry",
-          "retina", "moon", "brick", "grass", "gravel", "coins", "page", "text", "clock"]
+          "retina", "moon", "brick", "grass", "gravel", "coins", "page", "text", "clock", "cell",
+          "stereo_motorcycle"]
+SETS = ("tuning", "held-out")
+
+
+def set_of(photo: str) -> str:
+    return SETS[PHOTOS.index(photo) % 2]
 
 
 def jpeg(img: Image.Image, quality: int = 90) -> bytes:
@@ -81,8 +107,63 @@ TRANSFORMS: Dict[str, Callable[[Image.Image], Image.Image]] = {
     "overlay": overlay,
     "flip": ImageOps.mirror,
 }
-CROPS: List[Tuple[str, Image.Image]] = []
 GOAL = ("jpeg30", "resize50", "crop5", "bright+20", "bright-20", "overlay")
+
+
+# ---- hard negatives: different photos that share an edit --------------------------------------------------
+
+def levels(im: Image.Image, gain: float, offset: float) -> Image.Image:
+    arr = np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(1.0)), np.float32)
+    return Image.fromarray((offset + gain * arr).clip(0, 255).astype(np.uint8))
+
+
+def caption(im: Image.Image, fill=(255, 255, 255), text: str = "SUBSCRIBE FOR MORE") -> Image.Image:
+    im = im.copy()
+    font = ImageFont.load_default(size=max(10, im.width // 12))
+    ImageDraw.Draw(im).text((im.width // 2, int(im.height * 0.82)), text, fill=fill, font=font, anchor="mm")
+    return im
+
+
+def logo(im: Image.Image) -> Image.Image:
+    base = im.convert("RGBA")
+    mark = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    d = ImageDraw.Draw(mark)
+    r = min(base.size) // 3
+    cx, cy = base.width // 2, base.height // 2
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(255, 255, 255, 150), width=max(2, r // 8))
+    d.text((cx, cy), "CC", fill=(255, 255, 255, 150), font=ImageFont.load_default(size=r), anchor="mm")
+    return Image.alpha_composite(base, mark).convert("RGB")
+
+
+def framed(im: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (320, 320), (245, 245, 245))
+    d = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=22)
+    d.rectangle((0, 0, 320, 40), fill=(30, 120, 200))
+    d.text((160, 20), "PHOTO OF THE DAY", fill=(255, 255, 255), font=font, anchor="mm")
+    d.text((160, 295), "share  like  comment", fill=(90, 90, 90), font=font, anchor="mm")
+    photo = im.copy()
+    photo.thumbnail((200, 200))
+    canvas.paste(photo, ((320 - photo.width) // 2, 60 + (200 - photo.height) // 2))
+    return canvas
+
+
+#: kind -> (the photo's edit before the shared element (None: none), the shared element)
+HARD: Dict[str, Tuple[Callable, Callable]] = {
+    "dark": (lambda im: levels(im, 0.3, 6), caption),
+    "fog": (lambda im: levels(im, 0.3, 150), lambda im: caption(im, fill=(20, 20, 20))),
+    "logo": (lambda im: levels(im, 0.3, 6), logo),
+    "framed": (None, framed),
+}
+MIN_VISIBLE_STD = 3.0
+
+
+@dataclass
+class Item:
+    name: str     # crop name, plus "+kind" for a hard negative
+    source: str   # the crop it was made from
+    photo: str
+    image: Image.Image
 
 
 def load_photos() -> List[Tuple[str, Image.Image]]:
@@ -95,6 +176,8 @@ def load_photos() -> List[Tuple[str, Image.Image]]:
         except Exception as exc:  # a photo that needs a download is skipped
             print(f"(skipping {name}: {exc})")
             continue
+        if isinstance(arr, tuple):  # stereo pairs: the left view
+            arr = arr[0]
         if arr.dtype != np.uint8:
             arr = (arr * 255).clip(0, 255).astype(np.uint8) if arr.max() <= 1 else arr.astype(np.uint8)
         out.append((name, Image.fromarray(arr).convert("RGB")))
@@ -116,20 +199,60 @@ def distinct_crops(photos) -> List[Tuple[str, Image.Image]]:
     return out
 
 
-def build_set():
+def distinct_items() -> List[Item]:
+    items = []
     crops = distinct_crops(load_photos())
-    images: List[bytes] = []
-    group: List[int] = []
-    kind: List[str] = []
-    for gi, (_, im) in enumerate(crops):
-        images.append(jpeg(im))
-        group.append(gi)
-        kind.append("original")
-        for tname, fn in TRANSFORMS.items():
-            images.append(jpeg(fn(im), 95) if tname != "jpeg30" else jpeg(im, 30))
+    for name, im in crops:
+        items.append(Item(name, name, name.split("/")[0], im))
+    for kind, (edit, shared) in HARD.items():
+        for name, im in crops:
+            base = edit(im) if edit else im
+            if edit and np.asarray(base.convert("L"), np.float32).std() < MIN_VISIBLE_STD:
+                continue  # nothing visible left: a blank frame, not a photo
+            items.append(Item(f"{name}+{kind}", name, name.split("/")[0], shared(base)))
+    return items
+
+
+@dataclass
+class ImageSet:
+    """The images of one set: every distinct item and its copies."""
+
+    label: str
+    items: List[Item]
+    images: List[bytes]
+    group: np.ndarray   # item index of each image
+    kind: np.ndarray    # "original" or the transform
+
+    def __post_init__(self) -> None:
+        self.names = [it.name for it in self.items]
+        self.source = np.array([it.source for it in self.items])
+        grays = np.stack([gray32_variants(b) for b in self.images])
+        self.hashes = phash_arrays(grays.reshape(-1, 32, 32)).reshape(-1, VARIANTS)
+        self.thumbs = imagecheck.thumbnails(grays)
+
+    def related(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Pairs of different items made from the same crop (neither copies nor different photos)."""
+        ga, gb = self.group[a], self.group[b]
+        return (ga != gb) & (self.source[ga] == self.source[gb])
+
+
+def build_sets() -> Dict[str, ImageSet]:
+    per: Dict[str, list] = {s: [] for s in SETS}
+    for it in distinct_items():
+        per[set_of(it.photo)].append(it)
+    out = {}
+    for label, items in per.items():
+        images, group, kind = [], [], []
+        for gi, it in enumerate(items):
+            images.append(jpeg(it.image))
             group.append(gi)
-            kind.append(tname)
-    return crops, images, np.asarray(group), np.asarray(kind)
+            kind.append("original")
+            for tname, fn in TRANSFORMS.items():
+                images.append(jpeg(fn(it.image), 95) if tname != "jpeg30" else jpeg(it.image, 30))
+                group.append(gi)
+                kind.append(tname)
+        out[label] = ImageSet(label, items, images, np.asarray(group), np.asarray(kind))
+    return out
 
 
 def imagehash_phash(images: List[bytes]) -> np.ndarray:
@@ -162,102 +285,148 @@ def pair_matrix(dist_fn, n: int) -> np.ndarray:
     return d
 
 
-def evaluate_pairs(dist: np.ndarray, group, kind, threshold: int):
-    n = len(group)
-    iu = np.triu_indices(n, 1)
-    same = group[iu[0]] == group[iu[1]]
-    hit = dist[iu] <= threshold
-    tp = int((hit & same).sum())
-    fp = int((hit & ~same).sum())
+def candidate_shares(s: ImageSet, d: np.ndarray, threshold: int, **check) -> Tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray]:
+    """(rows a, rows b, share of differing pixels) of every pair within ``threshold`` pHash bits."""
+    a, b = np.triu_indices(len(s.images), 1)
+    keep = d[a, b] <= threshold
+    a, b = a[keep], b[keep]
+    return a, b, imagecheck.different_share(s.thumbs[a], s.thumbs[b], **check)
+
+
+def evaluate_pairs(s: ImageSet, hit: np.ndarray, a: np.ndarray, b: np.ndarray):
+    """Precision, recall per transform and different-photo pairs merged, of the reported pairs (a, b)[hit]
+    (a < b; pairs not listed are not reported)."""
+    a, b = a[hit], b[hit]
+    unrelated = ~s.related(a, b)
+    same = s.group[a] == s.group[b]
+    tp, fp = int((same & unrelated).sum()), int((~same & unrelated).sum())
     precision = tp / (tp + fp) if tp + fp else 1.0
+    reported = set(zip(a[same].tolist(), b[same].tolist()))
+    orig = np.flatnonzero(s.kind == "original")
     recalls = {}
-    orig = np.flatnonzero(kind == "original")
     for t in TRANSFORMS:
-        copies = np.flatnonzero(kind == t)
-        recalls[t] = float(np.mean([dist[o, c] <= threshold for o, c in zip(orig, copies)]))
-    return precision, recalls, fp
+        copies = np.flatnonzero(s.kind == t)
+        recalls[t] = float(np.mean([(min(o, c), max(o, c)) in reported for o, c in zip(orig, copies)]))
+    bad = [(x, y) for x, y, ok in zip(a.tolist(), b.tolist(), (~same & unrelated).tolist()) if ok]
+    return precision, recalls, fp, bad
 
 
-def print_table(rows, header):
-    print(header)
-    for r in rows:
-        print(r)
+def tune_check(s: ImageSet, d: np.ndarray, threshold: int) -> None:
+    """Section 0: what the check's constants were chosen from (tuning set only)."""
+    a, b = np.triu_indices(len(s.images), 1)
+    keep = d[a, b] <= threshold
+    a, b = a[keep], b[keep]
+    same = s.group[a] == s.group[b]
+    copies = same & (s.kind[a] != "flip") & (s.kind[b] != "flip")
+    different = ~same & ~s.related(a, b)
+    print(f"\n0. second check, chosen on the {s.label} set: share of differing pixels of the pHash candidates "
+          f"(variant distance <= {threshold}: {int(copies.sum())} pairs of copies, {int(different.sum())} of "
+          f"different photos)")
+    print(f"{'variant pairs':>14}{'noise':>7}{'edge':>6}{'copies p99':>12}{'p99.5':>8}{'max':>8}"
+          f"{'different min':>15}{'p1':>8}")
+    for pairs in (imagecheck.CHECK_PAIRS, ((0, 0), (0, 1), (1, 0))):
+        for noise in (2.0, 3.0):
+            for edge in (0.5, 1.0):
+                share = imagecheck.different_share(s.thumbs[a], s.thumbs[b], noise_levels=noise, edge_share=edge,
+                                                   pairs=pairs)
+                c, x = share[copies], share[different]
+                print(f"{len(pairs):>14}{noise:>7.1f}{edge:>6.1f}{np.quantile(c, 0.99):>12.3f}"
+                      f"{np.quantile(c, 0.995):>8.3f}{c.max():>8.3f}{x.min():>15.3f}{np.quantile(x, 0.01):>8.3f}")
+    print(f"  chosen (the widest gap between copies' p99 and the closest different photos; the limit near their "
+          f"geometric mean): NOISE_LEVELS={imagecheck.NOISE_LEVELS}, EDGE_SHARE={imagecheck.EDGE_SHARE}, "
+          f"{len(imagecheck.CHECK_PAIRS)} variant pairs, MAX_DIFFERENT_SHARE={imagecheck.MAX_DIFFERENT_SHARE}")
 
 
-def bench_levels(images, group, kind, thresholds):
-    import hashlib
-
-    n = len(images)
-    print(f"\n1. image dedup levels: {int((kind == 'original').sum())} distinct images x (1 + {len(TRANSFORMS)} "
-          f"copies) = {n} images, {n * (n - 1) // 2:,} pairs")
-    ours = phash_variants_bytes(images)
-    base = imagehash_phash(images)
-    sha = np.array([hashlib.sha256(b).digest() for b in images], object)
-    d_ours = pair_matrix(lambda i: variant_distance(np.repeat(ours[i:i + 1], n, 0), ours), n)
-    d_base = pair_matrix(lambda i: hamming(np.full(n, base[i]), base), n)
-    d_sha = pair_matrix(lambda i: np.where(sha == sha[i], 0, 64), n)
-    h256 = dct256(images)
-    d_256 = pair_matrix(lambda i: np.bitwise_count(h256[i][None, :] ^ h256).sum(axis=1).astype(np.int64), n)
-    cols = list(TRANSFORMS)
-    head = f"{'method':34}{'thr':>4}{'prec':>7}{'merged':>8}" + "".join(f"{c:>10}" for c in cols) + f"{'goal ok':>9}"
-    print(head)
+def bench_levels(sets: Dict[str, ImageSet], thresholds: List[int], distances: Dict[str, np.ndarray]):
     results = {}
-    for label, dist, thrs in (("ours sha256 (exact bytes)", d_sha, [0]),
-                              ("ours phash (variants, exact check)", d_ours, thresholds),
-                              ("baseline imagehash.phash", d_base, thresholds),
-                              ("alternative 256-bit DCT (PDQ-like)", d_256, [4 * t for t in thresholds])):
-        for t in thrs:
-            p, rec, fp = evaluate_pairs(dist, group, kind, t)
-            ok = all(rec[g] >= 0.95 for g in GOAL) and fp == 0
-            results[(label, t)] = (p, rec, fp)
-            print(f"{label:34}{t:>4}{p:>7.3f}{fp:>8}" + "".join(f"{rec[c]:>10.3f}" for c in cols)
-                  + f"{'yes' if ok else 'no':>9}")
-    names = [c[0] for c in CROPS]
-    for label, dist in (("ours phash", d_ours), ("baseline", d_base)):
-        t = min(thresholds)
-        iu = np.triu_indices(n, 1)
-        bad = (dist[iu] <= t) & (group[iu[0]] != group[iu[1]])
-        pairs = sorted({f"{names[group[a]]}({kind[a]})~{names[group[b]]}({kind[b]})"
-                        for a, b in zip(iu[0][bad], iu[1][bad])})
-        if pairs:
-            print(f"  {label} at {t}: merged distinct pairs: {', '.join(pairs[:8])}"
-                  + (f" (+{len(pairs) - 8})" if len(pairs) > 8 else ""))
+    cols = list(TRANSFORMS)
+    for label, s in sets.items():
+        n = len(s.images)
+        kinds = sorted({it.name.partition("+")[2] for it in s.items} - {""})
+        print(f"\n1. image dedup levels, {label} set ({', '.join(sorted({it.photo for it in s.items}))}): "
+              f"{len(s.items)} distinct images ({int(sum('+' not in x for x in s.names))} crops + hard negatives "
+              f"{', '.join(kinds)}) x (1 + {len(TRANSFORMS)} copies) = {n} images, {n * (n - 1) // 2:,} pairs")
+        d_ours = distances[label]
+        base = imagehash_phash(s.images)
+        d_base = pair_matrix(lambda i: hamming(np.full(n, base[i]), base), n)
+        sha = np.array([hashlib.sha256(x).digest() for x in s.images], object)
+        d_sha = pair_matrix(lambda i: np.where(sha == sha[i], 0, 64), n)
+        h256 = dct256(s.images)
+        d_256 = pair_matrix(lambda i: np.bitwise_count(h256[i][None, :] ^ h256).sum(axis=1).astype(np.int64), n)
+        ca, cb, share = candidate_shares(s, d_ours, max(thresholds))
+        checked = share <= imagecheck.MAX_DIFFERENT_SHARE
+        head = (f"{'method':34}{'thr':>4}{'prec':>7}{'merged':>8}" + "".join(f"{c:>10}" for c in cols)
+                + f"{'goal ok':>9}")
+        print(head)
+        ia, ib = np.triu_indices(n, 1)
+        for method, thrs in (("ours sha256 (exact bytes)", [0]), ("ours phash (variants, exact check)", thresholds),
+                             ("ours phash + second check", thresholds), ("baseline imagehash.phash", thresholds),
+                             ("alternative 256-bit DCT (PDQ-like)", [4 * t for t in thresholds])):
+            for t in thrs:
+                if method.startswith("ours phash +"):
+                    p, rec, fp, bad = evaluate_pairs(s, (d_ours[ca, cb] <= t) & checked, ca, cb)
+                else:
+                    dist = {"ours sha256 (exact bytes)": d_sha, "ours phash (variants, exact check)": d_ours,
+                            "baseline imagehash.phash": d_base}.get(method, d_256)
+                    p, rec, fp, bad = evaluate_pairs(s, dist[ia, ib] <= t, ia, ib)
+                ok = all(rec[g] >= 0.95 for g in GOAL) and fp == 0
+                results[(label, method, t)] = (p, rec, fp, bad)
+                print(f"{method:34}{t:>4}{p:>7.3f}{fp:>8}" + "".join(f"{rec[c]:>10.3f}" for c in cols)
+                      + f"{'yes' if ok else 'no':>9}")
+        for method in ("ours phash (variants, exact check)", "ours phash + second check"):
+            t = min(thresholds)
+            bad = results[(label, method, t)][3]
+            pairs = sorted({f"{s.names[s.group[x]]}({s.kind[x]})~{s.names[s.group[y]]}({s.kind[y]})" for x, y in bad})
+            if pairs:
+                print(f"  {method} at {t}: merged different photos: {', '.join(pairs[:6])}"
+                      + (f" (+{len(pairs) - 6})" if len(pairs) > 6 else ""))
+        same0 = int(((d_ours[ia, ib] == 0) & (s.group[ia] != s.group[ib]) & ~s.related(ia, ib)).sum())
+        print(f"  different photos with identical pHash variants (distance 0): {same0} pairs")
     return results
 
 
-def bench_decontamination(images, group, kind, thresholds):
-    orig = np.flatnonzero(kind == "original")
-    eval_groups = set(group[orig][::2].tolist())  # every other distinct image is an evaluation image
-    eval_rows = np.array([i for i in orig if group[i] in eval_groups])
-    corpus_rows = np.array([i for i in range(len(images)) if not (kind[i] == "original" and group[i] in eval_groups)])
-    positives = np.array([group[i] in eval_groups for i in corpus_rows])
-    print(f"\n2. decontamination: {len(eval_rows)} evaluation images; corpus of {len(corpus_rows)} images "
-          f"({int(positives.sum())} copies of evaluation images, {int((~positives).sum())} others)")
-    ev = np.stack([phash_with_mirror(images[i]) for i in eval_rows])
-    cv = phash_variants_bytes([images[i] for i in corpus_rows])
-    base = imagehash_phash(images)
+def bench_decontamination(sets: Dict[str, ImageSet], thresholds: List[int]):
     cols = list(TRANSFORMS)
-    print(f"{'method':34}{'thr':>4}{'prec':>7}{'false':>7}" + "".join(f"{c:>10}" for c in cols))
     out = {}
-    for label in ("ours (variants + mirror)", "baseline imagehash.phash"):
-        for t in thresholds:
-            if label.startswith("ours"):
-                rows, ei, _ = match_hashes(cv, ev, t)
+    for label, s in sets.items():
+        orig = np.flatnonzero(s.kind == "original")
+        eval_groups = set(s.group[orig][::2].tolist())  # every other distinct image is an evaluation image
+        eval_rows = np.array([i for i in orig if s.group[i] in eval_groups])
+        corpus_rows = np.array([i for i in range(len(s.images))
+                                if not (s.kind[i] == "original" and s.group[i] in eval_groups)])
+        positives = np.array([s.group[i] in eval_groups for i in corpus_rows])
+        print(f"\n2. decontamination, {label} set: {len(eval_rows)} evaluation images; corpus of {len(corpus_rows)} "
+              f"images ({int(positives.sum())} copies of evaluation images, {int((~positives).sum())} others)")
+        ev = np.stack([phash_with_mirror(s.images[i]) for i in eval_rows])
+        cv = s.hashes[corpus_rows]
+        base = imagehash_phash(s.images)
+        print(f"{'method':34}{'thr':>4}{'prec':>7}{'false':>7}" + "".join(f"{c:>10}" for c in cols))
+        for method in ("ours (variants + mirror)", "ours + second check (mirror too)", "baseline imagehash.phash"):
+            for t in thresholds:
                 hit_eval = np.full(len(corpus_rows), -1)
-                hit_eval[rows] = ei
-            else:
-                d = np.stack([hamming(np.full(len(eval_rows), base[c]), base[eval_rows]) for c in corpus_rows])
-                hit_eval = np.where(d.min(axis=1) <= t, d.argmin(axis=1), -1)
-            hit = hit_eval >= 0
-            correct = hit & positives & (group[eval_rows][np.maximum(hit_eval, 0)] == group[corpus_rows])
-            false = int((hit & ~correct).sum())
-            prec = correct.sum() / hit.sum() if hit.sum() else 1.0
-            rec = {}
-            for c in cols:
-                sel = positives & (kind[corpus_rows] == c)
-                rec[c] = float(correct[sel].mean())
-            out[(label, t)] = (prec, rec, false)
-            print(f"{label:34}{t:>4}{prec:>7.3f}{false:>7}" + "".join(f"{rec[c]:>10.3f}" for c in cols))
+                if method.startswith("ours + second"):
+                    for r, cands in enumerate(all_matches(cv, ev, t)):
+                        if not len(cands):
+                            continue
+                        share = imagecheck.different_share(np.repeat(s.thumbs[corpus_rows[r]][None], len(cands), 0),
+                                                           s.thumbs[eval_rows[cands]], mirror=True)
+                        if share.min() <= imagecheck.MAX_DIFFERENT_SHARE:  # the closest that passes
+                            hit_eval[r] = cands[int(share.argmin())]
+                elif method.startswith("ours"):
+                    rows, ei, _ = match_hashes(cv, ev, t)
+                    hit_eval[rows] = ei
+                else:
+                    dd = np.stack([hamming(np.full(len(eval_rows), base[c]), base[eval_rows]) for c in corpus_rows])
+                    hit_eval = np.where(dd.min(axis=1) <= t, dd.argmin(axis=1), -1)
+                hit = hit_eval >= 0
+                correct = hit & positives & (s.group[eval_rows][np.maximum(hit_eval, 0)] == s.group[corpus_rows])
+                related = hit & s.related(eval_rows[np.maximum(hit_eval, 0)], corpus_rows)
+                false = int((hit & ~correct & ~related).sum())
+                prec = correct.sum() / (hit & ~related).sum() if (hit & ~related).sum() else 1.0
+                rec = {c: float(correct[positives & (s.kind[corpus_rows] == c)].mean()) for c in cols}
+                out[(label, method, t)] = (prec, rec, false)
+                print(f"{method:34}{t:>4}{prec:>7.3f}{false:>7}" + "".join(f"{rec[c]:>10.3f}" for c in cols))
     return out
 
 
@@ -351,11 +520,33 @@ def bench_speed(n_images: int, repeats: int):
     t0 = time.process_time()
     match_texts(c_texts, index, DecontaminationConfig(minhash=minhash.MinHashParams()))
     text_rate = len(c_texts) / (time.process_time() - t0)
+    # the second check on candidate pairs: copies (the common case: decided at the first variant pair) and
+    # pairs of different photos (every variant pair computed)
+    pairs = 2000
+    a_img, b_img, d_img = [], [], []
+    for i in range(pairs):
+        _, im = photos[i % len(photos)]
+        _, other = photos[(i + 1 + i // len(photos)) % len(photos)]
+        a_img.append(jpeg(im, 90))
+        b_img.append(jpeg(im, 30))
+        d_img.append(jpeg(other, 90))
+    ta, tb, td = (imagecheck.thumbnails_bytes(x) for x in (a_img, b_img, d_img))
+    rates = {}
+    for label, other in (("copies", tb), ("different", td)):
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            imagecheck.same_image(ta, other)
+            times.append(time.process_time() - t0)
+        rates[label] = pairs / statistics.median(times)
     rows = 1_000_000
     total = rows / hash_rate + rows / match_rate + rows / text_rate
     print(f"  pHash variants from a tar of {n_images} JPEGs 256x256: {hash_rate:,.0f} images/s")
     print(f"  exhaustive matching against {m:,} evaluation images ({2 * len(VARIANT_PAIRS)} variant pairs each): {match_rate:,.0f} corpus "
           f"images/s")
+    print(f"  second check (imagecheck.same_image): {rates['copies']:,.0f} candidate pairs/s of copies, "
+          f"{rates['different']:,.0f} pairs/s of different photos (every variant pair); thumbnails come from the "
+          f"pHash decode, {imagecheck.THUMB_BYTES:,} bytes per image")
     print(f"  caption matching (MinHash candidates + exact Jaccard) against {m:,} texts: {text_rate:,.0f} captions/s")
     print(f"  1M-row corpus vs 5k-image test set, one core: {rows / hash_rate / 60:.1f} min hashing + "
           f"{rows / match_rate / 60:.1f} min matching + {rows / text_rate / 60:.1f} min captions = "
@@ -371,10 +562,14 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     thresholds = [int(t) for t in args.thresholds.split(",")]
-    crops, images, group, kind = build_set()
-    CROPS[:] = crops
-    bench_levels(images, group, kind, thresholds)
-    bench_decontamination(images, group, kind, thresholds)
+    sets = build_sets()
+    distances = {}
+    for label, s in sets.items():
+        n = len(s.images)
+        distances[label] = pair_matrix(lambda i: variant_distance(np.repeat(s.hashes[i:i + 1], n, 0), s.hashes), n)
+    tune_check(sets["tuning"], distances["tuning"], max(thresholds))
+    bench_levels(sets, thresholds, distances)
+    bench_decontamination(sets, thresholds)
     bench_captions([float(t) for t in args.caption_thresholds.split(",")])
     if not args.skip_speed:
         bench_speed(args.speed_images, args.repeats)

@@ -1,4 +1,5 @@
-"""Shared test set-up: environment for offline runs, the gpu marker, a local Spark session."""
+"""Shared test set-up: environment for offline runs, the gpu marker, a local Spark session, a Spark standalone
+cluster (``spark_cluster``, from ``tests/spark_cluster.py``)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +19,8 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+from spark_cluster import spark_cluster  # noqa: E402,F401  (session fixture: a standalone cluster on 127.0.0.1)
 
 # Processes the tests start (spawned download workers, CLI subprocesses, Spark's Python workers) put their temp
 # files into one folder per session, removed at its end: processes the tests kill on purpose (kill -9, dead
