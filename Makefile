@@ -21,7 +21,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install '$(TORCH)'
-	$(PY) -m pip install -e '.[test,spark]'
+	$(PY) -m pip install -e '.[test,spark,s3]'
 	touch $(STAMP)
 
 install: $(STAMP)
