@@ -102,3 +102,19 @@ def test_pretrain_steps_from_s3_equal_disk(sets, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     prov = json.loads((tmp_path / "s3run" / "data_provenance.json").read_text())
     assert prov["shard_sets"][0]["path"] == remote
+
+
+def test_cli_pretrain_takes_an_s3_brace_pattern(sets, tmp_path):
+    from click.testing import CliRunner
+
+    from ccmb.cli import main
+
+    _, remote, vocab = sets
+    res = CliRunner().invoke(main, [
+        "train", "pretrain", "--config", "r2d2-tiny", "--shards", remote + "/{00000..00001}.tar",
+        "--tokenizer", str(vocab), "--output", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4",
+        "--log-every", "1", "--save-every", "0", "--num-workers", "0", "--queue-size", "8"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and lines[-1]["skipped_samples"] == 0
+    assert json.loads((tmp_path / "run" / "run_args.json").read_text())["shards"] == remote + "/{00000..00001}.tar"
