@@ -196,7 +196,9 @@ def _errors(path: PathLike, what: str = "") -> Iterator[None]:
     except (OSError, ValueError) as exc:
         if isinstance(exc, OSError) and where in str(exc):
             raise
-        raise StorageError(f"{where}: {what + ': ' if what else ''}{type(exc).__name__}: {exc}") from exc
+        err = StorageError(f"{where}: {what + ': ' if what else ''}{type(exc).__name__}: {exc}")
+        err.errno = getattr(exc, "errno", None)  # ENOSPC, EACCES ... stay recognisable
+        raise err from exc
     except Exception as exc:  # botocore / aiohttp errors that fsspec passes through (no credentials ...)
         if type(exc).__module__.split(".")[0] in ("builtins", "pyarrow", "tarfile", "ccmb", "json"):
             raise
@@ -411,8 +413,11 @@ class AtomicFile(io.RawIOBase):
         if self._done:
             raise ValueError(f"{display(self.path)}: write after publish/abort")
         view = memoryview(data).cast("B")
-        with _errors(self.path, "write"):
+        if self._mode == "local":  # local errors (ENOSPC ...) pass unchanged, as from a plain file
             self._fh.write(view)
+        else:
+            with _errors(self.path, "write"):
+                self._fh.write(view)
         self.size += view.nbytes
         if self._hash is not None:
             self._hash.update(view)

@@ -149,3 +149,20 @@ def test_errors_name_the_url(s3_server, s3_url):
         storage.read_bytes("s3://no-such-bucket-ccmb/x.json")
     with pytest.raises(OSError, match=r"nosuchproto://x"):
         storage.read_bytes("nosuchproto://x")
+
+
+def test_configuration_reaches_child_processes_through_the_environment(s3_server, s3_url):
+    """fsspec's own variables configure the endpoint and keys; without credentials the error names the URL."""
+    url = storage.join(s3_url, "x.txt")
+    storage.write_text(url, "hello")
+    code = ("import sys\nfrom ccmb import storage\ntry:\n    print(storage.read_text(sys.argv[1]))\n"
+            "except OSError as e:\n    print(type(e).__name__, e)")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    base.update(PYTHONPATH=str(ROOT), AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+                AWS_EC2_METADATA_DISABLED="true")
+    fsspec_env = dict(base, FSSPEC_S3_ENDPOINT_URL=s3_server.endpoint, FSSPEC_S3_KEY="k", FSSPEC_S3_SECRET="s")
+    no_keys = dict(base, AWS_ENDPOINT_URL=s3_server.endpoint)
+    out = [subprocess.run([sys.executable, "-c", code, url], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT).stdout.strip() for env in (fsspec_env, no_keys)]
+    assert out[0] == "hello"
+    assert out[1] == f"StorageError {url}: read: NoCredentialsError: Unable to locate credentials"
