@@ -27,25 +27,9 @@ from typing import Callable, Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "perf"))
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def make_shard_set(folder: Path, n: int, n_shards: int) -> Path:
-    """``n`` synthetic 256-px JPEG samples (Zero-like texts) in ``n_shards`` shards of the ccmb format."""
-    from ccmb import synthetic
-    from ccmb.shards import ShardWriter, finalize_shard_set, make_key
-
-    items = synthetic.sample_items(n, seed=0)
-    per = (n + n_shards - 1) // n_shards
-    for s in range(n_shards):
-        with ShardWriter(folder, s, source="bench", mtime=0) as w:
-            for i, item in enumerate(items[s * per:(s + 1) * per]):
-                img = synthetic.jpeg_bytes(synthetic.render(item, 256, seed=s * per + i))
-                w.write(make_key(s, i, per), img, item.title,
-                        {"title": item.title, "content": item.content, "query": item.query})
-    finalize_shard_set(folder, command="bench")
-    return folder
 
 
 def server_cpu(pid: int) -> float:
@@ -58,7 +42,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the trainer pipeline")
     ap.add_argument("--batch", type=int, default=32)
@@ -71,6 +54,7 @@ def main() -> None:
     from models.tokenizer import load_tokenizer, write_test_vocab
     from models.train.augment import TrainTransform
     from models.train.data import ShardStream, Tokenize, make_loader, resolve_shards, tar_samples
+    from bench_train import make_shard_set  # the same synthetic 256-px set, in 4 shards
     from s3_server import start_server
 
     torch.set_num_threads(1)
@@ -78,7 +62,7 @@ def main() -> None:
     server = start_server(tmp)
     os.environ.update(server.env)
     try:
-        local = make_shard_set(tmp / "shards", args.samples, args.shards)
+        local = make_shard_set(tmp / "shards", args.samples)
         remote = server.url("bench", "shards")
         for p in sorted(local.iterdir()):
             storage.write_bytes(storage.join(remote, p.name), p.read_bytes())
@@ -133,7 +117,7 @@ def main() -> None:
                         srv_cpu.setdefault(title, []).append(server_cpu(server.pid) - c0)
                     assert n > 0
         load1 = os.getloadavg()[0]
-        print(f"{args.samples} samples (256-px JPEG, {total_bytes / 2**20:.1f} MiB of tars in {args.shards} shards); "
+        print(f"{args.samples} samples (256-px JPEG, {total_bytes / 2**20:.1f} MiB of tars in 4 shards); "
               f"S3 = moto server on 127.0.0.1 (pid {server.pid}); medians of {args.repeats}; "
               f"trainer: {args.workers} DataLoader workers, batch {args.batch}, {args.image_size}-px crops; "
               f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
