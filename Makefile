@@ -28,7 +28,7 @@ $(PY):
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install '$(TORCH)'
-	$(PY) -m pip install -e '.[test,spark]'
+	$(PY) -m pip install -e '.[test,spark,s3]'
 	$(PY) -m pip install --no-deps --upgrade --target $(OPEN_CLIP_DIR) $(OPEN_CLIP_PKGS)
 	touch $(STAMP)
 

@@ -10,13 +10,16 @@ open_clip and webdataset read it unchanged::
     manifest.json        per shard: samples, bytes, sha256; plus command and ccmb version
 
 Keys are digits only (webdataset splits a member name at its first dot). Every file is written
-atomically (temporary name, fsync, rename): a killed writer never leaves a truncated ``NNNNN.tar``.
+atomically (temporary name, fsync, rename; on object storage an upload published whole): a killed writer
+never leaves a truncated ``NNNNN.tar``. A shard set may live in a local folder or at any fsspec URL
+(``s3://bucket/shards``): every file operation goes through :mod:`ccmb.storage`.
 :func:`sample_from_members` is the one place that turns tar members into a sample (every reader calls
 it); :func:`check_parquet` / :func:`shard_parquets` the one check every reader of the parquets goes
 through. Verification: :mod:`ccmb.shardverify`. See ``docs/formats.md``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -27,12 +30,12 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__, atomic
+from . import __version__, storage
 from .safejson import loads_bounded
 from .types import PathLike
 
@@ -146,14 +149,8 @@ def md5_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file (local path or URL), streamed."""
+    return storage.sha256(path, chunk)
 
 
 def normalize_row(row: Dict[str, Any]) -> Dict[str, Any]:
@@ -174,16 +171,18 @@ def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
 class ShardWriter:
     """Writes one shard (``NNNNN.tar`` + ``.parquet`` + ``_stats.json``) atomically.
 
-    Use as a context manager. Samples go to a temporary tar; failures are rows of the parquet only.
-    On a clean exit the parquet, then the tar, then the stats file are renamed into place; on an
-    exception (or a kill) nothing named ``NNNNN.*`` appears and the temporaries are removed or left
-    as ``.NNNNN.tar.tmp-*`` (cleaned by :func:`atomic.remove_stale_temporaries`).
+    Use as a context manager. Samples go to a temporary tar (an unpublished upload on object storage,
+    :class:`ccmb.storage.AtomicFile`); failures are rows of the parquet only. On a clean exit the shard's old
+    ``_stats.json`` is removed, then the parquet, then the tar, then the new stats file are published; on an
+    exception (or a kill) nothing named ``NNNNN.*`` appears and the temporaries are removed or left as
+    ``.NNNNN.tar.tmp-*`` / an unfinished upload (cleaned by :func:`ccmb.storage.remove_stale_temporaries`).
+    ``output_dir`` is a local folder or an fsspec URL.
     """
 
     def __init__(self, output_dir: PathLike, shard_index: int, *, source: str = "",
                  mtime: Optional[float] = None, extra_columns: Sequence[str] = ()) -> None:
-        self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = storage.location(output_dir)
+        storage.makedirs(self.output_dir)
         self.shard_index = shard_index
         self.name = shard_name(shard_index)
         self.source = source
@@ -192,21 +191,19 @@ class ShardWriter:
         self.rows: List[Dict[str, Any]] = []
         self.keys: set = set()
         self.successes = 0
-        self._tmp_tar: Optional[Path] = None
+        self._out: Optional[storage.AtomicFile] = None
         self._tar: Optional[tarfile.TarFile] = None
-        self._fh = None
         self._start = time.time()
         # tar member mtimes; a fixed value (e.g. 0) makes the same samples give byte-identical tars
         self._mtime = time.time() if mtime is None else mtime
 
     @property
-    def tar_path(self) -> Path:
-        return self.output_dir / f"{self.name}.tar"
+    def tar_path(self) -> storage.Location:
+        return storage.join(self.output_dir, f"{self.name}.tar")
 
     def __enter__(self) -> "ShardWriter":
-        self._tmp_tar = atomic.temp_path_for(self.tar_path)
-        self._fh = open(self._tmp_tar, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._out = storage.AtomicFile(self.tar_path, digest=True)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
         return self
 
     def _add(self, name: str, data: bytes) -> None:
@@ -244,23 +241,20 @@ class ShardWriter:
         self.rows.append(row)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._tar is not None and self._fh is not None and self._tmp_tar is not None
+        assert self._tar is not None and self._out is not None
         try:
-            self._tar.close()
-            self._fh.close()
-        finally:
+            self._tar.close()  # the end-of-archive blocks; the tar itself is not published yet
             if exc_type is not None:
-                self._tmp_tar.unlink(missing_ok=True)
-        if exc_type is not None:
-            return
-        stats_path = self.output_dir / f"{self.name}_stats.json"
-        stats_path.unlink(missing_ok=True)  # a rewritten shard counts as unfinished until its new stats exist
-        parquet_path = self.output_dir / f"{self.name}.parquet"
-        write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
-        entry = {"samples": self.successes, "bytes": self._tmp_tar.stat().st_size,
-                 "sha256": sha256_file(self._tmp_tar)}
-        atomic.commit(self._tmp_tar, self.tar_path)
-        atomic.write_json(stats_path, self.stats(entry, parquet_entry(parquet_path, len(self.rows))))
+                return
+            stats_path = storage.join(self.output_dir, f"{self.name}_stats.json")
+            storage.remove(stats_path)  # a rewritten shard counts as unfinished until its new stats exist
+            parquet_path = storage.join(self.output_dir, f"{self.name}.parquet")
+            written = write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
+            entry = {"samples": self.successes, "bytes": self._out.size, "sha256": self._out.sha256}
+            self._out.publish()
+        finally:
+            self._out.abort()  # nothing after a publish; else the temporary tar goes
+        storage.write_json(stats_path, self.stats(entry, {"rows": len(self.rows), **written}))
 
     def stats(self, tar_entry: Optional[Dict[str, Any]] = None,
               parquet: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -286,34 +280,33 @@ class ShardWriter:
         }
 
 
-def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns: Sequence[str] = ()) -> None:
+def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns: Sequence[str] = ()
+                  ) -> Dict[str, Any]:
     """Write rows under :data:`PARQUET_SCHEMA` plus ``extra_columns`` (strings) atomically; other keys are
-    dropped, missing ones null."""
+    dropped, missing ones null. Returns ``{"bytes", "sha256"}`` of the file written."""
     schema = pa.schema(list(PARQUET_SCHEMA) + [pa.field(c, pa.string()) for c in extra_columns
                                                if c not in PARQUET_SCHEMA.names])
     table = pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
-    with atomic.atomic_open(path, "wb") as fh:
+    with storage.atomic_open(path, "wb", digest=True) as fh:
         pq.write_table(table, fh)
+    return {"bytes": fh.size, "sha256": fh.sha256}
 
 
 def parquet_entry(path: PathLike, rows: int) -> Dict[str, Any]:
     """What ``_stats.json`` records of a shard's parquet (``ccmb.parquet``): rows, bytes, sha256."""
-    path = Path(path)
-    return {"rows": int(rows), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {"rows": int(rows), "bytes": storage.size(path), "sha256": sha256_file(path)}
 
 
-def stats_path_of(path: PathLike) -> Path:
+def stats_path_of(path: PathLike) -> storage.Location:
     """``NNNNN_stats.json`` of the shard a ``NNNNN.tar`` / ``NNNNN.parquet`` belongs to."""
-    path = Path(path)
-    return path.parent / f"{path.stem}_stats.json"
+    return storage.sibling(path, f"{storage.stem(path)}_stats.json")
 
 
 def read_shard_stats(path: PathLike) -> Optional[Dict[str, Any]]:
     """A shard's ``_stats.json`` (given any file of the shard); None when the shard has none."""
     stats_path = stats_path_of(path)
     try:
-        with open(stats_path, encoding="utf-8") as fh:
-            stats = json.load(fh)
+        stats = json.loads(storage.read_bytes(stats_path).decode("utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -344,13 +337,28 @@ def parquet_schema_problems(schema: pa.Schema) -> List[str]:
     return problems
 
 
-def parquet_footer_check(path: Path) -> Tuple[Optional[int], List[str]]:
+@contextlib.contextmanager
+def parquet_source(path: PathLike) -> Iterator[Any]:
+    """What pyarrow reads a parquet from: the local path itself, or an open file of a URL (closed after)."""
+    if storage.is_url(path):
+        with storage.open_read(path) as fh:
+            yield fh
+    else:
+        yield path
+
+
+def parquet_footer_check(path: PathLike) -> Tuple[Optional[int], List[str]]:
     """(row count, or None when the file is missing/unreadable/not a shard's; the problems found)."""
-    if not path.is_file():
-        return None, [f"{path}: missing (the shard's rows, failures included, live there)"]
+    path = storage.location(path)
+    missing = f"{path}: missing (the shard's rows, failures included, live there)"
+    if isinstance(path, Path) and not path.is_file():
+        return None, [missing]
     try:
-        meta = pq.ParquetFile(path)
-        schema, rows = meta.schema_arrow, meta.metadata.num_rows
+        with parquet_source(path) as src:
+            meta = pq.ParquetFile(src)
+            schema, rows = meta.schema_arrow, meta.metadata.num_rows
+    except FileNotFoundError:
+        return None, [missing]
     except (pa.ArrowException, OSError) as exc:
         return None, [f"{path}: unreadable parquet: {exc}"]
     problems = parquet_schema_problems(schema)
@@ -361,7 +369,7 @@ def parquet_footer_check(path: Path) -> Tuple[Optional[int], List[str]]:
     except ShardFormatError as exc:
         return rows, [str(exc)]
     if stats is not None and isinstance(stats.get("count"), int) and stats["count"] != rows:
-        return rows, [f"{path}: {rows} rows, {stats_path_of(path).name} says {stats['count']}"]
+        return rows, [f"{path}: {rows} rows, {storage.name(stats_path_of(path))} says {stats['count']}"]
     return rows, []
 
 
@@ -372,10 +380,10 @@ def check_parquet(path: PathLike) -> int:
     row count is the ``count`` of the shard's ``_stats.json`` (when the shard has one). Raises
     :class:`ShardFormatError` (:class:`MissingShardFileError` when absent) naming the file.
     """
-    path = Path(path)
+    path = storage.location(path)
     rows, problems = parquet_footer_check(path)
     if problems:
-        raise (MissingShardFileError if not path.is_file() else ShardFormatError)(problems[0])
+        raise (MissingShardFileError if not storage.isfile(path) else ShardFormatError)(problems[0])
     assert rows is not None
     return rows
 
@@ -390,11 +398,14 @@ def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None, *, che
         check_parquet(path)
     schema = PARQUET_SCHEMA if columns is None else pa.schema([f for f in PARQUET_SCHEMA if f.name in columns])
     try:
-        if columns is not None:
-            present = set(pq.read_schema(path).names)
-            table = pq.read_table(path, columns=[c for c in columns if c in present])
-        else:
-            table = pq.read_table(path)
+        with parquet_source(path) as src:
+            if columns is not None:
+                present = set(pq.read_schema(src).names)
+                table = pq.read_table(src, columns=[c for c in columns if c in present])
+            else:
+                table = pq.read_table(src)
+    except FileNotFoundError as exc:
+        raise MissingShardFileError(f"{path}: missing") from exc
     except (pa.ArrowException, OSError) as exc:
         raise ShardFormatError(f"{path}: unreadable parquet: {exc}") from exc
     columns_out = []
@@ -419,21 +430,26 @@ def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None, *, che
 def expects_parquets(folder: PathLike) -> bool:
     """Whether a folder's tars come with parquets: any ``NNNNN.parquet`` or ``NNNNN_stats.json`` there
     (every ccmb and img2dataset writer leaves both). A folder of bare tars (a foreign webdataset set) does not."""
-    for p in Path(folder).iterdir():
-        if (p.suffix == ".parquet" and SHARD_NAME_RE.match(p.stem + ".tar")) or (
-                p.name.endswith("_stats.json") and SHARD_NAME_RE.match(p.name[: -len("_stats.json")] + ".tar")):
+    for n in storage.listdir(folder):
+        if _is_shard_parquet(n) or (n.endswith("_stats.json") and SHARD_NAME_RE.match(n[: -len("_stats.json")] + ".tar")):
             return True
     return False
 
 
-def shard_parquets(folder: PathLike) -> List[Path]:
+def _is_shard_parquet(file_name: str) -> bool:
+    return file_name.endswith(".parquet") and bool(SHARD_NAME_RE.match(file_name[: -len(".parquet")] + ".tar"))
+
+
+def shard_parquets(folder: PathLike) -> List[storage.Location]:
     """The ``NNNNN.parquet`` files of a shard folder (download folder or shard set), each checked with
     :func:`check_parquet`, in shard order. A tar without its parquet is refused (naming the missing files),
     never skipped: its rows would silently disappear from every count."""
-    folder = Path(folder)
-    parquets = sorted(p for p in folder.iterdir() if p.suffix == ".parquet" and SHARD_NAME_RE.match(p.stem + ".tar"))
-    have = {p.stem for p in parquets}
-    missing = [folder / f"{t.stem}.parquet" for t in list_shards(folder) if t.stem not in have]
+    folder = storage.location(folder)
+    names = storage.listdir(folder)
+    parquets = [storage.join(folder, n) for n in names if _is_shard_parquet(n)]
+    have = {storage.stem(p) for p in parquets}
+    missing = [storage.join(folder, f"{n[:-len('.tar')]}.parquet") for n in names
+               if SHARD_NAME_RE.match(n) and n[:-len(".tar")] not in have]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise MissingShardFileError(f"{', '.join(str(p) for p in missing[:5])}{more}: missing (the tar is there; "
@@ -442,8 +458,8 @@ def shard_parquets(folder: PathLike) -> List[Path]:
         try:
             check_parquet(p)
         except ShardFormatError as exc:
-            if not stats_path_of(p).exists():  # the usual cause: a download killed mid-shard
-                raise ShardFormatError(f"{exc} ({stats_path_of(p).name} is missing too: an unfinished shard; "
+            if not storage.exists(stats_path_of(p)):  # the usual cause: a download killed mid-shard
+                raise ShardFormatError(f"{exc} ({storage.name(stats_path_of(p))} is missing too: an unfinished shard; "
                                        f"rerun the same `ccmb download` to finish it)") from exc
             raise
     return parquets
@@ -451,17 +467,18 @@ def shard_parquets(folder: PathLike) -> List[Path]:
 
 # --------------------------------------------------------------------------------------------- reading
 
-def list_shards(path: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
-    """Tars of a shard set: a folder (``NNNNN.tar`` inside), a single tar, a list, or a brace pattern."""
+def list_shards(path: Union[PathLike, Sequence[PathLike]]) -> List[storage.Location]:
+    """Tars of a shard set: a folder (``NNNNN.tar`` inside), a single tar, a list, or a brace pattern; local
+    (``Path`` results) or at an fsspec URL (``str`` results, e.g. ``s3://bucket/shards/00000.tar``)."""
     if isinstance(path, (list, tuple)):
-        return [Path(p) for p in path]
+        return [storage.location(p) for p in path]
     text = str(path)
     if "{" in text and ".." in text:
-        return [Path(p) for p in expand_braces(text)]
-    p = Path(text)
-    if p.is_dir():
-        return sorted(q for q in p.iterdir() if SHARD_NAME_RE.match(q.name))
-    if p.is_file():
+        return [storage.location(p) for p in expand_braces(text)]
+    p = storage.location(text)
+    if storage.isdir(p):
+        return [storage.join(p, n) for n in storage.listdir(p) if SHARD_NAME_RE.match(n)]
+    if storage.isfile(p):
         return [p]
     raise FileNotFoundError(f"no shard set at {p}")
 
@@ -557,18 +574,19 @@ def sample_from_members(key: str, members: Mapping[str, bytes], source: str = ""
     return Sample(key=key, image=members[ext], text=text, meta=meta, image_ext=ext, shard=source)
 
 
-def iter_tar_members(tar_path: PathLike, on_member: Optional[Callable[[tarfile.TarInfo], None]] = None
-                     ) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+def iter_tar_members(tar_path: PathLike, on_member: Optional[Callable[[tarfile.TarInfo], None]] = None, *,
+                     fileobj: Optional[IO[bytes]] = None) -> Iterator[Tuple[str, Dict[str, bytes]]]:
     """``(key, {extension: bytes})`` of each run of members with one key (never extracted to disk).
 
     Regular files only; ``on_member`` sees every member first (``verify`` checks the names there). A key
-    with the same extension twice raises :class:`ShardFormatError`, as webdataset does.
+    with the same extension twice raises :class:`ShardFormatError`, as webdataset does. ``fileobj``: read the
+    tar from this open stream instead (``tar_path`` then only names it in errors).
     """
-    tar_path = Path(tar_path)
+    tar_path = storage.location(tar_path)
     current: Optional[str] = None
     parts: Dict[str, bytes] = {}
     try:
-        with tarfile.open(tar_path, mode="r|*") as tar:
+        with (tarfile.open(fileobj=fileobj, mode="r|*") if fileobj is not None else open_tar(tar_path, "r|*")) as tar:
             for member in tar:
                 if on_member is not None:
                     on_member(member)
@@ -603,39 +621,87 @@ def iter_samples(path: Union[PathLike, Sequence[PathLike]]) -> Iterator[Sample]:
         yield from iter_tar_samples(tar_path)
 
 
+@contextlib.contextmanager
+def open_tar(tar_path: PathLike, mode: str = "r|*") -> Iterator[tarfile.TarFile]:
+    """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers)."""
+    if storage.is_url(tar_path):
+        with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK) as fh, \
+                tarfile.open(fileobj=fh, mode=mode) as tar:
+            yield tar
+    else:
+        with tarfile.open(tar_path, mode=mode) as tar:
+            yield tar
+
+
+def _count_members(members: Iterable[tarfile.TarInfo]) -> int:
+    keys = set()
+    for member in members:
+        key, ext = split_member_name(member.name)
+        if member.isfile() and key is not None and ext in IMAGE_EXTS:
+            keys.add(key)
+    return len(keys)
+
+
 def count_tar_samples(tar_path: PathLike) -> int:
     """Number of samples (distinct keys with an image) in a tar, reading headers only."""
-    keys = set()
     try:
-        with tarfile.open(tar_path, mode="r:") as tar:
-            for member in tar.getmembers():
-                key, ext = split_member_name(member.name)
-                if member.isfile() and key is not None and ext in IMAGE_EXTS:
-                    keys.add(key)
+        with open_tar(tar_path, "r:") as tar:
+            return _count_members(tar.getmembers())
     except tarfile.TarError as exc:
         raise ShardFormatError(f"{tar_path}: unreadable tar: {exc}") from exc
-    return len(keys)
+
+
+class HashingReader(io.RawIOBase):
+    """Reads a file through, hashing every byte (one pass for a tar's samples and its checksum); ``drain()``
+    reads what is left, then ``hash`` / ``size`` cover the whole file."""
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__()
+        self.fh, self.hash, self.size = fh, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = self.fh.read(len(buf))
+        n = len(data)
+        buf[:n] = data
+        self.hash.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
 
 
 # ------------------------------------------------------------------------------------ finished sets
 
 def finished_shards(output_dir: PathLike) -> List[str]:
     """Names (``NNNNN``) of shards whose writer finished (tar and ``_stats.json`` both present)."""
-    out = []
-    for p in sorted(Path(output_dir).glob("*_stats.json")):
-        name = p.name[: -len("_stats.json")]
-        if (p.parent / f"{name}.tar").exists():
-            out.append(name)
-    return out
+    names = set(storage.listdir(output_dir))
+    return [n[: -len("_stats.json")] for n in sorted(names)
+            if n.endswith("_stats.json") and f"{n[: -len('_stats.json')]}.tar" in names]
 
 
 def shard_entry(tar_path: PathLike) -> Dict[str, Any]:
-    tar_path = Path(tar_path)
-    return {
-        "samples": count_tar_samples(tar_path),
-        "bytes": tar_path.stat().st_size,
-        "sha256": sha256_file(tar_path),
-    }
+    """``{samples, bytes, sha256}`` of a tar (``manifest.json``'s entry); one streamed read on object storage."""
+    if not storage.is_url(tar_path):
+        tar_path = Path(tar_path)
+        return {
+            "samples": count_tar_samples(tar_path),
+            "bytes": tar_path.stat().st_size,
+            "sha256": sha256_file(tar_path),
+        }
+    with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK) as fh:
+        reader = HashingReader(fh)
+        try:
+            with tarfile.open(fileobj=io.BufferedReader(reader, 1 << 20), mode="r|") as tar:
+                samples = _count_members(tar)
+        except tarfile.TarError as exc:
+            raise ShardFormatError(f"{tar_path}: unreadable tar: {exc}") from exc
+        reader.drain()
+    return {"samples": samples, "bytes": reader.size, "sha256": reader.hash.hexdigest()}
 
 
 def finalize_shard_set(output_dir: PathLike, command: Optional[str] = None,
@@ -646,11 +712,11 @@ def finalize_shard_set(output_dir: PathLike, command: Optional[str] = None,
     ``known`` maps tar names to entries already computed (skips re-hashing); they are trusted.
     Returns the manifest.
     """
-    output_dir = Path(output_dir)
+    output_dir = storage.location(output_dir)
     shards: Dict[str, Dict[str, Any]] = {}
     for tar_path in list_shards(output_dir):
-        entry = (known or {}).get(tar_path.name) or shard_entry(tar_path)
-        shards[tar_path.name] = entry
+        entry = (known or {}).get(storage.name(tar_path)) or shard_entry(tar_path)
+        shards[storage.name(tar_path)] = entry
     manifest = {
         "format": "ccmb-shards",
         "format_version": FORMAT_VERSION,
@@ -663,8 +729,8 @@ def finalize_shard_set(output_dir: PathLike, command: Optional[str] = None,
     }
     if extra:
         manifest.update(extra)
-    atomic.write_json(output_dir / SIZES_FILE, {name: e["samples"] for name, e in shards.items()})
-    atomic.write_json(output_dir / MANIFEST_FILE, manifest)
+    storage.write_json(storage.join(output_dir, SIZES_FILE), {name: e["samples"] for name, e in shards.items()})
+    storage.write_json(storage.join(output_dir, MANIFEST_FILE), manifest)
     return manifest
 
 
@@ -673,12 +739,17 @@ MAX_MANIFEST_BYTES = 256 << 20
 MAX_MANIFEST_DEPTH = 32
 
 
-def _read_small_json(path: Path, missing: str) -> Any:
-    """A bounded JSON file (size, depth, UTF-8); every problem is a :class:`ShardFormatError` naming it."""
+def _read_small_json(path: PathLike, missing: str) -> Any:
+    """A bounded JSON file (size, depth, UTF-8), a local path or a URL; every problem is a
+    :class:`ShardFormatError` naming it."""
     from .boundedio import read_regular
 
     try:
-        raw = read_regular(path, max_bytes=MAX_MANIFEST_BYTES, what="shard-set file", error=ShardFormatError)
+        if storage.is_url(path):
+            raw = storage.read_bytes(path, max_bytes=MAX_MANIFEST_BYTES)
+        else:
+            raw = read_regular(Path(path), max_bytes=MAX_MANIFEST_BYTES, what="shard-set file",
+                               error=ShardFormatError)
         return loads_bounded(raw.decode("utf-8"), max_depth=MAX_MANIFEST_DEPTH, max_bytes=MAX_MANIFEST_BYTES)
     except ShardFormatError:
         raise
@@ -697,7 +768,7 @@ def _read_small_json(path: Path, missing: str) -> Any:
 def read_manifest(shard_dir: PathLike) -> Dict[str, Any]:
     """``manifest.json`` of a finished shard set, checked to be a JSON object whose ``shards`` is an object of
     entries (a :class:`ShardFormatError` naming the file otherwise)."""
-    path = Path(shard_dir) / MANIFEST_FILE
+    path = storage.join(shard_dir, MANIFEST_FILE)
     doc = _read_small_json(path, "missing (not a finished shard set: finish it with `ccmb build-shards`, a rerun "
                                  "of `ccmb download`, or `ccmb shards finalize`)")
     if not isinstance(doc, dict):
@@ -709,7 +780,7 @@ def read_manifest(shard_dir: PathLike) -> Dict[str, Any]:
 
 
 def read_sizes(shard_dir: PathLike) -> Dict[str, int]:
-    path = Path(shard_dir) / SIZES_FILE
+    path = storage.join(shard_dir, SIZES_FILE)
     doc = _read_small_json(path, "missing")
     try:
         return {str(k): int(v) for k, v in doc.items()}

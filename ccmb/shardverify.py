@@ -3,17 +3,19 @@
 Against ``manifest.json``/``sizes.json``: every tar's checksum and sample count, every image decodes, member
 names are safe; and, when the folder's shards come with parquets (a download folder or a built set), each
 tar's ``NNNNN.parquet`` against the tar and the shard's ``_stats.json`` (:func:`parquet_problems`). Every
-problem is reported, each naming the file. See ``docs/formats.md``.
+problem is reported, each naming the file. The set may be local or at an fsspec URL (:mod:`ccmb.storage`).
+See ``docs/formats.md``.
 """
 from __future__ import annotations
 
+import io
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
-from .shards import (MANIFEST_FILE, METADATA_FIELDS, SHARD_NAME_RE, SIZES_FILE, STATUS_SUCCESS, PathLike,
-                     ShardFormatError, expects_parquets, iter_tar_members, list_shards, parquet_footer_check,
+from . import storage
+from .shards import (MANIFEST_FILE, METADATA_FIELDS, SHARD_NAME_RE, SIZES_FILE, STATUS_SUCCESS, HashingReader,
+                     PathLike, ShardFormatError, expects_parquets, iter_tar_members, list_shards, parquet_footer_check,
                      read_manifest, read_parquet, read_shard_stats, read_sizes, sample_from_members, sha256_file,
                      stats_path_of, unsafe_member_reason)
 
@@ -51,8 +53,9 @@ def parquet_problems(tar_path: PathLike, samples: Mapping[str, Dict[str, Any]]) 
     samples and agree with their ``{key}.json`` on :data:`CROSS_CHECKED_FIELDS`; ``_stats.json`` exists
     and its counts (rows, successes, failure reasons) and recorded parquet checksum match.
     """
-    tar_path = Path(tar_path)
-    path = tar_path.with_suffix(".parquet")
+    tar_path = storage.location(tar_path)
+    tar_name = storage.name(tar_path)
+    path = storage.sibling(tar_path, f"{storage.stem(tar_path)}.parquet")
     rows_in_footer, problems = parquet_footer_check(path)
     if rows_in_footer is None:
         return problems
@@ -88,9 +91,9 @@ def parquet_problems(tar_path: PathLike, samples: Mapping[str, Dict[str, Any]]) 
     only_pq = sorted(set(success) - set(samples))
     only_tar = sorted(set(samples) - set(success))
     if only_pq:
-        problems.append(f"{path}: success rows without a sample in {tar_path.name}: {_examples(only_pq)}")
+        problems.append(f"{path}: success rows without a sample in {tar_name}: {_examples(only_pq)}")
     if only_tar:
-        problems.append(f"{path}: samples of {tar_path.name} without a success row: {_examples(only_tar)}")
+        problems.append(f"{path}: samples of {tar_name} without a success row: {_examples(only_tar)}")
     differ = []
     for key in sorted(set(success) & set(samples)):
         meta, row = samples[key], success[key]
@@ -101,17 +104,18 @@ def parquet_problems(tar_path: PathLike, samples: Mapping[str, Dict[str, Any]]) 
     if differ:
         problems.append(f"{path}: values differ from the samples' .json members: {_examples(differ)}")
     stats_path = stats_path_of(tar_path)
+    stats_name = storage.name(stats_path)
     if stats is None:
         problems.append(f"{stats_path}: missing (an unfinished shard)")
         return problems
     if isinstance(stats.get("successes"), int) and stats["successes"] != len(success):
-        problems.append(f"{path}: {len(success)} success rows, {stats_path.name} says {stats['successes']}")
+        problems.append(f"{path}: {len(success)} success rows, {stats_name} says {stats['successes']}")
     ours = stats.get("ccmb") if isinstance(stats.get("ccmb"), dict) else None
     if ours is not None and isinstance(stats.get("status_dict"), dict) and stats["status_dict"] != failures:
-        problems.append(f"{path}: failure reasons {failures}, {stats_path.name} says {stats['status_dict']}")
+        problems.append(f"{path}: failure reasons {failures}, {stats_name} says {stats['status_dict']}")
     recorded = ours.get("parquet") if ours is not None else None
     if isinstance(recorded, dict) and recorded.get("sha256") and sha256_file(path) != recorded["sha256"]:
-        problems.append(f"{path}: sha256 differs from {stats_path.name}")
+        problems.append(f"{path}: sha256 differs from {stats_name}")
     return problems
 
 
@@ -124,7 +128,7 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
     """
     from .images import ImageDecodeError, decode_image
 
-    shard_dir = Path(shard_dir)
+    shard_dir = storage.location(shard_dir)
     report = VerifyReport()
     try:
         manifest = read_manifest(shard_dir)
@@ -137,16 +141,19 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
         report.problems.append(str(exc))
         sizes = {}
     entries: Dict[str, Dict[str, Any]] = manifest.get("shards", {})
-    on_disk = {p.name for p in list_shards(shard_dir)}
+    present = set(storage.listdir(shard_dir))  # one listing: which files exist
+    on_disk = {storage.name(p) for p in list_shards(shard_dir)}
     for name in sorted(on_disk - set(entries)):
-        report.problems.append(f"{shard_dir / name}: not listed in {MANIFEST_FILE}")
+        report.problems.append(f"{storage.join(shard_dir, name)}: not listed in {MANIFEST_FILE}")
     for name in sorted(set(sizes) ^ set(entries)):
-        report.problems.append(f"{shard_dir / SIZES_FILE}: {name} listed in only one of sizes.json/manifest.json")
+        report.problems.append(f"{storage.join(shard_dir, SIZES_FILE)}: {name} listed in only one of "
+                               f"sizes.json/manifest.json")
     with_parquets = expects_parquets(shard_dir)
     if with_parquets:
-        for p in sorted(shard_dir.glob("*.parquet")):
-            if SHARD_NAME_RE.match(p.stem + ".tar") and f"{p.stem}.tar" not in entries:
-                report.problems.append(f"{p}: its tar {p.stem}.tar is not in {MANIFEST_FILE}")
+        for n in sorted(present):
+            stem = n[: -len(".parquet")]
+            if n.endswith(".parquet") and SHARD_NAME_RE.match(stem + ".tar") and f"{stem}.tar" not in entries:
+                report.problems.append(f"{storage.join(shard_dir, n)}: its tar {stem}.tar is not in {MANIFEST_FILE}")
 
     names = sorted(entries)
     iterator: Iterable[str] = names
@@ -156,22 +163,28 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
         iterator = tqdm(names, desc="verify", unit="shard")
     for name in iterator:
         entry = entries[name]
-        path = shard_dir / name
+        path = storage.join(shard_dir, name)
         report.shards_checked += 1
-        if not path.exists():
+        if name not in present:
             report.problems.append(f"{path}: missing")
             continue
-        if sha256_file(path) != entry.get("sha256"):
-            report.problems.append(f"{path}: sha256 differs from {MANIFEST_FILE}")
         samples: Dict[str, Dict[str, Any]] = {}
+        sha_at = len(report.problems)  # the checksum problem is listed first, as before the tar's own
 
-        def check_member(member: tarfile.TarInfo, path: Path = path) -> None:
+        def check_member(member: tarfile.TarInfo, path: storage.Location = path) -> None:
             reason = unsafe_member_reason(member)
             if reason is not None:
                 report.problems.append(f"{path}: member {member.name!r}: {reason}")
 
         try:
-            for key, parts in iter_tar_members(path, on_member=check_member):
+            raw = storage.open_read(path, block_size=storage.STREAM_BLOCK)
+        except OSError as exc:
+            report.problems.append(f"{path}: unreadable: {exc}")
+            continue
+        reader = HashingReader(raw)  # one read of the tar: its members and its checksum
+        try:
+            for key, parts in iter_tar_members(path, on_member=check_member,
+                                               fileobj=io.BufferedReader(reader, 1 << 20)):
                 if key in samples:
                     report.problems.append(f"{path}: duplicate key {key}")
                 try:
@@ -187,6 +200,12 @@ def verify_shard_set(shard_dir: PathLike, *, decode_images: bool = True,
                         report.problems.append(str(exc))
         except ShardFormatError as exc:
             report.problems.append(str(exc))
+        try:
+            reader.drain()
+        finally:
+            raw.close()
+        if reader.hash.hexdigest() != entry.get("sha256"):
+            report.problems.insert(sha_at, f"{path}: sha256 differs from {MANIFEST_FILE}")
         n = len(samples)
         report.samples += n
         if n != entry.get("samples"):

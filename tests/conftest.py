@@ -21,6 +21,8 @@ import tempfile  # noqa: E402
 import pytest  # noqa: E402
 
 from spark_cluster import spark_cluster  # noqa: E402,F401  (session fixture: a standalone cluster on 127.0.0.1)
+# Fixtures of services the tests start on 127.0.0.1: the S3 API server (s3_server, s3_url).
+pytest_plugins = ["s3_server"]
 
 # Processes the tests start (spawned download workers, CLI subprocesses, Spark's Python workers) put their temp
 # files into one folder per session, removed at its end: processes the tests kill on purpose (kill -9, dead

@@ -1,4 +1,4 @@
-"""``ccmb shards``: inspect a shard set (finalize its manifest, list it)."""
+"""``ccmb shards``: inspect a shard set (finalize its manifest, list it); a local folder or an fsspec URL."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,9 @@ import sys
 import click
 
 from .. import shards as fmt
+from .. import storage
 from ..clikit import input_errors_as_click
+from .storage_args import Location
 
 
 @click.group("shards")
@@ -22,7 +24,7 @@ def shards_group() -> None:
 
 
 @shards_group.command("finalize")
-@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("shard_dir", type=Location(exists=True, file_okay=False))
 @input_errors_as_click
 def finalize_cmd(shard_dir: str) -> None:
     """Write sizes.json and manifest.json for the NNNNN.tar files in SHARD_DIR.
@@ -36,7 +38,7 @@ def finalize_cmd(shard_dir: str) -> None:
 
 
 @shards_group.command("ls")
-@click.argument("shard_dir", type=click.Path(exists=True))
+@click.argument("shard_dir", type=Location(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @input_errors_as_click
 def ls_cmd(shard_dir: str, as_json: bool) -> None:
@@ -46,7 +48,7 @@ def ls_cmd(shard_dir: str, as_json: bool) -> None:
     Examples:
       ccmb shards ls shards/ --json
     """
-    rows = {p.name: fmt.count_tar_samples(p) for p in fmt.list_shards(shard_dir)}
+    rows = {storage.name(p): fmt.count_tar_samples(p) for p in fmt.list_shards(shard_dir)}
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

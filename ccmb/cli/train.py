@@ -253,7 +253,8 @@ def train_group() -> None:
 @train_group.command("pretrain")
 @click.option("--config", "model_config", required=True,
               help="Model config: a shipped name (r2d2-tiny, r2d2-vitb16, r2d2-vitl14, prd2-...) or a JSON file.")
-@click.option("--shards", required=True, help="Shard folder or brace pattern DIR/{00000..00099}.tar.")
+@click.option("--shards", required=True, help="Shard folder or brace pattern DIR/{00000..00099}.tar; local or an "
+              "fsspec URL (s3://bucket/shards).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--init-vision", type=click.Path(exists=True, file_okay=False), help="HF CLIP directory.")
 @click.option("--init-text", type=click.Path(exists=True, file_okay=False), help="HF BERT directory.")

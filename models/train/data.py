@@ -9,6 +9,9 @@
   ``(epoch, step in epoch)`` and a resumed run skips the consumed batches without decoding them
   (exact as long as no image in the skipped part fails to decode; a finished, verified shard set has none).
 * Decoding, augmentation and tokenisation run in the workers; workers yield whole batches.
+* Shards are local paths or fsspec URLs (``s3://bucket/shards``): every tar is opened through
+  :mod:`ccmb.storage` and streamed (16 MB read-ahead), so the sample order, the per-rank split and the resume
+  point are the same wherever the set lives.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
-import webdataset as wds
+from webdataset import tariterators
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ccmb import storage
 from ccmb.images import ImageDecodeError, decode_image
 from ccmb.shards import (SIZES_FILE, TEXT_FIELDS, ShardFormatError, list_shards, read_sizes,
                          sample_from_members)
@@ -69,11 +73,26 @@ class Tokenize:
 
 
 def resolve_shards(spec: Union[str, Path, Sequence[str]]) -> List[str]:
-    """Tar paths of a shard folder, a brace pattern ``dir/{00000..00009}.tar``, a tar, or a list."""
+    """Tar paths of a shard folder, a brace pattern ``dir/{00000..00009}.tar``, a tar, or a list; local or
+    fsspec URLs (``s3://bucket/shards``). Every tar must exist (one listing per folder on object storage)."""
     paths = [str(p) for p in list_shards(spec)]
     if not paths:
         raise FileNotFoundError(f"no NNNNN.tar shards in {spec}")
-    missing = [p for p in paths if not Path(p).is_file()]
+    listed: Dict[str, set] = {}
+    missing = []
+    for p in paths:
+        if not storage.is_url(p):
+            if not Path(p).is_file():
+                missing.append(p)
+            continue
+        folder = str(storage.parent(p))
+        if folder not in listed:
+            try:
+                listed[folder] = set(storage.list_files(folder))
+            except FileNotFoundError:
+                listed[folder] = set()
+        if storage.name(p) not in listed[folder]:
+            missing.append(p)
     if missing:
         raise FileNotFoundError(f"shard not found: {missing[0]} (from {spec})")
     return paths
@@ -83,16 +102,30 @@ def shard_sizes(paths: Sequence[str]) -> Dict[str, int]:
     """Samples per shard from the ``sizes.json`` next to each tar (required: run ``ccmb shards``
     finalisation on the set first)."""
     out: Dict[str, int] = {}
-    cache: Dict[Path, Dict[str, int]] = {}
+    cache: Dict[str, Dict[str, int]] = {}
     for p in paths:
-        d = Path(p).parent
+        d = str(storage.parent(p))
         if d not in cache:
             cache[d] = read_sizes(d)
-        name = Path(p).name
+        name = storage.name(p)
         if name not in cache[d]:
-            raise ShardFormatError(f"{d / SIZES_FILE}: no entry for {name}")
+            raise ShardFormatError(f"{storage.join(d, SIZES_FILE)}: no entry for {name}")
         out[p] = cache[d][name]
     return out
+
+
+def open_shards(urls: Iterator[Dict[str, str]]) -> Iterator[Dict[str, Any]]:
+    """webdataset's ``url_opener`` through :mod:`ccmb.storage`: ``{"url", "stream"}`` per tar, local or URL;
+    each stream is closed when the next one is asked for."""
+    for item in urls:
+        url = item["url"]
+        with storage.open_read(url, block_size=storage.STREAM_BLOCK) as stream:
+            yield {"url": url, "stream": stream}
+
+
+def tar_samples(urls: Iterator[Dict[str, str]]) -> Iterator[Dict[str, Any]]:
+    """Raw webdataset samples (``__key__``, ``__url__``, one entry per member) of the tars in ``urls``."""
+    return tariterators.group_by_keys(tariterators.tar_file_expander(open_shards(urls)))
 
 
 class ShardStream(IterableDataset):
@@ -205,7 +238,7 @@ class ShardStream(IterableDataset):
         skip = (s - role + n_workers - 1) // n_workers if s > role else 0
         gw = self.rank * n_workers + role
         shuffle_rng = random.Random(mix_seed(self.seed, self.epoch, gw, "shuffle"))
-        raw = wds.tarfile_samples(self._urls(role, n_workers))
+        raw = tar_samples(self._urls(role, n_workers))
         pending: List[Dict[str, Any]] = []
         batch_index, counter, skipped = 0, 0, 0
         for sample in self._shuffled(iter(raw), shuffle_rng):

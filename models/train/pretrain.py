@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
-from ccmb import atomic
+from ccmb import atomic, storage
 from ccmb.shards import MANIFEST_FILE
 
 from .config import TrainConfig
@@ -78,16 +78,17 @@ def shard_provenance(paths: List[str]) -> Optional[Dict[str, Any]]:
     """``{"shard_sets": [{"path", "provenance"}]}`` from the ``manifest.json`` of every shard folder among
     ``paths`` that records a ``provenance`` (``ccmb build-shards``); None when none does."""
     sets = []
-    for folder in sorted({Path(p).parent for p in paths}):
-        manifest = folder / MANIFEST_FILE
-        if not manifest.is_file():
-            continue
+    for folder in sorted({str(storage.parent(p)) for p in paths}):
+        manifest = storage.join(folder, MANIFEST_FILE)
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+            data = json.loads(storage.read_bytes(manifest).decode("utf-8"))
+        except (FileNotFoundError, IsADirectoryError):
+            continue
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{manifest}: unreadable manifest ({exc})") from exc
         if isinstance(data, dict) and isinstance(data.get("provenance"), dict):
-            sets.append({"path": str(folder.resolve()), "provenance": data["provenance"]})
+            where = folder if storage.is_url(folder) else str(Path(folder).resolve())
+            sets.append({"path": where, "provenance": data["provenance"]})
     return {"shard_sets": sets} if sets else None
 
 

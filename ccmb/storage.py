@@ -1,0 +1,583 @@
+"""Where ccmb's data lives: a local path or any fsspec URL (``s3://``, ``gs://``, ``hdfs://``, ...).
+
+The one module that turns a path a user gives into file operations: open for reading, atomic writes, list,
+exists, size, remove. Local paths (and ``file://`` URLs) take the standard library exactly as before
+(:mod:`ccmb.atomic`: temporary file, fsync, rename) and come back as :class:`pathlib.Path`; every other
+``scheme://`` URL goes through fsspec (imported on first use, so ``import ccmb.storage`` stays light) and
+comes back as a ``str`` (``Path`` would fold ``s3://`` into ``s3:/``).
+
+Guarantees, the same on disk and on object storage:
+
+* **A file appears whole or not at all** (:class:`AtomicFile`, :func:`atomic_open`, :func:`write_bytes`):
+
+  - local: a temporary ``.NAME.tmp-*`` beside it, fsync, rename;
+  - object stores whose uploads publish atomically (S3 and S3-compatible servers, GCS: :data:`UPLOAD_PUBLISH`):
+    the file is opened *uncommitted* (fsspec's ``autocommit=False``). Its bytes travel as a multipart upload
+    that no reader sees until :meth:`AtomicFile.publish` completes it in one request; a completed upload
+    replaces an existing object atomically. Nothing is copied. A writer killed mid-file leaves an unfinished
+    upload, never an object; :func:`remove_stale_temporaries` aborts those under a folder (a bucket lifecycle
+    rule ``AbortIncompleteMultipartUpload`` does it too);
+  - every other fsspec filesystem (HDFS, SFTP, Azure, memory, ...): a temporary ``.NAME.tmp-*`` in the same
+    folder, then ``mv`` (a rename where the filesystem has one, else copy + delete: the final name appears
+    only once all its bytes are there); leftovers are removed by :func:`remove_stale_temporaries`.
+* **Markers last**: multi-file outputs publish their files one by one and the file that says "complete" (a
+  shard's ``_stats.json``, ``manifest.json``, a table's marker) last; readers decide completeness by the
+  marker alone, so a listing between two publishes never shows a complete-looking partial output.
+* **Fresh listings**: fsspec's listing cache is dropped before :func:`listdir` / :func:`list_files` /
+  :func:`exists`, so a resumed run sees what another (or a killed) process left.
+* **Errors name the path**: a missing file is a :class:`FileNotFoundError`, any other failure of the store
+  (no credentials, endpoint unreachable, access denied) an :class:`OSError` whose message starts with the URL.
+
+Credentials and endpoints come from the usual places of each filesystem, so subprocesses (CLI commands,
+DataLoader workers, Spark tasks) get them from the environment: for S3 ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_ENDPOINT_URL`` (or ``~/.aws``), and fsspec's own
+``FSSPEC_<PROTOCOL>_<OPTION>`` variables (``FSSPEC_S3_ENDPOINT_URL=http://...``), or :func:`configure`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
+
+from . import atomic
+from .types import PathLike
+
+logger = logging.getLogger(__name__)
+
+#: A place as the functions here return it: a ``Path`` for local files, a ``str`` URL for everything else.
+Location = Union[Path, str]
+
+#: fsspec protocols whose uncommitted uploads stay invisible until completed (multipart / resumable uploads),
+#: so a file is published without a copy. Others get a temporary name and ``mv``.
+UPLOAD_PUBLISH = frozenset({"s3", "s3a", "gs", "gcs"})
+
+#: Read-ahead of a file opened for streaming (tars): large enough to amortise a request, small per worker.
+STREAM_BLOCK = 16 << 20
+#: Read-ahead of a file read by random access (parquet footers, tar headers).
+RANDOM_BLOCK = 1 << 20
+#: Part size of an upload (S3's minimum is 5 MiB; 10,000 parts allow 80 GB): the memory a writer buffers.
+WRITE_BLOCK = 8 << 20
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
+TMP_MARK = atomic.TMP_MARK
+
+
+class StorageError(OSError):
+    """A store refused or failed an operation; the message starts with the path or URL."""
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+def is_url(path: Any) -> bool:
+    """Whether ``path`` is an fsspec URL that is not a plain local file (``s3://b/k``, ``gs://``, chained
+    ``simplecache::s3://...``). ``file://`` URLs and ``Path`` objects are local."""
+    if isinstance(path, Path) or not isinstance(path, (str, os.PathLike)):
+        return False
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        return False
+    m = _SCHEME_RE.match(text)
+    if m is None:
+        return False
+    return m.group(2) == "::" or m.group(1).lower() != "file"
+
+
+def location(path: PathLike) -> Location:
+    """``path`` as the functions here return places: a ``Path`` for local paths (``file://`` stripped), the URL
+    string (without a trailing ``/``) otherwise."""
+    if is_url(path):
+        text = os.fspath(path)
+        return text if text.endswith("://") else text.rstrip("/")
+    text = os.fspath(path)
+    if isinstance(text, str) and text.lower().startswith("file://"):
+        text = text[len("file://"):]
+    return Path(text)
+
+
+def join(base: PathLike, *names: str) -> Location:
+    """``base/name/...``: a ``Path`` for a local base, a URL string otherwise."""
+    loc = location(base)
+    if isinstance(loc, Path):
+        return loc.joinpath(*names)
+    parts = [n.strip("/") for n in names if n]
+    return "/".join([loc] + parts) if not loc.endswith("/") else loc + "/".join(parts)
+
+
+def name(path: PathLike) -> str:
+    """The last component (``00001.tar``)."""
+    loc = location(path)
+    return loc.name if isinstance(loc, Path) else loc.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(path: PathLike) -> Location:
+    """The folder that holds ``path``."""
+    loc = location(path)
+    if isinstance(loc, Path):
+        return loc.parent
+    head, sep, _ = loc.rstrip("/").rpartition("/")
+    return head if sep and not head.endswith(":/") else loc
+
+
+def stem(path: PathLike) -> str:
+    """The last component without its last suffix (``00001.tar`` -> ``00001``), as ``Path.stem``."""
+    return Path(name(path)).stem
+
+
+def sibling(path: PathLike, new_name: str) -> Location:
+    """``new_name`` in the folder of ``path``."""
+    return join(parent(path), new_name)
+
+
+def display(path: PathLike) -> str:
+    return str(location(path))
+
+
+def protocol(path: PathLike) -> str:
+    """``file`` for local paths, else the URL's (last) protocol (``s3``)."""
+    if not is_url(path):
+        return "file"
+    fs, _ = _fs(path)
+    proto = fs.protocol
+    return proto[0] if isinstance(proto, (tuple, list)) else proto
+
+
+# -------------------------------------------------------------------------------------------- fsspec
+
+def _fs(url: PathLike) -> Tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a URL; fsspec is imported here, on first use."""
+    import fsspec.core
+
+    text = os.fspath(url)
+    try:
+        return fsspec.core.url_to_fs(text)
+    except ImportError as exc:  # the filesystem's package (s3fs, gcsfs, ...) is not installed
+        raise StorageError(f"{text}: {exc} (for s3:// URLs: pip install 'ccmb[s3]')") from exc
+    except ValueError as exc:  # unknown protocol
+        raise StorageError(f"{text}: {exc}") from exc
+
+
+def configure(protocol_name: str, **options: Any) -> None:
+    """Default options of one fsspec protocol for this process, e.g. ``configure("s3",
+    endpoint_url="http://127.0.0.1:9000")`` (the same as ``FSSPEC_S3_ENDPOINT_URL`` in the environment, which
+    child processes inherit). Cached filesystem instances are dropped so the next use sees them."""
+    import fsspec
+    import fsspec.config
+
+    fsspec.config.conf.setdefault(protocol_name, {}).update(options)
+    with contextlib.suppress(ImportError, ValueError):
+        fsspec.get_filesystem_class(protocol_name).clear_instance_cache()
+
+
+def _invalidate(fs: Any, path: str) -> None:
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+
+
+@contextlib.contextmanager
+def _errors(path: PathLike, what: str = "") -> Iterator[None]:
+    """Turn a store's exceptions into ``FileNotFoundError`` / :class:`StorageError` naming ``path``."""
+    where = display(path)
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if where in str(exc):
+            raise
+        raise FileNotFoundError(f"{where}: not found" + (f" ({what})" if what else "")) from exc
+    except StorageError:
+        raise
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and where in str(exc):
+            raise
+        err = StorageError(f"{where}: {what + ': ' if what else ''}{type(exc).__name__}: {exc}")
+        err.errno = getattr(exc, "errno", None)  # ENOSPC, EACCES ... stay recognisable
+        raise err from exc
+    except Exception as exc:  # botocore / aiohttp errors that fsspec passes through (no credentials ...)
+        if type(exc).__module__.split(".")[0] in ("builtins", "pyarrow", "tarfile", "ccmb", "json"):
+            raise
+        raise StorageError(f"{where}: {what + ': ' if what else ''}{type(exc).__name__}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = None,
+              encoding: Optional[str] = None) -> IO[Any]:
+    """Open a file for reading (``rb`` or ``r``). ``block_size`` is the read-ahead on object storage
+    (:data:`STREAM_BLOCK` for whole-file streaming, :data:`RANDOM_BLOCK` by default)."""
+    if "r" not in mode or "+" in mode:
+        raise ValueError(f"open_read only reads; got mode {mode!r}")
+    if not is_url(path):
+        return open(location(path), mode, encoding=encoding if "b" not in mode else None)
+    fs, p = _fs(path)
+    with _errors(path, "open"):
+        fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK)
+    if "b" in mode:
+        return fh
+    return io.TextIOWrapper(fh, encoding=encoding or "utf-8")
+
+
+def read_bytes(path: PathLike, max_bytes: Optional[int] = None) -> bytes:
+    """The whole file; with ``max_bytes`` a larger file is refused (:class:`StorageError` naming it)."""
+    if max_bytes is not None:
+        n = size(path)
+        if n > max_bytes:
+            raise StorageError(f"{display(path)}: {n} bytes, more than the {max_bytes} allowed")
+    if not is_url(path):
+        return location(path).read_bytes()
+    fs, p = _fs(path)
+    with _errors(path, "read"):
+        return fs.cat_file(p)
+
+
+def read_text(path: PathLike, encoding: str = "utf-8") -> str:
+    return read_bytes(path).decode(encoding)
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(read_text(path))
+
+
+def exists(path: PathLike) -> bool:
+    if not is_url(path):
+        return location(path).exists()
+    fs, p = _fs(path)
+    _invalidate(fs, p)
+    with _errors(path, "exists"):
+        return bool(fs.exists(p))
+
+
+def isfile(path: PathLike) -> bool:
+    if not is_url(path):
+        return location(path).is_file()
+    fs, p = _fs(path)
+    _invalidate(fs, p)
+    with _errors(path, "isfile"):
+        return bool(fs.isfile(p))
+
+
+def isdir(path: PathLike) -> bool:
+    """A local folder; on object storage a prefix holding at least one object (or a bucket)."""
+    if not is_url(path):
+        return location(path).is_dir()
+    fs, p = _fs(path)
+    _invalidate(fs, p)
+    with _errors(path, "isdir"):
+        return bool(fs.isdir(p))
+
+
+def size(path: PathLike) -> int:
+    if not is_url(path):
+        return location(path).stat().st_size
+    fs, p = _fs(path)
+    with _errors(path, "size"):
+        return int(fs.size(p))
+
+
+def _entries(folder: PathLike) -> List[Tuple[str, bool, int]]:
+    """(name, is_file, size) of the direct children of ``folder``; FileNotFoundError when it is none."""
+    if not is_url(folder):
+        out = []
+        with os.scandir(location(folder)) as it:
+            for e in it:
+                is_file = e.is_file()
+                out.append((e.name, is_file, e.stat().st_size if is_file else 0))
+        return out
+    fs, p = _fs(folder)
+    _invalidate(fs, p)
+    with _errors(folder, "list"):
+        infos = fs.ls(p, detail=True)
+    out = []
+    base = p.rstrip("/")
+    for info in infos:
+        full = str(info.get("name", "")).rstrip("/")
+        if full == base:
+            continue
+        out.append((full.rsplit("/", 1)[-1], info.get("type") == "file", int(info.get("size") or 0)))
+    return out
+
+
+def listdir(folder: PathLike) -> List[str]:
+    """Names of the direct children of ``folder`` (files and folders), sorted."""
+    return sorted(n for n, _, _ in _entries(folder))
+
+
+def list_files(folder: PathLike) -> Dict[str, int]:
+    """``{name: bytes}`` of the files directly in ``folder`` (one listing request on object storage)."""
+    return {n: s for n, is_file, s in sorted(_entries(folder)) if is_file}
+
+
+def glob(folder: PathLike, pattern: str) -> List[Location]:
+    """Files directly in ``folder`` whose name matches ``pattern`` (fnmatch), sorted by name."""
+    return [join(folder, n) for n in list_files(folder) if fnmatch.fnmatchcase(n, pattern)]
+
+
+def sha256(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open_read(path, block_size=STREAM_BLOCK) as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+def makedirs(folder: PathLike) -> None:
+    """Create ``folder`` (and its parents); on object storage there is nothing to create below a bucket."""
+    if not is_url(folder):
+        location(folder).mkdir(parents=True, exist_ok=True)
+        return
+    fs, p = _fs(folder)
+    with _errors(folder, "makedirs"):
+        fs.makedirs(p, exist_ok=True)
+
+
+def remove(path: PathLike, missing_ok: bool = True) -> None:
+    """Delete one file."""
+    if not is_url(path):
+        location(path).unlink(missing_ok=missing_ok)
+        return
+    fs, p = _fs(path)
+    _invalidate(fs, p)
+    if not missing_ok and not exists(path):  # S3 deletes a missing key without an error
+        raise FileNotFoundError(f"{display(path)}: not found (remove)")
+    with contextlib.suppress(FileNotFoundError), _errors(path, "remove"):
+        fs.rm_file(p)
+    _invalidate(fs, p)
+
+
+def _publishes_uploads(fs: Any) -> bool:
+    proto = fs.protocol
+    protos = proto if isinstance(proto, (tuple, list)) else (proto,)
+    return any(p in UPLOAD_PUBLISH for p in protos)
+
+
+class AtomicFile(io.RawIOBase):
+    """A binary file written under ``path`` that appears there whole, or not at all (see the module docstring).
+
+    ``write`` / ``tell`` as a file; :meth:`publish` makes it appear (closing it), :meth:`abort` drops it.
+    ``size`` and (with ``digest=True``) ``sha256`` describe the bytes written, so a writer records them
+    without reading the file back. Use :func:`atomic_open` for the commit-on-success context manager.
+    """
+
+    def __init__(self, path: PathLike, *, digest: bool = False) -> None:
+        super().__init__()
+        self.path = location(path)
+        self.size = 0
+        self._hash = hashlib.sha256() if digest else None
+        self._done = False
+        self._tmp: Optional[Location] = None
+        self._mode = "local"
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = atomic.temp_path_for(self.path)
+            self._fh: Any = open(self._tmp, "wb")
+            return
+        self._fs, self._p = _fs(self.path)
+        if _publishes_uploads(self._fs):
+            self._mode = "upload"
+            with _errors(self.path, "open for writing"):
+                self._fh = self._fs.open(self._p, "wb", autocommit=False, block_size=WRITE_BLOCK)
+            # not part of an fsspec transaction: drop the file from the filesystem's pending list
+            with contextlib.suppress(Exception):
+                self._fs.transaction.files.remove(self._fh)
+        else:
+            self._mode = "rename"
+            self._tmp = sibling(self.path, f".{name(self.path)}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+            _, self._tmp_p = _fs(self._tmp)
+            with _errors(self.path, "open for writing"):
+                self._fs.makedirs(self._fs._parent(self._p), exist_ok=True)
+                self._fh = self._fs.open(self._tmp_p, "wb")
+
+    # -- file protocol (what tarfile, pyarrow and json writers use)
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError(f"{display(self.path)}: write after publish/abort")
+        view = memoryview(data).cast("B")
+        if self._mode == "local":  # local errors (ENOSPC ...) pass unchanged, as from a plain file
+            self._fh.write(view)
+        else:
+            with _errors(self.path, "write"):
+                self._fh.write(view)
+        self.size += view.nbytes
+        if self._hash is not None:
+            self._hash.update(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass  # the store sees the bytes at publish; local bytes are fsynced there
+
+    @property
+    def sha256(self) -> str:
+        if self._hash is None:
+            raise ValueError("AtomicFile(digest=True) computes the sha256")
+        return self._hash.hexdigest()
+
+    # -- publishing
+    def publish(self) -> None:
+        """Make the file appear at its path, replacing any older one. Idempotent after success."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            if self._mode == "local":
+                assert self._tmp is not None
+                self._fh.close()
+                atomic.commit(self._tmp, self.path)
+            elif self._mode == "upload":
+                with _errors(self.path, "publish"):
+                    self._fh.close()  # uploads the last part; the object is not visible yet
+                    self._fh.commit()  # completes the upload: the object appears whole
+                _invalidate(self._fs, self._p)
+            else:
+                assert self._tmp is not None
+                with _errors(self.path, "publish"):
+                    self._fh.close()
+                    self._fs.mv(self._tmp_p, self._p)
+                _invalidate(self._fs, self._p)
+        except BaseException:
+            self._cleanup()
+            raise
+        super().close()
+
+    def abort(self) -> None:
+        """Drop what was written; nothing appears at the path."""
+        if self._done:
+            return
+        self._done = True
+        self._cleanup()
+        super().close()
+
+    def _cleanup(self) -> None:
+        if self._mode == "upload":
+            try:
+                self._fh.discard()  # aborts the multipart upload
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
+                logger.warning("%s: could not abort the upload: %s", display(self.path), exc)
+            self._fh.closed = True
+            return
+        with contextlib.suppress(Exception):
+            self._fh.close()
+        if self._mode == "local":
+            with contextlib.suppress(FileNotFoundError):
+                Path(self._tmp).unlink()  # type: ignore[arg-type]
+        else:
+            with contextlib.suppress(Exception):
+                self._fs.rm_file(self._tmp_p)
+
+    def close(self) -> None:
+        """Closing without :meth:`publish` aborts (a writer that did not finish publishes nothing)."""
+        if not self._done:
+            self.abort()
+        super().close()
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.publish()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:  # an AtomicFile dropped unpublished publishes nothing
+        with contextlib.suppress(Exception):
+            if not self._done:
+                self.abort()
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None, *,
+                digest: bool = False) -> Iterator[Any]:
+    """Write ``path`` atomically: it appears with the whole content when the block ends without an error,
+    and not at all otherwise. ``mode`` ``wb`` yields the :class:`AtomicFile`; ``w`` a text wrapper over it."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open only writes; got mode {mode!r}")
+    out = AtomicFile(path, digest=digest)
+    try:
+        if "b" in mode:
+            yield out
+        else:
+            text = io.TextIOWrapper(out, encoding=encoding or "utf-8", write_through=True)
+            yield text
+            text.flush()
+            text.detach()
+        out.publish()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
+    """JSON as :func:`ccmb.atomic.write_json` writes it (sorted keys, UTF-8, trailing newline), atomically."""
+    write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=True) + "\n")
+
+
+def remove_stale_temporaries(folder: PathLike) -> int:
+    """Remove what killed writers left in ``folder``: temporary ``.NAME.tmp-*`` files and, on object stores
+    that publish uploads, the unfinished multipart uploads of keys directly in it. Call it only as the one
+    writer of the folder (another live writer's temporaries would go too). Returns how many were removed."""
+    if not is_url(folder):
+        path = location(folder)
+        return atomic.remove_stale_temporaries(path) if path.is_dir() else 0
+    removed = 0
+    fs, p = _fs(folder)
+    with contextlib.suppress(FileNotFoundError):
+        for n, is_file, _ in _entries(folder):
+            if is_file and n.startswith(".") and TMP_MARK in n:
+                remove(join(folder, n))
+                removed += 1
+    if _publishes_uploads(fs) and hasattr(fs, "call_s3"):
+        bucket, _, prefix = p.strip("/").partition("/")
+        prefix = prefix + "/" if prefix else ""
+        with _errors(folder, "list unfinished uploads"):
+            uploads = _s3_unfinished_uploads(fs, bucket, prefix)
+        for key, upload_id in uploads:
+            if "/" not in key[len(prefix):]:
+                with _errors(folder, "abort an unfinished upload"):
+                    fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+                removed += 1
+    return removed
+
+
+def _s3_unfinished_uploads(fs: Any, bucket: str, prefix: str) -> List[Tuple[str, str]]:
+    """(key, upload id) of every unfinished multipart upload under ``prefix`` (all pages)."""
+    out: List[Tuple[str, str]] = []
+    kw: Dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", **kw)
+        out.extend((str(u["Key"]), str(u["UploadId"])) for u in page.get("Uploads", []) or [])
+        if not page.get("IsTruncated"):
+            return out
+        kw.update(KeyMarker=page.get("NextKeyMarker", ""), UploadIdMarker=page.get("NextUploadIdMarker", ""))

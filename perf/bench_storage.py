@@ -1,0 +1,140 @@
+"""Object storage next to local disk: the same shard set read from a local folder and from an S3 API server on
+127.0.0.1 (moto's server, started here, stopped by its pid), in one run, interleaved, medians printed as ratios.
+
+1. **trainer data pipeline** (the target: object storage <= 1.5x the local cost): ``ShardStream`` through a
+   DataLoader (``--workers`` processes), 256-px JPEGs decoded, cropped to 224, tokenised, batches of 32;
+2. **tar streaming alone** (no decoding): every sample of every tar through the trainer's tar reader, to show
+   the I/O part by itself;
+3. **verify --no-images** (one read per tar: checksum, members, parquets).
+
+Both sides run the same code (``ccmb.storage`` picks the local or the fsspec path); the S3 side pays HTTP,
+signing and the server's own CPU on the same machine (reported: the server's CPU seconds per run).
+
+    python perf/bench_storage.py
+    python perf/bench_storage.py --samples 4000 --repeats 5 --workers 2
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "perf"))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def server_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the trainer pipeline")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=224)
+    args = ap.parse_args()
+
+    import torch
+
+    from ccmb import shardverify, storage
+    from models.tokenizer import load_tokenizer, write_test_vocab
+    from models.train.augment import TrainTransform
+    from models.train.data import ShardStream, Tokenize, make_loader, resolve_shards, tar_samples
+    from bench_train import make_shard_set  # the same synthetic 256-px set, in 4 shards
+    from s3_server import start_server
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="ccmb-bench-storage-"))
+    server = start_server(tmp)
+    os.environ.update(server.env)
+    try:
+        local = make_shard_set(tmp / "shards", args.samples)
+        remote = server.url("bench", "shards")
+        for p in sorted(local.iterdir()):
+            storage.write_bytes(storage.join(remote, p.name), p.read_bytes())
+        total_bytes = sum(p.stat().st_size for p in local.glob("*.tar"))
+        tokenize = Tokenize(load_tokenizer(write_test_vocab(tmp / "tok"), max_length=64), 64)
+        transform = TrainTransform(args.image_size)
+        n_batches = args.samples // args.batch
+
+        def pipeline(spec) -> Callable[[], int]:
+            def run() -> int:
+                stream = ShardStream(resolve_shards(spec), args.batch, transform, tokenize, text_choice="random",
+                                     seed=0, shuffle_buffer=1000, resampled=False)
+                n = 0
+                for i, b in enumerate(make_loader(stream, args.workers)):
+                    n += b["pixel_values"].shape[0]
+                    if i + 1 == n_batches:
+                        break
+                return n
+            return run
+
+        def streaming(spec) -> Callable[[], int]:
+            def run() -> int:
+                urls = ({"url": u} for u in resolve_shards(spec))
+                return sum(1 for _ in tar_samples(urls))
+            return run
+
+        def verify(spec) -> Callable[[], int]:
+            def run() -> int:
+                report = shardverify.verify_shard_set(spec, decode_images=False)
+                assert report.ok, report.problems
+                return report.samples
+            return run
+
+        sections = [("trainer data pipeline", pipeline, "samples/s"),
+                    ("tar streaming alone", streaming, "samples/s"),
+                    ("verify --no-images", verify, "samples/s")]
+        results: Dict[str, Dict[str, List[float]]] = {}
+        srv_cpu: Dict[str, List[float]] = {}
+        load0 = os.getloadavg()[0]
+        for title, make, _ in sections:  # warm-up: imports, page cache, the server's first requests
+            make(local)()
+            make(remote)()
+        for _ in range(args.repeats):
+            for title, make, _ in sections:
+                for side, spec in (("local", local), ("s3", remote)):
+                    c0 = server_cpu(server.pid)
+                    t0 = time.perf_counter()
+                    n = make(spec)()
+                    dt = time.perf_counter() - t0
+                    results.setdefault(title, {}).setdefault(side, []).append(dt)
+                    if side == "s3":
+                        srv_cpu.setdefault(title, []).append(server_cpu(server.pid) - c0)
+                    assert n > 0
+        load1 = os.getloadavg()[0]
+        print(f"{args.samples} samples (256-px JPEG, {total_bytes / 2**20:.1f} MiB of tars in 4 shards); "
+              f"S3 = moto server on 127.0.0.1 (pid {server.pid}); medians of {args.repeats}; "
+              f"trainer: {args.workers} DataLoader workers, batch {args.batch}, {args.image_size}-px crops; "
+              f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
+        print(f"{'step':34s} {'local s':>9s} {'s3 s':>9s} {'ratio':>7s} {'local /s':>10s} {'s3 /s':>10s} "
+              f"{'server CPU s':>13s}")
+        n_items = {"trainer data pipeline": n_batches * args.batch}
+        for title, _, unit in sections:
+            loc = statistics.median(results[title]["local"])
+            rem = statistics.median(results[title]["s3"])
+            n = n_items.get(title, args.samples)
+            print(f"{title:34s} {loc:9.3f} {rem:9.3f} {rem / loc:6.2f}x {n / loc:10.1f} {n / rem:10.1f} "
+                  f"{statistics.median(srv_cpu[title]):13.2f}")
+        print(f"target: trainer data pipeline from object storage <= 1.50x the local cost: "
+              f"{'met' if statistics.median(results[sections[0][0]]['s3']) <= 1.5 * statistics.median(results[sections[0][0]]['local']) else 'NOT met'}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
