@@ -21,13 +21,17 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import FrozenSet, Iterable, List, Optional, Sequence, Union
+from typing import FrozenSet, Iterable, Optional, Sequence, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 BLOCKLISTED = "blocklisted"
+#: The decision reason of each kind of entry (``ccmb build-shards --blocklist``; hashes of the stored or the
+#: original image alike).
+REASON_CODES = {"md5": "blocklist_md5", "sha256": "blocklist_sha256", "url": "blocklist_url",
+                "domain": "blocklist_domain"}
 #: Columns :func:`blocked` reads when present.
 HASH_COLUMNS = ("md5", "sha256", "original_md5")
 URL_COLUMNS = ("url", "page_url")
@@ -180,24 +184,14 @@ def _classify(line: str):
 
 # ---------------------------------------------------------------------------------------- the Arrow step
 
-def blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist) -> pa.Array:
-    """Per row of ``batch``, the reason it is blocked or null (a string array, same length).
-
-    Reads the columns of :data:`HASH_COLUMNS` and :data:`URL_COLUMNS` that ``batch`` has; pure (no I/O), so
-    the local and Spark engines apply it to their own batches. Rows match in this order: hashes, URLs,
-    domains (the first reason is given)."""
-    n = batch.num_rows
+def _matches(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist):
+    """``(mask, code, reason)`` per rule that can match ``batch``, in the order rows are matched (hashes, URLs,
+    domains). Vectorised: URLs are normalised in Python only for rows whose host a listed URL has."""
     names = set(batch.schema.names)
-    reasons: List[Optional[str]] = [None] * n
 
     def column(name: str):
         col = batch.column(name)
         return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-
-    def fill(mask: pa.Array, reason: str) -> None:
-        for i in pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist():
-            if reasons[i] is None:
-                reasons[i] = reason
 
     for name in HASH_COLUMNS:
         if name not in names:
@@ -206,32 +200,55 @@ def blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist) -> pa.
         for kind, entries in (("md5", blocklist.md5), ("sha256", blocklist.sha256)):
             if entries:
                 what = "original image" if name.startswith("original_") else "image"
-                fill(pc.is_in(values, value_set=pa.array(sorted(entries), pa.string())),
-                     f"{BLOCKLISTED} ({kind} of the {what})")
+                yield (pc.is_in(values, value_set=pa.array(sorted(entries), pa.string())), REASON_CODES[kind],
+                       f"{BLOCKLISTED} ({kind} of the {what})")
+    if not (blocklist.urls or blocklist.domains):
+        return
+    url_hosts = {host_of(u) for u in blocklist.urls}
     for name in URL_COLUMNS:
         if name not in names:
             continue
         values = pc.cast(column(name), pa.string())
+        hosts = pc.utf8_rtrim(pc.utf8_trim(pc.utf8_lower(pc.struct_field(pc.extract_regex(values, _HOST_RE), [0])),
+                                           "[]"), ".")
         if blocklist.urls:
-            listed = [u for u in pc.unique(values).to_pylist() if u and normalize_url(u) in blocklist.urls]
+            # only rows on a host some listed URL has (or whose host the pattern cannot read) are normalised
+            maybe = pc.or_kleene(pc.is_in(hosts, value_set=pa.array(sorted(url_hosts), pa.string())),
+                                 pc.and_(pc.is_null(hosts), pc.is_valid(values)))
+            candidates = pc.unique(pc.filter(values, pc.fill_null(maybe, False)))
+            listed = [u for u in candidates.to_pylist() if u and normalize_url(u) in blocklist.urls]
             if listed:
-                fill(pc.is_in(values, value_set=pa.array(listed, pa.string())), f"{BLOCKLISTED} ({name})")
+                yield (pc.is_in(values, value_set=pa.array(listed, pa.string())), REASON_CODES["url"],
+                       f"{BLOCKLISTED} ({name})")
         if blocklist.domains:
-            hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(values, _HOST_RE), [0]))
             by_domain = {}
             for h in pc.unique(hosts).to_pylist():
-                domain = blocklist.match_host(h.rstrip(".")) if h else None
+                domain = blocklist.match_host(h) if h else None
                 if domain:
                     by_domain.setdefault(domain, []).append(h)
             for domain, hs in sorted(by_domain.items()):
-                fill(pc.is_in(hosts, value_set=pa.array(hs, pa.string())),
-                     f"{BLOCKLISTED} (domain {domain} of the {name})")
-    return pa.array(reasons, pa.string())
+                yield (pc.is_in(hosts, value_set=pa.array(hs, pa.string())), REASON_CODES["domain"],
+                       f"{BLOCKLISTED} (domain {domain} of the {name})")
 
 
-def drop_blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist):
+def blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist, *, codes: bool = False) -> pa.Array:
+    """Per row of ``batch``, the reason it is blocked or null (a string array, same length).
+
+    Reads the columns of :data:`HASH_COLUMNS` and :data:`URL_COLUMNS` that ``batch`` has; pure (no I/O), so
+    the local and Spark engines apply it to their own batches. Rows match in this order: hashes, URLs,
+    domains (the first reason is given). The reason says what matched (``blocklisted (domain x.com of the
+    url)``); with ``codes`` it is one of :data:`REASON_CODES` (``blocklist_domain``), the decision reasons
+    ``ccmb build-shards --blocklist`` counts."""
+    reasons = pa.nulls(batch.num_rows, pa.string())
+    for mask, code, reason in _matches(batch, blocklist):
+        reasons = pc.coalesce(reasons, pc.if_else(pc.fill_null(mask, False), pa.scalar(code if codes else reason),
+                                                  pa.scalar(None, pa.string())))
+    return reasons
+
+
+def drop_blocked(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist, *, codes: bool = False):
     """``(kept rows, counts by reason)``: :func:`blocked` applied as a filter."""
-    reasons = blocked(batch, blocklist)
+    reasons = blocked(batch, blocklist, codes=codes)
     keep = pc.is_null(reasons)
     counts = {r["values"]: int(r["counts"]) for r in pc.value_counts(pc.drop_null(reasons)).to_pylist()}
     return batch.filter(keep), counts

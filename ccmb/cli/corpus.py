@@ -73,7 +73,9 @@ def _echo_summary(summary) -> None:
 @click.option("--min-chinese-share", default=0.3, show_default=True,
               help="Minimum share of CJK ideographs in the text (0: off).")
 @click.option("--blocklist", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File of blocked terms, one per line (# comments); substring match, case-insensitive.")
+              help="File of blocked TEXT TERMS, one per line (# comments); substring match, case-insensitive; "
+                   "reason blocklist. (A takedown list of image hashes, URLs or domains is build-shards "
+                   "--blocklist.)")
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Text the text rules look at (caption falls back to title).")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -258,25 +260,32 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 @MEMORY_OPTION
 @click.option("--allow-empty", is_flag=True, help="Write an empty shard set when every row is dropped (otherwise "
               "an error giving the drop counts).")
+@click.option("--blocklist", "blocklist", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Takedown list (repeatable): one MD5 or SHA-256 image hash, http(s) URL or domain per line, as "
+                   "for `ccmb download --blocklist`; matching rows are dropped (reasons blocklist_md5, "
+                   "blocklist_sha256, blocklist_url, blocklist_domain) and the list's SHA-256 is recorded. Not "
+                   "the text-term list of `ccmb filter --blocklist`.")
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuffle, seed, workers, memory_gb,
-                     allow_empty, engine, spark_master) -> None:
+                     allow_empty, blocklist, engine, spark_master) -> None:
     """Rewrite the kept samples into final shards with sizes.json and manifest.json (restartable).
 
-    The output folder is locked while the command runs; a rerun with other settings is refused.
+    The output folder is locked while the command runs; a rerun with other settings (another blocklist
+    included) is refused.
 
     \b
     Examples:
       ccmb build-shards --input dl/ --keep filter.parquet --keep dedup.parquet --keep decontaminate.parquet --output shards/ --shuffle
+      ccmb build-shards --input dl/ --keep filter.parquet --blocklist takedown.txt --output shards-v2/
     """
     from ..corpus.api import build_shards
 
     summary = build_shards(input_dir, output_dir, keep_tables=keep_tables, samples_per_shard=samples_per_shard,
                            shuffle=shuffle, seed=seed, engine=engine, spark=_spark(engine, spark_master),
                            workers=workers, progress=True, command=shlex.join(sys.argv), memory_gb=memory_gb,
-                           allow_empty=allow_empty)
+                           allow_empty=allow_empty, blocklist=list(blocklist) or None)
     for line in summary.lines():
         click.echo(line)
 

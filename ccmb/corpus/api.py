@@ -257,16 +257,35 @@ def _is_old_shard_output(folder: Path) -> bool:
 
 
 def _build_params(folder: DownloadFolder, keep_tables: Sequence[PathLike], samples_per_shard: int, shuffle: bool,
-                  seed: int) -> Dict[str, Any]:
-    return {"plan_version": build_step.PLAN_VERSION, "input": str(folder.path.resolve()),
-            "keep_tables": [str(Path(t).resolve()) for t in keep_tables],
-            "samples_per_shard": samples_per_shard, "shuffle": bool(shuffle), "seed": int(seed)}
+                  seed: int, blocklist=None) -> Dict[str, Any]:
+    params = {"plan_version": build_step.PLAN_VERSION, "input": str(folder.path.resolve()),
+              "keep_tables": [str(Path(t).resolve()) for t in keep_tables],
+              "samples_per_shard": samples_per_shard, "shuffle": bool(shuffle), "seed": int(seed)}
+    if blocklist is not None:  # the SHA-256 of its entries: a rerun with another list is refused
+        params["blocklist_sha256"] = blocklist.digest
+    return params
+
+
+def _load_blocklist(blocklist):
+    """A :class:`ccmb.blocklist.Blocklist` from one, or from list files (errors name the file and line)."""
+    from ..blocklist import Blocklist, BlocklistError
+
+    if blocklist is None or isinstance(blocklist, Blocklist):
+        return blocklist
+    files = [blocklist] if isinstance(blocklist, (str, Path)) else list(blocklist)
+    if not files:
+        return None
+    try:
+        return Blocklist.load(files)
+    except BlocklistError as exc:
+        raise CurationError(str(exc)) from exc
 
 
 def _build_plan(eng, folder: DownloadFolder, build_dir: Path, tables, samples_per_shard: int, shuffle: bool,
-                seed: int, allow_empty: bool, progress: bool) -> Dict[str, Any]:
-    """Decide (combine the tables) and write the plan; returns the plan.json document (without params)."""
-    combined = combine_step.combine(eng, folder, tables)
+                seed: int, allow_empty: bool, progress: bool, blocklist=None) -> Dict[str, Any]:
+    """Decide (combine the tables and the blocklist) and write the plan; returns the plan.json document
+    (without params)."""
+    combined = combine_step.combine(eng, folder, tables, blocklist)
     samples = eng.count(combined.kept)
     if not samples and not allow_empty:
         counts = ", ".join(f"{r} {n}" for r, n in combined.dropped.items()) or "no rows"
@@ -285,10 +304,12 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
                  samples_per_shard: int = 10000, shuffle: bool = False, seed: int = 0, engine: str = "local",
                  spark=None, workers: int = 1, progress: bool = False, command: Optional[str] = None,
                  memory_gb: Optional[float] = None, spill_buckets: Optional[int] = None,
-                 allow_empty: bool = False) -> build_step.BuildSummary:
+                 allow_empty: bool = False, blocklist=None) -> build_step.BuildSummary:
     """Write the kept samples of ``input_dir`` as a finished shard set in ``output_dir`` (restartable).
 
     Without ``keep_tables`` the default filter and dedup run first (their tables saved under ``_build/``).
+    ``blocklist`` (list files of MD5/SHA-256 hashes, URLs and domains, or a :class:`ccmb.blocklist.Blocklist`)
+    drops the rows it matches (a takedown applied to an existing download), counted by reason.
     The output folder is claimed (never a folder ccmb did not make for a shard set, never inside the
     download folder) and locked for the run; a rerun with other settings is refused."""
     start = time.time()
@@ -296,6 +317,9 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
         raise ValueError("samples_per_shard must be >= 1")
     folder = DownloadFolder(input_dir)
     tables = _keep_tables(folder, keep_tables)
+    blocklist = _load_blocklist(blocklist)
+    if blocklist is not None:
+        combine_step.blocklist_columns(folder, blocklist)  # an MD5 list on a folder without md5: refused now
     outdir.refuse_inside(output_dir, [input_dir])
     out = outdir.claim(output_dir, "shard set", legacy=_is_old_shard_output)
     cmd = command or shlex.join(sys.argv)
@@ -303,7 +327,7 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
         atomic.remove_stale_temporaries(out)
         build_dir = out / build_step.BUILD_DIR
         plan_json = build_dir / "plan.json"
-        params = _build_params(folder, keep_tables, samples_per_shard, shuffle, seed)
+        params = _build_params(folder, keep_tables, samples_per_shard, shuffle, seed, blocklist)
         saved = None
         if plan_json.exists():
             with open(plan_json, encoding="utf-8") as fh:
@@ -322,14 +346,15 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
                 if not tables:  # the default filter and dedup, the same steps as the commands
                     tables = _default_tables(eng, folder, build_dir)
                 saved = _build_plan(eng, folder, build_dir, tables, samples_per_shard, shuffle, seed, allow_empty,
-                                    progress)
+                                    progress, blocklist)
                 saved["params"] = params
                 atomic.write_json(plan_json, saved)  # written last: its presence means a complete plan
             job = partial(build_step.write_shard, str(folder.path), str(out), samples_per_shard, saved["plan"])
             results = eng.run(job, list(range(int(saved["shards"]))), desc="build-shards")
     summary = build_step.BuildSummary(output=str(out), samples=saved["samples"], shards=saved["shards"],
                                       dropped=saved.get("dropped", {}), restored=saved.get("restored", {}),
-                                      rows=saved["samples"] + sum(saved.get("dropped", {}).values()))
+                                      rows=saved["samples"] + sum(saved.get("dropped", {}).values()),
+                                      blocklist=(saved.get("provenance") or {}).get("blocklist"))
     known: Dict[str, Any] = {}
     for name, entry, written in sorted(results, key=lambda r: r[0]):
         (summary.written if written else summary.skipped).append(name)

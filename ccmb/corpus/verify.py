@@ -26,8 +26,8 @@ def verify_shards(shard_dir: Union[str, Path], *, decode_images: bool = True,
     if not shard_dir.is_dir():
         raise CurationError(f"{shard_dir}: not a folder")
     report = fmt.verify_shard_set(shard_dir, decode_images=decode_images, progress=progress)
-    for problem in report.problems:
-        logger.error("verify: %s", problem)
+    for problem in report.problems:  # debug only: the caller reports them (`ccmb verify` prints each once)
+        logger.debug("verify: %s", problem)
     logger.info("verify %s: %d shards, %d samples, %d problems", shard_dir, report.shards_checked,
                 report.samples, len(report.problems))
     return report

@@ -125,7 +125,7 @@ def test_executors_run_the_drivers_ccmb(spark_cluster, tmp_path):
         from ccmb.spark import get_spark_session
         session = get_spark_session({spark_cluster.master!r}, conf={spark_cluster.conf!r})
         def probe(_):
-            import ccmb.corpus.phash as phash
+            import ccmb.corpus.primitives.phash as phash
             return [phash.__file__, os.getcwd(), os.getpid()]
         got = session.sparkContext.parallelize([0], 1).map(probe).collect()[0]
         print(json.dumps({{"driver": os.getpid(), "driver_ccmb": ccmb.__file__, "executor": got}}))
@@ -138,7 +138,7 @@ def test_executors_run_the_drivers_ccmb(spark_cluster, tmp_path):
     module, cwd, pid = out["executor"]
     assert Path(cwd).resolve().is_relative_to(spark_cluster.work_dir.resolve()), cwd
     assert pid != out["driver"]
-    assert module.replace("\\", "/").endswith("ccmb.zip/ccmb/corpus/phash.py"), module
+    assert module.replace("\\", "/").endswith("ccmb.zip/ccmb/corpus/primitives/phash.py"), module
 
 
 def test_commands_on_the_cluster_equal_in_process(corpus, spark_cluster, tmp_path):

@@ -61,10 +61,16 @@ class BuildSummary:
     restored: Dict[str, int] = field(default_factory=dict)
     rows: int = 0
     seconds: float = 0.0
+    blocklist: Optional[Dict[str, Any]] = None  # --blocklist: its files, SHA-256, entries, rows dropped
 
     def lines(self) -> List[str]:
         out = [f"{self.samples} samples of {self.rows} rows in {self.shards} shards at {self.output} "
                f"({len(self.written)} written, {len(self.skipped)} already done)"]
+        if self.blocklist:
+            b = self.blocklist
+            out.append(f"  blocklist {', '.join(b['files'])} (sha256 {b['sha256'][:16]}…: {b['md5']} MD5, "
+                       f"{b['sha256_hashes']} SHA-256, {b['urls']} URLs, {b['domains']} domains) dropped "
+                       f"{sum(b['dropped'].values())} rows")
         out += [f"  dropped {reason}: {count}" for reason, count in self.dropped.items()]
         out += [f"  restored {reason}: {count} (their kept copy was dropped by another table)"
                 for reason, count in self.restored.items()]

@@ -13,7 +13,8 @@ naively, both copies are lost. Such a D (every other table keeps it) is **restor
   (``ccmb dedup --keep filter.parquet``), which never needs restoring.
 
 The provenance (``manifest.json`` ``"provenance"``) lists every table with its fingerprint, kind and drop
-count, and the decontamination tables' targets and reports.
+count, and the decontamination tables' targets and reports; with ``--blocklist``, the list (files, SHA-256 of
+its entries, entry counts) and the rows it dropped by reason.
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from ...blocklist import HASH_COLUMNS, REASON_CODES, URL_COLUMNS, Blocklist, blocked
 from ..primitives.columns import downloaded
 from ..tables.dataflow import Fn
 from ..tables.decisions import DecisionTable, table_fingerprint
@@ -61,10 +64,36 @@ def state_schema(n: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _scan(t: pa.Table) -> pa.Table:
-    nd = pc.invert(downloaded(t))
-    return pa.table({"key": t.column("key"), "shard": t.column("shard"), "nd": nd,
-                     "reason": pc.if_else(nd, pa.scalar(REASON_NOT_DOWNLOADED), pa.scalar(None, pa.string()))})
+def _scan(blocklist: Optional[Blocklist], t: pa.Table) -> pa.Table:
+    """The folder's rows: ``not_downloaded``, else the blocklist's reason (``blocklist_md5``, ...). Either is
+    final (``nd``): no table can keep such a row, and it is never restored as a duplicate."""
+    reason = pc.if_else(downloaded(t), pa.scalar(None, pa.string()), pa.scalar(REASON_NOT_DOWNLOADED))
+    if blocklist is not None:
+        reason = pc.coalesce(reason, blocked(t, blocklist, codes=True))
+    return pa.table({"key": t.column("key"), "shard": t.column("shard"), "nd": pc.is_valid(reason), "reason": reason})
+
+
+def blocklist_columns(folder: DownloadFolder, blocklist: Blocklist) -> List[str]:
+    """The columns :func:`ccmb.blocklist.blocked` reads for ``blocklist``; a list with MD5 (SHA-256) entries
+    on a folder whose parquets have no ``md5`` (``sha256``) column is refused naming the parquet (such a folder
+    was downloaded before ccmb wrote MD5s: its hashes cannot be matched without reading every image)."""
+    needed = [kind for kind, entries in (("md5", blocklist.md5), ("sha256", blocklist.sha256)) if entries]
+    for parquet in folder.parquets if needed else ():
+        try:
+            names = pq.read_schema(parquet).names
+        except (OSError, pa.ArrowException) as exc:
+            raise CurationError(f"{parquet}: unreadable parquet: {exc}") from exc
+        for kind in needed:
+            if kind not in names:
+                raise CurationError(f"{folder.path}: {parquet.name} has no {kind} column (downloaded before ccmb "
+                                    f"recorded it), so the {kind.upper()} entries of the blocklist cannot be "
+                                    "checked; download again, or list URLs/domains instead")
+    cols = ["key", "status"]
+    if blocklist.md5 or blocklist.sha256:
+        cols += list(HASH_COLUMNS)
+    if blocklist.urls or blocklist.domains:
+        cols += list(URL_COLUMNS)
+    return cols
 
 
 def _add_table(i: int, name: str, schema: pa.Schema, t: pa.Table) -> pa.Table:
@@ -213,13 +242,16 @@ def exact_levels() -> Dict[str, str]:
     return {lv.reason: lv.value for lv in levels().values() if lv.exact and lv.value}
 
 
-def combine(engine, folder: DownloadFolder, tables: Sequence[DecisionTable]) -> Combined:
+def combine(engine, folder: DownloadFolder, tables: Sequence[DecisionTable],
+            blocklist: Optional[Blocklist] = None) -> Combined:
     """Combine decision tables over a download folder (kept = every table keeps), restoring duplicates whose
-    representative another table removed (module docstring)."""
+    representative another table removed (module docstring). Rows ``blocklist`` matches are dropped first
+    (reasons ``blocklist_md5|sha256|url|domain``), whatever the tables say."""
     n = len(tables)
     schema = state_schema(n)
     base = pa.schema([schema.field(c) for c in ("key", "shard", "nd", "reason")])
-    scan = engine.read_folder(folder, ["key", "status"], Fn(_scan, base))
+    columns = blocklist_columns(folder, blocklist) if blocklist is not None else ["key", "status"]
+    scan = engine.read_folder(folder, columns, Fn(partial(_scan, blocklist), base))
     state = engine.shuffle(scan, ["key"], Fn(partial(check_unique_keys, str(folder.path)), base), desc="build: scan")
     for i, t in enumerate(tables):
         joined = engine.join(state, table_rows(engine, t), ["key"], "left", desc=f"join {t.name}")
@@ -253,8 +285,11 @@ def combine(engine, folder: DownloadFolder, tables: Sequence[DecisionTable]) -> 
             state = engine.cache(state)
     dropped = _sum(engine.collect(engine.map(state, Fn(_counts, COUNTS))))
     kept = engine.map(state, Fn(_kept, KEPT))
-    return Combined(kept=kept, dropped=dropped, restored=dict(sorted(restored.items())),
-                    provenance=provenance(engine, tables))
+    prov = provenance(engine, tables)
+    if blocklist is not None:
+        prov["blocklist"] = {**blocklist.describe(),
+                             "dropped": {r: n for r, n in dropped.items() if r in REASON_CODES.values()}}
+    return Combined(kept=kept, dropped=dropped, restored=dict(sorted(restored.items())), provenance=prov)
 
 
 def _restored_rows(engine, folder: DownloadFolder, lost):
