@@ -5,7 +5,8 @@ One master and one worker, each in its own JVM, started from the pyspark package
 (``SPARK_LOCAL_IP``, ``--host``), ports chosen by the JVMs (read back from their logs), master REST server
 off, daemons with a 256 MB heap, one worker of :data:`WORKER_CORES` cores and :data:`WORKER_MEMORY`, its own
 conf/work/local/temp folders under the session's temp dir. Stopped at the end of the session by pid: the
-worker (which stops its executors), then any executor left over, then the master.
+worker (which stops its executors), then any executor or Python worker left over (every descendant, found
+before the stop), then the master; a process still alive after that fails the session, named by pid.
 
 The worker does not inherit ``PYTHONPATH``: its executors import ccmb only as a cluster's nodes would, from
 what the driver ships (:func:`ccmb.spark.get_spark_session`) or from an install.
@@ -114,6 +115,16 @@ def _children(pid: int) -> List[int]:
     return out
 
 
+def _descendants(pid: int) -> List[int]:
+    """Every process under ``pid`` (executors, their Python daemons and workers), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
 def _stop(pid: int, proc=None) -> None:
     """SIGTERM ``pid``, wait, SIGKILL it if it is still there."""
     try:
@@ -166,13 +177,21 @@ def start_cluster(root: Path):
                         pids={"master": master.pid, "worker": worker.pid}), procs
 
 
-def stop_cluster(procs: List[subprocess.Popen]) -> None:
-    """Stop the worker (and any executor it leaves), then the master, by pid."""
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+
+
+def stop_cluster(procs: List[subprocess.Popen]) -> List[int]:
+    """Stop the worker (then any executor or Python worker it leaves), then the master, by pid; returns the
+    pids still alive afterwards (none, unless a stop failed)."""
+    seen: List[int] = []
     for proc in procs:
-        left = _children(proc.pid)
+        left = _descendants(proc.pid)
+        seen += [proc.pid] + left
         _stop(proc.pid, proc)
         for child in left:
             _stop(child)
+    return [pid for pid in seen if _alive(pid)]
 
 
 @pytest.fixture(scope="session")
@@ -182,4 +201,6 @@ def spark_cluster(tmp_path_factory):
     try:
         yield cluster
     finally:
-        stop_cluster(procs)
+        left = stop_cluster(procs)
+        if left:  # a leaked JVM or Python worker is an error of the session, named by pid
+            raise RuntimeError(f"Spark cluster processes still running after the stop: pids {left}")

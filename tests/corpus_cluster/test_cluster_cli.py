@@ -5,6 +5,7 @@ separate JVMs with their own Python workers: they run the driver's ccmb (shipped
 node's install."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -83,6 +84,9 @@ def _corpus(base: Path):
                 meta.update(width=width, height=height, original_width=width, original_height=height)
                 w.write(key, data, caption, meta)
     (base / "blocklist.txt").write_text("屏蔽词\n", encoding="utf-8")
+    # a takedown list for build-shards --blocklist: one image by MD5, one URL, one domain
+    (base / "takedown.txt").write_text(f"{hashlib.md5(_jpeg(_image(11))).hexdigest()}\nhttp://img.example.com/9.jpg\n"
+                                       "mirror.example.org\n", encoding="utf-8")
     return download, root, base / "blocklist.txt"
 
 
@@ -97,7 +101,7 @@ def _commands(download: Path, root: Path, blocklist: Path, out: Path, spark_args
          "--drop-caption-matches", *spark_args],
         ["build-shards", "--input", str(download), "--output", str(out / "shards"), "--keep", t["filter"],
          "--keep", t["dedup"], "--keep", t["decon"], "--samples-per-shard", "6", "--shuffle", "--seed", "3",
-         *spark_args],
+         "--blocklist", str(blocklist.parent / "takedown.txt"), *spark_args],
     ]
 
 
@@ -163,3 +167,7 @@ def test_commands_on_the_cluster_equal_in_process(corpus, spark_cluster, tmp_pat
         assert _table(str(remote / f"{name}.parquet")) == _table(str(local / f"{name}.parquet")), name
     assert _shards(remote / "shards") == _shards(local / "shards")
     assert len(_shards(local / "shards")) > 1
+    dropped = [fmt.read_manifest(out / "shards")["dropped"] for out in (local, remote)]
+    assert dropped[0] == dropped[1]
+    assert {k: v for k, v in dropped[0].items() if k.startswith("blocklist_")} == {
+        "blocklist_md5": 1, "blocklist_url": 1, "blocklist_domain": 1}
