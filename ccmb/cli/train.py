@@ -198,7 +198,7 @@ _CONFIG_OPTIONS = (
     ("--num-workers", "num_workers", _NATURAL, "DataLoader workers per process."),
     ("--seed", "seed", _NATURAL, "Seed of weights, data order, augmentation and masking."),
     ("--log-every", "log_every", _POSITIVE, "Log a line every N steps (and at the first step)."),
-    ("--save-every", "save_every", _POSITIVE, "Checkpoint every N steps."),
+    ("--save-every", "save_every", _NATURAL, "Checkpoint every N steps (0: only the final model)."),
     ("--keep-last", "keep_last", _POSITIVE, "Checkpoints kept."),
     ("--queue-size", "loss_queue_size", _POSITIVE, "TgD feature-queue length."),
     ("--momentum", "loss_momentum", click.FloatRange(0, 1), "EMA momentum of the distillation teacher."),
