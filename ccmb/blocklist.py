@@ -40,7 +40,12 @@ MAX_LINE = 16384
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 #: The host of an absolute URL (Arrow regex: RE2 syntax).
-_HOST_RE = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#\[\]]*)"
+_HOST_RE = r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#\[\]]*)(?P<rest>[^/?#]*)"
+#: A host the pattern reads as :func:`host_of` does (otherwise :func:`url_hosts_of` asks :func:`host_of`).
+_PLAIN_HOST_RE = r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$"
+#: URLs :func:`normalize_url` leaves as they are (lower-case http(s) scheme and ASCII host, no port, user or
+#: fragment, a path, a non-empty query if any, printable ASCII only): matched without normalising.
+_NORMAL_URL_RE = r"^https?://[a-z0-9_-]+(\.[a-z0-9_-]+)*/[\x21\x22\x24-\x3e\x40-\x7e]*(\?[\x21\x22\x24-\x7e]+)?$"
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -184,6 +189,22 @@ def _classify(line: str):
 
 # ---------------------------------------------------------------------------------------- the Arrow step
 
+def url_hosts_of(values: pa.Array) -> pa.Array:
+    """:func:`host_of` of each URL, vectorised: read by a pattern, in Python only where the pattern finds no
+    plain host (white space, control or non-ASCII characters, IPv6, percent-encoding ...)."""
+    parts = pc.extract_regex(values, _HOST_RE)
+    hosts = pc.utf8_rtrim(pc.utf8_lower(pc.struct_field(parts, [0])), ".")
+    plain = pc.and_(pc.fill_null(pc.match_substring_regex(hosts, _PLAIN_HOST_RE), False),
+                    pc.fill_null(pc.match_substring_regex(pc.struct_field(parts, [1]), r"^(:[0-9]*)?$"), False))
+    odd = pc.and_(pc.invert(plain), pc.is_valid(values))
+    if not pc.any(odd).as_py():
+        return pc.if_else(pc.is_valid(values), hosts, pa.scalar(None, pa.string()))
+    fixed = {u: host_of(u) for u in pc.unique(pc.filter(values, odd)).to_pylist()}
+    keys = pa.array(list(fixed), pa.string())
+    looked = pc.take(pa.array(list(fixed.values()), pa.string()), pc.index_in(values, value_set=keys))
+    return pc.if_else(odd, looked, hosts)
+
+
 def _matches(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist):
     """``(mask, code, reason)`` per rule that can match ``batch``, in the order rows are matched (hashes, URLs,
     domains). Vectorised: URLs are normalised in Python only for rows whose host a listed URL has."""
@@ -209,17 +230,19 @@ def _matches(batch: Union[pa.RecordBatch, pa.Table], blocklist: Blocklist):
         if name not in names:
             continue
         values = pc.cast(column(name), pa.string())
-        hosts = pc.utf8_rtrim(pc.utf8_trim(pc.utf8_lower(pc.struct_field(pc.extract_regex(values, _HOST_RE), [0])),
-                                           "[]"), ".")
+        hosts = url_hosts_of(values)
         if blocklist.urls:
-            # only rows on a host some listed URL has (or whose host the pattern cannot read) are normalised
-            maybe = pc.or_kleene(pc.is_in(hosts, value_set=pa.array(sorted(url_hosts), pa.string())),
-                                 pc.and_(pc.is_null(hosts), pc.is_valid(values)))
-            candidates = pc.unique(pc.filter(values, pc.fill_null(maybe, False)))
+            # a value in normal form (:data:`_NORMAL_URL_RE`) is compared as it is; only the others on a host
+            # some listed URL has are normalised in Python
+            normal = pc.fill_null(pc.match_substring_regex(values, _NORMAL_URL_RE), False)
+            hit = pc.and_(normal, pc.is_in(values, value_set=pa.array(sorted(blocklist.urls), pa.string())))
+            maybe = pc.and_(pc.fill_null(pc.is_in(hosts, value_set=pa.array(sorted(url_hosts), pa.string())), False),
+                            pc.invert(normal))
+            candidates = pc.unique(pc.filter(values, maybe))
             listed = [u for u in candidates.to_pylist() if u and normalize_url(u) in blocklist.urls]
             if listed:
-                yield (pc.is_in(values, value_set=pa.array(listed, pa.string())), REASON_CODES["url"],
-                       f"{BLOCKLISTED} ({name})")
+                hit = pc.or_(hit, pc.is_in(values, value_set=pa.array(listed, pa.string())))
+            yield hit, REASON_CODES["url"], f"{BLOCKLISTED} ({name})"
         if blocklist.domains:
             by_domain = {}
             for h in pc.unique(hosts).to_pylist():

@@ -143,3 +143,33 @@ def test_bad_list_line_is_named(folder, tmp_path):
     res = CliRunner().invoke(main, ["build-shards", "--input", str(d), "--output", str(tmp_path / "o"),
                                     "--blocklist", str(bad)])
     assert res.exit_code == 1 and f"{bad}:2" in res.output
+
+
+def test_url_fast_path_agrees_with_normalize_url():
+    """URLs the vectorised step matches without normalising are ones normalize_url leaves unchanged, and its
+    hosts are host_of's (random URLs from pieces: case, ports, dots, user info, fragments, empty queries,
+    non-ASCII and control characters); blocked() gives the same answer as normalising every row, for URLs and
+    domains."""
+    import random
+
+    import pyarrow.compute as pc
+
+    from ccmb import blocklist as bl
+
+    rng = random.Random(1)
+    pieces = ["http://", "https://", "HTTP://", "a.com", "A.com", "a.com.", ":80", ":8080", "/", "/p", "?", "?q=1",
+              "#f", "@", " ", "\t", "x", "..", "/%7E", "?#", "[::1]", "\u3000", "\u00e9", "\x00", "\x7f", "\\", "//", "u@", "b.org", "B.Org."]
+    urls = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 7))) for _ in range(100000)]
+    fast = pc.match_substring_regex(pa.array(urls), bl._NORMAL_URL_RE).to_pylist()
+    assert sum(fast) >= 10
+    assert [u for u, f in zip(urls, fast) if f and bl.normalize_url(u) != u] == []
+    hosts = bl.url_hosts_of(pa.array(urls)).to_pylist()
+    assert [(u, h) for u, h in zip(urls, hosts) if h != bl.host_of(u)] == []
+    listed = frozenset(bl.normalize_url(u) for u in rng.sample(urls, 2000) if u.lower().startswith("http"))
+    got = bl.blocked(pa.table({"url": urls}), bl.Blocklist(urls=listed), codes=True).to_pylist()
+    want = ["blocklist_url" if bl.normalize_url(u) in listed else None for u in urls]
+    assert got == want and got.count("blocklist_url") > 1000
+    domains = frozenset({"a.com", "b.org", "x"})
+    got = bl.blocked(pa.table({"url": urls}), bl.Blocklist(domains=domains), codes=True).to_pylist()
+    want = ["blocklist_domain" if bl.Blocklist(domains=domains).match_url(u) else None for u in urls]
+    assert got == want and got.count("blocklist_domain") > 1000
