@@ -13,7 +13,10 @@ downloaded) columns when present; URLs with ``url`` and ``page_url``; domains wi
 ``ccmb download`` the original bytes' MD5 and SHA-256 are checked too.
 
 :func:`blocked` is the pure step over Arrow data (any engine can apply it to its batches):
-``reasons = blocked(batch, blocklist)`` gives per row ``None`` or the reason (``"blocklisted (md5 ...)"``).
+``reasons = blocked(batch, blocklist)`` gives per row ``None`` or the reason (``"blocklisted (md5 ...)"``);
+with ``codes=True`` one of :data:`REASON_CODES` (``blocklist_md5``, ``blocklist_sha256``, ``blocklist_url``,
+``blocklist_domain``), the decision reasons ``ccmb build-shards --blocklist`` counts
+(:mod:`ccmb.corpus.steps.combine`). Not the text-term list of ``ccmb filter --blocklist``.
 """
 from __future__ import annotations
 
