@@ -160,7 +160,8 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
     with table_lock(output), make_engine(engine, folder, output, spark=spark, memory_gb=memory_gb, workers=workers,
                                          progress=progress, buckets=spill_buckets) as eng:
         summary = eng.write_table(dedup_step.dedup_dataset(eng, folder, config, tables), output, kind="dedup",
-                                  source=folder.source(), parts=parts, desc="dedup")
+                                  info=json.dumps(config.describe(), ensure_ascii=False), source=folder.source(),
+                                  parts=parts, desc="dedup")
     summary.seconds = time.time() - start
     logger.info("dedup: %s", "; ".join(summary.lines()))
     return summary

@@ -29,12 +29,13 @@ were not chosen on.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from .phash import IMG_SIZE, VARIANT_PAIRS, VARIANTS, gray32_variants
+from ...types import PathLike
+from .phash import IMG_SIZE, VARIANT_PAIRS, VARIANTS, gray32_variants, iter_tar_grays, phash_tar
 
 SIDE = IMG_SIZE
 PIXELS = SIDE * SIDE
@@ -92,6 +93,50 @@ def from_arrow(column) -> np.ndarray:
     data = np.frombuffer(column.buffers()[1], np.uint8)
     start = column.offset * THUMB_BYTES
     return data[start: start + len(column) * THUMB_BYTES].reshape(len(column), THUMB_BYTES)
+
+
+def to_binary(thumbs: np.ndarray) -> pa.Array:
+    """Thumbnails as a plain ``binary`` column (what travels through an engine: Spark has no fixed-size
+    binary type); :func:`from_binary` reads it back."""
+    return to_arrow(thumbs).cast(pa.binary())
+
+
+def from_binary(column) -> np.ndarray:
+    """Thumbnails (N, THUMB_BYTES) uint8 from a ``binary`` (or ``fixed_size_binary``) column; a value of
+    another length is an error."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.type != pa.binary(THUMB_BYTES):
+        try:
+            column = column.cast(pa.binary(THUMB_BYTES))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"expected thumbnails of {THUMB_BYTES} bytes: {exc}") from exc
+    return from_arrow(column)
+
+
+def tar_thumbnails(tar_path: PathLike, keys: Optional[Set[str]] = None
+                   ) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
+    """Thumbnails of the samples of one tar (only ``keys`` when given): (keys, (N, THUMB_BYTES) uint8,
+    {key: error} for images that do not decode). The same decode as the pHash's."""
+    got: List[str] = []
+    thumbs: List[np.ndarray] = []
+    errors: Dict[str, str] = {}
+    for key, gray, error in iter_tar_grays(tar_path, keys):
+        if error is not None:
+            errors[key] = error
+            continue
+        got.append(key)
+        thumbs.append(thumbnails(gray[None])[0])
+    return got, (np.stack(thumbs) if thumbs else np.zeros((0, THUMB_BYTES), np.uint8)), errors
+
+
+def tar_hashes_thumbnails(tar_path: PathLike, keys: Optional[Set[str]] = None
+                          ) -> Tuple[List[str], np.ndarray, Dict[str, str], np.ndarray]:
+    """:func:`ccmb.corpus.primitives.phash.phash_tar` and the thumbnails of the same images, from one decode:
+    (keys, hash variants (N, VARIANTS) int64, {key: error}, thumbnails (N, THUMB_BYTES) uint8)."""
+    parts: List[np.ndarray] = []
+    got, values, errors = phash_tar(tar_path, keys, on_grays=lambda g: parts.append(thumbnails(g)))
+    return got, values, errors, (np.concatenate(parts) if parts else np.zeros((0, THUMB_BYTES), np.uint8))
 
 
 def _as_thumbs(t: np.ndarray) -> np.ndarray:
