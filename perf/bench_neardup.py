@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -582,7 +583,8 @@ def bench_pipeline(sets: Dict[str, ImageSet], thresholds: List[int]):
                     secs = time.time() - t0
                     pos = {r: i for i, r in enumerate(corpus_rows.tolist())}
                     target = np.full(len(corpus_rows), -1)
-                    for k, dup in zip(res.table.column("key").to_pylist(), res.table.column("duplicate_of").to_pylist()):
+                    decided = res.table.select(["key", "duplicate_of"]).to_pylist()
+                    for k, dup in ((r["key"], r["duplicate_of"]) for r in decided):
                         if dup is not None:
                             target[pos[crow[k]]] = int(dup.rsplit("/", 1)[1])
                     _, false, bad = score_drops(s, corpus_rows, target)
@@ -602,6 +604,66 @@ def rec_pos(s: ImageSet, rows: np.ndarray, target: np.ndarray, positives: np.nda
     own evaluation image."""
     sel = positives & (s.kind[rows] == kind)
     return float(((target[sel] >= 0) & (s.group[np.maximum(target[sel], 0)] == s.group[rows[sel]])).mean())
+
+
+LEVEL_CHILD = """
+import json, os, resource, sys, time
+os.environ["OMP_NUM_THREADS"] = "1"
+sys.path.insert(0, sys.argv[1])
+import pyarrow as pa
+pa.set_cpu_count(1); pa.set_io_thread_count(1)
+from ccmb.corpus.api import dedup_samples
+c0, t0 = time.process_time(), time.perf_counter()
+s = dedup_samples(sys.argv[2], sys.argv[3], levels=["phash"], image_check=sys.argv[4] == "on")
+print(json.dumps(dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, dropped=sum(s.dropped.values()),
+                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def bench_level_cost(n_images: int, repeats: int, copy_share: float = 0.1) -> None:
+    """The pHash level's cost with and without the image check: ``ccmb dedup`` (pHash level only, one core,
+    each run a fresh process) over a download folder of distinct random-field JPEGs of which ``copy_share``
+    are re-encoded copies of earlier ones."""
+    import subprocess
+
+    from ccmb import shards
+
+    rng = np.random.default_rng(1)
+    n_copies = int(n_images * copy_share)
+    with tempfile.TemporaryDirectory(prefix="bench-level-") as tmp:
+        folder = Path(tmp) / "dl"
+        images = []
+        for i in range(n_images - n_copies):
+            small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            arr = np.asarray(Image.fromarray(small).resize((256, 256), Image.Resampling.BICUBIC), np.float32)
+            images.append(jpeg(Image.fromarray((16 + 0.78 * arr).clip(0, 255).astype(np.uint8)), 90))
+        for j in rng.choice(len(images), n_copies, replace=False).tolist():
+            images.append(jpeg(Image.open(io.BytesIO(images[j])), 30))
+        per_shard = 1000
+        for lo in range(0, len(images), per_shard):
+            with shards.ShardWriter(folder, lo // per_shard, source="bench") as w:
+                for i, data in enumerate(images[lo: lo + per_shard]):
+                    key = shards.make_key(lo // per_shard, i, per_shard)
+                    meta = {"url": f"http://b.example.com/{lo + i}.jpg", "caption": f"图{lo + i}", "key": key,
+                            "width": 256, "height": 256, "original_width": 256, "original_height": 256}
+                    w.write(key, data, meta["caption"], meta)
+        runs: Dict[str, list] = {"off": [], "on": []}
+        for r in range(repeats):
+            for mode in ("off", "on"):
+                out = Path(tmp) / f"d-{mode}-{r}.parquet"
+                res = subprocess.run([sys.executable, "-c", LEVEL_CHILD, str(Path(__file__).resolve().parents[1]),
+                                      str(folder), str(out), mode], capture_output=True, text=True, check=True)
+                runs[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    med = {m: {k: statistics.median(x[k] for x in v) for k in ("seconds", "cpu", "rss_mb", "dropped")}
+           for m, v in runs.items()}
+    print(f"  pHash level, `ccmb dedup --no-url --no-sha256 --no-caption`, {n_images} JPEGs 256x256 ({n_copies} "
+          f"re-encoded copies), one core, medians of {repeats} fresh processes:")
+    for m, label in (("off", "--no-image-check (baseline)"), ("on", "image check (default)")):
+        x = med[m]
+        print(f"    {label:30} {x['seconds']:7.1f} s wall {x['cpu']:7.1f} s CPU {x['rss_mb']:7.0f} MB peak RSS "
+              f"{int(x['dropped']):6d} dropped")
+    print(f"    ratio check/baseline: wall {med['on']['seconds'] / med['off']['seconds']:.2f}x, peak RSS "
+          f"{med['on']['rss_mb'] / med['off']['rss_mb']:.2f}x")
 
 
 def bench_speed(n_images: int, repeats: int):
@@ -685,10 +747,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--only-pipeline", action="store_true", help="Only section 5 (the decisions as wired).")
+    ap.add_argument("--level-cost", action="store_true", help="Only the pHash level's cost with/without the check.")
     ap.add_argument("--pipeline-thresholds", default="4,6", help="pHash thresholds of section 5 (dedup default 4, "
                                                                   "decontamination default 6).")
     args = ap.parse_args()
     thresholds = [int(t) for t in args.thresholds.split(",")]
+    if args.level_cost:
+        bench_level_cost(args.speed_images, args.repeats)
+        return
     sets = build_sets()
     if args.only_pipeline:
         bench_pipeline(sets, [int(t) for t in args.pipeline_thresholds.split(",")])
@@ -704,6 +770,7 @@ def main() -> None:
     bench_captions([float(t) for t in args.caption_thresholds.split(",")])
     if not args.skip_speed:
         bench_speed(args.speed_images, args.repeats)
+        bench_level_cost(args.speed_images, args.repeats)
 
 
 if __name__ == "__main__":

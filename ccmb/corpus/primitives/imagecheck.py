@@ -1,18 +1,18 @@
 """The second, stronger check of a near-duplicate image pair: aligned 32x32 grayscale thumbnails compared
 pixel by pixel, after a photometric alignment, counting the share of the picture that differs.
 
-A pHash candidate pair (:mod:`ccmb.corpus.phash`: Hamming distance of the 64-bit hashes within the
+A pHash candidate pair (:mod:`ccmb.corpus.primitives.phash`: Hamming distance of the 64-bit hashes within the
 threshold) is merged only when this check agrees. pHash keeps the signs of 64 low frequencies: two
 different dark or low-texture photos carrying the same caption overlay, or two different photos in the same
 frame or template, hash alike because the overlay or the frame holds the only strong contrast. Here every
 pixel of the picture must agree, not only the strong ones:
 
 * **Per image** (at scan time, from the same decode as the pHash): :func:`thumbnails` of the pHash's
-  :data:`~ccmb.corpus.phash.VARIANTS` 32x32 grayscale arrays (whole image, central 90% and 80% crops),
+  :data:`~ccmb.corpus.primitives.phash.VARIANTS` 32x32 grayscale arrays (whole image, central 90% and 80% crops),
   stored as :data:`THUMB_BYTES` (3,072) uint8 bytes per image (:func:`to_arrow` / :func:`from_arrow`: a
   ``fixed_size_binary`` column).
 * **Per candidate pair**: :func:`different_share` - for each of the pHash level's
-  :data:`~ccmb.corpus.phash.VARIANT_PAIRS` (whole vs whole, whole vs 90% centre both ways, 80% vs 80%, so
+  :data:`~ccmb.corpus.primitives.phash.VARIANT_PAIRS` (whole vs whole, whole vs 90% centre both ways, 80% vs 80%, so
   the same copies align as in the pHash check) and both directions, one thumbnail is aligned to the other
   photometrically (a robust affine fit - brightness and contrast - and histogram matching - any monotone
   tone curve; the better of the two counts), pixels at or above :data:`SATURATED` in either image are left
@@ -55,7 +55,7 @@ MAX_DIFFERENT_SHARE = 0.03
 
 def thumbnails(gray_variants: np.ndarray) -> np.ndarray:
     """Thumbnails of images from their pHash gray variants: (N, VARIANTS, 32, 32) (as
-    :func:`ccmb.corpus.phash.gray32_variants` gives per image, stacked) -> (N, THUMB_BYTES) uint8."""
+    :func:`ccmb.corpus.primitives.phash.gray32_variants` gives per image, stacked) -> (N, THUMB_BYTES) uint8."""
     g = np.asarray(gray_variants)
     if g.ndim != 4 or g.shape[1:] != (VARIANTS, SIDE, SIDE):
         raise ValueError(f"expected (N, {VARIANTS}, {SIDE}, {SIDE}) gray variants, got {g.shape}")
