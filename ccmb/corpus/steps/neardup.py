@@ -169,23 +169,29 @@ def _centre_of_node(t: pa.Table) -> pa.Table:
 
 # ------------------------------------------------------------------------------------------- the pipeline
 
-def value_nodes(engine, members, value_type: pa.DataType, desc: str = "", confirm=None):
-    """(members with their node, the nodes (node, node_key, v) partitioned by node id). With ``confirm``
-    (the level's second check, see :func:`near_duplicate_drops`) every row equal to a node is checked
-    against it; a rejected row is a node of its own (equal values, yet not merged without the check)."""
+def value_nodes(engine, members, value_type: pa.DataType, desc: str = ""):
+    """(members with their node, the nodes (node, node_key, v) partitioned by node id)."""
     with_node = engine.cache(engine.shuffle(members, ["v"], Fn(partial(_nodes, value_type), node_schema(value_type)),
                                             desc=f"{desc} nodes"))
-    if confirm is not None:
-        same = engine.map(with_node, Fn(_same_value_pairs, EDGES))
-        ok = engine.map(confirm(engine, same), Fn(_confirmed_b, pa.schema([("b", pa.int64())])))
-        rejected = engine.cache(engine.map(engine.join(same, ok, ["b"], "anti"),
-                                           Fn(_rejected_rows, pa.schema([("_id", pa.int64()), ("own", pa.bool_())]))))
-        if engine.count(rejected):
-            joined = engine.join(with_node, rejected, ["_id"], "left")
-            with_node = engine.cache(engine.map(joined, Fn(partial(_own_node, value_type), node_schema(value_type))))
+    return with_node, nodes_by_id(engine, with_node, value_type, desc)
+
+
+def nodes_by_id(engine, with_node, value_type: pa.DataType, desc: str = ""):
     nodes = engine.map(with_node, Fn(partial(_node_rows, value_type),
                                      pa.schema([("node", pa.int64()), ("node_key", pa.string()), ("v", value_type)])))
-    return with_node, engine.cache(engine.shuffle(nodes, ["node"], desc=f"{desc} nodes by id"))
+    return engine.cache(engine.shuffle(nodes, ["node"], desc=f"{desc} nodes by id"))
+
+
+def split_rejected(engine, with_node, same, confirm, value_type: pa.DataType):
+    """Rows equal to a node (``same``: the pairs (node, row)) that ``confirm`` rejects become nodes of their
+    own. Returns (members with their node, whether any row was rejected)."""
+    ok = engine.map(confirm(engine, same), Fn(_confirmed_b, pa.schema([("b", pa.int64())])))
+    rejected = engine.cache(engine.map(engine.join(same, ok, ["b"], "anti"),
+                                       Fn(_rejected_rows, pa.schema([("_id", pa.int64()), ("own", pa.bool_())]))))
+    if not engine.count(rejected):
+        return with_node, False
+    joined = engine.join(with_node, rejected, ["_id"], "left")
+    return engine.cache(engine.map(joined, Fn(partial(_own_node, value_type), node_schema(value_type)))), True
 
 
 def band_bucket(band: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -232,11 +238,22 @@ def near_duplicate_drops(engine, members, value_type: pa.DataType, items: Fn, ve
 
     ``confirm(engine, pairs)``: an optional second check of a level; ``pairs`` is a dataset of (a, b, ka, kb)
     (the row ids and keys of two rows) and it returns the pairs it accepts (same schema). It sees the
-    verified edges and every row equal to a node (paired with that node): nothing merges without it."""
-    with_node, nodes_by_id = value_nodes(engine, members, value_type, desc, confirm)
-    pairs = candidate_pairs(engine, nodes_by_id, items, desc)
-    edges = verify_pairs(engine, pairs, nodes_by_id, value_type, verify)
+    verified edges and every row equal to a node (paired with that node): nothing merges without it. A
+    rejected row becomes a node of its own and its candidates are found again (rare: equal values of
+    different items). ``confirm.prefetch(engine, pairs)``, when it has one, is first called once with all
+    those pairs (a level that reads something per row, the pHash level's thumbnails, reads it in one pass:
+    the edges of a rejected row join rows already in them, its value being its old node's)."""
+    with_node, by_id = value_nodes(engine, members, value_type, desc)
+    edges = verify_pairs(engine, candidate_pairs(engine, by_id, items, desc), by_id, value_type, verify)
     if confirm is not None:
+        edges = engine.cache(edges)
+        same = engine.cache(engine.map(with_node, Fn(_same_value_pairs, EDGES)))
+        if hasattr(confirm, "prefetch"):
+            confirm.prefetch(engine, engine.union(same, edges))
+        with_node, split = split_rejected(engine, with_node, same, confirm, value_type)
+        if split:
+            by_id = nodes_by_id(engine, with_node, value_type, desc)
+            edges = verify_pairs(engine, candidate_pairs(engine, by_id, items, desc), by_id, value_type, verify)
         edges = confirm(engine, edges)
     same = engine.map(with_node, Fn(_same_value_rows, pa.schema([("key", pa.string()), ("node", pa.int64()),
                                                                   ("node_key", pa.string())])))

@@ -147,8 +147,8 @@ class ImageCheck:
         self.folder, self.hashed, self.workers, self.mirror = folder, hashed, workers, mirror
         self.thumbs = None
 
-    def __call__(self, engine, pairs):
-        pairs = engine.cache(pairs)
+    def prefetch(self, engine, pairs) -> None:
+        """Compute the thumbnails of the rows of ``pairs`` not computed yet (one read of their tars)."""
         ends = engine.shuffle(engine.map(pairs, Fn(_ends, IDS)), ["_id"], Fn(_distinct_ids, IDS))
         if self.thumbs is not None:
             ends = engine.join(ends, engine.map(self.thumbs, Fn(_thumb_ids, IDS)), ["_id"], "anti")
@@ -156,7 +156,14 @@ class ImageCheck:
         new = engine.cache(engine.shuffle(located, ["shard"], Fn(partial(thumbnail_tars, self.folder), THUMBS),
                                           desc="dedup: phash thumbnails",
                                           min_partitions=4 * self.workers if self.workers > 1 else 1))
-        self.thumbs = new if self.thumbs is None else engine.cache(engine.union(self.thumbs, new))
+        if self.thumbs is None:
+            self.thumbs = new
+        elif engine.count(new):
+            self.thumbs = engine.cache(engine.union(self.thumbs, new))
+
+    def __call__(self, engine, pairs):
+        pairs = engine.cache(pairs)
+        self.prefetch(engine, pairs)
         x = pairs
         for name in ("a", "b"):
             side = engine.map(self.thumbs, Fn(partial(_side, name), pa.schema([(name, pa.int64()),
