@@ -615,8 +615,11 @@ pa.set_cpu_count(1); pa.set_io_thread_count(1)
 from ccmb.corpus.api import dedup_samples
 c0, t0 = time.process_time(), time.perf_counter()
 s = dedup_samples(sys.argv[2], sys.argv[3], levels=["phash"], image_check=sys.argv[4] == "on")
+# VmHWM: this process's own peak (ru_maxrss would keep the forking parent's across exec)
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+rss = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, dropped=sum(s.dropped.values()),
-                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+                      rss_mb=rss)))
 """
 
 
