@@ -544,6 +544,69 @@ def write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=True) + "\n")
 
 
+def create_if_absent(path: PathLike, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if nothing is there; whether this call created it (a lock).
+
+    Local: ``O_CREAT | O_EXCL``. S3 (and S3-compatible servers): ``PutObject`` with ``If-None-Match: *``,
+    which the store decides atomically (HTTP 412 when the key exists). Other fsspec filesystems: a check
+    followed by a write (best effort: two writers racing within one request may both believe they won)."""
+    if not is_url(path):
+        loc = location(path)
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(loc, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+    fs, p = _fs(path)
+    if hasattr(fs, "call_s3"):
+        bucket, _, key = p.strip("/").partition("/")
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as exc:  # noqa: BLE001 - s3fs maps a 412 to an OSError of its own
+            text = f"{type(exc).__name__} {exc} {getattr(exc, '__cause__', '')}"
+            if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+                return False
+            raise StorageError(f"{display(path)}: create: {type(exc).__name__}: {exc}") from exc
+        _invalidate(fs, p)
+        return True
+    if exists(path):
+        return False
+    write_bytes(path, data)
+    return True
+
+
+def remove_tree(folder: PathLike, keep: Any = ()) -> int:
+    """Delete everything under ``folder`` except its direct children named in ``keep``; how many entries."""
+    if not is_url(folder):
+        import shutil
+
+        n = 0
+        root = location(folder)
+        for entry in list(root.iterdir()) if root.is_dir() else []:
+            if entry.name in keep:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            n += 1
+        return n
+    fs, p = _fs(folder)
+    _invalidate(fs, p)
+    n = 0
+    with contextlib.suppress(FileNotFoundError):
+        for name_, is_file, _ in _entries(folder):
+            if name_ in keep:
+                continue
+            child = fs_path = p.rstrip("/") + "/" + name_
+            with _errors(join(folder, name_), "remove"):
+                fs.rm(fs_path, recursive=not is_file)
+            _invalidate(fs, child)
+            n += 1
+    _invalidate(fs, p)
+    return n
+
+
 def remove_stale_temporaries(folder: PathLike) -> int:
     """Remove what killed writers left in ``folder``: temporary ``.NAME.tmp-*`` files and, on object stores
     that publish uploads, the unfinished multipart uploads of keys directly in it. Call it only as the one
