@@ -176,6 +176,31 @@ def configure(protocol_name: str, **options: Any) -> None:
         fsspec.get_filesystem_class(protocol_name).clear_instance_cache()
 
 
+def settings() -> Dict[str, Dict[str, Any]]:
+    """The fsspec options of this process (what :func:`configure` and ``FSSPEC_*`` variables set), to hand to
+    the processes that do the I/O elsewhere (Spark tasks: :func:`apply_settings` there). Empty until fsspec
+    is used."""
+    import copy
+    import sys
+
+    if "fsspec.config" not in sys.modules:
+        return {}
+    import fsspec.config
+
+    return copy.deepcopy({k: dict(v) for k, v in fsspec.config.conf.items() if isinstance(v, dict)})
+
+
+def apply_settings(conf: Optional[Dict[str, Dict[str, Any]]]) -> None:
+    """Make the options of :func:`settings` (taken in another process) this process's defaults."""
+    if not conf:
+        return
+    import fsspec.config
+
+    for proto, opts in conf.items():
+        if fsspec.config.conf.get(proto) != opts:
+            configure(proto, **opts)
+
+
 def _invalidate(fs: Any, path: str) -> None:
     with contextlib.suppress(Exception):
         fs.invalidate_cache(path)
