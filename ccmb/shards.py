@@ -192,6 +192,7 @@ class ShardWriter:
         self.keys: set = set()
         self.successes = 0
         self._out: Optional[storage.AtomicFile] = None
+        self.entry: Optional[Dict[str, Any]] = None
         self._tar: Optional[tarfile.TarFile] = None
         self._start = time.time()
         # tar member mtimes; a fixed value (e.g. 0) makes the same samples give byte-identical tars
@@ -252,6 +253,7 @@ class ShardWriter:
             written = write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
             entry = {"samples": self.successes, "bytes": self._out.size, "sha256": self._out.sha256}
             self._out.publish()
+            self.entry = entry  # the tar's manifest entry, as shard_entry() would read it back
         finally:
             self._out.abort()  # nothing after a publish; else the temporary tar goes
         storage.write_json(stats_path, self.stats(entry, {"rows": len(self.rows), **written}))

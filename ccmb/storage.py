@@ -12,9 +12,11 @@ Guarantees, the same on disk and on object storage:
 
   - local: a temporary ``.NAME.tmp-*`` beside it, fsync, rename;
   - object stores whose uploads publish atomically (S3 and S3-compatible servers, GCS: :data:`UPLOAD_PUBLISH`):
-    the file is opened *uncommitted* (fsspec's ``autocommit=False``). Its bytes travel as a multipart upload
-    that no reader sees until :meth:`AtomicFile.publish` completes it in one request; a completed upload
-    replaces an existing object atomically. Nothing is copied. A writer killed mid-file leaves an unfinished
+    a file smaller than :data:`WRITE_BLOCK` stays in memory and is sent by one ``PutObject`` at
+    :meth:`AtomicFile.publish` (a PUT makes the object appear whole); a larger one is opened *uncommitted*
+    (fsspec's ``autocommit=False``): its bytes travel as a multipart upload that no reader sees until
+    :meth:`AtomicFile.publish` completes it in one request; a completed upload replaces an existing object
+    atomically. Nothing is copied. A writer killed mid-file leaves an unfinished
     upload, never an object; :func:`remove_stale_temporaries` aborts those under a folder (a bucket lifecycle
     rule ``AbortIncompleteMultipartUpload`` does it too);
   - every other fsspec filesystem (HDFS, SFTP, Azure, memory, ...): a temporary ``.NAME.tmp-*`` in the same
@@ -410,12 +412,11 @@ class AtomicFile(io.RawIOBase):
             return
         self._fs, self._p = _fs(self.path)
         if _publishes_uploads(self._fs):
+            # the first WRITE_BLOCK bytes stay in memory: a file smaller than that is published by one PUT
+            # (atomic too: an object appears whole), a larger one as an uncommitted multipart upload
             self._mode = "upload"
-            with _errors(self.path, "open for writing"):
-                self._fh = self._fs.open(self._p, "wb", autocommit=False, block_size=WRITE_BLOCK)
-            # not part of an fsspec transaction: drop the file from the filesystem's pending list
-            with contextlib.suppress(Exception):
-                self._fs.transaction.files.remove(self._fh)
+            self._fh = None
+            self._small = bytearray()
         else:
             self._mode = "rename"
             self._tmp = sibling(self.path, f".{name(self.path)}{TMP_MARK}{uuid.uuid4().hex[:12]}")
@@ -434,12 +435,26 @@ class AtomicFile(io.RawIOBase):
     def seekable(self) -> bool:
         return False
 
+    def _open_upload(self) -> None:
+        with _errors(self.path, "open for writing"):
+            self._fh = self._fs.open(self._p, "wb", autocommit=False, block_size=WRITE_BLOCK)
+        # not part of an fsspec transaction: drop the file from the filesystem's pending list
+        with contextlib.suppress(Exception):
+            self._fs.transaction.files.remove(self._fh)
+        with _errors(self.path, "write"):
+            self._fh.write(bytes(self._small))
+        self._small = bytearray()
+
     def write(self, data: Any) -> int:  # type: ignore[override]
         if self._done:
             raise ValueError(f"{display(self.path)}: write after publish/abort")
         view = memoryview(data).cast("B")
         if self._mode == "local":  # local errors (ENOSPC ...) pass unchanged, as from a plain file
             self._fh.write(view)
+        elif self._mode == "upload" and self._fh is None:
+            self._small += view
+            if len(self._small) >= WRITE_BLOCK:
+                self._open_upload()
         else:
             with _errors(self.path, "write"):
                 self._fh.write(view)
@@ -473,8 +488,12 @@ class AtomicFile(io.RawIOBase):
                 atomic.commit(self._tmp, self.path)
             elif self._mode == "upload":
                 with _errors(self.path, "publish"):
-                    self._fh.close()  # uploads the last part; the object is not visible yet
-                    self._fh.commit()  # completes the upload: the object appears whole
+                    if self._fh is None:  # small: one PUT, the object appears whole
+                        self._fs.pipe_file(self._p, bytes(self._small))
+                        self._small = bytearray()
+                    else:
+                        self._fh.close()  # uploads the last part; the object is not visible yet
+                        self._fh.commit()  # completes the upload: the object appears whole
                 _invalidate(self._fs, self._p)
             else:
                 assert self._tmp is not None
@@ -497,6 +516,9 @@ class AtomicFile(io.RawIOBase):
 
     def _cleanup(self) -> None:
         if self._mode == "upload":
+            self._small = bytearray()
+            if self._fh is None:
+                return  # nothing was sent
             try:
                 self._fh.discard()  # aborts the multipart upload
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error

@@ -266,7 +266,7 @@ def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: s
                 writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
     finally:
         sources.close()
-    entry = fmt.shard_entry(storage.join(out, f"{name}.tar"))
+    entry = writer.entry  # counted and hashed as it was written: no second read of the tar
     storage.write_json(done_path(out, name), {**entry, "plan": plan})
     return name, entry, True
 
