@@ -339,12 +339,19 @@ def parquet_schema_problems(schema: pa.Schema) -> List[str]:
     return problems
 
 
+#: A parquet on object storage up to this size is fetched whole by one request when opened.
+SMALL_PARQUET = 16 << 20
+
+
 @contextlib.contextmanager
 def parquet_source(path: PathLike) -> Iterator[Any]:
     """What pyarrow reads a parquet from: the local path itself, or an open file of a URL (closed after)."""
     if storage.is_url(path):
         with storage.open_read(path) as fh:
-            yield fh
+            if fh.size <= SMALL_PARQUET:  # one GET instead of one per footer / column chunk
+                yield pa.BufferReader(fh.read())
+            else:
+                yield fh
     else:
         yield path
 
