@@ -24,6 +24,10 @@ PLUGIN_GROUP = "ccmb_bench.adapters"
 #: model folders inside a ``ccmb train`` run directory, in the order ``--model RUN_DIR`` picks them
 RUN_MODEL_DIRS = ("model", "best")
 CONFIG_FILE = "config.json"
+#: the open_clip family's forms (``ccmb_bench.adapters.openclip`` takes them from here): a name prefix
+#: (``open_clip:ARCH@TAG``, ``open_clip:hf-hub:ORG/REPO``) and the config file of its folders
+OPEN_CLIP_PREFIX = "open_clip:"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 class PrecheckError(ValueError):
@@ -184,6 +188,8 @@ def check_model(model: str, checkpoint: Optional[str] = None, tokenizer: Optiona
         if path.is_dir() and (run_model_dir(path) / CONFIG_FILE).is_file():
             check_model_config(run_model_dir(path) / CONFIG_FILE)
         return
+    if model.startswith(OPEN_CLIP_PREFIX):
+        return  # the open_clip family resolves these names (and says what is missing) when it loads
     if model in registered_names() or model in weights_entries():
         _check_registered(model, checkpoint, tokenizer, fetch)
         return
@@ -238,6 +244,8 @@ def _how_to_get(model: str) -> str:
 
 
 def _check_directory(path: Path, checkpoint: Optional[str], tokenizer: Optional[str]) -> None:
+    if (path / OPEN_CLIP_CONFIG).is_file():
+        return  # an open_clip folder: its family reads it
     folder = run_model_dir(path)
     cfg = folder / CONFIG_FILE
     if not cfg.exists():

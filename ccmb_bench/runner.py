@@ -16,6 +16,7 @@ from ccmb_bench.precheck import check_data, check_model, expand_datasets  # noqa
 from ccmb_bench.protocols import Protocol, resolve
 from ccmb_bench.results import make_result, result_path, training_data, write_per_query, write_result
 from ccmb_bench.tasks import evaluator
+from ccmb_bench.tasks.views import ViewError
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ def run(model: str, dataset_names: Sequence[str], opts: RunOptions, checkpoint: 
                 path = run_one(adapter, name, opts, device, provenance)
             except MissingDataError as exc:
                 logger.warning("%s/%s: skipped, data missing: %s", name, split, str(exc).splitlines()[0])
+                continue
+            except ViewError as exc:  # the protocol refuses this data (names the file); the other sets still run
+                logger.warning("%s/%s: skipped, the %s protocol refuses the data: %s", name, split, opts.protocol,
+                               str(exc).splitlines()[0])
                 continue
         else:
             path = run_one(adapter, name, opts, device, provenance)

@@ -35,17 +35,25 @@ Printed:
    / ``第42号``) and copies (punctuation, a repost prefix, a suffix, spaces and case); recall of copies and
    the number of distinct captions dropped, ours (exact Jaccard, star groups) next to the old behaviour
    (MinHash estimate trusted, transitive groups).
+5. THE PIPELINE AS WIRED (the result): each set written as a download folder (tars + parquets; in every
+   group the original has the lowest key) and run through ``ccmb dedup``'s pHash level
+   (``api.dedup_table``, levels ``phash``, with and without ``--no-image-check``) and ``ccmb decontaminate``
+   (``api.decontamination_table`` with the index built by ``index_image``, the evaluation images being
+   every other distinct image, the corpus everything else): per transform the share of copies the
+   decisions drop pointing into their own group (recall), and the rows dropped pointing to a different
+   photo (merges of different photos; pairs of images made from the same crop are not counted).
 4. speed, one core: pHash of JPEGs from a tar (images/s), the exhaustive hash matching (corpus rows/s
    against a 5k-image evaluation index), the second check (candidate pairs/s) and caption matching;
    extrapolated to a 1M-row corpus.
 
-    python perf/bench_neardup.py [--thresholds 4,6,8,10] [--speed-images 2000] [--skip-speed]
+    python perf/bench_neardup.py [--thresholds 4,6,8,10] [--speed-images 2000] [--skip-speed] [--only-pipeline]
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import io
+import json
 import os
 import statistics
 import sys
@@ -480,6 +488,187 @@ def bench_captions(thresholds):
             print(f"{label:44}{t:>5.2f}{distinct_dropped:>18}" + "".join(f"{rec[c]:>9.3f}" for c in CAPTION_COPIES))
 
 
+def write_folder(s: ImageSet, out: Path, rows: np.ndarray, per_shard: int = 250) -> List[str]:
+    """The images ``rows`` of a set as a download folder, in that order; returns their keys."""
+    from ccmb import shards
+
+    keys = []
+    for lo in range(0, len(rows), per_shard):
+        shard = lo // per_shard
+        with shards.ShardWriter(out, shard, source="bench") as w:
+            for i, r in enumerate(rows[lo: lo + per_shard].tolist()):
+                key = shards.make_key(shard, i, per_shard)
+                keys.append(key)
+                im = Image.open(io.BytesIO(s.images[r]))
+                meta = {"url": f"http://bench.example.com/{r}.jpg", "caption": f"图片{r}", "title": "", "key": key,
+                        "width": im.width, "height": im.height, "original_width": im.width,
+                        "original_height": im.height}
+                w.write(key, s.images[r], meta["caption"], meta)
+    return keys
+
+
+def score_drops(s: ImageSet, rows: np.ndarray, target: np.ndarray):
+    """Per row of the corpus ``rows``, the image its decision points to (``target``, -1: kept): recall per
+    transform (copies pointing into their own group), rows pointing to a different photo (related pairs
+    not counted) and examples of them."""
+    hit = target >= 0
+    t = np.maximum(target, 0)
+    same = hit & (s.group[rows] == s.group[t])
+    related = hit & ~same & s.related(rows, t)
+    wrong = hit & ~same & ~related
+    rec = {c: float(same[s.kind[rows] == c].mean()) if (s.kind[rows] == c).any() else float("nan")
+           for c in TRANSFORMS}
+    bad = [f"{s.names[s.group[r]]}({s.kind[r]})->{s.names[s.group[x]]}({s.kind[x]})"
+           for r, x in zip(rows[wrong].tolist(), t[wrong].tolist())]
+    return rec, int(wrong.sum()), bad
+
+
+def bench_pipeline(sets: Dict[str, ImageSet], thresholds: List[int]):
+    """Section 5: the decisions of the pHash dedup level and of decontamination, as the commands make them."""
+    from ccmb.corpus import api
+    from ccmb.corpus.steps.decontaminate import DecontaminationConfig, EvalIndex, index_image
+
+    cols = list(TRANSFORMS)
+    out = {}
+    for label, s in sets.items():
+        with tempfile.TemporaryDirectory(prefix="bench-neardup-") as tmp:
+            order = np.lexsort((np.array([list(TRANSFORMS).index(k) + 1 if k in TRANSFORMS else 0 for k in s.kind]),
+                                s.group))
+            keys = write_folder(s, Path(tmp) / "dedup", order)
+            row_of = dict(zip(keys, order.tolist()))
+            print(f"\n5. the pipeline as wired, {label} set: {len(order)} images in a download folder")
+            print(f"{'ccmb dedup, pHash level':38}{'thr':>4}{'merged':>8}" + "".join(f"{c:>10}" for c in cols)
+                  + f"{'goal ok':>9}  seconds")
+            for check in (False, True):
+                for t in thresholds:
+                    t0 = time.time()
+                    table = api.dedup_table(Path(tmp) / "dedup", api.dedup_config(levels=["phash"],
+                                                                                  phash_threshold=t,
+                                                                                  image_check=check))
+                    secs = time.time() - t0
+                    target = np.full(len(order), -1)
+                    pos = {r: i for i, r in enumerate(order.tolist())}
+                    for k, dup in zip(table.column("key").to_pylist(), table.column("duplicate_of").to_pylist()):
+                        if dup is not None:
+                            target[pos[row_of[k]]] = row_of[dup]
+                    rec, merged, bad = score_drops(s, order, target)
+                    ok = all(rec[g] >= 0.95 for g in GOAL) and merged == 0
+                    name = "phash + image check" if check else "phash alone (--no-image-check)"
+                    out[(label, "dedup", check, t)] = (rec, merged)
+                    print(f"{name:38}{t:>4}{merged:>8}" + "".join(f"{rec[c]:>10.3f}" for c in cols)
+                          + f"{'yes' if ok else 'no':>9}{secs:>9.1f}")
+                    if bad and check:
+                        print(f"    merged: {', '.join(bad[:4])}" + (f" (+{len(bad) - 4})" if len(bad) > 4 else ""))
+            orig = np.flatnonzero(s.kind == "original")
+            eval_groups = set(s.group[orig][::2].tolist())
+            eval_rows = np.array([i for i in orig if s.group[i] in eval_groups])
+            corpus_rows = np.array([i for i in order.tolist() if not (s.kind[i] == "original"
+                                                                        and s.group[i] in eval_groups)])
+            ckeys = write_folder(s, Path(tmp) / "corpus", corpus_rows)
+            crow = dict(zip(ckeys, corpus_rows.tolist()))
+            index = EvalIndex()
+            made = [index_image(s.images[r], f"eval {r}") for r in eval_rows.tolist()]
+            index.add("bench/eval", [str(r) for r in eval_rows.tolist()], np.stack([m[0] for m in made]),
+                      [[] for _ in made], [hashlib.sha256(s.images[r]).digest() for r in eval_rows.tolist()],
+                      np.stack([m[1] for m in made]))
+            positives = np.array([s.group[i] in eval_groups for i in corpus_rows])
+            print(f"{'ccmb decontaminate':38}{'thr':>4}{'false':>8}" + "".join(f"{c:>10}" for c in cols)
+                  + f"{'goal ok':>9}  seconds   ({len(eval_rows)} evaluation images, {int(positives.sum())} "
+                  f"copies of them in a corpus of {len(corpus_rows)})")
+            for check in (False, True):
+                for t in thresholds:
+                    t0 = time.time()
+                    res = api.decontamination_table(Path(tmp) / "corpus", index,
+                                                    DecontaminationConfig(phash_threshold=t, image_check=check))
+                    secs = time.time() - t0
+                    pos = {r: i for i, r in enumerate(corpus_rows.tolist())}
+                    target = np.full(len(corpus_rows), -1)
+                    decided = res.table.select(["key", "duplicate_of"]).to_pylist()
+                    for k, dup in ((r["key"], r["duplicate_of"]) for r in decided):
+                        if dup is not None:
+                            target[pos[crow[k]]] = int(dup.rsplit("/", 1)[1])
+                    _, false, bad = score_drops(s, corpus_rows, target)
+                    rec = {c: rec_pos(s, corpus_rows, target, positives, c) for c in cols}
+                    ok = all(rec[g] >= 0.95 for g in GOAL) and false == 0
+                    name = "phash + image check (mirror)" if check else "phash alone (--no-image-check)"
+                    out[(label, "decontaminate", check, t)] = (rec, false)
+                    print(f"{name:38}{t:>4}{false:>8}" + "".join(f"{rec[c]:>10.3f}" for c in cols)
+                          + f"{'yes' if ok else 'no':>9}{secs:>9.1f}")
+                    if bad and check:
+                        print(f"    dropped: {', '.join(bad[:4])}" + (f" (+{len(bad) - 4})" if len(bad) > 4 else ""))
+    return out
+
+
+def rec_pos(s: ImageSet, rows: np.ndarray, target: np.ndarray, positives: np.ndarray, kind: str) -> float:
+    """Recall of decontamination for one transform: copies of evaluation images dropped pointing to their
+    own evaluation image."""
+    sel = positives & (s.kind[rows] == kind)
+    return float(((target[sel] >= 0) & (s.group[np.maximum(target[sel], 0)] == s.group[rows[sel]])).mean())
+
+
+LEVEL_CHILD = """
+import json, os, resource, sys, time
+os.environ["OMP_NUM_THREADS"] = "1"
+sys.path.insert(0, sys.argv[1])
+import pyarrow as pa
+pa.set_cpu_count(1); pa.set_io_thread_count(1)
+from ccmb.corpus.api import dedup_samples
+c0, t0 = time.process_time(), time.perf_counter()
+s = dedup_samples(sys.argv[2], sys.argv[3], levels=["phash"], image_check=sys.argv[4] == "on")
+# VmHWM: this process's own peak (ru_maxrss would keep the forking parent's across exec)
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+rss = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(dict(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0, dropped=sum(s.dropped.values()),
+                      rss_mb=rss)))
+"""
+
+
+def bench_level_cost(n_images: int, repeats: int, copy_share: float = 0.1) -> None:
+    """The pHash level's cost with and without the image check: ``ccmb dedup`` (pHash level only, one core,
+    each run a fresh process) over a download folder of distinct random-field JPEGs of which ``copy_share``
+    are re-encoded copies of earlier ones."""
+    import subprocess
+
+    from ccmb import shards
+
+    rng = np.random.default_rng(1)
+    n_copies = int(n_images * copy_share)
+    with tempfile.TemporaryDirectory(prefix="bench-level-") as tmp:
+        folder = Path(tmp) / "dl"
+        images = []
+        for i in range(n_images - n_copies):
+            small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            arr = np.asarray(Image.fromarray(small).resize((256, 256), Image.Resampling.BICUBIC), np.float32)
+            images.append(jpeg(Image.fromarray((16 + 0.78 * arr).clip(0, 255).astype(np.uint8)), 90))
+        for j in rng.choice(len(images), n_copies, replace=False).tolist():
+            images.append(jpeg(Image.open(io.BytesIO(images[j])), 30))
+        per_shard = 1000
+        for lo in range(0, len(images), per_shard):
+            with shards.ShardWriter(folder, lo // per_shard, source="bench") as w:
+                for i, data in enumerate(images[lo: lo + per_shard]):
+                    key = shards.make_key(lo // per_shard, i, per_shard)
+                    meta = {"url": f"http://b.example.com/{lo + i}.jpg", "caption": f"图{lo + i}", "key": key,
+                            "width": 256, "height": 256, "original_width": 256, "original_height": 256}
+                    w.write(key, data, meta["caption"], meta)
+        runs: Dict[str, list] = {"off": [], "on": []}
+        for r in range(repeats):
+            for mode in ("off", "on"):
+                out = Path(tmp) / f"d-{mode}-{r}.parquet"
+                res = subprocess.run([sys.executable, "-c", LEVEL_CHILD, str(Path(__file__).resolve().parents[1]),
+                                      str(folder), str(out), mode], capture_output=True, text=True, check=True)
+                runs[mode].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    med = {m: {k: statistics.median(x[k] for x in v) for k in ("seconds", "cpu", "rss_mb", "dropped")}
+           for m, v in runs.items()}
+    print(f"  pHash level, `ccmb dedup --no-url --no-sha256 --no-caption`, {n_images} JPEGs 256x256 ({n_copies} "
+          f"re-encoded copies), one core, medians of {repeats} fresh processes:")
+    for m, label in (("off", "--no-image-check (baseline)"), ("on", "image check (default)")):
+        x = med[m]
+        print(f"    {label:30} {x['seconds']:7.1f} s wall {x['cpu']:7.1f} s CPU {x['rss_mb']:7.0f} MB peak RSS "
+              f"{int(x['dropped']):6d} dropped")
+    print(f"    ratio check/baseline: wall {med['on']['seconds'] / med['off']['seconds']:.2f}x, peak RSS "
+          f"{med['on']['rss_mb'] / med['off']['rss_mb']:.2f}x")
+
+
 def bench_speed(n_images: int, repeats: int):
     from ccmb import shards
     from ccmb.corpus.primitives import minhash
@@ -560,9 +749,19 @@ def main() -> None:
     ap.add_argument("--speed-images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--only-pipeline", action="store_true", help="Only section 5 (the decisions as wired).")
+    ap.add_argument("--level-cost", action="store_true", help="Only the pHash level's cost with/without the check.")
+    ap.add_argument("--pipeline-thresholds", default="4,6", help="pHash thresholds of section 5 (dedup default 4, "
+                                                                  "decontamination default 6).")
     args = ap.parse_args()
     thresholds = [int(t) for t in args.thresholds.split(",")]
+    if args.level_cost:
+        bench_level_cost(args.speed_images, args.repeats)
+        return
     sets = build_sets()
+    if args.only_pipeline:
+        bench_pipeline(sets, [int(t) for t in args.pipeline_thresholds.split(",")])
+        return
     distances = {}
     for label, s in sets.items():
         n = len(s.images)
@@ -570,9 +769,11 @@ def main() -> None:
     tune_check(sets["tuning"], distances["tuning"], max(thresholds))
     bench_levels(sets, thresholds, distances)
     bench_decontamination(sets, thresholds)
+    bench_pipeline(sets, [int(t) for t in args.pipeline_thresholds.split(",")])
     bench_captions([float(t) for t in args.caption_thresholds.split(",")])
     if not args.skip_speed:
         bench_speed(args.speed_images, args.repeats)
+        bench_level_cost(args.speed_images, args.repeats)
 
 
 if __name__ == "__main__":

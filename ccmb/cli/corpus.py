@@ -205,18 +205,22 @@ def dedup_cmd(input_dir, output, keep_tables, workers, memory_gb, engine, spark_
               help="Also drop samples whose caption copies an evaluation text (default: reported only).")
 @click.option("--text-field", type=click.Choice(["caption", "title", "content", "query"]), default="caption",
               show_default=True, help="Corpus text compared with the evaluation texts.")
+@click.option("--image-check/--no-image-check", default=True, show_default=True,
+              help="Confirm every pHash match with the second image check (aligned 32x32 thumbnails, mirror "
+                   "image included); off: pHash distance alone.")
 @click.option("--workers", default=1, show_default=True, help="Processes hashing tars (in-process engine).")
 @MEMORY_OPTION
 @ENGINE_OPTION
 @MASTER_OPTION
 @_errors
 def decontaminate_cmd(input_dir, against, root, split, output, report_path, phash_threshold, caption_threshold,
-                      min_caption_chars, drop_caption_matches, text_field, workers, memory_gb, engine,
+                      min_caption_chars, drop_caption_matches, text_field, image_check, workers, memory_gb, engine,
                       spark_master) -> None:
     """Drop corpus samples whose image copies an image of the evaluation sets (reason eval_overlap).
 
     Exact bytes (sha256) and perceptual copies (pHash variants, robust to re-encoding, resizing, small
-    crops, brightness, overlays and flips); captions copying evaluation texts are reported. Pass the table
+    crops, brightness, overlays and flips, each confirmed by a pixel check of aligned thumbnails);
+    captions copying evaluation texts are reported. Pass the table
     to build-shards with --keep.
 
     \b
@@ -230,7 +234,7 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
     names = [a.strip() for a in against.split(",") if a.strip()]
     config = DecontaminationConfig(phash_threshold=phash_threshold, caption_threshold=caption_threshold,
                                    min_caption_chars=min_caption_chars, drop_caption_matches=drop_caption_matches,
-                                   text_field=text_field, workers=workers, progress=True)
+                                   text_field=text_field, image_check=image_check, workers=workers, progress=True)
     try:
         summary, report = decontaminate(input_dir, names, root, output, split=split, report_path=report_path,
                                         config=config, engine=engine, spark=_spark(engine, spark_master),

@@ -120,6 +120,30 @@ def _checkpoint_errors_as_click(func: Callable) -> Callable:
     return wrapper
 
 
+#: files a trainer's run folder holds (``models/train``): a folder with them and no owner marker is an older run
+RUN_FILES = ("train_config.json", "run_args.json")
+
+
+def _is_older_run(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in RUN_FILES)
+
+
+def _claim_run(output: str):
+    """The run folder, claimed (a new or empty folder, or a run of ours: a user's folder is never written, since
+    the trainer replaces ``model/``, ``best/`` and old checkpoints) and locked for the run; on the main rank
+    only (``RANK`` of torchrun): the other ranks write nothing there but their share of the log."""
+    import contextlib
+    import os
+
+    from ..outdir import FolderLock, claim
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    folder = claim(output, "training run", legacy=_is_older_run,
+                   hint="choose a new --output (or the run folder itself to resume it)")
+    return FolderLock(folder)
+
+
 def _print_record(record: Dict[str, Any]) -> None:
     from models.train.config import LOG_LOSS_KEYS
 
@@ -174,7 +198,7 @@ _CONFIG_OPTIONS = (
     ("--num-workers", "num_workers", _NATURAL, "DataLoader workers per process."),
     ("--seed", "seed", _NATURAL, "Seed of weights, data order, augmentation and masking."),
     ("--log-every", "log_every", _POSITIVE, "Log a line every N steps (and at the first step)."),
-    ("--save-every", "save_every", _POSITIVE, "Checkpoint every N steps."),
+    ("--save-every", "save_every", _NATURAL, "Checkpoint every N steps (0: only the final model)."),
     ("--keep-last", "keep_last", _POSITIVE, "Checkpoints kept."),
     ("--queue-size", "loss_queue_size", _POSITIVE, "TgD feature-queue length."),
     ("--momentum", "loss_momentum", click.FloatRange(0, 1), "EMA momentum of the distillation teacher."),
@@ -295,6 +319,7 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
         if spec.task != "retrieval":
             raise click.UsageError(f"{eval_dataset} is a {spec.task} dataset; pre-training evaluates retrieval")
 
+    run_lock = _claim_run(output)
     from models.train.config import TrainConfig
     from models.train.pretrain import pretrain
 
@@ -308,9 +333,10 @@ def pretrain_cmd(model_config, shards, output, init_vision, init_text, init_dir,
 
         data = load_dataset(eval_dataset, eval_root, eval_split)
         evaluate_fn = bench_evaluator("retrieval", data, load_tokenizer(tokenizer or init_text))
-    result = pretrain(model_config, shards, output, cfg, tokenizer_path=tokenizer, init_vision=init_vision,
-                      init_text=init_text, init=init_dir, resume=resume, device=device, objective=objective,
-                      evaluate_fn=evaluate_fn, on_log=_print_record)
+    with run_lock:
+        result = pretrain(model_config, shards, output, cfg, tokenizer_path=tokenizer, init_vision=init_vision,
+                          init_text=init_text, init=init_dir, resume=resume, device=device, objective=objective,
+                          evaluate_fn=evaluate_fn, on_log=_print_record)
     if result.final_dir:
         click.echo(f"done: {result.steps} steps; model in {result.final_dir}")
 
@@ -358,6 +384,7 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
         raise click.UsageError("--tokenizer is required (vocab.txt or a tokenizer directory) unless --init is a "
                                "model folder with vocab.txt")
 
+    run_lock = _claim_run(output)
     from ccmb.datasets import load_dataset
     from models.tokenizer import load_tokenizer
     from models.train.config import finetune_defaults
@@ -375,8 +402,9 @@ def finetune_cmd(task, dataset, root, init, model_config, output, train_split, v
         evaluate_fn = bench_evaluator(task, val_data, tok, eval_batch_size)
     else:
         cfg = cfg.override(select_metric="")
-    result = finetune(task, train_data, init, output, cfg, tokenizer_path=tokenizer, config=model_config,
-                      device=device, evaluate_fn=evaluate_fn, resume=resume, on_log=_print_record)
+    with run_lock:
+        result = finetune(task, train_data, init, output, cfg, tokenizer_path=tokenizer, config=model_config,
+                          device=device, evaluate_fn=evaluate_fn, resume=resume, on_log=_print_record)
     if result.final_dir:
         msg = f"done: {result.steps} steps; last model in {result.final_dir}"
         if result.best_dir:

@@ -160,7 +160,8 @@ def dedup_samples(input_dir: PathLike, output: PathLike, *, levels: Sequence[str
     with table_lock(output), make_engine(engine, folder, output, spark=spark, memory_gb=memory_gb, workers=workers,
                                          progress=progress, buckets=spill_buckets) as eng:
         summary = eng.write_table(dedup_step.dedup_dataset(eng, folder, config, tables), output, kind="dedup",
-                                  source=folder.source(), parts=parts, desc="dedup")
+                                  info=json.dumps(config.describe(), ensure_ascii=False), source=folder.source(),
+                                  parts=parts, desc="dedup")
     summary.seconds = time.time() - start
     logger.info("dedup: %s", "; ".join(summary.lines()))
     return summary
@@ -197,8 +198,9 @@ def caption_reps(texts, rows: np.ndarray, n: int, params, threshold: float) -> n
 
 
 def phash_reps(hashes: np.ndarray, rows: np.ndarray, n: int, threshold: int, bands: int) -> np.ndarray:
-    """In memory (tests, perf): per row its representative under the pHash level's rule (variant distance
-    <= ``threshold``; ``hashes`` (len(rows), VARIANTS) or (len(rows),) for a single hash)."""
+    """In memory (tests, perf): per row its representative under the pHash level's distance rule alone
+    (variant distance <= ``threshold``; ``hashes`` (len(rows), VARIANTS) or (len(rows),) for a single hash).
+    Without images there is no second image check: the level as wired runs on a download folder."""
     hashes = np.asarray(hashes).view(np.int64)
     if hashes.ndim == 1:
         hashes = np.repeat(hashes[:, None], VARIANTS, axis=1)

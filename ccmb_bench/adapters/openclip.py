@@ -29,14 +29,15 @@ from ccmb_bench.adapters.base import (
     registered,
     registered_location,
 )
+from ccmb_bench.precheck import OPEN_CLIP_CONFIG, OPEN_CLIP_PREFIX  # light names, shared with precheck
 
 logger = logging.getLogger(__name__)
 
 KIND = "open-clip"
 DIRECTORY = "an open_clip folder (open_clip_config.json + weights)"
 SPECS = registered(KIND)
-PREFIX = "open_clip:"
-CONFIG = "open_clip_config.json"
+PREFIX = OPEN_CLIP_PREFIX
+CONFIG = OPEN_CLIP_CONFIG
 INSTALL = ("open_clip is not installed: `pip install 'ccmb[open-clip]'` (pins torchvision to the torch it "
            "pairs with; see docs/bench.md 'Models')")
 

@@ -259,3 +259,27 @@ def test_clip_benchmark_top5_with_fewer_than_5_classes_is_nan(tmp_path):
     assert "top5" not in ci and "top1" in ci
     strict = classification_from_ranks(classification_ranks(logits, target.tolist(), 4))
     assert strict["top5"] == 100.0  # strict: the documented rule (every class within the top 5)
+
+
+def test_a_sweep_skips_a_set_the_protocol_refuses_and_runs_the_others(tmp_path, monkeypatch, caplog):
+    import ccmb_bench.runner as runner
+
+    done = tmp_path / "iqr.json"
+    monkeypatch.setattr(runner, "check_data", lambda names, *a: list(names))
+    monkeypatch.setattr(runner, "check_model", lambda *a: None)
+    monkeypatch.setattr(runner, "prepare_root", lambda *a: None)
+    monkeypatch.setattr(runner, "load_adapter_or_fetch", lambda *a: GridAdapter())
+    monkeypatch.setattr(runner, "training_data", lambda model: None)
+
+    def run_one(adapter, name, opts, device, provenance):
+        if name == "icr":
+            raise ViewError("icr_val.jsonl:3: image 'a/../b.jpg': a path outside the image folder")
+        return done
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    opts = RunOptions(root=tmp_path, output=tmp_path / "out", device="cpu", protocol="official", cache=False)
+    with caplog.at_level("WARNING", logger="ccmb_bench.runner"):
+        assert run("grid", ["icr", "iqr"], opts) == [done]
+    assert "icr/val: skipped, the official protocol refuses the data: icr_val.jsonl:3" in caplog.text
+    with pytest.raises(ViewError, match="icr_val.jsonl:3"):  # one set named: the refusal is the answer
+        run("grid", ["icr"], opts)

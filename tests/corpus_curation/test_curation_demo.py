@@ -30,10 +30,11 @@ def test_distinct_scenes_are_distinct_for_caption_and_phash_levels(tmp_path):
 
 @pytest.mark.slow
 def test_demo_curation_drops_exactly_what_it_planted(tmp_path):
-    from ccmb.cli.demo import _curate
+    from ccmb.cli.demo import Transcript, _curate
 
-    log = []
-    eval_root, outcome = _curate(tmp_path, images=40, seed=0, log=log)
+    transcript = Transcript(tmp_path)
+    outcome = _curate(transcript, images=40, seed=0, mismatches=0)
+    log = transcript.lines
     assert outcome["planted"], outcome
     for what, expect, got in outcome["planted"]:
         assert got == expect, (what, expect, got)

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ccmb import shards
 
@@ -23,6 +23,25 @@ def _jpeg(seed: int, size: int = 256, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def dark_captioned(seed: int, quality: int = 92) -> bytes:
+    """A dark, low-texture 'photo' (a fine random colour field, levels x0.08 + 6) under a white overlay
+    caption: different seeds are different photos that pHash proposes as copies (the caption is their only
+    strong contrast); the second image check rejects them."""
+    small = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    arr = np.asarray(Image.fromarray(small).resize((320, 256), Image.Resampling.BICUBIC), np.float32)
+    img = Image.fromarray((6 + 0.08 * arr).clip(0, 255).astype(np.uint8))
+    ImageDraw.Draw(img).text((160, 205), "SUBSCRIBE FOR MORE", fill=(255, 255, 255),
+                             font=ImageFont.load_default(size=29), anchor="mm")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+#: Seeds of :func:`dark_captioned` photos planted (pHash pairs within 2-4 bits), and the one copied.
+DARK_SEEDS = (5, 7, 10, 11)
+DARK_COPIED = 10
 
 
 def planted_rows():
@@ -46,7 +65,15 @@ def planted_rows():
     for j in range(4):
         rows.append({"url": f"http://dead.example.com/{j}.jpg", "caption": "失败", "image": None})
     order = np.random.default_rng(0).permutation(len(rows))  # duplicates spread over shards
-    return [rows[i] for i in order]
+    rows = [rows[i] for i in order]
+    # different dark photos under the same overlay caption (pHash candidates, not copies) and a real
+    # (re-encoded) copy of one of them, in the last shards
+    for seed in DARK_SEEDS:
+        rows.append({"url": f"http://dark.example.com/{seed}.jpg", "caption": f"暗色照片{seed}号" + "夜" * seed,
+                     "image": dark_captioned(seed)})
+    rows.append({"url": "http://dark.example.com/copy.jpg", "caption": "暗色照片的重压缩副本",
+                 "image": dark_captioned(DARK_COPIED, quality=40)})
+    return rows
 
 
 def write_planted(out: Path, per_shard: int = 7) -> Path:

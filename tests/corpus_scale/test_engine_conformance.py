@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from decontaminate_helpers import contaminated_download, eval_root
-from scale_helpers import write_planted
+from scale_helpers import DARK_COPIED, DARK_SEEDS, write_planted
 from semantic_helpers import planted_embeddings
 
 from ccmb import shards as fmt
@@ -205,9 +205,12 @@ def _check_planted(step, got, inputs):
         assert drops == expected
     elif step == "dedup-all":
         assert {"duplicate_url", "duplicate_sha256", "duplicate_phash", "duplicate_caption", "blocklist"} <= reasons
+        _check_dark(rows, inputs)
     elif step.startswith("dedup-"):
         level = levels()[step[len("dedup-"):]]
         assert level.reason in reasons and kind == "dedup"
+        if level.name == "phash":
+            _check_dark(rows, inputs)
         if level.name == "caption":  # star groups: never chained beyond the threshold
             caps = dict(zip(*[read_columns(inputs["download"], ["key", "caption"]).column(c).to_pylist()
                               for c in ("key", "caption")]))
@@ -218,6 +221,17 @@ def _check_planted(step, got, inputs):
             for r in rows.values():
                 if r["reason"] == level.reason:
                     assert jaccard_sets(ngrams(norm(caps[r["key"]]), 3), ngrams(norm(caps[r["duplicate_of"]]), 3)) >= 0.8
+
+
+def _check_dark(rows, inputs):
+    """The second image check: different dark photos under one overlay caption (pHash candidates) are not
+    merged; the re-encoded copy of one of them is."""
+    urls = dict(zip(*[read_columns(inputs["download"], ["key", "url"]).column(c).to_pylist() for c in ("key", "url")]))
+    key = {u.rsplit("/", 1)[1].split(".")[0]: k for k, u in urls.items() if "dark.example.com" in u}
+    dark = {key[str(s)] for s in DARK_SEEDS}
+    assert not [r for r in rows.values() if r["reason"] == "duplicate_phash" and r["key"] in dark], "merged"
+    assert (rows[key["copy"]]["reason"], rows[key["copy"]]["duplicate_of"]) == ("duplicate_phash",
+                                                                                key[str(DARK_COPIED)])
 
 
 @pytest.mark.spark

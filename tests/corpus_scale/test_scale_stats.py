@@ -32,5 +32,5 @@ def test_stats_reads_only_reported_columns(planted_scale, monkeypatch):
     s = stats_mod.corpus_stats(planted_scale)
     assert seen and all(c is not None and set(c) == set(STATS_COLUMNS) for c in seen)
     assert "url" not in STATS_COLUMNS and "sha256" not in STATS_COLUMNS
-    assert s["rows"] == 54 and s["successes"] == 50 and s["status"] == {"success": 50, "failed_to_download": 4}
-    assert s["text_length"]["caption"]["count"] == 50
+    assert s["rows"] == 59 and s["successes"] == 55 and s["status"] == {"success": 55, "failed_to_download": 4}
+    assert s["text_length"]["caption"]["count"] == 55

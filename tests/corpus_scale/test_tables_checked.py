@@ -135,7 +135,7 @@ def test_zero_samples_is_an_error_with_the_drop_counts_unless_allowed(planted_sc
                                     "--keep", str(tmp_path / "f.parquet")])
     assert res.exit_code != 0
     line = [ln for ln in res.output.splitlines() if ln.startswith("Error")]  # (progress bars aside)
-    assert len(line) == 1 and "0 samples" in line[0] and "too_small 50" in line[0] and "not_downloaded 4" in line[0]
+    assert len(line) == 1 and "0 samples" in line[0] and "too_small 55" in line[0] and "not_downloaded 4" in line[0]
     assert not (tmp_path / "s" / "manifest.json").exists()
     s = build_shards(planted_scale, tmp_path / "e", keep_tables=[tmp_path / "f.parquet"], allow_empty=True)
     assert s.samples == 0 and fmt.read_manifest(tmp_path / "e")["total_samples"] == 0

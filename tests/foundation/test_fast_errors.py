@@ -45,3 +45,19 @@ def test_light_model_names_are_the_registry():
     registered = set(json.loads(out.stdout))
     assert registered <= set(precheck.model_names()), sorted(registered - set(precheck.model_names()))
     assert set(precheck.BUILTIN_MODEL_NAMES) <= registered
+
+
+def test_open_clip_forms_pass_the_light_check(tmp_path, monkeypatch):
+    import sys
+
+    from ccmb_bench import precheck
+
+    monkeypatch.delitem(sys.modules, "ccmb_bench.adapters", raising=False)  # as in a fresh `ccmb-bench run`
+
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / precheck.OPEN_CLIP_CONFIG).write_text("{}", encoding="utf-8")
+    precheck.check_model(str(folder))  # its family reads the folder
+    precheck.check_model("open_clip:hf-hub:timm/ViT-B-16-SigLIP")  # a slash, but a name of the family
+    with pytest.raises(precheck.PrecheckError, match="no such model directory"):
+        precheck.check_model(str(tmp_path / "nowhere" / "oc"))

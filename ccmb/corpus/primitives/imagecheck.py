@@ -1,18 +1,18 @@
 """The second, stronger check of a near-duplicate image pair: aligned 32x32 grayscale thumbnails compared
 pixel by pixel, after a photometric alignment, counting the share of the picture that differs.
 
-A pHash candidate pair (:mod:`ccmb.corpus.phash`: Hamming distance of the 64-bit hashes within the
+A pHash candidate pair (:mod:`ccmb.corpus.primitives.phash`: Hamming distance of the 64-bit hashes within the
 threshold) is merged only when this check agrees. pHash keeps the signs of 64 low frequencies: two
 different dark or low-texture photos carrying the same caption overlay, or two different photos in the same
 frame or template, hash alike because the overlay or the frame holds the only strong contrast. Here every
 pixel of the picture must agree, not only the strong ones:
 
 * **Per image** (at scan time, from the same decode as the pHash): :func:`thumbnails` of the pHash's
-  :data:`~ccmb.corpus.phash.VARIANTS` 32x32 grayscale arrays (whole image, central 90% and 80% crops),
+  :data:`~ccmb.corpus.primitives.phash.VARIANTS` 32x32 grayscale arrays (whole image, central 90% and 80% crops),
   stored as :data:`THUMB_BYTES` (3,072) uint8 bytes per image (:func:`to_arrow` / :func:`from_arrow`: a
   ``fixed_size_binary`` column).
 * **Per candidate pair**: :func:`different_share` - for each of the pHash level's
-  :data:`~ccmb.corpus.phash.VARIANT_PAIRS` (whole vs whole, whole vs 90% centre both ways, 80% vs 80%, so
+  :data:`~ccmb.corpus.primitives.phash.VARIANT_PAIRS` (whole vs whole, whole vs 90% centre both ways, 80% vs 80%, so
   the same copies align as in the pHash check) and both directions, one thumbnail is aligned to the other
   photometrically (a robust affine fit - brightness and contrast - and histogram matching - any monotone
   tone curve; the better of the two counts), pixels at or above :data:`SATURATED` in either image are left
@@ -29,12 +29,13 @@ were not chosen on.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from .phash import IMG_SIZE, VARIANT_PAIRS, VARIANTS, gray32_variants
+from ...types import PathLike
+from .phash import IMG_SIZE, VARIANT_PAIRS, VARIANTS, gray32_variants, iter_tar_grays, phash_tar
 
 SIDE = IMG_SIZE
 PIXELS = SIDE * SIDE
@@ -54,7 +55,7 @@ MAX_DIFFERENT_SHARE = 0.03
 
 def thumbnails(gray_variants: np.ndarray) -> np.ndarray:
     """Thumbnails of images from their pHash gray variants: (N, VARIANTS, 32, 32) (as
-    :func:`ccmb.corpus.phash.gray32_variants` gives per image, stacked) -> (N, THUMB_BYTES) uint8."""
+    :func:`ccmb.corpus.primitives.phash.gray32_variants` gives per image, stacked) -> (N, THUMB_BYTES) uint8."""
     g = np.asarray(gray_variants)
     if g.ndim != 4 or g.shape[1:] != (VARIANTS, SIDE, SIDE):
         raise ValueError(f"expected (N, {VARIANTS}, {SIDE}, {SIDE}) gray variants, got {g.shape}")
@@ -92,6 +93,50 @@ def from_arrow(column) -> np.ndarray:
     data = np.frombuffer(column.buffers()[1], np.uint8)
     start = column.offset * THUMB_BYTES
     return data[start: start + len(column) * THUMB_BYTES].reshape(len(column), THUMB_BYTES)
+
+
+def to_binary(thumbs: np.ndarray) -> pa.Array:
+    """Thumbnails as a plain ``binary`` column (what travels through an engine: Spark has no fixed-size
+    binary type); :func:`from_binary` reads it back."""
+    return to_arrow(thumbs).cast(pa.binary())
+
+
+def from_binary(column) -> np.ndarray:
+    """Thumbnails (N, THUMB_BYTES) uint8 from a ``binary`` (or ``fixed_size_binary``) column; a value of
+    another length is an error."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.type != pa.binary(THUMB_BYTES):
+        try:
+            column = column.cast(pa.binary(THUMB_BYTES))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"expected thumbnails of {THUMB_BYTES} bytes: {exc}") from exc
+    return from_arrow(column)
+
+
+def tar_thumbnails(tar_path: PathLike, keys: Optional[Set[str]] = None
+                   ) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
+    """Thumbnails of the samples of one tar (only ``keys`` when given): (keys, (N, THUMB_BYTES) uint8,
+    {key: error} for images that do not decode). The same decode as the pHash's."""
+    got: List[str] = []
+    thumbs: List[np.ndarray] = []
+    errors: Dict[str, str] = {}
+    for key, gray, error in iter_tar_grays(tar_path, keys):
+        if error is not None:
+            errors[key] = error
+            continue
+        got.append(key)
+        thumbs.append(thumbnails(gray[None])[0])
+    return got, (np.stack(thumbs) if thumbs else np.zeros((0, THUMB_BYTES), np.uint8)), errors
+
+
+def tar_hashes_thumbnails(tar_path: PathLike, keys: Optional[Set[str]] = None
+                          ) -> Tuple[List[str], np.ndarray, Dict[str, str], np.ndarray]:
+    """:func:`ccmb.corpus.primitives.phash.phash_tar` and the thumbnails of the same images, from one decode:
+    (keys, hash variants (N, VARIANTS) int64, {key: error}, thumbnails (N, THUMB_BYTES) uint8)."""
+    parts: List[np.ndarray] = []
+    got, values, errors = phash_tar(tar_path, keys, on_grays=lambda g: parts.append(thumbnails(g)))
+    return got, values, errors, (np.concatenate(parts) if parts else np.zeros((0, THUMB_BYTES), np.uint8))
 
 
 def _as_thumbs(t: np.ndarray) -> np.ndarray:

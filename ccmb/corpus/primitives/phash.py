@@ -15,7 +15,7 @@ overlaid near the border leaves the centre alone). Measured in ``perf/bench_near
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from PIL import Image
@@ -137,30 +137,48 @@ def variant_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-def phash_tar(tar_path: PathLike, keys: Optional[Set[str]] = None
+def iter_tar_grays(tar_path: PathLike, keys: Optional[Set[str]] = None
+                   ) -> Iterator[Tuple[str, Optional[np.ndarray], Optional[str]]]:
+    """(key, its :func:`gray32_variants` or None, the decode error or None) of the samples of one tar (only
+    ``keys`` when given), in tar order: the one decode every image check of a tar starts from."""
+    for sample in fmt.iter_tar_samples(tar_path):
+        if keys is not None and sample.key not in keys:
+            continue
+        try:
+            yield sample.key, gray32_variants(sample.image, source=f"{tar_path}:{sample.key}.{sample.image_ext}"), None
+        except ImageDecodeError as exc:
+            yield sample.key, None, str(exc)
+
+
+def phash_tar(tar_path: PathLike, keys: Optional[Set[str]] = None, on_grays: Optional[Callable] = None
               ) -> Tuple[List[str], np.ndarray, Dict[str, str]]:
     """pHashes of the samples of one tar (only ``keys`` when given).
 
     Returns (keys, hash variants as int64 of shape (N, VARIANTS), {key: error} for images that do not
-    decode).
+    decode). ``on_grays(batch)``, when given, sees every batch of gray variants (n, VARIANTS, 32, 32) in key
+    order (the second image check keeps its thumbnails from the same decode).
     """
     out_keys: List[str] = []
     errors: Dict[str, str] = {}
     grays: List[np.ndarray] = []
     hashes: List[np.ndarray] = []
-    for sample in fmt.iter_tar_samples(tar_path):
-        if keys is not None and sample.key not in keys:
+
+    def flush() -> None:
+        batch = np.stack(grays)
+        hashes.append(phash_arrays(batch.reshape(-1, IMG_SIZE, IMG_SIZE)).reshape(-1, VARIANTS))
+        if on_grays is not None:
+            on_grays(batch)
+        grays.clear()
+
+    for key, gray, error in iter_tar_grays(tar_path, keys):
+        if error is not None:
+            errors[key] = error
             continue
-        try:
-            grays.append(gray32_variants(sample.image, source=f"{tar_path}:{sample.key}.{sample.image_ext}"))
-        except ImageDecodeError as exc:
-            errors[sample.key] = str(exc)
-            continue
-        out_keys.append(sample.key)
+        out_keys.append(key)
+        grays.append(gray)
         if len(grays) >= BATCH:
-            hashes.append(phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS))
-            grays = []
+            flush()
     if grays:
-        hashes.append(phash_arrays(np.concatenate(grays)).reshape(-1, VARIANTS))
+        flush()
     values = np.concatenate(hashes) if hashes else np.zeros((0, VARIANTS), np.uint64)
     return out_keys, values.view(np.int64), errors

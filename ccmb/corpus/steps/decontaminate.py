@@ -10,8 +10,12 @@ are read once, never extracted): its pHash variants. A corpus sample is an evalu
 * its ``sha256`` equals an evaluation image's (exact bytes), or
 * the exact variant distance of the pHash level (:func:`ccmb.corpus.primitives.phash.variant_distance`),
   against the image or its mirror image, is at most ``phash_threshold`` (default 6, chosen on
-  ``perf/bench_neardup.py``: re-encoding, resizing, brightness, small crops and overlays, flips). The
-  comparison is exhaustive (every corpus image against every evaluation hash, vectorised).
+  ``perf/bench_neardup.py``: re-encoding, resizing, brightness, small crops and overlays, flips) AND the
+  second image check agrees (:func:`ccmb.corpus.primitives.imagecheck.same_image`, mirror image included:
+  aligned 32x32 thumbnails of both, the evaluation image's computed with the index, the corpus image's
+  from the same decode as its pHash); ``image_check=False`` (``--no-image-check``) trusts the distance
+  alone. The comparison is exhaustive (every corpus image against every evaluation hash, vectorised); the
+  evaluation image a sample copies is the closest confirmed one.
 
 Captions: normalised corpus captions whose exact character n-gram Jaccard with an evaluation text is at
 least ``caption_threshold`` (MinHash LSH proposes candidates; texts shorter than ``min_caption_chars``
@@ -37,9 +41,9 @@ import pyarrow.compute as pc
 from ...datasets.registry import get_spec, load_dataset
 from ...images import ImageDecodeError
 from ...types import PathLike
-from ..primitives import minhash
+from ..primitives import imagecheck, minhash
 from ..primitives.columns import downloaded, primary_text, sha256_to_binary, text_columns
-from ..primitives.phash import VARIANT_PAIRS, VARIANTS, phash_tar, phash_with_mirror
+from ..primitives.phash import VARIANT_PAIRS, VARIANTS, gray32_variants, phash_with_mirror
 from ..tables.dataflow import ROW_ID, Fn
 from ..tables.folder import DownloadFolder
 from ..tables.schema import DECISION_SCHEMA, REASON_NOT_DOWNLOADED, CurationError
@@ -58,6 +62,7 @@ class DecontaminationConfig:
     caption_threshold: float = 0.8
     min_caption_chars: int = 8
     drop_caption_matches: bool = False
+    image_check: bool = True
     text_field: str = "caption"
     minhash: minhash.MinHashParams = field(default_factory=minhash.MinHashParams)
     workers: int = 1
@@ -81,6 +86,7 @@ class EvalIndex:
     image_ids: List[str] = field(default_factory=list)
     sha256: List[bytes] = field(default_factory=list)        # 32 bytes
     hashes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2 * VARIANTS), np.uint64))
+    thumbs: np.ndarray = field(default_factory=lambda: np.zeros((0, imagecheck.THUMB_BYTES), np.uint8))
     texts: List[str] = field(default_factory=list)           # normalised evaluation texts
     text_image: List[int] = field(default_factory=list)      # per text: its (first) image row
     set_sizes: Dict[str, Dict[str, int]] = field(default_factory=dict)
@@ -89,8 +95,10 @@ class EvalIndex:
         return f"{self.sets[self.set_of[row]]}/{self.image_ids[row]}"
 
     def add(self, set_name: str, image_ids: Sequence[str], hashes: np.ndarray,
-            texts_per_image: Sequence[Sequence[str]], sha256: Sequence[bytes]) -> None:
-        """Add one evaluation set: image ids, their hashes (n, 2 * VARIANTS), texts, SHA-256 digests."""
+            texts_per_image: Sequence[Sequence[str]], sha256: Sequence[bytes],
+            thumbs: Optional[np.ndarray] = None) -> None:
+        """Add one evaluation set: image ids, their hashes (n, 2 * VARIANTS), texts, SHA-256 digests, the
+        thumbnails of the second image check (n, THUMB_BYTES)."""
         s = len(self.sets)
         self.sets.append(set_name)
         base = len(self.image_ids)
@@ -99,6 +107,12 @@ class EvalIndex:
         self.sha256.extend(sha256)
         h = np.asarray(hashes, np.uint64).reshape(-1, 2 * VARIANTS)
         self.hashes = np.concatenate([self.hashes, h]) if len(self.hashes) else h
+        if thumbs is None:
+            raise ValueError(f"{set_name}: the index needs the images' thumbnails (the second image check)")
+        t = np.asarray(thumbs, np.uint8).reshape(-1, imagecheck.THUMB_BYTES)
+        if len(t) != len(h):
+            raise ValueError(f"{set_name}: {len(t)} thumbnails for {len(h)} images")
+        self.thumbs = np.concatenate([self.thumbs, t])
         n_texts = 0
         for i, texts in enumerate(texts_per_image):
             for t in texts:
@@ -106,6 +120,13 @@ class EvalIndex:
                 self.text_image.append(base + i)
                 n_texts += 1
         self.set_sizes[set_name] = {"images": len(image_ids), "texts": n_texts}
+
+
+def index_image(data: bytes, source: str = "") -> Tuple[np.ndarray, np.ndarray]:
+    """What the index keeps of one evaluation image: its hash variants and its mirror image's
+    (2 * VARIANTS,) and its thumbnails (THUMB_BYTES,) for the second image check."""
+    return (phash_with_mirror(data, source=source),
+            imagecheck.thumbnails(gray32_variants(data, source=source)[None])[0])
 
 
 def default_split(name: str) -> str:
@@ -121,7 +142,7 @@ def build_index(against: Sequence[str], root: PathLike, split: Optional[str] = N
         sp = own_split or split or default_split(name)
         data = load_dataset(name, root, split=sp)
         set_name = f"{name}/{sp}"
-        ids, hashes, texts, digests = [], [], [], []
+        ids, hashes, texts, digests, thumbs = [], [], [], [], []
         rng = range(data.num_images)
         if progress:
             from tqdm import tqdm
@@ -131,13 +152,16 @@ def build_index(against: Sequence[str], root: PathLike, split: Optional[str] = N
             where = f"{set_name}: image {data.image_ids[i]}"
             try:
                 b = data.image_bytes(i)
-                hashes.append(phash_with_mirror(b, source=where))
+                h, t = index_image(b, where)
+                hashes.append(h)
+                thumbs.append(t)
             except (OSError, ImageDecodeError) as exc:
                 raise CurationError(f"{where} ({data.image_path(i)}) does not decode: {exc}") from exc
             ids.append(data.image_ids[i])
             digests.append(hashlib.sha256(b).digest())
             texts.append(minhash.normalize_texts(list(data.image_texts(i))).to_pylist())
-        index.add(set_name, ids, np.asarray(hashes, np.uint64), texts, digests)
+        index.add(set_name, ids, np.asarray(hashes, np.uint64), texts, digests,
+                  np.asarray(thumbs, np.uint8).reshape(-1, imagecheck.THUMB_BYTES))
         logger.info("indexed %s: %d images, %d texts", set_name, len(ids), index.set_sizes[set_name]["texts"])
     return index
 
@@ -196,24 +220,65 @@ def all_matches(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int) -> 
     return out
 
 
-class TarMatcher:
-    """Hash one tar's images and match them against the evaluation hashes (a picklable job: processes and
-    Spark tasks run it). Returns (keys matched, evaluation rows, distances, {key: error}, images hashed,
-    [(tar, key) requested but absent], hash variants of the matched images)."""
+def pairs_within(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int
+                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (corpus row, evaluation row, distance) within ``threshold`` bits (the distance of
+    :func:`match_hashes`), by corpus row then evaluation row."""
+    corpus = np.asarray(corpus, np.int64).view(np.uint64).reshape(-1, VARIANTS)
+    ev = eval_hashes.view(np.uint64)
+    rows, evs, dist = [], [], []
+    if len(ev) and len(corpus):
+        for lo, best in _distances(corpus, ev):
+            r, j = np.nonzero(best <= threshold)
+            rows.append(r + lo)
+            evs.append(j)
+            dist.append(best[r, j])
+    if not rows:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    return (np.concatenate(rows).astype(np.int64), np.concatenate(evs).astype(np.int64),
+            np.concatenate(dist).astype(np.int64))
 
-    def __init__(self, eval_hashes: np.ndarray, threshold: int) -> None:
+
+def confirmed_matches(corpus: np.ndarray, eval_hashes: np.ndarray, threshold: int,
+                      thumbs: Optional[np.ndarray] = None, eval_thumbs: Optional[np.ndarray] = None):
+    """The image rule of decontamination over corpus hash variants (n, VARIANTS): every evaluation image
+    within ``threshold`` (mirror variants included) that the second image check confirms (``thumbs`` of
+    the corpus rows and ``eval_thumbs``; None: the distance alone). Returns (corpus rows matched, their
+    closest confirmed evaluation row (lowest distance, then lowest row), its distance, every confirmed
+    evaluation row per matched corpus row, the number of corpus rows whose candidates were all rejected)."""
+    r, j, d = pairs_within(corpus, eval_hashes, threshold)
+    candidates = np.unique(r)
+    if thumbs is not None and len(r):
+        ok = imagecheck.same_image(thumbs[r], eval_thumbs[j], mirror=True)
+        r, j, d = r[ok], j[ok], d[ok]
+    rows, first = np.unique(r, return_index=True)
+    order = np.lexsort((j, d, r))  # per row: lowest distance, then lowest evaluation row
+    best = order[np.searchsorted(r[order], rows)]
+    hits = np.split(j, first[1:]) if len(r) else []
+    return rows, j[best], d[best], [np.sort(h) for h in hits], int(len(candidates) - len(rows))
+
+
+class TarMatcher:
+    """Hash one tar's images and match them against the evaluation images (a picklable job: processes and
+    Spark tasks run it; ``eval_thumbs`` None: no second check). Returns (keys matched, closest evaluation
+    rows, distances, every confirmed evaluation row per match, {key: error}, images hashed, [(tar, key)
+    requested but absent], samples whose pHash candidates the check rejected)."""
+
+    def __init__(self, eval_hashes: np.ndarray, threshold: int, eval_thumbs: Optional[np.ndarray] = None) -> None:
         self.eval_hashes = eval_hashes
         self.threshold = threshold
+        self.eval_thumbs = eval_thumbs
 
     def __call__(self, job: Tuple[str, List[str]]):
         path, keys = job
-        out_keys, values, errors = phash_tar(path, set(keys))
-        rows, ev, dist = match_hashes(values, self.eval_hashes, self.threshold)
+        out_keys, values, errors, thumbs = imagecheck.tar_hashes_thumbnails(path, set(keys))
+        rows, ev, dist, hits, rejected = confirmed_matches(values, self.eval_hashes, self.threshold,
+                                                           thumbs if self.eval_thumbs is not None else None,
+                                                           self.eval_thumbs)
         lost = sorted(set(keys) - set(out_keys) - set(errors))
-        return ([out_keys[r] for r in rows.tolist()], ev.tolist(), dist.tolist(), errors, len(out_keys),
-                [(path, k) for k in lost], values[rows].tolist())
-
-
+        return ([out_keys[r] for r in rows.tolist()], ev.tolist(), dist.tolist(), [h.tolist() for h in hits],
+                errors, len(out_keys), [(path, k) for k in lost], rejected)
 
 
 # ------------------------------------------------------------------------------------------- step functions
@@ -225,7 +290,7 @@ STATE = pa.schema([("key", pa.string()), ("shard", pa.string()), (ROW_ID, pa.int
 IMAGE_HITS = pa.schema([("key", pa.string()), ("method", pa.int8()), ("j", pa.int32()), ("distance", pa.int32()),
                         ("hits", pa.list_(pa.int32()))])
 #: Per tar: matches (kind m), undecodable images (e: msg), keys absent from the tar (l: msg = tar), images
-#: hashed (c: n).
+#: hashed (c: n), samples with pHash candidates the second image check all rejected (x: n).
 TAR_ROWS = pa.schema([("kind", pa.string()), ("key", pa.string()), ("j", pa.int32()), ("distance", pa.int32()),
                       ("hits", pa.list_(pa.int32())), ("msg", pa.string()), ("n", pa.int64())])
 TEXT_HITS = pa.schema([("key", pa.string()), ("t", pa.int32()), ("sim", pa.float64())])
@@ -258,9 +323,11 @@ def _sha_hits(digests: Dict[bytes, List[int]], t: pa.Table) -> pa.Table:
                      "hits": pa.array(js, pa.list_(pa.int32()))})
 
 
-def _tar_rows(folder: str, hashes: np.ndarray, threshold: int, t: pa.Table) -> pa.Table:
+def _tar_rows(folder: str, hashes: np.ndarray, threshold: int, thumbs: Optional[np.ndarray], t: pa.Table
+              ) -> pa.Table:
     """One partition of (key, shard) rows (every row of a tar is here): each tar's images hashed and matched
-    exhaustively against the evaluation hashes."""
+    exhaustively against the evaluation hashes, confirmed by the second image check (``thumbs``: the
+    evaluation thumbnails; None: off)."""
     out = {n: [] for n in TAR_ROWS.names}
 
     def add(kind, key=None, j=None, distance=None, hits=None, msg=None, n=None):
@@ -268,12 +335,11 @@ def _tar_rows(folder: str, hashes: np.ndarray, threshold: int, t: pa.Table) -> p
             out[name].append(v)
 
     shards = t.column("shard")
-    matcher = TarMatcher(hashes, threshold)
+    matcher = TarMatcher(hashes, threshold, thumbs)
     for shard in pc.unique(shards).to_pylist():
         keys = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
         tar = str(DownloadFolder.tar_of(folder, shard))
-        got, ev, dist, errors, count, lost, matched = matcher((tar, sorted(keys)))
-        every = all_matches(np.asarray(matched), hashes, threshold) if got else []
+        got, ev, dist, every, errors, count, lost, rejected = matcher((tar, sorted(keys)))
         for k, j, d, h in zip(got, ev, dist, every):
             add("m", k, int(j), int(d), [int(x) for x in h])
         for k, msg in errors.items():
@@ -281,6 +347,7 @@ def _tar_rows(folder: str, hashes: np.ndarray, threshold: int, t: pa.Table) -> p
         for path, k in lost:
             add("l", k, msg=path)
         add("c", n=int(count))
+        add("x", n=int(rejected))
     return pa.table(out, schema=TAR_ROWS)
 
 
@@ -369,6 +436,7 @@ class Matches:
     texts: pa.Table    # TEXT_HITS
     undecodable: List[str]
     hashed: int
+    rejected: int = 0  # samples whose pHash candidates the second image check all rejected
 
 
 def match(engine, folder: DownloadFolder, index: EvalIndex, config: DecontaminationConfig):
@@ -384,7 +452,8 @@ def match(engine, folder: DownloadFolder, index: EvalIndex, config: Decontaminat
     sha = engine.collect(engine.map(elig, Fn(partial(_sha_hits, digests), IMAGE_HITS)))
     tars = engine.shuffle(engine.map(elig, Fn(_key_shard, pa.schema([("key", pa.string()), ("shard", pa.string())]))),
                           ["shard"], Fn(partial(_tar_rows, str(folder.path), np.ascontiguousarray(index.hashes),
-                                                config.phash_threshold), TAR_ROWS),
+                                                config.phash_threshold,
+                                                index.thumbs if config.image_check else None), TAR_ROWS),
                           desc="decontaminate: images", min_partitions=4 * config.workers if config.workers > 1 else 1)
     rows = engine.collect(tars)
     lost = rows.filter(pc.equal(rows.column("kind"), "l"))
@@ -396,13 +465,14 @@ def match(engine, folder: DownloadFolder, index: EvalIndex, config: Decontaminat
     for msg in errors.column("msg").to_pylist()[:20]:
         logger.warning("decontaminate: %s", msg)
     hashed = int(pc.sum(rows.filter(pc.equal(rows.column("kind"), "c")).column("n")).as_py() or 0)
+    rejected = int(pc.sum(rows.filter(pc.equal(rows.column("kind"), "x")).column("n")).as_py() or 0)
     ph = rows.filter(pc.equal(rows.column("kind"), "m"))
     ph = pa.table({"key": ph.column("key"), "method": pa.array(np.full(ph.num_rows, 2, np.int8)),
                    "j": ph.column("j"), "distance": ph.column("distance"), "hits": ph.column("hits")})
     images = _merge_image_hits(sha, ph)
     texts = engine.collect(engine.map(elig, Fn(partial(_text_hits, text_index(index, config), config), TEXT_HITS)))
     texts = texts.sort_by([("key", "ascending")]) if texts.num_rows else texts
-    return state, Matches(images, texts, errors.column("key").to_pylist(), hashed)
+    return state, Matches(images, texts, errors.column("key").to_pylist(), hashed, rejected)
 
 
 def _merge_image_hits(sha: pa.Table, ph: pa.Table) -> pa.Table:
@@ -448,7 +518,8 @@ def decontamination_dataset(engine, folder: DownloadFolder, index: EvalIndex, co
                          decided, ["key"], "left", desc="decontaminate: table")
     report = make_report(index, matches, config)
     report.update({"corpus": str(folder.path), "rows": folder.rows(), "images_scanned": matches.hashed,
-                   "undecodable": len(matches.undecodable), "dropped": decisions.num_rows})
+                   "undecodable": len(matches.undecodable), "dropped": decisions.num_rows,
+                   "phash_candidates_rejected_by_image_check": matches.rejected})
     return engine.map(joined, Fn(decided_rows, DECISION_SCHEMA)), report
 
 
@@ -492,7 +563,8 @@ def make_report(index: EvalIndex, matches: Matches, config: DecontaminationConfi
     return {"against": list(index.sets),
             "settings": {"phash_threshold": config.phash_threshold, "caption_threshold": config.caption_threshold,
                          "min_caption_chars": config.min_caption_chars, "ngram": config.minhash.ngram,
-                         "drop_caption_matches": config.drop_caption_matches},
+                         "drop_caption_matches": config.drop_caption_matches, "image_check": config.image_check,
+                         "max_different_share": imagecheck.MAX_DIFFERENT_SHARE},
             "datasets": per}
 
 

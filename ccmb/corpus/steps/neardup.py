@@ -6,7 +6,9 @@ The pipeline of the near-duplicate levels (caption, pHash; semdedup from its ver
 2. *items*: each node's LSH band buckets (a level function: MinHash bands, pHash bit bands);
 3. *candidates*: node pairs sharing a bucket (shuffle by it), each pair once (shuffle by the pair);
 4. *verification*: both values joined to every candidate pair and the exact measure applied (a level
-   function: n-gram Jaccard, pHash variant distance) - the index only proposes;
+   function: n-gram Jaccard, pHash variant distance) - the index only proposes; a level may add a second
+   check (``confirm``: the pHash level's image check of aligned thumbnails, joined in for these pairs only),
+   which also confirms every row of step 1 against its node: a row it rejects becomes a node of its own;
 5. *star groups* over the verified edges in key order (:func:`ccmb.corpus.primitives.groups.greedy_star_centres`,
    one partition: memory per verified edge): a dropped node is within the threshold of its centre, never
    chained through another node;
@@ -38,7 +40,8 @@ def member_schema(value_type: pa.DataType) -> pa.Schema:
 
 
 def node_schema(value_type: pa.DataType) -> pa.Schema:
-    return pa.schema([("key", pa.string()), ("node", pa.int64()), ("node_key", pa.string()), ("v", value_type)])
+    return pa.schema([("key", pa.string()), ("_id", pa.int64()), ("node", pa.int64()), ("node_key", pa.string()),
+                      ("v", value_type)])
 
 
 def constant(value, n: int, typ=pa.string()) -> pa.Array:
@@ -57,7 +60,30 @@ def _nodes(value_type: pa.DataType, t: pa.Table) -> pa.Table:
     is_node = pc.equal(t.column("key"), rep_key)
     ids = t.filter(is_node)
     node = ids.column("_id").take(pc.index_in(rep_key, value_set=ids.column("key")))
-    return pa.table({"key": t.column("key"), "node": node, "node_key": rep_key, "v": t.column("v")})
+    return pa.table({"key": t.column("key"), "_id": t.column("_id"), "node": node, "node_key": rep_key,
+                     "v": t.column("v")})
+
+
+def _same_value_pairs(t: pa.Table) -> pa.Table:
+    """Rows equal to a node they are not (a = the node, b = the row): pairs for a level's second check."""
+    t = t.filter(pc.not_equal(t.column("key"), t.column("node_key")))
+    return pa.table({"a": t.column("node"), "b": t.column("_id"), "ka": t.column("node_key"), "kb": t.column("key")})
+
+
+def _rejected_rows(t: pa.Table) -> pa.Table:
+    return pa.table({"_id": t.column("b"), "own": pa.array(np.ones(t.num_rows, bool))})
+
+
+def _own_node(value_type: pa.DataType, t: pa.Table) -> pa.Table:
+    """Rows the second check rejected against their node (``own``) become nodes of their own."""
+    own = pc.fill_null(t.column("own"), False)
+    return pa.table({"key": t.column("key"), "_id": t.column("_id"),
+                     "node": pc.if_else(own, t.column("_id"), t.column("node")),
+                     "node_key": pc.if_else(own, t.column("key"), t.column("node_key")), "v": t.column("v")})
+
+
+def _confirmed_b(t: pa.Table) -> pa.Table:
+    return pa.table({"b": t.column("b")})
 
 
 def _node_rows(value_type: pa.DataType, t: pa.Table) -> pa.Table:
@@ -66,7 +92,7 @@ def _node_rows(value_type: pa.DataType, t: pa.Table) -> pa.Table:
     return pa.table({"node": t.column("node"), "node_key": t.column("node_key"), "v": t.column("v")})
 
 
-def _same_value_rows(t: pa.Table) -> pa.Table:
+def _same_value_rows(t: pa.Table) -> pa.Table:  # (key, node, node_key) of rows that are not their node
     t = t.filter(pc.not_equal(t.column("key"), t.column("node_key")))
     return pa.table({"key": t.column("key"), "node": t.column("node"), "node_key": t.column("node_key")})
 
@@ -147,9 +173,25 @@ def value_nodes(engine, members, value_type: pa.DataType, desc: str = ""):
     """(members with their node, the nodes (node, node_key, v) partitioned by node id)."""
     with_node = engine.cache(engine.shuffle(members, ["v"], Fn(partial(_nodes, value_type), node_schema(value_type)),
                                             desc=f"{desc} nodes"))
+    return with_node, nodes_by_id(engine, with_node, value_type, desc)
+
+
+def nodes_by_id(engine, with_node, value_type: pa.DataType, desc: str = ""):
     nodes = engine.map(with_node, Fn(partial(_node_rows, value_type),
                                      pa.schema([("node", pa.int64()), ("node_key", pa.string()), ("v", value_type)])))
-    return with_node, engine.cache(engine.shuffle(nodes, ["node"], desc=f"{desc} nodes by id"))
+    return engine.cache(engine.shuffle(nodes, ["node"], desc=f"{desc} nodes by id"))
+
+
+def split_rejected(engine, with_node, same, confirm, value_type: pa.DataType):
+    """Rows equal to a node (``same``: the pairs (node, row)) that ``confirm`` rejects become nodes of their
+    own. Returns (members with their node, whether any row was rejected)."""
+    ok = engine.map(confirm(engine, same), Fn(_confirmed_b, pa.schema([("b", pa.int64())])))
+    rejected = engine.cache(engine.map(engine.join(same, ok, ["b"], "anti"),
+                                       Fn(_rejected_rows, pa.schema([("_id", pa.int64()), ("own", pa.bool_())]))))
+    if not engine.count(rejected):
+        return with_node, False
+    joined = engine.join(with_node, rejected, ["_id"], "left")
+    return engine.cache(engine.map(joined, Fn(partial(_own_node, value_type), node_schema(value_type)))), True
 
 
 def band_bucket(band: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -190,11 +232,29 @@ def drops_from_edges(engine, edges, reason: str, same_value=None):
     return out
 
 
-def near_duplicate_drops(engine, members, value_type: pa.DataType, items: Fn, verify, reason: str, desc: str = ""):
-    """The whole pipeline (module docstring) over ``members`` (key, row id, value)."""
-    with_node, nodes_by_id = value_nodes(engine, members, value_type, desc)
-    pairs = candidate_pairs(engine, nodes_by_id, items, desc)
-    edges = verify_pairs(engine, pairs, nodes_by_id, value_type, verify)
+def near_duplicate_drops(engine, members, value_type: pa.DataType, items: Fn, verify, reason: str, desc: str = "",
+                         confirm=None):
+    """The whole pipeline (module docstring) over ``members`` (key, row id, value).
+
+    ``confirm(engine, pairs)``: an optional second check of a level; ``pairs`` is a dataset of (a, b, ka, kb)
+    (the row ids and keys of two rows) and it returns the pairs it accepts (same schema). It sees the
+    verified edges and every row equal to a node (paired with that node): nothing merges without it. A
+    rejected row becomes a node of its own and its candidates are found again (rare: equal values of
+    different items). ``confirm.prefetch(engine, pairs)``, when it has one, is first called once with all
+    those pairs (a level that reads something per row, the pHash level's thumbnails, reads it in one pass:
+    the edges of a rejected row join rows already in them, its value being its old node's)."""
+    with_node, by_id = value_nodes(engine, members, value_type, desc)
+    edges = verify_pairs(engine, candidate_pairs(engine, by_id, items, desc), by_id, value_type, verify)
+    if confirm is not None:
+        edges = engine.cache(edges)
+        same = engine.cache(engine.map(with_node, Fn(_same_value_pairs, EDGES)))
+        if hasattr(confirm, "prefetch"):
+            confirm.prefetch(engine, engine.union(same, edges))
+        with_node, split = split_rejected(engine, with_node, same, confirm, value_type)
+        if split:
+            by_id = nodes_by_id(engine, with_node, value_type, desc)
+            edges = verify_pairs(engine, candidate_pairs(engine, by_id, items, desc), by_id, value_type, verify)
+        edges = confirm(engine, edges)
     same = engine.map(with_node, Fn(_same_value_rows, pa.schema([("key", pa.string()), ("node", pa.int64()),
                                                                   ("node_key", pa.string())])))
     return drops_from_edges(engine, edges, reason, same)

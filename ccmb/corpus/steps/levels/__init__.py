@@ -172,3 +172,15 @@ class DedupConfig:
 
     def fields(self) -> List[pa.Field]:
         return [f for lv in self.enabled() for f in lv.fields]
+
+    def describe(self) -> Dict[str, Any]:
+        """What a dedup decision table records of its run (JSON): the levels and the parameters of each
+        (e.g. ``phash``: threshold, bands, ``image_check``)."""
+        table = levels()
+
+        def plain(v):
+            return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+
+        return {"levels": list(self.levels),
+                "params": {name: {o.param: plain(self.params[o.param]) for o in table[name].options}
+                           for name in self.levels}}
