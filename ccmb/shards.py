@@ -631,10 +631,11 @@ def iter_samples(path: Union[PathLike, Sequence[PathLike]]) -> Iterator[Sample]:
 
 
 @contextlib.contextmanager
-def open_tar(tar_path: PathLike, mode: str = "r|*") -> Iterator[tarfile.TarFile]:
-    """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers)."""
+def open_tar(tar_path: PathLike, mode: str = "r|*", size: Optional[int] = None) -> Iterator[tarfile.TarFile]:
+    """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers);
+    ``size``: its byte size when a listing just gave it (saves a request on object storage)."""
     if storage.is_url(tar_path):
-        with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK) as fh, \
+        with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK, size=size) as fh, \
                 tarfile.open(fileobj=fh, mode=mode) as tar:
             yield tar
     else:

@@ -235,16 +235,18 @@ def _errors(path: PathLike, what: str = "") -> Iterator[None]:
 # ----------------------------------------------------------------------------------------- reading
 
 def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = None,
-              encoding: Optional[str] = None) -> IO[Any]:
+              encoding: Optional[str] = None, size: Optional[int] = None) -> IO[Any]:
     """Open a file for reading (``rb`` or ``r``). ``block_size`` is the read-ahead on object storage
-    (:data:`STREAM_BLOCK` for whole-file streaming, :data:`RANDOM_BLOCK` by default)."""
+    (:data:`STREAM_BLOCK` for whole-file streaming, :data:`RANDOM_BLOCK` by default). ``size``: the file's
+    byte size when a listing just gave it; on S3 it saves the ``HEAD`` request of the open."""
     if "r" not in mode or "+" in mode:
         raise ValueError(f"open_read only reads; got mode {mode!r}")
     if not is_url(path):
         return open(location(path), mode, encoding=encoding if "b" not in mode else None)
     fs, p = _fs(path)
+    extra = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
     with _errors(path, "open"):
-        fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK)
+        fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK, **extra)
     if "b" in mode:
         return fh
     return io.TextIOWrapper(fh, encoding=encoding or "utf-8")

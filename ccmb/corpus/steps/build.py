@@ -99,13 +99,13 @@ def _plan_rows(samples_per_shard: int, t: pa.Table) -> pa.Table:
                      "key": t.column("key"), "shard": t.column("shard")})
 
 
-def tar_members(tar: PathLike, keys=None) -> Dict[str, str]:
+def tar_members(tar: PathLike, keys=None, size: Optional[int] = None) -> Dict[str, str]:
     """``ext:offset:size`` of the members of ``keys`` (all when None) in one source tar (one header scan; a
     sample with two members of one extension is refused, as webdataset does)."""
     want = set(keys) if keys is not None else None
     found: Dict[str, Dict[str, Tuple[int, int]]] = {}
     try:
-        with fmt.open_tar(tar, "r:") as t:  # a local path or a URL (headers read by seeking)
+        with fmt.open_tar(tar, "r:", size=size) as t:  # a local path or a URL (headers read by seeking)
             for m in t.getmembers():
                 if not m.isfile():
                     continue
@@ -125,10 +125,11 @@ def _members(folder: str, t: pa.Table) -> pa.Table:
     """One partition of kept rows (every row of a source tar is here): where each sample's members are."""
     keys, members = [], []
     shards = t.column("shard")
+    sizes = storage.list_files(folder) if storage.is_url(folder) else {}  # one listing, no request per tar
     for shard in pc.unique(shards).to_pylist():
         want = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
         tar = DownloadFolder.tar_of(folder, shard)
-        got = tar_members(tar, want)
+        got = tar_members(tar, want, sizes.get(storage.name(tar)))
         missing = sorted(set(want) - set(got))
         if missing:
             raise CurationError(f"{tar}: sample {missing[0]} is not in the tar ({len(missing)} such samples)")
@@ -202,11 +203,16 @@ class TarIndex:
         self.folder, self.max_open = storage.location(folder), max_open
         self.files: "OrderedDict[str, Any]" = OrderedDict()
         self.members: Dict[str, Dict[str, str]] = {}
+        self.sizes: Optional[Dict[str, int]] = None  # of the source tars on object storage (one listing)
 
     def read(self, shard: str, offset: int, size: int) -> bytes:
         fh = self.files.pop(shard, None)
         if fh is None:
-            fh = storage.open_read(DownloadFolder.tar_of(self.folder, shard), block_size=storage.STREAM_BLOCK)
+            tar = DownloadFolder.tar_of(self.folder, shard)
+            if self.sizes is None and storage.is_url(tar):
+                self.sizes = storage.list_files(self.folder)
+            fh = storage.open_read(tar, block_size=storage.STREAM_BLOCK,
+                                   size=(self.sizes or {}).get(storage.name(tar)))
             if len(self.files) >= self.max_open:
                 self.files.popitem(last=False)[1].close()
         self.files[shard] = fh

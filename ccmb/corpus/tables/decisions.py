@@ -12,6 +12,7 @@ naming the file and the column (duplicate keys are refused where tables are join
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,10 +177,10 @@ def check_schema(schema: pa.Schema, path: PathLike) -> None:
                                 "(not a decision table written by ccmb)")
 
 
-def _check_part(path: PathLike, sha256: Optional[str]) -> None:
+def _check_part(path: PathLike, sha256: Optional[str], data: Optional[bytes] = None) -> None:
     if sha256 is None:
         return
-    got = fmt.sha256_file(path)
+    got = fmt.sha256_bytes(data) if data is not None else fmt.sha256_file(path)
     if got != sha256:
         raise PartitionError(f"{path}: SHA-256 {got[:16]}... differs from {MARKER} ({sha256[:16]}...): the part "
                              "changed after the table was written; rerun the step that wrote it")
@@ -191,11 +192,15 @@ def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[s
     """One part of a decision table (or of another table of parts: ``schema``) in batches of ``columns``
     typed as in ``schema`` (absent optional columns null), checked against its recorded SHA-256 first."""
     path = storage.location(path)
-    _check_part(path, sha256)
+    data = None
+    if storage.is_url(path) and sha256 is not None:  # a small part on object storage: one read, hashed and parsed
+        with storage.open_read(path) as fh:
+            data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
+    _check_part(path, sha256, data)
     want = [schema.field(c) for c in columns]
     seen = 0
     try:
-        with fmt.parquet_source(path) as src:
+        with (contextlib.nullcontext(pa.BufferReader(data)) if data is not None else fmt.parquet_source(path)) as src:
             for t in _part_tables(pq.ParquetFile(src), path, want, schema, batch_rows):
                 seen += t.num_rows
                 yield t
