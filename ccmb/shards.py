@@ -192,6 +192,7 @@ class ShardWriter:
         self.keys: set = set()
         self.successes = 0
         self._out: Optional[storage.AtomicFile] = None
+        self.entry: Optional[Dict[str, Any]] = None
         self._tar: Optional[tarfile.TarFile] = None
         self._start = time.time()
         # tar member mtimes; a fixed value (e.g. 0) makes the same samples give byte-identical tars
@@ -252,6 +253,7 @@ class ShardWriter:
             written = write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
             entry = {"samples": self.successes, "bytes": self._out.size, "sha256": self._out.sha256}
             self._out.publish()
+            self.entry = entry  # the tar's manifest entry, as shard_entry() would read it back
         finally:
             self._out.abort()  # nothing after a publish; else the temporary tar goes
         storage.write_json(stats_path, self.stats(entry, {"rows": len(self.rows), **written}))
@@ -337,12 +339,19 @@ def parquet_schema_problems(schema: pa.Schema) -> List[str]:
     return problems
 
 
+#: A parquet on object storage up to this size is fetched whole by one request when opened.
+SMALL_PARQUET = 16 << 20
+
+
 @contextlib.contextmanager
 def parquet_source(path: PathLike) -> Iterator[Any]:
     """What pyarrow reads a parquet from: the local path itself, or an open file of a URL (closed after)."""
     if storage.is_url(path):
         with storage.open_read(path) as fh:
-            yield fh
+            if fh.size <= SMALL_PARQUET:  # one GET instead of one per footer / column chunk
+                yield pa.BufferReader(fh.read())
+            else:
+                yield fh
     else:
         yield path
 
@@ -622,10 +631,11 @@ def iter_samples(path: Union[PathLike, Sequence[PathLike]]) -> Iterator[Sample]:
 
 
 @contextlib.contextmanager
-def open_tar(tar_path: PathLike, mode: str = "r|*") -> Iterator[tarfile.TarFile]:
-    """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers)."""
+def open_tar(tar_path: PathLike, mode: str = "r|*", size: Optional[int] = None) -> Iterator[tarfile.TarFile]:
+    """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers);
+    ``size``: its byte size when a listing just gave it (saves a request on object storage)."""
     if storage.is_url(tar_path):
-        with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK) as fh, \
+        with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK, size=size) as fh, \
                 tarfile.open(fileobj=fh, mode=mode) as tar:
             yield tar
     else:

@@ -12,9 +12,11 @@ Guarantees, the same on disk and on object storage:
 
   - local: a temporary ``.NAME.tmp-*`` beside it, fsync, rename;
   - object stores whose uploads publish atomically (S3 and S3-compatible servers, GCS: :data:`UPLOAD_PUBLISH`):
-    the file is opened *uncommitted* (fsspec's ``autocommit=False``). Its bytes travel as a multipart upload
-    that no reader sees until :meth:`AtomicFile.publish` completes it in one request; a completed upload
-    replaces an existing object atomically. Nothing is copied. A writer killed mid-file leaves an unfinished
+    a file smaller than :data:`WRITE_BLOCK` stays in memory and is sent by one ``PutObject`` at
+    :meth:`AtomicFile.publish` (a PUT makes the object appear whole); a larger one is opened *uncommitted*
+    (fsspec's ``autocommit=False``): its bytes travel as a multipart upload that no reader sees until
+    :meth:`AtomicFile.publish` completes it in one request; a completed upload replaces an existing object
+    atomically. Nothing is copied. A writer killed mid-file leaves an unfinished
     upload, never an object; :func:`remove_stale_temporaries` aborts those under a folder (a bucket lifecycle
     rule ``AbortIncompleteMultipartUpload`` does it too);
   - every other fsspec filesystem (HDFS, SFTP, Azure, memory, ...): a temporary ``.NAME.tmp-*`` in the same
@@ -176,6 +178,31 @@ def configure(protocol_name: str, **options: Any) -> None:
         fsspec.get_filesystem_class(protocol_name).clear_instance_cache()
 
 
+def settings() -> Dict[str, Dict[str, Any]]:
+    """The fsspec options of this process (what :func:`configure` and ``FSSPEC_*`` variables set), to hand to
+    the processes that do the I/O elsewhere (Spark tasks: :func:`apply_settings` there). Empty until fsspec
+    is used."""
+    import copy
+    import sys
+
+    if "fsspec.config" not in sys.modules:
+        return {}
+    import fsspec.config
+
+    return copy.deepcopy({k: dict(v) for k, v in fsspec.config.conf.items() if isinstance(v, dict)})
+
+
+def apply_settings(conf: Optional[Dict[str, Dict[str, Any]]]) -> None:
+    """Make the options of :func:`settings` (taken in another process) this process's defaults."""
+    if not conf:
+        return
+    import fsspec.config
+
+    for proto, opts in conf.items():
+        if fsspec.config.conf.get(proto) != opts:
+            configure(proto, **opts)
+
+
 def _invalidate(fs: Any, path: str) -> None:
     with contextlib.suppress(Exception):
         fs.invalidate_cache(path)
@@ -208,16 +235,18 @@ def _errors(path: PathLike, what: str = "") -> Iterator[None]:
 # ----------------------------------------------------------------------------------------- reading
 
 def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = None,
-              encoding: Optional[str] = None) -> IO[Any]:
+              encoding: Optional[str] = None, size: Optional[int] = None) -> IO[Any]:
     """Open a file for reading (``rb`` or ``r``). ``block_size`` is the read-ahead on object storage
-    (:data:`STREAM_BLOCK` for whole-file streaming, :data:`RANDOM_BLOCK` by default)."""
+    (:data:`STREAM_BLOCK` for whole-file streaming, :data:`RANDOM_BLOCK` by default). ``size``: the file's
+    byte size when a listing just gave it; on S3 it saves the ``HEAD`` request of the open."""
     if "r" not in mode or "+" in mode:
         raise ValueError(f"open_read only reads; got mode {mode!r}")
     if not is_url(path):
         return open(location(path), mode, encoding=encoding if "b" not in mode else None)
     fs, p = _fs(path)
+    extra = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
     with _errors(path, "open"):
-        fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK)
+        fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK, **extra)
     if "b" in mode:
         return fh
     return io.TextIOWrapper(fh, encoding=encoding or "utf-8")
@@ -385,12 +414,11 @@ class AtomicFile(io.RawIOBase):
             return
         self._fs, self._p = _fs(self.path)
         if _publishes_uploads(self._fs):
+            # the first WRITE_BLOCK bytes stay in memory: a file smaller than that is published by one PUT
+            # (atomic too: an object appears whole), a larger one as an uncommitted multipart upload
             self._mode = "upload"
-            with _errors(self.path, "open for writing"):
-                self._fh = self._fs.open(self._p, "wb", autocommit=False, block_size=WRITE_BLOCK)
-            # not part of an fsspec transaction: drop the file from the filesystem's pending list
-            with contextlib.suppress(Exception):
-                self._fs.transaction.files.remove(self._fh)
+            self._fh = None
+            self._small = bytearray()
         else:
             self._mode = "rename"
             self._tmp = sibling(self.path, f".{name(self.path)}{TMP_MARK}{uuid.uuid4().hex[:12]}")
@@ -409,12 +437,26 @@ class AtomicFile(io.RawIOBase):
     def seekable(self) -> bool:
         return False
 
+    def _open_upload(self) -> None:
+        with _errors(self.path, "open for writing"):
+            self._fh = self._fs.open(self._p, "wb", autocommit=False, block_size=WRITE_BLOCK)
+        # not part of an fsspec transaction: drop the file from the filesystem's pending list
+        with contextlib.suppress(Exception):
+            self._fs.transaction.files.remove(self._fh)
+        with _errors(self.path, "write"):
+            self._fh.write(bytes(self._small))
+        self._small = bytearray()
+
     def write(self, data: Any) -> int:  # type: ignore[override]
         if self._done:
             raise ValueError(f"{display(self.path)}: write after publish/abort")
         view = memoryview(data).cast("B")
         if self._mode == "local":  # local errors (ENOSPC ...) pass unchanged, as from a plain file
             self._fh.write(view)
+        elif self._mode == "upload" and self._fh is None:
+            self._small += view
+            if len(self._small) >= WRITE_BLOCK:
+                self._open_upload()
         else:
             with _errors(self.path, "write"):
                 self._fh.write(view)
@@ -448,8 +490,12 @@ class AtomicFile(io.RawIOBase):
                 atomic.commit(self._tmp, self.path)
             elif self._mode == "upload":
                 with _errors(self.path, "publish"):
-                    self._fh.close()  # uploads the last part; the object is not visible yet
-                    self._fh.commit()  # completes the upload: the object appears whole
+                    if self._fh is None:  # small: one PUT, the object appears whole
+                        self._fs.pipe_file(self._p, bytes(self._small))
+                        self._small = bytearray()
+                    else:
+                        self._fh.close()  # uploads the last part; the object is not visible yet
+                        self._fh.commit()  # completes the upload: the object appears whole
                 _invalidate(self._fs, self._p)
             else:
                 assert self._tmp is not None
@@ -472,6 +518,9 @@ class AtomicFile(io.RawIOBase):
 
     def _cleanup(self) -> None:
         if self._mode == "upload":
+            self._small = bytearray()
+            if self._fh is None:
+                return  # nothing was sent
             try:
                 self._fh.discard()  # aborts the multipart upload
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
@@ -542,6 +591,69 @@ def write_text(path: PathLike, text: str) -> None:
 def write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
     """JSON as :func:`ccmb.atomic.write_json` writes it (sorted keys, UTF-8, trailing newline), atomically."""
     write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=True) + "\n")
+
+
+def create_if_absent(path: PathLike, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if nothing is there; whether this call created it (a lock).
+
+    Local: ``O_CREAT | O_EXCL``. S3 (and S3-compatible servers): ``PutObject`` with ``If-None-Match: *``,
+    which the store decides atomically (HTTP 412 when the key exists). Other fsspec filesystems: a check
+    followed by a write (best effort: two writers racing within one request may both believe they won)."""
+    if not is_url(path):
+        loc = location(path)
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(loc, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return True
+    fs, p = _fs(path)
+    if hasattr(fs, "call_s3"):
+        bucket, _, key = p.strip("/").partition("/")
+        try:
+            fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except Exception as exc:  # noqa: BLE001 - s3fs maps a 412 to an OSError of its own
+            text = f"{type(exc).__name__} {exc} {getattr(exc, '__cause__', '')}"
+            if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+                return False
+            raise StorageError(f"{display(path)}: create: {type(exc).__name__}: {exc}") from exc
+        _invalidate(fs, p)
+        return True
+    if exists(path):
+        return False
+    write_bytes(path, data)
+    return True
+
+
+def remove_tree(folder: PathLike, keep: Any = ()) -> int:
+    """Delete everything under ``folder`` except its direct children named in ``keep``; how many entries."""
+    if not is_url(folder):
+        import shutil
+
+        n = 0
+        root = location(folder)
+        for entry in list(root.iterdir()) if root.is_dir() else []:
+            if entry.name in keep:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            n += 1
+        return n
+    fs, p = _fs(folder)
+    _invalidate(fs, p)
+    n = 0
+    with contextlib.suppress(FileNotFoundError):
+        for name_, is_file, _ in _entries(folder):
+            if name_ in keep:
+                continue
+            child = fs_path = p.rstrip("/") + "/" + name_
+            with _errors(join(folder, name_), "remove"):
+                fs.rm(fs_path, recursive=not is_file)
+            _invalidate(fs, child)
+            n += 1
+    _invalidate(fs, p)
+    return n
 
 
 def remove_stale_temporaries(folder: PathLike) -> int:

@@ -12,6 +12,7 @@ import click
 from .. import shards as fmt
 from ..corpus.tables.schema import CurationError
 from ..outdir import OutputFolderError
+from .storage_args import Location
 
 ENGINE_OPTION = click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
                              help="Where the metadata work runs: in-process (pyarrow/numpy) or on Spark.")
@@ -62,9 +63,9 @@ def _echo_summary(summary) -> None:
 
 
 @click.command("filter")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--input", "input_dir", required=True, type=Location(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
-@click.option("--output", required=True, type=click.Path(),
+@click.option("--output", required=True, type=Location(),
               help="Decision table to write (.parquet; with --engine spark a folder of parts). An existing table is replaced.")
 @click.option("--min-side", default=200, show_default=True, help="Minimum short side of the original image, px (0: off).")
 @click.option("--max-ratio", default=3.0, show_default=True, help="Maximum long/short side ratio (0: off).")
@@ -143,12 +144,12 @@ def _level_options(fn):
 
 
 @click.command("dedup")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--input", "input_dir", required=True, type=Location(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
-@click.option("--output", required=True, type=click.Path(),
+@click.option("--output", required=True, type=Location(),
               help="Decision table to write (.parquet; with --engine spark a folder of parts). An existing table is replaced.")
 @_level_options
-@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True),
+@click.option("--keep", "keep_tables", multiple=True, type=Location(exists=True),
               help="Earlier decision tables (e.g. the filter's): only samples they keep take part, so every "
                    "kept representative survives them.")
 @click.option("--workers", default=1, show_default=True, help="Processes of the in-process engine (pHash of the tars).")
@@ -184,7 +185,7 @@ def dedup_cmd(input_dir, output, keep_tables, workers, memory_gb, engine, spark_
 
 
 @click.command("decontaminate")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--input", "input_dir", required=True, type=Location(exists=True, file_okay=False),
               help="Download folder or shard set (NNNNN.tar + NNNNN.parquet).")
 @click.option("--against", required=True,
               help="Evaluation sets, comma-separated registry names (`ccmb datasets list`); NAME:SPLIT picks a "
@@ -192,9 +193,9 @@ def dedup_cmd(input_dir, output, keep_tables, workers, memory_gb, engine, spark_
 @click.option("--root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Data root of the evaluation sets (their official layout).")
 @click.option("--split", default=None, help="Split of every set (default: the split the benchmark evaluates).")
-@click.option("--output", required=True, type=click.Path(),
+@click.option("--output", required=True, type=Location(),
               help="Decision table to write (.parquet; a folder of parts with --engine spark).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--report", "report_path", type=Location(), default=None,
               help="Report (JSON): per set, images and texts with copies in the corpus, with examples.")
 @click.option("--phash-threshold", default=6, show_default=True,
               help="Max Hamming distance between pHash variants (mirror images included).")
@@ -250,10 +251,10 @@ def decontaminate_cmd(input_dir, against, root, split, output, report_path, phas
 
 
 @click.command("build-shards")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--input", "input_dir", required=True, type=Location(exists=True, file_okay=False),
               help="Download folder (NNNNN.tar + NNNNN.parquet).")
-@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Final shard folder.")
-@click.option("--keep", "keep_tables", multiple=True, type=click.Path(exists=True),
+@click.option("--output", "output_dir", required=True, type=Location(), help="Final shard folder.")
+@click.option("--keep", "keep_tables", multiple=True, type=Location(exists=True),
               help="Decision tables (files or partitioned folders); a sample is kept when all keep it. Without: "
                    "default filter + dedup run here.")
 @click.option("--samples-per-shard", default=10000, show_default=True, help="Samples per output shard.")
@@ -295,7 +296,7 @@ def build_shards_cmd(input_dir, output_dir, keep_tables, samples_per_shard, shuf
 
 
 @click.command("verify")
-@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("shard_dir", type=Location(exists=True, file_okay=False))
 @click.option("--no-images", is_flag=True, help="Skip decoding every image (checksums and counts only).")
 @_errors
 def verify_cmd(shard_dir, no_images) -> None:
@@ -316,7 +317,7 @@ def verify_cmd(shard_dir, no_images) -> None:
 
 
 @click.command("stats")
-@click.argument("path", type=click.Path(exists=True), required=False)
+@click.argument("path", type=Location(exists=True), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--scores", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also (or only, without PATH) the score distribution of a `ccmb score` parquet.")

@@ -6,6 +6,7 @@ import sys
 from typing import Any, Callable, Optional, Tuple
 
 import click
+from .storage_args import Location
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
@@ -17,7 +18,7 @@ def _common_options(fn: Callable) -> Callable:
         click.option("--input", "-i", "inputs", multiple=True, required=True,
                      help="Input file, folder or glob (JSON lines, JSON array, CSV, TSV, parquet; .gz ok). "
                           "Repeat for several."),
-        click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
+        click.option("--output", "-o", "output", required=True, type=Location(),
                      help="Output folder: a new or empty folder, or an earlier download to resume (the shard set: "
                           "NNNNN.tar/.parquet/_stats.json, sizes.json, manifest.json)."),
         click.option("--processes", type=click.IntRange(1, 1024), default=None, show_default="CPU count",

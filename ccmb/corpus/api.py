@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .. import atomic, outdir
+from .. import outdir, storage
 from .. import shards as fmt
 from ..types import PathLike
 from .engines.local import LocalEngine
@@ -245,7 +245,7 @@ def decontaminate(input_dir: PathLike, against: Sequence[str], root: PathLike, o
         summary = eng.write_table(ds, output, kind="decontaminate", info=info, source=folder.source(), parts=parts,
                                   desc="decontaminate")
     if report_path:
-        atomic.write_json(report_path, report)
+        storage.write_json(report_path, report)
     summary.seconds = time.time() - start
     logger.info("decontaminate: %s", "; ".join(summary.lines()))
     return summary, report
@@ -255,13 +255,13 @@ def decontaminate(input_dir: PathLike, against: Sequence[str], root: PathLike, o
 
 def _is_old_shard_output(folder: Path) -> bool:
     """A folder build-shards wrote before output folders carried an owner marker."""
-    return (folder / build_step.BUILD_DIR).is_dir()
+    return storage.isdir(storage.join(folder, build_step.BUILD_DIR))
 
 
 def _build_params(folder: DownloadFolder, keep_tables: Sequence[PathLike], samples_per_shard: int, shuffle: bool,
                   seed: int, blocklist=None) -> Dict[str, Any]:
-    params = {"plan_version": build_step.PLAN_VERSION, "input": str(folder.path.resolve()),
-              "keep_tables": [str(Path(t).resolve()) for t in keep_tables],
+    params = {"plan_version": build_step.PLAN_VERSION, "input": folder.resolved(),
+              "keep_tables": [str(t) if storage.is_url(t) else str(Path(t).resolve()) for t in keep_tables],
               "samples_per_shard": samples_per_shard, "shuffle": bool(shuffle), "seed": int(seed)}
     if blocklist is not None:  # the SHA-256 of its entries: a rerun with another list is refused
         params["blocklist_sha256"] = blocklist.digest
@@ -283,7 +283,7 @@ def _load_blocklist(blocklist):
         raise CurationError(str(exc)) from exc
 
 
-def _build_plan(eng, folder: DownloadFolder, build_dir: Path, tables, samples_per_shard: int, shuffle: bool,
+def _build_plan(eng, folder: DownloadFolder, build_dir: PathLike, tables, samples_per_shard: int, shuffle: bool,
                 seed: int, allow_empty: bool, progress: bool, blocklist=None) -> Dict[str, Any]:
     """Decide (combine the tables and the blocklist) and write the plan; returns the plan.json document
     (without params)."""
@@ -294,7 +294,7 @@ def _build_plan(eng, folder: DownloadFolder, build_dir: Path, tables, samples_pe
         raise CurationError(f"build-shards: 0 samples to write, every row is dropped ({counts}); pass "
                             "--allow-empty to write an empty shard set")
     plan = build_step.plan_dataset(eng, folder, combined.kept, samples_per_shard, shuffle, seed)
-    plan_dir = build_dir / build_step.PLAN_DIR
+    plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
     eng.write_table(plan, plan_dir, kind="plan", sort_by=["pos"], schema=build_step.PLAN_SCHEMA,
                     parts=max(1, -(-samples // build_step.PLAN_PART_ROWS)), desc="build: plan")
     return {"samples": samples, "shards": -(-samples // samples_per_shard), "dropped": combined.dropped,
@@ -326,31 +326,30 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     out = outdir.claim(output_dir, "shard set", legacy=_is_old_shard_output)
     cmd = command or shlex.join(sys.argv)
     with outdir.FolderLock(out, cmd):
-        atomic.remove_stale_temporaries(out)
-        build_dir = out / build_step.BUILD_DIR
-        plan_json = build_dir / "plan.json"
+        storage.remove_stale_temporaries(out)  # temporaries and unfinished uploads of a killed run
+        build_dir = storage.join(out, build_step.BUILD_DIR)
+        plan_json = storage.join(build_dir, "plan.json")
         params = _build_params(folder, keep_tables, samples_per_shard, shuffle, seed, blocklist)
         saved = None
-        if plan_json.exists():
-            with open(plan_json, encoding="utf-8") as fh:
-                saved = json.load(fh)
+        if storage.exists(plan_json):
+            saved = json.loads(storage.read_text(plan_json))
             if saved.get("params") != params:
                 raise CurationError(f"{plan_json}: {out} holds a build with other settings ({saved.get('params')}); "
                                     "use a new output folder")
-            if table_fingerprint(build_dir / build_step.PLAN_DIR) != saved.get("plan"):
-                raise CurationError(f"{build_dir / build_step.PLAN_DIR}: the plan changed after it was written; "
+            if table_fingerprint(storage.join(build_dir, build_step.PLAN_DIR)) != saved.get("plan"):
+                raise CurationError(f"{storage.join(build_dir, build_step.PLAN_DIR)}: the plan changed after it was written; "
                                     "use a new output folder")
             logger.info("resuming the plan in %s", plan_json)
-        with make_engine(engine, folder, build_dir / "x", spark=spark, memory_gb=memory_gb, workers=workers,
+        with make_engine(engine, folder, storage.join(build_dir, "x"), spark=spark, memory_gb=memory_gb, workers=workers,
                          progress=progress, buckets=spill_buckets) as eng:
             if saved is None:
-                build_dir.mkdir(parents=True, exist_ok=True)
+                storage.makedirs(build_dir)
                 if not tables:  # the default filter and dedup, the same steps as the commands
                     tables = _default_tables(eng, folder, build_dir)
                 saved = _build_plan(eng, folder, build_dir, tables, samples_per_shard, shuffle, seed, allow_empty,
                                     progress, blocklist)
                 saved["params"] = params
-                atomic.write_json(plan_json, saved)  # written last: its presence means a complete plan
+                storage.write_json(plan_json, saved)  # written last: its presence means a complete plan
             job = partial(build_step.write_shard, str(folder.path), str(out), samples_per_shard, saved["plan"])
             results = eng.run(job, list(range(int(saved["shards"]))), desc="build-shards")
     summary = build_step.BuildSummary(output=str(out), samples=saved["samples"], shards=saved["shards"],
@@ -361,7 +360,7 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     for name, entry, written in sorted(results, key=lambda r: r[0]):
         (summary.written if written else summary.skipped).append(name)
         known[f"{name}.tar"] = entry
-    extra = [p.name for p in fmt.list_shards(out) if p.name not in known]
+    extra = [storage.name(p) for p in fmt.list_shards(out) if storage.name(p) not in known]
     if extra:
         raise CurationError(f"{out}: shards {extra[:5]} are not in the plan; use a new output folder")
     fmt.finalize_shard_set(out, command=cmd, extra={"build": saved["params"], "dropped": summary.dropped,
@@ -372,9 +371,9 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     return summary
 
 
-def _default_tables(eng, folder: DownloadFolder, build_dir: Path):
+def _default_tables(eng, folder: DownloadFolder, build_dir: PathLike):
     """``_build/filter.parquet`` and ``_build/dedup.parquet`` (dedup after the filter) on ``eng``."""
-    f_path, d_path = build_dir / "filter.parquet", build_dir / "dedup.parquet"
+    f_path, d_path = storage.join(build_dir, "filter.parquet"), storage.join(build_dir, "dedup.parquet")
     eng.write_table(filter_step.filter_dataset(eng, folder, filter_step.FilterConfig()), f_path, kind="filter",
                     source=folder.source(), desc="build: filter")
     config = DedupConfig()
@@ -392,7 +391,7 @@ def apply_scores(table_path: PathLike, scores_path: PathLike, *, min_score: Opti
     score gets ``not_scored``; earlier reasons win. Writes ``output`` (default: the table itself)."""
     threshold = score_step.threshold_of(scores_path, field, min_score, keep_top_percent)
     table = open_table(table_path)
-    output = Path(output or table_path)
+    output = storage.location(output or table_path)
     source = table.source or {}
     inputs = [source.get("path")] if source.get("path") else []
     check_output(output, inputs)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from .download.report import download_report, format_report  # refusals and pacing of a download folder
 from .. import shards as fmt
+from .. import storage
 from .tables.folder import DownloadFolder, read_file_columns
 from .tables.schema import CurationError
 
@@ -110,16 +111,20 @@ def _check_successes(path: Path, table: pa.Table) -> None:
     expected = (stats or {}).get("successes")
     found = int(pc.sum(pc.equal(pc.fill_null(table.column("status"), ""), fmt.STATUS_SUCCESS)).as_py() or 0)
     if isinstance(expected, int) and expected != found:
-        raise CurationError(f"{path}: {found} success rows, {fmt.stats_path_of(path).name} says {expected} "
+        raise CurationError(f"{path}: {found} success rows, {storage.name(fmt.stats_path_of(path))} says {expected} "
                             f"(run `ccmb verify` on the folder)")
 
 
 def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     """Statistics of a download folder or shard set (a dict, JSON-serialisable)."""
-    path = Path(path)
-    if not path.exists():
-        raise CurationError(f"{path}: no such folder")
-    if path.is_dir() and fmt.expects_parquets(path):
+    path = storage.location(path)  # a local path or an fsspec URL
+    try:
+        is_dir = storage.isdir(path)
+        if not is_dir and not storage.exists(path):
+            raise CurationError(f"{path}: no such folder")
+    except OSError as exc:
+        raise CurationError(str(exc)) from exc
+    if is_dir and fmt.expects_parquets(path):
         parquets = DownloadFolder(path).parquets
         source = "parquet"
 
@@ -133,7 +138,7 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
             table = _from_tars(path)
         except (FileNotFoundError, fmt.ShardFormatError) as exc:
             raise CurationError(f"{path}: neither NNNNN.parquet nor readable NNNNN.tar files: {exc}") from exc
-        if not table.num_rows and path.is_dir() and not fmt.list_shards(path):
+        if not table.num_rows and is_dir and not fmt.list_shards(path):
             raise CurationError(f"{path}: no NNNNN.parquet or NNNNN.tar files (is it a download folder?)")
         parquets = []
         source = "tar"
@@ -179,11 +184,11 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     }
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(MIN_SIDE_BINS, MIN_SIDE_BINS[1:])] + [f">={MIN_SIDE_BINS[-1]}"]
     out["image_size"]["min_side_histogram"] = {lab: int(c) for lab, c in zip(labels, hist)}
-    report = download_report(path) if path.is_dir() else None  # refusals by reason, pacing, the run's policy
+    report = download_report(path) if is_dir else None  # refusals by reason, pacing, the run's policy
     if report is not None:
         out["download"] = report
-    manifest = path / fmt.MANIFEST_FILE
-    if manifest.exists():
+    manifest = storage.join(path, fmt.MANIFEST_FILE)
+    if is_dir and storage.exists(manifest):
         try:
             m = fmt.read_manifest(path)
             out["manifest"] = {"total_samples": m.get("total_samples"), "total_bytes": m.get("total_bytes"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Union
 
 from .. import shards as fmt
+from .. import storage
 from .tables.schema import CurationError
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,12 @@ def verify_shards(shard_dir: Union[str, Path], *, decode_images: bool = True,
     tar and ``_stats.json``) each add one problem line naming the file. ``report.ok`` is False when anything
     is wrong.
     """
-    shard_dir = Path(shard_dir)
-    if not shard_dir.is_dir():
+    shard_dir = storage.location(shard_dir)  # a local folder or an fsspec URL (s3://bucket/shards)
+    try:
+        is_dir = storage.isdir(shard_dir)
+    except OSError as exc:
+        raise CurationError(str(exc)) from exc
+    if not is_dir:
         raise CurationError(f"{shard_dir}: not a folder")
     report = fmt.verify_shard_set(shard_dir, decode_images=decode_images, progress=progress)
     for problem in report.problems:  # debug only: the caller reports them (`ccmb verify` prints each once)

@@ -27,19 +27,19 @@ import datetime as _dt
 import logging
 import math
 import os
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-from ... import __version__, atomic, outdir, shards
+from ... import __version__, outdir, shards, storage
 from ...blocklist import Blocklist, BlocklistError
 from .. import ingest
 from . import http_fetch
 from .decode import DEFAULT_BUDGET_MB, RESIZE_MODES
 from .folder import (REFUSED_EXAMPLES, REFUSED_FILE, STATE_DIR, DownloadError, DownloadSummary, PathLike,
-                     disk_full_error, finish_shard, is_disk_full, looks_like_download, read_json, summarize,
-                     tidy_output)
+                     disk_full_error, finish_shard, is_disk_full, looks_like_download, read_json, remove_folder,
+                     summarize, tidy_output)
 from .glue import DiskFullError, Options, ensure_spark, run_img2dataset
 from .grouping import MAX_GROUPS, ShardLanes, group_by_host
 from .pacing import PacingConfig
@@ -99,7 +99,9 @@ def download(inputs: Sequence[PathLike], output_dir: PathLike, *, mode: str = "z
     :class:`ingest.InputError` for unreadable or wrong-kind inputs, :class:`DownloadError` (a ValueError for
     bad options) when the output folder is not a download's, is in use, or the disk is full.
     """
-    output = Path(output_dir).absolute()
+    output = storage.location(output_dir)
+    if isinstance(output, Path):
+        output = output.absolute()
     try:
         return _download(inputs, output, locals())
     except DiskFullError as exc:
@@ -159,7 +161,7 @@ def _policy(o: Dict[str, Any], blocklist: Optional[Blocklist], files) -> CrawlPo
                        blocklist_files=files, blocklist_digest=blocklist.digest if blocklist else "")
 
 
-def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> DownloadSummary:
+def _download(inputs: Sequence[PathLike], output: storage.Location, o: Dict[str, Any]) -> DownloadSummary:
     t0 = time.time()
     _check_options(o)
     command = o["command"]
@@ -183,6 +185,9 @@ def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> Do
                      hint="choose a new or empty folder for the download")
     except outdir.OutputFolderError as exc:
         raise DownloadError(str(exc)) from None
+    if o["retry_failed_rows"] and storage.is_url(output):
+        raise DownloadError(f"{output}: --retry-failed-rows needs a local output folder for now (the second "
+                            "tries merge shards in place); run it on a local copy, or rerun without it to resume")
     try:
         lock = outdir.FolderLock(output, command).acquire()
     except outdir.OutputFolderError as exc:
@@ -193,14 +198,14 @@ def _download(inputs: Sequence[PathLike], output: Path, o: Dict[str, Any]) -> Do
         lock.release()
 
 
-def _run(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy: CrawlPolicy,
+def _run(files, layout: "ingest.Layout", output: storage.Location, o: Dict[str, Any], policy: CrawlPolicy,
          t0: float) -> DownloadSummary:
     if o["overwrite"]:
         outdir.clear(output, OUTPUT_KIND)
     finished_before = tidy_output(output)
     if not policy.respect_robots:
         logger.warning("!!! --ignore-robots: robots.txt is NOT read; sites' crawling rules are ignored (recorded "
-                       "in %s and in the summary) !!!", output / STATE_DIR / "state.json")
+                       "in %s and in the summary) !!!", storage.join(output, STATE_DIR, "state.json"))
     sps = o["samples_per_shard"]
     processes = o["processes"] or max(1, os.cpu_count() or 1)
     opt = Options(processes=processes, threads=o["threads"], image_size=o["image_size"], resize_mode=o["resize_mode"],
@@ -226,7 +231,7 @@ def _auto_groups(opt: Options, spark) -> int:
     return max(1, min(MAX_GROUPS, int(workers)))
 
 
-def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], policy: CrawlPolicy, t0: float,
+def _run_with(files, layout: "ingest.Layout", output: storage.Location, o: Dict[str, Any], policy: CrawlPolicy, t0: float,
               opt: Options, spark, finished_before) -> DownloadSummary:
     command = o["command"]
     sps = o["samples_per_shard"]
@@ -237,24 +242,41 @@ def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], p
                    "resize_mode": o["resize_mode"], "encode_quality": o["encode_quality"],
                    "decoder": DECODER_VERSION}
     fingerprint = ingest.fingerprint_inputs(files, key_options)
-    state_dir = output / STATE_DIR
-    state_path = state_dir / "state.json"
+    state_dir = storage.join(output, STATE_DIR)
+    state_path = storage.join(state_dir, "state.json")
     state = read_json(state_path)
-    parts_dir = state_dir / "input"
+    parts_dir = storage.join(state_dir, "input")
     runs = list(state.get("runs", [])) if state else []
-    if state and state.get("fingerprint") == fingerprint and all((parts_dir / p).exists() for p in state["parts"]):
+    if state and state.get("fingerprint") == fingerprint and all(storage.exists(storage.join(parts_dir, p))
+                                                                 for p in state["parts"]):
         logger.info("resuming: inputs and options unchanged, reusing %s", parts_dir)
     else:
         if state and finished_before:
             raise DownloadError(f"{output} holds a download of other inputs or options ({state.get('command')}); "
                                 f"use another --output, or --overwrite to start again")
-        res = ingest.normalize_inputs(files, parts_dir, layout, samples_per_shard=sps, limit=o["limit"],
-                                      strict=o["strict"], refused_path=state_dir / REFUSED_FILE,
-                                      refused_examples=REFUSED_EXAMPLES)
-        parts, lanes = list(res.parts), None
-        groups = o["host_groups"] if o["host_groups"] is not None else _auto_groups(opt, spark)
-        if groups:
-            parts, lanes = group_by_host(parts, parts_dir, groups, sps)
+        # the input parts are made on local disk (a temporary folder when the output is on object storage,
+        # then uploaded: a resumed run on another machine finds them there)
+        stage = tempfile.TemporaryDirectory(prefix="ccmb-ingest-") if storage.is_url(output) else None
+        local_state = Path(stage.name) if stage else state_dir
+        local_parts = local_state / "input"
+        try:
+            res = ingest.normalize_inputs(files, local_parts, layout, samples_per_shard=sps, limit=o["limit"],
+                                          strict=o["strict"], refused_path=local_state / REFUSED_FILE,
+                                          refused_examples=REFUSED_EXAMPLES)
+            parts, lanes = list(res.parts), None
+            groups = o["host_groups"] if o["host_groups"] is not None else _auto_groups(opt, spark)
+            if groups:
+                parts, lanes = group_by_host(parts, local_parts, groups, sps)
+            if stage is not None:
+                storage.remove_tree(parts_dir)
+                for p in parts:
+                    storage.write_bytes(storage.join(parts_dir, p.name), p.read_bytes())
+                if (local_state / REFUSED_FILE).is_file():
+                    storage.write_bytes(storage.join(state_dir, REFUSED_FILE),
+                                        (local_state / REFUSED_FILE).read_bytes())
+        finally:
+            if stage is not None:
+                stage.cleanup()
         state = {"fingerprint": fingerprint, "rows": res.rows, "columns": res.columns, "refused": res.refused,
                  "refused_examples": res.refused_examples, "parts": [p.name for p in parts],
                  "expected_shards": len(parts) if groups else math.ceil(res.rows / sps), "lanes": lanes,
@@ -265,7 +287,7 @@ def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], p
     runs.append({"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
                  "ccmb_version": __version__, "policy": policy.describe()})
     state["runs"] = runs[-50:]
-    atomic.write_json(state_path, state)
+    storage.write_json(state_path, state)
     input_rows, columns = int(state["rows"]), list(state["columns"])
     expected = int(state.get("expected_shards") or math.ceil(input_rows / sps))
     lanes = ShardLanes(tuple(state["lanes"])) if state.get("lanes") else None
@@ -277,7 +299,7 @@ def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], p
         run_img2dataset(parts_dir, output, columns, opt, lanes=lanes)
     t_i2d = time.time()
     logger.info("img2dataset: %.2fs", t_i2d - t_ingest)
-    shutil.rmtree(output / "_tmp", ignore_errors=True)
+    remove_folder(storage.join(output, "_tmp"))
     known = {}
     for name in shards.finished_shards(output):  # crash leftovers and shards whose worker-side pass failed
         known[f"{name}.tar"] = finish_shard(output, int(name))
@@ -304,7 +326,7 @@ def _run_with(files, layout: "ingest.Layout", output: Path, o: Dict[str, Any], p
                                                       "policy": summary.policy}})
     elif summary.shards == summary.expected_shards and summary.rows != input_rows:
         logger.error("%d input rows but %d parquet rows: rows are unaccounted for", input_rows, summary.rows)
-    atomic.write_json(state_dir / "summary.json", summary.to_dict())
+    storage.write_json(storage.join(state_dir, "summary.json"), summary.to_dict())
     logger.info("\n%s", summary.report())
     if summary.rows and summary.failure_rate > FAILURE_WARNING_RATE and summary.successes:
         logger.warning("!!! %.0f%% of the rows FAILED (more than %.0f%%): check the network, the input URLs and "

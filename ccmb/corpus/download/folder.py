@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ... import __version__, atomic, outdir, shards
+from ... import __version__, outdir, shards, storage
 from ...types import PathLike
 from .. import ingest
 from .report import format_report, refusal_counts
@@ -115,7 +115,7 @@ class DownloadSummary:
             lines.append(f"    {n:>9}  {reason}")
         if self.refused_examples:
             lines.append(f"  refused input lines (first {len(self.refused_examples)} of {self.refused_total}; all in "
-                         f"{Path(self.output_dir) / STATE_DIR / REFUSED_FILE} and, as failed_input rows, in the "
+                         f"{storage.join(self.output_dir, STATE_DIR, REFUSED_FILE)} and, as failed_input rows, in the "
                          f"shards' parquet):")
             lines.extend(f"    {e}" for e in self.refused_examples)
         if self.refusals or self.pacing or self.policy:
@@ -137,40 +137,40 @@ class DownloadSummary:
 def looks_like_download(folder: Path) -> bool:
     """A folder an earlier ccmb download made (before the owner marker): its state file, or shard stats with
     ccmb's record in them."""
-    if (folder / STATE_DIR / "state.json").is_file():
+    if storage.isfile(storage.join(folder, STATE_DIR, "state.json")):
         return True
-    for p in folder.glob("[0-9]*_stats.json"):
+    for p in storage.glob(folder, "[0-9]*_stats.json"):
         doc = read_json(p)
         return bool(doc and ("ccmb" in doc or "ccmb_version" in doc))
     return False
 
 
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
+def read_json(path: PathLike) -> Optional[Dict[str, Any]]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(storage.read_text(path))
         return data if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
 
 
-def tidy_output(output_dir: Path) -> List[str]:
+def tidy_output(output_dir: PathLike) -> List[str]:
     """Remove unfinished shards, temporaries and img2dataset's ``_tmp``; returns the finished shard names.
 
     img2dataset's resume treats every ``*.json`` of the folder as a finished shard, so our own
     ``sizes.json``/``manifest.json`` are removed too (they are rewritten when the set is complete).
     """
-    atomic.remove_stale_temporaries(output_dir)
-    shutil.rmtree(output_dir / "_tmp", ignore_errors=True)
-    shutil.rmtree(output_dir / STATE_DIR / "retry", ignore_errors=True)  # an interrupted --retry-failed
+    storage.remove_stale_temporaries(output_dir)  # and unfinished uploads on object storage
+    remove_folder(storage.join(output_dir, "_tmp"))
+    remove_folder(storage.join(output_dir, STATE_DIR, "retry"))  # an interrupted --retry-failed
     for name in (shards.SIZES_FILE, shards.MANIFEST_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-    groups: Dict[str, Dict[str, Path]] = defaultdict(dict)
-    for p in output_dir.iterdir():
-        m = SHARD_FILE_RE.match(p.name)
+        storage.remove(storage.join(output_dir, name))
+    groups: Dict[str, Dict[str, storage.Location]] = defaultdict(dict)
+    for n in storage.listdir(output_dir):
+        p = storage.join(output_dir, n)
+        m = SHARD_FILE_RE.match(n)
         if m:
             groups[m.group(1)][m.group(2)] = p
-        elif p.suffix == ".json" and p.name != outdir.OWNER_FILE:
+        elif n.endswith(".json") and n != outdir.OWNER_FILE:
             raise DownloadError(f"{p}: unexpected JSON file in the output folder (img2dataset's resume reads "
                                 f"every *.json there as a shard's stats); move it away")
     finished = []
@@ -182,7 +182,7 @@ def tidy_output(output_dir: Path) -> List[str]:
             finished.append(name)
             continue
         for p in files.values():
-            p.unlink(missing_ok=True)
+            storage.remove(p)
         removed.append(name)
     if removed:
         logger.warning("removed %d unfinished shard(s) (they will be downloaded again): %s", len(removed),
@@ -229,9 +229,18 @@ def extra_columns(names: Iterable[str]) -> List[str]:
     return [n for n in names if n not in skip]
 
 
-def read_table(path: Path, columns: Optional[List[str]] = None) -> pa.Table:
+def remove_folder(folder: PathLike) -> None:
+    """Remove a work folder ccmb made inside an output folder (local or on object storage), if there."""
+    if storage.is_url(folder):
+        storage.remove_tree(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_table(path: PathLike, columns: Optional[List[str]] = None) -> pa.Table:
     """Read a parquet file without pyarrow.dataset (whose import pulls in pandas: slow in fresh workers)."""
-    return pq.ParquetFile(path).read(columns=columns)
+    with shards.parquet_source(storage.location(path)) as src:
+        return pq.ParquetFile(src).read(columns=columns)
 
 
 def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
@@ -242,28 +251,28 @@ def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
     img2dataset's ``failed_to_download``) and records the tar's manifest entry and the parquet's checksum
     (which ``ccmb verify`` checks) in ``_stats.json``.
     """
-    output_dir = Path(output_dir)
+    output_dir = storage.location(output_dir)
     name = shards.shard_name(shard_id)
-    stats_path = output_dir / f"{name}_stats.json"
+    stats_path = storage.join(output_dir, f"{name}_stats.json")
     stats = read_json(stats_path) or {}
     if "ccmb" in stats:
         return stats["ccmb"]["tar"]
-    t = read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+    t = read_table(storage.join(output_dir, f"{name}.parquet"), columns=["status", "error_message"])
     status = t.column("status").to_pylist()
     reasons = Counter(str(e or s) for s, e in zip(status, t.column("error_message").to_pylist())
                       if s != shards.STATUS_SUCCESS)
     counts = Counter(status)
     messages = Counter(str(e) for s, e in zip(status, t.column("error_message").to_pylist())
                        if s != shards.STATUS_SUCCESS and e)
-    tar = output_dir / f"{name}.tar"
-    entry = {"samples": counts[shards.STATUS_SUCCESS], "bytes": tar.stat().st_size, "sha256": shards.sha256_file(tar)}
+    tar = storage.join(output_dir, f"{name}.tar")
+    entry = {"samples": counts[shards.STATUS_SUCCESS], "bytes": storage.size(tar), "sha256": shards.sha256_file(tar)}
     stats.update(count=len(status), successes=counts[shards.STATUS_SUCCESS],
                  failed_to_download=counts["failed_to_download"], failed_to_resize=counts["failed_to_resize"],
                  failed_input=counts[STATUS_FAILED_INPUT], status_dict=dict(reasons), ccmb_version=__version__,
                  refusals=refusal_counts(messages),
-                 ccmb={"tar": entry, "parquet": shards.parquet_entry(output_dir / f"{name}.parquet", len(status)),
+                 ccmb={"tar": entry, "parquet": shards.parquet_entry(storage.join(output_dir, f"{name}.parquet"), len(status)),
                        "format_version": shards.FORMAT_VERSION})
-    atomic.write_json(stats_path, stats)
+    storage.write_json(stats_path, stats)
     return entry
 
 
@@ -271,12 +280,12 @@ def finish_shard(output_dir: PathLike, shard_id: int) -> Dict[str, Any]:
 
 def summarize(output_dir: PathLike, input_rows: int, expected_shards: int) -> DownloadSummary:
     """Count the rows of every finished shard's parquet: successes and failures by reason."""
-    output_dir = Path(output_dir)
+    output_dir = storage.location(output_dir)
     rows = successes = 0
     failures: Counter = Counter()
     names = shards.finished_shards(output_dir)
     for name in names:
-        t = read_table(output_dir / f"{name}.parquet", columns=["status", "error_message"])
+        t = read_table(storage.join(output_dir, f"{name}.parquet"), columns=["status", "error_message"])
         for status, error in zip(t.column("status").to_pylist(), t.column("error_message").to_pylist()):
             rows += 1
             if status == shards.STATUS_SUCCESS:

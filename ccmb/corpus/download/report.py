@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+
+from ...types import PathLike
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 #: (category, reason prefixes), in the order shown.
@@ -82,12 +84,13 @@ def merge_pacing(total: Dict[str, Any], part: Mapping[str, Any], limit: int = 20
                 hosts.append(h)
 
 
-def shard_records(folder: Path) -> Iterable[Dict[str, Any]]:
-    """The ``NNNNN_stats.json`` records of a folder (unreadable ones skipped)."""
-    for path in sorted(folder.glob("[0-9]*_stats.json")):
+def shard_records(folder: PathLike) -> Iterable[Dict[str, Any]]:
+    """The ``NNNNN_stats.json`` records of a folder, local or a URL (unreadable ones skipped)."""
+    from ... import storage
+
+    for path in storage.glob(folder, "[0-9]*_stats.json"):
         try:
-            with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
+            doc = json.loads(storage.read_text(path))
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict):
@@ -97,7 +100,9 @@ def shard_records(folder: Path) -> Iterable[Dict[str, Any]]:
 def download_report(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
     """Refusals by category and reason, the pacing applied and the run's policy of a download folder, or None
     when ``folder`` holds no download record (a shard set built by ``build-shards``, a foreign set)."""
-    folder = Path(folder)
+    from ... import storage
+
+    folder = storage.location(folder)
     refusals: Dict[str, Dict[str, int]] = {c: {} for c, _ in CATEGORIES}
     pacing: Dict[str, Any] = {}
     found = False
@@ -110,8 +115,7 @@ def download_report(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
             merge_pacing(pacing, doc["pacing"])
     policy = None
     try:
-        with open(folder / "_ccmb" / "state.json", encoding="utf-8") as fh:
-            state = json.load(fh)
+        state = json.loads(storage.read_text(storage.join(folder, "_ccmb", "state.json")))
         runs = state.get("runs") if isinstance(state, dict) else None
         if isinstance(runs, list) and runs and isinstance(runs[-1], dict):
             policy = runs[-1].get("policy")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import resource
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ... import storage
 from ...types import PathLike
 from ..primitives import spill
 from ..primitives.hashing import hash_columns
@@ -267,6 +269,8 @@ class LocalEngine:
         self.workers = max(1, int(workers))
         self.progress = progress
         self.rows_hint = rows
+        if storage.is_url(near):  # an output on object storage: spills go to the local temporary folder
+            near = Path(tempfile.gettempdir()) / "ccmb"
         self.spills = spill.SpillDir(Path(near), ".ccmb-work-")
         self._count = itertools.count()
         self._pool: Optional[ProcessPoolExecutor] = None

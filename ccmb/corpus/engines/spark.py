@@ -10,7 +10,11 @@ the executors (``mapInArrow``), shuffles and joins are Spark's, nothing per row 
 
 ``P`` is ``spark.sql.shuffle.partitions``, sized to the input unless the user set it. Errors a step raises
 on an executor (a :class:`~ccmb.corpus.tables.schema.CurationError` naming a file) come back as that error.
-The download folder and the outputs must be on storage every executor reads and writes.
+The download folder and the outputs must be on storage every executor reads and writes: a shared filesystem,
+or object storage through fsspec URLs (``s3://bucket/dl``): the tasks read and write through
+:mod:`ccmb.storage` themselves (pyarrow over fsspec files), so no Hadoop connector is needed. The driver's
+fsspec options (:func:`ccmb.storage.configure`, ``FSSPEC_*``) travel with every task that does I/O;
+credentials come from the executors' environment (``spark.executorEnv.*``, instance roles, ``~/.aws``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from ... import storage
 from ...spark import AUTO_SHUFFLE_FLAG, get_spark_session
 from ...types import PathLike
 from ..tables import decisions
@@ -97,6 +102,23 @@ def _read_files_task(paths, columns, schema, fn, batches):
         for i in b.column(0).to_pylist():
             tables = iter_parquet_batches(paths[i], columns, schema, DEFAULT_BATCH_ROWS)
             yield from _batches((fn(t) if fn else t for t in tables), fn.schema if fn else schema)
+
+
+def _with_storage(conf, task, batches):
+    """``task`` over ``batches`` with the driver's fsspec options applied first (in the executor)."""
+    storage.apply_settings(conf)
+    yield from task(batches)
+
+
+def _job_with_storage(conf, fn, job):
+    storage.apply_settings(conf)
+    return fn(job)
+
+
+def _io(task):
+    """A task that reads or writes corpus data, carrying the driver's fsspec options."""
+    conf = storage.settings()
+    return functools.partial(_with_storage, conf, task) if conf else task
 
 
 def _apply(fns, table: pa.Table) -> pa.Table:
@@ -185,14 +207,14 @@ class SparkEngine:
         """The DataFrame of a dataset, its pending step functions run (in one Python pass)."""
         if not ds.fns:
             return ds.df
-        task = functools.partial(_fns_task, ds.fns, ds.base, ds.whole)
+        task = _io(functools.partial(_fns_task, ds.fns, ds.base, ds.whole))  # steps may read tars
         return ds.df.mapInArrow(task, spark_schema(ds.schema))
 
     # ----------------------------------------------------------------------------------------- sources
     def read_folder(self, folder: DownloadFolder, columns: Sequence[str], fn: Optional[Fn] = None) -> SparkDataset:
         files = tuple(str(p) for p in folder.parquets)
         schema = fn.schema if fn else batch_schema(columns)
-        task = functools.partial(_read_folder_task, files, tuple(columns), DEFAULT_BATCH_ROWS, fn)
+        task = _io(functools.partial(_read_folder_task, files, tuple(columns), DEFAULT_BATCH_ROWS, fn))
         return SparkDataset(self._ids(len(files)).mapInArrow(task, spark_schema(schema)), schema)
 
     def read_table(self, table: decisions.DecisionTable, columns: Sequence[str],
@@ -200,12 +222,12 @@ class SparkEngine:
         parts = tuple((str(p), sha, rows) for p, sha, rows in table.parts)
         base = pa.schema([decisions.DECISION_SCHEMA.field(c) for c in columns])
         schema = fn.schema if fn else base
-        task = functools.partial(_read_table_task, parts, tuple(columns), fn, schema)
+        task = _io(functools.partial(_read_table_task, parts, tuple(columns), fn, schema))
         return SparkDataset(self._ids(len(parts)).mapInArrow(task, spark_schema(schema)), schema)
 
     def read_files(self, paths: Sequence[PathLike], columns: Sequence[str], fn: Optional[Fn] = None) -> SparkDataset:
         schema = parquet_schema(paths[0], columns)
-        task = functools.partial(_read_files_task, tuple(str(p) for p in paths), tuple(columns), schema, fn)
+        task = _io(functools.partial(_read_files_task, tuple(str(p) for p in paths), tuple(columns), schema, fn))
         out = fn.schema if fn else schema
         return SparkDataset(self._ids(len(paths)).mapInArrow(task, spark_schema(out)), out)
 
@@ -265,7 +287,9 @@ class SparkEngine:
         jobs = list(jobs)
         if not jobs:
             return []
-        rdd = self.spark.sparkContext.parallelize(jobs, len(jobs)).map(fn)
+        conf = storage.settings()
+        job = functools.partial(_job_with_storage, conf, fn) if conf else fn
+        rdd = self.spark.sparkContext.parallelize(jobs, len(jobs)).map(job)
         return self._action(rdd.collect)
 
     def _ordered(self, ds: SparkDataset, by: Sequence[str]):
@@ -294,7 +318,7 @@ class SparkEngine:
         task) and the marker; ``parts`` does not apply (Spark's range partitions decide)."""
         schema = schema or ds.schema
         tmp = temp_folder(path)
-        task = functools.partial(_write_task, str(tmp), schema)
+        task = _io(functools.partial(_write_task, str(tmp), schema))
         ordered = self._ordered(SparkDataset(self._df(ds).select(*schema.names), schema), sort_by)
         rows = self._action(ordered.mapInArrow(task, "entry string").collect)
         return publish_parts(tmp, path, [json.loads(r["entry"]) for r in rows], kind=kind, info=info, source=source)

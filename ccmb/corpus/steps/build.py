@@ -19,14 +19,13 @@ import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ... import atomic
+from ... import storage
 from ... import shards as fmt
 from ..primitives.hashing import splitmix64, string_hashes
 from ...types import PathLike
@@ -106,13 +105,13 @@ def _plan_rows(samples_per_shard: int, t: pa.Table) -> pa.Table:
                      "key": t.column("key"), "shard": t.column("shard")})
 
 
-def tar_members(tar: Path, keys=None) -> Dict[str, str]:
+def tar_members(tar: PathLike, keys=None, size: Optional[int] = None) -> Dict[str, str]:
     """``ext:offset:size`` of the members of ``keys`` (all when None) in one source tar (one header scan; a
     sample with two members of one extension is refused, as webdataset does)."""
     want = set(keys) if keys is not None else None
     found: Dict[str, Dict[str, Tuple[int, int]]] = {}
     try:
-        with tarfile.open(tar, mode="r:") as t:
+        with fmt.open_tar(tar, "r:", size=size) as t:  # a local path or a URL (headers read by seeking)
             for m in t.getmembers():
                 if not m.isfile():
                     continue
@@ -132,10 +131,11 @@ def _members(folder: str, t: pa.Table) -> pa.Table:
     """One partition of kept rows (every row of a source tar is here): where each sample's members are."""
     keys, members = [], []
     shards = t.column("shard")
+    sizes = storage.list_files(folder) if storage.is_url(folder) else {}  # one listing, no request per tar
     for shard in pc.unique(shards).to_pylist():
         want = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
         tar = DownloadFolder.tar_of(folder, shard)
-        got = tar_members(tar, want)
+        got = tar_members(tar, want, sizes.get(storage.name(tar)))
         missing = sorted(set(want) - set(got))
         if missing:
             raise CurationError(f"{tar}: sample {missing[0]} is not in the tar ({len(missing)} such samples)")
@@ -161,30 +161,30 @@ def plan_dataset(engine, folder: DownloadFolder, kept, samples_per_shard: int, s
 
 # ------------------------------------------------------------------------------------------- one shard
 
-def done_path(output_dir: Path, name: str) -> Path:
-    return output_dir / BUILD_DIR / "done" / f"{name}.json"
+def done_path(output_dir: PathLike, name: str) -> storage.Location:
+    return storage.join(output_dir, BUILD_DIR, "done", f"{name}.json")
 
 
-def finished(output_dir: Path, name: str, plan: str) -> Optional[Dict[str, Any]]:
+def finished(output_dir: PathLike, name: str, plan: str) -> Optional[Dict[str, Any]]:
     """The recorded entry of a shard when its tar is there with the recorded checksum, written from this plan."""
-    done, tar = done_path(output_dir, name), output_dir / f"{name}.tar"
-    if not (done.exists() and tar.exists() and (output_dir / f"{name}_stats.json").exists()):
+    done, tar = done_path(output_dir, name), storage.join(output_dir, f"{name}.tar")
+    if not (storage.exists(done) and storage.exists(tar) and storage.exists(storage.join(output_dir,
+                                                                                          f"{name}_stats.json"))):
         return None
     try:
-        with open(done, encoding="utf-8") as fh:
-            entry = json.load(fh)
+        entry = json.loads(storage.read_text(done))
     except (OSError, json.JSONDecodeError):
         return None
     if entry.pop("plan", None) != plan:
         logger.warning("%s was written from another plan: rewriting it", tar)
         return None
-    if tar.stat().st_size != entry.get("bytes") or fmt.sha256_file(tar) != entry.get("sha256"):
+    if storage.size(tar) != entry.get("bytes") or fmt.sha256_file(tar) != entry.get("sha256"):
         logger.warning("%s differs from its recorded checksum: rewriting it", tar)
         return None
     return entry
 
 
-def plan_rows(plan_dir: Path, lo: int, hi: int) -> pa.Table:
+def plan_rows(plan_dir: PathLike, lo: int, hi: int) -> pa.Table:
     """The plan rows with ``lo <= pos < hi``, in order, from the parts that hold them (each checked against
     its recorded SHA-256)."""
     doc = read_marker(plan_dir)
@@ -193,7 +193,7 @@ def plan_rows(plan_dir: Path, lo: int, hi: int) -> pa.Table:
         first, at = at, at + int(p["rows"])
         if at <= lo or first >= hi:
             continue
-        for t in iter_part_batches(plan_dir / p["name"], p.get("sha256"), PLAN_SCHEMA.names, rows=p["rows"],
+        for t in iter_part_batches(storage.join(plan_dir, p["name"]), p.get("sha256"), PLAN_SCHEMA.names, rows=p["rows"],
                                    schema=PLAN_SCHEMA):
             pos = t.column("pos")
             out.append(t.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, hi))))
@@ -206,21 +206,26 @@ class TarIndex:
     (the plan carries them), or by key (one header scan of the tar, kept)."""
 
     def __init__(self, folder: PathLike, max_open: int = 32) -> None:
-        self.folder, self.max_open = Path(folder), max_open
+        self.folder, self.max_open = storage.location(folder), max_open
         self.files: "OrderedDict[str, Any]" = OrderedDict()
         self.members: Dict[str, Dict[str, str]] = {}
+        self.sizes: Optional[Dict[str, int]] = None  # of the source tars on object storage (one listing)
 
     def read(self, shard: str, offset: int, size: int) -> bytes:
         fh = self.files.pop(shard, None)
         if fh is None:
-            fh = open(DownloadFolder.tar_of(self.folder, shard), "rb")
+            tar = DownloadFolder.tar_of(self.folder, shard)
+            if self.sizes is None and storage.is_url(tar):
+                self.sizes = storage.list_files(self.folder)
+            fh = storage.open_read(tar, block_size=storage.STREAM_BLOCK,
+                                   size=(self.sizes or {}).get(storage.name(tar)))
             if len(self.files) >= self.max_open:
                 self.files.popitem(last=False)[1].close()
         self.files[shard] = fh
         fh.seek(offset)
         data = fh.read(size)
         if len(data) != size:
-            raise CurationError(f"{self.folder / shard}: truncated member at offset {offset}")
+            raise CurationError(f"{DownloadFolder.tar_of(self.folder, shard)}: truncated member at offset {offset}")
         return data
 
     def read_sample(self, shard: str, key: str, members: str) -> fmt.Sample:
@@ -230,7 +235,7 @@ class TarIndex:
             parts[ext] = (int(off), int(size))
         data = {ext: self.read(shard, *parts[ext]) for ext in fmt.member_exts_used(parts)}
         try:  # the one reader of the sample layout (ccmb.shards)
-            return fmt.sample_from_members(key, data, source=str(self.folder / shard))
+            return fmt.sample_from_members(key, data, source=str(DownloadFolder.tar_of(self.folder, shard)))
         except fmt.ShardFormatError as exc:
             raise CurationError(str(exc)) from exc
 
@@ -240,7 +245,7 @@ class TarIndex:
             self.members[shard] = tar_members(DownloadFolder.tar_of(self.folder, shard))
         members = self.members[shard].get(key)
         if members is None:
-            raise CurationError(f"{self.folder / shard}: sample {key} is not in the tar")
+            raise CurationError(f"{DownloadFolder.tar_of(self.folder, shard)}: sample {key} is not in the tar")
         s = self.read_sample(shard, key, members)
         return s.image, s.text, s.meta, s.image_ext
 
@@ -254,12 +259,12 @@ def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: s
                 ) -> Tuple[str, Dict[str, Any], bool]:
     """Write output shard ``index`` from the plan (a job: any process or Spark task); (name, manifest entry,
     written now)."""
-    out = Path(output_dir)
+    out = storage.location(output_dir)
     name = fmt.shard_name(index)
     entry = finished(out, name, plan)
     if entry is not None:
         return name, entry, False
-    rows = plan_rows(out / BUILD_DIR / PLAN_DIR, index * samples_per_shard, (index + 1) * samples_per_shard)
+    rows = plan_rows(storage.join(out, BUILD_DIR, PLAN_DIR), index * samples_per_shard, (index + 1) * samples_per_shard)
     sources = TarIndex(input_dir)
     try:
         with fmt.ShardWriter(out, index, mtime=0) as writer:  # fixed mtimes: byte-identical for a plan
@@ -273,7 +278,7 @@ def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: s
                 writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
     finally:
         sources.close()
-    entry = fmt.shard_entry(out / f"{name}.tar")
-    atomic.write_json(done_path(out, name), {**entry, "plan": plan})
+    entry = writer.entry  # counted and hashed as it was written: no second read of the tar
+    storage.write_json(done_path(out, name), {**entry, "plan": plan})
     return name, entry, True
 

@@ -221,7 +221,7 @@ def provenance(engine, tables: Sequence[DecisionTable]) -> Dict[str, Any]:
     entries, against, reports = [], [], []
     for t in tables:
         ti = table_info(engine, t)
-        entries.append({"path": str(t.path.resolve()), "fingerprint": table_fingerprint(t.path),
+        entries.append({"path": t.resolved, "fingerprint": table_fingerprint(t.path),
                         "kind": ti["kind"], "dropped": ti["dropped"]})
         if ti["kind"] == "decontaminate":
             info = ti["info"] or {}

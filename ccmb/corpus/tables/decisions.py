@@ -12,6 +12,7 @@ naming the file and the column (duplicate keys are refused where tables are join
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ... import shards as fmt
+from ... import storage
 from ...types import PathLike
 from .folder import DownloadFolder
 from .schema import (DECISION_SCHEMA, LEGACY_KEYS_FINGERPRINT, TABLE_COUNTS, TABLE_INFO, TABLE_KIND, TABLE_SOURCE,
@@ -36,36 +38,40 @@ class PartitionError(CurationError):
     """A partitioned table is incomplete or damaged (the message names the folder or part)."""
 
 
-def part_files(folder: PathLike) -> List[Path]:
+def part_files(folder: PathLike) -> List[storage.Location]:
     """The parquet files of a partitioned table folder, by name (``_``/``.`` files are not parts)."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix == ".parquet" and not p.name.startswith(("_", ".")))
+    return [storage.join(folder, n) for n in _part_sizes(folder)]
+
+
+def _part_sizes(folder: PathLike) -> Dict[str, int]:
+    return {n: size for n, size in storage.list_files(folder).items()
+            if n.endswith(".parquet") and not n.startswith(("_", "."))}
 
 
 def read_marker(folder: PathLike, check_parts: bool = True) -> Dict[str, Any]:
     """The marker of a complete partitioned table; :class:`PartitionError` when the folder is partial."""
-    folder = Path(folder)
-    marker = folder / MARKER
+    folder = storage.location(folder)
+    marker = storage.join(folder, MARKER)
     hint = "the job that wrote it did not finish; rerun the step (it replaces the folder)"
-    if not marker.exists():
+    if not storage.exists(marker):
         raise PartitionError(f"{folder}: partially written decision table (no {MARKER}: {hint})")
     try:
-        with open(marker, encoding="utf-8") as fh:
-            doc = json.load(fh)
+        doc = json.loads(storage.read_text(marker))
         parts = doc["parts"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PartitionError(f"{marker}: unreadable marker ({exc}): {hint}") from exc
     if check_parts:
         listed = {p["name"] for p in parts}
-        found = {p.name for p in part_files(folder)}
+        sizes = _part_sizes(folder)
+        found = set(sizes)
         if listed != found:
             missing, extra = sorted(listed - found), sorted(found - listed)
             raise PartitionError(f"{folder}: parts differ from {MARKER} (missing {missing[:3]}, not listed "
                                  f"{extra[:3]}): {hint}")
         for p in parts:
-            size = (folder / p["name"]).stat().st_size
+            size = sizes[p["name"]]
             if size != p["bytes"]:
-                raise PartitionError(f"{folder / p['name']}: {size} bytes, {MARKER} says {p['bytes']}: {hint}")
+                raise PartitionError(f"{storage.join(folder, p['name'])}: {size} bytes, {MARKER} says {p['bytes']}: {hint}")
     return doc
 
 
@@ -74,7 +80,7 @@ class DecisionTable:
     """A decision table opened for reading: its metadata and its parts (a file is one part without a
     recorded checksum)."""
 
-    path: Path
+    path: Any  # a Path, or a URL string
     kind: Optional[str] = None
     info: Optional[str] = None
     source: Optional[Dict[str, Any]] = None
@@ -85,7 +91,12 @@ class DecisionTable:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return storage.name(self.path)
+
+    @property
+    def resolved(self) -> str:
+        """The absolute path (local) or the URL of the table: how provenance names it."""
+        return str(self.path.resolve()) if isinstance(self.path, Path) else str(self.path)
 
     def metadata(self) -> Dict[str, Any]:
         return {"kind": self.kind, "info": self.info, "source": self.source, "counts": self.counts}
@@ -94,12 +105,16 @@ class DecisionTable:
 def open_table(path: PathLike) -> DecisionTable:
     """Open a decision table (file or complete folder), checking that it is one: key and keep columns of the
     right types; errors name the file."""
-    path = Path(path)
-    if not path.exists():
-        raise CurationError(f"{path}: no such decision table")
-    if path.is_dir():
+    path = storage.location(path)
+    try:
+        is_dir = storage.isdir(path)
+        if not is_dir and not storage.exists(path):
+            raise CurationError(f"{path}: no such decision table")
+    except OSError as exc:
+        raise CurationError(str(exc)) from exc
+    if is_dir:
         doc = read_marker(path)
-        parts = [(path / p["name"], p.get("sha256"), p.get("rows")) for p in doc["parts"]]
+        parts = [(storage.join(path, p["name"]), p.get("sha256"), p.get("rows")) for p in doc["parts"]]
         counts: Optional[Dict[str, int]] = None
         if all("reasons" in p for p in doc["parts"]):
             counts = {}
@@ -111,7 +126,8 @@ def open_table(path: PathLike) -> DecisionTable:
         schema = _schema(parts[0][0]) if parts else DECISION_SCHEMA
     else:
         try:
-            meta = pq.read_metadata(path)
+            with fmt.parquet_source(path) as src:
+                meta = pq.read_metadata(src)
             kv = dict(meta.metadata or {})
             schema = meta.schema.to_arrow_schema()
         except (OSError, pa.ArrowException) as exc:
@@ -134,9 +150,10 @@ def _json(raw: Optional[bytes]):
         return None
 
 
-def _schema(path: Path) -> pa.Schema:
+def _schema(path: PathLike) -> pa.Schema:
     try:
-        return pq.read_schema(path)
+        with fmt.parquet_source(path) as src:
+            return pq.read_schema(src)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
 
@@ -160,10 +177,10 @@ def check_schema(schema: pa.Schema, path: PathLike) -> None:
                                 "(not a decision table written by ccmb)")
 
 
-def _check_part(path: Path, sha256: Optional[str]) -> None:
+def _check_part(path: PathLike, sha256: Optional[str], data: Optional[bytes] = None) -> None:
     if sha256 is None:
         return
-    got = fmt.sha256_file(path)
+    got = fmt.sha256_bytes(data) if data is not None else fmt.sha256_file(path)
     if got != sha256:
         raise PartitionError(f"{path}: SHA-256 {got[:16]}... differs from {MARKER} ({sha256[:16]}...): the part "
                              "changed after the table was written; rerun the step that wrote it")
@@ -174,31 +191,40 @@ def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[s
                       schema: pa.Schema = DECISION_SCHEMA) -> Iterator[pa.Table]:
     """One part of a decision table (or of another table of parts: ``schema``) in batches of ``columns``
     typed as in ``schema`` (absent optional columns null), checked against its recorded SHA-256 first."""
-    path = Path(path)
-    _check_part(path, sha256)
+    path = storage.location(path)
+    data = None
+    if storage.is_url(path) and sha256 is not None:  # a small part on object storage: one read, hashed and parsed
+        with storage.open_read(path) as fh:
+            data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
+    _check_part(path, sha256, data)
     want = [schema.field(c) for c in columns]
     seen = 0
     try:
-        pf = pq.ParquetFile(path)
-        if schema is DECISION_SCHEMA:
-            check_schema(pf.schema_arrow, path)
-        present = [f.name for f in want if f.name in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-            seen += batch.num_rows
-            cols = []
-            for f in want:
-                if f.name in present:
-                    col = batch.column(f.name)
-                    if pa.types.is_dictionary(col.type):
-                        col = col.dictionary_decode()
-                    cols.append(col.cast(f.type) if not col.type.equals(f.type) else col)
-                else:
-                    cols.append(pa.nulls(batch.num_rows, f.type))
-            yield pa.Table.from_arrays(cols, schema=pa.schema(want))
+        with (contextlib.nullcontext(pa.BufferReader(data)) if data is not None else fmt.parquet_source(path)) as src:
+            for t in _part_tables(pq.ParquetFile(src), path, want, schema, batch_rows):
+                seen += t.num_rows
+                yield t
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
     if rows is not None and seen != rows:
         raise PartitionError(f"{path}: {seen} rows, {MARKER} says {rows}")
+
+
+def _part_tables(pf, path, want, schema, batch_rows) -> Iterator[pa.Table]:
+    if schema is DECISION_SCHEMA:
+        check_schema(pf.schema_arrow, path)
+    present = [f.name for f in want if f.name in pf.schema_arrow.names]
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+        cols = []
+        for f in want:
+            if f.name in present:
+                col = batch.column(f.name)
+                if pa.types.is_dictionary(col.type):
+                    col = col.dictionary_decode()
+                cols.append(col.cast(f.type) if not col.type.equals(f.type) else col)
+            else:
+                cols.append(pa.nulls(batch.num_rows, f.type))
+        yield pa.Table.from_arrays(cols, schema=pa.schema(want))
 
 
 def iter_batches(table: DecisionTable, columns: Sequence[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
@@ -225,7 +251,8 @@ def decision_metadata(path: PathLike) -> Dict[str, Any]:
 def is_decision_table_file(path: PathLike) -> bool:
     """Whether ``path`` is a parquet file a ccmb step wrote (it carries the table metadata)."""
     try:
-        kv = dict(pq.read_metadata(path).metadata or {})
+        with fmt.parquet_source(storage.location(path)) as src:
+            kv = dict(pq.read_metadata(src).metadata or {})
     except (OSError, pa.ArrowException):
         return False
     return TABLE_KIND in kv or LEGACY_KEYS_FINGERPRINT in kv
@@ -238,15 +265,13 @@ def is_table_entry(name: str) -> bool:
 
 
 def is_decision_table_folder(path: PathLike) -> bool:
-    path = Path(path)
-    return path.is_dir() and all(is_table_entry(p.name) for p in path.iterdir())
+    return storage.isdir(path) and all(is_table_entry(n) for n in storage.listdir(path))
 
 
 def table_fingerprint(path: PathLike) -> str:
     """A content fingerprint of a decision table: SHA-256 of the file, or of the marker (which lists the
     SHA-256 of every part) for a folder."""
-    path = Path(path)
-    return "sha256:" + fmt.sha256_file(path / MARKER if path.is_dir() else path)
+    return "sha256:" + fmt.sha256_file(storage.join(path, MARKER) if storage.isdir(path) else path)
 
 
 def check_source(table: DecisionTable, folder: DownloadFolder) -> None:
@@ -257,4 +282,4 @@ def check_source(table: DecisionTable, folder: DownloadFolder) -> None:
         return
     if source["fingerprint"] != folder.fingerprint():
         raise CurationError(f"{table.path}: decision table of the download folder {source.get('path')}, not of "
-                            f"{folder.path.resolve()} (its parquet files differ); rerun the step on this folder")
+                            f"{folder.resolved()} (its parquet files differ); rerun the step on this folder")

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ... import shards as fmt
+from ... import storage
 from ...types import PathLike
 from .dataflow import ROW_ID
 from .schema import CurationError
@@ -45,11 +46,15 @@ class DownloadFolder:
     damaged one is refused naming it, never skipped: its rows would vanish from every count)."""
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_dir():
+        self.path = storage.location(path)  # a Path, or a URL string (s3://...)
+        try:
+            is_dir = storage.isdir(self.path)
+        except OSError as exc:
+            raise CurationError(str(exc)) from exc
+        if not is_dir:
             raise CurationError(f"{self.path}: not a folder (expected a download folder with NNNNN.parquet files)")
         try:
-            self.parquets: List[Path] = fmt.shard_parquets(self.path)
+            self.parquets: List[storage.Location] = fmt.shard_parquets(self.path)
         except fmt.ShardFormatError as exc:
             raise CurationError(str(exc)) from exc
         if not self.parquets:
@@ -60,37 +65,48 @@ class DownloadFolder:
         total = 0
         for p in self.parquets:
             try:
-                total += pq.ParquetFile(p).metadata.num_rows
+                with fmt.parquet_source(p) as src:
+                    total += pq.ParquetFile(src).metadata.num_rows
             except (OSError, pa.ArrowException) as exc:
                 raise CurationError(f"{p}: unreadable parquet: {exc}") from exc
         return total
 
+    def _sizes(self) -> Dict[str, int]:
+        if isinstance(self.path, Path):
+            return {p.name: p.stat().st_size for p in self.parquets}
+        sizes = storage.list_files(self.path)  # one listing request
+        return {storage.name(p): sizes[storage.name(p)] for p in self.parquets}
+
     def bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.parquets)
+        return sum(self._sizes().values())
 
     def fingerprint(self) -> str:
         """SHA-1 over the names and byte sizes of the ``NNNNN.parquet`` files (cheap; equal for a copy of the
         folder, different for another download)."""
         h = hashlib.sha1()
-        for p in self.parquets:
-            h.update(f"{p.name}\t{p.stat().st_size}\n".encode())
+        for name, size in sorted(self._sizes().items()):
+            h.update(f"{name}\t{size}\n".encode())
         return h.hexdigest()
+
+    def resolved(self) -> str:
+        """The folder's absolute path (local) or its URL: how tables and plans name it."""
+        return str(self.path.resolve()) if isinstance(self.path, Path) else self.path
 
     def source(self) -> Dict[str, str]:
         """What a decision table records about the folder it was made from."""
-        return {"path": str(self.path.resolve()), "fingerprint": self.fingerprint()}
+        return {"path": self.resolved(), "fingerprint": self.fingerprint()}
 
-    def tar(self, shard: str) -> Path:
+    def tar(self, shard: str) -> storage.Location:
         """The tar of a ``shard`` value (``00012.tar``)."""
         return self.tar_of(self.path, shard)
 
     @staticmethod
-    def tar_of(folder: PathLike, shard: str) -> Path:
-        """The tar of a ``shard`` value in ``folder`` (where a worker has only the folder's path)."""
-        return Path(folder) / Path(shard).name
+    def tar_of(folder: PathLike, shard: str) -> storage.Location:
+        """The tar of a ``shard`` value in ``folder`` (where a worker has only the folder's path or URL)."""
+        return storage.join(folder, storage.name(shard))
 
-    def parquet_of(self, shard: str) -> Path:
-        return self.path / f"{Path(shard).stem}.parquet"
+    def parquet_of(self, shard: str) -> storage.Location:
+        return storage.join(self.path, f"{storage.stem(shard)}.parquet")
 
     def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
         for i, p in enumerate(self.parquets):
@@ -119,27 +135,31 @@ def iter_file_batches(path: PathLike, file_index: int, columns: Sequence[str],
     """One parquet of a download folder in tables of at most ``batch_rows`` rows (bounded memory): the
     ``columns`` typed as in the shard format (missing ones null), ``shard`` (the tar's name) and the row id
     (:data:`~ccmb.corpus.tables.dataflow.ROW_ID`). An empty parquet gives one empty table."""
-    path = Path(path)
+    path = storage.location(path)
     wanted = [c for c in columns if c not in (SHARD_COLUMN, ROW_ID)]
     schema = batch_schema(wanted)
-    tar = f"{path.stem}.tar"
-    at = 0
+    tar = f"{storage.stem(path)}.tar"
     try:
-        pf = pq.ParquetFile(path)
-        present = [c for c in wanted if c in pf.schema_arrow.names]
-        empty = True
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-            empty = False
-            n = batch.num_rows
-            arrays = _normalise(pa.Table.from_batches([batch]), wanted, path)
-            arrays.append(pa.chunked_array([pa.array([tar], pa.string()).take(pa.array(np.zeros(n, np.int32)))]))
-            arrays.append(pa.chunked_array([pa.array(np.arange(at, at + n, dtype=np.int64) + (file_index << 32))]))
-            at += n
-            yield pa.Table.from_arrays(arrays, schema=schema)
-        if empty:
-            yield schema.empty_table()
+        with fmt.parquet_source(path) as src:
+            yield from _file_batches(pq.ParquetFile(src), path, wanted, schema, tar, file_index, batch_rows)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
+
+
+def _file_batches(pf, path, wanted, schema, tar, file_index, batch_rows) -> Iterator[pa.Table]:
+    at = 0
+    present = [c for c in wanted if c in pf.schema_arrow.names]
+    empty = True
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
+        empty = False
+        n = batch.num_rows
+        arrays = _normalise(pa.Table.from_batches([batch]), wanted, path)
+        arrays.append(pa.chunked_array([pa.array([tar], pa.string()).take(pa.array(np.zeros(n, np.int32)))]))
+        arrays.append(pa.chunked_array([pa.array(np.arange(at, at + n, dtype=np.int64) + (file_index << 32))]))
+        at += n
+        yield pa.Table.from_arrays(arrays, schema=schema)
+    if empty:
+        yield schema.empty_table()
 
 
 def read_file_columns(path: PathLike, columns: Sequence[str]) -> pa.Table:
@@ -162,7 +182,8 @@ def read_columns(folder: PathLike, columns: Sequence[str]) -> pa.Table:
 def parquet_schema(path: PathLike, columns: Sequence[str]) -> pa.Schema:
     """The schema of ``columns`` of a plain parquet file (a scores file, a plan), errors naming it."""
     try:
-        schema = pq.read_schema(path)
+        with fmt.parquet_source(storage.location(path)) as src:
+            schema = pq.read_schema(src)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc
     missing = [c for c in columns if c not in schema.names]
@@ -175,8 +196,9 @@ def iter_parquet_batches(path: PathLike, columns: Sequence[str], schema: pa.Sche
                          batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
     """A plain parquet file in batches of ``columns`` (cast to ``schema``), errors naming the file."""
     try:
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):
-            yield pa.Table.from_batches([batch]).select(list(columns)).cast(schema)
+        with fmt.parquet_source(storage.location(path)) as src:
+            pf = pq.ParquetFile(src)
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                yield pa.Table.from_batches([batch]).select(list(columns)).cast(schema)
     except (OSError, pa.ArrowException) as exc:
         raise CurationError(f"{path}: unreadable parquet: {exc}") from exc

@@ -9,9 +9,16 @@ renaming a complete sibling folder over the old table.
 
 Outputs follow :mod:`ccmb.outdir`: never inside the download folder (or another input), never over a file or
 folder that is not a ccmb decision table, one writer at a time (:func:`table_lock`).
+
+On object storage (an fsspec URL) a folder cannot be renamed: a table folder is replaced in place. Its old
+marker goes first (so the old table stops being complete), then its old parts; each new part is published
+whole (an uploaded object appears only when complete, :class:`ccmb.storage.AtomicFile`); the marker, listing
+every part with its SHA-256, is written last. A reader trusts the marker alone, so a killed job leaves a
+folder without marker (refused as partial, replaced by the rerun). A one-file table is published the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ... import atomic, outdir
 from ... import shards as fmt
+from ... import storage
 from ...types import PathLike
 from .decisions import (MARKER, MARKER_VERSION, PART_FORMAT, is_decision_table_file, is_decision_table_folder)
 from .folder import DownloadFolder
@@ -81,13 +89,18 @@ def _add(into: Dict[str, int], counts: Dict[str, int]) -> None:
 def check_output(path: PathLike, inputs: Sequence[Optional[PathLike]] = ()) -> Path:
     """Refuse an output table inside an input folder, or one that would replace something ccmb did not write
     (a folder or file that is not a decision table); returns the path."""
-    path = Path(path)
+    path = storage.location(path)
     outdir.refuse_inside(path, inputs)
-    if path.is_dir() and not is_decision_table_folder(path):
-        foreign = sorted(p.name for p in path.iterdir())
+    try:
+        is_dir = storage.isdir(path)
+        is_file = not is_dir and storage.isfile(path)
+    except OSError as exc:
+        raise CurationError(str(exc)) from exc
+    if is_dir and not is_decision_table_folder(path):
+        foreign = storage.listdir(path)
         raise CurationError(f"{path}: is a folder but not a decision table (it holds {foreign[0]!r}); refusing to "
                             "replace it: choose another --output")
-    if path.is_file() and not is_decision_table_file(path):
+    if is_file and not is_decision_table_file(path):
         raise CurationError(f"{path}: exists and is not a decision table written by ccmb; refusing to replace it: "
                             "choose another --output")
     return path
@@ -95,19 +108,22 @@ def check_output(path: PathLike, inputs: Sequence[Optional[PathLike]] = ()) -> P
 
 def table_lock(path: PathLike, command: Optional[str] = None) -> outdir.FolderLock:
     """The lock a run holds on an output table while it writes it (a second run is refused naming the holder)."""
-    path = Path(path)
-    return outdir.FolderLock(path.parent, command, lock_name=f".{path.name}{outdir.LOCK_FILE}")
+    return outdir.FolderLock(storage.parent(path), command, lock_name=f".{storage.name(path)}{outdir.LOCK_FILE}")
 
 
 def remove_table(path: PathLike) -> None:
     """Remove an old decision table (file or folder, complete or partial) before publishing a new one."""
-    path = Path(path)
-    if path.is_dir():
+    path = storage.location(path)
+    if storage.isdir(path):
         if not is_decision_table_folder(path):
             raise CurationError(f"{path}: is a folder but not a decision table; refusing to replace it")
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+        if isinstance(path, Path):
+            shutil.rmtree(path)
+        else:  # the marker first: from then on the folder reads as partial, never as the old table
+            storage.remove(storage.join(path, MARKER))
+            storage.remove_tree(path)
+    elif storage.exists(path):
+        storage.remove(path)
 
 
 # ------------------------------------------------------------------------------------------------- parts
@@ -118,12 +134,16 @@ class PartWriter:
 
     def __init__(self, path: PathLike, schema: pa.Schema = DECISION_SCHEMA,
                  dictionary_columns: Sequence[str] = DICTIONARY_COLUMNS, sink=None) -> None:
-        self.path = Path(path)
+        self.path = storage.location(path)
         self.schema = schema
         self.rows = 0
         self.counts: Dict[str, int] = {}
         dictionary = [c for c in dictionary_columns if c in schema.names]
-        self.writer = pq.ParquetWriter(sink if sink is not None else str(self.path), schema,
+        # on object storage the part is uploaded as it is written and appears whole at close
+        self.sink = storage.AtomicFile(self.path, digest=True) if sink is None and storage.is_url(self.path) \
+            else None
+        self.writer_sink = sink
+        self.writer = pq.ParquetWriter(sink if sink is not None else self.sink or str(self.path), schema,
                                        use_dictionary=dictionary, write_statistics=["key"] if "key" in schema.names
                                        else False)
 
@@ -139,12 +159,31 @@ class PartWriter:
         if metadata:
             self.writer.add_key_value_metadata({k.decode(): v.decode() for k, v in metadata.items()})
         self.writer.close()
-        return {"name": self.path.name, "rows": self.rows, "reasons": self.counts}
+        info: Dict[str, Any] = {"name": storage.name(self.path), "rows": self.rows, "reasons": self.counts}
+        if self.sink is not None:
+            self.sink.publish()
+            info.update(bytes=self.sink.size, sha256=self.sink.sha256)
+        return info
+
+    def abort(self) -> None:
+        """Drop a half-written part (closing it first; the error that got us here wins)."""
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+        if self.sink is not None:
+            self.sink.abort()
+        elif isinstance(self.path, Path):
+            self.path.unlink(missing_ok=True)
 
 
-def part_entry(path: PathLike, rows: int, reasons: Dict[str, int]) -> Dict[str, Any]:
-    path = Path(path)
-    return {"name": path.name, "bytes": path.stat().st_size, "rows": int(rows), "sha256": fmt.sha256_file(path),
+def part_entry(path: PathLike, rows: int, reasons: Dict[str, int], info: Optional[Dict[str, Any]] = None
+               ) -> Dict[str, Any]:
+    """A part's marker entry (bytes and SHA-256 from ``info`` when the writer computed them, else read)."""
+    info = info or {}
+    size = info["bytes"] if "bytes" in info else storage.size(path)
+    digest = info["sha256"] if "sha256" in info else fmt.sha256_file(path)
+    return {"name": storage.name(path), "bytes": int(size), "rows": int(rows), "sha256": digest,
             "reasons": dict(reasons)}
 
 
@@ -152,7 +191,7 @@ def write_part(folder: PathLike, index: int, tables: Iterable[pa.Table],
                schema: pa.Schema = DECISION_SCHEMA) -> Optional[Dict[str, Any]]:
     """Write part ``index`` of a table folder from a sorted stream (where the data is: a worker or a Spark
     task); returns its marker entry, or None when the stream was empty (no file)."""
-    path = Path(folder) / PART_FORMAT.format(index)
+    path = storage.join(folder, PART_FORMAT.format(index))
     writer = None
     try:
         for t in tables:
@@ -163,17 +202,20 @@ def write_part(folder: PathLike, index: int, tables: Iterable[pa.Table],
             writer.write(t)
     except BaseException:
         if writer is not None:
-            writer.writer.close()
-            path.unlink(missing_ok=True)
+            writer.abort()
         raise
     if writer is None:
         return None
     info = writer.close()
-    return part_entry(path, info["rows"], info["reasons"])
+    return part_entry(path, info["rows"], info["reasons"], info)
 
 
-def temp_folder(final: PathLike) -> Path:
-    """A fresh sibling folder to write parts into (a leftover of a killed job is removed first)."""
+def temp_folder(final: PathLike) -> storage.Location:
+    """A fresh sibling folder to write parts into (a leftover of a killed job is removed first). On object
+    storage the table folder itself, emptied (marker first, see the module docstring)."""
+    if storage.is_url(final):
+        remove_table(final)
+        return storage.location(final)
     final = Path(final)
     tmp = final.with_name(final.name + ".partial")
     if tmp.exists():
@@ -186,17 +228,20 @@ def temp_folder(final: PathLike) -> Path:
 def publish_parts(tmp: PathLike, final: PathLike, entries: Sequence[Optional[Dict[str, Any]]], *,
                   kind: Optional[str], info: Optional[str], source: Optional[Dict[str, Any]]) -> Summary:
     """Write the marker (last) into ``tmp`` and move it over ``final``; the summary from the entries' counts."""
-    tmp, final = Path(tmp), Path(final)
     entries = sorted((e for e in entries if e), key=lambda e: e["name"])
-    for junk in tmp.iterdir():  # Spark's own _SUCCESS and .crc files, anything that is not a listed part
-        if junk.name not in {e["name"] for e in entries}:
-            shutil.rmtree(junk) if junk.is_dir() else junk.unlink()
+    # Spark's own _SUCCESS and .crc files, anything that is not a listed part
+    storage.remove_tree(tmp, keep={e["name"] for e in entries})
     rows = int(sum(e["rows"] for e in entries))
     doc = {"version": MARKER_VERSION, "kind": kind, "info": info, "source": source, "rows": rows,
            "parts": list(entries)}
-    atomic.write_json(tmp / MARKER, doc)
-    remove_table(final)
-    os.replace(tmp, final)
+    if storage.is_url(final):  # written in place: the marker, last, makes it complete
+        storage.write_json(storage.join(final, MARKER), doc)
+        final = storage.location(final)
+    else:
+        tmp, final = Path(tmp), Path(final)
+        atomic.write_json(tmp / MARKER, doc)
+        remove_table(final)
+        os.replace(tmp, final)
     counts: Dict[str, int] = {}
     for e in entries:
         _add(counts, e.get("reasons", {}))
@@ -210,8 +255,8 @@ class TableWriter:
     def __init__(self, path: PathLike, *, kind: Optional[str], info: Optional[str] = None,
                  source: Optional[Dict[str, Any]] = None, parts: int = 0, total_rows: Optional[int] = None,
                  schema: pa.Schema = DECISION_SCHEMA) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = storage.location(path)
+        storage.makedirs(storage.parent(self.path))
         self.kind, self.info, self.source, self.schema = kind, info, source, schema
         self.parts = max(0, int(parts))
         self.total = total_rows
@@ -221,6 +266,9 @@ class TableWriter:
         if self.parts:
             self.tmp = temp_folder(self.path)
             self.index, self.current = 0, None
+        elif storage.is_url(self.path):  # an upload that appears whole when published
+            self.tmp_file = None
+            self.file = PartWriter(self.path, schema, sink=storage.AtomicFile(self.path))
         else:
             self.tmp_file = atomic.temp_path_for(self.path)
             self.file = PartWriter(self.tmp_file, schema)
@@ -240,7 +288,7 @@ class TableWriter:
         at = 0
         while at < table.num_rows:
             if self.current is None:
-                self.current = PartWriter(self.tmp / PART_FORMAT.format(self.index), self.schema)
+                self.current = PartWriter(storage.join(self.tmp, PART_FORMAT.format(self.index)), self.schema)
             room = self._limit() - self.rows if self.index < self.parts - 1 else float("inf")
             take = int(min(table.num_rows - at, max(room, 1)))
             self.current.write(table.slice(at, take))
@@ -251,7 +299,7 @@ class TableWriter:
 
     def _roll(self) -> None:
         info = self.current.close()
-        self.entries.append(part_entry(self.current.path, info["rows"], info["reasons"]))
+        self.entries.append(part_entry(self.current.path, info["rows"], info["reasons"], info))
         self.current = None
         self.index += 1
 
@@ -265,6 +313,12 @@ class TableWriter:
             if self.source:
                 meta[TABLE_SOURCE] = json.dumps(self.source).encode()
             self.file.close(meta)
+            if self.tmp_file is None:
+                sink = self.file.writer_sink
+                if storage.isdir(self.path):
+                    remove_table(self.path)
+                sink.publish()
+                return Summary.of_counts(self.rows, self.file.counts, self.path)
             remove_table(self.path) if self.path.is_dir() else None
             atomic.commit(self.tmp_file, self.path)
             return Summary.of_counts(self.rows, self.file.counts, self.path)
@@ -278,9 +332,17 @@ class TableWriter:
                 self.file.writer.close()
             except Exception:  # noqa: BLE001  (closing a half-written file; the error that got us here wins)
                 pass
-            Path(self.tmp_file).unlink(missing_ok=True)
-        else:
+            if self.tmp_file is None:
+                self.file.writer_sink.abort()
+            else:
+                Path(self.tmp_file).unlink(missing_ok=True)
+        elif isinstance(self.tmp, Path):
             shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            if self.current is not None:
+                self.current.abort()
+            with contextlib.suppress(OSError):
+                storage.remove_tree(self.tmp)
 
 
 def write_table(path: PathLike, table: pa.Table, *, kind: Optional[str] = None, info: Optional[str] = None,
