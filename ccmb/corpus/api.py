@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from .. import outdir, storage
 from .. import shards as fmt
+from ..blocklist import Blocklist, BlocklistError
 from ..types import PathLike
 from .engines.local import LocalEngine
 from .engines.spark import SparkEngine, session
@@ -270,8 +271,6 @@ def _build_params(folder: DownloadFolder, keep_tables: Sequence[PathLike], sampl
 
 def _load_blocklist(blocklist):
     """A :class:`ccmb.blocklist.Blocklist` from one, or from list files (errors name the file and line)."""
-    from ..blocklist import Blocklist, BlocklistError
-
     if blocklist is None or isinstance(blocklist, Blocklist):
         return blocklist
     files = [blocklist] if isinstance(blocklist, (str, Path)) else list(blocklist)

@@ -28,6 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ... import shards as fmt
+from ... import storage
 from ...blocklist import HASH_COLUMNS, REASON_CODES, URL_COLUMNS, Blocklist, blocked
 from ..primitives.columns import downloaded
 from ..tables.dataflow import Fn
@@ -80,12 +82,13 @@ def blocklist_columns(folder: DownloadFolder, blocklist: Blocklist) -> List[str]
     needed = [kind for kind, entries in (("md5", blocklist.md5), ("sha256", blocklist.sha256)) if entries]
     for parquet in folder.parquets if needed else ():
         try:
-            names = pq.read_schema(parquet).names
+            with fmt.parquet_source(storage.location(parquet)) as src:  # a local path or a URL
+                names = pq.read_schema(src).names
         except (OSError, pa.ArrowException) as exc:
             raise CurationError(f"{parquet}: unreadable parquet: {exc}") from exc
         for kind in needed:
             if kind not in names:
-                raise CurationError(f"{folder.path}: {parquet.name} has no {kind} column (downloaded before ccmb "
+                raise CurationError(f"{folder.path}: {storage.name(parquet)} has no {kind} column (downloaded before ccmb "
                                     f"recorded it), so the {kind.upper()} entries of the blocklist cannot be "
                                     "checked; download again, or list URLs/domains instead")
     cols = ["key", "status"]
