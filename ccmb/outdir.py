@@ -210,6 +210,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+#: descriptors of the flocks this process holds; a forked child (a DataLoader worker, a pool process) closes its
+#: copies at once, so that a lock is released when its holder dies even while orphaned children live on
+_HELD_FDS: set = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 class FolderLock:
     """Exclusive, crash-safe lock on an output folder for the duration of a run.
 
@@ -280,6 +298,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info, sort_keys=True) + "\n").encode(), 0)
         self._fd = fd
+        _HELD_FDS.add(fd)
         return self
 
     def release(self) -> None:
@@ -297,6 +316,10 @@ class FolderLock:
             return
         if self._fd is None:
             return
+        if self._fd not in _HELD_FDS:  # a forked child: its copy was closed at the fork, the parent holds the lock
+            self._fd = None
+            return
+        _HELD_FDS.discard(self._fd)
         import fcntl
 
         with contextlib.suppress(OSError):

@@ -89,3 +89,27 @@ def test_lock_refuses_second_writer_and_dies_with_holder(tmp_path: Path) -> None
         except outdir.OutputFolderError:
             assert time.time() < deadline
             time.sleep(0.05)
+
+
+def test_a_lock_dies_with_its_holder_even_while_forked_children_live(tmp_path):
+    """DataLoader workers and pool processes are forked with the lock's descriptor: they close their copy at
+    once, so a killed holder's lock is free although its orphaned children still run."""
+    script = (
+        "import os, sys, time\n"
+        "from ccmb.outdir import FolderLock\n"
+        "lock = FolderLock(sys.argv[1], 'holder').acquire()\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(30); os._exit(0)\n"
+        "print('locked', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(outdir.OutputFolderError, match="another run is writing"):
+            outdir.FolderLock(tmp_path).acquire()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.2)
+        outdir.FolderLock(tmp_path).acquire().release()  # the child still lives, the lock is free
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
