@@ -92,6 +92,12 @@ def test_pipeline_on_s3_equals_the_local_one(site, s3_url, tmp_path):
     vocab = write_vocab(tmp_path / "tok")
     local = _pipeline(site, tmp_path / "local", vocab, tmp_path / "run-local")
     remote = _pipeline(site, s3_url, vocab, tmp_path / "run-s3")
+    # every shard's stats file is on S3 (a URL taken for a local path would write ./s3:/... instead)
+    from ccmb import storage
+
+    stats = storage.glob(storage.join(s3_url, "download"), "[0-9]*_stats.json")
+    assert len(stats) == len(storage.glob(storage.join(str(tmp_path / "local"), "download"), "[0-9]*_stats.json"))
+    assert stats and not (Path.cwd() / "s3:").exists()
 
     # the download folder: the same rows (successes, the 404, the input duplicate), on S3 under the URL
     assert _rows(local["download"]).equals(_rows(remote["download"]))

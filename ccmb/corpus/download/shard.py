@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import pyarrow as pa
 
-from ... import atomic
+from ... import storage
 from .crawl import Crawler, load_blocklist
 from .decode import DEFAULT_BUDGET_MB, Resizer
 from .folder import finish_shard, is_disk_full
@@ -184,4 +184,4 @@ def _md5(data: bytes) -> str:
 
 def write_stats(output_folder: str, shard_id: int, digits: int, stats: Dict[str, Any]) -> None:
     """The shard's ``NNNNN_stats.json`` (written last: it marks the shard finished)."""
-    atomic.write_json(f"{output_folder}/{shard_id:0{digits}d}_stats.json", stats)
+    storage.write_json(storage.join(output_folder, f"{shard_id:0{digits}d}_stats.json"), stats)  # a path or a URL
