@@ -301,6 +301,16 @@ def isdir(path: PathLike) -> bool:
         return bool(fs.isdir(p))
 
 
+def is_folder(path: PathLike, what: str = "file or folder") -> bool:
+    """True for a folder, False for a file; a missing ``path`` is a :class:`FileNotFoundError` naming it as
+    ``what`` (``"<path>: no such <what>"``)."""
+    if isdir(path):
+        return True
+    if not exists(path):
+        raise FileNotFoundError(f"{display(path)}: no such {what}")
+    return False
+
+
 def size(path: PathLike) -> int:
     if not is_url(path):
         return location(path).stat().st_size

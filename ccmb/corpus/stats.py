@@ -119,9 +119,7 @@ def corpus_stats(path: Union[str, Path]) -> Dict[str, Any]:
     """Statistics of a download folder or shard set (a dict, JSON-serialisable)."""
     path = storage.location(path)  # a local path or an fsspec URL
     try:
-        is_dir = storage.isdir(path)
-        if not is_dir and not storage.exists(path):
-            raise CurationError(f"{path}: no such folder")
+        is_dir = storage.is_folder(path, "folder")
     except OSError as exc:
         raise CurationError(str(exc)) from exc
     if is_dir and fmt.expects_parquets(path):

@@ -107,9 +107,7 @@ def open_table(path: PathLike) -> DecisionTable:
     right types; errors name the file."""
     path = storage.location(path)
     try:
-        is_dir = storage.isdir(path)
-        if not is_dir and not storage.exists(path):
-            raise CurationError(f"{path}: no such decision table")
+        is_dir = storage.is_folder(path, "decision table")
     except OSError as exc:
         raise CurationError(str(exc)) from exc
     if is_dir:
