@@ -82,6 +82,18 @@ def context_limit(tokenizer: Any, text_config: Any, offset: int = 0) -> int:
     return limit if limit > 0 else 512
 
 
+def rgb_already(processor: Any, images: Sequence[Any]) -> Dict[str, bool]:
+    """``{"do_convert_rgb": False}`` when every image is already RGB and the processor takes that option (its
+    conversion would only copy each image again; the pixels are identical), else ``{}``."""
+    image_processor = getattr(processor, "image_processor", processor)
+    names = getattr(image_processor, "_valid_kwargs_names", None)
+    if names is None:
+        names = getattr(getattr(image_processor, "valid_kwargs", None), "__annotations__", {})
+    if "do_convert_rgb" in names and all(getattr(im, "mode", None) == "RGB" for im in images):
+        return {"do_convert_rgb": False}
+    return {}
+
+
 class HFDualEncoderAdapter(ModelAdapter):
     """A transformers model with ``get_image_features``/``get_text_features``, its image processor and tokenizer."""
 
@@ -106,7 +118,8 @@ class HFDualEncoderAdapter(ModelAdapter):
 
         if self.image_processor is None:
             return torch.stack([self.transform(im) for im in images])
-        out = self.image_processor(images=list(images), return_tensors="pt")
+        images = list(images)
+        out = self.image_processor(images=images, return_tensors="pt", **rgb_already(self.image_processor, images))
         return out["pixel_values"] if len(out) == 1 else dict(out)  # NaFlex: masks and shapes travel along
 
     def encode_images(self, pixel_values, with_hidden=False):

@@ -50,19 +50,26 @@ def encode_images(adapter: ModelAdapter, load: Callable[[int], Image.Image], ids
 
 def encode_texts(adapter: ModelAdapter, texts: Sequence[str], batch_size: int, cache: EmbeddingCache,
                  part: str = "texts", with_hidden: bool = False, desc: str = "texts") -> Dict[str, torch.Tensor]:
-    """Encode ``texts``; with hidden states for re-ranking when ``with_hidden``."""
+    """Encode ``texts``; with hidden states for re-ranking when ``with_hidden``.
+
+    Texts are batched longest first (a stable sort by length), so a batch padded to its longest text carries
+    little padding, and the results are put back in the input order: each text's embedding is the one it gets
+    alone or in any batch (padding is masked), up to float rounding."""
     key = f"{digest(list(texts))}:{len(texts)}:{int(with_hidden)}"
 
     def compute() -> Dict[str, torch.Tensor]:
         parts = []
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with tqdm(total=len(texts), desc=f"encode {desc}", unit="text", leave=False) as bar:
             for start in range(0, len(texts), batch_size):
-                chunk = list(texts[start:start + batch_size])
+                chunk = [texts[i] for i in order[start:start + batch_size]]
                 parts.append(adapter.encode_texts(chunk, with_hidden=with_hidden))
                 bar.update(len(chunk))
         if not parts:
             raise ValueError(f"no {desc} to encode")
-        return _cat(parts)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.as_tensor(order)] = torch.arange(len(order))
+        return {k: v[inverse] for k, v in _cat(parts).items()}
 
     return cache.get(part + ("+hidden" if with_hidden else ""), key, compute)
 

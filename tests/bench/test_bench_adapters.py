@@ -152,3 +152,35 @@ def test_the_makefile_installs_the_open_clip_extra_of_pyproject():
     assert vision_pin.startswith(pairs[".".join(torch_pin.split(".")[:2])])
     assert f"torchvision=={vision_pin.rsplit('.', 1)[0]}.*" in extra["open-clip"]
     assert "--no-deps" in make and "$(OPEN_CLIP_DIR)" in make
+
+
+def test_texts_are_batched_longest_first_and_returned_in_input_order(tiny_models):
+    """``encode_texts`` batches texts sorted by length (little padding per batch) and puts embeddings, hidden
+    states and masks back in the input order: each equals encoding that text alone (up to float rounding)."""
+    import torch
+
+    from ccmb_bench.cache import EmbeddingCache
+    from ccmb_bench.tasks.encode import encode_texts
+
+    adapter = load_adapter(str(tiny_models.r2d2))
+    seen = []
+    plain = adapter.encode_texts
+
+    def counting(texts, with_hidden=False):
+        seen.append([len(t) for t in texts])
+        return plain(texts, with_hidden=with_hidden)
+
+    adapter.encode_texts = counting
+    texts = [("红色圆形" * 6) if k % 2 else f"猫{k}" for k in range(12)]
+    cache = EmbeddingCache(None, adapter.name, adapter.fingerprint, "t", "t")
+    out = encode_texts(adapter, texts, 4, cache, with_hidden=True)
+    assert [len(b) for b in seen] == [4, 4, 4]
+    assert sum(seen, []) == sorted(map(len, texts), reverse=True)  # long texts together, short ones together
+    adapter.encode_texts = plain
+    for k, text in enumerate(texts):
+        alone = adapter.encode_texts([text], with_hidden=True)
+        assert torch.allclose(out["embeds"][k], alone["embeds"][0], atol=1e-5)
+        if "hidden" in alone:
+            n = int(alone["mask"][0].sum())
+            assert int(out["mask"][k].sum()) == n
+            assert torch.allclose(out["hidden"][k, :n].float(), alone["hidden"][0, :n].float(), atol=1e-3)
