@@ -47,7 +47,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import atomic
 from .types import PathLike
@@ -67,6 +67,16 @@ STREAM_BLOCK = 16 << 20
 RANDOM_BLOCK = 1 << 20
 #: Part size of an upload (S3's minimum is 5 MiB; 10,000 parts allow 80 GB): the memory a writer buffers.
 WRITE_BLOCK = 8 << 20
+#: Byte ranges of one file on object storage closer than this are fetched by one request (:func:`read_ranges`):
+#: about the bytes a request's round trip is worth (tens of ms at tens of MB/s), as Arrow's read coalescing
+#: sizes its holes
+RANGE_GAP = 1 << 20
+#: The same on local disk (a read there costs microseconds: only near neighbours are merged)
+LOCAL_RANGE_GAP = 64 << 10
+#: The largest single read :func:`read_ranges` makes of neighbouring ranges
+RANGE_BLOCK = 8 << 20
+#: Upload chunks of one file waiting for the background sender (memory: about this many times WRITE_BLOCK more)
+PARTS_IN_FLIGHT = 2
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
 TMP_MARK = atomic.TMP_MARK
@@ -244,12 +254,70 @@ def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = N
     if not is_url(path):
         return open(location(path), mode, encoding=encoding if "b" not in mode else None)
     fs, p = _fs(path)
-    extra = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
+    extra: Dict[str, Any] = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
+    if block_size == STREAM_BLOCK:  # streaming: the next block is fetched in the background while this one is read
+        extra.update(cache_type="background", cache_options={"maxblocks": 2})
     with _errors(path, "open"):
         fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK, **extra)
     if "b" in mode:
         return fh
     return io.TextIOWrapper(fh, encoding=encoding or "utf-8")
+
+
+def read_ranges(ranges: Sequence[Tuple[PathLike, int, int]]) -> List[bytes]:
+    """The bytes of each ``(path, offset, size)``, in the order given. Neighbouring ranges of one file are read
+    by one request (gaps up to :data:`RANGE_GAP`, :data:`LOCAL_RANGE_GAP` on disk; reads up to
+    :data:`RANGE_BLOCK`); on object storage the reads
+    go out concurrently (fsspec ``cat_ranges``), so a thousand scattered members cost a few round trips, not
+    a thousand, and never a whole read-ahead block each. A range past the end of its file is a
+    :class:`StorageError` naming the file and offset."""
+    if not ranges:
+        return []
+    resolved: Dict[Any, Location] = {}
+    places = [resolved.get(p) or resolved.setdefault(p, location(p)) for p, _, _ in ranges]
+    by_file: Dict[Location, List[int]] = {}
+    for i, place in enumerate(places):
+        by_file.setdefault(place, []).append(i)
+    gap = LOCAL_RANGE_GAP if isinstance(places[0], Path) else RANGE_GAP
+    blocks: List[Tuple[Location, int, int]] = []  # (file, start, end) of each read
+    where: List[Tuple[int, int]] = [(0, 0)] * len(ranges)  # range i -> (block, offset in it)
+    for items in by_file.values():
+        items.sort(key=lambda i: ranges[i][1])
+        for i in items:
+            start, end = int(ranges[i][1]), int(ranges[i][1]) + int(ranges[i][2])
+            if start < 0 or end < start:
+                raise ValueError(f"{display(places[i])}: bad byte range ({start}, {ranges[i][2]})")
+            if blocks and blocks[-1][0] == places[i] and start - blocks[-1][2] <= gap \
+                    and start >= blocks[-1][1] and max(end, blocks[-1][2]) - blocks[-1][1] <= RANGE_BLOCK:
+                f, b_start, b_end = blocks[-1]
+                blocks[-1] = (f, b_start, max(b_end, end))
+            else:
+                blocks.append((places[i], start, end))
+            where[i] = (len(blocks) - 1, start - blocks[-1][1])
+    if isinstance(places[0], Path):
+        data = []
+        handles: Dict[Location, Any] = {}
+        try:
+            for f, start, end in blocks:
+                if f not in handles:
+                    handles[f] = open(f, "rb")
+                data.append(os.pread(handles[f].fileno(), end - start, start))
+        finally:
+            for fh in handles.values():
+                fh.close()
+    else:
+        fs, _ = _fs(places[0])
+        with _errors(places[0], "read byte ranges"):
+            data = fs.cat_ranges([_fs(f)[1] for f, _, _ in blocks], [b[1] for b in blocks],
+                                 [b[2] for b in blocks], on_error="raise")
+    out = []
+    for i, (block, offset) in enumerate(where):
+        piece = data[block][offset:offset + int(ranges[i][2])]
+        if len(piece) != int(ranges[i][2]):
+            raise StorageError(f"{display(places[i])}: {ranges[i][2]} bytes at offset {ranges[i][1]} run past "
+                               "the end of the file (truncated?)")
+        out.append(piece)
+    return out
 
 
 def read_bytes(path: PathLike, max_bytes: Optional[int] = None) -> bytes:
@@ -453,8 +521,12 @@ class AtomicFile(io.RawIOBase):
         # not part of an fsspec transaction: drop the file from the filesystem's pending list
         with contextlib.suppress(Exception):
             self._fs.transaction.files.remove(self._fh)
-        with _errors(self.path, "write"):
-            self._fh.write(bytes(self._small))
+        self._sender = _PartSender(self._fh, self.path)
+        self._send()
+
+    def _send(self) -> None:
+        """Hand the buffered bytes to the background sender (it uploads while the writer goes on)."""
+        self._sender.send(bytes(self._small))
         self._small = bytearray()
 
     def write(self, data: Any) -> int:  # type: ignore[override]
@@ -463,10 +535,10 @@ class AtomicFile(io.RawIOBase):
         view = memoryview(data).cast("B")
         if self._mode == "local":  # local errors (ENOSPC ...) pass unchanged, as from a plain file
             self._fh.write(view)
-        elif self._mode == "upload" and self._fh is None:
+        elif self._mode == "upload":
             self._small += view
             if len(self._small) >= WRITE_BLOCK:
-                self._open_upload()
+                self._open_upload() if self._fh is None else self._send()
         else:
             with _errors(self.path, "write"):
                 self._fh.write(view)
@@ -504,6 +576,8 @@ class AtomicFile(io.RawIOBase):
                         self._fs.pipe_file(self._p, bytes(self._small))
                         self._small = bytearray()
                     else:
+                        self._send()
+                        self._sender.finish()  # every part handed over is uploaded (or its error raised)
                         self._fh.close()  # uploads the last part; the object is not visible yet
                         self._fh.commit()  # completes the upload: the object appears whole
                 _invalidate(self._fs, self._p)
@@ -531,6 +605,7 @@ class AtomicFile(io.RawIOBase):
             self._small = bytearray()
             if self._fh is None:
                 return  # nothing was sent
+            self._sender.finish(raise_error=False)
             try:
                 self._fh.discard()  # aborts the multipart upload
             except Exception as exc:  # noqa: BLE001 - cleanup must not hide the original error
@@ -565,6 +640,40 @@ class AtomicFile(io.RawIOBase):
         with contextlib.suppress(Exception):
             if not self._done:
                 self.abort()
+
+
+class _PartSender:
+    """Writes an upload's bytes from one background thread, so the parts travel while the writer produces the
+    next ones (at most :data:`PARTS_IN_FLIGHT` chunks of :data:`WRITE_BLOCK` wait: bounded memory). Order is
+    kept (one thread); the first error is raised by the next :meth:`send` or by :meth:`finish`."""
+
+    def __init__(self, fh: Any, path: Location) -> None:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fh, self.path = fh, path
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-upload")
+        self.pending: Any = deque()
+
+    def _write(self, data: bytes) -> None:
+        with _errors(self.path, "write"):
+            self.fh.write(data)
+
+    def send(self, data: bytes) -> None:
+        while len(self.pending) >= PARTS_IN_FLIGHT:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._write, data))
+
+    def finish(self, raise_error: bool = True) -> None:
+        try:
+            while self.pending:
+                future = self.pending.popleft()
+                if raise_error:
+                    future.result()
+                else:
+                    future.exception()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@
 4. **build-shards** (the target too: <= 1.5x): the same set as a download folder (its NNNNN.parquet/.tar) with
    a keep-everything decision table made once per side, ``build_shards`` into a fresh output each run (plan,
    tar index, every sample read by offset from the source tars and written into new tars, manifest), all
-   input and output on the side's storage (on S3: reads by range, uploads published whole).
+   input and output on the side's storage (on S3: byte ranges read concurrently a chunk ahead, upload parts
+   sent in the background, objects published whole);
+5. **build-shards --shuffle**: the same with a shuffled plan (each output shard reads scattered samples).
 
 Both sides run the same code (``ccmb.storage`` picks the local or the fsspec path); the S3 side pays HTTP,
 signing and the server's own CPU on the same machine (reported: the server's CPU seconds per run).
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the trainer pipeline")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--samples-per-shard", type=int, default=500, help="of the build-shards outputs")
     args = ap.parse_args()
 
     import torch
@@ -110,13 +113,17 @@ def main() -> None:
             write_table(keep[str(spec)], pa.table(cols), kind="filter", source=spec)  # keeps every sample
         runs = iter(range(1_000_000))
 
-        def build(spec) -> Callable[[], int]:
+        def build(spec, shuffle: bool = False) -> Callable[[], int]:
             def run() -> int:
                 base = tmp / "build" if not storage.is_url(spec) else server.url("bench", "build")
                 out = storage.join(base, f"out-{next(runs)}")
-                summary = api.build_shards(spec, out, keep_tables=[keep[str(spec)]], samples_per_shard=500)
+                summary = api.build_shards(spec, out, keep_tables=[keep[str(spec)]],
+                                           samples_per_shard=args.samples_per_shard, shuffle=shuffle)
                 return summary.samples
             return run
+
+        def build_shuffled(spec) -> Callable[[], int]:
+            return build(spec, shuffle=True)
 
         def verify(spec) -> Callable[[], int]:
             def run() -> int:
@@ -128,9 +135,11 @@ def main() -> None:
         sections = [("trainer data pipeline", pipeline, "samples/s"),
                     ("tar streaming alone", streaming, "samples/s"),
                     ("verify --no-images", verify, "samples/s"),
-                    ("build-shards", build, "samples/s")]
+                    ("build-shards", build, "samples/s"),
+                    ("build-shards --shuffle", build_shuffled, "samples/s")]
         results: Dict[str, Dict[str, List[float]]] = {}
         srv_cpu: Dict[str, List[float]] = {}
+        own_cpu: Dict[str, Dict[str, List[float]]] = {}
         load0 = os.getloadavg()[0]
         for title, make, _ in sections:  # warm-up: imports, page cache, the server's first requests
             make(local)()
@@ -138,11 +147,12 @@ def main() -> None:
         for _ in range(args.repeats):
             for title, make, _ in sections:
                 for side, spec in (("local", local), ("s3", remote)):
-                    c0 = server_cpu(server.pid)
+                    c0, o0 = server_cpu(server.pid), time.process_time()
                     t0 = time.perf_counter()
                     n = make(spec)()
                     dt = time.perf_counter() - t0
                     results.setdefault(title, {}).setdefault(side, []).append(dt)
+                    own_cpu.setdefault(title, {}).setdefault(side, []).append(time.process_time() - o0)
                     if side == "s3":
                         srv_cpu.setdefault(title, []).append(server_cpu(server.pid) - c0)
                     assert n > 0
@@ -152,14 +162,17 @@ def main() -> None:
               f"trainer: {args.workers} DataLoader workers, batch {args.batch}, {args.image_size}-px crops; "
               f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores")
         print(f"{'step':34s} {'local s':>9s} {'s3 s':>9s} {'ratio':>7s} {'local /s':>10s} {'s3 /s':>10s} "
-              f"{'server CPU s':>13s}")
+              f"{'server CPU s':>13s} {'own CPU s (local / s3)':>23s}")
         n_items = {"trainer data pipeline": n_batches * args.batch}
         for title, _, unit in sections:
             loc = statistics.median(results[title]["local"])
             rem = statistics.median(results[title]["s3"])
             n = n_items.get(title, args.samples)
+            own = own_cpu[title]
             print(f"{title:34s} {loc:9.3f} {rem:9.3f} {rem / loc:6.2f}x {n / loc:10.1f} {n / rem:10.1f} "
-                  f"{statistics.median(srv_cpu[title]):13.2f}")
+                  f"{statistics.median(srv_cpu[title]):13.2f} "
+                  f"{statistics.median(own['local']):11.2f} / {statistics.median(own['s3']):.2f}")
+        print("own CPU: this process (threads included; not the DataLoader workers); server CPU: the S3 server's")
         for title in ("trainer data pipeline", "build-shards"):
             ratio = statistics.median(results[title]["s3"]) / statistics.median(results[title]["local"])
             print(f"target: {title} from object storage <= 1.50x the local cost: {ratio:.2f}x, "

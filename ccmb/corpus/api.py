@@ -46,7 +46,7 @@ from .primitives.phash import VARIANTS
 from .steps.levels import DedupConfig
 from .steps.levels import caption as caption_level
 from .steps.levels import phash as phash_level
-from .tables.decisions import check_source, open_table, table_fingerprint
+from .tables.decisions import check_source, open_table, read_marker, table_fingerprint
 from .tables.folder import DownloadFolder
 from .tables.dataflow import Fn
 from .tables.schema import CurationError
@@ -349,7 +349,9 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
                                     progress, blocklist)
                 saved["params"] = params
                 storage.write_json(plan_json, saved)  # written last: its presence means a complete plan
-            job = partial(build_step.write_shard, str(folder.path), str(out), samples_per_shard, saved["plan"])
+            plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
+            job = partial(build_step.write_shard, str(folder.path), str(out), samples_per_shard, saved["plan"],
+                          parts=read_marker(plan_dir)["parts"], done=build_step.done_names(out))
             results = eng.run(job, list(range(int(saved["shards"]))), desc="build-shards")
     summary = build_step.BuildSummary(output=str(out), samples=saved["samples"], shards=saved["shards"],
                                       dropped=saved.get("dropped", {}), restored=saved.get("restored", {}),

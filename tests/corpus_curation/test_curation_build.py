@@ -64,13 +64,13 @@ def test_restart_after_a_crash(planted, tmp_path, monkeypatch):
     real = build_mod.write_shard
     calls = []
 
-    def crashing(input_dir, output_dir, samples_per_shard, plan, index):
+    def crashing(input_dir, output_dir, samples_per_shard, plan, index, **known):
         calls.append(index)
         if index == 2:
             # die in the middle of shard 2: a temporary is left, no 00002.tar
             with shards.ShardWriter(output_dir, index):
                 raise KeyboardInterrupt("simulated kill")
-        return real(input_dir, output_dir, samples_per_shard, plan, index)
+        return real(input_dir, output_dir, samples_per_shard, plan, index, **known)
 
     monkeypatch.setattr(build_mod, "write_shard", crashing)
     with pytest.raises(KeyboardInterrupt):

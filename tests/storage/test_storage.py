@@ -114,7 +114,9 @@ _KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
     from ccmb import storage
     out = storage.AtomicFile(sys.argv[1])
-    out.write(os.urandom(12 << 20))  # two full parts uploaded on S3; the rest buffered
+    out.write(os.urandom(12 << 20))  # on S3 a full part goes to the background sender; the rest buffered
+    if getattr(out, "_sender", None) is not None:
+        out._sender.finish()  # wait until the part is sent: the upload exists, unfinished
     print("written", flush=True)
     time.sleep(600)
 """)

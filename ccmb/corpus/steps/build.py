@@ -17,9 +17,10 @@ import logging
 import math
 import tarfile
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,8 @@ PLAN_SCHEMA = pa.schema([("pos", pa.int64()), ("out_shard", pa.int32()), ("out_k
                          ("key", pa.string()), ("shard", pa.string()), ("members", pa.string())])
 RANKED = pa.schema([("key", pa.string()), ("shard", pa.string()), ("rank", pa.int64())])
 MEMBERS = pa.schema([("key", pa.string()), ("members", pa.string())])
+#: Bytes of source members a shard job reads at once (and once more ahead, in a background thread)
+READ_CHUNK = 32 << 20
 #: Rows per part of a plan written in-process (a shard's job reads the parts its rows are in).
 PLAN_PART_ROWS = 1 << 17
 
@@ -184,17 +187,18 @@ def finished(output_dir: PathLike, name: str, plan: str) -> Optional[Dict[str, A
     return entry
 
 
-def plan_rows(plan_dir: PathLike, lo: int, hi: int) -> pa.Table:
+def plan_rows(plan_dir: PathLike, lo: int, hi: int, parts: Optional[List[Dict[str, Any]]] = None) -> pa.Table:
     """The plan rows with ``lo <= pos < hi``, in order, from the parts that hold them (each checked against
-    its recorded SHA-256)."""
-    doc = read_marker(plan_dir)
+    its recorded SHA-256). ``parts``: the plan marker's parts when the caller has read (and checked) it."""
+    if parts is None:
+        parts = read_marker(plan_dir)["parts"]
     out, at = [], 0
-    for p in doc["parts"]:
+    for p in parts:
         first, at = at, at + int(p["rows"])
         if at <= lo or first >= hi:
             continue
         for t in iter_part_batches(storage.join(plan_dir, p["name"]), p.get("sha256"), PLAN_SCHEMA.names, rows=p["rows"],
-                                   schema=PLAN_SCHEMA):
+                                   schema=PLAN_SCHEMA, size=p.get("bytes")):
             pos = t.column("pos")
             out.append(t.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, hi))))
     table = pa.concat_tables(out) if out else PLAN_SCHEMA.empty_table()
@@ -255,29 +259,81 @@ class TarIndex:
         self.files.clear()
 
 
-def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, index: int
+def plan_samples(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_bytes: int = READ_CHUNK
+                 ) -> Iterator[fmt.Sample]:
+    """The samples of plan rows ``(key, source shard, members)``, in order. Each sample is one byte range of
+    its source tar (its members are neighbours there); rows are read in chunks of about ``chunk_bytes`` by
+    :func:`ccmb.storage.read_ranges` (neighbouring samples in one read, scattered ones, e.g. of a shuffled
+    plan, each by its own small read, concurrently on object storage), the next chunk in a background thread
+    while this one is written."""
+    tars: Dict[str, storage.Location] = {}
+    chunks: List[List[Tuple[str, storage.Location, int, int, Dict[str, Tuple[int, int]]]]] = [[]]
+    size = 0
+    for key, shard, members in rows:
+        parts = {}
+        for item in members.split(";"):
+            ext, off, n = item.split(":")
+            parts[ext] = (int(off), int(n))
+        parts = {ext: parts[ext] for ext in fmt.member_exts_used(parts)}
+        lo = min(off for off, _ in parts.values()) if parts else 0
+        hi = max(off + n for off, n in parts.values()) if parts else 0
+        if chunks[-1] and size >= chunk_bytes:
+            chunks.append([])
+            size = 0
+        tar = tars.get(shard) or tars.setdefault(shard, DownloadFolder.tar_of(input_dir, shard))
+        chunks[-1].append((key, tar, lo, hi - lo, parts))
+        size += hi - lo
+
+    def fetch(chunk) -> List[bytes]:
+        try:
+            return storage.read_ranges([(tar, lo, n) for _, tar, lo, n, _ in chunk])
+        except storage.StorageError as exc:
+            raise CurationError(str(exc)) from exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-read") as pool:
+        ahead = pool.submit(fetch, chunks[0]) if chunks[0] else None
+        for k, chunk in enumerate(chunks):
+            blocks = ahead.result() if ahead is not None else []
+            ahead = pool.submit(fetch, chunks[k + 1]) if k + 1 < len(chunks) else None
+            for (key, tar, lo, _, parts), block in zip(chunk, blocks):
+                got = {ext: block[off - lo:off - lo + n] for ext, (off, n) in parts.items()}
+                try:  # the one reader of the sample layout (ccmb.shards)
+                    yield fmt.sample_from_members(key, got, source=str(tar))
+                except fmt.ShardFormatError as exc:
+                    raise CurationError(str(exc)) from exc
+
+
+def done_names(output_dir: PathLike) -> frozenset:
+    """The names in ``_build/done/`` (one listing, by the driver: a job looks only for a record listed here)."""
+    try:
+        return frozenset(storage.list_files(storage.join(output_dir, BUILD_DIR, "done")))
+    except FileNotFoundError:
+        return frozenset()
+
+
+def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, index: int, *,
+                parts: Optional[List[Dict[str, Any]]] = None, done: Optional[frozenset] = None
                 ) -> Tuple[str, Dict[str, Any], bool]:
     """Write output shard ``index`` from the plan (a job: any process or Spark task); (name, manifest entry,
-    written now)."""
+    written now). What the driver already knows saves each job its requests on object storage: ``parts``, the
+    plan marker's checked parts (:func:`plan_rows`), and ``done``, the listing of ``_build/done/``
+    (:func:`done_names`; a shard without a record there is written without looking for one)."""
     out = storage.location(output_dir)
     name = fmt.shard_name(index)
-    entry = finished(out, name, plan)
+    entry = finished(out, name, plan) if done is None or f"{name}.json" in done else None
     if entry is not None:
         return name, entry, False
-    rows = plan_rows(storage.join(out, BUILD_DIR, PLAN_DIR), index * samples_per_shard, (index + 1) * samples_per_shard)
-    sources = TarIndex(input_dir)
-    try:
-        with fmt.ShardWriter(out, index, mtime=0) as writer:  # fixed mtimes: byte-identical for a plan
-            for out_key, key, shard, members in zip(rows.column("out_key").to_pylist(), rows.column("key").to_pylist(),
-                                                    rows.column("shard").to_pylist(),
-                                                    rows.column("members").to_pylist()):
-                s = sources.read_sample(shard, key, members)
-                meta = dict(s.meta)
-                meta["source_key"] = key
-                meta["key"] = out_key
-                writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
-    finally:
-        sources.close()
+    rows = plan_rows(storage.join(out, BUILD_DIR, PLAN_DIR), index * samples_per_shard, (index + 1) * samples_per_shard,
+                     parts)
+    keys = rows.column("key").to_pylist()
+    samples = plan_samples(input_dir, list(zip(keys, rows.column("shard").to_pylist(),
+                                               rows.column("members").to_pylist())))
+    with fmt.ShardWriter(out, index, mtime=0) as writer:  # fixed mtimes: byte-identical for a plan
+        for out_key, key, s in zip(rows.column("out_key").to_pylist(), keys, samples):
+            meta = dict(s.meta)
+            meta["source_key"] = key
+            meta["key"] = out_key
+            writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
     entry = writer.entry  # counted and hashed as it was written: no second read of the tar
     storage.write_json(done_path(out, name), {**entry, "plan": plan})
     return name, entry, True

@@ -186,13 +186,14 @@ def _check_part(path: PathLike, sha256: Optional[str], data: Optional[bytes] = N
 
 def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[str],
                       batch_rows: int = BATCH_ROWS, rows: Optional[int] = None,
-                      schema: pa.Schema = DECISION_SCHEMA) -> Iterator[pa.Table]:
+                      schema: pa.Schema = DECISION_SCHEMA, size: Optional[int] = None) -> Iterator[pa.Table]:
     """One part of a decision table (or of another table of parts: ``schema``) in batches of ``columns``
-    typed as in ``schema`` (absent optional columns null), checked against its recorded SHA-256 first."""
+    typed as in ``schema`` (absent optional columns null), checked against its recorded SHA-256 first.
+    ``size``: its byte size when the caller knows it (saves a request on object storage)."""
     path = storage.location(path)
     data = None
     if storage.is_url(path) and sha256 is not None:  # a small part on object storage: one read, hashed and parsed
-        with storage.open_read(path) as fh:
+        with storage.open_read(path, size=size) as fh:
             data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
     _check_part(path, sha256, data)
     want = [schema.field(c) for c in columns]
