@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from ccmb import shards as fmt
-from ccmb.corpus.steps.build import TarIndex
+from ccmb.corpus.steps.build import plan_samples, tar_members
 from ccmb.corpus.tables.schema import CurationError
 from models.train.data import ShardStream, image_id
 
@@ -61,6 +61,13 @@ def odd_tar(tmp_path):
     return _tar(tmp_path / "00000.tar", members)
 
 
+def _build_sample(tar_path, key):
+    """build-shards' reader: the member offsets of the plan's tar scan, then the sample read by byte range."""
+    members = tar_members(tar_path)
+    s = next(plan_samples(tar_path.parent, [(key, tar_path.name, members[key])]))
+    return s.image, s.text, s.meta, s.image_ext
+
+
 def _stream(choice="txt"):
     return ShardStream([], batch_size=1, image_transform=lambda img, rng: torch.tensor(img.size),
                        tokenize=lambda texts: {}, text_choice=choice)
@@ -82,13 +89,8 @@ def test_every_consumer_reads_the_same_samples(odd_tar):
     assert reference[1].meta == {} and reference[2].meta == {"title": "t"}
     assert [s.image_ext for s in reference] == ["jpg", "jpg", "jpg", "png", "webp"]
 
-    index = TarIndex(odd_tar.parent)
-    try:
-        for s in reference:
-            image, text, meta, ext = index.sample(odd_tar.name, s.key)
-            assert (image, text, meta, ext) == (s.image, s.text, s.meta, s.image_ext), s.key
-    finally:
-        index.close()
+    for s in reference:
+        assert _build_sample(odd_tar, s.key) == (s.image, s.text, s.meta, s.image_ext), s.key
 
     items, stream = _train_items(odd_tar)
     assert not stream.failures
@@ -108,10 +110,8 @@ def test_every_consumer_refuses_the_same_bad_samples(tmp_path, members, reason):
     tar = _tar(tmp_path / "00000.tar", members)
     with pytest.raises(fmt.ShardFormatError, match=reason):
         list(fmt.iter_tar_samples(tar))
-    index = TarIndex(tmp_path)
     with pytest.raises(CurationError, match=reason):
-        index.sample(tar.name, "007")
-    index.close()
+        _build_sample(tar, "007")
     items, stream = _train_items(tar)
     assert items == [None] and stream.failures == {"bad sample": 1}
 
@@ -129,8 +129,7 @@ def test_every_consumer_refuses_a_key_with_two_members_of_one_extension(tmp_path
     tar = _tar(tmp_path / "00000.tar", [("008.jpg", img), ("008.JPG", img), ("008.txt", b"x")])
     with pytest.raises(fmt.ShardFormatError, match="two .jpg members"):
         list(fmt.iter_tar_samples(tar))
-    index = TarIndex(tmp_path)
     with pytest.raises(CurationError, match="two .jpg members"):
-        index.sample(tar.name, "008")
+        _build_sample(tar, "008")
     with pytest.raises(ValueError, match="duplicate file name"):  # webdataset refuses it as well
         list(wds.tarfile_samples([{"url": str(tar)}]))

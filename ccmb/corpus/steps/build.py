@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import tarfile
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -203,60 +202,6 @@ def plan_rows(plan_dir: PathLike, lo: int, hi: int, parts: Optional[List[Dict[st
             out.append(t.filter(pc.and_(pc.greater_equal(pos, lo), pc.less(pos, hi))))
     table = pa.concat_tables(out) if out else PLAN_SCHEMA.empty_table()
     return table.sort_by([("pos", "ascending")])
-
-
-class TarIndex:
-    """Source tars read by offset (a few open at a time): a sample from its members' ``ext:offset:size``
-    (the plan carries them), or by key (one header scan of the tar, kept)."""
-
-    def __init__(self, folder: PathLike, max_open: int = 32) -> None:
-        self.folder, self.max_open = storage.location(folder), max_open
-        self.files: "OrderedDict[str, Any]" = OrderedDict()
-        self.members: Dict[str, Dict[str, str]] = {}
-        self.sizes: Optional[Dict[str, int]] = None  # of the source tars on object storage (one listing)
-
-    def read(self, shard: str, offset: int, size: int) -> bytes:
-        fh = self.files.pop(shard, None)
-        if fh is None:
-            tar = DownloadFolder.tar_of(self.folder, shard)
-            if self.sizes is None and storage.is_url(tar):
-                self.sizes = storage.list_files(self.folder)
-            fh = storage.open_read(tar, block_size=storage.STREAM_BLOCK,
-                                   size=(self.sizes or {}).get(storage.name(tar)))
-            if len(self.files) >= self.max_open:
-                self.files.popitem(last=False)[1].close()
-        self.files[shard] = fh
-        fh.seek(offset)
-        data = fh.read(size)
-        if len(data) != size:
-            raise CurationError(f"{DownloadFolder.tar_of(self.folder, shard)}: truncated member at offset {offset}")
-        return data
-
-    def read_sample(self, shard: str, key: str, members: str) -> fmt.Sample:
-        parts = {}
-        for item in members.split(";"):
-            ext, off, size = item.split(":")
-            parts[ext] = (int(off), int(size))
-        data = {ext: self.read(shard, *parts[ext]) for ext in fmt.member_exts_used(parts)}
-        try:  # the one reader of the sample layout (ccmb.shards)
-            return fmt.sample_from_members(key, data, source=str(DownloadFolder.tar_of(self.folder, shard)))
-        except fmt.ShardFormatError as exc:
-            raise CurationError(str(exc)) from exc
-
-    def sample(self, shard: str, key: str) -> Tuple[bytes, str, Dict[str, Any], str]:
-        """(image, text, meta, image extension) of ``key`` in the source tar ``shard``."""
-        if shard not in self.members:
-            self.members[shard] = tar_members(DownloadFolder.tar_of(self.folder, shard))
-        members = self.members[shard].get(key)
-        if members is None:
-            raise CurationError(f"{DownloadFolder.tar_of(self.folder, shard)}: sample {key} is not in the tar")
-        s = self.read_sample(shard, key, members)
-        return s.image, s.text, s.meta, s.image_ext
-
-    def close(self) -> None:
-        for fh in self.files.values():
-            fh.close()
-        self.files.clear()
 
 
 def plan_samples(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_bytes: int = READ_CHUNK
