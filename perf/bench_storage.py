@@ -44,6 +44,40 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_UPLOADER = """
+import sys
+from ccmb import storage
+for path, url in zip(sys.argv[1::2], sys.argv[2::2]):
+    with open(path, "rb") as src, storage.atomic_open(url) as dst:
+        while True:
+            chunk = src.read(1 << 16)
+            if not chunk:
+                break
+            dst.write(chunk)
+"""
+
+
+def overlap_check(local: Path, server, build, repeats: int) -> None:
+    """The local build alone, and while a child process uploads the same tars to the S3 server."""
+    import subprocess
+
+    tars = sorted(local.glob("*.tar"))
+    times: Dict[str, List[float]] = {"alone": [], "with upload": []}
+    for r in range(repeats):
+        for mode in ("alone", "with upload"):
+            argv = [a for i, p in enumerate(tars) for a in (str(p), server.url("bench", f"overlap-{r}", p.name))]
+            child = (subprocess.Popen([sys.executable, "-c", _UPLOADER, *argv], env={**os.environ, "PYTHONPATH": str(ROOT)})
+                     if mode == "with upload" else None)
+            t0 = time.perf_counter()
+            build(local)()
+            times[mode].append(time.perf_counter() - t0)
+            if child is not None and child.wait() != 0:
+                raise SystemExit("the upload child failed")
+    alone, both = statistics.median(times["alone"]), statistics.median(times["with upload"])
+    print(f"overlap check: local build-shards alone {alone:.3f} s, while another process uploads the same "
+          f"{sum(p.stat().st_size for p in tars) / 2**20:.1f} MiB to the server {both:.3f} s ({both / alone:.2f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +87,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--samples-per-shard", type=int, default=500, help="of the build-shards outputs")
+    ap.add_argument("--overlap-check", action="store_true",
+                    help="also: the local build alone vs while another process uploads the same tars to the server "
+                         "(what the two cores can carry when upload and build do not share a process)")
     args = ap.parse_args()
 
     import torch
@@ -177,6 +214,8 @@ def main() -> None:
             ratio = statistics.median(results[title]["s3"]) / statistics.median(results[title]["local"])
             print(f"target: {title} from object storage <= 1.50x the local cost: {ratio:.2f}x, "
                   f"{'met' if ratio <= 1.5 else 'NOT met'}")
+        if args.overlap_check:
+            overlap_check(local, server, build, args.repeats)
     finally:
         server.stop()
 
