@@ -254,9 +254,7 @@ def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = N
     if not is_url(path):
         return open(location(path), mode, encoding=encoding if "b" not in mode else None)
     fs, p = _fs(path)
-    extra: Dict[str, Any] = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
-    if block_size == STREAM_BLOCK:  # streaming: the next block is fetched in the background while this one is read
-        extra.update(cache_type="background", cache_options={"maxblocks": 2})
+    extra = {"size": int(size)} if size is not None and hasattr(fs, "call_s3") else {}
     with _errors(path, "open"):
         fh = fs.open(p, "rb", block_size=block_size or RANDOM_BLOCK, **extra)
     if "b" in mode:
