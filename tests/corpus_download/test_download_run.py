@@ -148,6 +148,33 @@ def test_retry_failed_merges_successes_under_original_keys(tmp_path, image_serve
     assert not (out / "_ccmb" / "retry").exists()
 
 
+def test_retry_failed_on_object_storage_merges_in_place(tmp_path, image_server, small_opts, s3_url):
+    """``--retry-failed`` on an s3:// output: img2dataset's second tries run in a local temporary folder, the
+    affected shards are rewritten on S3 (published whole), and the set verifies."""
+    from ccmb import storage
+
+    b = image_server.base
+    recs = [zero_record(i, f"{b}/img/{i}.jpg") if i % 3 else zero_record(i, f"{b}/flaky/{i}.jpg") for i in range(8)]
+    src = write_jsonl(tmp_path / "zero.jsonl", recs)
+    out = storage.join(s3_url, "download")
+    image_server.flaky_ok = False
+    first = dl.download([src], out, **small_opts)
+    assert first.successes == 5
+    image_server.flaky_ok = True
+    try:
+        second = dl.download([src], out, retry_failed_rows=True, **small_opts)
+    finally:
+        image_server.flaky_ok = False
+    assert second.retried == 3 and second.recovered == 3 and second.successes == 8
+    samples = {s.key: s for s in shards.iter_samples(out)}
+    assert len(samples) == 8 and all(s.meta["key"] == k for k, s in samples.items())
+    report = shards.verify_shard_set(out)
+    assert report.ok, report.problems
+    names = storage.listdir(out)
+    assert not [n for n in names if storage.TMP_MARK in n] and "retry" not in storage.listdir(storage.join(out, "_ccmb"))
+    assert storage.remove_stale_temporaries(out) == 0  # no unfinished upload left behind
+
+
 def test_download_workers_leave_nothing_in_the_temp_dir(tmp_path, image_server, small_opts, monkeypatch):
     """Workers end with ``os._exit``; wandb's import-time staging folders (img2dataset imports wandb) used to stay
     behind in the temp dir, two per worker and run."""

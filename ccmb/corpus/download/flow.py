@@ -185,9 +185,6 @@ def _download(inputs: Sequence[PathLike], output: storage.Location, o: Dict[str,
                      hint="choose a new or empty folder for the download")
     except outdir.OutputFolderError as exc:
         raise DownloadError(str(exc)) from None
-    if o["retry_failed_rows"] and storage.is_url(output):
-        raise DownloadError(f"{output}: --retry-failed-rows needs a local output folder for now (the second "
-                            "tries merge shards in place); run it on a local copy, or rerun without it to resume")
     try:
         lock = outdir.FolderLock(output, command).acquire()
     except outdir.OutputFolderError as exc:

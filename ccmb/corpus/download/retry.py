@@ -1,13 +1,16 @@
 """``--retry-failed``: download the failed rows of finished shards again and merge the successes.
 
 img2dataset cannot do this itself (its issue #452). The failed rows go into a temporary folder
-(``OUT/_ccmb/retry``) as a fresh img2dataset input carrying their original key; each affected shard is
-then rewritten atomically with the recovered samples under their original keys (no duplicates).
+(``OUT/_ccmb/retry``; a local temporary folder when OUT is on object storage) as a fresh img2dataset input
+carrying their original key; each affected shard is then rewritten atomically with the recovered samples under
+their original keys (no duplicates), on disk or on object storage alike (:class:`ccmb.shards.ShardWriter`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List
@@ -16,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401
 import pyarrow.parquet as pq
 
-from ... import atomic, shards
+from ... import atomic, shards, storage
 from .. import ingest
 from .folder import (ORIG_KEY_COLUMN, RETRYABLE, STATE_DIR, CcmbShardWriter, PathLike, clean_meta,
                         extra_columns, failure_row, read_json, read_table)
@@ -33,13 +36,22 @@ def retry_failed(output_dir: PathLike, opt: Options, host_groups: int = 0) -> tu
     blocklist) are not retried. The rows are grouped by host like the first run (``host_groups``).
     Returns (rows retried, rows recovered).
     """
-    output_dir = Path(output_dir)
-    work = output_dir / STATE_DIR / "retry"
-    shutil.rmtree(work, ignore_errors=True)
+    output_dir = storage.location(output_dir)
+    with contextlib.ExitStack() as stack:
+        if storage.is_url(output_dir):  # img2dataset's scratch output stays local; only the merge goes remote
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ccmb-retry-")))
+        else:
+            work = Path(output_dir) / STATE_DIR / "retry"
+            shutil.rmtree(work, ignore_errors=True)
+            stack.callback(shutil.rmtree, work, True)
+        return _retry(output_dir, work, opt, host_groups)
+
+
+def _retry(output_dir: storage.Location, work: Path, opt: Options, host_groups: int) -> tuple:
     failed_rows: List[Dict[str, Any]] = []
     extra: List[str] = []
     for name in shards.finished_shards(output_dir):
-        table = read_table(output_dir / f"{name}.parquet")
+        table = read_table(storage.join(output_dir, f"{name}.parquet"))
         for c in extra_columns(table.column_names):
             if c not in extra:
                 extra.append(c)
@@ -85,7 +97,6 @@ def retry_failed(output_dir: PathLike, opt: Options, host_groups: int = 0) -> tu
                 if orig and _shard_of(orig, opt.samples_per_shard) == name:
                     new[orig] = s
         recovered += _merge_shard(output_dir, int(name), new, outcome)
-    shutil.rmtree(work, ignore_errors=True)
     return len(failed_rows), recovered
 
 
@@ -94,17 +105,17 @@ def _shard_of(key: str, samples_per_shard: int) -> str:
     return key[: len(key) - width]
 
 
-def _merge_shard(output_dir: Path, shard_id: int, new: Dict[str, "shards.Sample"],
+def _merge_shard(output_dir: storage.Location, shard_id: int, new: Dict[str, "shards.Sample"],
                  outcome: Dict[str, Dict[str, Any]]) -> int:
     """Rewrite one finished shard with the retried samples under their original keys; returns how many."""
     name = shards.shard_name(shard_id)
-    table = read_table(output_dir / f"{name}.parquet")
+    table = read_table(storage.join(output_dir, f"{name}.parquet"))
     rows = table.to_pylist()
-    stats = read_json(output_dir / f"{name}_stats.json") or {}
+    stats = read_json(storage.join(output_dir, f"{name}_stats.json")) or {}
     added = 0
     with CcmbShardWriter(output_dir, shard_id, extra_columns(table.column_names),
                           start_time=stats.get("start_time")) as w:
-        for s in shards.iter_tar_samples(output_dir / f"{name}.tar"):
+        for s in shards.iter_tar_samples(storage.join(output_dir, f"{name}.tar")):
             w.write(s.key, s.image, s.text, clean_meta(s.meta), image_ext=s.image_ext)
         for row in rows:
             key = row["key"]
