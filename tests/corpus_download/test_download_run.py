@@ -114,6 +114,15 @@ def test_every_bad_case_is_a_counted_failure(tmp_path, image_server, refused_url
     assert json.loads((out / "manifest.json").read_text())["shards"] == before
 
 
+def _second_try_with_the_flaky_urls_up(image_server, src, out, small_opts):
+    """``--retry-failed`` while the server's flaky URLs answer (they failed in the first run)."""
+    image_server.flaky_ok = True
+    try:
+        return dl.download([src], out, retry_failed_rows=True, **small_opts)
+    finally:
+        image_server.flaky_ok = False
+
+
 def test_retry_failed_merges_successes_under_original_keys(tmp_path, image_server, small_opts):
     b = image_server.base
     recs = [zero_record(i, f"{b}/img/{i}.jpg") if i % 3 else zero_record(i, f"{b}/flaky/{i}.jpg")
@@ -127,11 +136,7 @@ def test_retry_failed_merges_successes_under_original_keys(tmp_path, image_serve
     assert len(flaky_keys) == 5 and first.successes == 9
     assert all(r["status"] == "failed_to_download" for r in _parquet_rows(out) if r["key"] in flaky_keys)
 
-    image_server.flaky_ok = True
-    try:
-        second = dl.download([src], out, retry_failed_rows=True, **small_opts)
-    finally:
-        image_server.flaky_ok = False
+    second = _second_try_with_the_flaky_urls_up(image_server, src, out, small_opts)
     assert second.retried == 6 and second.recovered == 5 and second.successes == 14
     rows = _parquet_rows(out)
     assert len(rows) == 15 and len({r["key"] for r in rows}) == 15
@@ -160,11 +165,7 @@ def test_retry_failed_on_object_storage_merges_in_place(tmp_path, image_server, 
     image_server.flaky_ok = False
     first = dl.download([src], out, **small_opts)
     assert first.successes == 5
-    image_server.flaky_ok = True
-    try:
-        second = dl.download([src], out, retry_failed_rows=True, **small_opts)
-    finally:
-        image_server.flaky_ok = False
+    second = _second_try_with_the_flaky_urls_up(image_server, src, out, small_opts)
     assert second.retried == 3 and second.recovered == 3 and second.successes == 8
     samples = {s.key: s for s in shards.iter_samples(out)}
     assert len(samples) == 8 and all(s.meta["key"] == k for k, s in samples.items())
