@@ -635,11 +635,8 @@ def open_tar(tar_path: PathLike, mode: str = "r|*", size: Optional[int] = None) 
     """A tar of a local path or URL opened for reading (``r|*`` streams it, ``r:`` seeks over headers);
     ``size``: its byte size when a listing just gave it (saves a request on object storage)."""
     if storage.is_url(tar_path):
-        # tarfile reads 512-byte headers: a C buffer in front of the remote file serves them without a Python
-        # call into fsspec each (the remote file still fetches STREAM_BLOCK at a time)
         with storage.open_read(tar_path, block_size=storage.STREAM_BLOCK, size=size) as fh, \
-                io.BufferedReader(fh, buffer_size=storage.RANDOM_BLOCK) as buffered, \
-                tarfile.open(fileobj=buffered, mode=mode) as tar:
+                tarfile.open(fileobj=fh, mode=mode) as tar:
             yield tar
     else:
         with tarfile.open(tar_path, mode=mode) as tar:
