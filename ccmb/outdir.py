@@ -64,10 +64,11 @@ def owner(folder: PathLike) -> Optional[Dict[str, object]]:
         if _is_url(folder):
             from . import storage
 
-            path = storage.join(folder, OWNER_FILE)
-            if not storage.isfile(path):
+            try:  # one read (a missing marker is its answer)
+                data = storage.read_bytes(storage.join(folder, OWNER_FILE), max_bytes=64 * 1024)
+            except FileNotFoundError:
                 return None
-            doc = json.loads(storage.read_bytes(path, max_bytes=64 * 1024).decode("utf-8"))
+            doc = json.loads(data.decode("utf-8"))
         else:
             path = Path(folder) / OWNER_FILE
             if not path.is_file() or path.stat().st_size > 64 * 1024:

@@ -173,15 +173,26 @@ class ShardWriter:
 
     Use as a context manager. Samples go to a temporary tar (an unpublished upload on object storage,
     :class:`ccmb.storage.AtomicFile`); failures are rows of the parquet only. On a clean exit the shard's old
-    ``_stats.json`` is removed, then the parquet, then the tar, then the new stats file are published; on an
+    ``_stats.json`` is removed (unless the caller knows there is none: ``replaces=False``), then the parquet and
+    the tar are published (together: one round trip on object storage), then the new stats file (with the
+    caller's ``record``, e.g. ``build-shards``' resume record, in the same round trip); on an
     exception (or a kill) nothing named ``NNNNN.*`` appears and the temporaries are removed or left as
     ``.NNNNN.tar.tmp-*`` / an unfinished upload (cleaned by :func:`ccmb.storage.remove_stale_temporaries`).
     ``output_dir`` is a local folder or an fsspec URL.
     """
 
     def __init__(self, output_dir: PathLike, shard_index: int, *, source: str = "",
-                 mtime: Optional[float] = None, extra_columns: Sequence[str] = ()) -> None:
+                 mtime: Optional[float] = None, extra_columns: Sequence[str] = (), replaces: bool = True,
+                 record: Optional[Tuple[PathLike, Dict[str, Any]]] = None, publisher: Any = None) -> None:
         self.output_dir = storage.location(output_dir)
+        #: False when the caller knows no ``_stats.json`` of this shard is there (its listing): no delete first
+        self.replaces = replaces
+        #: (path, fields): a JSON record published with the stats file, the tar's entry merged into the fields
+        self.record = record
+        #: an executor (one thread) that publishes the finished shard while the caller goes on; the caller
+        #: waits for ``published`` (a future) before it counts the shard as written
+        self.publisher = publisher
+        self.published: Any = None
         storage.makedirs(self.output_dir)
         self.shard_index = shard_index
         self.name = shard_name(shard_index)
@@ -246,17 +257,36 @@ class ShardWriter:
         try:
             self._tar.close()  # the end-of-archive blocks; the tar itself is not published yet
             if exc_type is not None:
+                self._out.abort()
                 return
-            stats_path = storage.join(self.output_dir, f"{self.name}_stats.json")
-            storage.remove(stats_path)  # a rewritten shard counts as unfinished until its new stats exist
             parquet_path = storage.join(self.output_dir, f"{self.name}.parquet")
-            written = write_parquet(parquet_path, self.rows, extra_columns=self.extra_columns)
-            entry = {"samples": self.successes, "bytes": self._out.size, "sha256": self._out.sha256}
-            self._out.publish()
-            self.entry = entry  # the tar's manifest entry, as shard_entry() would read it back
+            parquet, written = _parquet_file(parquet_path, self.rows, self.extra_columns)
+        except BaseException:
+            self._out.abort()
+            raise
+        entry = {"samples": self.successes, "bytes": self._out.size, "sha256": self._out.sha256}
+        files = {storage.join(self.output_dir, f"{self.name}_stats.json"):
+                 storage.json_bytes(self.stats(entry, {"rows": len(self.rows), **written}))}
+        if self.record is not None:
+            files[storage.location(self.record[0])] = storage.json_bytes({**entry, **self.record[1]})
+        if self.publisher is None:
+            self._publish(parquet, files)
+        else:  # the caller goes on with its next shard while this one's files travel
+            self.published = self.publisher.submit(self._publish, parquet, files)
+        self.entry = entry  # the tar's manifest entry, as shard_entry() would read it back
+
+    def _publish(self, parquet: storage.AtomicFile, files: Dict[storage.Location, bytes]) -> None:
+        """The old stats file goes, the parquet and the tar appear, then the new stats file (the marker)."""
+        assert self._out is not None
+        try:
+            stats_path = next(iter(files))
+            if self.replaces:
+                storage.remove(stats_path)  # a rewritten shard counts as unfinished until its new stats exist
+            storage.publish_together([parquet, self._out])  # the two in one round trip on object storage
         finally:
-            self._out.abort()  # nothing after a publish; else the temporary tar goes
-        storage.write_json(stats_path, self.stats(entry, {"rows": len(self.rows), **written}))
+            parquet.abort()  # nothing after a publish; else the temporaries go
+            self._out.abort()
+        storage.write_many(files)  # the stats file last of the shard's own files (its completeness marker)
 
     def stats(self, tar_entry: Optional[Dict[str, Any]] = None,
               parquet: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -286,12 +316,27 @@ def write_parquet(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns:
                   ) -> Dict[str, Any]:
     """Write rows under :data:`PARQUET_SCHEMA` plus ``extra_columns`` (strings) atomically; other keys are
     dropped, missing ones null. Returns ``{"bytes", "sha256"}`` of the file written."""
+    fh, written = _parquet_file(path, rows, extra_columns)
+    try:
+        fh.publish()
+    finally:
+        fh.abort()
+    return written
+
+
+def _parquet_file(path: PathLike, rows: Sequence[Dict[str, Any]], extra_columns: Sequence[str] = ()
+                  ) -> Tuple[storage.AtomicFile, Dict[str, Any]]:
+    """The shard parquet of ``rows`` written, not yet published, and its ``{"bytes", "sha256"}``."""
     schema = pa.schema(list(PARQUET_SCHEMA) + [pa.field(c, pa.string()) for c in extra_columns
                                                if c not in PARQUET_SCHEMA.names])
     table = pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=schema)
-    with storage.atomic_open(path, "wb", digest=True) as fh:
+    fh = storage.AtomicFile(path, digest=True)
+    try:
         pq.write_table(table, fh)
-    return {"bytes": fh.size, "sha256": fh.sha256}
+    except BaseException:
+        fh.abort()
+        raise
+    return fh, {"bytes": fh.size, "sha256": fh.sha256}
 
 
 def parquet_entry(path: PathLike, rows: int) -> Dict[str, Any]:
@@ -347,9 +392,15 @@ SMALL_PARQUET = 16 << 20
 def parquet_source(path: PathLike) -> Iterator[Any]:
     """What pyarrow reads a parquet from: the local path itself, or an open file of a URL (closed after)."""
     if storage.is_url(path):
-        with storage.open_read(path) as fh:
+        first = storage.first_bytes(path, storage.RANDOM_BLOCK)  # S3: a small file whole by one request
+        if first is not None and len(first[0]) >= first[1]:
+            yield pa.BufferReader(first[0])
+            return
+        with storage.open_read(path, size=first[1] if first else None) as fh:
             if fh.size <= SMALL_PARQUET:  # one GET instead of one per footer / column chunk
-                yield pa.BufferReader(fh.read())
+                if first is not None:
+                    fh.seek(len(first[0]))
+                yield pa.BufferReader((first[0] if first else b"") + fh.read())
             else:
                 yield fh
     else:
@@ -453,8 +504,15 @@ def shard_parquets(folder: PathLike) -> List[storage.Location]:
     """The ``NNNNN.parquet`` files of a shard folder (download folder or shard set), each checked with
     :func:`check_parquet`, in shard order. A tar without its parquet is refused (naming the missing files),
     never skipped: its rows would silently disappear from every count."""
+    return [p for p, _, _ in checked_shard_parquets(folder)]
+
+
+def checked_shard_parquets(folder: PathLike) -> List[Tuple[storage.Location, int, int]]:
+    """(path, row count, bytes) of each ``NNNNN.parquet`` of a shard folder, checked as :func:`shard_parquets`
+    does (one listing and the checks' reads; the counts and sizes spare a caller more requests)."""
     folder = storage.location(folder)
-    names = storage.listdir(folder)
+    sizes = storage.list_files(folder) if storage.is_url(folder) else None
+    names = sorted(sizes) if sizes is not None else storage.listdir(folder)
     parquets = [storage.join(folder, n) for n in names if _is_shard_parquet(n)]
     have = {storage.stem(p) for p in parquets}
     missing = [storage.join(folder, f"{n[:-len('.tar')]}.parquet") for n in names
@@ -463,15 +521,17 @@ def shard_parquets(folder: PathLike) -> List[storage.Location]:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise MissingShardFileError(f"{', '.join(str(p) for p in missing[:5])}{more}: missing (the tar is there; "
                                     f"the shard's rows, failures included, live in its parquet)")
+    out = []
     for p in parquets:
         try:
-            check_parquet(p)
+            rows = check_parquet(p)
         except ShardFormatError as exc:
             if not storage.exists(stats_path_of(p)):  # the usual cause: a download killed mid-shard
                 raise ShardFormatError(f"{exc} ({storage.name(stats_path_of(p))} is missing too: an unfinished shard; "
                                        f"rerun the same `ccmb download` to finish it)") from exc
             raise
-    return parquets
+        out.append((p, rows, sizes[storage.name(p)] if sizes is not None else storage.size(p)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -485,7 +545,12 @@ def list_shards(path: Union[PathLike, Sequence[PathLike]]) -> List[storage.Locat
     if "{" in text and ".." in text:
         return [storage.location(p) for p in expand_braces(text)]
     p = storage.location(text)
-    if storage.isdir(p):
+    if storage.is_url(p):  # one listing answers "is it a folder" on object storage
+        with contextlib.suppress(FileNotFoundError):
+            names = storage.listdir(p)
+            if names:
+                return [storage.join(p, n) for n in names if SHARD_NAME_RE.match(n)]
+    elif storage.isdir(p):
         return [storage.join(p, n) for n in storage.listdir(p) if SHARD_NAME_RE.match(n)]
     if storage.isfile(p):
         return [p]
@@ -716,15 +781,16 @@ def shard_entry(tar_path: PathLike) -> Dict[str, Any]:
 
 def finalize_shard_set(output_dir: PathLike, command: Optional[str] = None,
                        extra: Optional[Dict[str, Any]] = None,
-                       known: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+                       known: Optional[Dict[str, Dict[str, Any]]] = None,
+                       tars: Optional[Sequence[storage.Location]] = None) -> Dict[str, Any]:
     """Write ``sizes.json`` and ``manifest.json`` for every ``NNNNN.tar`` in ``output_dir``.
 
-    ``known`` maps tar names to entries already computed (skips re-hashing); they are trusted.
-    Returns the manifest.
+    ``known`` maps tar names to entries already computed (skips re-hashing); they are trusted. ``tars``: the
+    folder's :func:`list_shards` when the caller has just listed it. Returns the manifest.
     """
     output_dir = storage.location(output_dir)
     shards: Dict[str, Dict[str, Any]] = {}
-    for tar_path in list_shards(output_dir):
+    for tar_path in (list_shards(output_dir) if tars is None else tars):
         entry = (known or {}).get(storage.name(tar_path)) or shard_entry(tar_path)
         shards[storage.name(tar_path)] = entry
     manifest = {

@@ -242,6 +242,60 @@ def _errors(path: PathLike, what: str = "") -> Iterator[None]:
         raise StorageError(f"{where}: {what + ': ' if what else ''}{type(exc).__name__}: {exc}") from exc
 
 
+def _s3(fs: Any, path: str) -> Optional[Tuple[str, str]]:
+    """(bucket, key) when ``fs`` is s3fs (its direct client calls save the extra requests of the generic
+    fsspec calls: one HEAD for a file check, one ranged GET for a small whole file), else None."""
+    if not hasattr(fs, "call_s3"):
+        return None
+    bucket, _, key = path.strip("/").partition("/")
+    return bucket, key
+
+
+def _s3_first_bytes(fs: Any, bucket: str, key: str, n: int) -> Tuple[bytes, int]:
+    """The first ``n`` bytes of an object and its total size, by one ranged GET (the size from
+    ``Content-Range``)."""
+    from fsspec.asyn import sync
+
+    async def get() -> Tuple[bytes, int]:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{n - 1}")
+        try:
+            data = await resp["Body"].read()
+        finally:
+            resp["Body"].close()
+        total = str(resp.get("ContentRange") or "").rpartition("/")[2]
+        return data, int(total) if total.isdigit() else len(data)
+
+    return sync(fs.loop, get)
+
+
+def first_bytes(path: PathLike, n: int) -> Optional[Tuple[bytes, int]]:
+    """On S3: (the first ``n`` bytes of the file, its size) by one request; None on other stores."""
+    if not is_url(path):
+        return None
+    fs, p = _fs(path)
+    where = _s3(fs, p)
+    if where is None or not where[1]:
+        return None
+    with _errors(path, "read"):
+        try:
+            return _s3_first_bytes(fs, where[0], where[1], n)
+        except FileNotFoundError:
+            raise
+        except Exception:  # noqa: BLE001 - an empty object answers a range with 416: ask plainly
+            total = int(fs.size(p))
+            return (b"", 0) if total == 0 else (fs.cat_file(p, start=0, end=min(n, total)), total)
+
+
+def read_small(path: PathLike, limit: int) -> Tuple[Optional[bytes], int]:
+    """(the whole file, its size) when it holds at most ``limit`` bytes, else (None, its size). On S3 one
+    request either way (a ranged GET, no ``HEAD`` first); elsewhere the size, then the read."""
+    got = first_bytes(path, limit + 1)
+    if got is not None:
+        return (got[0] if got[1] <= limit else None), got[1]
+    n = size(path)
+    return (read_bytes(path) if n <= limit else None), n
+
+
 # ----------------------------------------------------------------------------------------- reading
 
 def open_read(path: PathLike, mode: str = "rb", *, block_size: Optional[int] = None,
@@ -321,14 +375,18 @@ def read_ranges(ranges: Sequence[Tuple[PathLike, int, int]]) -> List[bytes]:
 def read_bytes(path: PathLike, max_bytes: Optional[int] = None) -> bytes:
     """The whole file; with ``max_bytes`` a larger file is refused (:class:`StorageError` naming it)."""
     if max_bytes is not None:
-        n = size(path)
-        if n > max_bytes:
+        data, n = read_small(path, max_bytes)
+        if data is None:
             raise StorageError(f"{display(path)}: {n} bytes, more than the {max_bytes} allowed")
+        return data
     if not is_url(path):
         return location(path).read_bytes()
+    got = first_bytes(path, RANGE_BLOCK)  # S3: a small file by one GET (fsspec's cat sends a HEAD first)
+    if got is not None and len(got[0]) >= got[1]:
+        return got[0]
     fs, p = _fs(path)
     with _errors(path, "read"):
-        return fs.cat_file(p)
+        return got[0] + fs.cat_file(p, start=len(got[0]), end=got[1]) if got is not None else fs.cat_file(p)
 
 
 def read_text(path: PathLike, encoding: str = "utf-8") -> str:
@@ -353,7 +411,16 @@ def isfile(path: PathLike) -> bool:
         return location(path).is_file()
     fs, p = _fs(path)
     _invalidate(fs, p)
+    where = _s3(fs, p)
     with _errors(path, "isfile"):
+        if where is not None:  # one HEAD (fsspec's isfile also lists the prefix when the key is absent)
+            if not where[1] or p.endswith("/"):
+                return False
+            try:
+                fs.call_s3("head_object", Bucket=where[0], Key=where[1])
+            except FileNotFoundError:
+                return False
+            return True
         return bool(fs.isfile(p))
 
 
@@ -397,7 +464,15 @@ def _entries(folder: PathLike) -> List[Tuple[str, bool, int]]:
     fs, p = _fs(folder)
     _invalidate(fs, p)
     with _errors(folder, "list"):
-        infos = fs.ls(p, detail=True)
+        if _s3(fs, p) is not None and "/" in p.strip("/"):
+            from fsspec.asyn import sync
+
+            # one paginated listing of the prefix; fsspec's ls lists the parent too when it is empty
+            infos = sync(fs.loop, fs._lsdir, p.rstrip("/"), refresh=True)  # cached: opens skip their HEAD
+            if not infos:
+                raise FileNotFoundError(f"{display(folder)}: not found (list)")
+        else:
+            infos = fs.ls(p, detail=True)
     out = []
     base = p.rstrip("/")
     for info in infos:
@@ -426,7 +501,14 @@ def glob(folder: PathLike, pattern: str) -> List[Location]:
 def sha256(path: PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes, streamed."""
     h = hashlib.sha256()
-    with open_read(path, block_size=STREAM_BLOCK) as fh:
+    first = first_bytes(path, RANDOM_BLOCK)  # S3: a marker or small part in one request, no HEAD
+    if first is not None:
+        h.update(first[0])
+        if len(first[0]) >= first[1]:
+            return h.hexdigest()
+    with open_read(path, block_size=STREAM_BLOCK, size=first[1] if first else None) as fh:
+        if first is not None:
+            fh.seek(len(first[0]))
         while True:
             block = fh.read(chunk)
             if not block:
@@ -437,14 +519,23 @@ def sha256(path: PathLike, chunk: int = 1 << 20) -> str:
 
 # ----------------------------------------------------------------------------------------- writing
 
+#: (filesystem, bucket) pairs :func:`makedirs` found there (a HEAD per call would be one request per shard).
+_BUCKETS_SEEN: set = set()
+
+
 def makedirs(folder: PathLike) -> None:
     """Create ``folder`` (and its parents); on object storage there is nothing to create below a bucket."""
     if not is_url(folder):
         location(folder).mkdir(parents=True, exist_ok=True)
         return
     fs, p = _fs(folder)
+    where = _s3(fs, p)
+    if where is not None and (id(fs), where[0]) in _BUCKETS_SEEN:
+        return  # nothing to create below a bucket, and this one was there
     with _errors(folder, "makedirs"):
         fs.makedirs(p, exist_ok=True)
+    if where is not None:
+        _BUCKETS_SEEN.add((id(fs), where[0]))
 
 
 def remove(path: PathLike, missing_ok: bool = True) -> None:
@@ -696,6 +787,72 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None
         raise
 
 
+def publish_together(files: Sequence["AtomicFile"]) -> None:
+    """Publish several files whose order among themselves does not matter (each still appears whole). On
+    an object store the small ones (one ``PutObject`` each) go out concurrently: one round trip, not one
+    per file. The first error is raised (naming its path) after every file was tried; a file that was not
+    published is dropped."""
+    small = [f for f in files if f._mode == "upload" and f._fh is None and not f._done]
+    errors: List[BaseException] = []
+    for f in files:
+        if f not in small:
+            try:
+                f.publish()
+            except BaseException as exc:  # noqa: BLE001 - raised below, after the others
+                errors.append(exc)
+    if small:
+        from fsspec.asyn import sync
+
+        fs = small[0]._fs
+
+        async def put_all() -> List[Any]:
+            import asyncio
+
+            return await asyncio.gather(*(f._fs._pipe_file(f._p, bytes(f._small)) for f in small),
+                                        return_exceptions=True)
+
+        same_fs = all(f._fs is fs for f in small) and hasattr(fs, "_pipe_file")
+        results = sync(fs.loop, put_all) if same_fs else [None] * len(small)
+        for f, result in zip(small, results):
+            if not same_fs:
+                try:
+                    f.publish()
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+                continue
+            f._done = True
+            f._small = bytearray()
+            _invalidate(f._fs, f._p)
+            if isinstance(result, BaseException):
+                try:
+                    with _errors(f.path, "publish"):
+                        raise result
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+            io.RawIOBase.close(f)
+    if errors:
+        raise errors[0]
+
+
+def write_many(contents: Dict[Location, bytes]) -> None:
+    """Write several files atomically, concurrently on object storage (:func:`publish_together`)."""
+    files = []
+    try:
+        for path, data in contents.items():
+            f = AtomicFile(path)
+            files.append(f)
+            f.write(data)
+        publish_together(files)
+    finally:
+        for f in files:
+            f.abort()
+
+
+def json_bytes(obj: Any, indent: Optional[int] = 2) -> bytes:
+    """JSON as :func:`write_json` writes it (sorted keys, UTF-8, trailing newline)."""
+    return (json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=True) + "\n").encode("utf-8")
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
@@ -707,7 +864,7 @@ def write_text(path: PathLike, text: str) -> None:
 
 def write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
     """JSON as :func:`ccmb.atomic.write_json` writes it (sorted keys, UTF-8, trailing newline), atomically."""
-    write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent, sort_keys=True) + "\n")
+    write_bytes(path, json_bytes(obj, indent))
 
 
 def create_if_absent(path: PathLike, data: bytes) -> bool:
@@ -773,18 +930,19 @@ def remove_tree(folder: PathLike, keep: Any = ()) -> int:
     return n
 
 
-def remove_stale_temporaries(folder: PathLike) -> int:
+def remove_stale_temporaries(folder: PathLike, names: Optional[Sequence[str]] = None) -> int:
     """Remove what killed writers left in ``folder``: temporary ``.NAME.tmp-*`` files and, on object stores
     that publish uploads, the unfinished multipart uploads of keys directly in it. Call it only as the one
-    writer of the folder (another live writer's temporaries would go too). Returns how many were removed."""
+    writer of the folder (another live writer's temporaries would go too). ``names``: the folder's listing
+    when the caller just made it (saves a request on object storage). Returns how many were removed."""
     if not is_url(folder):
         path = location(folder)
         return atomic.remove_stale_temporaries(path) if path.is_dir() else 0
     removed = 0
     fs, p = _fs(folder)
     with contextlib.suppress(FileNotFoundError):
-        for n, is_file, _ in _entries(folder):
-            if is_file and n.startswith(".") and TMP_MARK in n:
+        for n in (names if names is not None else [n for n, is_file, _ in _entries(folder) if is_file]):
+            if n.startswith(".") and TMP_MARK in n:
                 remove(join(folder, n))
                 removed += 1
     if _publishes_uploads(fs) and hasattr(fs, "call_s3"):

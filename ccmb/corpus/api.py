@@ -46,7 +46,7 @@ from .primitives.phash import VARIANTS
 from .steps.levels import DedupConfig
 from .steps.levels import caption as caption_level
 from .steps.levels import phash as phash_level
-from .tables.decisions import check_source, open_table, read_marker, table_fingerprint
+from .tables.decisions import check_source, open_table, read_marker_and_fingerprint
 from .tables.folder import DownloadFolder
 from .tables.dataflow import Fn
 from .tables.schema import CurationError
@@ -296,9 +296,10 @@ def _build_plan(eng, folder: DownloadFolder, build_dir: PathLike, tables, sample
     plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
     eng.write_table(plan, plan_dir, kind="plan", sort_by=["pos"], schema=build_step.PLAN_SCHEMA,
                     parts=max(1, -(-samples // build_step.PLAN_PART_ROWS)), desc="build: plan")
+    marker, fingerprint = read_marker_and_fingerprint(plan_dir)
     return {"samples": samples, "shards": -(-samples // samples_per_shard), "dropped": combined.dropped,
             "restored": combined.restored, "provenance": combined.provenance,
-            "plan": table_fingerprint(plan_dir)}
+            "plan": fingerprint, "_parts": marker["parts"]}
 
 
 def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequence[PathLike] = (),
@@ -325,19 +326,25 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     out = outdir.claim(output_dir, "shard set", legacy=_is_old_shard_output)
     cmd = command or shlex.join(sys.argv)
     with outdir.FolderLock(out, cmd):
-        storage.remove_stale_temporaries(out)  # temporaries and unfinished uploads of a killed run
+        try:
+            names = storage.listdir(out)
+        except FileNotFoundError:
+            names = []
+        storage.remove_stale_temporaries(out, names=names)  # temporaries and unfinished uploads of a killed run
         build_dir = storage.join(out, build_step.BUILD_DIR)
+        plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
         plan_json = storage.join(build_dir, "plan.json")
         params = _build_params(folder, keep_tables, samples_per_shard, shuffle, seed, blocklist)
-        saved = None
-        if storage.exists(plan_json):
+        saved, parts = None, None
+        if storage.isfile(plan_json):
             saved = json.loads(storage.read_text(plan_json))
             if saved.get("params") != params:
                 raise CurationError(f"{plan_json}: {out} holds a build with other settings ({saved.get('params')}); "
                                     "use a new output folder")
-            if table_fingerprint(storage.join(build_dir, build_step.PLAN_DIR)) != saved.get("plan"):
-                raise CurationError(f"{storage.join(build_dir, build_step.PLAN_DIR)}: the plan changed after it was written; "
-                                    "use a new output folder")
+            marker, fingerprint = read_marker_and_fingerprint(plan_dir)
+            if fingerprint != saved.get("plan"):
+                raise CurationError(f"{plan_dir}: the plan changed after it was written; use a new output folder")
+            parts = marker["parts"]
             logger.info("resuming the plan in %s", plan_json)
         with make_engine(engine, folder, storage.join(build_dir, "x"), spark=spark, memory_gb=memory_gb, workers=workers,
                          progress=progress, buckets=spill_buckets) as eng:
@@ -347,12 +354,14 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
                     tables = _default_tables(eng, folder, build_dir)
                 saved = _build_plan(eng, folder, build_dir, tables, samples_per_shard, shuffle, seed, allow_empty,
                                     progress, blocklist)
+                parts = saved.pop("_parts")  # the marker just written and read back (checked)
                 saved["params"] = params
                 storage.write_json(plan_json, saved)  # written last: its presence means a complete plan
-            plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
-            job = partial(build_step.write_shard, str(folder.path), str(out), samples_per_shard, saved["plan"],
-                          parts=read_marker(plan_dir)["parts"], done=build_step.done_names(out))
-            results = eng.run(job, list(range(int(saved["shards"]))), desc="build-shards")
+            # no shard's _stats.json is written between the listing above and the jobs (the folder is locked)
+            job = partial(build_step.write_shards, str(folder.path), str(out), samples_per_shard, saved["plan"],
+                          parts=parts, done=build_step.done_names(out), existing=frozenset(names))
+            groups = build_step.shard_groups(int(saved["shards"]), _job_slots(eng))
+            results = [r for group in eng.run(job, groups, desc="build-shards") for r in group]
     summary = build_step.BuildSummary(output=str(out), samples=saved["samples"], shards=saved["shards"],
                                       dropped=saved.get("dropped", {}), restored=saved.get("restored", {}),
                                       rows=saved["samples"] + sum(saved.get("dropped", {}).values()),
@@ -361,15 +370,24 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     for name, entry, written in sorted(results, key=lambda r: r[0]):
         (summary.written if written else summary.skipped).append(name)
         known[f"{name}.tar"] = entry
-    extra = [storage.name(p) for p in fmt.list_shards(out) if storage.name(p) not in known]
+    tars = fmt.list_shards(out)
+    extra = [storage.name(p) for p in tars if storage.name(p) not in known]
     if extra:
         raise CurationError(f"{out}: shards {extra[:5]} are not in the plan; use a new output folder")
     fmt.finalize_shard_set(out, command=cmd, extra={"build": saved["params"], "dropped": summary.dropped,
                                                     "restored": saved.get("restored", {}),
-                                                    "provenance": saved.get("provenance")}, known=known)
+                                                    "provenance": saved.get("provenance")}, known=known, tars=tars)
     summary.seconds = time.time() - start
     logger.info("build-shards: %s", "; ".join(summary.lines()))
     return summary
+
+
+def _job_slots(eng) -> int:
+    """How many jobs ``eng.run`` runs at once (local worker processes, or Spark's default parallelism)."""
+    spark = getattr(eng, "spark", None)
+    if spark is not None:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    return max(1, int(getattr(eng, "workers", 1)))
 
 
 def _default_tables(eng, folder: DownloadFolder, build_dir: PathLike):

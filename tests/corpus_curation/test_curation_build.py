@@ -61,24 +61,24 @@ def test_restart_after_a_crash(planted, tmp_path, monkeypatch):
     ref = tmp_path / "ref"
     build_shards(d, ref, samples_per_shard=3)
     out = tmp_path / "out"
-    real = build_mod.write_shard
+    real = build_mod._write_one
     calls = []
 
-    def crashing(input_dir, output_dir, samples_per_shard, plan, index, **known):
+    def crashing(input_dir, output_dir, samples_per_shard, plan, index, *known):
         calls.append(index)
         if index == 2:
-            # die in the middle of shard 2: a temporary is left, no 00002.tar
+            # die in the middle of shard 2 (shard 1 may still be publishing): a temporary is left, no 00002.tar
             with shards.ShardWriter(output_dir, index):
                 raise KeyboardInterrupt("simulated kill")
-        return real(input_dir, output_dir, samples_per_shard, plan, index, **known)
+        return real(input_dir, output_dir, samples_per_shard, plan, index, *known)
 
-    monkeypatch.setattr(build_mod, "write_shard", crashing)
+    monkeypatch.setattr(build_mod, "_write_one", crashing)
     with pytest.raises(KeyboardInterrupt):
         build_shards(d, out, samples_per_shard=3)
     assert (out / "_build" / "plan.json").exists() and not (out / "manifest.json").exists()
     assert not (out / "00002.tar").exists() and (out / "00001.tar").exists()
     mtime0 = (out / "00000.tar").stat().st_mtime_ns
-    monkeypatch.setattr(build_mod, "write_shard", real)
+    monkeypatch.setattr(build_mod, "_write_one", real)
     # the plan is reused: the filter/dedup step must not run again
     monkeypatch.setattr(api, "_build_plan", lambda *a, **k: pytest.fail("plan recomputed"))
     summary = build_shards(d, out, samples_per_shard=3)

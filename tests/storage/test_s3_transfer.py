@@ -109,8 +109,103 @@ def test_a_shuffled_build_on_s3_reads_what_it_copies_and_equals_the_local_build(
     for n in names:
         assert storage.read_bytes(storage.join(out, n)) == (tmp_path / "out" / n).read_bytes(), n
     source_bytes = sum(storage.size(storage.join(remote, f"{shards.shard_name(i)}.tar")) for i in range(4))
-    fetched = sum(n for _, n in calls)
-    # one concurrent batch per output shard; every sample read once (156: 39 per source shard, a failure has no bytes):
-    # no read-ahead block per scattered sample
-    assert len(calls) == 6 and sum(n for n, _ in calls) == 156
-    assert 0 < fetched <= source_bytes
+    # the plan's tar index: each (small) source tar read whole, once
+    index, copy = calls[:4], calls[4:]
+    assert [n for n, _ in index] == [1, 1, 1, 1] and sum(b for _, b in index) == source_bytes
+    # then one concurrent batch per output shard; every sample read once (156: 39 per source shard, a failure
+    # has no bytes): no read-ahead block per scattered sample
+    assert len(copy) == 6 and sum(n for n, _ in copy) == 156
+    assert 0 < sum(b for _, b in copy) <= source_bytes
+
+
+def _count_requests(monkeypatch, url):
+    """The S3 operations the client sends from here on (names, in order)."""
+    fs, _ = storage._fs(url)
+    fs.connect()  # the client exists before we wrap its calls
+    sent = []
+    real = fs._s3._make_api_call
+
+    async def spy(operation, params):
+        sent.append(operation)
+        return await real(operation, params)
+
+    monkeypatch.setattr(fs._s3, "_make_api_call", spy)
+    return sent
+
+
+def test_small_reads_and_checks_cost_one_request_each_and_equal_the_local_answers(base, monkeypatch):
+    small, large, empty = b'{"a": 1}\n', os.urandom(storage.RANDOM_BLOCK + 12345), b""
+    for name, data in (("small.json", small), ("large.bin", large), ("empty.bin", empty)):
+        storage.write_bytes(storage.join(base, "d", name), data)
+    sent = _count_requests(monkeypatch, base) if storage.is_url(base) else []
+    f = storage.join(base, "d", "small.json")
+    assert storage.read_bytes(f, max_bytes=100) == small
+    assert storage.isfile(f) and not storage.isfile(storage.join(base, "d", "missing.json"))
+    assert not storage.isfile(storage.join(base, "d"))  # a folder is not a file
+    if storage.is_url(base):  # a ranged GET (no HEAD first), then one HEAD per file check (no listing)
+        assert sent == ["GetObject", "HeadObject", "HeadObject", "HeadObject"]
+    assert storage.read_bytes(storage.join(base, "d", "empty.bin"), max_bytes=10) == b""  # a range on 0 bytes: 416
+    assert storage.read_bytes(storage.join(base, "d", "large.bin")) == large
+    assert storage.sha256(storage.join(base, "d", "large.bin")) == hashlib.sha256(large).hexdigest()
+    assert storage.sha256(storage.join(base, "d", "empty.bin")) == hashlib.sha256(b"").hexdigest()
+    with pytest.raises(storage.StorageError, match=r"large\.bin: 1060921 bytes, more than the 1000 allowed"):
+        storage.read_bytes(storage.join(base, "d", "large.bin"), max_bytes=1000)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        storage.read_bytes(storage.join(base, "d", "missing.json"), max_bytes=10)
+    with pytest.raises(FileNotFoundError):
+        storage.listdir(storage.join(base, "nothing-here"))
+
+
+def test_write_many_publishes_every_file_and_a_failure_names_it(base, s3_server):
+    files = {storage.join(base, "m", f"{i}.json"): storage.json_bytes({"i": i}) for i in range(5)}
+    storage.write_many(files)
+    assert {p: storage.read_bytes(p) for p in files} == files
+    storage.write_many({})
+    if storage.is_url(base):
+        bad = f"s3://no-such-bucket-{os.getpid()}/x.json"
+        with pytest.raises(OSError, match="no-such-bucket"):
+            storage.write_many({storage.join(base, "m", "ok.json"): b"1", bad: b"2"})
+        assert storage.read_bytes(storage.join(base, "m", "ok.json")) == b"1"
+
+
+def test_shard_groups_keep_order_and_balance_the_slots():
+    from ccmb.corpus.steps.build import SHARDS_PER_JOB, shard_groups
+
+    assert shard_groups(4, 1) == [[0, 1, 2, 3]]
+    assert shard_groups(40, 1) == [list(range(0, 16)), list(range(16, 32)), list(range(32, 40))]
+    assert shard_groups(4, 2) == [[0], [1], [2], [3]]
+    many = shard_groups(1000, 8)
+    assert [i for g in many for i in g] == list(range(1000)) and max(map(len, many)) <= SHARDS_PER_JOB
+    assert shard_groups(0, 1) == []
+
+
+def test_a_failed_publish_stops_the_job_and_the_rerun_completes_the_set(base, tmp_path, monkeypatch):
+    """Shards publish in the background while the next is written: a publish that fails raises from the job,
+    the shards published before it stay, and the rerun writes the rest (byte-identical to a clean build)."""
+    src = storage.join(base, "src")
+    write_set(src, n_shards=2, per_shard=6, finalize=False)
+    keep = [_keep_all(src, storage.join(base, "keep.parquet"))]
+    ref = api.build_shards(src, storage.join(base, "ref"), keep_tables=keep, samples_per_shard=3)
+    real = storage.write_many
+    calls = []
+
+    def failing(files):
+        calls.append(sorted(storage.name(p) for p in files))
+        if any(storage.name(p) == "00002_stats.json" for p in files):
+            raise storage.StorageError(f"{next(iter(files))}: simulated store failure")
+        real(files)
+
+    monkeypatch.setattr(storage, "write_many", failing)
+    out = storage.join(base, "out")
+    with pytest.raises(storage.StorageError, match="simulated store failure"):
+        api.build_shards(src, out, keep_tables=keep, samples_per_shard=3)
+    assert storage.isfile(storage.join(out, "00001_stats.json"))
+    assert not storage.isfile(storage.join(out, "00002_stats.json"))
+    assert not storage.isfile(storage.join(out, "manifest.json"))
+    monkeypatch.setattr(storage, "write_many", real)
+    again = api.build_shards(src, out, keep_tables=keep, samples_per_shard=3)
+    # shard 3 may have been published behind the failed one (it was queued); shard 2 is written again
+    assert again.skipped[:2] == ["00000", "00001"] and "00002" in again.written
+    sha = {n: storage.sha256(storage.join(out, n)) for n in storage.listdir(out) if n.endswith(".tar")}
+    assert sha == {n: storage.sha256(storage.join(ref.output, n)) for n in storage.listdir(ref.output)
+                   if n.endswith(".tar")}

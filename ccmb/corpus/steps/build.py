@@ -12,11 +12,12 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -45,6 +46,11 @@ RANKED = pa.schema([("key", pa.string()), ("shard", pa.string()), ("rank", pa.in
 MEMBERS = pa.schema([("key", pa.string()), ("members", pa.string())])
 #: Bytes of source members a shard job reads at once (and once more ahead, in a background thread)
 READ_CHUNK = 32 << 20
+#: A remote source tar up to this size is read whole for its index (one request, the next one read meanwhile);
+#: a larger one is scanned header by header through a read-ahead file.
+WHOLE_TAR_BYTES = 64 << 20
+#: Output shards one ``build-shards`` job writes at most (:func:`shard_groups`).
+SHARDS_PER_JOB = 16
 #: Rows per part of a plan written in-process (a shard's job reads the parts its rows are in).
 PLAN_PART_ROWS = 1 << 17
 
@@ -107,13 +113,16 @@ def _plan_rows(samples_per_shard: int, t: pa.Table) -> pa.Table:
                      "key": t.column("key"), "shard": t.column("shard")})
 
 
-def tar_members(tar: PathLike, keys=None, size: Optional[int] = None) -> Dict[str, str]:
+def tar_members(tar: PathLike, keys=None, size: Optional[int] = None, data: Optional[bytes] = None
+                ) -> Dict[str, str]:
     """``ext:offset:size`` of the members of ``keys`` (all when None) in one source tar (one header scan; a
-    sample with two members of one extension is refused, as webdataset does)."""
+    sample with two members of one extension is refused, as webdataset does). ``data``: the tar's bytes when
+    the caller has read them already."""
     want = set(keys) if keys is not None else None
     found: Dict[str, Dict[str, Tuple[int, int]]] = {}
     try:
-        with fmt.open_tar(tar, "r:", size=size) as t:  # a local path or a URL (headers read by seeking)
+        with (tarfile.open(fileobj=io.BytesIO(data), mode="r:") if data is not None
+              else fmt.open_tar(tar, "r:", size=size)) as t:  # a local path or a URL (headers read by seeking)
             for m in t.getmembers():
                 if not m.isfile():
                     continue
@@ -134,15 +143,31 @@ def _members(folder: str, t: pa.Table) -> pa.Table:
     keys, members = [], []
     shards = t.column("shard")
     sizes = storage.list_files(folder) if storage.is_url(folder) else {}  # one listing, no request per tar
-    for shard in pc.unique(shards).to_pylist():
-        want = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
-        tar = DownloadFolder.tar_of(folder, shard)
-        got = tar_members(tar, want, sizes.get(storage.name(tar)))
-        missing = sorted(set(want) - set(got))
-        if missing:
-            raise CurationError(f"{tar}: sample {missing[0]} is not in the tar ({len(missing)} such samples)")
-        keys += want
-        members += [got[k] for k in want]
+    names = pc.unique(shards).to_pylist()
+    tars = [DownloadFolder.tar_of(folder, shard) for shard in names]
+
+    def whole(tar) -> Optional[bytes]:  # a small remote tar in one read, the next one fetched meanwhile
+        n = sizes.get(storage.name(tar))
+        return storage.read_ranges([(tar, 0, n)])[0] if n is not None and n <= WHOLE_TAR_BYTES else None
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-tar-index") as pool:
+        ahead = pool.submit(whole, tars[0]) if tars and sizes else None
+        for i, (shard, tar) in enumerate(zip(names, tars)):
+            data = ahead.result() if ahead is not None else None
+            ahead = pool.submit(whole, tars[i + 1]) if sizes and i + 1 < len(tars) else None
+            want = t.filter(pc.equal(shards, shard)).column("key").to_pylist()
+            try:
+                got = tar_members(tar, want, sizes.get(storage.name(tar)), data)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
+            data = None
+            missing = sorted(set(want) - set(got))
+            if missing:
+                raise CurationError(f"{tar}: sample {missing[0]} is not in the tar ({len(missing)} such samples)")
+            keys += want
+            members += [got[k] for k in want]
     return pa.table({"key": pa.array(keys, pa.string()), "members": pa.array(members, pa.string())})
 
 
@@ -204,15 +229,39 @@ def plan_rows(plan_dir: PathLike, lo: int, hi: int, parts: Optional[List[Dict[st
     return table.sort_by([("pos", "ascending")])
 
 
-def plan_samples(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_bytes: int = READ_CHUNK
-                 ) -> Iterator[fmt.Sample]:
+def plan_samples(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_bytes: int = READ_CHUNK, *,
+                 first: Optional[Future] = None) -> Iterator[fmt.Sample]:
     """The samples of plan rows ``(key, source shard, members)``, in order. Each sample is one byte range of
     its source tar (its members are neighbours there); rows are read in chunks of about ``chunk_bytes`` by
     :func:`ccmb.storage.read_ranges` (neighbouring samples in one read, scattered ones, e.g. of a shuffled
     plan, each by its own small read, concurrently on object storage), the next chunk in a background thread
-    while this one is written."""
+    while this one is written. ``first``: the first chunk's read when the caller started it already
+    (:func:`read_ahead`)."""
+    return _chunk_samples(sample_chunks(input_dir, rows, chunk_bytes), first)
+
+
+def _chunk_samples(chunks: List["Chunk"], first: Optional[Future]) -> Iterator[fmt.Sample]:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-read") as pool:
+        ahead = first if first is not None else (pool.submit(fetch_chunk, chunks[0]) if chunks[0] else None)
+        for k, chunk in enumerate(chunks):
+            blocks = ahead.result() if ahead is not None else []
+            ahead = pool.submit(fetch_chunk, chunks[k + 1]) if k + 1 < len(chunks) else None
+            for (key, tar, lo, _, parts), block in zip(chunk, blocks):
+                got = {ext: block[off - lo:off - lo + n] for ext, (off, n) in parts.items()}
+                try:  # the one reader of the sample layout (ccmb.shards)
+                    yield fmt.sample_from_members(key, got, source=str(tar))
+                except fmt.ShardFormatError as exc:
+                    raise CurationError(str(exc)) from exc
+
+
+Chunk = List[Tuple[str, storage.Location, int, int, Dict[str, Tuple[int, int]]]]
+
+
+def sample_chunks(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_bytes: int = READ_CHUNK
+                  ) -> List[Chunk]:
+    """Plan rows cut into read chunks of about ``chunk_bytes``: (key, tar, offset, bytes, members) each."""
     tars: Dict[str, storage.Location] = {}
-    chunks: List[List[Tuple[str, storage.Location, int, int, Dict[str, Tuple[int, int]]]]] = [[]]
+    chunks: List[Chunk] = [[]]
     size = 0
     for key, shard, members in rows:
         parts = {}
@@ -228,24 +277,15 @@ def plan_samples(input_dir: PathLike, rows: List[Tuple[str, str, str]], chunk_by
         tar = tars.get(shard) or tars.setdefault(shard, DownloadFolder.tar_of(input_dir, shard))
         chunks[-1].append((key, tar, lo, hi - lo, parts))
         size += hi - lo
+    return chunks
 
-    def fetch(chunk) -> List[bytes]:
-        try:
-            return storage.read_ranges([(tar, lo, n) for _, tar, lo, n, _ in chunk])
-        except storage.StorageError as exc:
-            raise CurationError(str(exc)) from exc
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-read") as pool:
-        ahead = pool.submit(fetch, chunks[0]) if chunks[0] else None
-        for k, chunk in enumerate(chunks):
-            blocks = ahead.result() if ahead is not None else []
-            ahead = pool.submit(fetch, chunks[k + 1]) if k + 1 < len(chunks) else None
-            for (key, tar, lo, _, parts), block in zip(chunk, blocks):
-                got = {ext: block[off - lo:off - lo + n] for ext, (off, n) in parts.items()}
-                try:  # the one reader of the sample layout (ccmb.shards)
-                    yield fmt.sample_from_members(key, got, source=str(tar))
-                except fmt.ShardFormatError as exc:
-                    raise CurationError(str(exc)) from exc
+def fetch_chunk(chunk: Chunk) -> List[bytes]:
+    """The bytes of each sample of a read chunk."""
+    try:
+        return storage.read_ranges([(tar, lo, n) for _, tar, lo, n, _ in chunk])
+    except storage.StorageError as exc:
+        raise CurationError(str(exc)) from exc
 
 
 def done_names(output_dir: PathLike) -> frozenset:
@@ -256,30 +296,93 @@ def done_names(output_dir: PathLike) -> frozenset:
         return frozenset()
 
 
+def shard_groups(shards: int, slots: int) -> List[List[int]]:
+    """The output shards cut into jobs of consecutive shards: one job writes several (each shard's upload
+    overlaps the next one's work), at most :data:`SHARDS_PER_JOB`, and with several ``slots`` (processes,
+    Spark tasks) about four jobs per slot, so the slots stay balanced."""
+    per_job = min(SHARDS_PER_JOB, shards) if slots <= 1 else math.ceil(shards / (4 * slots))
+    per_job = max(1, min(SHARDS_PER_JOB, per_job))
+    return [list(range(i, min(i + per_job, shards))) for i in range(0, shards, per_job)]
+
+
 def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, index: int, *,
-                parts: Optional[List[Dict[str, Any]]] = None, done: Optional[frozenset] = None
-                ) -> Tuple[str, Dict[str, Any], bool]:
-    """Write output shard ``index`` from the plan (a job: any process or Spark task); (name, manifest entry,
-    written now). What the driver already knows saves each job its requests on object storage: ``parts``, the
-    plan marker's checked parts (:func:`plan_rows`), and ``done``, the listing of ``_build/done/``
-    (:func:`done_names`; a shard without a record there is written without looking for one)."""
+                parts: Optional[List[Dict[str, Any]]] = None, done: Optional[frozenset] = None,
+                existing: Optional[frozenset] = None) -> Tuple[str, Dict[str, Any], bool]:
+    """Write output shard ``index`` from the plan: :func:`write_shards` of one shard."""
+    return write_shards(input_dir, output_dir, samples_per_shard, plan, [index], parts=parts, done=done,
+                        existing=existing)[0]
+
+
+def write_shards(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, indices: List[int], *,
+                 parts: Optional[List[Dict[str, Any]]] = None, done: Optional[frozenset] = None,
+                 existing: Optional[frozenset] = None) -> List[Tuple[str, Dict[str, Any], bool]]:
+    """Write output shards ``indices`` from the plan, in order (a job: any process or Spark task); for each
+    (name, manifest entry, written now). Each shard's files are published by a background thread while the
+    next shard is read and written (at most one shard waits: bounded memory); the job returns once every
+    shard it wrote is published, and raises the first error.
+
+    What the driver already knows saves each job its requests on object storage: ``parts``, the plan
+    marker's checked parts (:func:`plan_rows`), ``done``, the listing of ``_build/done/`` (:func:`done_names`;
+    a shard without a record there is written without looking for one), and ``existing``, the names in the
+    output folder when the run started (no old ``_stats.json`` to delete when the shard's is not among them;
+    only this job writes that name)."""
     out = storage.location(output_dir)
-    name = fmt.shard_name(index)
-    entry = finished(out, name, plan) if done is None or f"{name}.json" in done else None
-    if entry is not None:
-        return name, entry, False
+    results: Dict[int, Tuple[str, Dict[str, Any], bool]] = {}
+    todo = []
+    for index in indices:
+        name = fmt.shard_name(index)
+        entry = finished(out, name, plan) if done is None or f"{name}.json" in done else None
+        if entry is not None:
+            results[index] = (name, entry, False)
+        else:
+            todo.append(index)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-publish") as publisher, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-read-ahead") as reader:
+        waiting = None
+        try:
+            source = _shard_source(input_dir, out, samples_per_shard, todo[0], parts, reader) if todo else None
+            for k, index in enumerate(todo):
+                current = source
+                # the next shard's plan rows and first read go out now, before this shard's upload
+                source = (_shard_source(input_dir, out, samples_per_shard, todo[k + 1], parts, reader)
+                          if k + 1 < len(todo) else None)
+                writer = _write_one(input_dir, out, samples_per_shard, plan, index, current, existing, publisher)
+                if waiting is not None:
+                    waiting.result()  # the previous shard is published before this one queues
+                waiting = writer.published
+                results[index] = (writer.name, writer.entry, True)
+            if waiting is not None:
+                waiting.result()
+        except BaseException:
+            if waiting is not None:
+                waiting.exception()  # let the shard in flight finish (or fail) before the error goes up
+            raise
+    return [results[i] for i in indices]
+
+
+def _shard_source(input_dir: str, out: storage.Location, samples_per_shard: int, index: int,
+                  parts: Optional[List[Dict[str, Any]]], reader: ThreadPoolExecutor):
+    """(plan rows, read chunks, the first chunk's read started on ``reader``) of output shard ``index``."""
     rows = plan_rows(storage.join(out, BUILD_DIR, PLAN_DIR), index * samples_per_shard, (index + 1) * samples_per_shard,
                      parts)
-    keys = rows.column("key").to_pylist()
-    samples = plan_samples(input_dir, list(zip(keys, rows.column("shard").to_pylist(),
+    chunks = sample_chunks(input_dir, list(zip(rows.column("key").to_pylist(), rows.column("shard").to_pylist(),
                                                rows.column("members").to_pylist())))
-    with fmt.ShardWriter(out, index, mtime=0) as writer:  # fixed mtimes: byte-identical for a plan
+    return rows, chunks, reader.submit(fetch_chunk, chunks[0]) if chunks[0] else None
+
+
+def _write_one(input_dir: str, out: storage.Location, samples_per_shard: int, plan: str, index: int,
+               source, existing: Optional[frozenset], publisher) -> fmt.ShardWriter:
+    name = fmt.shard_name(index)
+    rows, chunks, first = source
+    keys = rows.column("key").to_pylist()
+    samples = _chunk_samples(chunks, first)
+    replaces = existing is None or f"{name}_stats.json" in existing
+    # fixed mtimes: byte-identical for a plan; the resume record goes out with the stats file
+    with fmt.ShardWriter(out, index, mtime=0, replaces=replaces, record=(done_path(out, name), {"plan": plan}),
+                         publisher=publisher) as writer:
         for out_key, key, s in zip(rows.column("out_key").to_pylist(), keys, samples):
             meta = dict(s.meta)
             meta["source_key"] = key
             meta["key"] = out_key
             writer.write(out_key, s.image, s.text, meta, image_ext=s.image_ext)
-    entry = writer.entry  # counted and hashed as it was written: no second read of the tar
-    storage.write_json(done_path(out, name), {**entry, "plan": plan})
-    return name, entry, True
-
+    return writer  # its entry: counted and hashed as it was written, no second read of the tar

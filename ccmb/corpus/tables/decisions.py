@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -50,14 +51,20 @@ def _part_sizes(folder: PathLike) -> Dict[str, int]:
 
 def read_marker(folder: PathLike, check_parts: bool = True) -> Dict[str, Any]:
     """The marker of a complete partitioned table; :class:`PartitionError` when the folder is partial."""
+    return read_marker_and_fingerprint(folder, check_parts)[0]
+
+
+def read_marker_and_fingerprint(folder: PathLike, check_parts: bool = True) -> Tuple[Dict[str, Any], str]:
+    """:func:`read_marker` and the folder's :func:`table_fingerprint`, from one read of the marker."""
     folder = storage.location(folder)
     marker = storage.join(folder, MARKER)
     hint = "the job that wrote it did not finish; rerun the step (it replaces the folder)"
-    if not storage.exists(marker):
-        raise PartitionError(f"{folder}: partially written decision table (no {MARKER}: {hint})")
     try:
-        doc = json.loads(storage.read_text(marker))
+        raw = storage.read_bytes(marker)
+        doc = json.loads(raw.decode("utf-8"))
         parts = doc["parts"]
+    except FileNotFoundError:
+        raise PartitionError(f"{folder}: partially written decision table (no {MARKER}: {hint})") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PartitionError(f"{marker}: unreadable marker ({exc}): {hint}") from exc
     if check_parts:
@@ -72,7 +79,7 @@ def read_marker(folder: PathLike, check_parts: bool = True) -> Dict[str, Any]:
             size = sizes[p["name"]]
             if size != p["bytes"]:
                 raise PartitionError(f"{storage.join(folder, p['name'])}: {size} bytes, {MARKER} says {p['bytes']}: {hint}")
-    return doc
+    return doc, "sha256:" + fmt.sha256_bytes(raw)
 
 
 @dataclass
@@ -184,6 +191,21 @@ def _check_part(path: PathLike, sha256: Optional[str], data: Optional[bytes] = N
                              "changed after the table was written; rerun the step that wrote it")
 
 
+#: Small parts read from object storage in this process, by (URL, recorded SHA-256), checked against it when
+#: read: a shard job of ``build-shards`` reads the plan part its rows are in, and the next job of the same
+#: process the same part (bounded: :data:`CHECKED_PARTS_BYTES`).
+_CHECKED_PARTS: "OrderedDict[Tuple[str, str], bytes]" = OrderedDict()
+CHECKED_PARTS_BYTES = 64 << 20
+
+
+def _remember_part(path: str, sha256: str, data: Optional[bytes]) -> None:
+    if data is None or len(data) > CHECKED_PARTS_BYTES // 4:
+        return
+    _CHECKED_PARTS[(path, sha256)] = data
+    while sum(len(v) for v in _CHECKED_PARTS.values()) > CHECKED_PARTS_BYTES:
+        _CHECKED_PARTS.popitem(last=False)
+
+
 def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[str],
                       batch_rows: int = BATCH_ROWS, rows: Optional[int] = None,
                       schema: pa.Schema = DECISION_SCHEMA, size: Optional[int] = None) -> Iterator[pa.Table]:
@@ -193,9 +215,14 @@ def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[s
     path = storage.location(path)
     data = None
     if storage.is_url(path) and sha256 is not None:  # a small part on object storage: one read, hashed and parsed
-        with storage.open_read(path, size=size) as fh:
-            data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
-    _check_part(path, sha256, data)
+        data = _CHECKED_PARTS.get((path, sha256))
+        if data is None:
+            with storage.open_read(path, size=size) as fh:
+                data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
+            _check_part(path, sha256, data)
+            _remember_part(path, sha256, data)
+    else:
+        _check_part(path, sha256, data)
     want = [schema.field(c) for c in columns]
     seen = 0
     try:

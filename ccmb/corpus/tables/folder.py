@@ -47,35 +47,32 @@ class DownloadFolder:
 
     def __init__(self, path: PathLike) -> None:
         self.path = storage.location(path)  # a Path, or a URL string (s3://...)
-        try:
-            is_dir = storage.isdir(self.path)
+        not_folder = f"{self.path}: not a folder (expected a download folder with NNNNN.parquet files)"
+        try:  # on object storage the listing itself says whether the folder is there (no request more)
+            if isinstance(self.path, Path) and not storage.isdir(self.path):
+                raise CurationError(not_folder)
+            checked = fmt.checked_shard_parquets(self.path)
+        except fmt.ShardFormatError as exc:  # a missing parquet of a tar among them: named
+            raise CurationError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise CurationError(not_folder) from exc
         except OSError as exc:
             raise CurationError(str(exc)) from exc
-        if not is_dir:
-            raise CurationError(f"{self.path}: not a folder (expected a download folder with NNNNN.parquet files)")
-        try:
-            self.parquets: List[storage.Location] = fmt.shard_parquets(self.path)
-        except fmt.ShardFormatError as exc:
-            raise CurationError(str(exc)) from exc
+        self.parquets: List[storage.Location] = [p for p, _, _ in checked]
+        #: row counts (parquet footers) and byte sizes as checked when the folder was opened
+        self._rows = {storage.name(p): rows for p, rows, _ in checked}
+        self._bytes = {storage.name(p): size for p, _, size in checked}
         if not self.parquets:
             raise CurationError(f"{self.path}: no NNNNN.parquet files (is it a download folder?)")
 
     def rows(self) -> int:
-        """Rows of the folder from the parquet footers (no data read)."""
-        total = 0
-        for p in self.parquets:
-            try:
-                with fmt.parquet_source(p) as src:
-                    total += pq.ParquetFile(src).metadata.num_rows
-            except (OSError, pa.ArrowException) as exc:
-                raise CurationError(f"{p}: unreadable parquet: {exc}") from exc
-        return total
+        """Rows of the folder from the parquet footers (read once, when the folder was opened and checked)."""
+        return sum(self._rows.values())
 
     def _sizes(self) -> Dict[str, int]:
         if isinstance(self.path, Path):
             return {p.name: p.stat().st_size for p in self.parquets}
-        sizes = storage.list_files(self.path)  # one listing request
-        return {storage.name(p): sizes[storage.name(p)] for p in self.parquets}
+        return dict(self._bytes)  # the listing the folder was opened with
 
     def bytes(self) -> int:
         return sum(self._sizes().values())

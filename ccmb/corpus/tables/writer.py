@@ -122,7 +122,7 @@ def remove_table(path: PathLike) -> None:
         else:  # the marker first: from then on the folder reads as partial, never as the old table
             storage.remove(storage.join(path, MARKER))
             storage.remove_tree(path)
-    elif storage.exists(path):
+    elif storage.isfile(path):
         storage.remove(path)
 
 
