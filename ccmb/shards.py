@@ -500,6 +500,10 @@ def _is_shard_parquet(file_name: str) -> bool:
     return file_name.endswith(".parquet") and bool(SHARD_NAME_RE.match(file_name[: -len(".parquet")] + ".tar"))
 
 
+#: Shards whose parquet and stats file :func:`checked_shard_parquets` reads at once on object storage
+PREFETCH_SHARDS = 16
+
+
 def shard_parquets(folder: PathLike) -> List[storage.Location]:
     """The ``NNNNN.parquet`` files of a shard folder (download folder or shard set), each checked with
     :func:`check_parquet`, in shard order. A tar without its parquet is refused (naming the missing files),
@@ -522,15 +526,21 @@ def checked_shard_parquets(folder: PathLike) -> List[Tuple[storage.Location, int
         raise MissingShardFileError(f"{', '.join(str(p) for p in missing[:5])}{more}: missing (the tar is there; "
                                     f"the shard's rows, failures included, live in its parquet)")
     out = []
-    for p in parquets:
-        try:
-            rows = check_parquet(p)
-        except ShardFormatError as exc:
-            if not storage.exists(stats_path_of(p)):  # the usual cause: a download killed mid-shard
-                raise ShardFormatError(f"{exc} ({storage.name(stats_path_of(p))} is missing too: an unfinished shard; "
-                                       f"rerun the same `ccmb download` to finish it)") from exc
-            raise
-        out.append((p, rows, sizes[storage.name(p)] if sizes is not None else storage.size(p)))
+    for at in range(0, len(parquets), PREFETCH_SHARDS):
+        batch = parquets[at:at + PREFETCH_SHARDS]
+        # on object storage the batch's parquets and stats files are read concurrently (one round trip)
+        ahead = [] if sizes is None else [f for p in batch for f in (p, stats_path_of(p))
+                                          if storage.name(f) in sizes]
+        with storage.prefetch(ahead):
+            for p in batch:
+                try:
+                    rows = check_parquet(p)
+                except ShardFormatError as exc:
+                    if not storage.exists(stats_path_of(p)):  # the usual cause: a download killed mid-shard
+                        raise ShardFormatError(f"{exc} ({storage.name(stats_path_of(p))} is missing too: an unfinished "
+                                               f"shard; rerun the same `ccmb download` to finish it)") from exc
+                    raise
+                out.append((p, rows, sizes[storage.name(p)] if sizes is not None else storage.size(p)))
     return out
 
 

@@ -209,3 +209,20 @@ def test_a_failed_publish_stops_the_job_and_the_rerun_completes_the_set(base, tm
     sha = {n: storage.sha256(storage.join(out, n)) for n in storage.listdir(out) if n.endswith(".tar")}
     assert sha == {n: storage.sha256(storage.join(ref.output, n)) for n in storage.listdir(ref.output)
                    if n.endswith(".tar")}
+
+
+def test_prefetch_reads_files_in_one_round_trip_each_answering_one_read(s3_url, monkeypatch):
+    files = {storage.join(s3_url, "p", f"{i}.bin"): os.urandom(1000 * (i + 1)) for i in range(3)}
+    for path, data in files.items():
+        storage.write_bytes(path, data)
+    missing = storage.join(s3_url, "p", "missing.bin")
+    sent = _count_requests(monkeypatch, s3_url)
+    with storage.prefetch([*files, missing]):
+        assert len(sent) == 4  # sent together, before any read
+        assert {p: storage.read_bytes(p) for p in files} == files
+        assert len(sent) == 4
+        assert storage.read_bytes(next(iter(files))) == files[next(iter(files))]  # a second read asks the store
+        assert len(sent) == 5
+        with pytest.raises(FileNotFoundError, match="missing.bin"):
+            storage.read_bytes(missing)
+    assert storage._PREFETCHED == {}
