@@ -5,10 +5,11 @@
   (``pos``) and cut into shards of ``samples_per_shard``; new keys follow img2dataset's layout. Each row
   carries where its members are in the source tar (``members``: one header scan per source tar), so a
   shard is written by seeking, never by scanning the source tars again;
-* write: one job per output shard reads its rows of the plan, copies the members (bytes unchanged, through
-  the one sample reader of :mod:`ccmb.shards`), writes the tar atomically with fixed mtimes (the same plan
-  gives byte-identical shards) and records ``_build/done/NNNNN.json`` (checksum and the plan's fingerprint):
-  a rerun skips a shard whose tar matches its record.
+* write: a job writes a few consecutive output shards (:func:`shard_groups`); for each it reads its rows of
+  the plan, copies the members (bytes unchanged, through the one sample reader of :mod:`ccmb.shards`), writes
+  the tar atomically with fixed mtimes (the same plan gives byte-identical shards) and records
+  ``_build/done/NNNNN.json`` (checksum and the plan's fingerprint), publishing one shard while it writes the
+  next: a rerun skips a shard whose tar matches its record.
 """
 from __future__ import annotations
 
@@ -303,14 +304,6 @@ def shard_groups(shards: int, slots: int) -> List[List[int]]:
     per_job = min(SHARDS_PER_JOB, shards) if slots <= 1 else math.ceil(shards / (4 * slots))
     per_job = max(1, min(SHARDS_PER_JOB, per_job))
     return [list(range(i, min(i + per_job, shards))) for i in range(0, shards, per_job)]
-
-
-def write_shard(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, index: int, *,
-                parts: Optional[List[Dict[str, Any]]] = None, done: Optional[frozenset] = None,
-                existing: Optional[frozenset] = None) -> Tuple[str, Dict[str, Any], bool]:
-    """Write output shard ``index`` from the plan: :func:`write_shards` of one shard."""
-    return write_shards(input_dir, output_dir, samples_per_shard, plan, [index], parts=parts, done=done,
-                        existing=existing)[0]
 
 
 def write_shards(input_dir: str, output_dir: str, samples_per_shard: int, plan: str, indices: List[int], *,
