@@ -176,6 +176,29 @@ def _fs(url: PathLike) -> Tuple[Any, str]:
         raise StorageError(f"{text}: {exc}") from exc
 
 
+def close_clients() -> None:
+    """Close this process's object-storage clients (their pooled keep-alive connections) and forget the cached
+    filesystems; the next use opens new ones. Call it before forking worker processes (DataLoader workers): a
+    forked child must not inherit a live client, whose connections and event loop are the parent's (at exit
+    the child tries to close them: an asyncio "attached to a different loop" traceback per worker, against
+    any server that keeps connections alive, as S3 does)."""
+    import sys
+
+    if "s3fs" not in sys.modules:
+        return
+    import s3fs
+
+    for fs in list(s3fs.S3FileSystem._cache.values()):
+        creator = getattr(fs, "_s3creator", None)
+        if creator is not None and getattr(fs, "_s3", None) is not None:
+            try:
+                s3fs.S3FileSystem.close_session(fs.loop, creator)
+            except Exception as exc:  # noqa: BLE001 - a client that cannot close is dropped all the same
+                logger.debug("closing an S3 client: %s", exc)
+            fs._s3 = None  # a holder of this instance reconnects on its next request
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def configure(protocol_name: str, **options: Any) -> None:
     """Default options of one fsspec protocol for this process, e.g. ``configure("s3",
     endpoint_url="http://127.0.0.1:9000")`` (the same as ``FSSPEC_S3_ENDPOINT_URL`` in the environment, which

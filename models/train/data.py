@@ -265,4 +265,5 @@ def make_loader(stream: IterableDataset, num_workers: int = 2, pin_memory: bool 
     kw: Dict[str, Any] = {}
     if num_workers > 0:
         kw["prefetch_factor"] = 2
+        storage.close_clients()  # the forked workers open their own (an inherited client breaks at their exit)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kw)

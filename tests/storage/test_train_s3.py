@@ -118,3 +118,24 @@ def test_cli_pretrain_takes_an_s3_brace_pattern(sets, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and lines[-1]["skipped_samples"] == 0
     assert json.loads((tmp_path / "run" / "run_args.json").read_text())["shards"] == remote + "/{00000..00001}.tar"
+
+
+def test_workers_are_forked_without_the_parents_s3_client(sets, monkeypatch):
+    """A DataLoader with workers closes the process's S3 clients first: a forked worker must not inherit the
+    parent's pooled connections and event loop (against a keep-alive server each worker printed an asyncio
+    "attached to a different loop" traceback at exit). The parent's filesystem handles reconnect on next use."""
+    import s3fs
+
+    _, remote, _ = sets
+    held, _ = storage._fs(remote)
+    assert storage.list_files(remote) and held._s3 is not None and s3fs.S3FileSystem._cache
+    closed = []
+    real = storage.close_clients
+    monkeypatch.setattr(storage, "close_clients", lambda: (closed.append(1), real())[1])
+    stream = ShardStream([remote + "/00000.tar"], 4, TrainTransform(16), None, resampled=False)
+    make_loader(stream, num_workers=0)
+    assert closed == []  # no workers, nothing forked: the client stays
+    make_loader(stream, num_workers=1)
+    assert closed == [1] and held._s3 is None and not s3fs.S3FileSystem._cache
+    assert storage.list_files(remote) == storage.list_files(remote)  # new clients, the same answers
+    assert held.ls(remote.split("://", 1)[1], refresh=True) and held._s3 is not None  # an old handle reconnects
