@@ -856,6 +856,8 @@ def publish_together(files: Sequence["AtomicFile"]) -> None:
     per file. The first error is raised (naming its path) after every file was tried; a file that was not
     published is dropped."""
     small = [f for f in files if f._mode == "upload" and f._fh is None and not f._done]
+    if small and not (all(f._fs is small[0]._fs for f in small) and hasattr(small[0]._fs, "_pipe_file")):
+        small = []  # not one async store: each published on its own below
     errors: List[BaseException] = []
     for f in files:
         if f not in small:
@@ -864,25 +866,15 @@ def publish_together(files: Sequence["AtomicFile"]) -> None:
             except BaseException as exc:  # noqa: BLE001 - raised below, after the others
                 errors.append(exc)
     if small:
+        import asyncio
+
         from fsspec.asyn import sync
 
-        fs = small[0]._fs
-
         async def put_all() -> List[Any]:
-            import asyncio
-
             return await asyncio.gather(*(f._fs._pipe_file(f._p, bytes(f._small)) for f in small),
                                         return_exceptions=True)
 
-        same_fs = all(f._fs is fs for f in small) and hasattr(fs, "_pipe_file")
-        results = sync(fs.loop, put_all) if same_fs else [None] * len(small)
-        for f, result in zip(small, results):
-            if not same_fs:
-                try:
-                    f.publish()
-                except BaseException as exc:  # noqa: BLE001
-                    errors.append(exc)
-                continue
+        for f, result in zip(small, sync(small[0]._fs.loop, put_all)):
             f._done = True
             f._small = bytearray()
             _invalidate(f._fs, f._p)
