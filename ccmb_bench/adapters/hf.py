@@ -8,7 +8,8 @@ registry expects (``load_registered``, ``claims_directory``, ``load_directory``)
 What "as its library does" means here, per step:
 - images: the checkpoint's processor (``AutoProcessor``, whose call-time defaults apply; else its
   ``AutoImageProcessor``): resize, crop, rescale, normalise (the PIL backend when torchvision is absent, as
-  transformers itself falls back);
+  transformers itself falls back), its steps done on the whole batch where that is shown to give the processor's
+  own bits (:mod:`ccmb_bench.adapters.pixels`);
 - texts: the checkpoint's tokenizer (lower-casing and cleaning are the tokenizer's), truncated at the model's
   context length, padded as the family's reference usage pads (``longest`` for CLIP-style models whose pooled
   token does not see the padding; ``max_length`` for SigLIP, which was trained on fixed-length padded text and
@@ -119,8 +120,24 @@ class HFDualEncoderAdapter(ModelAdapter):
         if self.image_processor is None:
             return torch.stack([self.transform(im) for im in images])
         images = list(images)
+        batched = self.batched_pixels()
+        pixels = batched(images) if batched is not None else None
+        return pixels if pixels is not None else self.processor_pixels(images)
+
+    def processor_pixels(self, images):
+        """The processor's own call on ``images``."""
         out = self.image_processor(images=images, return_tensors="pt", **rgb_already(self.image_processor, images))
         return out["pixel_values"] if len(out) == 1 else dict(out)  # NaFlex: masks and shapes travel along
+
+    def batched_pixels(self):
+        """The processor's steps on a whole batch (:mod:`ccmb_bench.adapters.pixels`), where they are shown to be
+        bit-for-bit its own on probe images (checked once, at the first batch); else ``None``."""
+        if not hasattr(self, "_batched_pixels"):
+            from ccmb_bench.adapters.pixels import batched_pixels
+
+            self._batched_pixels = batched_pixels(self.image_processor, self.processor_pixels)
+            logger.debug("%s: batched preprocessing %s", self.name, "on" if self._batched_pixels else "off")
+        return self._batched_pixels
 
     def encode_images(self, pixel_values, with_hidden=False):
         import torch

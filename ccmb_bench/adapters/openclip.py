@@ -72,7 +72,13 @@ class OpenCLIPAdapter(ModelAdapter):
     def preprocess(self, images):
         import torch
 
-        return torch.stack([self.transform(im) for im in images])
+        images = list(images)
+        if not hasattr(self, "_batched"):  # open_clip's torchvision steps on the whole batch, where bit-for-bit its own
+            from ccmb_bench.adapters.pixels import batched_transform
+
+            self._batched = batched_transform(self.transform)
+        pixels = self._batched(images) if self._batched is not None else None
+        return pixels if pixels is not None else torch.stack([self.transform(im) for im in images])
 
     def encode_images(self, pixel_values, with_hidden=False):
         import torch
