@@ -34,7 +34,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 logger = logging.getLogger(__name__)
 
@@ -117,27 +117,47 @@ def claim(folder: PathLike, kind: str, *, legacy: Optional[Callable[[Path], bool
     return folder
 
 
+#: Object-storage output folders this process claimed new (it wrote their owner marker): no earlier run wrote
+#: there, so no unfinished upload of one can be left under them.
+_CREATED_HERE: set = set()
+
+
+def created_here(folder: PathLike) -> bool:
+    """Whether this process claimed ``folder`` (a URL) as a new, empty output folder."""
+    return str(folder) in _CREATED_HERE
+
+
 def _claim_url(folder: PathLike, kind: str, hint: str) -> str:
     from . import storage
 
     url = str(storage.location(folder))
-    if storage.isfile(url):
-        raise OutputFolderError(f"{url}: exists and is not a folder; {hint}")
-    mark = owner(url)
+
+    def listing() -> List[str]:
+        try:
+            return [n for n in storage.listdir(url) if n not in _OWN_FILES]
+        except FileNotFoundError:
+            return []
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3, thread_name_prefix="ccmb-claim") as pool:  # three independent requests, one wait
+        is_file, marked, listed = (pool.submit(storage.isfile, url), pool.submit(owner, url),
+                                   pool.submit(listing))
+        if is_file.result():
+            raise OutputFolderError(f"{url}: exists and is not a folder; {hint}")
+        mark = marked.result()
     if mark is not None:
         if mark["kind"] != kind:
             raise OutputFolderError(f"{url}: holds a ccmb {mark['kind']} output, not a {kind}; "
                                     f"refusing to write into it: {hint}")
         return url
-    try:
-        names = [n for n in storage.listdir(url) if n not in _OWN_FILES]
-    except FileNotFoundError:
-        names = []
+    names = listed.result()
     if names:
         raise OutputFolderError(f"{url}: is not empty and was not made by ccmb {kind} (it holds {names[0]!r}); "
                                 f"refusing to write into it: {hint}")
     from . import __version__
 
+    _CREATED_HERE.add(url)
     storage.write_json(storage.join(url, OWNER_FILE), {"kind": kind, "ccmb": __version__, "created": _now()},
                        indent=None)
     return url

@@ -511,11 +511,14 @@ def shard_parquets(folder: PathLike) -> List[storage.Location]:
     return [p for p, _, _ in checked_shard_parquets(folder)]
 
 
-def checked_shard_parquets(folder: PathLike) -> List[Tuple[storage.Location, int, int]]:
+def checked_shard_parquets(folder: PathLike, sizes: Optional[Dict[str, int]] = None
+                           ) -> List[Tuple[storage.Location, int, int]]:
     """(path, row count, bytes) of each ``NNNNN.parquet`` of a shard folder, checked as :func:`shard_parquets`
-    does (one listing and the checks' reads; the counts and sizes spare a caller more requests)."""
+    does (one listing and the checks' reads; the counts and sizes spare a caller more requests). ``sizes``: the
+    folder's :func:`ccmb.storage.list_files` when the caller has just listed it (object storage)."""
     folder = storage.location(folder)
-    sizes = storage.list_files(folder) if storage.is_url(folder) else None
+    if sizes is None:
+        sizes = storage.list_files(folder) if storage.is_url(folder) else None
     names = sorted(sizes) if sizes is not None else storage.listdir(folder)
     parquets = [storage.join(folder, n) for n in names if _is_shard_parquet(n)]
     have = {storage.stem(p) for p in parquets}

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -163,17 +164,51 @@ def protocol(path: PathLike) -> str:
 
 # -------------------------------------------------------------------------------------------- fsspec
 
+#: (filesystem, path) of URLs resolved by :func:`_fs` (fsspec's resolution tokenises the options each time);
+#: dropped by :func:`configure` and :func:`close_clients`, and when it grows past _FS_MEMO_SIZE entries.
+_FS_MEMO: Dict[str, Tuple[Any, str]] = {}
+_FS_MEMO_SIZE = 1 << 14
+
+#: botocore options ccmb sets for S3 unless the user set them (in ``config_kwargs`` or the ``AWS_*`` variables):
+#: checksums only where an operation requires one, as botocore did before 1.36. S3-compatible stores such as
+#: Aliyun OSS and older MinIO/Ceph do not accept the newer default ones; ccmb's own SHA-256 of every shard it
+#: writes (recorded, checked by ``ccmb verify``) is the end-to-end check, and on https TLS protects each transfer.
+S3_CHECKSUM_DEFAULTS = {"request_checksum_calculation": ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+                        "response_checksum_validation": ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")}
+
+
+def _s3_defaults() -> None:
+    import fsspec.config
+
+    conf = fsspec.config.conf.setdefault("s3", {})
+    kwargs = dict(conf.get("config_kwargs") or {})
+    for option, (variable, value) in S3_CHECKSUM_DEFAULTS.items():
+        if option not in kwargs and not os.environ.get(variable):
+            kwargs[option] = value
+    if kwargs != (conf.get("config_kwargs") or {}):
+        conf["config_kwargs"] = kwargs
+
+
 def _fs(url: PathLike) -> Tuple[Any, str]:
     """(fsspec filesystem, path inside it) of a URL; fsspec is imported here, on first use."""
+    text = os.fspath(url)
+    got = _FS_MEMO.get(text)
+    if got is not None:
+        return got
     import fsspec.core
 
-    text = os.fspath(url)
+    if text.startswith(("s3://", "s3a://")):
+        _s3_defaults()
     try:
-        return fsspec.core.url_to_fs(text)
+        got = fsspec.core.url_to_fs(text)
     except ImportError as exc:  # the filesystem's package (s3fs, gcsfs, ...) is not installed
         raise StorageError(f"{text}: {exc} (for s3:// URLs: pip install 'ccmb[s3]')") from exc
     except ValueError as exc:  # unknown protocol
         raise StorageError(f"{text}: {exc}") from exc
+    if len(_FS_MEMO) >= _FS_MEMO_SIZE:
+        _FS_MEMO.clear()
+    _FS_MEMO[text] = got
+    return got
 
 
 def close_clients() -> None:
@@ -184,6 +219,7 @@ def close_clients() -> None:
     any server that keeps connections alive, as S3 does)."""
     import sys
 
+    _FS_MEMO.clear()
     if "s3fs" not in sys.modules:
         return
     import s3fs
@@ -207,6 +243,7 @@ def configure(protocol_name: str, **options: Any) -> None:
     import fsspec.config
 
     fsspec.config.conf.setdefault(protocol_name, {}).update(options)
+    _FS_MEMO.clear()
     with contextlib.suppress(ImportError, ValueError):
         fsspec.get_filesystem_class(protocol_name).clear_instance_cache()
 
@@ -327,26 +364,157 @@ def prefetch(paths: Sequence[PathLike], n: int = RANGE_BLOCK) -> Iterator[None]:
             _PREFETCHED.pop(url, None)
 
 
+#: Whole small objects kept within :func:`read_cache` blocks, by fsspec path (None: no block is active).
+_CACHE: Optional[Dict[str, Tuple[bytes, int]]] = None
+_CACHE_STATE = {"depth": 0, "bytes": 0, "limit": 0}
+_CACHE_LOCK = threading.Lock()
+#: Bytes a :func:`read_cache` block keeps at most (objects beyond it are read again when asked again)
+READ_CACHE_BYTES = 64 << 20
+#: Files this process writes are remembered by a :func:`read_cache` block up to this size (markers, plan parts;
+#: not the shards it writes and never reads back)
+WRITTEN_KEEP_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def read_cache(limit: Optional[int] = None) -> Iterator[None]:
+    """Within the block, a small object read whole from object storage (a marker, a decision table, a download
+    folder's parquets: whatever :func:`first_bytes` fetched whole, which :func:`read_bytes`, :func:`read_small`,
+    :func:`sha256` and the parquet readers use) answers later reads of its path here, without a request, and
+    the small files this process writes (up to :data:`WRITTEN_KEEP_BYTES`) are remembered as written; writing
+    or removing a path (or a folder above it) through this module forgets what was kept for it. At most
+    ``limit`` bytes are kept (default :data:`READ_CACHE_BYTES`); :func:`warm` reads objects ahead into it.
+
+    What other processes change meanwhile is not seen: open it around one command that treats its inputs as
+    fixed for its duration (``build-shards`` fingerprints them in its plan) and owns its output folder.
+    Blocks nest (the outermost one ends the cache); local paths are not affected."""
+    global _CACHE
+    with _CACHE_LOCK:
+        if _CACHE_STATE["depth"] == 0:
+            _CACHE, _CACHE_STATE["bytes"] = {}, 0
+            _CACHE_STATE["limit"] = int(READ_CACHE_BYTES if limit is None else limit)
+        _CACHE_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _CACHE_LOCK:
+            _CACHE_STATE["depth"] -= 1
+            if _CACHE_STATE["depth"] == 0:
+                _CACHE = None
+                for future in list(_WARMING.values()):  # the read-ahead stops; its waiters read themselves
+                    if not future.done():
+                        future.set_exception(RuntimeError("read cache closed"))
+                _WARMING.clear()
+
+
+def _cached(p: str) -> Optional[Tuple[bytes, int]]:
+    cache = _CACHE
+    if cache is None:
+        return None
+    pending = _WARMING.get(p)
+    if pending is not None:  # being read ahead by warm(): wait for it rather than reading it twice
+        with contextlib.suppress(Exception):
+            pending.result()
+    return cache.get(p)
+
+
+#: Reads started by :func:`warm` in the active :func:`read_cache` block, by fsspec path.
+_WARMING: Dict[str, Any] = {}
+
+
+def warm(listing: Any) -> None:
+    """Within a :func:`read_cache` block: read whole objects ahead in a background thread, so that a later read
+    of one of them costs no request. ``listing()`` (called in that thread) gives ``(url, size)`` pairs in the
+    order they will be needed; reading stops where the block's byte budget would be exceeded. A read of a
+    listed object waits for its pending fetch instead of sending its own; a failed fetch is read again by the
+    reader (which raises its error). Outside a block, or for local paths: nothing happens."""
+    if _CACHE is None:
+        return
+    import concurrent.futures
+
+    def run() -> None:
+        try:
+            files = [(location(u), int(n)) for u, n in listing() if is_url(u)]
+        except Exception as exc:  # noqa: BLE001 - a read-ahead only; the readers see the real error
+            logger.debug("read-ahead listing failed: %s", exc)
+            return
+        budget = _CACHE_STATE["limit"] - _CACHE_STATE["bytes"]
+        todo = []
+        with _CACHE_LOCK:
+            for url, n in files:
+                if n > budget or _CACHE is None:
+                    break
+                budget -= n
+                p = _fs(url)[1]
+                if p not in _WARMING and p not in (_CACHE or {}):
+                    _WARMING[p] = concurrent.futures.Future()
+                    todo.append((url, p, n))
+        for url, p, n in todo:
+            future = _WARMING.get(p)
+            if future is None:
+                continue
+            error: Optional[BaseException] = None
+            try:
+                if _CACHE is not None:
+                    first_bytes(url, n + 1)  # one GET of the whole object, kept by the cache
+            except Exception as exc:  # noqa: BLE001 - the reader reads it again and raises
+                error = exc
+            _WARMING.pop(p, None)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # the block closed meanwhile
+                future.set_exception(error) if error is not None else future.set_result(None)
+
+    threading.Thread(target=run, name="ccmb-warm", daemon=True).start()
+
+
+def _keep(p: str, data: bytes, total: int) -> None:
+    """Keep a whole object (``len(data) == total``) while a :func:`read_cache` block is active."""
+    if _CACHE is None or len(data) < total:
+        return
+    with _CACHE_LOCK:
+        cache = _CACHE
+        if cache is None or _CACHE_STATE["bytes"] + len(data) > _CACHE_STATE["limit"]:
+            return
+        old = cache.get(p)
+        _CACHE_STATE["bytes"] += len(data) - (len(old[0]) if old else 0)
+        cache[p] = (bytes(data), total)
+
+
+def _forget(p: str) -> None:
+    """Drop what a :func:`read_cache` block kept for ``p`` and for anything under it."""
+    if not _CACHE:
+        return
+    with _CACHE_LOCK:
+        cache = _CACHE
+        if not cache:
+            return
+        base = p.rstrip("/")
+        for key in [k for k in cache if k == base or k.startswith(base + "/")]:
+            _CACHE_STATE["bytes"] -= len(cache.pop(key)[0])
+
+
 def first_bytes(path: PathLike, n: int) -> Optional[Tuple[bytes, int]]:
     """On S3: (the first ``n`` bytes of the file, its size) by one request (the whole file when it was
-    :func:`prefetch`-ed whole); None on other stores."""
+    :func:`prefetch`-ed whole, none when a :func:`read_cache` block holds it); None on other stores."""
     if not is_url(path):
         return None
-    got = _PREFETCHED.pop(str(location(path)), None) if _PREFETCHED else None
-    if got is not None and (len(got[0]) >= got[1] or len(got[0]) >= n):
-        return got if len(got[0]) >= got[1] else (got[0][:n], got[1])
     fs, p = _fs(path)
+    got = (_cached(p) if _WARMING.get(p) is None or threading.current_thread().name != "ccmb-warm" else None) \
+        or (_PREFETCHED.pop(str(location(path)), None) if _PREFETCHED else None)
+    if got is not None and (len(got[0]) >= got[1] or len(got[0]) >= n):
+        _keep(p, *got)
+        return got if len(got[0]) >= got[1] else (got[0][:n], got[1])
     where = _s3(fs, p)
     if where is None or not where[1]:
         return None
     with _errors(path, "read"):
         try:
-            return _s3_first_bytes(fs, where[0], where[1], n)
+            got = _s3_first_bytes(fs, where[0], where[1], n)
         except FileNotFoundError:
             raise
         except Exception:  # noqa: BLE001 - an empty object answers a range with 416: ask plainly
             total = int(fs.size(p))
-            return (b"", 0) if total == 0 else (fs.cat_file(p, start=0, end=min(n, total)), total)
+            got = (b"", 0) if total == 0 else (fs.cat_file(p, start=0, end=min(n, total)), total)
+    _keep(p, *got)
+    return got
 
 
 def read_small(path: PathLike, limit: int) -> Tuple[Optional[bytes], int]:
@@ -422,9 +590,18 @@ def read_ranges(ranges: Sequence[Tuple[PathLike, int, int]]) -> List[bytes]:
                 fh.close()
     else:
         fs, _ = _fs(places[0])
-        with _errors(places[0], "read byte ranges"):
-            data = fs.cat_ranges([_fs(f)[1] for f, _, _ in blocks], [b[1] for b in blocks],
-                                 [b[2] for b in blocks], on_error="raise")
+        data = [None] * len(blocks)
+        for k, (f, start, end) in enumerate(blocks):  # objects a read_cache block holds whole: no request
+            whole = _cached(_fs(f)[1])
+            if whole is not None:
+                data[k] = whole[0][start:end]
+        todo = [k for k, got in enumerate(data) if got is None]
+        if todo:
+            with _errors(places[0], "read byte ranges"):
+                fetched = fs.cat_ranges([_fs(blocks[k][0])[1] for k in todo], [blocks[k][1] for k in todo],
+                                        [blocks[k][2] for k in todo], on_error="raise")
+            for k, got in zip(todo, fetched):
+                data[k] = got
     out = []
     for i, (block, offset) in enumerate(where):
         piece = data[block][offset:offset + int(ranges[i][2])]
@@ -464,6 +641,8 @@ def exists(path: PathLike) -> bool:
     if not is_url(path):
         return location(path).exists()
     fs, p = _fs(path)
+    if _cached(p) is not None:
+        return True
     _invalidate(fs, p)
     with _errors(path, "exists"):
         return bool(fs.exists(p))
@@ -473,6 +652,8 @@ def isfile(path: PathLike) -> bool:
     if not is_url(path):
         return location(path).is_file()
     fs, p = _fs(path)
+    if _cached(p) is not None:
+        return True
     _invalidate(fs, p)
     where = _s3(fs, p)
     with _errors(path, "isfile"):
@@ -492,6 +673,8 @@ def isdir(path: PathLike) -> bool:
     if not is_url(path):
         return location(path).is_dir()
     fs, p = _fs(path)
+    if _cached(p) is not None:
+        return False  # read whole as a file within this read_cache block
     _invalidate(fs, p)
     with _errors(path, "isdir"):
         return bool(fs.isdir(p))
@@ -610,6 +793,7 @@ def remove(path: PathLike, missing_ok: bool = True) -> None:
     _invalidate(fs, p)
     if not missing_ok and not exists(path):  # S3 deletes a missing key without an error
         raise FileNotFoundError(f"{display(path)}: not found (remove)")
+    _forget(p)
     with contextlib.suppress(FileNotFoundError), _errors(path, "remove"):
         fs.rm_file(p)
     _invalidate(fs, p)
@@ -725,9 +909,14 @@ class AtomicFile(io.RawIOBase):
             elif self._mode == "upload":
                 with _errors(self.path, "publish"):
                     if self._fh is None:  # small: one PUT, the object appears whole
-                        self._fs.pipe_file(self._p, bytes(self._small))
+                        data = bytes(self._small)
+                        _forget(self._p)
+                        self._fs.pipe_file(self._p, data)
+                        if len(data) <= WRITTEN_KEEP_BYTES:
+                            _keep(self._p, data, len(data))
                         self._small = bytearray()
                     else:
+                        _forget(self._p)
                         self._send()
                         self._sender.finish()  # every part handed over is uploaded (or its error raised)
                         self._fh.close()  # uploads the last part; the object is not visible yet
@@ -737,6 +926,7 @@ class AtomicFile(io.RawIOBase):
                 assert self._tmp is not None
                 with _errors(self.path, "publish"):
                     self._fh.close()
+                    _forget(self._p)
                     self._fs.mv(self._tmp_p, self._p)
                 _invalidate(self._fs, self._p)
         except BaseException:
@@ -874,7 +1064,11 @@ def publish_together(files: Sequence["AtomicFile"]) -> None:
             return await asyncio.gather(*(f._fs._pipe_file(f._p, bytes(f._small)) for f in small),
                                         return_exceptions=True)
 
+        for f in small:
+            _forget(f._p)
         for f, result in zip(small, sync(small[0]._fs.loop, put_all)):
+            if not isinstance(result, BaseException) and len(f._small) <= WRITTEN_KEEP_BYTES:
+                _keep(f._p, bytes(f._small), len(f._small))
             f._done = True
             f._small = bytearray()
             _invalidate(f._fs, f._p)
@@ -941,6 +1135,7 @@ def create_if_absent(path: PathLike, data: bytes) -> bool:
     fs, p = _fs(path)
     if hasattr(fs, "call_s3"):
         bucket, _, key = p.strip("/").partition("/")
+        _forget(p)
         try:
             fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except Exception as exc:  # noqa: BLE001 - s3fs maps a 412 to an OSError of its own
@@ -977,6 +1172,7 @@ def remove_tree(folder: PathLike, keep: Any = ()) -> int:
             if name_ in keep:
                 continue
             child = fs_path = p.rstrip("/") + "/" + name_
+            _forget(child)  # what a read cache kept for it (and under it)
             with _errors(join(folder, name_), "remove"):
                 fs.rm(fs_path, recursive=not is_file)
             _invalidate(fs, child)

@@ -14,16 +14,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -283,9 +285,9 @@ def _load_blocklist(blocklist):
 
 
 def _build_plan(eng, folder: DownloadFolder, build_dir: PathLike, tables, samples_per_shard: int, shuffle: bool,
-                seed: int, allow_empty: bool, progress: bool, blocklist=None) -> Dict[str, Any]:
+                seed: int, allow_empty: bool, progress: bool, blocklist=None, new: bool = False) -> Dict[str, Any]:
     """Decide (combine the tables and the blocklist) and write the plan; returns the plan.json document
-    (without params)."""
+    (without params). ``new``: ``build_dir`` was not there when the locked output was listed."""
     combined = combine_step.combine(eng, folder, tables, blocklist)
     samples = eng.count(combined.kept)
     if not samples and not allow_empty:
@@ -295,7 +297,7 @@ def _build_plan(eng, folder: DownloadFolder, build_dir: PathLike, tables, sample
     plan = build_step.plan_dataset(eng, folder, combined.kept, samples_per_shard, shuffle, seed)
     plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
     eng.write_table(plan, plan_dir, kind="plan", sort_by=["pos"], schema=build_step.PLAN_SCHEMA,
-                    parts=max(1, -(-samples // build_step.PLAN_PART_ROWS)), desc="build: plan")
+                    parts=max(1, -(-samples // build_step.PLAN_PART_ROWS)), desc="build: plan", new=new)
     marker, fingerprint = read_marker_and_fingerprint(plan_dir)
     return {"samples": samples, "shards": -(-samples // samples_per_shard), "dropped": combined.dropped,
             "restored": combined.restored, "provenance": combined.provenance,
@@ -313,30 +315,56 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     ``blocklist`` (list files of MD5/SHA-256 hashes, URLs and domains, or a :class:`ccmb.blocklist.Blocklist`)
     drops the rows it matches (a takedown applied to an existing download), counted by reason.
     The output folder is claimed (never a folder ccmb did not make for a shard set, never inside the
-    download folder) and locked for the run; a rerun with other settings is refused."""
+    download folder) and locked for the run; a rerun with other settings is refused. On object storage the
+    small objects it reads (the download folder's parquets, the decision tables, its own markers) are fetched
+    once per run (:func:`ccmb.storage.read_cache`)."""
+    with storage.read_cache():
+        return _build_shards(input_dir, output_dir, keep_tables=keep_tables, samples_per_shard=samples_per_shard,
+                             shuffle=shuffle, seed=seed, engine=engine, spark=spark, workers=workers,
+                             progress=progress, command=command, memory_gb=memory_gb,
+                             spill_buckets=spill_buckets, allow_empty=allow_empty, blocklist=blocklist)
+
+
+def _build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequence[PathLike], samples_per_shard: int,
+                  shuffle: bool, seed: int, engine: str, spark, workers: int, progress: bool, command: Optional[str],
+                  memory_gb: Optional[float], spill_buckets: Optional[int], allow_empty: bool,
+                  blocklist) -> build_step.BuildSummary:
     start = time.time()
     if samples_per_shard < 1:
         raise ValueError("samples_per_shard must be >= 1")
-    folder = DownloadFolder(input_dir)
-    tables = _keep_tables(folder, keep_tables)
-    blocklist = _load_blocklist(blocklist)
-    if blocklist is not None:
-        combine_step.blocklist_columns(folder, blocklist)  # an MD5 list on a folder without md5: refused now
     outdir.refuse_inside(output_dir, [input_dir])
-    out = outdir.claim(output_dir, "shard set", legacy=_is_old_shard_output)
     cmd = command or shlex.join(sys.argv)
-    with outdir.FolderLock(out, cmd):
-        try:
-            names = storage.listdir(out)
-        except FileNotFoundError:
-            names = []
-        storage.remove_stale_temporaries(out, names=names)  # temporaries and unfinished uploads of a killed run
+    # on object storage the output's claim, lock and listing (a few round trips) go out while the input is checked
+    opening = None
+    if storage.is_url(output_dir):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ccmb-open-output")
+        opening = pool.submit(_claim_and_lock, output_dir, cmd)
+        pool.shutdown(wait=False)  # the one task runs on; the thread ends with it
+    try:
+        folder = DownloadFolder(input_dir)
+        if storage.is_url(folder.path):  # small source tars read ahead (tar index, then the copy) meanwhile
+            storage.warm(partial(build_step.source_tars, folder.path, folder.listing or {}))
+        tables = _keep_tables(folder, keep_tables)
+        blocklist = _load_blocklist(blocklist)
+        if blocklist is not None:
+            combine_step.blocklist_columns(folder, blocklist)  # an MD5 list on a folder without md5: refused now
+    except BaseException:
+        if opening is not None:  # the input is refused: the output's lock (if taken) is let go
+            with contextlib.suppress(Exception):
+                opening.result()[1].release()
+        raise
+    out, lock, names = opening.result() if opening is not None else _claim_and_lock(output_dir, cmd)
+    with ExitStack() as held:
+        held.callback(lock.release)
+        if not (storage.is_url(out) and outdir.created_here(out)):  # claimed new now: no killed run wrote there
+            storage.remove_stale_temporaries(out, names=names)  # temporaries and unfinished uploads of a killed run
         build_dir = storage.join(out, build_step.BUILD_DIR)
         plan_dir = storage.join(build_dir, build_step.PLAN_DIR)
         plan_json = storage.join(build_dir, "plan.json")
         params = _build_params(folder, keep_tables, samples_per_shard, shuffle, seed, blocklist)
         saved, parts = None, None
-        if storage.isfile(plan_json):
+        fresh = build_step.BUILD_DIR not in names  # listed under the lock: no plan, no shard record yet
+        if not fresh and storage.isfile(plan_json):
             saved = json.loads(storage.read_text(plan_json))
             if saved.get("params") != params:
                 raise CurationError(f"{plan_json}: {out} holds a build with other settings ({saved.get('params')}); "
@@ -353,13 +381,14 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
                 if not tables:  # the default filter and dedup, the same steps as the commands
                     tables = _default_tables(eng, folder, build_dir)
                 saved = _build_plan(eng, folder, build_dir, tables, samples_per_shard, shuffle, seed, allow_empty,
-                                    progress, blocklist)
+                                    progress, blocklist, new=fresh)
                 parts = saved.pop("_parts")  # the marker just written and read back (checked)
                 saved["params"] = params
                 storage.write_json(plan_json, saved)  # written last: its presence means a complete plan
             # no shard's _stats.json is written between the listing above and the jobs (the folder is locked)
             job = partial(build_step.write_shards, str(folder.path), str(out), samples_per_shard, saved["plan"],
-                          parts=parts, done=build_step.done_names(out), existing=frozenset(names))
+                          parts=parts, done=frozenset() if fresh else build_step.done_names(out),
+                          existing=frozenset(names))
             groups = build_step.shard_groups(int(saved["shards"]), _job_slots(eng))
             results = [r for group in eng.run(job, groups, desc="build-shards") for r in group]
     summary = build_step.BuildSummary(output=str(out), samples=saved["samples"], shards=saved["shards"],
@@ -370,7 +399,10 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     for name, entry, written in sorted(results, key=lambda r: r[0]):
         (summary.written if written else summary.skipped).append(name)
         known[f"{name}.tar"] = entry
-    tars = fmt.list_shards(out)
+    if storage.is_url(out):  # the listing under the lock plus what the jobs wrote: no listing request more
+        tars = [storage.join(out, n) for n in sorted(set(known) | {n for n in names if fmt.SHARD_NAME_RE.match(n)})]
+    else:
+        tars = fmt.list_shards(out)
     extra = [storage.name(p) for p in tars if storage.name(p) not in known]
     if extra:
         raise CurationError(f"{out}: shards {extra[:5]} are not in the plan; use a new output folder")
@@ -380,6 +412,21 @@ def build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Sequ
     summary.seconds = time.time() - start
     logger.info("build-shards: %s", "; ".join(summary.lines()))
     return summary
+
+
+def _claim_and_lock(output_dir: PathLike, cmd: str) -> Tuple[storage.Location, outdir.FolderLock, List[str]]:
+    """The claimed output folder, its lock (held) and its listing under the lock."""
+    out = outdir.claim(output_dir, "shard set", legacy=_is_old_shard_output)
+    lock = outdir.FolderLock(out, cmd).acquire()
+    try:
+        try:
+            names = storage.listdir(out)
+        except FileNotFoundError:
+            names = []
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock, names
 
 
 def _job_slots(eng) -> int:

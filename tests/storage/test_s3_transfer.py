@@ -94,28 +94,54 @@ def _keep_all(folder, table):
     return table
 
 
-def test_a_shuffled_build_on_s3_reads_what_it_copies_and_equals_the_local_build(s3_url, tmp_path, monkeypatch):
+def _spy_gets(monkeypatch, url):
+    """(key, bytes received) of every GetObject the client sends from here on."""
+    fs, _ = storage._fs(url)
+    fs.connect()
+    got = []
+    real = fs._s3._make_api_call
+
+    async def spy(operation, params):
+        out = await real(operation, params)
+        if operation == "GetObject":
+            got.append((params["Key"], int(out.get("ContentLength") or 0)))
+        return out
+
+    monkeypatch.setattr(fs._s3, "_make_api_call", spy)
+    return got
+
+
+@pytest.mark.parametrize("cache", ["default", "none"])
+def test_a_shuffled_build_on_s3_reads_what_it_copies_and_equals_the_local_build(cache, s3_url, tmp_path,
+                                                                                 monkeypatch):
     local = write_set(tmp_path / "dl", n_shards=4, per_shard=40, finalize=False)
     remote = write_set(storage.join(s3_url, "dl"), n_shards=4, per_shard=40, finalize=False)
     keep_local = _keep_all(local, tmp_path / "keep.parquet")
     keep_remote = _keep_all(remote, storage.join(s3_url, "keep.parquet"))
     api.build_shards(local, tmp_path / "out", keep_tables=[keep_local], samples_per_shard=30, shuffle=True, seed=3)
+    if cache == "none":
+        monkeypatch.setattr(storage, "READ_CACHE_BYTES", 0)
     calls = _spy_cat_ranges(monkeypatch, s3_url)
+    gets = _spy_gets(monkeypatch, s3_url)
     monkeypatch.setattr(storage, "RANGE_GAP", 0)  # tiny test tars: merge only touching ranges
     out = storage.join(s3_url, "out")
     api.build_shards(remote, out, keep_tables=[keep_remote], samples_per_shard=30, shuffle=True, seed=3)
+    gets = [(k, n) for k, n in gets if "/dl/" in f"/{k}"]  # the build's reads of the source folder
     names = sorted(n for n in os.listdir(tmp_path / "out") if n.endswith(".tar"))
     assert names == [shards.shard_name(i) + ".tar" for i in range(6)]
     for n in names:
         assert storage.read_bytes(storage.join(out, n)) == (tmp_path / "out" / n).read_bytes(), n
-    source_bytes = sum(storage.size(storage.join(remote, f"{shards.shard_name(i)}.tar")) for i in range(4))
-    # the plan's tar index: each (small) source tar read whole, once
-    index, copy = calls[:4], calls[4:]
-    assert [n for n, _ in index] == [1, 1, 1, 1] and sum(b for _, b in index) == source_bytes
-    # then one concurrent batch per output shard; every sample read once (156: 39 per source shard, a failure
-    # has no bytes): no read-ahead block per scattered sample
-    assert len(copy) == 6 and sum(n for n, _ in copy) == 156
-    assert 0 < sum(b for _, b in copy) <= source_bytes
+    sizes = {f"{shards.shard_name(i)}.tar": storage.size(storage.join(remote, f"{shards.shard_name(i)}.tar"))
+             for i in range(4)}
+    whole = sorted((k.rsplit("/", 1)[-1], n) for k, n in gets if k.endswith(".tar") and n == sizes[k.rsplit("/", 1)[-1]])
+    # the plan's tar index: each (small) source tar read whole, once, by one GET
+    assert whole == sorted(sizes.items())
+    if cache == "default":  # the copy takes the members from the tars the index read: no request more
+        assert calls == [] and len([k for k, _ in gets if k.endswith(".tar")]) == 4
+    else:  # no read cache: one concurrent batch per output shard; every sample read once (156: 39 per source
+        # shard, a failure has no bytes): no read-ahead block per scattered sample
+        assert len(calls) == 6 and sum(n for n, _ in calls) == 156
+        assert 0 < sum(b for _, b in calls) <= sum(sizes.values())
 
 
 def _count_requests(monkeypatch, url):

@@ -564,11 +564,13 @@ class LocalEngine:
 
     def write_table(self, ds: LocalDataset, path: PathLike, *, kind: Optional[str], info: Optional[str] = None,
                     source: Optional[Dict[str, Any]] = None, parts: int = 0, sort_by: Sequence[str] = ("key",),
-                    schema: Optional[pa.Schema] = None, desc: str = "") -> Summary:
-        """Write ``ds`` sorted by ``sort_by`` through the one table writer (a file, or ``parts`` parts)."""
+                    schema: Optional[pa.Schema] = None, desc: str = "", new: bool = False) -> Summary:
+        """Write ``ds`` sorted by ``sort_by`` through the one table writer (a file, or ``parts`` parts); ``new``:
+        the caller knows nothing is at ``path`` yet (no older table is looked for)."""
         ordered, total = self._sorted(ds, sort_by, None, desc)
         kwargs = {"schema": schema} if schema is not None else {}
-        writer = TableWriter(path, kind=kind, info=info, source=source, parts=parts, total_rows=total, **kwargs)
+        writer = TableWriter(path, kind=kind, info=info, source=source, parts=parts, total_rows=total, new=new,
+                             **kwargs)
         try:
             for table in self.tables(ordered):
                 writer.write(table)

@@ -313,11 +313,12 @@ class SparkEngine:
 
     def write_table(self, ds: SparkDataset, path: PathLike, *, kind: Optional[str], info: Optional[str] = None,
                     source: Optional[Dict[str, Any]] = None, parts: int = 0, sort_by: Sequence[str] = ("key",),
-                    schema: Optional[pa.Schema] = None, desc: str = "") -> Summary:
+                    schema: Optional[pa.Schema] = None, desc: str = "", new: bool = False) -> Summary:
         """Write ``ds`` sorted by ``sort_by`` as a folder of parts (one per Spark partition, written by its
-        task) and the marker; ``parts`` does not apply (Spark's range partitions decide)."""
+        task) and the marker; ``parts`` does not apply (Spark's range partitions decide); ``new``: nothing is
+        at ``path`` yet."""
         schema = schema or ds.schema
-        tmp = temp_folder(path)
+        tmp = temp_folder(path, new=new)
         task = _io(functools.partial(_write_task, str(tmp), schema))
         ordered = self._ordered(SparkDataset(self._df(ds).select(*schema.names), schema), sort_by)
         rows = self._action(ordered.mapInArrow(task, "entry string").collect)

@@ -139,17 +139,25 @@ def tar_members(tar: PathLike, keys=None, size: Optional[int] = None, data: Opti
     return {k: ";".join(f"{e}:{o}:{s}" for e, (o, s) in sorted(v.items())) for k, v in found.items()}
 
 
-def _members(folder: str, t: pa.Table) -> pa.Table:
-    """One partition of kept rows (every row of a source tar is here): where each sample's members are."""
+def source_tars(folder: PathLike, sizes: Dict[str, int]) -> List[Tuple[storage.Location, int]]:
+    """(tar, bytes) of the source tars small enough to be read whole for the tar index (from the folder's
+    listing ``sizes``)."""
+    return [(storage.join(folder, n), size) for n, size in sorted(sizes.items())
+            if n.endswith(".tar") and size <= WHOLE_TAR_BYTES]
+
+
+def _members(folder: str, listing: Optional[Dict[str, int]], t: pa.Table) -> pa.Table:
+    """One partition of kept rows (every row of a source tar is here): where each sample's members are.
+    ``listing``: the folder's file sizes (object storage; listed once when the folder was opened)."""
     keys, members = [], []
     shards = t.column("shard")
-    sizes = storage.list_files(folder) if storage.is_url(folder) else {}  # one listing, no request per tar
+    sizes = (listing if listing is not None else storage.list_files(folder)) if storage.is_url(folder) else {}
     names = pc.unique(shards).to_pylist()
     tars = [DownloadFolder.tar_of(folder, shard) for shard in names]
 
     def whole(tar) -> Optional[bytes]:  # a small remote tar in one read, the next one fetched meanwhile
-        n = sizes.get(storage.name(tar))
-        return storage.read_ranges([(tar, 0, n)])[0] if n is not None and n <= WHOLE_TAR_BYTES else None
+        n = sizes.get(storage.name(tar))  # (kept for the copy by a read_cache block while its budget lasts)
+        return storage.read_small(tar, n)[0] if n is not None and n <= WHOLE_TAR_BYTES else None
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccmb-tar-index") as pool:
         ahead = pool.submit(whole, tars[0]) if tars and sizes else None
@@ -182,7 +190,7 @@ def plan_dataset(engine, folder: DownloadFolder, kept, samples_per_shard: int, s
     positioned = engine.sort(ranked, ["rank", "key"] if shuffle else ["key"], position="pos", desc="build: plan")
     rows = engine.map(positioned, Fn(partial(_plan_rows, samples_per_shard),
                                      pa.schema([f for f in PLAN_SCHEMA if f.name != "members"])))
-    members = engine.shuffle(kept, ["shard"], Fn(partial(_members, str(folder.path)), MEMBERS),
+    members = engine.shuffle(kept, ["shard"], Fn(partial(_members, str(folder.path), folder.listing), MEMBERS),
                              desc="build: tar index")
     return engine.map(engine.join(rows, members, ["key"], "left"), Fn(_with_members, PLAN_SCHEMA))
 

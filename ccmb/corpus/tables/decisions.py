@@ -109,12 +109,25 @@ class DecisionTable:
         return {"kind": self.kind, "info": self.info, "source": self.source, "counts": self.counts}
 
 
+def _is_table_folder(path: PathLike) -> bool:
+    """Whether a decision table is a folder (else a file); on object storage its first bytes are asked for first:
+    a table file answers in that one request (whose bytes a read cache keeps for the reads that follow), a
+    folder's missing key costs one request before the listing."""
+    if storage.is_url(path):
+        try:
+            if storage.first_bytes(path, fmt.SMALL_PARQUET) is not None:
+                return False
+        except FileNotFoundError:
+            pass
+    return storage.is_folder(path, "decision table")
+
+
 def open_table(path: PathLike) -> DecisionTable:
     """Open a decision table (file or complete folder), checking that it is one: key and keep columns of the
     right types; errors name the file."""
     path = storage.location(path)
     try:
-        is_dir = storage.is_folder(path, "decision table")
+        is_dir = _is_table_folder(path)
     except OSError as exc:
         raise CurationError(str(exc)) from exc
     if is_dir:
@@ -216,9 +229,12 @@ def iter_part_batches(path: PathLike, sha256: Optional[str], columns: Sequence[s
     data = None
     if storage.is_url(path) and sha256 is not None:  # a small part on object storage: one read, hashed and parsed
         data = _CHECKED_PARTS.get((path, sha256))
-        if data is None:
+        if data is None and size is not None and size <= fmt.SMALL_PARQUET:
+            data = storage.read_small(path, fmt.SMALL_PARQUET)[0]  # one GET (none in a read_cache block)
+        elif data is None:
             with storage.open_read(path, size=size) as fh:
                 data = fh.read() if fh.size <= fmt.SMALL_PARQUET else None
+        if (path, sha256) not in _CHECKED_PARTS:
             _check_part(path, sha256, data)
             _remember_part(path, sha256, data)
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -51,7 +51,10 @@ class DownloadFolder:
         try:  # on object storage the listing itself says whether the folder is there (no request more)
             if isinstance(self.path, Path) and not storage.isdir(self.path):
                 raise CurationError(not_folder)
-            checked = fmt.checked_shard_parquets(self.path)
+            #: name -> bytes of every file in the folder, from its one listing (object storage only)
+            self.listing: Optional[Dict[str, int]] = (storage.list_files(self.path) if storage.is_url(self.path)
+                                                      else None)
+            checked = fmt.checked_shard_parquets(self.path, sizes=self.listing)
         except fmt.ShardFormatError as exc:  # a missing parquet of a tar among them: named
             raise CurationError(str(exc)) from exc
         except FileNotFoundError as exc:

@@ -210,11 +210,13 @@ def write_part(folder: PathLike, index: int, tables: Iterable[pa.Table],
     return part_entry(path, info["rows"], info["reasons"], info)
 
 
-def temp_folder(final: PathLike) -> storage.Location:
+def temp_folder(final: PathLike, new: bool = False) -> storage.Location:
     """A fresh sibling folder to write parts into (a leftover of a killed job is removed first). On object
-    storage the table folder itself, emptied (marker first, see the module docstring)."""
+    storage the table folder itself, emptied (marker first, see the module docstring); ``new``: the caller
+    knows nothing is there (it listed the parent under its lock), so nothing is checked."""
     if storage.is_url(final):
-        remove_table(final)
+        if not new:
+            remove_table(final)
         return storage.location(final)
     final = Path(final)
     tmp = final.with_name(final.name + ".partial")
@@ -226,11 +228,13 @@ def temp_folder(final: PathLike) -> storage.Location:
 
 
 def publish_parts(tmp: PathLike, final: PathLike, entries: Sequence[Optional[Dict[str, Any]]], *,
-                  kind: Optional[str], info: Optional[str], source: Optional[Dict[str, Any]]) -> Summary:
-    """Write the marker (last) into ``tmp`` and move it over ``final``; the summary from the entries' counts."""
+                  kind: Optional[str], info: Optional[str], source: Optional[Dict[str, Any]],
+                  clean: bool = True) -> Summary:
+    """Write the marker (last) into ``tmp`` and move it over ``final``; the summary from the entries' counts.
+    ``clean=False``: ``tmp`` holds only the listed parts (an in-process writer into a new folder)."""
     entries = sorted((e for e in entries if e), key=lambda e: e["name"])
-    # Spark's own _SUCCESS and .crc files, anything that is not a listed part
-    storage.remove_tree(tmp, keep={e["name"] for e in entries})
+    if clean:  # Spark's own _SUCCESS and .crc files, anything that is not a listed part
+        storage.remove_tree(tmp, keep={e["name"] for e in entries})
     rows = int(sum(e["rows"] for e in entries))
     doc = {"version": MARKER_VERSION, "kind": kind, "info": info, "source": source, "rows": rows,
            "parts": list(entries)}
@@ -254,8 +258,9 @@ class TableWriter:
 
     def __init__(self, path: PathLike, *, kind: Optional[str], info: Optional[str] = None,
                  source: Optional[Dict[str, Any]] = None, parts: int = 0, total_rows: Optional[int] = None,
-                 schema: pa.Schema = DECISION_SCHEMA) -> None:
+                 schema: pa.Schema = DECISION_SCHEMA, new: bool = False) -> None:
         self.path = storage.location(path)
+        self.new = new  # the caller knows nothing is at ``path`` (no older table to remove)
         storage.makedirs(storage.parent(self.path))
         self.kind, self.info, self.source, self.schema = kind, info, source, schema
         self.parts = max(0, int(parts))
@@ -264,7 +269,7 @@ class TableWriter:
         self.counts: Dict[str, int] = {}
         self.entries: List[Dict[str, Any]] = []
         if self.parts:
-            self.tmp = temp_folder(self.path)
+            self.tmp = temp_folder(self.path, new=new)
             self.index, self.current = 0, None
         elif storage.is_url(self.path):  # an upload that appears whole when published
             self.tmp_file = None
@@ -324,7 +329,8 @@ class TableWriter:
             return Summary.of_counts(self.rows, self.file.counts, self.path)
         if self.current is not None:
             self._roll()
-        return publish_parts(self.tmp, self.path, self.entries, kind=self.kind, info=self.info, source=self.source)
+        return publish_parts(self.tmp, self.path, self.entries, kind=self.kind, info=self.info, source=self.source,
+                             clean=not (self.new and storage.is_url(self.tmp)))
 
     def abort(self) -> None:
         if not self.parts:
