@@ -27,6 +27,9 @@ Guarantees, the same on disk and on object storage:
   marker alone, so a listing between two publishes never shows a complete-looking partial output.
 * **Fresh listings**: fsspec's listing cache is dropped before :func:`listdir` / :func:`list_files` /
   :func:`exists`, so a resumed run sees what another (or a killed) process left.
+* **One read per object per run, where asked for**: inside a :func:`read_cache` block (``build-shards`` opens
+  one) a small object read whole answers later reads of its path from memory, and :func:`warm` reads objects
+  ahead into it; this process's writes and removals through this module update or forget what it holds.
 * **Errors name the path**: a missing file is a :class:`FileNotFoundError`, any other failure of the store
   (no credentials, endpoint unreachable, access denied) an :class:`OSError` whose message starts with the URL.
 
