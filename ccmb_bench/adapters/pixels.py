@@ -90,6 +90,29 @@ class BatchedPixels:
         return torch.from_numpy(np.ascontiguousarray(batch))
 
 
+def _shortest_edge(edge: int) -> Callable[[int, int], Tuple[int, int]]:
+    """(height, width) -> output size with the short side at ``edge`` and the long one ``int(edge * long /
+    short)``: transformers' ``get_resize_output_image_size`` and torchvision's ``Resize(int)`` alike."""
+    def size(height: int, width: int) -> Tuple[int, int]:
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(edge * long / short)
+        return (new_long, edge) if width <= height else (edge, new_long)
+    return size
+
+
+def _fixed(height: int, width: int) -> Callable[[int, int], Tuple[int, int]]:
+    return lambda h, w: (height, width)
+
+
+def _mean_std(setting: Callable[[str], Any]) -> Tuple[Optional[list], Optional[list]]:
+    """The processor's normalisation (per-channel lists), or (None, None) without ``do_normalize``."""
+    if not setting("do_normalize"):
+        return None, None
+    mean, std = setting("image_mean"), setting("image_std")
+    return (list(mean) if isinstance(mean, (list, tuple)) else [float(mean)] * 3,
+            list(std) if isinstance(std, (list, tuple)) else [float(std)] * 3)
+
+
 def call_settings(processor: Any) -> Callable[[str], Any]:
     """``setting(name)``: the value ``processor(images=...)`` uses: a wrapping processor's call-time image
     defaults (e.g. Siglip2Processor's ``max_num_patches``) over its image processor's attributes."""
@@ -121,17 +144,9 @@ def _from_settings(image_processor: Any, setting: Callable[[str], Any]) -> Optio
         keys = {k for k in ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width")
                 if _get(size, k) is not None}
         if keys == {"shortest_edge"}:
-            edge = _get(size, "shortest_edge")
-
-            def resize(height: int, width: int, edge: int = edge) -> Tuple[int, int]:  # get_resize_output_image_size
-                short, long = (width, height) if width <= height else (height, width)
-                new_long = int(edge * long / short)
-                return (new_long, edge) if width <= height else (edge, new_long)
+            resize = _shortest_edge(_get(size, "shortest_edge"))
         elif keys == {"height", "width"}:
-            fixed = (_get(size, "height"), _get(size, "width"))
-
-            def resize(height: int, width: int, fixed: Tuple[int, int] = fixed) -> Tuple[int, int]:
-                return fixed
+            resize = _fixed(_get(size, "height"), _get(size, "width"))
         else:
             return None
     crop = None
@@ -141,11 +156,7 @@ def _from_settings(image_processor: Any, setting: Callable[[str], Any]) -> Optio
         if None in crop:
             return None
     scale = float(setting("rescale_factor")) if setting("do_rescale") else None
-    mean = std = None
-    if setting("do_normalize"):
-        mean, std = setting("image_mean"), setting("image_std")
-        mean = list(mean) if isinstance(mean, (list, tuple)) else [float(mean)] * 3
-        std = list(std) if isinstance(std, (list, tuple)) else [float(std)] * 3
+    mean, std = _mean_std(setting)
     resample = setting("resample")
     return BatchedPixels(resize, 2 if resample is None else int(resample), crop, scale, mean, std)
 
@@ -219,18 +230,7 @@ def _torchvision_steps(transform: Any) -> Optional[TorchvisionPixels]:
             if interpolation not in PIL_FILTERS:
                 return None
             resample = PIL_FILTERS[interpolation]
-            if len(size) == 1:
-                edge = int(size[0])
-
-                def resize(height: int, width: int, edge: int = edge) -> Tuple[int, int]:
-                    short, long = (width, height) if width <= height else (height, width)
-                    new_long = int(edge * long / short)
-                    return (new_long, edge) if width <= height else (edge, new_long)
-            else:
-                fixed = (int(size[0]), int(size[1]))
-
-                def resize(height: int, width: int, fixed: Tuple[int, int] = fixed) -> Tuple[int, int]:
-                    return fixed
+            resize = _shortest_edge(int(size[0])) if len(size) == 1 else _fixed(int(size[0]), int(size[1]))
         elif name == "CenterCrop" and crop is None:
             size = step.size
             crop = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[-1]))
@@ -342,11 +342,7 @@ def _naflex_settings(image_processor: Any, setting: Callable[[str], Any]) -> Opt
                 for step in COPIED_STEPS if step != "_preprocess"):
         return None
     scale = float(setting("rescale_factor")) if setting("do_rescale") else None
-    mean = std = None
-    if setting("do_normalize"):
-        mean, std = setting("image_mean"), setting("image_std")
-        mean = list(mean) if isinstance(mean, (list, tuple)) else [float(mean)] * 3
-        std = list(std) if isinstance(std, (list, tuple)) else [float(std)] * 3
+    mean, std = _mean_std(setting)
     resample = setting("resample")
     size_for = naflex.get_image_size_for_max_num_patches if setting("do_resize") else None
     return NaFlexPixels(int(setting("patch_size")), int(setting("max_num_patches")),
