@@ -424,33 +424,31 @@ def _cached(p: str) -> Optional[Tuple[bytes, int]]:
 _WARMING: Dict[str, Any] = {}
 
 
-def warm(listing: Any) -> None:
+def warm(files: Sequence[Tuple[PathLike, int]]) -> None:
     """Within a :func:`read_cache` block: read whole objects ahead in a background thread, so that a later read
-    of one of them costs no request. ``listing()`` (called in that thread) gives ``(url, size)`` pairs in the
-    order they will be needed; reading stops where the block's byte budget would be exceeded. A read of a
-    listed object waits for its pending fetch instead of sending its own; a failed fetch is read again by the
-    reader (which raises its error). Outside a block, or for local paths: nothing happens."""
+    of one of them costs no request. ``files`` are ``(url, size)`` pairs in the order they will be needed;
+    reading stops where the block's byte budget would be exceeded. A read of a listed object waits for its
+    pending fetch (registered before this returns) instead of sending its own; a failed fetch is read again by
+    the reader (which raises its error). Outside a block, or for local paths: nothing happens."""
     if _CACHE is None:
         return
     import concurrent.futures
 
-    def run() -> None:
-        try:
-            files = [(location(u), int(n)) for u, n in listing() if is_url(u)]
-        except Exception as exc:  # noqa: BLE001 - a read-ahead only; the readers see the real error
-            logger.debug("read-ahead listing failed: %s", exc)
-            return
+    todo = []
+    with _CACHE_LOCK:
         budget = _CACHE_STATE["limit"] - _CACHE_STATE["bytes"]
-        todo = []
-        with _CACHE_LOCK:
-            for url, n in files:
-                if n > budget or _CACHE is None:
-                    break
-                budget -= n
-                p = _fs(url)[1]
-                if p not in _WARMING and p not in (_CACHE or {}):
-                    _WARMING[p] = concurrent.futures.Future()
-                    todo.append((url, p, n))
+        for url, n in ((location(u), int(n)) for u, n in files if is_url(u)):
+            if n > budget or _CACHE is None:
+                break
+            budget -= n
+            p = _fs(url)[1]
+            if p not in _WARMING and p not in (_CACHE or {}):
+                _WARMING[p] = concurrent.futures.Future()
+                todo.append((url, p, n))
+    if not todo:
+        return
+
+    def run() -> None:
         for url, p, n in todo:
             future = _WARMING.get(p)
             if future is None:

@@ -343,7 +343,7 @@ def _build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Seq
     try:
         folder = DownloadFolder(input_dir)
         if storage.is_url(folder.path):  # small source tars read ahead (tar index, then the copy) meanwhile
-            storage.warm(partial(build_step.source_tars, folder.path, folder.listing or {}))
+            storage.warm(build_step.source_tars(folder.path, folder.listing or {}))
         tables = _keep_tables(folder, keep_tables)
         blocklist = _load_blocklist(blocklist)
         if blocklist is not None:

@@ -61,7 +61,7 @@ def test_warm_reads_ahead_and_a_missing_object_is_raised_by_its_reader(s3_url, m
     missing = storage.join(s3_url, "rc3", "gone.bin")
     gets = _spy_gets(monkeypatch, s3_url)
     with storage.read_cache():
-        storage.warm(lambda: [(p, len(d)) for p, d in files.items()] + [(missing, 10)])
+        storage.warm([(p, len(d)) for p, d in files.items()] + [(missing, 10)])
         for path, data in files.items():
             assert storage.read_bytes(path) == data
             assert storage.read_ranges([(path, 5, 10)]) == [data[5:15]]
@@ -69,7 +69,9 @@ def test_warm_reads_ahead_and_a_missing_object_is_raised_by_its_reader(s3_url, m
             storage.read_bytes(missing)
     assert sorted(k for k, _ in gets if not k.endswith("gone.bin")) == sorted(
         storage._fs(p)[1].split("/", 1)[1] for p in files)  # each one GET, by the read-ahead
-    storage.warm(lambda: list(files.items()))  # outside a block: nothing happens
+    before = len(gets)
+    storage.warm([(p, len(d)) for p, d in files.items()])  # outside a block: nothing happens
+    assert len(gets) == before and not storage._WARMING
 
 
 def test_s3_checksums_default_to_when_required_unless_the_user_set_them(s3_url, monkeypatch):
