@@ -456,7 +456,7 @@ def warm(files: Sequence[Tuple[PathLike, int]]) -> None:
             error: Optional[BaseException] = None
             try:
                 if _CACHE is not None:
-                    first_bytes(url, n + 1)  # one GET of the whole object, kept by the cache
+                    _fetch_first(url, *_fs(url), n + 1)  # one GET of the whole object, kept by the cache
             except Exception as exc:  # noqa: BLE001 - the reader reads it again and raises
                 error = exc
             _WARMING.pop(p, None)
@@ -498,11 +498,15 @@ def first_bytes(path: PathLike, n: int) -> Optional[Tuple[bytes, int]]:
     if not is_url(path):
         return None
     fs, p = _fs(path)
-    got = (_cached(p) if _WARMING.get(p) is None or threading.current_thread().name != "ccmb-warm" else None) \
-        or (_PREFETCHED.pop(str(location(path)), None) if _PREFETCHED else None)
+    got = _cached(p) or (_PREFETCHED.pop(str(location(path)), None) if _PREFETCHED else None)
     if got is not None and (len(got[0]) >= got[1] or len(got[0]) >= n):
         _keep(p, *got)
         return got if len(got[0]) >= got[1] else (got[0][:n], got[1])
+    return _fetch_first(path, fs, p, n)
+
+
+def _fetch_first(path: PathLike, fs: Any, p: str, n: int) -> Optional[Tuple[bytes, int]]:
+    """:func:`first_bytes` from the store itself (kept by an active :func:`read_cache` when whole)."""
     where = _s3(fs, p)
     if where is None or not where[1]:
         return None
@@ -516,6 +520,11 @@ def first_bytes(path: PathLike, n: int) -> Optional[Tuple[bytes, int]]:
             got = (b"", 0) if total == 0 else (fs.cat_file(p, start=0, end=min(n, total)), total)
     _keep(p, *got)
     return got
+
+
+def caching() -> bool:
+    """Whether a :func:`read_cache` block is active (a whole small object read now answers later reads)."""
+    return _CACHE is not None
 
 
 def read_small(path: PathLike, limit: int) -> Tuple[Optional[bytes], int]:

@@ -399,10 +399,8 @@ def _build_shards(input_dir: PathLike, output_dir: PathLike, *, keep_tables: Seq
     for name, entry, written in sorted(results, key=lambda r: r[0]):
         (summary.written if written else summary.skipped).append(name)
         known[f"{name}.tar"] = entry
-    if storage.is_url(out):  # the listing under the lock plus what the jobs wrote: no listing request more
-        tars = [storage.join(out, n) for n in sorted(set(known) | {n for n in names if fmt.SHARD_NAME_RE.match(n)})]
-    else:
-        tars = fmt.list_shards(out)
+    # the listing under the lock plus what the jobs wrote (no one else writes there): no listing more
+    tars = [storage.join(out, n) for n in sorted(set(known) | {n for n in names if fmt.SHARD_NAME_RE.match(n)})]
     extra = [storage.name(p) for p in tars if storage.name(p) not in known]
     if extra:
         raise CurationError(f"{out}: shards {extra[:5]} are not in the plan; use a new output folder")

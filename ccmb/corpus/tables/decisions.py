@@ -110,12 +110,13 @@ class DecisionTable:
 
 
 def _is_table_folder(path: PathLike) -> bool:
-    """Whether a decision table is a folder (else a file); on object storage its first bytes are asked for first:
-    a table file answers in that one request (whose bytes a read cache keeps for the reads that follow), a
-    folder's missing key costs one request before the listing."""
-    if storage.is_url(path):
+    """Whether a decision table is a folder (else a file). Within a read cache on object storage its first bytes
+    (as :func:`ccmb.shards.parquet_source` asks for them) are asked for first: a small table file answers in
+    that one request, kept for the reads that follow; a folder's missing key costs one request before the
+    listing. Elsewhere a listing and a check, which read no bytes twice."""
+    if storage.is_url(path) and storage.caching():
         try:
-            if storage.first_bytes(path, fmt.SMALL_PARQUET) is not None:
+            if storage.first_bytes(path, storage.RANDOM_BLOCK) is not None:
                 return False
         except FileNotFoundError:
             pass
